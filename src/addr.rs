@@ -1,0 +1,172 @@
+//! Address and count newtypes.
+//!
+//! Guest frames, machine frames, guest-physical and virtual addresses, page
+//! counts and extent orders are distinct types, so that a frame number is never
+//! passed where an address is expected. Nothing crosses a module boundary as a
+//! bare `u64`.
+
+use core::fmt;
+
+/// log2 of the page size every Xen guest on x86_64 and arm64 uses.
+pub const PAGE_SHIFT: u32 = 12;
+/// The page size, in bytes.
+pub const PAGE_SIZE: u64 = 1 << PAGE_SHIFT;
+
+macro_rules! newtype {
+    ($(#[$m:meta])* $name:ident($inner:ty), $fmt:literal) => {
+        $(#[$m])*
+        #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+        #[repr(transparent)]
+        pub struct $name(pub $inner);
+
+        impl $name {
+            /// The raw value, for the ABI boundary.
+            #[inline]
+            pub const fn raw(self) -> $inner {
+                self.0
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, concat!(stringify!($name), "(", $fmt, ")"), self.0)
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, $fmt, self.0)
+            }
+        }
+
+        #[cfg(feature = "defmt")]
+        impl defmt::Format for $name {
+            fn format(&self, f: defmt::Formatter<'_>) {
+                defmt::write!(f, $fmt, self.0)
+            }
+        }
+    };
+}
+
+newtype!(
+    /// A guest frame number: a guest-physical address shifted right by
+    /// [`PAGE_SHIFT`] (Xen's GFN, "gpfn" or "gmfn" for translated guests).
+    Gfn(u64), "{:#x}"
+);
+newtype!(
+    /// A machine frame number (Xen's MFN): a host-physical page.
+    Mfn(u64), "{:#x}"
+);
+newtype!(
+    /// A guest-physical address (what the guest's own page tables map to).
+    GuestPhysAddr(u64), "{:#x}"
+);
+newtype!(
+    /// A virtual address in the agent's own address space.
+    VirtAddr(u64), "{:#x}"
+);
+newtype!(
+    /// A number of 4 KiB pages.
+    PageCount(u64), "{}"
+);
+newtype!(
+    /// A Xen domain id.
+    DomId(u16), "{}"
+);
+
+impl DomId {
+    /// `DOMID_SELF`: the calling domain, as Xen's interfaces spell it.
+    pub const SELF: DomId = DomId(0x7ff0);
+    /// `DOMID_XEN`: the hypervisor's own pseudo-domain.
+    pub const XEN: DomId = DomId(0x7ff2);
+}
+
+impl Gfn {
+    /// The guest-physical address of the frame's first byte, or `None` if it
+    /// does not fit in 64 bits.
+    pub const fn addr(self) -> Option<GuestPhysAddr> {
+        if self.0 > (u64::MAX >> PAGE_SHIFT) {
+            None
+        } else {
+            Some(GuestPhysAddr(self.0 << PAGE_SHIFT))
+        }
+    }
+}
+
+impl GuestPhysAddr {
+    /// The frame that contains this address.
+    pub const fn frame(self) -> Gfn {
+        Gfn(self.0 >> PAGE_SHIFT)
+    }
+
+    /// Whether the address is the start of a page.
+    pub const fn is_page_aligned(self) -> bool {
+        self.0 & (PAGE_SIZE - 1) == 0
+    }
+}
+
+impl PageCount {
+    /// The size in bytes, or `None` on overflow.
+    pub const fn bytes(self) -> Option<u64> {
+        self.0.checked_mul(PAGE_SIZE)
+    }
+
+    /// The number of whole pages in `bytes` bytes (rounded down).
+    pub const fn from_bytes_floor(bytes: u64) -> PageCount {
+        PageCount(bytes >> PAGE_SHIFT)
+    }
+}
+
+/// The order of an extent: `2^order` contiguous pages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct Order(u8);
+
+impl Order {
+    /// The largest order a 64-bit frame count can express.
+    pub const MAX: u8 = 63 - PAGE_SHIFT as u8;
+
+    /// An order, or `None` if `2^order` pages would not fit in the address space.
+    pub const fn new(order: u8) -> Option<Order> {
+        if order <= Self::MAX {
+            Some(Order(order))
+        } else {
+            None
+        }
+    }
+
+    /// The order as the number Xen's ABI takes.
+    pub const fn get(self) -> u8 {
+        self.0
+    }
+
+    /// The number of pages in an extent of this order.
+    pub const fn pages(self) -> PageCount {
+        PageCount(1 << self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_and_addresses() {
+        assert_eq!(Gfn(0x1234).addr(), Some(GuestPhysAddr(0x1234000)));
+        assert_eq!(Gfn(u64::MAX).addr(), None);
+        assert_eq!(GuestPhysAddr(0x1234fff).frame(), Gfn(0x1234));
+        assert!(GuestPhysAddr(0x2000).is_page_aligned());
+        assert!(!GuestPhysAddr(0x2001).is_page_aligned());
+    }
+
+    #[test]
+    fn orders_and_counts() {
+        assert_eq!(Order::new(9).map(Order::pages), Some(PageCount(512)));
+        assert_eq!(Order::new(Order::MAX + 1), None);
+        assert_eq!(PageCount(3).bytes(), Some(3 * 4096));
+        assert_eq!(PageCount(u64::MAX).bytes(), None);
+        assert_eq!(PageCount::from_bytes_floor(8191), PageCount(1));
+        assert_eq!(format!("{:?}", Gfn(16)), "Gfn(0x10)");
+        assert_eq!(format!("{}", DomId(3)), "3");
+    }
+}

@@ -1,0 +1,29 @@
+//! # xenmem
+//!
+//! A freestanding, `no_std` memory agent for Xen guests. It boots as a PVH
+//! guest on x86_64 or as an Arm guest on aarch64 (or is linked into a
+//! firmware-like stub as a library) and manages its guest's memory by talking
+//! to Xen directly.
+//!
+//! Portable logic lives at the top level of the crate and is tested on the
+//! host; everything that is specific to an architecture sits behind
+//! [`arch`]; everything that talks to Xen goes through the typed operations of
+//! [`xen::Hypervisor`].
+#![cfg_attr(not(test), no_std)]
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+
+#[macro_use]
+pub mod log;
+
+pub mod addr;
+pub mod agent;
+pub mod arch;
+pub mod boot;
+pub mod cmdline;
+pub mod logframe;
+pub mod memmap;
+pub mod xen;
+
+#[cfg(all(feature = "rt", target_os = "none"))]
+pub mod rt;

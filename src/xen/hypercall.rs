@@ -1,0 +1,160 @@
+//! Typed hypercalls over the architecture's instruction (bare-metal targets).
+
+use super::abi::{self, op, xenmem, xenver, Domctl, GuestHandle, XenFeatureInfo, XenMemoryMap};
+use super::{DomainInfo, Features, Hypervisor, ShutdownReason, XenError, XenVersion};
+use crate::addr::{DomId, Gfn, PageCount};
+use crate::arch::imp::hypercall::raw;
+
+/// Issue hypercall `op` with up to five arguments and classify its return.
+///
+/// # Safety
+/// Every pointer among `args` must be valid for what Xen reads and writes
+/// through it for the whole call.
+unsafe fn call(op: usize, args: [usize; 5]) -> Result<u64, XenError> {
+    // SAFETY: forwarded from the caller.
+    let ret = unsafe { raw(op, args) };
+    XenError::check(ret as i64)
+}
+
+/// Write `bytes` to Xen's console (`CONSOLEIO_write`), in as many calls as
+/// Xen needs.
+pub fn console_write(mut bytes: &[u8]) -> Result<(), XenError> {
+    while !bytes.is_empty() {
+        // SAFETY: Xen reads `len` bytes from a live buffer.
+        let n = unsafe {
+            call(
+                op::CONSOLE_IO,
+                [abi::CONSOLEIO_WRITE, bytes.len(), bytes.as_ptr() as usize, 0, 0],
+            )
+        }?;
+        // Xen 4.17 returns 0 once it has written everything (older versions
+        // returned the count); treat 0 and anything out of range as "all".
+        let n = usize::try_from(n).unwrap_or(0);
+        if n == 0 || n >= bytes.len() {
+            break;
+        }
+        bytes = &bytes[n..];
+    }
+    Ok(())
+}
+
+/// The real hypervisor: every operation is a hypercall.
+#[derive(Debug, Default)]
+pub struct RealXen(());
+
+impl RealXen {
+    /// The hypervisor this code runs on.
+    pub const fn new() -> Self {
+        RealXen(())
+    }
+
+    fn domid_query(cmd: usize, dom: DomId) -> Result<u64, XenError> {
+        let mut d = dom.raw();
+        // SAFETY: Xen reads one domid_t from a live local.
+        unsafe { call(op::MEMORY_OP, [cmd, &mut d as *mut u16 as usize, 0, 0, 0]) }
+    }
+}
+
+impl Hypervisor for RealXen {
+    fn version(&self) -> Result<XenVersion, XenError> {
+        // SAFETY: XENVER_version takes no buffer.
+        let v = unsafe { call(op::XEN_VERSION, [xenver::VERSION, 0, 0, 0, 0]) }?;
+        let mut extra = [0u8; abi::XEN_EXTRAVERSION_LEN];
+        // SAFETY: Xen writes exactly XEN_EXTRAVERSION_LEN bytes.
+        unsafe {
+            call(
+                op::XEN_VERSION,
+                [xenver::EXTRAVERSION, extra.as_mut_ptr() as usize, 0, 0, 0],
+            )
+        }?;
+        Ok(XenVersion {
+            major: (v >> 16) as u16,
+            minor: v as u16,
+            extra,
+        })
+    }
+
+    fn features(&self) -> Result<Features, XenError> {
+        let mut fi = XenFeatureInfo::default();
+        // SAFETY: Xen fills one xen_feature_info in a live local.
+        unsafe {
+            call(
+                op::XEN_VERSION,
+                [xenver::GET_FEATURES, &mut fi as *mut _ as usize, 0, 0, 0],
+            )
+        }?;
+        Ok(Features::from_bits_retain(fi.submap))
+    }
+
+    fn console_write(&self, bytes: &[u8]) -> Result<(), XenError> {
+        console_write(bytes)
+    }
+
+    fn current_reservation(&self, dom: DomId) -> Result<PageCount, XenError> {
+        Self::domid_query(xenmem::CURRENT_RESERVATION, dom).map(PageCount)
+    }
+
+    fn maximum_reservation(&self, dom: DomId) -> Result<PageCount, XenError> {
+        Self::domid_query(xenmem::MAXIMUM_RESERVATION, dom).map(PageCount)
+    }
+
+    fn maximum_gpfn(&self, dom: DomId) -> Result<Gfn, XenError> {
+        Self::domid_query(xenmem::MAXIMUM_GPFN, dom).map(Gfn)
+    }
+
+    fn memory_map(&self, buf: &mut [abi::E820Entry]) -> Result<usize, XenError> {
+        let cap = u32::try_from(buf.len()).unwrap_or(u32::MAX);
+        let mut map = XenMemoryMap {
+            nr_entries: cap,
+            buffer: GuestHandle::from_slice(buf),
+        };
+        // SAFETY: Xen writes at most `nr_entries` entries into `buf`.
+        unsafe {
+            call(
+                op::MEMORY_OP,
+                [xenmem::MEMORY_MAP, &mut map as *mut _ as usize, 0, 0, 0],
+            )
+        }?;
+        if map.nr_entries > cap {
+            return Err(XenError::Contract("memory_map wrote more entries than asked"));
+        }
+        Ok(map.nr_entries as usize)
+    }
+
+    fn domain_info(&self, dom: DomId) -> Result<DomainInfo, XenError> {
+        let mut d = Domctl::new(abi::XEN_DOMCTL_GETDOMAININFO, dom.raw());
+        // SAFETY: Xen reads and writes one xen_domctl in a live local.
+        unsafe { call(op::DOMCTL, [&mut d as *mut _ as usize, 0, 0, 0, 0]) }?;
+        // SAFETY: getdomaininfo fills the union's getdomaininfo member.
+        let info = unsafe { d.u.getdomaininfo };
+        if info.domain != dom.raw() {
+            // getdomaininfo answers for the first domain at or above the one
+            // asked for: another domid means ours does not exist.
+            return Err(XenError::Errno(super::Errno::ESRCH));
+        }
+        let shutdown = (info.flags & abi::XEN_DOMINF_SHUTDOWN != 0).then_some(
+            (info.flags >> abi::XEN_DOMINF_SHUTDOWNSHIFT) & abi::XEN_DOMINF_SHUTDOWNMASK,
+        );
+        Ok(DomainInfo {
+            domid: dom,
+            tot_pages: PageCount(info.tot_pages),
+            max_pages: PageCount(info.max_pages),
+            shutdown,
+            dying: info.flags & abi::XEN_DOMINF_DYING != 0,
+        })
+    }
+
+    fn shutdown(&self, reason: ShutdownReason) -> Result<(), XenError> {
+        let mut s = abi::SchedShutdown {
+            reason: reason.code(),
+        };
+        // SAFETY: Xen reads one sched_shutdown from a live local.
+        unsafe {
+            call(
+                op::SCHED_OP,
+                [abi::SCHEDOP_SHUTDOWN, &mut s as *mut _ as usize, 0, 0, 0],
+            )
+        }?;
+        Ok(())
+    }
+}

@@ -1,0 +1,222 @@
+//! Xen: ABI structures, error numbers and typed operations.
+//!
+//! [`Hypervisor`] is the seam between the agent's logic and Xen. [`RealXen`]
+//! implements it with real hypercalls on the bare-metal targets; host tests
+//! implement it with a model of Xen.
+
+pub mod abi;
+pub mod errno;
+#[cfg(target_os = "none")]
+mod hypercall;
+
+use core::fmt;
+
+use crate::addr::{DomId, Gfn, PageCount};
+pub use errno::Errno;
+
+#[cfg(target_os = "none")]
+pub use hypercall::{console_write, RealXen};
+
+/// A failed hypercall.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum XenError {
+    /// Xen returned `-errno` for an error number it defines.
+    Errno(Errno),
+    /// Xen returned a negative value that `public/errno.h` does not define.
+    Unknown(i64),
+    /// Xen returned something the operation's contract rules out (a count
+    /// larger than asked for, a version field out of range, ...).
+    Contract(&'static str),
+}
+
+impl XenError {
+    /// Classify a hypercall's raw return: `Ok(v)` for `v >= 0`.
+    pub fn check(ret: i64) -> Result<u64, XenError> {
+        if ret >= 0 {
+            Ok(ret as u64)
+        } else {
+            let e = ret.unsigned_abs();
+            Err(i64::try_from(e)
+                .ok()
+                .and_then(Errno::from_raw)
+                .map_or(XenError::Unknown(ret), XenError::Errno))
+        }
+    }
+
+    /// The errno, if Xen gave one it defines.
+    pub fn errno(self) -> Option<Errno> {
+        match self {
+            XenError::Errno(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for XenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            XenError::Errno(e) => write!(f, "{} ({})", e.name(), e.description()),
+            XenError::Unknown(v) => write!(f, "unknown Xen error {v}"),
+            XenError::Contract(what) => write!(f, "Xen broke the call's contract: {what}"),
+        }
+    }
+}
+
+#[cfg(feature = "defmt")]
+impl defmt::Format for XenError {
+    fn format(&self, f: defmt::Formatter<'_>) {
+        match self {
+            XenError::Errno(e) => defmt::write!(f, "{=str} ({=str})", e.name(), e.description()),
+            XenError::Unknown(v) => defmt::write!(f, "unknown Xen error {=i64}", v),
+            XenError::Contract(what) => {
+                defmt::write!(f, "Xen broke the call's contract: {=str}", what)
+            }
+        }
+    }
+}
+
+/// Xen's version, as `XENVER_version` and `XENVER_extraversion` give it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct XenVersion {
+    /// Major version (4 for Xen 4.17).
+    pub major: u16,
+    /// Minor version (17 for Xen 4.17).
+    pub minor: u16,
+    /// The extra version string (".7" for 4.17.7), NUL-padded.
+    pub extra: [u8; abi::XEN_EXTRAVERSION_LEN],
+}
+
+impl XenVersion {
+    /// The extra version as text (up to its first NUL; `"?"` if not UTF-8).
+    pub fn extra_str(&self) -> &str {
+        let n = self.extra.iter().position(|&b| b == 0).unwrap_or(self.extra.len());
+        core::str::from_utf8(&self.extra[..n]).unwrap_or("?")
+    }
+}
+
+bitflags::bitflags! {
+    /// The first word of Xen's feature bitmap (`XENVER_get_features`, submap 0).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct Features: u32 {
+        /// `XENFEAT_writable_page_tables`.
+        const WRITABLE_PAGE_TABLES = 1 << 0;
+        /// `XENFEAT_auto_translated_physmap`: Xen translates the guest's
+        /// frames (PVH, HVM, Arm); GFNs are not MFNs.
+        const AUTO_TRANSLATED_PHYSMAP = 1 << 2;
+        /// `XENFEAT_supervisor_mode_kernel`.
+        const SUPERVISOR_MODE_KERNEL = 1 << 3;
+        /// `XENFEAT_hvm_callback_vector`.
+        const HVM_CALLBACK_VECTOR = 1 << 8;
+        /// `XENFEAT_hvm_safe_pvclock`.
+        const HVM_SAFE_PVCLOCK = 1 << 9;
+        /// `XENFEAT_hvm_pirqs`.
+        const HVM_PIRQS = 1 << 10;
+        /// `XENFEAT_dom0`: this domain is the hardware domain.
+        const DOM0 = 1 << 11;
+        /// `XENFEAT_grant_map_identity`.
+        const GRANT_MAP_IDENTITY = 1 << 12;
+        /// `XENFEAT_memory_op_vnode_supported`.
+        const MEMORY_OP_VNODE = 1 << 13;
+        /// `XENFEAT_ARM_SMCCC_supported`.
+        const ARM_SMCCC = 1 << 14;
+        /// `XENFEAT_linux_rsdp_unrestricted`.
+        const LINUX_RSDP_UNRESTRICTED = 1 << 15;
+        /// `XENFEAT_not_direct_mapped`.
+        const NOT_DIRECT_MAPPED = 1 << 16;
+        /// `XENFEAT_direct_mapped`: guest-physical == machine address (Arm dom0).
+        const DIRECT_MAPPED = 1 << 17;
+        /// Bits this crate does not name.
+        const _ = !0;
+    }
+}
+
+/// Why a domain shuts down (`SHUTDOWN_*`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum ShutdownReason {
+    /// `SHUTDOWN_poweroff`: exited normally.
+    Poweroff,
+    /// `SHUTDOWN_reboot`.
+    Reboot,
+    /// `SHUTDOWN_crash`: tell the controller we crashed.
+    Crash,
+}
+
+impl ShutdownReason {
+    /// The `SHUTDOWN_*` code.
+    pub const fn code(self) -> u32 {
+        match self {
+            ShutdownReason::Poweroff => 0,
+            ShutdownReason::Reboot => 1,
+            ShutdownReason::Crash => 3,
+        }
+    }
+}
+
+/// What `XEN_DOMCTL_getdomaininfo` says about a domain (the part we use).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DomainInfo {
+    /// The domain asked about.
+    pub domid: DomId,
+    /// Pages it holds now.
+    pub tot_pages: PageCount,
+    /// Its maximum.
+    pub max_pages: PageCount,
+    /// `Some(code)` once it has shut down, with its `SHUTDOWN_*` code.
+    pub shutdown: Option<u32>,
+    /// It is dying (being destroyed).
+    pub dying: bool,
+}
+
+/// The typed operations the agent asks of Xen.
+///
+/// Implemented by [`RealXen`] (real hypercalls, bare-metal targets) and by host
+/// models in tests.
+pub trait Hypervisor {
+    /// `XENVER_version` and `XENVER_extraversion`.
+    fn version(&self) -> Result<XenVersion, XenError>;
+    /// `XENVER_get_features`, submap 0.
+    fn features(&self) -> Result<Features, XenError>;
+    /// `CONSOLEIO_write` of the whole buffer.
+    fn console_write(&self, bytes: &[u8]) -> Result<(), XenError>;
+    /// `XENMEM_current_reservation`: pages the domain holds.
+    fn current_reservation(&self, dom: DomId) -> Result<PageCount, XenError>;
+    /// `XENMEM_maximum_reservation`: the most pages the domain may hold.
+    fn maximum_reservation(&self, dom: DomId) -> Result<PageCount, XenError>;
+    /// `XENMEM_maximum_gpfn`: the highest GFN the domain has populated.
+    fn maximum_gpfn(&self, dom: DomId) -> Result<Gfn, XenError>;
+    /// `XENMEM_memory_map`: the domain's e820, into `buf`; returns the number
+    /// of entries written.
+    fn memory_map(&self, buf: &mut [abi::E820Entry]) -> Result<usize, XenError>;
+    /// `XEN_DOMCTL_getdomaininfo` (privileged callers only).
+    fn domain_info(&self, dom: DomId) -> Result<DomainInfo, XenError>;
+    /// `SCHEDOP_shutdown`. Returns only if Xen refused.
+    fn shutdown(&self, reason: ShutdownReason) -> Result<(), XenError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn negative_returns_become_named_errors() {
+        assert_eq!(XenError::check(0), Ok(0));
+        assert_eq!(XenError::check(42), Ok(42));
+        assert_eq!(XenError::check(-38), Err(XenError::Errno(Errno::ENOSYS)));
+        assert_eq!(XenError::check(-95), Err(XenError::Errno(Errno::EOPNOTSUPP)));
+        assert_eq!(XenError::check(-1000), Err(XenError::Unknown(-1000)));
+        assert_eq!(XenError::check(i64::MIN), Err(XenError::Unknown(i64::MIN)));
+        assert_eq!(
+            XenError::Errno(Errno::EPERM).to_string(),
+            "EPERM (Operation not permitted)"
+        );
+    }
+
+    #[test]
+    fn extra_version_text() {
+        let mut extra = [0u8; abi::XEN_EXTRAVERSION_LEN];
+        extra[..2].copy_from_slice(b".7");
+        let v = XenVersion { major: 4, minor: 17, extra };
+        assert_eq!(v.extra_str(), ".7");
+    }
+}
