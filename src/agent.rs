@@ -1,8 +1,20 @@
-//! The agent: what it does once booted. (Stub; filled in by the lead.)
+//! The agent: what it does once booted.
+//!
+//! [`run`] reads the command line, surveys what Xen says about this domain
+//! (version, domid, privilege, memory map, reservation), reports it, does what
+//! the options ask, and returns the [`Outcome`]. It only talks to Xen through
+//! [`Hypervisor`], so host tests run it against a model.
+//!
+//! Every report line has the form `report: <topic> key=value ...`; the runner
+//! (`cargo xtask`) parses them and checks them against what it configured.
 
+use crate::addr::{DomId, Gfn, PageCount};
 use crate::arch::Verdict;
-use crate::boot::BootInfo;
-use crate::xen::Hypervisor;
+use crate::boot::{BootInfo, Firmware, PhysSpan};
+use crate::cmdline::{self, FaultKind, Options};
+use crate::memmap::{MemMapError, MemoryMap};
+use crate::xen::abi::E820Entry;
+use crate::xen::{Features, Hypervisor, XenError, XenVersion};
 
 /// How the run leaves the machine.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -22,16 +34,464 @@ pub struct Outcome {
     pub exit: ExitPath,
 }
 
+/// How the agent knows its domain id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DomidSource {
+    /// Xen's interface told it (x86 CPUID leaf).
+    Xen,
+    /// The `domid=` option (Arm: a guest cannot ask Xen).
+    Cmdline,
+}
+
+impl DomidSource {
+    /// The name in reports.
+    pub const fn name(self) -> &'static str {
+        match self {
+            DomidSource::Xen => "cpuid",
+            DomidSource::Cmdline => "cmdline",
+        }
+    }
+}
+
+/// Why the survey failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SurveyError {
+    /// A hypercall failed.
+    Xen {
+        /// Which operation.
+        op: &'static str,
+        /// What Xen said.
+        err: XenError,
+    },
+    /// The memory map could not be read.
+    MemMap(MemMapError),
+    /// `domid=` disagrees with what Xen says.
+    DomidMismatch {
+        /// From Xen.
+        xen: DomId,
+        /// From the command line.
+        cmdline: DomId,
+    },
+}
+
+/// What the agent found out about its domain.
+#[derive(Clone, Debug)]
+pub struct Survey {
+    /// Xen's version.
+    pub version: XenVersion,
+    /// Xen's feature bits (submap 0).
+    pub features: Features,
+    /// The domain id and how it is known (`None`: unknown).
+    pub domid: Option<(DomId, DomidSource)>,
+    /// The hardware domain (`XENFEAT_dom0`).
+    pub privileged: bool,
+    /// The memory map.
+    pub memmap: MemoryMap,
+    /// `XENMEM_current_reservation`.
+    pub current: PageCount,
+    /// `XENMEM_maximum_reservation`.
+    pub maximum: PageCount,
+    /// `XENMEM_maximum_gpfn`.
+    pub maximum_gpfn: Gfn,
+    /// The agent's own image.
+    pub image: PhysSpan,
+}
+
+fn xen<T>(op: &'static str, r: Result<T, XenError>) -> Result<T, SurveyError> {
+    r.map_err(|err| SurveyError::Xen { op, err })
+}
+
+/// Find out what Xen says about this domain.
+pub fn survey(
+    hv: &impl Hypervisor,
+    boot: &BootInfo<'_>,
+    opts: &Options,
+) -> Result<Survey, SurveyError> {
+    let version = xen("xen_version", hv.version())?;
+    let features = xen("get_features", hv.features())?;
+    let domid = match (hv.own_domid(), opts.domid) {
+        (Some(x), Some(c)) if x != c => {
+            return Err(SurveyError::DomidMismatch { xen: x, cmdline: c })
+        }
+        (Some(x), _) => Some((x, DomidSource::Xen)),
+        (None, Some(c)) => Some((c, DomidSource::Cmdline)),
+        (None, None) => None,
+    };
+    let memmap = match boot.firmware {
+        Firmware::DeviceTree(blob) => MemoryMap::from_fdt(blob).map_err(SurveyError::MemMap)?,
+        Firmware::Pvh(_) => {
+            let mut buf = [E820Entry::default(); crate::memmap::MAX_RANGES];
+            let n = xen("memory_map", hv.memory_map(&mut buf))?;
+            MemoryMap::from_e820(&buf[..n]).map_err(SurveyError::MemMap)?
+        }
+    };
+    Ok(Survey {
+        version,
+        features,
+        domid,
+        privileged: features.contains(Features::DOM0),
+        memmap,
+        current: xen("current_reservation", hv.current_reservation(DomId::SELF))?,
+        maximum: xen("maximum_reservation", hv.maximum_reservation(DomId::SELF))?,
+        maximum_gpfn: xen("maximum_gpfn", hv.maximum_gpfn(DomId::SELF))?,
+        image: boot.image,
+    })
+}
+
+fn report(s: &Survey) {
+    xm_info!(
+        "report: xen version={=u16}.{=u16} extra={=str}",
+        s.version.major,
+        s.version.minor,
+        s.version.extra_str()
+    );
+    let privileged = if s.privileged { "yes" } else { "no" };
+    match s.domid {
+        Some((d, src)) => xm_info!(
+            "report: domain domid={} source={=str} privileged={=str} features={=u32:#x}",
+            d,
+            src.name(),
+            privileged,
+            s.features.bits()
+        ),
+        None => xm_info!(
+            "report: domain domid=unknown source=none privileged={=str} features={=u32:#x}",
+            privileged,
+            s.features.bits()
+        ),
+    }
+    xm_info!(
+        "report: memmap source={=str} entries={=usize}",
+        s.memmap.source.name(),
+        s.memmap.ranges().len()
+    );
+    for r in s.memmap.ranges() {
+        xm_info!(
+            "report: region start={} end={} kind={=str}",
+            r.start,
+            r.end,
+            r.kind.name()
+        );
+    }
+    xm_info!("report: memmap ram_pages={}", s.memmap.ram_pages());
+    xm_info!(
+        "report: reservation current={} max={} maximum_gpfn={}",
+        s.current,
+        s.maximum,
+        s.maximum_gpfn
+    );
+    xm_info!("report: image start={} end={}", s.image.start, s.image.end);
+}
+
+/// The most `SCHEDOP_yield`s spent waiting for a peer before giving up (the
+/// runner's timeout is the real backstop; this keeps the loop finite).
+const PEER_POLLS: u32 = 5_000_000;
+
+/// Wait for `peer` to shut down; `Pass` if it powered off.
+fn wait_for_peer(hv: &impl Hypervisor, peer: DomId) -> Verdict {
+    for _ in 0..PEER_POLLS {
+        match hv.domain_info(peer) {
+            Ok(info) => {
+                if let Some(code) = info.shutdown {
+                    let name = match code {
+                        0 => "poweroff",
+                        1 => "reboot",
+                        2 => "suspend",
+                        3 => "crash",
+                        4 => "watchdog",
+                        _ => "other",
+                    };
+                    xm_info!(
+                        "report: peer domid={} shutdown={=str} code={=u32} tot_pages={}",
+                        peer,
+                        name,
+                        code,
+                        info.tot_pages
+                    );
+                    return if code == 0 {
+                        Verdict::Pass
+                    } else {
+                        Verdict::Fail
+                    };
+                }
+            }
+            // Not created yet (or already gone): keep polling.
+            Err(XenError::Errno(crate::xen::Errno::ESRCH)) => {}
+            Err(e) => {
+                xm_error!("peer: getdomaininfo of domain {} failed: {}", peer, e);
+                return Verdict::Fail;
+            }
+        }
+        if let Err(e) = hv.yield_cpu() {
+            xm_error!("peer: SCHEDOP_yield failed: {}", e);
+            return Verdict::Fail;
+        }
+    }
+    xm_error!("peer: domain {} did not shut down in time", peer);
+    Verdict::Fail
+}
+
+/// Touch an address the agent's page tables do not map, to test the
+/// exception path. Only on the bare-metal targets.
+fn fault(kind: FaultKind) {
+    match kind {
+        FaultKind::Unmapped => {
+            #[cfg(target_os = "none")]
+            {
+                let addr = crate::arch::imp::UNMAPPED_PROBE;
+                xm_info!("fault: reading unmapped address {}", addr);
+                // SAFETY: deliberately not sound: the read faults, and the
+                // exception handler ends the run without returning here.
+                let v = unsafe { core::ptr::read_volatile(addr.raw() as usize as *const u64) };
+                xm_error!("fault: read of an unmapped address returned {=u64:#x}", v);
+            }
+        }
+    }
+}
+
 /// Run the agent.
 pub fn run(hv: &impl Hypervisor, boot: &BootInfo<'_>) -> Outcome {
-    let _ = boot;
-    match hv.version() {
-        Ok(v) => xm_info!("xen version {=u16}.{=u16}", v.major, v.minor),
-        Err(e) => xm_error!("xen_version failed: {}", e),
+    let mut exit = ExitPath::Host;
+    let verdict = (|| {
+        let line = match cmdline::as_text(boot.cmdline) {
+            Ok(l) => l,
+            Err(e) => {
+                xm_error!("cmdline: {}", e);
+                return Verdict::Fail;
+            }
+        };
+        xm_info!("report: agent cmdline=\"{=str}\"", line);
+        let opts = match Options::parse(line, |e| xm_error!("cmdline: {}", e)) {
+            Ok(o) => o,
+            Err(_) => return Verdict::Fail,
+        };
+        exit = opts.exit.unwrap_or(ExitPath::Host);
+        let s = match survey(hv, boot, &opts) {
+            Ok(s) => s,
+            Err(e) => {
+                log_survey_error(&e);
+                return Verdict::Fail;
+            }
+        };
+        report(&s);
+        if let Some(kind) = opts.fault {
+            fault(kind);
+            return Verdict::Fail;
+        }
+        match opts.peer {
+            Some(peer) => wait_for_peer(hv, peer),
+            None => Verdict::Pass,
+        }
+    })();
+    match verdict {
+        Verdict::Pass => xm_info!("verdict: PASS"),
+        Verdict::Fail => xm_error!("verdict: FAIL"),
     }
-    xm_info!("verdict: PASS");
-    Outcome {
-        verdict: Verdict::Pass,
-        exit: ExitPath::Host,
+    Outcome { verdict, exit }
+}
+
+fn log_survey_error(e: &SurveyError) {
+    match e {
+        SurveyError::Xen { op, err } => xm_error!("survey: {=str} failed: {}", op, err),
+        SurveyError::MemMap(m) => xm_error!("survey: memory map: {}", m),
+        SurveyError::DomidMismatch { xen, cmdline } => xm_error!(
+            "survey: domid={} on the command line, but Xen says this is domain {}",
+            cmdline,
+            xen
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::addr::GuestPhysAddr;
+    use crate::xen::abi::{HvmStartInfo, HVM_START_MAGIC};
+    use crate::xen::{DomainInfo, Errno, ShutdownReason};
+    use std::cell::{Cell, RefCell};
+
+    /// A small stand-in for Xen: fixed answers, a scripted peer.
+    struct FakeXen {
+        domid: Option<DomId>,
+        features: Features,
+        e820: Vec<E820Entry>,
+        peer: RefCell<Vec<Result<Option<u32>, XenError>>>,
+        yields: Cell<u32>,
+    }
+
+    impl FakeXen {
+        fn new() -> Self {
+            FakeXen {
+                domid: Some(DomId(0)),
+                features: Features::DOM0 | Features::AUTO_TRANSLATED_PHYSMAP,
+                e820: vec![
+                    E820Entry {
+                        addr: 0,
+                        size: 0x9f000,
+                        kind: 1,
+                    },
+                    E820Entry {
+                        addr: 0x100000,
+                        size: 0xff00000,
+                        kind: 1,
+                    },
+                    E820Entry {
+                        addr: 0xfc000000,
+                        size: 0x1000,
+                        kind: 2,
+                    },
+                ],
+                peer: RefCell::new(Vec::new()),
+                yields: Cell::new(0),
+            }
+        }
+    }
+
+    impl Hypervisor for FakeXen {
+        fn version(&self) -> Result<XenVersion, XenError> {
+            let mut extra = [0; 16];
+            extra[..2].copy_from_slice(b".7");
+            Ok(XenVersion {
+                major: 4,
+                minor: 17,
+                extra,
+            })
+        }
+        fn features(&self) -> Result<Features, XenError> {
+            Ok(self.features)
+        }
+        fn console_write(&self, _: &[u8]) -> Result<(), XenError> {
+            Ok(())
+        }
+        fn current_reservation(&self, _: DomId) -> Result<PageCount, XenError> {
+            Ok(PageCount(65536))
+        }
+        fn maximum_reservation(&self, _: DomId) -> Result<PageCount, XenError> {
+            Ok(PageCount(65536))
+        }
+        fn maximum_gpfn(&self, _: DomId) -> Result<Gfn, XenError> {
+            Ok(Gfn(0xfffff))
+        }
+        fn memory_map(&self, buf: &mut [E820Entry]) -> Result<usize, XenError> {
+            buf[..self.e820.len()].copy_from_slice(&self.e820);
+            Ok(self.e820.len())
+        }
+        fn domain_info(&self, dom: DomId) -> Result<DomainInfo, XenError> {
+            let next = self.peer.borrow_mut().remove(0);
+            next.map(|shutdown| DomainInfo {
+                domid: dom,
+                tot_pages: PageCount(32768),
+                max_pages: PageCount(32768),
+                shutdown,
+                dying: false,
+            })
+        }
+        fn shutdown(&self, _: ShutdownReason) -> Result<(), XenError> {
+            Ok(())
+        }
+        fn yield_cpu(&self) -> Result<(), XenError> {
+            self.yields.set(self.yields.get() + 1);
+            Ok(())
+        }
+        fn own_domid(&self) -> Option<DomId> {
+            self.domid
+        }
+    }
+
+    const START_INFO: HvmStartInfo = HvmStartInfo {
+        magic: HVM_START_MAGIC,
+        version: 0,
+        flags: 0,
+        nr_modules: 0,
+        modlist_paddr: 0,
+        cmdline_paddr: 0,
+        rsdp_paddr: 0,
+        memmap_paddr: 0,
+        memmap_entries: 0,
+        reserved: 0,
+    };
+
+    fn boot(cmdline: &[u8]) -> BootInfo<'_> {
+        BootInfo {
+            cmdline,
+            firmware: Firmware::Pvh(&START_INFO),
+            image: PhysSpan {
+                start: GuestPhysAddr(0x100000),
+                end: GuestPhysAddr(0x200000),
+            },
+        }
+    }
+
+    #[test]
+    fn survey_reports_what_xen_says() {
+        let hv = FakeXen::new();
+        let s = survey(&hv, &boot(b""), &Options::default()).unwrap();
+        assert_eq!(s.domid, Some((DomId(0), DomidSource::Xen)));
+        assert!(s.privileged);
+        assert_eq!(s.memmap.ranges().len(), 3);
+        assert_eq!(s.memmap.ram_pages(), PageCount(0x9f + 0xff00));
+        assert_eq!(s.current, PageCount(65536));
+        assert_eq!(run(&hv, &boot(b"")).verdict, Verdict::Pass);
+    }
+
+    #[test]
+    fn domid_from_the_command_line_where_xen_cannot_tell() {
+        let mut hv = FakeXen::new();
+        hv.domid = None;
+        hv.features = Features::empty();
+        let opts = Options {
+            domid: Some(DomId(1)),
+            ..Options::default()
+        };
+        let s = survey(&hv, &boot(b""), &opts).unwrap();
+        assert_eq!(s.domid, Some((DomId(1), DomidSource::Cmdline)));
+        assert!(!s.privileged);
+        hv.domid = Some(DomId(0));
+        assert_eq!(
+            survey(&hv, &boot(b""), &opts).unwrap_err(),
+            SurveyError::DomidMismatch {
+                xen: DomId(0),
+                cmdline: DomId(1)
+            }
+        );
+    }
+
+    #[test]
+    fn bad_command_lines_fail_the_run() {
+        let hv = FakeXen::new();
+        for line in [&b"bogus=1"[..], b"domid=x", b"\xff"] {
+            assert_eq!(run(&hv, &boot(line)).verdict, Verdict::Fail);
+        }
+        let o = run(&hv, &boot(b"exit=shutdown"));
+        assert_eq!(
+            o,
+            Outcome {
+                verdict: Verdict::Pass,
+                exit: ExitPath::XenShutdown
+            }
+        );
+    }
+
+    #[test]
+    fn memory_map_errors_fail_the_run() {
+        let mut hv = FakeXen::new();
+        hv.e820.push(E820Entry {
+            addr: u64::MAX,
+            size: 2,
+            kind: 1,
+        });
+        assert_eq!(run(&hv, &boot(b"")).verdict, Verdict::Fail);
+    }
+
+    #[test]
+    fn peer_verdict_follows_its_shutdown_code() {
+        let hv = FakeXen::new();
+        *hv.peer.borrow_mut() = vec![Err(XenError::Errno(Errno::ESRCH)), Ok(None), Ok(Some(0))];
+        assert_eq!(run(&hv, &boot(b"peer=1")).verdict, Verdict::Pass);
+        assert_eq!(hv.yields.get(), 2);
+        *hv.peer.borrow_mut() = vec![Ok(Some(3))];
+        assert_eq!(run(&hv, &boot(b"peer=1")).verdict, Verdict::Fail);
+        *hv.peer.borrow_mut() = vec![Err(XenError::Errno(Errno::EPERM))];
+        assert_eq!(run(&hv, &boot(b"peer=1")).verdict, Verdict::Fail);
     }
 }

@@ -1,1 +1,283 @@
-//! Command-line parsing (stub).
+//! The agent's command line: `name=value` words separated by spaces.
+//!
+//! Every word must be a known option with a well-formed value; anything else is
+//! a typed [`CmdlineError`] naming the word, and the agent fails the run. No
+//! allocation: errors borrow from the line.
+
+use core::fmt;
+
+use crate::addr::DomId;
+use crate::agent::ExitPath;
+
+/// A deliberate fault, to test the exception path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FaultKind {
+    /// Read an address that the agent's page tables do not map.
+    Unmapped,
+}
+
+/// The options the agent understands.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Options {
+    /// `domid=N`: this domain's id, where Xen cannot tell it (Arm).
+    pub domid: Option<DomId>,
+    /// `peer=N`: wait for domain N to shut down and fail unless it powered off.
+    pub peer: Option<DomId>,
+    /// `exit=host|shutdown`: how to end the run.
+    pub exit: Option<ExitPath>,
+    /// `fault=unmapped`: fault on purpose after the report.
+    pub fault: Option<FaultKind>,
+}
+
+/// What was wrong with the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CmdlineError<'a> {
+    /// The line is not UTF-8; the first bad byte is at this offset.
+    NotUtf8 {
+        /// Byte offset of the first invalid byte.
+        offset: usize,
+    },
+    /// An option this agent does not know.
+    Unknown {
+        /// The option's name as written.
+        name: &'a str,
+    },
+    /// A known option whose value does not parse.
+    Malformed {
+        /// The option.
+        name: &'static str,
+        /// The value as written.
+        value: &'a str,
+        /// What the value should look like.
+        expected: &'static str,
+    },
+    /// A known option given twice.
+    Duplicate {
+        /// The option.
+        name: &'static str,
+    },
+}
+
+impl fmt::Display for CmdlineError<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CmdlineError::NotUtf8 { offset } => {
+                write!(f, "command line is not UTF-8 (byte {offset})")
+            }
+            CmdlineError::Unknown { name } => write!(f, "unknown option `{name}`"),
+            CmdlineError::Malformed {
+                name,
+                value,
+                expected,
+            } => write!(
+                f,
+                "option `{name}`: bad value `{value}` (expected {expected})"
+            ),
+            CmdlineError::Duplicate { name } => write!(f, "option `{name}` given twice"),
+        }
+    }
+}
+
+#[cfg(feature = "defmt")]
+impl defmt::Format for CmdlineError<'_> {
+    fn format(&self, f: defmt::Formatter<'_>) {
+        match self {
+            CmdlineError::NotUtf8 { offset } => {
+                defmt::write!(f, "command line is not UTF-8 (byte {=usize})", offset)
+            }
+            CmdlineError::Unknown { name } => defmt::write!(f, "unknown option `{=str}`", name),
+            CmdlineError::Malformed {
+                name,
+                value,
+                expected,
+            } => defmt::write!(
+                f,
+                "option `{=str}`: bad value `{=str}` (expected {=str})",
+                name,
+                value,
+                expected
+            ),
+            CmdlineError::Duplicate { name } => {
+                defmt::write!(f, "option `{=str}` given twice", name)
+            }
+        }
+    }
+}
+
+/// Check that the raw line is UTF-8.
+pub fn as_text(raw: &[u8]) -> Result<&str, CmdlineError<'static>> {
+    core::str::from_utf8(raw).map_err(|e| CmdlineError::NotUtf8 {
+        offset: e.valid_up_to(),
+    })
+}
+
+/// Parse a domain id: decimal or `0x` hex, below `DOMID_FIRST_RESERVED`.
+fn parse_domid(v: &str) -> Option<DomId> {
+    let n = parse_u64(v)?;
+    (n < 0x7ff0).then(|| DomId(n as u16))
+}
+
+fn parse_u64(v: &str) -> Option<u64> {
+    match v.strip_prefix("0x") {
+        Some(hex) if !hex.is_empty() => u64::from_str_radix(hex, 16).ok(),
+        Some(_) => None,
+        None if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) => v.parse().ok(),
+        None => None,
+    }
+}
+
+impl Options {
+    /// Apply one word to `self`.
+    fn apply<'a>(&mut self, word: &'a str) -> Result<(), CmdlineError<'a>> {
+        let (name, value) = word.split_once('=').unwrap_or((word, ""));
+        macro_rules! set {
+            ($field:ident, $name:literal, $parsed:expr, $expected:literal) => {{
+                if self.$field.is_some() {
+                    return Err(CmdlineError::Duplicate { name: $name });
+                }
+                match $parsed {
+                    Some(v) if word.contains('=') => {
+                        self.$field = Some(v);
+                        Ok(())
+                    }
+                    _ => Err(CmdlineError::Malformed {
+                        name: $name,
+                        value,
+                        expected: $expected,
+                    }),
+                }
+            }};
+        }
+        match name {
+            "domid" => set!(
+                domid,
+                "domid",
+                parse_domid(value),
+                "a domain id below 0x7ff0"
+            ),
+            "peer" => set!(peer, "peer", parse_domid(value), "a domain id below 0x7ff0"),
+            "exit" => set!(
+                exit,
+                "exit",
+                match value {
+                    "host" => Some(ExitPath::Host),
+                    "shutdown" => Some(ExitPath::XenShutdown),
+                    _ => None,
+                },
+                "`host` or `shutdown`"
+            ),
+            "fault" => set!(
+                fault,
+                "fault",
+                (value == "unmapped").then_some(FaultKind::Unmapped),
+                "`unmapped`"
+            ),
+            _ => Err(CmdlineError::Unknown { name }),
+        }
+    }
+
+    /// Parse a whole line. Every error is passed to `on_error` (so that all of
+    /// them can be reported); the result is `Err` with the first one.
+    pub fn parse<'a>(
+        line: &'a str,
+        mut on_error: impl FnMut(&CmdlineError<'a>),
+    ) -> Result<Options, CmdlineError<'a>> {
+        let mut opts = Options::default();
+        let mut first = None;
+        for word in line.split_ascii_whitespace() {
+            if let Err(e) = opts.apply(word) {
+                on_error(&e);
+                first.get_or_insert(e);
+            }
+        }
+        match first {
+            None => Ok(opts),
+            Some(e) => Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(line: &str) -> Result<Options, CmdlineError<'_>> {
+        Options::parse(line, |_| {})
+    }
+
+    #[test]
+    fn good_lines() {
+        assert_eq!(parse(""), Ok(Options::default()));
+        assert_eq!(parse("   "), Ok(Options::default()));
+        let o = parse(" domid=1  peer=0x2 exit=shutdown fault=unmapped ").unwrap();
+        assert_eq!(o.domid, Some(DomId(1)));
+        assert_eq!(o.peer, Some(DomId(2)));
+        assert_eq!(o.exit, Some(ExitPath::XenShutdown));
+        assert_eq!(o.fault, Some(FaultKind::Unmapped));
+        assert_eq!(parse("exit=host").unwrap().exit, Some(ExitPath::Host));
+    }
+
+    #[test]
+    fn unknown_and_malformed_are_named() {
+        assert_eq!(
+            parse("bogus=1"),
+            Err(CmdlineError::Unknown { name: "bogus" })
+        );
+        assert_eq!(parse("quiet"), Err(CmdlineError::Unknown { name: "quiet" }));
+        assert_eq!(
+            parse("domid=x"),
+            Err(CmdlineError::Malformed {
+                name: "domid",
+                value: "x",
+                expected: "a domain id below 0x7ff0"
+            })
+        );
+        for bad in [
+            "domid",
+            "domid=",
+            "domid=0x",
+            "domid=32752",
+            "domid=-1",
+            "domid=99999999999999999999",
+        ] {
+            assert!(
+                matches!(
+                    parse(bad),
+                    Err(CmdlineError::Malformed { name: "domid", .. })
+                ),
+                "{bad}"
+            );
+        }
+        assert!(matches!(
+            parse("exit=now"),
+            Err(CmdlineError::Malformed { name: "exit", .. })
+        ));
+        assert_eq!(
+            parse("domid=1 domid=2"),
+            Err(CmdlineError::Duplicate { name: "domid" })
+        );
+        assert_eq!(
+            CmdlineError::Unknown { name: "bogus" }.to_string(),
+            "unknown option `bogus`"
+        );
+    }
+
+    #[test]
+    fn every_error_is_reported() {
+        let mut seen = Vec::new();
+        let r = Options::parse("a=1 domid=0 b exit=x", |e| seen.push(e.to_string()));
+        assert_eq!(r, Err(CmdlineError::Unknown { name: "a" }));
+        assert_eq!(seen.len(), 3);
+        assert!(seen[1].contains("`b`"));
+        assert!(seen[2].contains("`exit`"));
+    }
+
+    #[test]
+    fn not_utf8() {
+        assert_eq!(
+            as_text(b"domid=1 \xff"),
+            Err(CmdlineError::NotUtf8 { offset: 8 })
+        );
+        assert_eq!(as_text(b"domid=1"), Ok("domid=1"));
+    }
+}

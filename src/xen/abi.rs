@@ -56,6 +56,8 @@ pub mod xenmem {
 
 /// `CONSOLEIO_write` (`public/xen.h`).
 pub const CONSOLEIO_WRITE: usize = 0;
+/// `SCHEDOP_yield` (`public/sched.h`).
+pub const SCHEDOP_YIELD: usize = 0;
 /// `SCHEDOP_shutdown` (`public/sched.h`).
 pub const SCHEDOP_SHUTDOWN: usize = 2;
 /// Length of `xen_extraversion_t`.

@@ -24,7 +24,13 @@ pub fn console_write(mut bytes: &[u8]) -> Result<(), XenError> {
         let n = unsafe {
             call(
                 op::CONSOLE_IO,
-                [abi::CONSOLEIO_WRITE, bytes.len(), bytes.as_ptr() as usize, 0, 0],
+                [
+                    abi::CONSOLEIO_WRITE,
+                    bytes.len(),
+                    bytes.as_ptr() as usize,
+                    0,
+                    0,
+                ],
             )
         }?;
         // Xen 4.17 returns 0 once it has written everything (older versions
@@ -116,7 +122,9 @@ impl Hypervisor for RealXen {
             )
         }?;
         if map.nr_entries > cap {
-            return Err(XenError::Contract("memory_map wrote more entries than asked"));
+            return Err(XenError::Contract(
+                "memory_map wrote more entries than asked",
+            ));
         }
         Ok(map.nr_entries as usize)
     }
@@ -156,5 +164,15 @@ impl Hypervisor for RealXen {
             )
         }?;
         Ok(())
+    }
+
+    fn yield_cpu(&self) -> Result<(), XenError> {
+        // SAFETY: SCHEDOP_yield takes no argument.
+        unsafe { call(op::SCHED_OP, [abi::SCHEDOP_YIELD, 0, 0, 0, 0]) }?;
+        Ok(())
+    }
+
+    fn own_domid(&self) -> Option<DomId> {
+        crate::arch::imp::own_domid()
     }
 }

@@ -89,7 +89,11 @@ pub struct XenVersion {
 impl XenVersion {
     /// The extra version as text (up to its first NUL; `"?"` if not UTF-8).
     pub fn extra_str(&self) -> &str {
-        let n = self.extra.iter().position(|&b| b == 0).unwrap_or(self.extra.len());
+        let n = self
+            .extra
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(self.extra.len());
         core::str::from_utf8(&self.extra[..n]).unwrap_or("?")
     }
 }
@@ -192,6 +196,11 @@ pub trait Hypervisor {
     fn domain_info(&self, dom: DomId) -> Result<DomainInfo, XenError>;
     /// `SCHEDOP_shutdown`. Returns only if Xen refused.
     fn shutdown(&self, reason: ShutdownReason) -> Result<(), XenError>;
+    /// `SCHEDOP_yield`: let other vCPUs run.
+    fn yield_cpu(&self) -> Result<(), XenError>;
+    /// The caller's domain id, where Xen's interface tells it (x86: a CPUID
+    /// leaf); `None` where it cannot (Arm).
+    fn own_domid(&self) -> Option<DomId>;
 }
 
 #[cfg(test)]
@@ -203,7 +212,10 @@ mod tests {
         assert_eq!(XenError::check(0), Ok(0));
         assert_eq!(XenError::check(42), Ok(42));
         assert_eq!(XenError::check(-38), Err(XenError::Errno(Errno::ENOSYS)));
-        assert_eq!(XenError::check(-95), Err(XenError::Errno(Errno::EOPNOTSUPP)));
+        assert_eq!(
+            XenError::check(-95),
+            Err(XenError::Errno(Errno::EOPNOTSUPP))
+        );
         assert_eq!(XenError::check(-1000), Err(XenError::Unknown(-1000)));
         assert_eq!(XenError::check(i64::MIN), Err(XenError::Unknown(i64::MIN)));
         assert_eq!(
@@ -216,7 +228,11 @@ mod tests {
     fn extra_version_text() {
         let mut extra = [0u8; abi::XEN_EXTRAVERSION_LEN];
         extra[..2].copy_from_slice(b".7");
-        let v = XenVersion { major: 4, minor: 17, extra };
+        let v = XenVersion {
+            major: 4,
+            minor: 17,
+            extra,
+        };
         assert_eq!(v.extra_str(), ".7");
     }
 }
