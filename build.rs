@@ -15,7 +15,10 @@ fn main() {
     let script = dir.join("linker").join(format!("{arch}.ld"));
     println!("cargo:rerun-if-changed={}", script.display());
     for asm in ["x86_64.S", "aarch64.S"] {
-        println!("cargo:rerun-if-changed={}", dir.join("boot").join(asm).display());
+        println!(
+            "cargo:rerun-if-changed={}",
+            dir.join("boot").join(asm).display()
+        );
     }
     println!("cargo:rustc-link-arg-bins=-T{}", script.display());
     // defmt's own script (found through the search path defmt's build adds).

@@ -210,10 +210,22 @@ mod tests {
     fn ordinary_and_damaged_lines() {
         assert!(decode_line("(XEN) Xen version 4.17").is_none());
         assert_eq!(decode_line("@xm:Zm9"), Some(Err(FrameError::BadLength(3))));
-        assert_eq!(decode_line("@xm:Zm?v"), Some(Err(FrameError::BadCharacter(2))));
-        assert_eq!(decode_line("@xm:Z=9v"), Some(Err(FrameError::BadCharacter(1))));
-        assert_eq!(decode_line("@xm:Zg==Zg=="), Some(Err(FrameError::BadCharacter(2))));
+        assert_eq!(
+            decode_line("@xm:Zm?v"),
+            Some(Err(FrameError::BadCharacter(2)))
+        );
+        assert_eq!(
+            decode_line("@xm:Z=9v"),
+            Some(Err(FrameError::BadCharacter(1)))
+        );
+        assert_eq!(
+            decode_line("@xm:Zg==Zg=="),
+            Some(Err(FrameError::BadCharacter(2)))
+        );
         let long = "A".repeat(68);
-        assert_eq!(decode_line(&format!("@xm:{long}")), Some(Err(FrameError::TooLong(51))));
+        assert_eq!(
+            decode_line(&format!("@xm:{long}")),
+            Some(Err(FrameError::TooLong(51)))
+        );
     }
 }
