@@ -21,6 +21,7 @@ pub mod agent;
 pub mod arch;
 pub mod boot;
 pub mod cmdline;
+pub mod fdt;
 pub mod logframe;
 pub mod memmap;
 pub mod xen;

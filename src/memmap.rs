@@ -10,6 +10,7 @@
 use core::fmt;
 
 use crate::addr::{GuestPhysAddr, PageCount, PAGE_SIZE};
+use crate::fdt::{read_cells, Event, Fdt, FdtError};
 use crate::xen::abi::{E820Entry, HvmMemmapEntry};
 
 /// The most ranges a [`MemoryMap`] holds.
@@ -113,8 +114,8 @@ pub enum MemMapError {
     },
     /// More entries than [`MAX_RANGES`].
     TooMany,
-    /// The device tree is malformed (the text says how).
-    DeviceTree(&'static str),
+    /// The device tree is malformed.
+    DeviceTree(FdtError),
 }
 
 impl fmt::Display for MemMapError {
@@ -144,7 +145,7 @@ impl defmt::Format for MemMapError {
             MemMapError::TooMany => {
                 defmt::write!(f, "more than {=usize} memory-map entries", MAX_RANGES)
             }
-            MemMapError::DeviceTree(why) => defmt::write!(f, "device tree: {=str}", why),
+            MemMapError::DeviceTree(why) => defmt::write!(f, "device tree: {=str}", why.as_str()),
         }
     }
 }
@@ -236,73 +237,91 @@ impl MemoryMap {
 
     /// From a flattened device tree: `/memory*` nodes (RAM),
     /// `/reserved-memory` children (reserved) and `/hypervisor`'s first `reg`
-    /// entry (the region Xen leaves for grant and foreign mappings).
+    /// entry (the region Xen leaves for grant and foreign mappings). `reg`
+    /// values are read with the parent's `#address-cells`/`#size-cells`.
     pub fn from_fdt(blob: &[u8]) -> Result<Self, MemMapError> {
-        let fdt = fdt::Fdt::new(blob).map_err(|e| MemMapError::DeviceTree(fdt_error(e)))?;
+        #[derive(Clone, Copy, PartialEq, Eq)]
+        enum Top {
+            Memory,
+            Hypervisor,
+            ReservedMemory,
+            Other,
+        }
+        let tree = Fdt::new(blob).map_err(MemMapError::DeviceTree)?;
         let mut map = Self::new(MapSource::DeviceTree);
-        let mut index = 0;
-        let root = fdt
-            .find_node("/")
-            .ok_or(MemMapError::DeviceTree("no root node"))?;
-        for node in root.children() {
-            let name = node.name.split('@').next().unwrap_or("");
-            let kind = match name {
-                "memory" => MemKind::Ram,
-                "hypervisor" => MemKind::Hypervisor,
-                "reserved-memory" => {
-                    for child in node.children() {
-                        for r in child.reg().into_iter().flatten() {
-                            let size = r.size.unwrap_or(0) as u64;
-                            map.push(
-                                index,
-                                r.starting_address as usize as u64,
-                                size,
-                                MemKind::Reserved,
-                            )?;
+        let mut cells = [(2u32, 1u32); crate::fdt::MAX_DEPTH];
+        let mut top = Top::Other;
+        let mut index = 0usize;
+        let mut push_err = None;
+        let walked = tree.walk(|depth, ev| {
+            match ev {
+                Event::Begin(name) => {
+                    cells[depth] = (2, 1);
+                    if depth == 1 {
+                        top = match name.split('@').next().unwrap_or("") {
+                            "memory" => Top::Memory,
+                            "hypervisor" => Top::Hypervisor,
+                            "reserved-memory" => Top::ReservedMemory,
+                            _ => Top::Other,
+                        };
+                    }
+                }
+                Event::Prop(name, value) => match name {
+                    "#address-cells" => {
+                        cells[depth].0 = read_cells(value, 1).unwrap_or(u64::MAX) as u32
+                    }
+                    "#size-cells" => {
+                        cells[depth].1 = read_cells(value, 1).unwrap_or(u64::MAX) as u32
+                    }
+                    "reg" => {
+                        let kind = match (depth, top) {
+                            (1, Top::Memory) => MemKind::Ram,
+                            (1, Top::Hypervisor) => MemKind::Hypervisor,
+                            (2, Top::ReservedMemory) => MemKind::Reserved,
+                            _ => return Ok(()),
+                        };
+                        let (ac, sc) = cells[depth - 1];
+                        if !(1..=2).contains(&ac) || sc > 2 {
+                            return Err(FdtError::BadProperty(
+                                "unsupported #address-cells or #size-cells",
+                            ));
+                        }
+                        let stride = ((ac + sc) * 4) as usize;
+                        if value.is_empty() || value.len() % stride != 0 {
+                            return Err(FdtError::BadProperty(
+                                "reg is not a whole number of entries",
+                            ));
+                        }
+                        for entry in value.chunks(stride) {
+                            let base = read_cells(entry, ac).unwrap_or(0);
+                            let size = if sc == 0 {
+                                0
+                            } else {
+                                read_cells(&entry[ac as usize * 4..], sc).unwrap_or(0)
+                            };
+                            if let Err(e) = map.push(index, base, size, kind) {
+                                push_err = Some(e);
+                                return Err(FdtError::BadProperty("memory map"));
+                            }
                             index += 1;
+                            // Only the first hypervisor entry is the region
+                            // every Xen provides.
+                            if kind == MemKind::Hypervisor {
+                                break;
+                            }
                         }
                     }
-                    continue;
-                }
-                _ => continue,
-            };
-            let mut regs = node.reg().ok_or(MemMapError::DeviceTree(
-                "memory or hypervisor node without reg",
-            ))?;
-            if kind == MemKind::Hypervisor {
-                // Only the first entry is the free region; later ones are
-                // extended regions on newer Xen, also free, but we report the
-                // one every Xen provides.
-                if let Some(r) = regs.next() {
-                    map.push(
-                        index,
-                        r.starting_address as usize as u64,
-                        r.size.unwrap_or(0) as u64,
-                        kind,
-                    )?;
-                    index += 1;
-                }
-                continue;
+                    _ => {}
+                },
+                Event::End => {}
             }
-            for r in regs {
-                map.push(
-                    index,
-                    r.starting_address as usize as u64,
-                    r.size.unwrap_or(0) as u64,
-                    kind,
-                )?;
-                index += 1;
-            }
+            Ok(())
+        });
+        if let Some(e) = push_err {
+            return Err(e);
         }
+        walked.map_err(MemMapError::DeviceTree)?;
         Ok(map)
-    }
-}
-
-fn fdt_error(e: fdt::FdtError) -> &'static str {
-    match e {
-        fdt::FdtError::BadMagic => "bad magic",
-        fdt::FdtError::BadPtr => "bad pointer",
-        fdt::FdtError::BufferTooSmall => "truncated (buffer smaller than the header's totalsize)",
     }
 }
 
@@ -364,11 +383,85 @@ mod tests {
     fn fdt_errors_are_typed() {
         assert_eq!(
             MemoryMap::from_fdt(&[0u8; 64]).unwrap_err(),
-            MemMapError::DeviceTree("bad magic")
+            MemMapError::DeviceTree(FdtError::BadMagic)
         );
         assert!(matches!(
             MemoryMap::from_fdt(&[0xd0, 0x0d]),
             Err(MemMapError::DeviceTree(_))
         ));
+    }
+}
+
+#[cfg(test)]
+mod fdt_tests {
+    use super::*;
+    use crate::fdt::Fdt;
+
+    const DOMU: &[u8] = include_bytes!("../tests/data/domu-like.dtb");
+
+    #[test]
+    fn domu_tree() {
+        let map = MemoryMap::from_fdt(DOMU).unwrap();
+        let got: Vec<_> = map
+            .ranges()
+            .iter()
+            .map(|r| (r.start.0, r.end.0, r.kind))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (0x4000_0000, 0x4800_0000, MemKind::Ram),
+                (0x5000_0000, 0x5020_0000, MemKind::Reserved),
+                (0x3800_0000, 0x3900_0000, MemKind::Hypervisor),
+            ]
+        );
+        assert_eq!(map.ram_pages(), PageCount(32768));
+    }
+
+    #[test]
+    fn corrupted_trees_are_errors_not_panics() {
+        let mut seed = 1u64;
+        let mut errors = 0;
+        for _ in 0..20_000 {
+            let mut b = DOMU.to_vec();
+            for _ in 0..3 {
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let i = (seed >> 33) as usize % b.len();
+                b[i] = (seed >> 17) as u8;
+            }
+            errors += usize::from(MemoryMap::from_fdt(&b).is_err());
+            let _ = Fdt::new(&b).and_then(|t| t.property("/chosen", "bootargs"));
+        }
+        assert!(errors > 1000, "mutations should mostly be caught: {errors}");
+    }
+
+    #[test]
+    fn chosen_bootargs() {
+        let t = Fdt::new(DOMU).unwrap();
+        assert_eq!(
+            t.property("/chosen", "bootargs").unwrap(),
+            Some(&b"domid=1\0"[..])
+        );
+        assert_eq!(t.property("/chosen", "nope").unwrap(), None);
+        assert_eq!(
+            t.property("/memory", "device_type").unwrap(),
+            Some(&b"memory\0"[..])
+        );
+        assert_eq!(
+            t.property("/reserved-memory/shm", "reg")
+                .unwrap()
+                .map(<[u8]>::len),
+            Some(16)
+        );
+        assert_eq!(t.property("/hypervisor/x", "reg").unwrap(), None);
+    }
+
+    #[test]
+    fn truncated_tree_is_an_error_not_a_panic() {
+        for len in [0, 8, 40, DOMU.len() / 2, DOMU.len() - 1] {
+            assert!(MemoryMap::from_fdt(&DOMU[..len]).is_err(), "len {len}");
+        }
     }
 }
