@@ -13,6 +13,8 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
+extern crate alloc;
+
 #[macro_use]
 pub mod log;
 
@@ -24,6 +26,7 @@ pub mod cmdline;
 pub mod fdt;
 pub mod logframe;
 pub mod memmap;
+pub mod region;
 pub mod xen;
 
 #[cfg(all(feature = "rt", target_os = "none"))]
