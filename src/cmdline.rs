@@ -114,7 +114,7 @@ pub fn as_text(raw: &[u8]) -> Result<&str, CmdlineError<'static>> {
 /// Parse a domain id: decimal or `0x` hex, below `DOMID_FIRST_RESERVED`.
 fn parse_domid(v: &str) -> Option<DomId> {
     let n = parse_u64(v)?;
-    (n < 0x7ff0).then(|| DomId(n as u16))
+    u16::try_from(n).ok().filter(|&d| d < 0x7ff0).map(DomId)
 }
 
 fn parse_u64(v: &str) -> Option<u64> {

@@ -24,6 +24,7 @@ pub mod arch;
 pub mod boot;
 pub mod cmdline;
 pub mod fdt;
+pub mod layout;
 pub mod logframe;
 pub mod memmap;
 pub mod region;

@@ -5,7 +5,6 @@
 //! out. They are crate-internal: the `cfg` they test is this crate's feature.
 
 /// Log at info level (defmt's `info!`).
-
 macro_rules! xm_info {
     ($($t:tt)*) => {{
         #[cfg(feature = "defmt")]
@@ -16,7 +15,6 @@ macro_rules! xm_info {
 }
 
 /// Log at warn level (defmt's `warn!`).
-
 #[allow(unused_macros)]
 macro_rules! xm_warn {
     ($($t:tt)*) => {{
@@ -28,7 +26,6 @@ macro_rules! xm_warn {
 }
 
 /// Log at error level (defmt's `error!`).
-
 macro_rules! xm_error {
     ($($t:tt)*) => {{
         #[cfg(feature = "defmt")]
@@ -39,7 +36,6 @@ macro_rules! xm_error {
 }
 
 /// Evaluates nothing; keeps the arguments "used" when defmt is off.
-
 macro_rules! __xm_discard {
     ($fmt:literal $(, $arg:expr)* $(,)?) => {{
         $( let _ = &$arg; )*

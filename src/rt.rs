@@ -15,9 +15,36 @@ use crate::boot::BootInfo;
 use crate::logframe::LineEncoder;
 use crate::xen::{self, Hypervisor};
 
+/// Size of the agent's heap: a static in `.bss`, so inside the image; the
+/// region table records it as `Reserved(Heap)`.
+pub const HEAP_SIZE: usize = 4 << 20;
+
+#[repr(C, align(4096))]
+struct HeapSpace(UnsafeCell<[u8; HEAP_SIZE]>);
+
+// SAFETY: handed to the allocator once, in `start`, and never touched again.
+unsafe impl Sync for HeapSpace {}
+
+static HEAP_SPACE: HeapSpace = HeapSpace(UnsafeCell::new([0; HEAP_SIZE]));
+
+#[global_allocator]
+static HEAP: linked_list_allocator::LockedHeap = linked_list_allocator::LockedHeap::empty();
+
+/// The heap's guest-physical span (the agent runs identity-mapped).
+pub fn heap_span() -> crate::boot::PhysSpan {
+    let start = HEAP_SPACE.0.get() as usize as u64;
+    crate::boot::PhysSpan {
+        start: crate::addr::GuestPhysAddr(start),
+        end: crate::addr::GuestPhysAddr(start + HEAP_SIZE as u64),
+    }
+}
+
 /// Run the agent and leave the machine with its verdict. Called once by the
 /// architecture's boot glue.
 pub fn start(boot: &BootInfo<'_>) -> ! {
+    // SAFETY: called once, before anything allocates; the space is a static
+    // that nothing else uses.
+    unsafe { HEAP.lock().init(HEAP_SPACE.0.get().cast::<u8>(), HEAP_SIZE) };
     let hv = xen::RealXen::new();
     let outcome = crate::agent::run(&hv, boot);
     finish(&hv, outcome)
@@ -129,7 +156,7 @@ unsafe impl defmt::Logger for ConsoleLogger {
         // A log from inside a log (an exception while logging) takes the
         // logger over: the interrupted frame is cut short, and the decoder
         // resynchronises at the next frame delimiter.
-        TAKEN.store(true, Ordering::Acquire);
+        TAKEN.swap(true, Ordering::Acquire);
         // SAFETY: single vCPU; we now own the logger.
         let s = unsafe { state() };
         let LoggerState { encoder, lines } = s;

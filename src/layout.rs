@@ -1,0 +1,322 @@
+//! The initial region table, built from the firmware memory map.
+//!
+//! The map is sanitised the way Mini-OS's and Linux's e820 code do it: sorted,
+//! overlaps resolved by type priority (the higher e820 type wins, so any
+//! reserved type beats RAM, and Xen's free `/hypervisor` space loses to
+//! everything), RAM rounded inwards to whole pages and everything else
+//! outwards. Gaps become [`RegionKind::Hole`] where guest-physical space is
+//! free for mappings, and [`RegionKind::Mmio`] where devices may live (see
+//! [`GapPolicy`]). Then the agent's own image, boot data and other ranges it
+//! must keep are marked reserved.
+
+use alloc::vec::Vec;
+use core::fmt;
+
+use crate::addr::{Gfn, PAGE_SHIFT, PAGE_SIZE};
+use crate::memmap::{MemKind, MemoryMap};
+use crate::region::{
+    Change, FrameRange, Region, RegionError, RegionFlags, RegionKind, RegionTable, ReservedUse,
+    MAX_FRAME,
+};
+
+/// What unlisted guest-physical space is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GapPolicy {
+    /// x86: gaps below 4 GiB may hold devices (the PCI hole, APICs) and are
+    /// MMIO; gaps above 4 GiB are holes.
+    X86,
+    /// Arm: the device tree lists RAM and Xen's free region; every other gap
+    /// may be a device and is MMIO.
+    DeviceTree,
+}
+
+/// Why the initial table could not be built.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LayoutError {
+    /// A range the agent must reserve is not inside RAM the map describes.
+    ReserveOutsideRam {
+        /// What it is.
+        what: ReservedUse,
+        /// Its first frame.
+        start: Gfn,
+    },
+    /// A table operation failed.
+    Table(RegionError),
+    /// The map has no RAM.
+    NoRam,
+}
+
+impl fmt::Display for LayoutError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LayoutError::ReserveOutsideRam { what, start } => {
+                write!(f, "{what:?} at frame {start} is not in RAM")
+            }
+            LayoutError::Table(e) => write!(f, "{e}"),
+            LayoutError::NoRam => write!(f, "the memory map has no RAM"),
+        }
+    }
+}
+
+impl From<RegionError> for LayoutError {
+    fn from(e: RegionError) -> Self {
+        LayoutError::Table(e)
+    }
+}
+
+/// A memory-map entry on whole pages, with its priority.
+#[derive(Clone, Copy, Debug)]
+struct Span {
+    start: u64,
+    end: u64,
+    kind: MemKind,
+}
+
+/// Higher wins where entries overlap.
+const fn priority(k: MemKind) -> u8 {
+    match k {
+        MemKind::Hypervisor => 0,
+        MemKind::Ram => 1,
+        MemKind::Reserved => 2,
+        MemKind::Acpi => 3,
+        MemKind::Nvs => 4,
+        MemKind::Unusable => 5,
+    }
+}
+
+fn region_kind(k: MemKind) -> (RegionKind, RegionFlags) {
+    let rw = RegionFlags::READ | RegionFlags::WRITE;
+    match k {
+        MemKind::Ram => (RegionKind::Ram, rw | RegionFlags::CACHEABLE),
+        MemKind::Reserved => (
+            RegionKind::Reserved(ReservedUse::Firmware),
+            RegionFlags::empty(),
+        ),
+        MemKind::Acpi | MemKind::Nvs => (
+            RegionKind::Reserved(ReservedUse::Acpi),
+            RegionFlags::empty(),
+        ),
+        MemKind::Unusable => (
+            RegionKind::Reserved(ReservedUse::Unusable),
+            RegionFlags::empty(),
+        ),
+        MemKind::Hypervisor => (RegionKind::Hole, RegionFlags::empty()),
+    }
+}
+
+/// Sanitise `map` into sorted, non-overlapping, page-granular spans.
+fn sanitise(map: &MemoryMap) -> Vec<Span> {
+    // Page-granular spans: RAM inwards, the rest outwards.
+    let mut spans: Vec<Span> = map
+        .ranges()
+        .iter()
+        .filter_map(|r| {
+            let (s, e) = if r.kind == MemKind::Ram {
+                (r.start.0.div_ceil(PAGE_SIZE), r.end.0 / PAGE_SIZE)
+            } else {
+                (r.start.0 / PAGE_SIZE, r.end.0.div_ceil(PAGE_SIZE))
+            };
+            let e = e.min(MAX_FRAME);
+            (s < e).then_some(Span {
+                start: s,
+                end: e,
+                kind: r.kind,
+            })
+        })
+        .collect();
+    // Sweep over the boundaries: between two consecutive boundaries the
+    // highest-priority span covering the interval wins.
+    let mut points: Vec<u64> = spans.iter().flat_map(|s| [s.start, s.end]).collect();
+    points.sort_unstable();
+    points.dedup();
+    spans.sort_by_key(|s| s.start);
+    let mut out: Vec<Span> = Vec::new();
+    for w in points.windows(2) {
+        let (a, b) = (w[0], w[1]);
+        let best = spans
+            .iter()
+            .take_while(|s| s.start <= a)
+            .filter(|s| s.end > a)
+            .max_by_key(|s| priority(s.kind));
+        if let Some(s) = best {
+            match out.last_mut() {
+                Some(l) if l.end == a && l.kind == s.kind => l.end = b,
+                _ => out.push(Span {
+                    start: a,
+                    end: b,
+                    kind: s.kind,
+                }),
+            }
+        }
+    }
+    out
+}
+
+/// Build the initial table: the sanitised map, gaps as holes or MMIO up to
+/// `limit` (one past the highest frame the guest may use for mappings; at
+/// least the end of the map), and `reserve` (what the agent must keep: its
+/// image, boot data, ...) marked reserved. Every reserved range must lie in
+/// RAM.
+pub fn initial_table(
+    map: &MemoryMap,
+    policy: GapPolicy,
+    limit: Gfn,
+    reserve: &[(FrameRange, ReservedUse)],
+) -> Result<RegionTable, LayoutError> {
+    let spans = sanitise(map);
+    if !spans.iter().any(|s| s.kind == MemKind::Ram) {
+        return Err(LayoutError::NoRam);
+    }
+    let top = spans
+        .last()
+        .map_or(0, |s| s.end)
+        .max(limit.0)
+        .min(MAX_FRAME);
+    let mut t = RegionTable::new();
+    let mut at = 0u64;
+    let gap = |t: &mut RegionTable, s: u64, e: u64| -> Result<(), RegionError> {
+        const FOUR_GIB: u64 = 1 << (32 - PAGE_SHIFT);
+        let mut add = |s: u64, e: u64, kind| {
+            if s < e {
+                t.add(Region::new(
+                    FrameRange::from_frames(Gfn(s), Gfn(e))?,
+                    kind,
+                    RegionFlags::empty(),
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        match policy {
+            GapPolicy::DeviceTree => add(s, e, RegionKind::Mmio),
+            GapPolicy::X86 => {
+                let split = FOUR_GIB.clamp(s, e);
+                add(s, split, RegionKind::Mmio)?;
+                add(split, e, RegionKind::Hole)
+            }
+        }
+    };
+    for s in &spans {
+        gap(&mut t, at, s.start)?;
+        let (kind, flags) = region_kind(s.kind);
+        t.add(Region::new(
+            FrameRange::from_frames(Gfn(s.start), Gfn(s.end))?,
+            kind,
+            flags,
+        ))?;
+        at = s.end;
+    }
+    gap(&mut t, at, top)?;
+    for &(range, what) in reserve {
+        let change = Change {
+            kind: Some(RegionKind::Reserved(what)),
+            set: RegionFlags::PINNED,
+            expect: Some(RegionKind::Ram),
+            ..Change::default()
+        };
+        t.modify(range, change).map_err(|e| match e {
+            RegionError::UnexpectedKind { .. } | RegionError::NotCovered(_) => {
+                LayoutError::ReserveOutsideRam {
+                    what,
+                    start: range.start(),
+                }
+            }
+            other => LayoutError::Table(other),
+        })?;
+    }
+    Ok(t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::addr::{GuestPhysAddr, PageCount};
+    use crate::xen::abi::E820Entry;
+
+    fn e(addr: u64, size: u64, kind: u32) -> E820Entry {
+        E820Entry { addr, size, kind }
+    }
+
+    fn kinds(t: &RegionTable) -> Vec<(u64, u64, &'static str)> {
+        t.iter()
+            .map(|r| (r.range.start().0, r.range.end().0, r.kind.name()))
+            .collect()
+    }
+
+    #[test]
+    fn overlapping_unsorted_unaligned_e820() {
+        let map = MemoryMap::from_e820(&[
+            e(0x100000, 0x7f00000, 1),
+            e(0, 0x9fc00, 1),        // RAM rounded in: 0..0x9f
+            e(0x9fc00, 0x400, 2),    // reserved rounded out: 0x9f..0xa0
+            e(0xf0000, 0x10000, 2),  // BIOS
+            e(0x7000000, 0x2000, 2), // reserved inside RAM wins
+            e(0xfc000000, 0x1000, 3),
+            e(0x4000_0000, 0, 1), // empty
+        ])
+        .unwrap();
+        let t = initial_table(&map, GapPolicy::X86, Gfn(0x110000), &[]).unwrap();
+        assert_eq!(
+            kinds(&t),
+            [
+                (0, 0x9f, "ram"),
+                (0x9f, 0xa0, "reserved:firmware"),
+                (0xa0, 0xf0, "mmio"),
+                (0xf0, 0x100, "reserved:firmware"),
+                (0x100, 0x7000, "ram"),
+                (0x7000, 0x7002, "reserved:firmware"),
+                (0x7002, 0x8000, "ram"),
+                (0x8000, 0xfc000, "mmio"),
+                (0xfc000, 0xfc001, "reserved:acpi"),
+                (0xfc001, 0x100000, "mmio"),
+                (0x100000, 0x110000, "hole"),
+            ]
+        );
+        t.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn device_tree_layout_with_reservations() {
+        let map = MemoryMap::from_fdt(include_bytes!("../tests/data/domu-like.dtb")).unwrap();
+        let image = FrameRange::new(Gfn(0x40000), PageCount(0x100)).unwrap();
+        let t = initial_table(
+            &map,
+            GapPolicy::DeviceTree,
+            Gfn(0),
+            &[(image, ReservedUse::Image)],
+        )
+        .unwrap();
+        assert_eq!(
+            kinds(&t),
+            [
+                (0, 0x38000, "mmio"),
+                (0x38000, 0x39000, "hole"),
+                (0x39000, 0x40000, "mmio"),
+                (0x40000, 0x40100, "reserved:image"),
+                (0x40100, 0x48000, "ram"),
+                (0x48000, 0x50000, "mmio"),
+                (0x50000, 0x50200, "reserved:firmware"),
+            ]
+        );
+        let r = t.info(GuestPhysAddr(0x4000_0000)).unwrap();
+        assert!(r.flags.contains(RegionFlags::PINNED));
+    }
+
+    #[test]
+    fn reservations_must_be_in_ram() {
+        let map = MemoryMap::from_e820(&[e(0, 0x100000, 1), e(0x100000, 0x1000, 2)]).unwrap();
+        let bad = FrameRange::new(Gfn(0xff), PageCount(2)).unwrap();
+        assert_eq!(
+            initial_table(&map, GapPolicy::X86, Gfn(0), &[(bad, ReservedUse::Image)]).unwrap_err(),
+            LayoutError::ReserveOutsideRam {
+                what: ReservedUse::Image,
+                start: Gfn(0xff)
+            }
+        );
+        let none = MemoryMap::from_e820(&[e(0, 0x1000, 2)]).unwrap();
+        assert_eq!(
+            initial_table(&none, GapPolicy::X86, Gfn(0), &[]).unwrap_err(),
+            LayoutError::NoRam
+        );
+    }
+}
