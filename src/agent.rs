@@ -306,8 +306,11 @@ fn log_survey_error(e: &SurveyError) {
 mod tests {
     use super::*;
     use crate::addr::GuestPhysAddr;
+    use crate::addr::{Mfn, Order};
     use crate::xen::abi::{HvmStartInfo, HVM_START_MAGIC};
-    use crate::xen::{DomainInfo, Errno, ShutdownReason};
+    use crate::xen::{
+        DomainInfo, Errno, ExchangeOutcome, ExchangeRequest, MemFlags, ShutdownReason,
+    };
     use std::cell::{Cell, RefCell};
 
     /// A small stand-in for Xen: fixed answers, a scripted peer.
@@ -395,6 +398,33 @@ mod tests {
         }
         fn own_domid(&self) -> Option<DomId> {
             self.domid
+        }
+        fn increase_reservation(
+            &self,
+            _: DomId,
+            _: Order,
+            _: MemFlags,
+            _: &mut [Mfn],
+        ) -> Result<usize, XenError> {
+            Err(XenError::Errno(Errno::ENOSYS))
+        }
+        fn decrease_reservation(&self, _: DomId, _: Order, _: &[Gfn]) -> Result<usize, XenError> {
+            Err(XenError::Errno(Errno::ENOSYS))
+        }
+        fn populate_physmap(
+            &self,
+            _: DomId,
+            _: Order,
+            _: MemFlags,
+            _: &mut [Gfn],
+        ) -> Result<usize, XenError> {
+            Err(XenError::Errno(Errno::ENOSYS))
+        }
+        fn exchange(&self, _: &mut ExchangeRequest<'_>) -> ExchangeOutcome {
+            ExchangeOutcome {
+                exchanged: 0,
+                result: Err(XenError::Errno(Errno::EOPNOTSUPP)),
+            }
         }
     }
 

@@ -54,6 +54,53 @@ pub mod xenmem {
     pub const MAXIMUM_GPFN: usize = 14;
 }
 
+/// `struct xen_memory_reservation`: the argument of
+/// `XENMEM_{increase,decrease}_reservation` and `XENMEM_populate_physmap`.
+#[repr(C)]
+#[derive(Debug)]
+pub struct XenMemoryReservation {
+    /// IN: GFN bases (decrease, populate); OUT: MFN bases (increase) or GMFN
+    /// bases (populate).
+    pub extent_start: GuestHandle<u64>,
+    /// Number of extents.
+    pub nr_extents: u64,
+    /// Each extent is `2^extent_order` pages.
+    pub extent_order: u32,
+    /// `XENMEMF_*` flags (address bits in the low byte).
+    pub mem_flags: u32,
+    /// The domain (`DOMID_SELF` for unprivileged callers).
+    pub domid: u16,
+}
+
+const _: () = {
+    assert!(size_of::<XenMemoryReservation>() == 32);
+    assert!(offset_of!(XenMemoryReservation, nr_extents) == 8);
+    assert!(offset_of!(XenMemoryReservation, extent_order) == 16);
+    assert!(offset_of!(XenMemoryReservation, mem_flags) == 20);
+    assert!(offset_of!(XenMemoryReservation, domid) == 24);
+};
+
+/// `struct xen_memory_exchange` (`XENMEM_exchange`, 11).
+#[repr(C)]
+#[derive(Debug)]
+pub struct XenMemoryExchange {
+    /// The extents given up (GMFN bases).
+    pub input: XenMemoryReservation,
+    /// The extents wanted: IN GPFN bases to populate, OUT GMFN bases.
+    pub output: XenMemoryReservation,
+    /// OUT: input extents exchanged. Must be zero on entry.
+    pub nr_exchanged: u64,
+}
+
+const _: () = {
+    assert!(size_of::<XenMemoryExchange>() == 72);
+    assert!(offset_of!(XenMemoryExchange, output) == 32);
+    assert!(offset_of!(XenMemoryExchange, nr_exchanged) == 64);
+};
+
+/// `XENMEM_exchange`.
+pub const XENMEM_EXCHANGE: usize = 11;
+
 /// `CONSOLEIO_write` (`public/xen.h`).
 pub const CONSOLEIO_WRITE: usize = 0;
 /// `SCHEDOP_yield` (`public/sched.h`).
@@ -105,6 +152,16 @@ impl<T> GuestHandle<T> {
     pub fn from_mut(v: &mut T) -> Self {
         Self {
             addr: v as *mut T as usize as u64,
+            _t: PhantomData,
+        }
+    }
+
+    /// The same address as a handle to another element type of the same size
+    /// (`Gfn`/`Mfn` lists are `xen_pfn_t` lists).
+    pub const fn cast<U>(self) -> GuestHandle<U> {
+        assert!(core::mem::size_of::<T>() == core::mem::size_of::<U>());
+        GuestHandle {
+            addr: self.addr,
             _t: PhantomData,
         }
     }

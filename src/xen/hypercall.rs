@@ -1,8 +1,14 @@
 //! Typed hypercalls over the architecture's instruction (bare-metal targets).
 
-use super::abi::{self, op, xenmem, xenver, Domctl, GuestHandle, XenFeatureInfo, XenMemoryMap};
-use super::{DomainInfo, Features, Hypervisor, ShutdownReason, XenError, XenVersion};
-use crate::addr::{DomId, Gfn, PageCount};
+use super::abi::{
+    self, op, xenmem, xenver, Domctl, GuestHandle, XenFeatureInfo, XenMemoryExchange, XenMemoryMap,
+    XenMemoryReservation,
+};
+use super::{
+    DomainInfo, ExchangeOutcome, ExchangeRequest, Features, Hypervisor, MemFlags, ShutdownReason,
+    XenError, XenVersion,
+};
+use crate::addr::{DomId, Gfn, Mfn, Order, PageCount};
 use crate::arch::imp::hypercall::raw;
 
 /// Issue hypercall `op` with up to five arguments and classify its return.
@@ -175,4 +181,124 @@ impl Hypervisor for RealXen {
     fn own_domid(&self) -> Option<DomId> {
         crate::arch::imp::own_domid()
     }
+
+    fn increase_reservation(
+        &self,
+        dom: DomId,
+        order: Order,
+        flags: MemFlags,
+        out: &mut [Mfn],
+    ) -> Result<usize, XenError> {
+        let handle = GuestHandle::from_slice(out).cast();
+        reservation_op(
+            xenmem::INCREASE_RESERVATION,
+            dom,
+            order,
+            flags,
+            handle,
+            out.len(),
+        )
+    }
+
+    fn decrease_reservation(
+        &self,
+        dom: DomId,
+        order: Order,
+        gfns: &[Gfn],
+    ) -> Result<usize, XenError> {
+        let handle = GuestHandle::from_ref(gfns).cast();
+        reservation_op(
+            xenmem::DECREASE_RESERVATION,
+            dom,
+            order,
+            MemFlags::NONE,
+            handle,
+            gfns.len(),
+        )
+    }
+
+    fn populate_physmap(
+        &self,
+        dom: DomId,
+        order: Order,
+        flags: MemFlags,
+        gfns: &mut [Gfn],
+    ) -> Result<usize, XenError> {
+        let handle = GuestHandle::from_slice(gfns).cast();
+        reservation_op(
+            xenmem::POPULATE_PHYSMAP,
+            dom,
+            order,
+            flags,
+            handle,
+            gfns.len(),
+        )
+    }
+
+    fn exchange(&self, req: &mut ExchangeRequest<'_>) -> ExchangeOutcome {
+        let reservation =
+            |h: GuestHandle<u64>, n: usize, order: Order, flags: MemFlags| XenMemoryReservation {
+                extent_start: h,
+                nr_extents: n as u64,
+                extent_order: u32::from(order.get()),
+                mem_flags: flags.raw(),
+                domid: req.dom.raw(),
+            };
+        let mut x = XenMemoryExchange {
+            input: reservation(
+                GuestHandle::from_ref(req.input).cast(),
+                req.input.len(),
+                req.in_order,
+                MemFlags::NONE,
+            ),
+            output: reservation(
+                GuestHandle::from_slice(req.output).cast(),
+                req.output.len(),
+                req.out_order,
+                req.out_flags,
+            ),
+            // memory.h: "THIS FIELD MUST BE INITIALISED TO ZERO BY THE CALLER!"
+            nr_exchanged: 0,
+        };
+        // SAFETY: Xen reads `input` and reads and writes `output`, both live
+        // slices of the lengths given, and the exchange struct, a live local.
+        let r = unsafe {
+            call(
+                op::MEMORY_OP,
+                [abi::XENMEM_EXCHANGE, &mut x as *mut _ as usize, 0, 0, 0],
+            )
+        };
+        ExchangeOutcome {
+            exchanged: usize::try_from(x.nr_exchanged)
+                .unwrap_or(usize::MAX)
+                .min(req.input.len()),
+            result: r.map(|_| ()),
+        }
+    }
+}
+
+/// One `XENMEM_{increase,decrease}_reservation` or `populate_physmap` call.
+fn reservation_op(
+    cmd: usize,
+    dom: DomId,
+    order: Order,
+    flags: MemFlags,
+    extents: GuestHandle<u64>,
+    n: usize,
+) -> Result<usize, XenError> {
+    let mut r = XenMemoryReservation {
+        extent_start: extents,
+        nr_extents: n as u64,
+        extent_order: u32::from(order.get()),
+        mem_flags: flags.raw(),
+        domid: dom.raw(),
+    };
+    // SAFETY: the caller passes a handle to a live list of `n` xen_pfn_t that
+    // Xen may read and (for increase and populate) write.
+    let done = unsafe { call(op::MEMORY_OP, [cmd, &mut r as *mut _ as usize, 0, 0, 0]) }?;
+    let done = usize::try_from(done).unwrap_or(usize::MAX);
+    if done > n {
+        return Err(XenError::Contract("more extents done than asked"));
+    }
+    Ok(done)
 }

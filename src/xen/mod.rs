@@ -11,7 +11,7 @@ mod hypercall;
 
 use core::fmt;
 
-use crate::addr::{DomId, Gfn, PageCount};
+use crate::addr::{DomId, Gfn, Mfn, Order, PageCount};
 pub use errno::Errno;
 
 #[cfg(target_os = "none")]
@@ -172,6 +172,67 @@ pub struct DomainInfo {
     pub dying: bool,
 }
 
+/// `XENMEMF_*` flags of an allocation.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemFlags(u32);
+
+impl MemFlags {
+    /// No restriction.
+    pub const NONE: MemFlags = MemFlags(0);
+
+    /// Only machine memory addressable with `bits` bits (`XENMEMF_address_bits`);
+    /// `None` for 0 or more than 64 bits.
+    pub const fn address_bits(bits: u8) -> Option<MemFlags> {
+        if bits == 0 || bits > 64 {
+            None
+        } else {
+            Some(MemFlags(bits as u32))
+        }
+    }
+
+    /// The address-bits limit, if any.
+    pub const fn get_address_bits(self) -> Option<u8> {
+        match (self.0 & 0xff) as u8 {
+            0 => None,
+            b => Some(b),
+        }
+    }
+
+    /// The raw `mem_flags` word.
+    pub const fn raw(self) -> u32 {
+        self.0
+    }
+}
+
+/// A `XENMEM_exchange` request: give up `input` extents of `in_order`, get
+/// `output` extents of `out_order` populated at the GFNs in `output` (which
+/// Xen overwrites with the GMFN bases it allocated).
+#[derive(Debug)]
+pub struct ExchangeRequest<'a> {
+    /// The domain (Xen requires the same on both sides).
+    pub dom: DomId,
+    /// Order of the extents given up.
+    pub in_order: Order,
+    /// GFN bases given up.
+    pub input: &'a [Gfn],
+    /// Order of the extents wanted.
+    pub out_order: Order,
+    /// IN: GFN bases to populate; OUT: GMFN bases allocated.
+    pub output: &'a mut [Gfn],
+    /// Flags of the new memory (address bits).
+    pub out_flags: MemFlags,
+}
+
+/// What `XENMEM_exchange` did: `exchanged` input extents are done (their
+/// output extents populated) even when `result` is an error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExchangeOutcome {
+    /// `nr_exchanged`.
+    pub exchanged: usize,
+    /// The hypercall's return.
+    pub result: Result<(), XenError>,
+}
+
 /// The typed operations the agent asks of Xen.
 ///
 /// Implemented by [`RealXen`] (real hypercalls, bare-metal targets) and by host
@@ -201,6 +262,43 @@ pub trait Hypervisor {
     /// The caller's domain id, where Xen's interface tells it (x86: a CPUID
     /// leaf); `None` where it cannot (Arm).
     fn own_domid(&self) -> Option<DomId>;
+
+    /// `XENMEM_increase_reservation`: allocate `out.len()` extents of `order`
+    /// to `dom` without placing them in its physmap; their MFN bases are
+    /// written to `out`. Returns the number of extents done (a short count is a
+    /// partial failure, not an error). For a translated guest the pages get no
+    /// GFN and are lost to it: never use it for PVH or Arm guests.
+    fn increase_reservation(
+        &self,
+        dom: DomId,
+        order: Order,
+        flags: MemFlags,
+        out: &mut [Mfn],
+    ) -> Result<usize, XenError>;
+
+    /// `XENMEM_decrease_reservation`: give back the extents of `order` at the
+    /// GFN bases in `gfns`. Returns the number of extents done; the pages of a
+    /// partly done extent are gone too.
+    fn decrease_reservation(
+        &self,
+        dom: DomId,
+        order: Order,
+        gfns: &[Gfn],
+    ) -> Result<usize, XenError>;
+
+    /// `XENMEM_populate_physmap`: populate extents of `order` at the GFN bases
+    /// in `gfns` (overwritten with the GMFN bases Xen allocated: the same GFNs
+    /// for a translated guest). Returns the number of extents done.
+    fn populate_physmap(
+        &self,
+        dom: DomId,
+        order: Order,
+        flags: MemFlags,
+        gfns: &mut [Gfn],
+    ) -> Result<usize, XenError>;
+
+    /// `XENMEM_exchange`.
+    fn exchange(&self, req: &mut ExchangeRequest<'_>) -> ExchangeOutcome;
 }
 
 #[cfg(test)]
