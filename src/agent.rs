@@ -8,11 +8,15 @@
 //! Every report line has the form `report: <topic> key=value ...`; the runner
 //! (`cargo xtask`) parses them and checks them against what it configured.
 
-use crate::addr::{DomId, Gfn, PageCount};
+use alloc::vec::Vec;
+
+use crate::addr::{DomId, Gfn, PageCount, PAGE_SIZE};
 use crate::arch::Verdict;
 use crate::boot::{BootInfo, Firmware, PhysSpan};
 use crate::cmdline::{self, FaultKind, Options};
+use crate::layout::{self, GapPolicy, LayoutError, Reservation, ReserveRule};
 use crate::memmap::{MemMapError, MemoryMap};
+use crate::region::{FrameRange, RegionKind, RegionTable, ReservedUse};
 use crate::xen::abi::E820Entry;
 use crate::xen::{Features, Hypervisor, XenError, XenVersion};
 
@@ -183,6 +187,154 @@ fn report(s: &Survey) {
     xm_info!("report: image start={} end={}", s.image.start, s.image.end);
 }
 
+/// The frames of a byte span, rounded outwards; `None` if empty.
+fn span_frames(start: u64, len: u64) -> Option<FrameRange> {
+    let end = start.checked_add(len)?;
+    FrameRange::from_frames(Gfn(start / PAGE_SIZE), Gfn(end.div_ceil(PAGE_SIZE))).ok()
+}
+
+/// What the agent must keep out of the allocator: its image, its heap (inside
+/// the image), and the boot data Xen left in memory. The agent runs
+/// identity-mapped, so a pointer's value is its guest-physical address.
+fn reservations(boot: &BootInfo<'_>, heap: Option<PhysSpan>) -> Vec<Reservation> {
+    let mut out = Vec::new();
+    let mut keep = |start: u64, len: u64, what, rule| {
+        if let Some(range) = span_frames(start, len) {
+            out.push(Reservation { range, what, rule });
+        }
+    };
+    let img = boot.image;
+    keep(
+        img.start.0,
+        img.end.0.saturating_sub(img.start.0),
+        ReservedUse::Image,
+        ReserveRule::InRam,
+    );
+    if let Some(h) = heap {
+        keep(
+            h.start.0,
+            h.end.0.saturating_sub(h.start.0),
+            ReservedUse::Heap,
+            ReserveRule::Carve(ReservedUse::Image),
+        );
+    }
+    match boot.firmware {
+        Firmware::Pvh(si) => {
+            let size = core::mem::size_of_val(si) as u64;
+            keep(
+                si as *const _ as usize as u64,
+                size,
+                ReservedUse::Boot,
+                ReserveRule::RamParts,
+            );
+            if !boot.cmdline.is_empty() {
+                let len = boot.cmdline.len() as u64 + 1;
+                keep(
+                    boot.cmdline.as_ptr() as usize as u64,
+                    len,
+                    ReservedUse::Boot,
+                    ReserveRule::RamParts,
+                );
+            }
+            let modlist = u64::from(si.nr_modules) * 32;
+            keep(
+                si.modlist_paddr,
+                modlist,
+                ReservedUse::Boot,
+                ReserveRule::RamParts,
+            );
+            if si.version >= 1 {
+                let memmap = u64::from(si.memmap_entries) * 24;
+                keep(
+                    si.memmap_paddr,
+                    memmap,
+                    ReservedUse::Boot,
+                    ReserveRule::RamParts,
+                );
+            }
+        }
+        Firmware::DeviceTree(blob) => {
+            keep(
+                blob.as_ptr() as usize as u64,
+                blob.len() as u64,
+                ReservedUse::Boot,
+                ReserveRule::RamParts,
+            );
+        }
+    }
+    out
+}
+
+/// Build the agent's region table from the survey.
+pub fn build_table(
+    s: &Survey,
+    boot: &BootInfo<'_>,
+    heap: Option<PhysSpan>,
+) -> Result<RegionTable, LayoutError> {
+    let policy = match boot.firmware {
+        Firmware::Pvh(_) => GapPolicy::X86,
+        Firmware::DeviceTree(_) => GapPolicy::DeviceTree,
+    };
+    let limit = Gfn(s.maximum_gpfn.0.saturating_add(1));
+    layout::initial_table(&s.memmap, policy, limit, &reservations(boot, heap))
+}
+
+/// How the table's RAM compares with Xen's reservation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Accounting {
+    /// Pages the table holds as populated RAM (free or in use by the agent).
+    pub table_ram: PageCount,
+    /// Pages that are partly RAM in the firmware map (counted by Xen, not
+    /// usable as RAM by the table).
+    pub partial: PageCount,
+    /// `XENMEM_current_reservation`.
+    pub current: PageCount,
+}
+
+impl Accounting {
+    /// Pages Xen counts that the agent cannot account for (negative: the table
+    /// claims more RAM than Xen gave).
+    pub fn unaccounted(&self) -> i64 {
+        self.current.0 as i64 - self.table_ram.0 as i64 - self.partial.0 as i64
+    }
+}
+
+/// Compare the table with Xen.
+pub fn account(t: &RegionTable, s: &Survey) -> Accounting {
+    Accounting {
+        table_ram: t.count_where(|r| r.kind.is_populated_ram()),
+        partial: PageCount(layout::partial_ram_pages(&s.memmap)),
+        current: s.current,
+    }
+}
+
+fn report_table(t: &RegionTable, a: &Accounting) {
+    xm_info!(
+        "report: table regions={=usize} ram={} reserved={} hole={} mmio={}",
+        t.len(),
+        t.count(RegionKind::Ram),
+        t.count_where(|r| matches!(r.kind, RegionKind::Reserved(_))),
+        t.count(RegionKind::Hole),
+        t.count(RegionKind::Mmio)
+    );
+    for r in t.iter() {
+        xm_info!(
+            "report: table-region start={} end={} kind={=str} flags={=u16:#x}",
+            r.range.start_addr(),
+            r.range.end_addr(),
+            r.kind.name(),
+            r.flags.bits()
+        );
+    }
+    xm_info!(
+        "report: accounting table_ram={} partial={} current={} unaccounted={=i64}",
+        a.table_ram,
+        a.partial,
+        a.current,
+        a.unaccounted()
+    );
+}
+
 /// The most `SCHEDOP_yield`s spent waiting for a peer before giving up (the
 /// runner's timeout is the real backstop; this keeps the loop finite).
 const PEER_POLLS: u32 = 5_000_000;
@@ -249,8 +401,9 @@ fn fault(kind: FaultKind) {
     }
 }
 
-/// Run the agent.
-pub fn run(hv: &impl Hypervisor, boot: &BootInfo<'_>) -> Outcome {
+/// Run the agent. `heap` is the heap's span, when the agent's heap lies in
+/// its image (the runtime's), so that the table records it.
+pub fn run(hv: &impl Hypervisor, boot: &BootInfo<'_>, heap: Option<PhysSpan>) -> Outcome {
     let mut exit = ExitPath::Host;
     let verdict = (|| {
         let line = match cmdline::as_text(boot.cmdline) {
@@ -274,6 +427,22 @@ pub fn run(hv: &impl Hypervisor, boot: &BootInfo<'_>) -> Outcome {
             }
         };
         report(&s);
+        let table = match build_table(&s, boot, heap) {
+            Ok(t) => t,
+            Err(e) => {
+                xm_error!("table: {}", defmt_display(&e));
+                return Verdict::Fail;
+            }
+        };
+        let acc = account(&table, &s);
+        report_table(&table, &acc);
+        if acc.unaccounted() != 0 {
+            xm_error!(
+                "table: {=i64} pages of Xen's reservation are not in the table",
+                acc.unaccounted()
+            );
+            return Verdict::Fail;
+        }
         if let Some(kind) = opts.fault {
             fault(kind);
             return Verdict::Fail;
@@ -288,6 +457,17 @@ pub fn run(hv: &impl Hypervisor, boot: &BootInfo<'_>) -> Outcome {
         Verdict::Fail => xm_error!("verdict: FAIL"),
     }
     Outcome { verdict, exit }
+}
+
+/// Show a `Display` value in a log line (with or without defmt).
+#[cfg(feature = "defmt")]
+fn defmt_display<T: core::fmt::Display>(v: &T) -> defmt::Display2Format<'_, T> {
+    defmt::Display2Format(v)
+}
+
+#[cfg(not(feature = "defmt"))]
+fn defmt_display<T: core::fmt::Display>(v: &T) -> &T {
+    v
 }
 
 fn log_survey_error(e: &SurveyError) {
@@ -320,6 +500,7 @@ mod tests {
         e820: Vec<E820Entry>,
         peer: RefCell<Vec<Result<Option<u32>, XenError>>>,
         yields: Cell<u32>,
+        current: PageCount,
     }
 
     impl FakeXen {
@@ -346,6 +527,8 @@ mod tests {
                 ],
                 peer: RefCell::new(Vec::new()),
                 yields: Cell::new(0),
+                // The e820's RAM, as Xen would count it.
+                current: PageCount(0x9f + 0xff00),
             }
         }
     }
@@ -367,7 +550,7 @@ mod tests {
             Ok(())
         }
         fn current_reservation(&self, _: DomId) -> Result<PageCount, XenError> {
-            Ok(PageCount(65536))
+            Ok(self.current)
         }
         fn maximum_reservation(&self, _: DomId) -> Result<PageCount, XenError> {
             Ok(PageCount(65536))
@@ -460,8 +643,40 @@ mod tests {
         assert!(s.privileged);
         assert_eq!(s.memmap.ranges().len(), 3);
         assert_eq!(s.memmap.ram_pages(), PageCount(0x9f + 0xff00));
-        assert_eq!(s.current, PageCount(65536));
-        assert_eq!(run(&hv, &boot(b"")).verdict, Verdict::Pass);
+        assert_eq!(s.current, PageCount(0x9f + 0xff00));
+        assert_eq!(run(&hv, &boot(b""), None).verdict, Verdict::Pass);
+    }
+
+    #[test]
+    fn the_table_accounts_for_every_page_xen_counts() {
+        let mut hv = FakeXen::new();
+        let b = boot(b"");
+        let heap = PhysSpan {
+            start: GuestPhysAddr(0x180000),
+            end: GuestPhysAddr(0x1c0000),
+        };
+        let s = survey(&hv, &b, &Options::default()).unwrap();
+        let t = build_table(&s, &b, Some(heap)).unwrap();
+        assert_eq!(
+            t.count(RegionKind::Reserved(ReservedUse::Heap)),
+            PageCount(0x40)
+        );
+        assert_eq!(
+            t.count(RegionKind::Reserved(ReservedUse::Image)),
+            PageCount(0xc0)
+        );
+        assert_eq!(account(&t, &s).unaccounted(), 0);
+        // A page Xen counts that the table does not know fails the run.
+        hv.current = PageCount(0x9f + 0xff00 + 1);
+        assert_eq!(run(&hv, &b, None).verdict, Verdict::Fail);
+        // So does an image outside RAM.
+        hv.current = PageCount(0x9f + 0xff00);
+        let mut outside = boot(b"");
+        outside.image = PhysSpan {
+            start: GuestPhysAddr(0xa0000),
+            end: GuestPhysAddr(0x101000),
+        };
+        assert_eq!(run(&hv, &outside, None).verdict, Verdict::Fail);
     }
 
     #[test]
@@ -490,9 +705,9 @@ mod tests {
     fn bad_command_lines_fail_the_run() {
         let hv = FakeXen::new();
         for line in [&b"bogus=1"[..], b"domid=x", b"\xff"] {
-            assert_eq!(run(&hv, &boot(line)).verdict, Verdict::Fail);
+            assert_eq!(run(&hv, &boot(line), None).verdict, Verdict::Fail);
         }
-        let o = run(&hv, &boot(b"exit=shutdown"));
+        let o = run(&hv, &boot(b"exit=shutdown"), None);
         assert_eq!(
             o,
             Outcome {
@@ -510,18 +725,18 @@ mod tests {
             size: 2,
             kind: 1,
         });
-        assert_eq!(run(&hv, &boot(b"")).verdict, Verdict::Fail);
+        assert_eq!(run(&hv, &boot(b""), None).verdict, Verdict::Fail);
     }
 
     #[test]
     fn peer_verdict_follows_its_shutdown_code() {
         let hv = FakeXen::new();
         *hv.peer.borrow_mut() = vec![Err(XenError::Errno(Errno::ESRCH)), Ok(None), Ok(Some(0))];
-        assert_eq!(run(&hv, &boot(b"peer=1")).verdict, Verdict::Pass);
+        assert_eq!(run(&hv, &boot(b"peer=1"), None).verdict, Verdict::Pass);
         assert_eq!(hv.yields.get(), 2);
         *hv.peer.borrow_mut() = vec![Ok(Some(3))];
-        assert_eq!(run(&hv, &boot(b"peer=1")).verdict, Verdict::Fail);
+        assert_eq!(run(&hv, &boot(b"peer=1"), None).verdict, Verdict::Fail);
         *hv.peer.borrow_mut() = vec![Err(XenError::Errno(Errno::EPERM))];
-        assert_eq!(run(&hv, &boot(b"peer=1")).verdict, Verdict::Fail);
+        assert_eq!(run(&hv, &boot(b"peer=1"), None).verdict, Verdict::Fail);
     }
 }

@@ -152,16 +152,61 @@ fn sanitise(map: &MemoryMap) -> Vec<Span> {
     out
 }
 
+/// How a range the agent keeps is marked reserved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReserveRule {
+    /// The whole range must be RAM (the agent's image).
+    InRam,
+    /// The whole range must lie in an already reserved range of this use
+    /// (the heap, inside the image), which it is carved out of.
+    Carve(ReservedUse),
+    /// Only the parts that are RAM are reserved; the rest is left as it is
+    /// (boot data that Xen may put in RAM or in reserved memory).
+    RamParts,
+}
+
+/// A range the agent keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Reservation {
+    /// The frames.
+    pub range: FrameRange,
+    /// What it holds.
+    pub what: ReservedUse,
+    /// How to mark it.
+    pub rule: ReserveRule,
+}
+
+/// Pages the sanitised table does not count as RAM although the raw map has
+/// RAM in them: RAM entries that start or end inside a page (x86 PVH dom0's
+/// last RAM page shares a page with the ACPI tables). Xen counts such a page
+/// in the reservation; the table cannot give it out.
+pub fn partial_ram_pages(map: &MemoryMap) -> u64 {
+    map.ranges()
+        .iter()
+        .filter(|r| r.kind == MemKind::Ram && r.start < r.end)
+        .map(|r| {
+            let first = r.start.0 / PAGE_SIZE;
+            let last = (r.end.0 - 1) / PAGE_SIZE;
+            let head = !r.start.is_page_aligned();
+            let tail = !r.end.is_page_aligned();
+            if first == last {
+                u64::from(head || tail)
+            } else {
+                u64::from(head) + u64::from(tail)
+            }
+        })
+        .sum()
+}
+
 /// Build the initial table: the sanitised map, gaps as holes or MMIO up to
 /// `limit` (one past the highest frame the guest may use for mappings; at
-/// least the end of the map), and `reserve` (what the agent must keep: its
-/// image, boot data, ...) marked reserved. Every reserved range must lie in
-/// RAM.
+/// least the end of the map), then `reserve` (what the agent must keep: its
+/// image, heap, boot data, ...) applied in order.
 pub fn initial_table(
     map: &MemoryMap,
     policy: GapPolicy,
     limit: Gfn,
-    reserve: &[(FrameRange, ReservedUse)],
+    reserve: &[Reservation],
 ) -> Result<RegionTable, LayoutError> {
     let spans = sanitise(map);
     if !spans.iter().any(|s| s.kind == MemKind::Ram) {
@@ -207,24 +252,52 @@ pub fn initial_table(
         at = s.end;
     }
     gap(&mut t, at, top)?;
-    for &(range, what) in reserve {
-        let change = Change {
-            kind: Some(RegionKind::Reserved(what)),
-            set: RegionFlags::PINNED,
-            expect: Some(RegionKind::Ram),
-            ..Change::default()
-        };
-        t.modify(range, change).map_err(|e| match e {
-            RegionError::UnexpectedKind { .. } | RegionError::NotCovered(_) => {
-                LayoutError::ReserveOutsideRam {
-                    what,
-                    start: range.start(),
-                }
-            }
-            other => LayoutError::Table(other),
-        })?;
+    for r in reserve {
+        reserve_one(&mut t, r)?;
     }
     Ok(t)
+}
+
+fn reserve_one(t: &mut RegionTable, r: &Reservation) -> Result<(), LayoutError> {
+    let to = |expect| Change {
+        kind: Some(RegionKind::Reserved(r.what)),
+        set: RegionFlags::PINNED,
+        expect: Some(expect),
+        ..Change::default()
+    };
+    let outside = |e| match e {
+        RegionError::UnexpectedKind { .. } | RegionError::NotCovered(_) => {
+            LayoutError::ReserveOutsideRam {
+                what: r.what,
+                start: r.range.start(),
+            }
+        }
+        other => LayoutError::Table(other),
+    };
+    match r.rule {
+        ReserveRule::InRam => t.modify(r.range, to(RegionKind::Ram)).map_err(outside),
+        ReserveRule::Carve(from) => t
+            .modify(r.range, to(RegionKind::Reserved(from)))
+            .map_err(outside),
+        ReserveRule::RamParts => {
+            let parts: Vec<FrameRange> = t
+                .iter()
+                .filter(|x| x.kind == RegionKind::Ram)
+                .filter(|x| x.range.start() < r.range.end() && r.range.start() < x.range.end())
+                .filter_map(|x| {
+                    FrameRange::from_frames(
+                        x.range.start().max(r.range.start()),
+                        x.range.end().min(r.range.end()),
+                    )
+                    .ok()
+                })
+                .collect();
+            for p in parts {
+                t.modify(p, to(RegionKind::Ram))?;
+            }
+            Ok(())
+        }
+    }
 }
 
 #[cfg(test)]
@@ -273,27 +346,45 @@ mod tests {
             ]
         );
         t.check_invariants().unwrap();
+        // RAM ends inside page 0x9f (at 0x9fc00): one page partly RAM.
+        assert_eq!(partial_ram_pages(&map), 1);
     }
 
     #[test]
     fn device_tree_layout_with_reservations() {
         let map = MemoryMap::from_fdt(include_bytes!("../tests/data/domu-like.dtb")).unwrap();
         let image = FrameRange::new(Gfn(0x40000), PageCount(0x100)).unwrap();
-        let t = initial_table(
-            &map,
-            GapPolicy::DeviceTree,
-            Gfn(0),
-            &[(image, ReservedUse::Image)],
-        )
-        .unwrap();
+        let heap = FrameRange::new(Gfn(0x40080), PageCount(0x40)).unwrap();
+        let dtb = FrameRange::new(Gfn(0x47fff), PageCount(0x10)).unwrap();
+        let reserve = [
+            Reservation {
+                range: image,
+                what: ReservedUse::Image,
+                rule: ReserveRule::InRam,
+            },
+            Reservation {
+                range: heap,
+                what: ReservedUse::Heap,
+                rule: ReserveRule::Carve(ReservedUse::Image),
+            },
+            Reservation {
+                range: dtb,
+                what: ReservedUse::Boot,
+                rule: ReserveRule::RamParts,
+            },
+        ];
+        let t = initial_table(&map, GapPolicy::DeviceTree, Gfn(0), &reserve).unwrap();
         assert_eq!(
             kinds(&t),
             [
                 (0, 0x38000, "mmio"),
                 (0x38000, 0x39000, "hole"),
                 (0x39000, 0x40000, "mmio"),
-                (0x40000, 0x40100, "reserved:image"),
-                (0x40100, 0x48000, "ram"),
+                (0x40000, 0x40080, "reserved:image"),
+                (0x40080, 0x400c0, "reserved:heap"),
+                (0x400c0, 0x40100, "reserved:image"),
+                (0x40100, 0x47fff, "ram"),
+                (0x47fff, 0x48000, "reserved:boot"),
                 (0x48000, 0x50000, "mmio"),
                 (0x50000, 0x50200, "reserved:firmware"),
             ]
@@ -306,12 +397,36 @@ mod tests {
     fn reservations_must_be_in_ram() {
         let map = MemoryMap::from_e820(&[e(0, 0x100000, 1), e(0x100000, 0x1000, 2)]).unwrap();
         let bad = FrameRange::new(Gfn(0xff), PageCount(2)).unwrap();
+        let r = Reservation {
+            range: bad,
+            what: ReservedUse::Image,
+            rule: ReserveRule::InRam,
+        };
         assert_eq!(
-            initial_table(&map, GapPolicy::X86, Gfn(0), &[(bad, ReservedUse::Image)]).unwrap_err(),
+            initial_table(&map, GapPolicy::X86, Gfn(0), &[r]).unwrap_err(),
             LayoutError::ReserveOutsideRam {
                 what: ReservedUse::Image,
                 start: Gfn(0xff)
             }
+        );
+        let heap = Reservation {
+            range: bad,
+            what: ReservedUse::Heap,
+            rule: ReserveRule::Carve(ReservedUse::Image),
+        };
+        assert!(
+            initial_table(&map, GapPolicy::X86, Gfn(0), &[heap]).is_err(),
+            "the heap must lie in the image"
+        );
+        let boot = Reservation {
+            range: bad,
+            what: ReservedUse::Boot,
+            rule: ReserveRule::RamParts,
+        };
+        let t = initial_table(&map, GapPolicy::X86, Gfn(0), &[boot]).unwrap();
+        assert_eq!(
+            t.count(RegionKind::Reserved(ReservedUse::Boot)),
+            PageCount(1)
         );
         let none = MemoryMap::from_e820(&[e(0, 0x1000, 2)]).unwrap();
         assert_eq!(

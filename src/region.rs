@@ -187,6 +187,25 @@ impl RegionKind {
         }
     }
 
+    /// Whether the frames are the guest's own populated RAM: free RAM, RAM the
+    /// agent uses (image, stacks, page tables, heap, boot data, allocations)
+    /// and contiguous buffers. These are what Xen counts in the reservation.
+    pub const fn is_populated_ram(self) -> bool {
+        matches!(
+            self,
+            RegionKind::Ram
+                | RegionKind::Contiguous
+                | RegionKind::Reserved(
+                    ReservedUse::Image
+                        | ReservedUse::Stack
+                        | ReservedUse::PageTables
+                        | ReservedUse::Heap
+                        | ReservedUse::Boot
+                        | ReservedUse::Allocated
+                )
+        )
+    }
+
     /// Whether [`RegionTable::add`] may put a region of kind `new` over one of
     /// this kind: only a hole may be replaced, by a mapping or device range.
     pub const fn replaceable_by(self, new: RegionKind) -> bool {
@@ -382,6 +401,11 @@ pub enum RegionError {
     },
     /// The new backing would run past the end of its number space.
     BackingOverflow,
+    /// No run of free RAM is long enough.
+    NoFreeRam {
+        /// Frames asked for.
+        count: PageCount,
+    },
 }
 
 impl fmt::Display for RegionError {
@@ -404,6 +428,7 @@ impl fmt::Display for RegionError {
             RegionError::BackingOverflow => {
                 write!(f, "backing runs past the end of its number space")
             }
+            RegionError::NoFreeRam { count } => write!(f, "no run of {count} free RAM frames"),
         }
     }
 }
@@ -728,6 +753,45 @@ impl RegionTable {
             }
         }
         None
+    }
+
+    /// Allocate `count` frames of free RAM aligned to `2^align` frames and
+    /// record them as `Reserved(what)`, pinned. The frame allocator of the
+    /// agent: the heap, page tables and mappings all take frames here, so they
+    /// never collide.
+    pub fn alloc_frames(
+        &mut self,
+        count: PageCount,
+        align: Order,
+        what: ReservedUse,
+    ) -> Result<FrameRange, RegionError> {
+        let range = self
+            .find_free(RegionKind::Ram, count, align, Gfn(0))
+            .ok_or(RegionError::NoFreeRam { count })?;
+        self.modify(
+            range,
+            Change {
+                kind: Some(RegionKind::Reserved(what)),
+                set: RegionFlags::PINNED,
+                expect: Some(RegionKind::Ram),
+                ..Change::default()
+            },
+        )?;
+        Ok(range)
+    }
+
+    /// Give frames from [`RegionTable::alloc_frames`] back: every frame of
+    /// `range` must be `Reserved(what)`.
+    pub fn free_frames(&mut self, range: FrameRange, what: ReservedUse) -> Result<(), RegionError> {
+        self.modify(
+            range,
+            Change {
+                kind: Some(RegionKind::Ram),
+                clear: RegionFlags::PINNED,
+                expect: Some(RegionKind::Reserved(what)),
+                ..Change::default()
+            },
+        )
     }
 
     /// Runs of free RAM aligned to `2^order` frames and `2^order` long: the

@@ -46,7 +46,7 @@ pub fn start(boot: &BootInfo<'_>) -> ! {
     // that nothing else uses.
     unsafe { HEAP.lock().init(HEAP_SPACE.0.get().cast::<u8>(), HEAP_SIZE) };
     let hv = xen::RealXen::new();
-    let outcome = crate::agent::run(&hv, boot);
+    let outcome = crate::agent::run(&hv, boot, Some(heap_span()));
     finish(&hv, outcome)
 }
 

@@ -460,3 +460,47 @@ fn backing_overflow_is_refused() {
     assert_eq!(t.add(r), Err(RegionError::BackingOverflow));
     assert!(t.is_empty());
 }
+
+#[test]
+fn frame_allocator_records_what_it_hands_out() {
+    let mut t = RegionTable::new();
+    t.add(ram(0, 100)).unwrap();
+    t.add(Region::new(
+        fr(100, 28),
+        RegionKind::Reserved(ReservedUse::Image),
+        RegionFlags::PINNED,
+    ))
+    .unwrap();
+    t.add(ram(128, 512)).unwrap();
+    let pt = ReservedUse::PageTables;
+    let a = t
+        .alloc_frames(PageCount(4), Order::new(0).unwrap(), pt)
+        .unwrap();
+    assert_eq!(a, fr(0, 4));
+    let b = t.alloc_frames(PageCount(200), Order::new(9).unwrap(), pt);
+    assert_eq!(
+        b,
+        Err(RegionError::NoFreeRam {
+            count: PageCount(200)
+        }),
+        "no 2 MiB-aligned run of 200"
+    );
+    let c = t
+        .alloc_frames(PageCount(128), Order::new(7).unwrap(), ReservedUse::Heap)
+        .unwrap();
+    assert_eq!(c, fr(128, 128), "aligned, across nothing reserved");
+    assert_eq!(t.count(RegionKind::Reserved(pt)), PageCount(4));
+    assert_eq!(
+        t.free_frames(c, pt),
+        Err(RegionError::UnexpectedKind {
+            at: Gfn(128),
+            found: RegionKind::Reserved(ReservedUse::Heap)
+        }),
+        "freeing with the wrong purpose is refused"
+    );
+    t.free_frames(a, pt).unwrap();
+    t.free_frames(c, ReservedUse::Heap).unwrap();
+    assert_eq!(t.count(RegionKind::Ram), PageCount(612));
+    assert_eq!(t.len(), 3, "freed frames merge back");
+    assert!(t.free_frames(a, pt).is_err(), "double free is refused");
+}
