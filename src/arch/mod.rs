@@ -10,6 +10,9 @@
 //! | `own_domid() -> Option<DomId>` | the domain id when the hardware interface tells it (x86 CPUID leaf), else `None` |
 //! | `exit_host(Verdict) -> !` | leave QEMU with the verdict as its exit status (isa-debug-exit on x86_64, semihosting `SYS_EXIT` on aarch64) |
 //! | `halt() -> !` | stop this vCPU for good |
+//! | `QEMU_EXIT_PASS`, `QEMU_EXIT_FAIL` | QEMU's exit status after `exit_host` (the runner matches them) |
+//! | `IDENTITY_MAP_END` | how far the boot page tables identity-map guest-physical memory |
+//! | `UNMAPPED_PROBE` | an address the boot page tables leave unmapped, to test the exception path |
 //! | `NAME` | `"x86_64"` or `"aarch64"` |
 //!
 //! With the `rt` feature an architecture also provides its boot glue: the
