@@ -8,7 +8,9 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use xenmem::addr::{Gfn, GuestPhysAddr, PageCount};
-use xenmem::region::{Change, FrameRange, Region, RegionFlags, RegionKind, RegionTable, ReservedUse};
+use xenmem::region::{
+    Change, FrameRange, Region, RegionFlags, RegionKind, RegionTable, ReservedUse,
+};
 
 /// Frames per region.
 const SPAN: u64 = 16;
@@ -45,8 +47,12 @@ impl SortedVec {
         let i = self.find(g).unwrap();
         let r = self.0[i];
         let mid = Region::new(FrameRange::new(g, PageCount(1)).unwrap(), k, r.flags);
-        let left = FrameRange::from_frames(r.range.start(), g).ok().map(|x| Region { range: x, ..r });
-        let right = FrameRange::from_frames(Gfn(g.0 + 1), r.range.end()).ok().map(|x| Region { range: x, ..r });
+        let left = FrameRange::from_frames(r.range.start(), g)
+            .ok()
+            .map(|x| Region { range: x, ..r });
+        let right = FrameRange::from_frames(Gfn(g.0 + 1), r.range.end())
+            .ok()
+            .map(|x| Region { range: x, ..r });
         self.0.remove(i);
         let mut at = i;
         for p in [left, Some(mid), right].into_iter().flatten() {
@@ -60,12 +66,20 @@ impl SortedVec {
         let i = self.find(g).unwrap();
         let (l, r) = (self.0[i - 1], self.0[i + 1]);
         self.0.drain(i - 1..=i + 1);
-        self.0.insert(i - 1, Region { range: FrameRange::from_frames(l.range.start(), r.range.end()).unwrap(), ..l });
+        self.0.insert(
+            i - 1,
+            Region {
+                range: FrameRange::from_frames(l.range.start(), r.range.end()).unwrap(),
+                ..l
+            },
+        );
     }
 }
 
 fn lcg(seed: &mut u64) -> u64 {
-    *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    *seed = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     *seed >> 33
 }
 
@@ -85,7 +99,9 @@ fn measure(runs: usize, ops: u64, mut f: impl FnMut()) -> (f64, f64) {
 fn main() {
     const OPS: u64 = 20_000;
     const RUNS: usize = 7;
-    println!("Region table vs sorted Vec (ns per operation, median of {RUNS} runs; spread = max/min)");
+    println!(
+        "Region table vs sorted Vec (ns per operation, median of {RUNS} runs; spread = max/min)"
+    );
     println!(
         "| regions | table lookup | Vec lookup | table update | Vec update | Vec/table update | table bytes/region |"
     );
@@ -102,7 +118,10 @@ fn main() {
         let probes: Vec<Gfn> = (0..OPS).map(|_| Gfn(lcg(&mut seed) % (n * SPAN))).collect();
         // Update probes: a frame strictly inside a region, so the update splits
         // it in three and the undo merges it back.
-        let inner: Vec<Gfn> = probes.iter().map(|g| Gfn(g.0 / SPAN * SPAN + 1 + g.0 % (SPAN - 2))).collect();
+        let inner: Vec<Gfn> = probes
+            .iter()
+            .map(|g| Gfn(g.0 / SPAN * SPAN + 1 + g.0 % (SPAN - 2)))
+            .collect();
 
         let (tl, tl_s) = measure(RUNS, OPS, || {
             for g in &probes {
@@ -114,7 +133,10 @@ fn main() {
                 black_box(vec.find(*g));
             }
         });
-        let upd = |k| Change { kind: Some(k), ..Change::default() };
+        let upd = |k| Change {
+            kind: Some(k),
+            ..Change::default()
+        };
         let (tu, tu_s) = measure(RUNS, OPS * 2, || {
             for g in &inner {
                 let r = FrameRange::new(*g, PageCount(1)).unwrap();

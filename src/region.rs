@@ -834,3 +834,53 @@ impl RegionTable {
         Ok(())
     }
 }
+
+/// The region table shared by the agent's parts, behind a spin lock. Each
+/// call takes the lock once, so a batch ([`SharedTable::apply`]) is the unit
+/// of atomicity: other users see the table before it or after it, never half
+/// of it.
+#[derive(Debug, Default)]
+pub struct SharedTable(spin::Mutex<RegionTable>);
+
+impl SharedTable {
+    /// Share `table`.
+    pub const fn new(table: RegionTable) -> Self {
+        Self(spin::Mutex::new(table))
+    }
+
+    /// Apply a batch all-or-nothing (see [`RegionTable::apply`]).
+    pub fn apply(&self, ops: &[Op]) -> Result<(), (RegionError, usize)> {
+        self.0.lock().apply(ops)
+    }
+
+    /// The region containing `addr`.
+    pub fn info(&self, addr: GuestPhysAddr) -> Option<Region> {
+        self.0.lock().info(addr)
+    }
+
+    /// Allocate frames (see [`RegionTable::alloc_frames`]).
+    pub fn alloc_frames(
+        &self,
+        count: PageCount,
+        align: Order,
+        what: ReservedUse,
+    ) -> Result<FrameRange, RegionError> {
+        self.0.lock().alloc_frames(count, align, what)
+    }
+
+    /// Free frames (see [`RegionTable::free_frames`]).
+    pub fn free_frames(&self, range: FrameRange, what: ReservedUse) -> Result<(), RegionError> {
+        self.0.lock().free_frames(range, what)
+    }
+
+    /// Read the table under the lock.
+    pub fn read<R>(&self, f: impl FnOnce(&RegionTable) -> R) -> R {
+        f(&self.0.lock())
+    }
+
+    /// Change the table under the lock; `f` should leave it consistent (use
+    /// batches for multi-step changes).
+    pub fn update<R>(&self, f: impl FnOnce(&mut RegionTable) -> R) -> R {
+        f(&mut self.0.lock())
+    }
+}

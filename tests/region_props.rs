@@ -504,3 +504,47 @@ fn frame_allocator_records_what_it_hands_out() {
     assert_eq!(t.len(), 3, "freed frames merge back");
     assert!(t.free_frames(a, pt).is_err(), "double free is refused");
 }
+
+#[test]
+fn shared_table_batches_are_atomic_across_threads() {
+    use std::sync::Arc;
+    use xenmem::region::SharedTable;
+    let shared = Arc::new(SharedTable::new(RegionTable::new()));
+    shared.update(|t| t.add(ram(0, 4096))).unwrap();
+    let pt = ReservedUse::PageTables;
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            let s = Arc::clone(&shared);
+            std::thread::spawn(move || {
+                let mut mine = Vec::new();
+                for _ in 0..200 {
+                    let r = s
+                        .alloc_frames(PageCount(3), Order::new(0).unwrap(), pt)
+                        .unwrap();
+                    // Every allocation is disjoint from every other one.
+                    mine.push(r);
+                    if mine.len() > 5 {
+                        let r = mine.remove(0);
+                        s.free_frames(r, pt).unwrap();
+                    }
+                    // A reader never sees a half-applied batch.
+                    s.read(|t| t.check_invariants()).unwrap();
+                }
+                mine
+            })
+        })
+        .collect();
+    let held: Vec<FrameRange> = workers
+        .into_iter()
+        .flat_map(|w| w.join().unwrap())
+        .collect();
+    let total: u64 = held.iter().map(|r| r.len().0).sum();
+    assert_eq!(
+        shared.read(|t| t.count(RegionKind::Reserved(pt))),
+        PageCount(total)
+    );
+    assert_eq!(
+        shared.read(|t| t.count(RegionKind::Ram)),
+        PageCount(4096 - total)
+    );
+}
