@@ -394,6 +394,52 @@ mod tests {
     }
 
     #[test]
+    fn real_x86_pvh_dom0_map_accounts_for_xens_reservation() {
+        let raw = include_bytes!("../tests/data/xen-4.17-x86-pvh-dom0.e820");
+        let entries: Vec<E820Entry> = raw
+            .chunks(20)
+            .map(|c| E820Entry {
+                addr: u64::from_le_bytes(c[0..8].try_into().unwrap()),
+                size: u64::from_le_bytes(c[8..16].try_into().unwrap()),
+                kind: u32::from_le_bytes(c[16..20].try_into().unwrap()),
+            })
+            .collect();
+        let map = MemoryMap::from_e820(&entries).unwrap();
+        let t = initial_table(&map, GapPolicy::X86, Gfn(0x10061), &[]).unwrap();
+        // Xen said current_reservation = 65536 with this map.
+        let ram = t.count(RegionKind::Ram).0;
+        assert_eq!(ram + partial_ram_pages(&map), 65536);
+        assert_eq!(
+            t.info(GuestPhysAddr(0x1006_0000)).unwrap().kind,
+            RegionKind::Reserved(ReservedUse::Acpi)
+        );
+        assert_eq!(
+            t.info(GuestPhysAddr(0x2_0000_0000)).unwrap().kind,
+            RegionKind::Hole
+        );
+        assert_eq!(
+            t.info(GuestPhysAddr(0xc000_0000)).unwrap().kind,
+            RegionKind::Mmio
+        );
+    }
+
+    #[test]
+    fn real_arm64_domu_tree_has_holes_for_mappings() {
+        let map =
+            MemoryMap::from_fdt(include_bytes!("../tests/data/xen-4.17-arm64-domu.dtb")).unwrap();
+        let t = initial_table(&map, GapPolicy::DeviceTree, Gfn(0x48000), &[]).unwrap();
+        assert_eq!(t.count(RegionKind::Ram), PageCount(32768));
+        let hole = t
+            .find_hole(PageCount(16), crate::addr::Order::new(0).unwrap(), Gfn(0))
+            .unwrap();
+        assert_eq!(
+            hole.start_addr(),
+            GuestPhysAddr(0x3800_0000),
+            "the grant-table region comes first"
+        );
+    }
+
+    #[test]
     fn reservations_must_be_in_ram() {
         let map = MemoryMap::from_e820(&[e(0, 0x100000, 1), e(0x100000, 0x1000, 2)]).unwrap();
         let bad = FrameRange::new(Gfn(0xff), PageCount(2)).unwrap();

@@ -236,8 +236,10 @@ impl MemoryMap {
     }
 
     /// From a flattened device tree: `/memory*` nodes (RAM),
-    /// `/reserved-memory` children (reserved) and `/hypervisor`'s first `reg`
-    /// entry (the region Xen leaves for grant and foreign mappings). `reg`
+    /// `/reserved-memory` children (reserved) and every `/hypervisor` `reg`
+    /// entry (the first is the region every Xen leaves for grant-table and
+    /// shared-info mappings; Xen 4.17 adds "extended regions", also free
+    /// guest-physical space, for foreign and grant mappings). `reg`
     /// values are read with the parent's `#address-cells`/`#size-cells`.
     pub fn from_fdt(blob: &[u8]) -> Result<Self, MemMapError> {
         #[derive(Clone, Copy, PartialEq, Eq)]
@@ -304,11 +306,6 @@ impl MemoryMap {
                                 return Err(FdtError::BadProperty("memory map"));
                             }
                             index += 1;
-                            // Only the first hypervisor entry is the region
-                            // every Xen provides.
-                            if kind == MemKind::Hypervisor {
-                                break;
-                            }
                         }
                     }
                     _ => {}
@@ -389,6 +386,80 @@ mod tests {
             MemoryMap::from_fdt(&[0xd0, 0x0d]),
             Err(MemMapError::DeviceTree(_))
         ));
+    }
+}
+
+#[cfg(test)]
+mod real_xen_tests {
+    //! Inputs that Xen 4.17 gave the agent under QEMU (saved by the boot
+    //! tests' set-up; see tests/data/README.md).
+    use super::*;
+
+    fn spans(map: &MemoryMap) -> Vec<(u64, u64, MemKind)> {
+        map.ranges()
+            .iter()
+            .map(|r| (r.start.0, r.end.0, r.kind))
+            .collect()
+    }
+
+    #[test]
+    fn arm64_dom0_tree() {
+        let map =
+            MemoryMap::from_fdt(include_bytes!("../tests/data/xen-4.17-arm64-dom0.dtb")).unwrap();
+        assert_eq!(
+            spans(&map),
+            [
+                (0x4020_0000, 0x4024_0000, MemKind::Hypervisor),
+                (0x4040_0000, 0x7c00_0000, MemKind::Hypervisor),
+                (0x7c00_0000, 0x7e00_0000, MemKind::Ram),
+            ]
+        );
+        assert_eq!(map.ram_pages(), PageCount(8192), "dom0_mem=32M");
+    }
+
+    #[test]
+    fn arm64_domu_tree() {
+        let map =
+            MemoryMap::from_fdt(include_bytes!("../tests/data/xen-4.17-arm64-domu.dtb")).unwrap();
+        assert_eq!(
+            spans(&map),
+            [
+                (0x4000_0000, 0x4800_0000, MemKind::Ram),
+                (0x3800_0000, 0x3900_0000, MemKind::Hypervisor),
+                (0x4800_0000, 0x1_0000_0000, MemKind::Hypervisor),
+                (0x2_0000_0000, 0x100_0000_0000, MemKind::Hypervisor),
+            ]
+        );
+        assert_eq!(map.ram_pages(), PageCount(32768), "memory = 131072 KiB");
+    }
+
+    #[test]
+    fn x86_pvh_dom0_e820() {
+        let raw = include_bytes!("../tests/data/xen-4.17-x86-pvh-dom0.e820");
+        let entries: Vec<E820Entry> = raw
+            .chunks(20)
+            .map(|c| E820Entry {
+                addr: u64::from_le_bytes(c[0..8].try_into().unwrap()),
+                size: u64::from_le_bytes(c[8..16].try_into().unwrap()),
+                kind: u32::from_le_bytes(c[16..20].try_into().unwrap()),
+            })
+            .collect();
+        let map = MemoryMap::from_e820(&entries).unwrap();
+        assert_eq!(map.ranges().len(), 9);
+        // 159 + 65376 whole pages; the page at 0x10060000 is shared with ACPI.
+        assert_eq!(map.ram_pages(), PageCount(65535));
+    }
+
+    #[test]
+    fn every_truncation_of_the_real_trees_is_an_error() {
+        for blob in [
+            &include_bytes!("../tests/data/xen-4.17-arm64-dom0.dtb")[..],
+            &include_bytes!("../tests/data/xen-4.17-arm64-domu.dtb")[..],
+        ] {
+            for len in (0..blob.len()).step_by(7) {
+                assert!(MemoryMap::from_fdt(&blob[..len]).is_err(), "len {len}");
+            }
+        }
     }
 }
 
