@@ -1,1 +1,413 @@
-fn main() {}
+//! `cargo xtask`: the host runner for the xenmem agent.
+//!
+//! - `cargo xtask setup`: install/download what boots need (QEMU, dtc, Xen).
+//! - `cargo xtask run [--arch x86_64|aarch64] [--mode dom0|domu|both] [--quiet]
+//!   [--timeout SECS] [-- agent options...]`: build, boot, show the decoded log,
+//!   exit 0 iff the agent passed.
+//! - `cargo xtask test [--only NAME]... [--no-host-tests] [--verbose]
+//!   [--timeout SECS]`: host tests, then every boot scenario.
+
+mod agent;
+mod boot;
+mod decode;
+mod dtb;
+mod image;
+mod report;
+mod scenarios;
+mod setup;
+mod util;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use defmt_decoder::Table;
+
+use crate::agent::Agent;
+use crate::boot::{Arch, BootSpec, Mode, Show};
+use crate::setup::Env;
+
+const USAGE: &str = "\
+usage: cargo xtask <command> [options]
+
+commands:
+  setup                     install QEMU and dtc if missing, fetch Xen 4.17 images
+  run [options] [-- agent options...]
+                            build the agent, boot it under QEMU + Xen, show its log;
+                            exit 0 iff its verdict is pass
+      --arch x86_64|aarch64 (default x86_64)
+      --mode dom0|domu|both (default dom0; domu and both are aarch64-only)
+      --quiet               hide Xen's own lines, keep the agents'
+      --timeout SECS        kill QEMU after SECS seconds (default 120)
+  test [options]            cargo test --workspace, then every boot scenario
+      --only NAME           run only scenarios whose name contains NAME (repeatable)
+      --no-host-tests       skip cargo test --workspace
+      --verbose             stream every boot's console
+      --timeout SECS        per boot (default 120)
+  bench                     (reserved)
+
+environment: XENMEM_QEMU_X86_64, XENMEM_QEMU_AARCH64, XENMEM_DTC (tool paths),
+  XENMEM_XEN_X86_64, XENMEM_XEN_AARCH64 (Xen images), XENMEM_CACHE (download cache,
+  default ~/.cache/xenmem)";
+
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match dispatch(&args) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(args: &[String]) -> Result<ExitCode> {
+    let Some((cmd, rest)) = args.split_first() else {
+        eprintln!("{USAGE}");
+        return Ok(ExitCode::from(2));
+    };
+    match cmd.as_str() {
+        "setup" => {
+            if !rest.is_empty() {
+                bail!("setup takes no options\n\n{USAGE}");
+            }
+            let env = setup::setup()?;
+            print_env(&env);
+            Ok(ExitCode::SUCCESS)
+        }
+        "run" => run(rest),
+        "test" => test(rest),
+        "bench" => bail!("`cargo xtask bench` is not implemented yet"),
+        "help" | "-h" | "--help" => {
+            println!("{USAGE}");
+            Ok(ExitCode::SUCCESS)
+        }
+        other => bail!("unknown command `{other}`\n\n{USAGE}"),
+    }
+}
+
+fn print_env(env: &Env) {
+    println!("qemu-system-x86_64:  {}", env.qemu_x86_64.display());
+    println!("qemu-system-aarch64: {}", env.qemu_aarch64.display());
+    println!("dtc:                 {}", env.dtc.display());
+    println!("xen (x86_64):        {}", env.xen_x86_64.display());
+    println!("xen (aarch64):       {}", env.xen_aarch64.display());
+}
+
+/// Pull `--name VALUE` / `--name=VALUE` off the front of `args`.
+fn value<'a>(
+    flag: &str,
+    arg: &'a str,
+    it: &mut impl Iterator<Item = &'a String>,
+) -> Result<Option<&'a str>> {
+    if arg == flag {
+        return it
+            .next()
+            .map(|v| Some(v.as_str()))
+            .with_context(|| format!("{flag} needs a value"));
+    }
+    Ok(arg.strip_prefix(flag).and_then(|r| r.strip_prefix('=')))
+}
+
+fn parse_timeout(v: &str) -> Result<Duration> {
+    let secs: u64 = v
+        .parse()
+        .with_context(|| format!("--timeout {v}: not a number of seconds"))?;
+    if secs == 0 {
+        bail!("--timeout must be at least 1 second");
+    }
+    Ok(Duration::from_secs(secs))
+}
+
+fn logs_dir() -> PathBuf {
+    agent::target_dir().join("xenmem-logs")
+}
+
+fn work_dir(name: &str) -> PathBuf {
+    agent::target_dir().join("xenmem-work").join(name)
+}
+
+struct RunArgs {
+    arch: Arch,
+    mode: Mode,
+    quiet: bool,
+    timeout: Duration,
+    opts: Vec<String>,
+}
+
+fn parse_run(args: &[String]) -> Result<RunArgs> {
+    let mut r = RunArgs {
+        arch: Arch::X86_64,
+        mode: Mode::Dom0,
+        quiet: false,
+        timeout: DEFAULT_TIMEOUT,
+        opts: Vec::new(),
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if a == "--" {
+            r.opts.extend(it.by_ref().cloned());
+        } else if a == "--quiet" || a == "-q" {
+            r.quiet = true;
+        } else if let Some(v) = value("--arch", a, &mut it)? {
+            r.arch = Arch::parse(v)?;
+        } else if let Some(v) = value("--mode", a, &mut it)? {
+            r.mode = Mode::parse(v)?;
+        } else if let Some(v) = value("--timeout", a, &mut it)? {
+            r.timeout = parse_timeout(v)?;
+        } else {
+            bail!("run: unknown option `{a}` (agent options go after `--`)\n\n{USAGE}");
+        }
+    }
+    // Refuse bad agent options before any slow step.
+    boot::agent_cmdlines(r.arch, r.mode, &r.opts)?;
+    Ok(r)
+}
+
+fn run(args: &[String]) -> Result<ExitCode> {
+    let r = parse_run(args)?;
+    let env = setup::setup()?;
+    let agent = agent::build(r.arch)?;
+    let table = decode::load_table(&agent.elf)
+        .with_context(|| format!("decoding needs {}", agent.elf_path.display()))?;
+    let name = format!("{}-{}", r.arch, r.mode);
+    let spec = BootSpec {
+        arch: r.arch,
+        mode: r.mode,
+        agent_opts: r.opts,
+        timeout: r.timeout,
+        log_path: logs_dir().join(format!("{name}.log")),
+        work_dir: work_dir(&name),
+        show: if r.quiet { Show::Agents } else { Show::All },
+    };
+    let res = boot::boot(&env, &spec, &agent, &table)?;
+    let passed = res.passed(r.mode);
+    eprintln!(
+        "xtask: {} {}: {}",
+        if passed { "PASS" } else { "FAIL" },
+        name,
+        res.summary(r.mode)
+    );
+    if passed {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("log: {}", res.log_path.display());
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+struct TestArgs {
+    only: Vec<String>,
+    host_tests: bool,
+    verbose: bool,
+    timeout: Duration,
+}
+
+fn parse_test(args: &[String]) -> Result<TestArgs> {
+    let mut t = TestArgs {
+        only: Vec::new(),
+        host_tests: true,
+        verbose: false,
+        timeout: DEFAULT_TIMEOUT,
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if a == "--no-host-tests" {
+            t.host_tests = false;
+        } else if a == "--verbose" || a == "-v" {
+            t.verbose = true;
+        } else if let Some(v) = value("--only", a, &mut it)? {
+            t.only.push(v.to_string());
+        } else if let Some(v) = value("--timeout", a, &mut it)? {
+            t.timeout = parse_timeout(v)?;
+        } else {
+            bail!("test: unknown option `{a}`\n\n{USAGE}");
+        }
+    }
+    Ok(t)
+}
+
+/// Counts of the items `cargo xtask test` ran.
+#[derive(Default)]
+struct Tally {
+    passed: usize,
+    failed: usize,
+}
+
+impl Tally {
+    fn pass(&mut self, name: &str, detail: &str) {
+        self.passed += 1;
+        println!("PASS {name}{detail}");
+    }
+
+    fn fail(&mut self, name: &str, reasons: &[String], log: Option<&PathBuf>) {
+        self.failed += 1;
+        println!("FAIL {name}");
+        for r in reasons {
+            for (i, line) in r.lines().enumerate() {
+                println!("  {}{line}", if i == 0 { "- " } else { "  " });
+            }
+        }
+        if let Some(l) = log {
+            println!("  log: {}", l.display());
+        }
+    }
+}
+
+fn test(args: &[String]) -> Result<ExitCode> {
+    let t = parse_test(args)?;
+    let scenarios: Vec<_> = scenarios::all()
+        .into_iter()
+        .filter(|s| t.only.is_empty() || t.only.iter().any(|o| s.name.contains(o.as_str())))
+        .collect();
+    if scenarios.is_empty() {
+        bail!("no scenario matches {:?}", t.only);
+    }
+    let mut tally = Tally::default();
+
+    let env = match setup::setup() {
+        Ok(e) => Some(e),
+        Err(e) => {
+            tally.fail("setup", &[format!("{e:#}")], None);
+            None
+        }
+    };
+
+    if t.host_tests {
+        println!("xtask: cargo test --workspace");
+        let status = agent::cargo()
+            .args(["test", "--workspace"])
+            .stdin(std::process::Stdio::null())
+            .status()
+            .context("running cargo test --workspace")?;
+        if status.success() {
+            tally.pass("host-tests", " (cargo test --workspace)");
+        } else {
+            tally.fail(
+                "host-tests",
+                &[format!(
+                    "cargo test --workspace failed ({status}); see its output above"
+                )],
+                None,
+            );
+        }
+    }
+
+    let mut agents: HashMap<&'static str, Result<(Agent, Table), String>> = HashMap::new();
+    for s in &scenarios {
+        let Some(env) = &env else {
+            tally.fail(s.name, &["set-up failed (see above)".into()], None);
+            continue;
+        };
+        let built = agents.entry(s.arch.triple()).or_insert_with(|| {
+            agent::build(s.arch)
+                .and_then(|a| decode::load_table(&a.elf).map(|t| (a, t)))
+                .map_err(|e| format!("{e:#}"))
+        });
+        let (agent, table) = match built {
+            Ok(at) => (&at.0, &at.1),
+            Err(e) => {
+                tally.fail(s.name, &[format!("agent build failed: {e}")], None);
+                continue;
+            }
+        };
+        let spec = BootSpec {
+            arch: s.arch,
+            mode: s.mode,
+            agent_opts: s.agent_opts.iter().map(|o| o.to_string()).collect(),
+            timeout: t.timeout,
+            log_path: logs_dir().join(format!("test-{}.log", s.name)),
+            work_dir: work_dir(&format!("test-{}", s.name)),
+            show: if t.verbose { Show::All } else { Show::Nothing },
+        };
+        if t.verbose {
+            println!("xtask: scenario {}", s.name);
+        }
+        match boot::boot(env, &spec, agent, table) {
+            Ok(res) => {
+                let mut failures = scenarios::evaluate(s, &res);
+                if !failures.is_empty() {
+                    if !res.qemu_stderr.is_empty() {
+                        failures.push(format!("QEMU said: {}", res.qemu_stderr.join("\n")));
+                    }
+                    if let Some(w) = res.warnings.first() {
+                        failures.push(format!(
+                            "note: {} decoding warning(s), first: {w}",
+                            res.warnings.len()
+                        ));
+                    }
+                }
+                if failures.is_empty() {
+                    tally.pass(s.name, &format!(" ({:.1} s)", res.elapsed.as_secs_f64()));
+                } else {
+                    tally.fail(s.name, &failures, Some(&res.log_path));
+                }
+            }
+            Err(e) => tally.fail(s.name, &[format!("{e:#}")], Some(&spec.log_path)),
+        }
+    }
+
+    println!(
+        "xtask: counted {} scenario(s){}{}",
+        scenarios.len(),
+        if t.host_tests {
+            " + the host test run"
+        } else {
+            ""
+        },
+        if env.is_none() { " + set-up" } else { "" }
+    );
+    println!("{} passed, {} failed", tally.passed, tally.failed);
+    Ok(if tally.failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn run_options() {
+        let r = parse_run(&s(&[])).unwrap();
+        assert_eq!((r.arch, r.mode, r.quiet), (Arch::X86_64, Mode::Dom0, false));
+        let r = parse_run(&s(&[
+            "--arch",
+            "aarch64",
+            "--mode=both",
+            "--quiet",
+            "--timeout",
+            "30",
+            "--",
+            "a=1",
+            "--b",
+        ]))
+        .unwrap();
+        assert_eq!((r.arch, r.mode, r.quiet), (Arch::Aarch64, Mode::Both, true));
+        assert_eq!(r.timeout, Duration::from_secs(30));
+        assert_eq!(r.opts, ["a=1", "--b"]);
+        assert!(parse_run(&s(&["--mode", "both"])).is_err()); // x86_64 is dom0 only
+        assert!(parse_run(&s(&["--", "a=1,2"])).is_err());
+        assert!(parse_run(&s(&["--arch"])).is_err());
+        assert!(parse_run(&s(&["--timeout", "0"])).is_err());
+        assert!(parse_run(&s(&["bogus=1"])).is_err());
+    }
+
+    #[test]
+    fn test_options() {
+        let t = parse_test(&s(&["--only", "aarch64", "--only=x86", "--no-host-tests"])).unwrap();
+        assert_eq!(t.only, ["aarch64", "x86"]);
+        assert!(!t.host_tests);
+        assert!(parse_test(&s(&["--what"])).is_err());
+    }
+}

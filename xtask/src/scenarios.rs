@@ -1,0 +1,592 @@
+//! The boot scenarios of `cargo xtask test`: what each boots and what its
+//! reports and exit must show.
+//!
+//! Each scenario is data: an architecture, a mode, agent options, the
+//! expected exit, and a list of [`Check`]s on the agents' parsed reports
+//! (see [`crate::report`] for the protocol). Adjust assertions here.
+
+use crate::boot::{Arch, BootResult, Exit, Mode};
+use crate::decode::Source;
+use crate::report::{parse_number, Logs, Verdict};
+
+const D0: Source = Source::D0;
+const D1: Source = Source::D1;
+
+/// Pages of 4 KiB in `mib` MiB.
+const fn pages_of_mib(mib: u64) -> u64 {
+    mib * 256
+}
+
+/// x86_64 dom0's memory: `dom0_mem=256M,max:256M` on Xen's command line.
+const X86_DOM0_PAGES: u64 = pages_of_mib(256);
+/// aarch64 dom0's memory: `dom0_mem=32M`.
+const ARM_DOM0_PAGES: u64 = pages_of_mib(32);
+/// A dom0less domU's memory: `memory = <0 131072>` (KiB).
+const ARM_DOMU_PAGES: u64 = crate::boot::DOMU_MEMORY_KIB / 4;
+
+/// How a value must look.
+#[derive(Clone, Copy, Debug)]
+pub enum Is {
+    /// Exactly this text.
+    Text(&'static str),
+    /// This number (decimal or 0x-hex in the report).
+    Num(u64),
+    /// A version whose major.minor is this (`4.17`, `4.17.7`, ...).
+    Version(&'static str),
+    /// Any value.
+    Present,
+}
+
+impl Is {
+    fn matches(self, v: &str) -> bool {
+        match self {
+            Is::Text(t) => v == t,
+            Is::Num(n) => parse_number(v) == Some(n),
+            Is::Version(mm) => v == mm || v.strip_prefix(mm).is_some_and(|r| r.starts_with('.')),
+            Is::Present => true,
+        }
+    }
+}
+
+/// One assertion on a boot.
+#[derive(Clone, Debug)]
+pub enum Check {
+    /// The source printed this verdict (its last one).
+    Verdict(Source, Verdict),
+    /// The first `topic` report of the source that has `key` has a value that
+    /// is `is`.
+    Field {
+        /// Source.
+        src: Source,
+        /// Report topic.
+        topic: &'static str,
+        /// Field name.
+        key: &'static str,
+        /// Expected value.
+        is: Is,
+    },
+    /// At least `at_least` reports of `topic` have `key=value`.
+    Count {
+        /// Source.
+        src: Source,
+        /// Report topic.
+        topic: &'static str,
+        /// Field name.
+        key: &'static str,
+        /// Field value.
+        value: &'static str,
+        /// Minimum number.
+        at_least: usize,
+    },
+    /// Some error-level message mentions `text`.
+    ErrorMentions(Source, &'static str),
+    /// An `exception: <vector name> (vector N) ... fault_addr=...` line.
+    Exception(Source),
+}
+
+impl Check {
+    /// The source the check is about.
+    pub fn source(&self) -> Source {
+        match *self {
+            Check::Verdict(src, _)
+            | Check::Field { src, .. }
+            | Check::Count { src, .. }
+            | Check::ErrorMentions(src, _)
+            | Check::Exception(src) => src,
+        }
+    }
+}
+
+fn verdict(src: Source, v: Verdict) -> Check {
+    Check::Verdict(src, v)
+}
+
+fn field(src: Source, topic: &'static str, key: &'static str, is: Is) -> Check {
+    Check::Field {
+        src,
+        topic,
+        key,
+        is,
+    }
+}
+
+fn count(src: Source, topic: &'static str, kv: (&'static str, &'static str), n: usize) -> Check {
+    Check::Count {
+        src,
+        topic,
+        key: kv.0,
+        value: kv.1,
+        at_least: n,
+    }
+}
+
+/// The exit a scenario expects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExpectExit {
+    /// The agent's exit path reported pass.
+    Pass,
+    /// The agent's exit path reported fail.
+    Fail,
+}
+
+/// One boot scenario.
+#[derive(Clone, Debug)]
+pub struct Scenario {
+    /// Name (also the log file's).
+    pub name: &'static str,
+    /// Architecture.
+    pub arch: Arch,
+    /// Which agents.
+    pub mode: Mode,
+    /// Options for every agent.
+    pub agent_opts: &'static [&'static str],
+    /// The expected exit.
+    pub exit: ExpectExit,
+    /// The assertions.
+    pub checks: Vec<Check>,
+}
+
+/// What every agent that ran normally reports.
+fn common(src: Source) -> Vec<Check> {
+    vec![
+        field(src, "xen", "version", Is::Version("4.17")),
+        field(src, "image", "start", Is::Present),
+        field(src, "image", "end", Is::Present),
+        count(src, "region", ("kind", "ram"), 1),
+    ]
+}
+
+/// An x86_64 PVH dom0 with `dom0_mem=256M,max:256M`.
+fn x86_dom0(src: Source) -> Vec<Check> {
+    let mut c = common(src);
+    c.extend([
+        field(src, "domain", "domid", Is::Num(0)),
+        field(src, "domain", "source", Is::Text("cpuid")),
+        field(src, "domain", "privileged", Is::Text("yes")),
+        field(src, "memmap", "source", Is::Text("e820")),
+        field(src, "reservation", "current", Is::Num(X86_DOM0_PAGES)),
+    ]);
+    c
+}
+
+/// An aarch64 dom0 with `dom0_mem=32M`.
+fn arm_dom0(src: Source) -> Vec<Check> {
+    let mut c = common(src);
+    c.extend([
+        field(src, "domain", "domid", Is::Num(0)),
+        field(src, "domain", "source", Is::Text("cmdline")),
+        field(src, "domain", "privileged", Is::Text("yes")),
+        field(src, "memmap", "source", Is::Text("fdt")),
+        field(src, "memmap", "ram_pages", Is::Num(ARM_DOM0_PAGES)),
+        field(src, "reservation", "current", Is::Num(ARM_DOM0_PAGES)),
+        field(src, "reservation", "max", Is::Num(ARM_DOM0_PAGES)),
+        count(src, "region", ("kind", "hypervisor"), 1),
+    ]);
+    c
+}
+
+/// An aarch64 dom0less domU (domain 1) with 128 MiB.
+fn arm_domu(src: Source) -> Vec<Check> {
+    let mut c = common(src);
+    c.extend([
+        field(src, "domain", "domid", Is::Num(1)),
+        field(src, "domain", "source", Is::Text("cmdline")),
+        field(src, "domain", "privileged", Is::Text("no")),
+        field(src, "memmap", "source", Is::Text("fdt")),
+        field(src, "memmap", "ram_pages", Is::Num(ARM_DOMU_PAGES)),
+        field(src, "reservation", "current", Is::Num(ARM_DOMU_PAGES)),
+        count(src, "region", ("kind", "hypervisor"), 1),
+    ]);
+    c
+}
+
+fn with(mut a: Vec<Check>, b: impl IntoIterator<Item = Check>) -> Vec<Check> {
+    a.extend(b);
+    a
+}
+
+/// Every scenario, in the order `cargo xtask test` runs them.
+pub fn all() -> Vec<Scenario> {
+    vec![
+        Scenario {
+            name: "x86_64-dom0",
+            arch: Arch::X86_64,
+            mode: Mode::Dom0,
+            agent_opts: &[],
+            exit: ExpectExit::Pass,
+            checks: with(x86_dom0(D0), [verdict(D0, Verdict::Pass)]),
+        },
+        Scenario {
+            name: "aarch64-dom0",
+            arch: Arch::Aarch64,
+            mode: Mode::Dom0,
+            agent_opts: &[],
+            exit: ExpectExit::Pass,
+            checks: with(arm_dom0(D0), [verdict(D0, Verdict::Pass)]),
+        },
+        Scenario {
+            name: "aarch64-domu",
+            arch: Arch::Aarch64,
+            mode: Mode::DomU,
+            agent_opts: &[],
+            exit: ExpectExit::Pass,
+            checks: with(arm_domu(D1), [verdict(D1, Verdict::Pass)]),
+        },
+        Scenario {
+            name: "aarch64-both",
+            arch: Arch::Aarch64,
+            mode: Mode::Both,
+            agent_opts: &[],
+            exit: ExpectExit::Pass,
+            checks: with(
+                with(arm_dom0(D0), arm_domu(D1)),
+                [
+                    field(D0, "peer", "domid", Is::Num(1)),
+                    field(D0, "peer", "shutdown", Is::Text("poweroff")),
+                    verdict(D1, Verdict::Pass),
+                    verdict(D0, Verdict::Pass),
+                ],
+            ),
+        },
+        Scenario {
+            name: "x86_64-bad-option",
+            arch: Arch::X86_64,
+            mode: Mode::Dom0,
+            agent_opts: &["bogus=1"],
+            exit: ExpectExit::Fail,
+            checks: vec![
+                Check::ErrorMentions(D0, "bogus"),
+                verdict(D0, Verdict::Fail),
+            ],
+        },
+        Scenario {
+            name: "x86_64-exception",
+            arch: Arch::X86_64,
+            mode: Mode::Dom0,
+            agent_opts: &["fault=unmapped"],
+            exit: ExpectExit::Fail,
+            checks: vec![Check::Exception(D0), verdict(D0, Verdict::Fail)],
+        },
+        Scenario {
+            name: "aarch64-exception",
+            arch: Arch::Aarch64,
+            mode: Mode::Dom0,
+            agent_opts: &["fault=unmapped"],
+            exit: ExpectExit::Fail,
+            checks: vec![Check::Exception(D0), verdict(D0, Verdict::Fail)],
+        },
+    ]
+}
+
+/// Whether `msg` is `exception: <name> (vector N) ... fault_addr=<addr>`.
+fn is_exception_line(msg: &str) -> bool {
+    let Some(rest) = msg.strip_prefix("exception: ") else {
+        return false;
+    };
+    let Some((name, after)) = rest.split_once(" (vector ") else {
+        return false;
+    };
+    let Some((num, tail)) = after.split_once(')') else {
+        return false;
+    };
+    let fault = tail
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("fault_addr="));
+    !name.trim().is_empty()
+        && num.trim().parse::<u32>().is_ok()
+        && fault.is_some_and(|a| !a.is_empty())
+}
+
+fn check_one(c: &Check, logs: &Logs) -> Option<String> {
+    let log = |src: Source| logs.get(src);
+    match *c {
+        Check::Verdict(src, want) => match log(src).verdict() {
+            Some(v) if v == want => None,
+            Some(v) => Some(format!("[{src}] verdict {v}, expected {want}")),
+            None => Some(format!("[{src}] printed no verdict, expected {want}")),
+        },
+        Check::Field {
+            src,
+            topic,
+            key,
+            is,
+        } => {
+            let l = log(src);
+            let found = l.topic(topic).find_map(|r| r.get(key));
+            match found {
+                Some(v) if is.matches(v) => None,
+                Some(v) => Some(format!("[{src}] report {topic} {key}={v}, expected {is:?}")),
+                None if l.topic(topic).next().is_none() => {
+                    Some(format!("[{src}] no `report: {topic}` line (wanted {key})"))
+                }
+                None => Some(format!("[{src}] `report: {topic}` has no {key}=")),
+            }
+        }
+        Check::Count {
+            src,
+            topic,
+            key,
+            value,
+            at_least,
+        } => {
+            let n = log(src)
+                .topic(topic)
+                .filter(|r| r.get(key) == Some(value))
+                .count();
+            (n < at_least).then(|| {
+                format!(
+                    "[{src}] {n} `report: {topic}` lines with {key}={value}, expected ≥ {at_least}"
+                )
+            })
+        }
+        Check::ErrorMentions(src, text) => {
+            let l = log(src);
+            (!l.errors().any(|m| m.contains(text)))
+                .then(|| format!("[{src}] no error-level message mentions `{text}`"))
+        }
+        Check::Exception(src) => {
+            let l = log(src);
+            (!l.lines.iter().any(|(_, m)| is_exception_line(m))).then(|| {
+                format!("[{src}] no `exception: <vector name> (vector N) ... fault_addr=..` line")
+            })
+        }
+    }
+}
+
+/// Everything wrong with a boot, measured against its scenario (empty: pass).
+pub fn evaluate(s: &Scenario, r: &BootResult) -> Vec<String> {
+    let mut failures = Vec::new();
+    let exit_ok = matches!(
+        (s.exit, &r.exit),
+        (ExpectExit::Pass, Exit::Pass) | (ExpectExit::Fail, Exit::Fail)
+    );
+    if !exit_ok {
+        failures.push(format!("{}, expected agent exit {:?}", r.exit, s.exit));
+    }
+    for (src, log) in &r.logs.by_source {
+        for m in &log.malformed {
+            failures.push(format!("[{src}] malformed: {m}"));
+        }
+    }
+    // A source that printed nothing fails once, not once per check.
+    let mut silent = Vec::new();
+    for c in &s.checks {
+        let src = c.source();
+        if r.logs.get(src).lines.is_empty() {
+            if !silent.contains(&src) {
+                silent.push(src);
+                failures.push(format!("[{src}] the agent printed nothing"));
+            }
+        } else if let Some(f) = check_one(c, &r.logs) {
+            failures.push(f);
+        }
+    }
+    failures
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::{AgentLine, Level};
+    use std::time::Duration;
+
+    fn result(exit: Exit, lines: &[(Source, Level, &str)]) -> BootResult {
+        let mut logs = Logs::default();
+        for (source, level, m) in lines {
+            logs.push(&AgentLine {
+                source: *source,
+                level: *level,
+                message: m.to_string(),
+                timestamp: None,
+            });
+        }
+        BootResult {
+            exit,
+            logs,
+            warnings: vec![],
+            qemu_stderr: vec![],
+            log_path: "x.log".into(),
+            elapsed: Duration::ZERO,
+        }
+    }
+
+    fn scenario(name: &str) -> Scenario {
+        all().into_iter().find(|s| s.name == name).unwrap()
+    }
+
+    const ARM_DOM0: &[&str] = &[
+        "report: xen version=4.17 extra=.7",
+        "report: domain domid=0 source=cmdline privileged=yes",
+        "report: memmap source=fdt entries=2",
+        "report: region start=0x40000000 end=0x42000000 kind=ram",
+        "report: region start=0x40200000 end=0x40240000 kind=hypervisor",
+        "report: reservation current=8192 max=8192 maximum_gpfn=0x7ffff",
+        "report: memmap ram_pages=8192",
+        "report: image start=0x49000000 end=0x49100000",
+    ];
+
+    fn lines(src: Source, msgs: &[&'static str]) -> Vec<(Source, Level, &'static str)> {
+        msgs.iter().map(|m| (src, Level::Info, *m)).collect()
+    }
+
+    #[test]
+    fn names_are_unique_and_complete() {
+        let names: Vec<_> = all().iter().map(|s| s.name).collect();
+        assert_eq!(
+            names,
+            [
+                "x86_64-dom0",
+                "aarch64-dom0",
+                "aarch64-domu",
+                "aarch64-both",
+                "x86_64-bad-option",
+                "x86_64-exception",
+                "aarch64-exception"
+            ]
+        );
+        for s in all() {
+            assert!(!s.checks.is_empty(), "{} checks nothing", s.name);
+        }
+    }
+
+    #[test]
+    fn arm_dom0_passes_and_fails() {
+        let s = scenario("aarch64-dom0");
+        let mut l = lines(D0, ARM_DOM0);
+        l.push((D0, Level::Info, "verdict: PASS"));
+        assert_eq!(evaluate(&s, &result(Exit::Pass, &l)), Vec::<String>::new());
+
+        // Wrong exit, wrong reservation, missing hypervisor region.
+        let mut l: Vec<_> = lines(D0, ARM_DOM0)
+            .into_iter()
+            .filter(|(_, _, m)| !m.contains("hypervisor"))
+            .map(|(s, lv, m)| {
+                if m.starts_with("report: reservation") {
+                    (s, lv, "report: reservation current=8000 max=8192")
+                } else {
+                    (s, lv, m)
+                }
+            })
+            .collect();
+        l.push((D0, Level::Info, "verdict: PASS"));
+        let f = evaluate(&s, &result(Exit::Timeout(Duration::from_secs(120)), &l));
+        assert_eq!(f.len(), 3, "{f:#?}");
+        assert!(f[0].contains("timeout"));
+        assert!(f.iter().any(|m| m.contains("current=8000")));
+        assert!(f.iter().any(|m| m.contains("kind=hypervisor")));
+
+        // Nothing at all.
+        let f = evaluate(&s, &result(Exit::Pass, &[]));
+        assert_eq!(f, ["[d0] the agent printed nothing"]);
+
+        // Some lines, but not the reports.
+        let f = evaluate(&s, &result(Exit::Pass, &[(D0, Level::Info, "hello")]));
+        assert!(f.iter().any(|m| m.contains("no verdict")), "{f:#?}");
+        assert!(f.iter().any(|m| m.contains("no `report: xen`")), "{f:#?}");
+    }
+
+    #[test]
+    fn both_needs_both_sources() {
+        let s = scenario("aarch64-both");
+        let mut l = lines(D0, ARM_DOM0);
+        l.push((D0, Level::Info, "report: peer domid=1 shutdown=poweroff"));
+        l.push((D0, Level::Info, "verdict: PASS"));
+        // The domU's lines under d0 do not count for d1.
+        let f = evaluate(&s, &result(Exit::Pass, &l));
+        assert!(f.iter().all(|m| m.starts_with("[d1]")), "{f:#?}");
+        assert!(!f.is_empty());
+
+        let domu: &[&str] = &[
+            "report: xen version=4.17.7",
+            "report: domain domid=1 source=cmdline privileged=no",
+            "report: memmap source=fdt",
+            "report: region start=0x40000000 end=0x48000000 kind=ram",
+            "report: region start=0x38000000 end=0x39000000 kind=hypervisor",
+            "report: reservation current=32768 max=32768",
+            "report: memmap ram_pages=32768",
+            "report: image start=0x40000000 end=0x40100000",
+            "verdict: PASS",
+        ];
+        l.extend(lines(D1, domu));
+        assert_eq!(evaluate(&s, &result(Exit::Pass, &l)), Vec::<String>::new());
+    }
+
+    #[test]
+    fn failure_scenarios() {
+        let s = scenario("x86_64-bad-option");
+        let l = [
+            (D0, Level::Error, "cmdline: unknown option `bogus`"),
+            (D0, Level::Error, "verdict: FAIL"),
+        ];
+        assert_eq!(evaluate(&s, &result(Exit::Fail, &l)), Vec::<String>::new());
+        assert_eq!(evaluate(&s, &result(Exit::Pass, &l)).len(), 1);
+        // Mentioned at info level only: not an error.
+        let l = [
+            (D0, Level::Info, "cmdline: unknown option `bogus`"),
+            (D0, Level::Error, "verdict: FAIL"),
+        ];
+        assert_eq!(evaluate(&s, &result(Exit::Fail, &l)).len(), 1);
+
+        let s = scenario("aarch64-exception");
+        let l = [
+            (
+                D0,
+                Level::Error,
+                "exception: sync, current EL, SPx (vector 4) syndrome=0x96000045 pc=0x40001234 fault_addr=0xdead0000",
+            ),
+            (D0, Level::Error, "verdict: FAIL"),
+        ];
+        assert_eq!(evaluate(&s, &result(Exit::Fail, &l)), Vec::<String>::new());
+        let l = [
+            (
+                D0,
+                Level::Error,
+                "exception: #GP (vector 13) syndrome=0x0 pc=0x100000",
+            ),
+            (D0, Level::Error, "verdict: FAIL"),
+        ];
+        assert_eq!(evaluate(&s, &result(Exit::Fail, &l)).len(), 1);
+    }
+
+    #[test]
+    fn malformed_reports_fail_a_scenario() {
+        let s = scenario("x86_64-bad-option");
+        let l = [
+            (D0, Level::Error, "cmdline: unknown option `bogus`"),
+            (D0, Level::Info, "report: domain domid"),
+            (D0, Level::Error, "verdict: FAIL"),
+        ];
+        let f = evaluate(&s, &result(Exit::Fail, &l));
+        assert_eq!(f.len(), 1);
+        assert!(f[0].contains("malformed"));
+    }
+
+    #[test]
+    fn exception_lines() {
+        assert!(is_exception_line(
+            "exception: #PF (vector 14) syndrome=0x2 pc=0x101234 fault_addr=0xdead000"
+        ));
+        assert!(!is_exception_line(
+            "exception: #PF (vector 14) syndrome=0x2 pc=0x1"
+        ));
+        assert!(!is_exception_line("exception:  (vector 14) fault_addr=0x1"));
+        assert!(!is_exception_line(
+            "exception: #PF (vector x) fault_addr=0x1"
+        ));
+        assert!(!is_exception_line("panic: fault_addr=0x1"));
+    }
+
+    #[test]
+    fn values() {
+        assert!(Is::Version("4.17").matches("4.17"));
+        assert!(Is::Version("4.17").matches("4.17.7"));
+        assert!(!Is::Version("4.17").matches("4.170"));
+        assert!(Is::Num(65536).matches("0x10000"));
+        assert!(!Is::Num(65536).matches("65535"));
+        assert!(Is::Text("yes").matches("yes"));
+        assert!(Is::Present.matches(""));
+        assert_eq!(X86_DOM0_PAGES, 65536);
+        assert_eq!(ARM_DOM0_PAGES, 8192);
+        assert_eq!(ARM_DOMU_PAGES, 32768);
+    }
+}

@@ -1,0 +1,388 @@
+//! Set-up: the host tools (QEMU for both architectures, dtc) and Xen 4.17
+//! for both architectures, taken from Debian's packages without installing
+//! them, and cached.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+use crate::util::{is_executable, is_root, run_checked, run_visible, which};
+
+/// Everything a boot needs from the host.
+#[derive(Clone, Debug)]
+pub struct Env {
+    /// `qemu-system-x86_64`
+    pub qemu_x86_64: PathBuf,
+    /// `qemu-system-aarch64`
+    pub qemu_aarch64: PathBuf,
+    /// `dtc`
+    pub dtc: PathBuf,
+    /// Xen for x86_64: an uncompressed multiboot ELF.
+    pub xen_x86_64: PathBuf,
+    /// Xen for aarch64: an arm64 Image.
+    pub xen_aarch64: PathBuf,
+}
+
+struct Tool {
+    exe: &'static str,
+    env: &'static str,
+    package: &'static str,
+}
+
+const TOOLS: [Tool; 3] = [
+    Tool {
+        exe: "qemu-system-x86_64",
+        env: "XENMEM_QEMU_X86_64",
+        package: "qemu-system-x86",
+    },
+    Tool {
+        exe: "qemu-system-aarch64",
+        env: "XENMEM_QEMU_AARCH64",
+        package: "qemu-system-arm",
+    },
+    Tool {
+        exe: "dtc",
+        env: "XENMEM_DTC",
+        package: "device-tree-compiler",
+    },
+];
+
+/// Which Xen, where it comes from and how to check it.
+struct XenSpec {
+    env: &'static str,
+    deb_arch: &'static str,
+    package: &'static str,
+    /// The file inside the package.
+    member: &'static str,
+    /// Its name in the cache (uncompressed).
+    cached: &'static str,
+    /// What it must look like.
+    check: fn(&[u8]) -> Result<()>,
+}
+
+const XEN_X86_64: XenSpec = XenSpec {
+    env: "XENMEM_XEN_X86_64",
+    deb_arch: "amd64",
+    package: "xen-hypervisor-4.17-amd64",
+    member: "boot/xen-4.17-amd64.gz",
+    cached: "xen-4.17-amd64",
+    check: check_multiboot_elf,
+};
+
+const XEN_AARCH64: XenSpec = XenSpec {
+    env: "XENMEM_XEN_AARCH64",
+    deb_arch: "arm64",
+    package: "xen-hypervisor-4.17-arm64",
+    member: "boot/xen-4.17-arm64",
+    cached: "xen-4.17-arm64",
+    check: crate::image::check_arm64_magic,
+};
+
+fn check_multiboot_elf(b: &[u8]) -> Result<()> {
+    if !b.starts_with(b"\x7fELF") {
+        bail!("not an ELF file (QEMU's multiboot loader needs Xen's uncompressed ELF image)");
+    }
+    Ok(())
+}
+
+/// Do the whole set-up, installing or downloading what is missing.
+pub fn setup() -> Result<Env> {
+    let [qemu_x86_64, qemu_aarch64, dtc] = tools()?;
+    let cache = cache_dir()?;
+    let xen_x86_64 = xen_image(&cache, &XEN_X86_64)?;
+    let xen_aarch64 = xen_image(&cache, &XEN_AARCH64)?;
+    Ok(Env {
+        qemu_x86_64,
+        qemu_aarch64,
+        dtc,
+        xen_x86_64,
+        xen_aarch64,
+    })
+}
+
+fn find_tool(t: &Tool) -> Result<Option<PathBuf>> {
+    if let Some(p) = std::env::var_os(t.env) {
+        let p = PathBuf::from(p);
+        if !is_executable(&p) {
+            bail!("{}={} is not an executable file", t.env, p.display());
+        }
+        return Ok(Some(p));
+    }
+    Ok(which(t.exe))
+}
+
+fn tools() -> Result<[PathBuf; 3]> {
+    let missing: Vec<&Tool> = TOOLS
+        .iter()
+        .filter_map(|t| match find_tool(t) {
+            Ok(Some(_)) => None,
+            Ok(None) => Some(Ok(t)),
+            Err(e) => Some(Err(e)),
+        })
+        .collect::<Result<_>>()?;
+    if !missing.is_empty() {
+        let packages: Vec<&str> = missing.iter().map(|t| t.package).collect();
+        let names: Vec<&str> = missing.iter().map(|t| t.exe).collect();
+        if which("apt-get").is_some() && is_root() {
+            eprintln!(
+                "xtask: installing {} (for {})",
+                packages.join(" "),
+                names.join(", ")
+            );
+            apt_get(&["-q", "update"], "apt-get update")?;
+            let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
+            args.extend(&packages);
+            apt_get(&args, "installing the host tools")?;
+        } else {
+            bail!(
+                "missing host tools: {}.\n\
+                 On Debian/Ubuntu, as root: apt-get install -y --no-install-recommends {}\n\
+                 Elsewhere install QEMU (x86_64 and aarch64 system emulators) and dtc, or point \
+                 {} at them.",
+                names.join(", "),
+                packages.join(" "),
+                TOOLS.iter().map(|t| t.env).collect::<Vec<_>>().join(" / ")
+            );
+        }
+    }
+    let mut out = Vec::new();
+    for t in &TOOLS {
+        match find_tool(t)? {
+            Some(p) => out.push(p),
+            None => bail!("{} is still missing after installing {}", t.exe, t.package),
+        }
+    }
+    out.try_into()
+        .map_err(|_| anyhow::anyhow!("internal error: tool count"))
+}
+
+fn apt_get(args: &[&str], what: &str) -> Result<()> {
+    run_visible(
+        Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+        what,
+    )
+}
+
+/// `${XENMEM_CACHE:-$HOME/.cache/xenmem}` (without HOME: `target/xenmem-cache`)
+pub fn cache_dir() -> Result<PathBuf> {
+    let dir = match std::env::var_os("XENMEM_CACHE") {
+        Some(d) if !d.is_empty() => PathBuf::from(d),
+        _ => match std::env::var_os("HOME") {
+            Some(h) if !h.is_empty() => PathBuf::from(h).join(".cache").join("xenmem"),
+            _ => crate::agent::target_dir().join("xenmem-cache"),
+        },
+    };
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("creating the cache directory {}", dir.display()))?;
+    Ok(dir)
+}
+
+fn gunzip(data: &[u8]) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(data)
+        .read_to_end(&mut out)
+        .context("decompressing (gzip)")?;
+    Ok(out)
+}
+
+fn is_gzip(b: &[u8]) -> bool {
+    b.starts_with(&[0x1f, 0x8b])
+}
+
+/// Write `data` to `path` through a temporary file and a rename.
+fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".tmp{}", std::process::id()));
+    let tmp = path.with_file_name(name);
+    std::fs::write(&tmp, data).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))
+}
+
+fn xen_image(cache: &Path, spec: &XenSpec) -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os(spec.env) {
+        let p = PathBuf::from(p);
+        let data =
+            std::fs::read(&p).with_context(|| format!("reading {}={}", spec.env, p.display()))?;
+        if !is_gzip(&data) {
+            (spec.check)(&data).with_context(|| format!("{}={}", spec.env, p.display()))?;
+            return Ok(p);
+        }
+        let plain = gunzip(&data).with_context(|| format!("{}={}", spec.env, p.display()))?;
+        (spec.check)(&plain).with_context(|| format!("{}={}", spec.env, p.display()))?;
+        let out = cache.join(format!("{}-from-{}", spec.cached, spec.env));
+        write_atomic(&out, &plain)?;
+        return Ok(out);
+    }
+    let out = cache.join(spec.cached);
+    if let Ok(data) = std::fs::read(&out) {
+        if (spec.check)(&data).is_ok() {
+            return Ok(out);
+        }
+        eprintln!("xtask: {} is damaged; fetching it again", out.display());
+    }
+    download(cache, spec, &out).with_context(|| {
+        format!(
+            "getting Xen 4.17 for {} (or set {} to a Xen 4.17 image: {})",
+            spec.deb_arch,
+            spec.env,
+            if spec.deb_arch == "amd64" {
+                "xen-4.17-amd64 from Debian's xen-hypervisor-4.17-amd64, uncompressed or .gz"
+            } else {
+                "xen-4.17-arm64 from Debian's xen-hypervisor-4.17-arm64"
+            }
+        )
+    })?;
+    Ok(out)
+}
+
+fn stdout_of(cmd: &mut Command, what: &str) -> Result<String> {
+    let out = run_checked(cmd, what)?;
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+fn download(cache: &Path, spec: &XenSpec, out: &Path) -> Result<()> {
+    for exe in ["apt-get", "dpkg", "dpkg-deb"] {
+        if which(exe).is_none() {
+            bail!(
+                "{exe} not found: the Xen images are fetched from Debian's packages with apt-get \
+                 download and dpkg-deb"
+            );
+        }
+    }
+    let native = stdout_of(
+        Command::new("dpkg").arg("--print-architecture"),
+        "asking dpkg for the native architecture",
+    )?;
+    let foreign = || {
+        stdout_of(
+            Command::new("dpkg").arg("--print-foreign-architectures"),
+            "asking dpkg for its foreign architectures",
+        )
+    };
+    let foreign_before = foreign()?;
+    let tmp = cache.join(format!("download-{}-{}", spec.deb_arch, std::process::id()));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).ok();
+    }
+    std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let result = download_into(&tmp, spec, &native, out);
+    std::fs::remove_dir_all(&tmp).ok();
+    let foreign_after = foreign()?;
+    if foreign_after != foreign_before {
+        bail!(
+            "dpkg's foreign architectures changed from `{foreign_before}` to `{foreign_after}` \
+             while downloading Xen; this should not happen"
+        );
+    }
+    result
+}
+
+fn download_into(tmp: &Path, spec: &XenSpec, native: &str, out: &Path) -> Result<()> {
+    // A package of another architecture: name that architecture for this one
+    // apt call only (dpkg's own list of architectures stays as it is).
+    let (arch_opts, package): (Vec<String>, String) = if native == spec.deb_arch {
+        (Vec::new(), spec.package.to_string())
+    } else {
+        (
+            vec![
+                "-o".into(),
+                format!("APT::Architectures::={native}"),
+                "-o".into(),
+                format!("APT::Architectures::={}", spec.deb_arch),
+            ],
+            format!("{}:{}", spec.package, spec.deb_arch),
+        )
+    };
+    let update = |why: &str| -> Result<()> {
+        if !is_root() {
+            bail!(
+                "apt-get update is needed ({why}) but we are not root; run as root: \
+                 apt-get update {}",
+                arch_opts.join(" ")
+            );
+        }
+        eprintln!("xtask: apt-get update ({why})");
+        let mut args: Vec<&str> = vec!["-q"];
+        args.extend(arch_opts.iter().map(String::as_str));
+        args.push("update");
+        run_checked(
+            Command::new("apt-get")
+                .args(&args)
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+            "apt-get update",
+        )
+        .map(drop)
+    };
+    let fetch = || {
+        eprintln!("xtask: downloading {package} into {}", tmp.display());
+        run_checked(
+            Command::new("apt-get")
+                .args(&arch_opts)
+                .args(["download", &package])
+                .current_dir(tmp),
+            &format!("apt-get download {package}"),
+        )
+    };
+    if !arch_opts.is_empty() {
+        // The lists of a foreign architecture are normally absent.
+        update(&format!("package lists for {}", spec.deb_arch))?;
+        fetch()?;
+    } else if let Err(e) = fetch() {
+        eprintln!("xtask: {e:#}");
+        update("the package lists may be missing or stale")?;
+        fetch()?;
+    }
+    let deb = std::fs::read_dir(tmp)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|x| x == "deb"))
+        .with_context(|| format!("apt-get download left no .deb in {}", tmp.display()))?;
+    let x = tmp.join("x");
+    run_checked(
+        Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&x),
+        "unpacking the Xen package",
+    )?;
+    let member = x.join(spec.member);
+    let mut data = std::fs::read(&member)
+        .with_context(|| format!("{} is not in {}", spec.member, deb.display()))?;
+    if is_gzip(&data) {
+        data = gunzip(&data).with_context(|| format!("decompressing {}", spec.member))?;
+    }
+    (spec.check)(&data).with_context(|| format!("{} from {}", spec.member, deb.display()))?;
+    write_atomic(out, &data)?;
+    if let Some(name) = deb.file_name() {
+        std::fs::write(
+            out.with_file_name(format!("{}.source", spec.cached)),
+            format!("{}\n", name.to_string_lossy()),
+        )
+        .ok();
+    }
+    eprintln!(
+        "xtask: cached {} (from {})",
+        out.display(),
+        deb.file_name().unwrap_or_default().to_string_lossy()
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn gzip_round_trip_and_checks() {
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        enc.write_all(b"\x7fELF rest").unwrap();
+        let gz = enc.finish().unwrap();
+        assert!(is_gzip(&gz));
+        let plain = gunzip(&gz).unwrap();
+        assert_eq!(plain, b"\x7fELF rest");
+        check_multiboot_elf(&plain).unwrap();
+        assert!(check_multiboot_elf(&gz).is_err());
+        assert!(gunzip(b"\x1f\x8bnot really").is_err());
+    }
+}
