@@ -82,6 +82,9 @@ pub enum Check {
     ErrorMentions(Source, &'static str),
     /// An `exception: <vector name> (vector N) ... fault_addr=...` line.
     Exception(Source),
+    /// The agent's image (`report: image start= end=`) lies entirely in
+    /// `reserved:image` / `reserved:heap` regions of its region table.
+    ImageReserved(Source),
 }
 
 impl Check {
@@ -92,7 +95,8 @@ impl Check {
             | Check::Field { src, .. }
             | Check::Count { src, .. }
             | Check::ErrorMentions(src, _)
-            | Check::Exception(src) => src,
+            | Check::Exception(src)
+            | Check::ImageReserved(src) => src,
         }
     }
 }
@@ -153,6 +157,11 @@ fn common(src: Source) -> Vec<Check> {
         field(src, "image", "start", Is::Present),
         field(src, "image", "end", Is::Present),
         count(src, "region", ("kind", "ram"), 1),
+        // The region table (issue 3): every page Xen counts is in it, the
+        // image is reserved there, and there is a hole for mappings.
+        field(src, "accounting", "unaccounted", Is::Num(0)),
+        count(src, "table-region", ("kind", "hole"), 1),
+        Check::ImageReserved(src),
     ]
 }
 
@@ -344,6 +353,9 @@ fn check_one(c: &Check, logs: &Logs) -> Option<String> {
             (!l.errors().any(|m| m.contains(text)))
                 .then(|| format!("[{src}] no error-level message mentions `{text}`"))
         }
+        Check::ImageReserved(src) => image_reserved(log(src))
+            .err()
+            .map(|e| format!("[{src}] {e}")),
         Check::Exception(src) => {
             let l = log(src);
             (!l.lines.iter().any(|(_, m)| is_exception_line(m))).then(|| {
@@ -351,6 +363,44 @@ fn check_one(c: &Check, logs: &Logs) -> Option<String> {
             })
         }
     }
+}
+
+/// Whether the image span is covered by reserved image/heap table regions.
+fn image_reserved(l: &crate::report::AgentLog) -> Result<(), String> {
+    let img = l.topic("image").next().ok_or("no `report: image` line")?;
+    let num = |r: &crate::report::Report, k: &str| r.get(k).and_then(parse_number);
+    let (start, end) = (num(img, "start"), num(img, "end"));
+    let (Some(start), Some(end)) = (start, end) else {
+        return Err("`report: image` lacks start/end".into());
+    };
+    let mut at = start;
+    let mut regions: Vec<(u64, u64, &str)> = l
+        .topic("table-region")
+        .filter_map(|r| Some((num(r, "start")?, num(r, "end")?, r.get("kind")?)))
+        .collect();
+    regions.sort_unstable();
+    for (s, e, kind) in regions {
+        if e <= at || s >= end {
+            continue;
+        }
+        if s > at {
+            return Err(format!(
+                "image bytes {at:#x}..{s:#x} are in no table region"
+            ));
+        }
+        if kind != "reserved:image" && kind != "reserved:heap" {
+            return Err(format!(
+                "image bytes {s:#x}..{e:#x} are in a `{kind}` region"
+            ));
+        }
+        at = e;
+    }
+    if at < end {
+        return Err(format!(
+            "image bytes {at:#x}..{end:#x} are in no table region"
+        ));
+    }
+    Ok(())
 }
 
 /// Everything wrong with a boot, measured against its scenario (empty: pass).
@@ -422,7 +472,13 @@ mod tests {
         "report: region start=0x40200000 end=0x40240000 kind=hypervisor",
         "report: reservation current=8192 max=8192 maximum_gpfn=0x7ffff",
         "report: memmap ram_pages=8192",
-        "report: image start=0x49000000 end=0x49100000",
+        "report: image start=0x40000000 end=0x40100000",
+        "report: table-region start=0x0 end=0x40000000 kind=mmio flags=0x0",
+        "report: table-region start=0x40000000 end=0x40080000 kind=reserved:image flags=0x1b",
+        "report: table-region start=0x40080000 end=0x40100000 kind=reserved:heap flags=0x1b",
+        "report: table-region start=0x40100000 end=0x40200000 kind=ram flags=0xb",
+        "report: table-region start=0x40200000 end=0x40240000 kind=hole flags=0x0",
+        "report: accounting table_ram=8192 partial=0 current=8192 unaccounted=0",
     ];
 
     fn lines(src: Source, msgs: &[&'static str]) -> Vec<(Source, Level, &'static str)> {
@@ -475,6 +531,31 @@ mod tests {
         assert!(f.iter().any(|m| m.contains("current=8000")));
         assert!(f.iter().any(|m| m.contains("kind=hypervisor")));
 
+        // The table misses a page of Xen's, or the image is not reserved.
+        let mut l: Vec<_> = lines(D0, ARM_DOM0)
+            .into_iter()
+            .map(|(s, lv, m)| match m {
+                m if m.starts_with("report: accounting") => {
+                    (s, lv, "report: accounting unaccounted=1")
+                }
+                m if m.contains("kind=reserved:heap") => (
+                    s,
+                    lv,
+                    "report: table-region start=0x40080000 end=0x40100000 kind=ram flags=0xb",
+                ),
+                m => (s, lv, m),
+            })
+            .collect();
+        l.push((D0, Level::Info, "verdict: PASS"));
+        let f = evaluate(&s, &result(Exit::Pass, &l));
+        assert_eq!(f.len(), 2, "{f:#?}");
+        assert!(f.iter().any(|m| m.contains("unaccounted=1")), "{f:#?}");
+        assert!(
+            f.iter()
+                .any(|m| m.contains("image bytes 0x40080000..0x40100000 are in a `ram` region")),
+            "{f:#?}"
+        );
+
         // Nothing at all.
         let f = evaluate(&s, &result(Exit::Pass, &[]));
         assert_eq!(f, ["[d0] the agent printed nothing"]);
@@ -505,6 +586,9 @@ mod tests {
             "report: reservation current=32768 max=32768",
             "report: memmap ram_pages=32768",
             "report: image start=0x40000000 end=0x40100000",
+            "report: table-region start=0x38000000 end=0x39000000 kind=hole flags=0x0",
+            "report: table-region start=0x40000000 end=0x40100000 kind=reserved:image flags=0x1b",
+            "report: accounting table_ram=32768 partial=0 current=32768 unaccounted=0",
             "verdict: PASS",
         ];
         l.extend(lines(D1, domu));
