@@ -53,12 +53,8 @@ impl SortedVec {
         let right = FrameRange::from_frames(Gfn(g.0 + 1), r.range.end())
             .ok()
             .map(|x| Region { range: x, ..r });
-        self.0.remove(i);
-        let mut at = i;
-        for p in [left, Some(mid), right].into_iter().flatten() {
-            self.0.insert(at, p);
-            at += 1;
-        }
+        self.0
+            .splice(i..=i, [left, Some(mid), right].into_iter().flatten());
     }
 
     /// Undo `split_one`: merge the three pieces back.

@@ -126,6 +126,18 @@ impl Order {
     /// The largest order a 64-bit frame count can express.
     pub const MAX: u8 = 63 - PAGE_SHIFT as u8;
 
+    /// Order 0: one page.
+    pub const ZERO: Order = Order(0);
+
+    /// An order known at compile time to be valid (clamped to [`Order::MAX`]).
+    pub const fn new_const(order: u8) -> Order {
+        if order <= Self::MAX {
+            Order(order)
+        } else {
+            Order(Self::MAX)
+        }
+    }
+
     /// An order, or `None` if `2^order` pages would not fit in the address space.
     pub const fn new(order: u8) -> Option<Order> {
         if order <= Self::MAX {

@@ -123,7 +123,10 @@ pub fn survey(
     };
     let memmap = match boot.firmware {
         Firmware::DeviceTree(blob) => MemoryMap::from_fdt(blob).map_err(SurveyError::MemMap)?,
-        Firmware::Pvh(_) => {
+        Firmware::Pvh { memmap, .. } if !memmap.is_empty() => {
+            MemoryMap::from_start_info(memmap).map_err(SurveyError::MemMap)?
+        }
+        Firmware::Pvh { .. } => {
             let mut buf = [E820Entry::default(); crate::memmap::MAX_RANGES];
             let n = xen("memory_map", hv.memory_map(&mut buf))?;
             MemoryMap::from_e820(&buf[..n]).map_err(SurveyError::MemMap)?
@@ -219,7 +222,7 @@ fn reservations(boot: &BootInfo<'_>, heap: Option<PhysSpan>) -> Vec<Reservation>
         );
     }
     match boot.firmware {
-        Firmware::Pvh(si) => {
+        Firmware::Pvh { start_info: si, .. } => {
             let size = core::mem::size_of_val(si) as u64;
             keep(
                 si as *const _ as usize as u64,
@@ -272,7 +275,7 @@ pub fn build_table(
     heap: Option<PhysSpan>,
 ) -> Result<RegionTable, LayoutError> {
     let policy = match boot.firmware {
-        Firmware::Pvh(_) => GapPolicy::X86,
+        Firmware::Pvh { .. } => GapPolicy::X86,
         Firmware::DeviceTree(_) => GapPolicy::DeviceTree,
     };
     let limit = Gfn(s.maximum_gpfn.0.saturating_add(1));
@@ -627,7 +630,10 @@ mod tests {
     fn boot(cmdline: &[u8]) -> BootInfo<'_> {
         BootInfo {
             cmdline,
-            firmware: Firmware::Pvh(&START_INFO),
+            firmware: Firmware::Pvh {
+                start_info: &START_INFO,
+                memmap: &[],
+            },
             image: PhysSpan {
                 start: GuestPhysAddr(0x100000),
                 end: GuestPhysAddr(0x200000),
@@ -715,6 +721,35 @@ mod tests {
                 exit: ExitPath::XenShutdown
             }
         );
+    }
+
+    #[test]
+    fn start_info_memory_map_is_used_when_present() {
+        use crate::xen::abi::HvmMemmapEntry;
+        let hv = FakeXen::new();
+        let memmap = [
+            HvmMemmapEntry {
+                addr: 0,
+                size: 0x9f000,
+                kind: 1,
+                reserved: 0,
+            },
+            HvmMemmapEntry {
+                addr: 0x100000,
+                size: 0xff00000,
+                kind: 1,
+                reserved: 0,
+            },
+        ];
+        let mut b = boot(b"");
+        b.firmware = Firmware::Pvh {
+            start_info: &START_INFO,
+            memmap: &memmap,
+        };
+        let s = survey(&hv, &b, &Options::default()).unwrap();
+        assert_eq!(s.memmap.source, crate::memmap::MapSource::StartInfo);
+        assert_eq!(s.memmap.ranges().len(), 2);
+        assert_eq!(run(&hv, &b, None).verdict, Verdict::Pass);
     }
 
     #[test]

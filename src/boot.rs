@@ -15,8 +15,15 @@ pub struct PhysSpan {
 /// Where the firmware description of the guest came from.
 #[derive(Clone, Copy, Debug)]
 pub enum Firmware<'a> {
-    /// x86 PVH: Xen's `hvm_start_info` (already checked for its magic).
-    Pvh(&'a crate::xen::abi::HvmStartInfo),
+    /// x86 PVH: Xen's `hvm_start_info` (already checked for its magic), and
+    /// its memory map when the structure's version (1 and later) has one
+    /// (empty otherwise: then the agent asks `XENMEM_memory_map`).
+    Pvh {
+        /// The start info.
+        start_info: &'a crate::xen::abi::HvmStartInfo,
+        /// Its memory map (version 1 and later; may be empty).
+        memmap: &'a [crate::xen::abi::HvmMemmapEntry],
+    },
     /// Arm: the flattened device tree Xen passed in `x0` (header checked,
     /// slice as long as the header's `totalsize`).
     DeviceTree(&'a [u8]),

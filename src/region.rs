@@ -794,19 +794,39 @@ impl RegionTable {
         )
     }
 
+    /// Extents of `2^order` frames, `2^order`-aligned, made entirely of
+    /// regions of kind `kind` that are not pinned (they may span several
+    /// regions, e.g. RAM split by flags), in address order.
+    pub fn aligned_extents(
+        &self,
+        kind: RegionKind,
+        order: Order,
+    ) -> impl Iterator<Item = FrameRange> + '_ {
+        let n = order.pages().0;
+        // Maximal runs of usable frames (adjacent usable regions join).
+        let mut runs: Vec<(u64, u64)> = Vec::new();
+        for r in self.iter() {
+            if r.kind != kind || r.flags.contains(RegionFlags::PINNED) {
+                continue;
+            }
+            match runs.last_mut() {
+                Some(last) if last.1 == r.range.start.0 => last.1 = r.range.end.0,
+                _ => runs.push((r.range.start.0, r.range.end.0)),
+            }
+        }
+        runs.into_iter().flat_map(move |(s, e)| {
+            let first = s.div_ceil(n) * n;
+            (first..e)
+                .step_by(n as usize)
+                .take_while(move |x| x + n <= e)
+                .filter_map(move |x| FrameRange::new(Gfn(x), PageCount(n)).ok())
+        })
+    }
+
     /// Runs of free RAM aligned to `2^order` frames and `2^order` long: the
     /// extents that can be ballooned as superpages.
     pub fn aligned_ram_extents(&self, order: Order) -> impl Iterator<Item = FrameRange> + '_ {
-        let n = order.pages().0;
-        self.iter()
-            .filter(|r| r.kind == RegionKind::Ram && !r.flags.contains(RegionFlags::PINNED))
-            .flat_map(move |r| {
-                let first = r.range.start.0.div_ceil(n) * n;
-                (first..r.range.end.0)
-                    .step_by(n as usize)
-                    .take_while(move |s| s + n <= r.range.end.0)
-                    .filter_map(move |s| FrameRange::new(Gfn(s), PageCount(n)).ok())
-            })
+        self.aligned_extents(RegionKind::Ram, order)
     }
 
     /// Check the table's invariants: sorted, non-overlapping, keys match, and

@@ -5,7 +5,7 @@
 use crate::addr::GuestPhysAddr;
 use crate::arch::Verdict;
 use crate::boot::{BootInfo, Firmware, PhysSpan};
-use crate::xen::abi::{HvmStartInfo, HVM_START_MAGIC};
+use crate::xen::abi::{HvmMemmapEntry, HvmStartInfo, HVM_START_MAGIC};
 
 use super::IDENTITY_MAP_END;
 
@@ -63,6 +63,28 @@ unsafe fn cmdline_at(paddr: u64) -> &'static [u8] {
     unsafe { core::slice::from_raw_parts(p, len) }
 }
 
+/// The most start-info memory-map entries taken (as many as the agent's
+/// memory map holds).
+const MEMMAP_MAX: usize = crate::memmap::MAX_RANGES;
+
+/// The start info's memory map: version 1 and later, when Xen gave one that
+/// lies in the identity map; empty otherwise.
+fn start_info_memmap(si: &HvmStartInfo) -> &'static [HvmMemmapEntry] {
+    let n = si.memmap_entries as usize;
+    let bytes = (n * core::mem::size_of::<HvmMemmapEntry>()) as u64;
+    if si.version < 1
+        || n == 0
+        || n > MEMMAP_MAX
+        || !mapped(si.memmap_paddr, bytes)
+        || si.memmap_paddr % core::mem::align_of::<HvmMemmapEntry>() as u64 != 0
+    {
+        return &[];
+    }
+    // SAFETY: Xen wrote `n` entries at `memmap_paddr`, which is mapped and
+    // aligned (checked above) and not written afterwards.
+    unsafe { core::slice::from_raw_parts(si.memmap_paddr as *const HvmMemmapEntry, n) }
+}
+
 /// The first Rust code: called by `boot/x86_64.S` in 64-bit mode on the boot
 /// stack, with the identity map up, `.bss` zeroed and interrupts off.
 #[unsafe(no_mangle)]
@@ -88,7 +110,10 @@ extern "C" fn xenmem_x86_64_pvh_main(start_info_paddr: u32) -> ! {
     let cmdline = unsafe { cmdline_at(start_info.cmdline_paddr) };
     let boot = BootInfo {
         cmdline,
-        firmware: Firmware::Pvh(start_info),
+        firmware: Firmware::Pvh {
+            start_info,
+            memmap: start_info_memmap(start_info),
+        },
         image: image_span(),
     };
     crate::rt::start(&boot)
