@@ -87,8 +87,52 @@ fn check_multiboot_elf(b: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// The bare-metal targets the agent is built for (also listed in
+/// `rust-toolchain.toml`, which rustup only honours when it installs the
+/// toolchain itself, not for a toolchain that is already there).
+pub const TARGETS: [&str; 2] = ["x86_64-unknown-none", "aarch64-unknown-none"];
+
+/// Make sure rustup has both bare-metal targets for the toolchain in use.
+fn rust_targets() -> Result<()> {
+    let Some(rustup) = which("rustup") else {
+        // Not a rustup toolchain: cargo will say so if a target is missing.
+        return Ok(());
+    };
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let installed = stdout_of(
+        Command::new(&rustup)
+            .current_dir(&dir)
+            .args(["target", "list", "--installed"]),
+        "rustup target list",
+    )?;
+    let missing: Vec<&str> = TARGETS
+        .iter()
+        .copied()
+        .filter(|t| !installed.lines().any(|l| l.trim() == *t))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("xtask: rustup target add {}", missing.join(" "));
+    run_visible(
+        Command::new(&rustup)
+            .current_dir(&dir)
+            .arg("target")
+            .arg("add")
+            .args(&missing),
+        "rustup target add",
+    )
+    .with_context(|| {
+        format!(
+            "install the targets by hand: rustup target add {}",
+            missing.join(" ")
+        )
+    })
+}
+
 /// Do the whole set-up, installing or downloading what is missing.
 pub fn setup() -> Result<Env> {
+    rust_targets()?;
     let [qemu_x86_64, qemu_aarch64, dtc] = tools()?;
     let cache = cache_dir()?;
     let xen_x86_64 = xen_image(&cache, &XEN_X86_64)?;
