@@ -28,6 +28,7 @@ pub mod layout;
 pub mod logframe;
 pub mod memmap;
 pub mod region;
+pub mod reservation;
 pub mod xen;
 
 #[cfg(all(feature = "rt", target_os = "none"))]

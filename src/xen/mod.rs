@@ -8,6 +8,8 @@ pub mod abi;
 pub mod errno;
 #[cfg(target_os = "none")]
 mod hypercall;
+#[cfg(any(test, feature = "model"))]
+pub mod model;
 
 use core::fmt;
 
@@ -264,10 +266,11 @@ pub trait Hypervisor {
     fn own_domid(&self) -> Option<DomId>;
 
     /// `XENMEM_increase_reservation`: allocate `out.len()` extents of `order`
-    /// to `dom` without placing them in its physmap; their MFN bases are
-    /// written to `out`. Returns the number of extents done (a short count is a
-    /// partial failure, not an error). For a translated guest the pages get no
-    /// GFN and are lost to it: never use it for PVH or Arm guests.
+    /// to `dom` without placing them in its physmap. For a PV guest their MFN
+    /// bases are written to `out`; for a translated guest Xen writes nothing,
+    /// and the pages, which get no GFN, are lost to it: never use it for PVH
+    /// or Arm guests. Returns the number of extents done (a short count is a
+    /// partial failure, not an error; so is 0, which also hides bad arguments).
     fn increase_reservation(
         &self,
         dom: DomId,

@@ -1,0 +1,1168 @@
+//! The reservation engine: give memory back to Xen and take it again, in
+//! superpage extents and large batches, without ever losing a frame.
+//!
+//! - [`Engine::decrease`] releases free RAM chosen from the region table
+//!   (never the agent's image, heap, page tables, stacks or mappings: those
+//!   are reserved or pinned there), 2 MiB-aligned runs as order-9 extents (or
+//!   larger where the domain's maximum order allows), order 0 for the rest,
+//!   many extents per hypercall.
+//! - [`Engine::increase`] repopulates ballooned frames with
+//!   `XENMEM_populate_physmap`, largest orders first, falling back to smaller
+//!   orders when Xen comes back short (fragmented host memory).
+//! - [`Engine::alloc_contiguous`] hands out machine-contiguous buffers: by
+//!   `XENMEM_exchange` where Xen allows it, else by releasing the frames and
+//!   repopulating them as one order-N extent.
+//!
+//! Xen returns counts, not errors: a short count is a partial failure. The
+//! engine records exactly what Xen did. For decrease, Xen removes the pages of
+//! an extent in order and stops at the first it cannot remove, so after a
+//! short count one `XENMEM_current_reservation` tells how many pages of the
+//! failing extent are already gone; the rest of that extent is retried at
+//! order 0, and a page Xen refuses twice is pinned in the table and reported.
+//! For populate, an extent is all or nothing, which the same query checks.
+//!
+//! **`XENMEM_increase_reservation` is never used.** It allocates pages to the
+//! domain without giving them a GFN; a translated guest (PVH, HVM, Arm) cannot
+//! reach such pages, so they are lost to it until the domain dies.
+//! `populate_physmap` does the same job with a GFN and is what the engine uses.
+
+use alloc::vec::Vec;
+use core::fmt;
+
+use crate::addr::{DomId, Gfn, GuestPhysAddr, Mfn, Order, PageCount, PAGE_SHIFT};
+use crate::region::{
+    Backing, Change, FrameRange, RegionError, RegionFlags, RegionKind, RegionTable,
+};
+use crate::xen::{Errno, ExchangeRequest, Features, Hypervisor, MemFlags, XenError};
+
+/// How the engine batches its work.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Strategy {
+    /// The largest extent order to use (capped by the domain's maximum).
+    pub max_order: Order,
+    /// Extents per hypercall, at most.
+    pub batch: usize,
+}
+
+impl Strategy {
+    /// xenmem's own: superpages up to `max_order`, up to 4096 extents per
+    /// hypercall.
+    pub const fn xenmem(max_order: Order) -> Self {
+        Strategy {
+            max_order,
+            batch: 4096,
+        }
+    }
+
+    /// Linux's balloon driver: order-0 frames, 512 per hypercall.
+    pub const LINUX: Strategy = Strategy {
+        max_order: Order::ZERO,
+        batch: 512,
+    };
+
+    /// Mini-OS: order-0 frames, 64 per hypercall.
+    pub const MINI_OS: Strategy = Strategy {
+        max_order: Order::ZERO,
+        batch: 64,
+    };
+}
+
+/// The largest extent order Xen allows a domain (`max_order()` in Xen's
+/// `common/memory.c`, with Xen 4.17's defaults): 18 for the control domain
+/// (dom0 on both architectures), 9 for an ordinary domU. (A hardware domain
+/// that is not the control domain gets 12 on x86 and 10 on Arm; the agent
+/// does not run as one.)
+pub const fn xen_max_order(control_domain: bool) -> Order {
+    Order::new_const(if control_domain { 18 } else { 9 })
+}
+
+/// What the engine has done, for reports and benchmarks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Hypercalls issued (every kind, queries included).
+    pub hypercalls: u64,
+    /// Extents done, by order.
+    pub extents: [u64; 20],
+    /// Pages released.
+    pub released: u64,
+    /// Pages populated.
+    pub populated: u64,
+    /// Short counts seen.
+    pub short_counts: u64,
+    /// Frames Xen refused to release (pinned in the table).
+    pub stuck: u64,
+    /// Pages Xen allocated to the domain but could not map (a populate whose
+    /// p2m update failed keeps the pages assigned with no GFN): they count in
+    /// the reservation and no guest frame reaches them.
+    pub leaked_by_xen: u64,
+}
+
+/// Why the engine stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReservationError {
+    /// A hypercall failed outright.
+    Xen {
+        /// Which operation.
+        op: &'static str,
+        /// What Xen said.
+        err: XenError,
+    },
+    /// The region table refused an update (a bug: the engine only changes
+    /// frames it chose from the table).
+    Table(RegionError),
+    /// Not enough free RAM to release, or not enough ballooned frames to
+    /// populate: `done` pages were done before it ran out.
+    Shortfall {
+        /// Pages asked for.
+        asked: PageCount,
+        /// Pages done.
+        done: PageCount,
+    },
+    /// Xen's reservation moved in a way the call's contract rules out (or
+    /// something else changed it meanwhile).
+    Inconsistent {
+        /// What the engine expected `current_reservation` to be.
+        expected: PageCount,
+        /// What Xen says.
+        actual: PageCount,
+    },
+    /// The domain is direct-mapped (Arm dom0): Xen does not lower its count
+    /// when it gives memory back, so ballooning means nothing there.
+    DirectMapped,
+    /// A contiguous buffer of zero bytes.
+    ZeroSize,
+    /// A contiguous buffer larger than the domain's maximum extent order.
+    OrderTooLarge {
+        /// The order the size needs.
+        order: u8,
+        /// The domain's maximum.
+        max: u8,
+    },
+    /// An alignment that is not a power of two, below a page, or above the
+    /// buffer's own size (an extent is only naturally aligned).
+    BadAlignment(u64),
+    /// `address_bits` cannot hold a buffer of this size (or is above 64).
+    AddressBitsTooSmall {
+        /// The limit asked for.
+        bits: u8,
+        /// The least that could work.
+        needed: u8,
+    },
+}
+
+impl From<RegionError> for ReservationError {
+    fn from(e: RegionError) -> Self {
+        ReservationError::Table(e)
+    }
+}
+
+impl fmt::Display for ReservationError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReservationError::Xen { op, err } => write!(f, "{op} failed: {err}"),
+            ReservationError::Table(e) => write!(f, "region table: {e}"),
+            ReservationError::Shortfall { asked, done } => {
+                write!(f, "only {done} of {asked} pages could be done")
+            }
+            ReservationError::Inconsistent { expected, actual } => write!(
+                f,
+                "Xen's reservation is {actual} pages where {expected} were expected"
+            ),
+            ReservationError::DirectMapped => {
+                write!(f, "the domain is direct-mapped: Xen does not balloon it")
+            }
+            ReservationError::ZeroSize => write!(f, "a contiguous buffer of zero bytes"),
+            ReservationError::OrderTooLarge { order, max } => write!(
+                f,
+                "an order-{order} buffer is larger than the domain's maximum order {max}"
+            ),
+            ReservationError::BadAlignment(a) => write!(
+                f,
+                "alignment {a:#x} is not a power of two between 4 KiB and the buffer's size"
+            ),
+            ReservationError::AddressBitsTooSmall { bits, needed } => write!(
+                f,
+                "address_bits={bits} cannot hold the buffer (at least {needed} needed, at most 64)"
+            ),
+        }
+    }
+}
+
+/// A machine-contiguous buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ContiguousBuffer {
+    /// Its guest frames (naturally aligned).
+    pub range: FrameRange,
+    /// Its order.
+    pub order: Order,
+    /// Its machine (bus) address, where Xen makes it knowable: a PV guest
+    /// gets MFNs from populate; a direct-mapped domain (Arm dom0) has
+    /// GPA == MA. `None` otherwise — never a guess.
+    pub machine: Option<Mfn>,
+    /// How it was made.
+    pub method: ContiguousMethod,
+}
+
+/// How a contiguous buffer was made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ContiguousMethod {
+    /// `XENMEM_exchange`.
+    Exchange,
+    /// Released and repopulated as one extent (Xen refused exchange).
+    Repopulate,
+}
+
+/// The reservation engine for one domain (the caller's own).
+pub struct Engine<'h, H: Hypervisor> {
+    hv: &'h H,
+    strategy: Strategy,
+    /// What `current_reservation` should say now.
+    expected: PageCount,
+    translated: bool,
+    direct_mapped: bool,
+    /// `None` until exchange was tried; then whether Xen allows it.
+    exchange_works: Option<bool>,
+    /// What it did.
+    pub stats: Stats,
+}
+
+const SELF: DomId = DomId::SELF;
+
+impl<'h, H: Hypervisor> Engine<'h, H> {
+    /// An engine for the calling domain. `current` is what Xen says the
+    /// reservation is now (the agent checked it against its table);
+    /// `features` tells translated and direct-mapped guests apart.
+    pub fn new(hv: &'h H, strategy: Strategy, current: PageCount, features: Features) -> Self {
+        Engine {
+            hv,
+            strategy,
+            expected: current,
+            translated: features.contains(Features::AUTO_TRANSLATED_PHYSMAP),
+            direct_mapped: features.contains(Features::DIRECT_MAPPED),
+            exchange_works: None,
+            stats: Stats::default(),
+        }
+    }
+
+    /// What Xen's reservation should be now, by the engine's accounting.
+    pub fn expected(&self) -> PageCount {
+        self.expected
+    }
+
+    /// Whether `XENMEM_exchange` works for this domain, once tried.
+    pub fn exchange_works(&self) -> Option<bool> {
+        self.exchange_works
+    }
+
+    /// Ask Xen for the reservation and compare it with the accounting.
+    pub fn verify(&mut self) -> Result<PageCount, ReservationError> {
+        let actual = self.current()?;
+        if actual != self.expected {
+            return Err(ReservationError::Inconsistent {
+                expected: self.expected,
+                actual,
+            });
+        }
+        Ok(actual)
+    }
+
+    fn current(&mut self) -> Result<PageCount, ReservationError> {
+        self.stats.hypercalls += 1;
+        self.hv
+            .current_reservation(SELF)
+            .map_err(|err| ReservationError::Xen {
+                op: "current_reservation",
+                err,
+            })
+    }
+
+    /// The orders to try, largest first: the strategy's maximum, 9 (2 MiB)
+    /// if smaller, and 0.
+    fn orders(&self) -> impl Iterator<Item = Order> {
+        let max = self.strategy.max_order;
+        let mid = Order::new_const(9);
+        [
+            Some(max),
+            (mid < max).then_some(mid),
+            (max > Order::ZERO).then_some(Order::ZERO),
+        ]
+        .into_iter()
+        .flatten()
+    }
+
+    /// Release `pages` pages of free RAM to Xen.
+    pub fn decrease(
+        &mut self,
+        t: &mut RegionTable,
+        pages: PageCount,
+    ) -> Result<(), ReservationError> {
+        if self.direct_mapped {
+            return Err(ReservationError::DirectMapped);
+        }
+        let mut left = pages.0;
+        let orders: Vec<Order> = self.orders().collect();
+        for order in orders {
+            let n = order.pages().0;
+            while left >= n {
+                let want = usize::try_from(left / n).unwrap_or(usize::MAX);
+                // Highest addresses first: keep low memory for the agent.
+                let mut picks: Vec<FrameRange> = t.aligned_ram_extents(order).collect();
+                if picks.is_empty() {
+                    break;
+                }
+                let from = picks.len().saturating_sub(want);
+                picks.drain(..from);
+                let released = self.release(t, order, &picks)?;
+                left -= released;
+                if released == 0 {
+                    break;
+                }
+            }
+        }
+        if left > 0 {
+            return Err(ReservationError::Shortfall {
+                asked: pages,
+                done: PageCount(pages.0 - left),
+            });
+        }
+        Ok(())
+    }
+
+    /// Release these extents of `order`; returns the pages released. Extents
+    /// Xen refuses are retried at order 0; pages it refuses twice are pinned.
+    fn release(
+        &mut self,
+        t: &mut RegionTable,
+        order: Order,
+        extents: &[FrameRange],
+    ) -> Result<u64, ReservationError> {
+        let n = order.pages().0;
+        let mut released = 0;
+        let queue: Vec<Gfn> = extents.iter().map(|r| r.start()).collect();
+        let mut at = 0;
+        while at < queue.len() {
+            let end = (at + self.strategy.batch.max(1)).min(queue.len());
+            let batch = &queue[at..end];
+            self.stats.hypercalls += 1;
+            let done = self
+                .hv
+                .decrease_reservation(SELF, order, batch)
+                .map_err(|err| ReservationError::Xen {
+                    op: "decrease_reservation",
+                    err,
+                })?;
+            for g in &batch[..done] {
+                mark(t, *g, n, RegionKind::Ram, RegionKind::Ballooned)?;
+            }
+            self.stats.extents[usize::from(order.get())] += done as u64;
+            self.stats.released += done as u64 * n;
+            self.expected = PageCount(self.expected.0 - done as u64 * n);
+            released += done as u64 * n;
+            if done == batch.len() {
+                at = end;
+                continue;
+            }
+            // Short: Xen removed the first `gone` pages of extent `done`.
+            self.stats.short_counts += 1;
+            let failing = batch[done];
+            let actual = self.current()?;
+            let gone = self
+                .expected
+                .0
+                .checked_sub(actual.0)
+                .filter(|&g| g < n)
+                .ok_or(ReservationError::Inconsistent {
+                    expected: self.expected,
+                    actual,
+                })?;
+            if gone > 0 {
+                mark(t, failing, gone, RegionKind::Ram, RegionKind::Ballooned)?;
+                self.expected = actual;
+                self.stats.released += gone;
+                released += gone;
+            }
+            let refused = Gfn(failing.0 + gone);
+            if order == Order::ZERO {
+                // Xen refuses this frame: keep it out of every later choice.
+                self.stuck(t, refused)?;
+            } else {
+                // Retry what is left of the extent page by page; the frame
+                // Xen refused comes first, so it is pinned if refused again.
+                let rest: Vec<FrameRange> = (refused.0..failing.0 + n)
+                    .filter_map(|g| FrameRange::new(Gfn(g), PageCount(1)).ok())
+                    .collect();
+                released += self.release(t, Order::ZERO, &rest)?;
+            }
+            // Go on after the failing extent.
+            at += done + 1;
+        }
+        Ok(released)
+    }
+
+    fn stuck(&mut self, t: &mut RegionTable, g: Gfn) -> Result<(), ReservationError> {
+        self.stats.stuck += 1;
+        let r = FrameRange::new(g, PageCount(1))?;
+        t.modify(
+            r,
+            Change {
+                set: RegionFlags::PINNED,
+                expect: Some(RegionKind::Ram),
+                ..Change::default()
+            },
+        )?;
+        Ok(())
+    }
+
+    /// Populate `pages` ballooned pages again.
+    pub fn increase(
+        &mut self,
+        t: &mut RegionTable,
+        pages: PageCount,
+    ) -> Result<(), ReservationError> {
+        let mut left = pages.0;
+        let orders: Vec<Order> = self.orders().collect();
+        for (i, &order) in orders.iter().enumerate() {
+            let n = order.pages().0;
+            while left >= n {
+                let want = usize::try_from(left / n).unwrap_or(usize::MAX);
+                let picks: Vec<FrameRange> = t
+                    .aligned_extents(RegionKind::Ballooned, order)
+                    .take(want)
+                    .collect();
+                if picks.is_empty() {
+                    break;
+                }
+                let done = self.populate(t, order, &picks)?;
+                left -= done;
+                if done < picks.len() as u64 * n {
+                    // Xen could not find memory of this order: smaller ones.
+                    if i + 1 < orders.len() {
+                        break;
+                    }
+                    return Err(ReservationError::Shortfall {
+                        asked: pages,
+                        done: PageCount(pages.0 - left),
+                    });
+                }
+            }
+        }
+        if left > 0 {
+            return Err(ReservationError::Shortfall {
+                asked: pages,
+                done: PageCount(pages.0 - left),
+            });
+        }
+        Ok(())
+    }
+
+    /// Populate these ballooned extents of `order`; returns pages populated.
+    fn populate(
+        &mut self,
+        t: &mut RegionTable,
+        order: Order,
+        extents: &[FrameRange],
+    ) -> Result<u64, ReservationError> {
+        let n = order.pages().0;
+        let mut populated = 0;
+        for chunk in extents.chunks(self.strategy.batch.max(1)) {
+            let mut gfns: Vec<Gfn> = chunk.iter().map(|r| r.start()).collect();
+            self.stats.hypercalls += 1;
+            let done = self
+                .hv
+                .populate_physmap(SELF, order, MemFlags::NONE, &mut gfns)
+                .map_err(|err| ReservationError::Xen {
+                    op: "populate_physmap",
+                    err,
+                })?;
+            for r in &chunk[..done] {
+                mark(t, r.start(), n, RegionKind::Ballooned, RegionKind::Ram)?;
+            }
+            self.stats.extents[usize::from(order.get())] += done as u64;
+            self.stats.populated += done as u64 * n;
+            self.expected = PageCount(self.expected.0 + done as u64 * n);
+            populated += done as u64 * n;
+            if done < chunk.len() {
+                self.after_short_populate(order)?;
+                break;
+            }
+        }
+        Ok(populated)
+    }
+
+    /// After a short populate: an extent is all or nothing for the guest, but
+    /// Xen may have assigned the failing extent without mapping it (the p2m
+    /// update failed after the allocation); those pages count in the
+    /// reservation and no GFN reaches them. Ask Xen and account for them.
+    fn after_short_populate(&mut self, order: Order) -> Result<(), ReservationError> {
+        self.stats.short_counts += 1;
+        let actual = self.current()?;
+        match actual.0.checked_sub(self.expected.0) {
+            Some(0) => Ok(()),
+            Some(leak) if leak == order.pages().0 => {
+                self.stats.leaked_by_xen += leak;
+                self.expected = actual;
+                Ok(())
+            }
+            _ => Err(ReservationError::Inconsistent {
+                expected: self.expected,
+                actual,
+            }),
+        }
+    }
+
+    /// Release or populate until the reservation is `target` pages.
+    pub fn balloon_to(
+        &mut self,
+        t: &mut RegionTable,
+        target: PageCount,
+    ) -> Result<(), ReservationError> {
+        let now = self.expected.0;
+        match target.0.cmp(&now) {
+            core::cmp::Ordering::Less => self.decrease(t, PageCount(now - target.0)),
+            core::cmp::Ordering::Greater => self.increase(t, PageCount(target.0 - now)),
+            core::cmp::Ordering::Equal => Ok(()),
+        }
+    }
+
+    /// A machine-contiguous buffer of at least `size` bytes, aligned to
+    /// `align` bytes (at most its own size), whose machine frames all lie
+    /// below `2^address_bits` if given.
+    pub fn alloc_contiguous(
+        &mut self,
+        t: &mut RegionTable,
+        size: u64,
+        align: u64,
+        address_bits: Option<u8>,
+    ) -> Result<ContiguousBuffer, ReservationError> {
+        if size == 0 {
+            return Err(ReservationError::ZeroSize);
+        }
+        let pages = size.div_ceil(1 << PAGE_SHIFT);
+        let order_bits = 64 - (pages - 1).leading_zeros();
+        let order = Order::new(order_bits as u8).ok_or(ReservationError::OrderTooLarge {
+            order: order_bits as u8,
+            max: self.strategy.max_order.get(),
+        })?;
+        if order > self.strategy.max_order {
+            return Err(ReservationError::OrderTooLarge {
+                order: order.get(),
+                max: self.strategy.max_order.get(),
+            });
+        }
+        let bytes = order.pages().0 << PAGE_SHIFT;
+        if !align.is_power_of_two() || align < (1 << PAGE_SHIFT) || align > bytes {
+            return Err(ReservationError::BadAlignment(align));
+        }
+        let needed = PAGE_SHIFT as u8 + order.get() + 1;
+        let flags = match address_bits {
+            None => MemFlags::NONE,
+            Some(bits) if bits < needed || bits > 64 => {
+                return Err(ReservationError::AddressBitsTooSmall { bits, needed })
+            }
+            Some(bits) => MemFlags::address_bits(bits)
+                .ok_or(ReservationError::AddressBitsTooSmall { bits, needed })?,
+        };
+        let range = t
+            .aligned_ram_extents(order)
+            .last()
+            .ok_or(ReservationError::Shortfall {
+                asked: order.pages(),
+                done: PageCount(0),
+            })?;
+        if self.exchange_works != Some(false) {
+            if let Some(buf) = self.try_exchange(t, range, order, flags)? {
+                return Ok(buf);
+            }
+        }
+        self.repopulate_contiguous(t, range, order, flags)
+    }
+
+    /// `XENMEM_exchange` of the frames of `range` (order 0) for one extent
+    /// of `order`. `Ok(None)`: Xen refuses exchange for this domain (PVH and
+    /// Arm since XSA-217), nothing was exchanged, and the engine remembers.
+    fn try_exchange(
+        &mut self,
+        t: &mut RegionTable,
+        range: FrameRange,
+        order: Order,
+        flags: MemFlags,
+    ) -> Result<Option<ContiguousBuffer>, ReservationError> {
+        let input: Vec<Gfn> = (range.start().0..range.end().0).map(Gfn).collect();
+        let mut output = [range.start()];
+        let mut req = ExchangeRequest {
+            dom: SELF,
+            in_order: Order::ZERO,
+            input: &input,
+            out_order: order,
+            output: &mut output,
+            out_flags: flags,
+        };
+        self.stats.hypercalls += 1;
+        let out = self.hv.exchange(&mut req);
+        match out.result {
+            Ok(()) if out.exchanged == input.len() => {
+                self.exchange_works = Some(true);
+                let machine = (!self.translated).then_some(Mfn(output[0].0));
+                let buf = ContiguousBuffer {
+                    range,
+                    order,
+                    machine: machine.or_else(|| self.direct_mapped.then_some(Mfn(range.start().0))),
+                    method: ContiguousMethod::Exchange,
+                };
+                self.record_contiguous(t, &buf)?;
+                Ok(Some(buf))
+            }
+            Err(XenError::Errno(Errno::EOPNOTSUPP)) if out.exchanged == 0 => {
+                self.exchange_works = Some(false);
+                // Nothing moved: the offered frames are still ours.
+                Ok(None)
+            }
+            Ok(()) | Err(_) => {
+                // Partial exchange: the first `exchanged` input frames went to
+                // Xen and their share of the output came back; with one output
+                // extent that is all or nothing. Check and give up on exchange.
+                self.exchange_works = Some(false);
+                if out.exchanged != 0 {
+                    return Err(ReservationError::Xen {
+                        op: "exchange",
+                        err: out
+                            .result
+                            .err()
+                            .unwrap_or(XenError::Contract("short exchange")),
+                    });
+                }
+                Ok(None)
+            }
+        }
+    }
+
+    /// Release `range` and repopulate it as one extent of `order`.
+    fn repopulate_contiguous(
+        &mut self,
+        t: &mut RegionTable,
+        range: FrameRange,
+        order: Order,
+        flags: MemFlags,
+    ) -> Result<ContiguousBuffer, ReservationError> {
+        let got = self.release(t, order, &[range])?;
+        if got != order.pages().0 {
+            // Some frame refused to go: give back what went and report.
+            let _ = self.increase(t, PageCount(got));
+            return Err(ReservationError::Shortfall {
+                asked: order.pages(),
+                done: PageCount(0),
+            });
+        }
+        let mut gfns = [range.start()];
+        self.stats.hypercalls += 1;
+        let done = self
+            .hv
+            .populate_physmap(SELF, order, flags, &mut gfns)
+            .map_err(|err| ReservationError::Xen {
+                op: "populate_physmap",
+                err,
+            });
+        match done {
+            Ok(1) => {
+                self.expected = PageCount(self.expected.0 + order.pages().0);
+                self.stats.extents[usize::from(order.get())] += 1;
+                self.stats.populated += order.pages().0;
+                let machine = if self.direct_mapped {
+                    Some(Mfn(range.start().0))
+                } else if !self.translated {
+                    Some(Mfn(gfns[0].0))
+                } else {
+                    None
+                };
+                mark(
+                    t,
+                    range.start(),
+                    order.pages().0,
+                    RegionKind::Ballooned,
+                    RegionKind::Ram,
+                )?;
+                let buf = ContiguousBuffer {
+                    range,
+                    order,
+                    machine,
+                    method: ContiguousMethod::Repopulate,
+                };
+                self.record_contiguous(t, &buf)?;
+                Ok(buf)
+            }
+            other => {
+                // No contiguous memory: put the frames back, page by page.
+                if other.is_ok() {
+                    self.after_short_populate(order)?;
+                }
+                let back = self.populate(t, Order::ZERO, &split(range));
+                match (other, back) {
+                    (Err(e), _) => Err(e),
+                    (_, Err(e)) => Err(e),
+                    (Ok(_), Ok(_)) => Err(ReservationError::Shortfall {
+                        asked: order.pages(),
+                        done: PageCount(0),
+                    }),
+                }
+            }
+        }
+    }
+
+    fn record_contiguous(
+        &mut self,
+        t: &mut RegionTable,
+        buf: &ContiguousBuffer,
+    ) -> Result<(), ReservationError> {
+        let below_4g = buf
+            .machine
+            .is_some_and(|m| (m.0 + buf.order.pages().0) << PAGE_SHIFT <= 1 << 32);
+        t.modify(
+            buf.range,
+            Change {
+                kind: Some(RegionKind::Contiguous),
+                set: RegionFlags::PINNED
+                    | if below_4g {
+                        RegionFlags::BELOW_4G
+                    } else {
+                        RegionFlags::empty()
+                    },
+                backing: Some(buf.machine.map_or(Backing::None, Backing::Machine)),
+                expect: Some(RegionKind::Ram),
+                ..Change::default()
+            },
+        )?;
+        Ok(())
+    }
+
+    /// Free a buffer from [`Engine::alloc_contiguous`]: its frames become
+    /// free RAM again (they stay populated).
+    pub fn free_contiguous(
+        &mut self,
+        t: &mut RegionTable,
+        buf: &ContiguousBuffer,
+    ) -> Result<(), ReservationError> {
+        t.modify(
+            buf.range,
+            Change {
+                kind: Some(RegionKind::Ram),
+                clear: RegionFlags::PINNED | RegionFlags::BELOW_4G,
+                backing: Some(Backing::None),
+                expect: Some(RegionKind::Contiguous),
+                ..Change::default()
+            },
+        )?;
+        Ok(())
+    }
+}
+
+/// Single frames of `range`.
+fn split(range: FrameRange) -> Vec<FrameRange> {
+    (range.start().0..range.end().0)
+        .filter_map(|g| FrameRange::new(Gfn(g), PageCount(1)).ok())
+        .collect()
+}
+
+/// Change `count` frames from `start` from kind `from` to kind `to`.
+fn mark(
+    t: &mut RegionTable,
+    start: Gfn,
+    count: u64,
+    from: RegionKind,
+    to: RegionKind,
+) -> Result<(), RegionError> {
+    t.modify(
+        FrameRange::new(start, PageCount(count))?,
+        Change {
+            kind: Some(to),
+            expect: Some(from),
+            ..Change::default()
+        },
+    )
+}
+
+/// The guest-physical address of a buffer, for reports.
+pub fn buffer_addr(buf: &ContiguousBuffer) -> GuestPhysAddr {
+    buf.range.start_addr()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layout::{initial_table, GapPolicy, Reservation, ReserveRule};
+    use crate::memmap::MemoryMap;
+    use crate::region::ReservedUse;
+    use crate::xen::abi::E820Entry;
+    use crate::xen::model::{DomainConfig, Fault, Op, XenModel};
+
+    const DOM: DomId = DomId(1);
+    const O9: Order = Order::new_const(9);
+
+    /// A PVH domU with `pages` of RAM on a machine of `machine` frames, and
+    /// the agent's table for it (an image reserved at 1 MiB).
+    fn domu(machine: u64, pages: u64) -> (XenModel, RegionTable) {
+        let m = XenModel::new(machine);
+        m.add_domain(DomainConfig::pvh_domu(DOM, pages)).unwrap();
+        m.set_current(DOM).unwrap();
+        let mut buf = [E820Entry::default(); 8];
+        let n = m.memory_map(&mut buf).unwrap();
+        let map = MemoryMap::from_e820(&buf[..n]).unwrap();
+        let image = Reservation {
+            range: FrameRange::new(Gfn(0x100), PageCount(0x100)).unwrap(),
+            what: ReservedUse::Image,
+            rule: ReserveRule::InRam,
+        };
+        let t = initial_table(&map, GapPolicy::X86, Gfn(pages), &[image]).unwrap();
+        (m, t)
+    }
+
+    fn engine(m: &XenModel, strategy: Strategy) -> Engine<'_, XenModel> {
+        let cur = m.current_reservation(SELF).unwrap();
+        Engine::new(m, strategy, cur, m.features().unwrap())
+    }
+
+    /// The table agrees with the model's p2m frame by frame, Xen's count
+    /// matches the engine's accounting, and no machine frame is lost.
+    fn consistent(m: &XenModel, t: &RegionTable, e: &Engine<'_, XenModel>) {
+        m.check_conservation().unwrap();
+        let p2m = m.p2m(DOM);
+        for r in t.iter() {
+            for g in r.range.start().0..r.range.end().0 {
+                if r.kind.is_populated_ram() {
+                    assert!(
+                        p2m.contains_key(&Gfn(g)),
+                        "{g:#x} ({}) is not populated",
+                        r.kind.name()
+                    );
+                } else if r.kind == RegionKind::Ballooned {
+                    assert!(
+                        !p2m.contains_key(&Gfn(g)),
+                        "{g:#x} is ballooned but populated"
+                    );
+                }
+            }
+        }
+        let table = t.count_where(|r| r.kind.is_populated_ram()).0;
+        let tot = m.tot_pages(DOM).unwrap();
+        assert_eq!(
+            table + e.stats.leaked_by_xen,
+            tot,
+            "table + leaked vs Xen's tot_pages"
+        );
+        assert_eq!(e.expected().0, tot, "the engine's accounting vs Xen");
+        assert_eq!(m.leaked(DOM).len() as u64, e.stats.leaked_by_xen);
+    }
+
+    #[test]
+    fn balloon_down_and_up_in_superpages() {
+        let (m, mut t) = domu(1 << 16, 1 << 14);
+        let mut e = engine(&m, Strategy::xenmem(O9));
+        e.decrease(&mut t, PageCount(4096)).unwrap();
+        assert_eq!(t.count(RegionKind::Ballooned), PageCount(4096));
+        assert_eq!(e.stats.extents[9], 8, "eight 2 MiB extents");
+        assert_eq!(e.stats.hypercalls, 1, "in one hypercall");
+        consistent(&m, &t, &e);
+        e.increase(&mut t, PageCount(4096)).unwrap();
+        assert_eq!(t.count(RegionKind::Ballooned), PageCount(0));
+        assert_eq!(e.stats.extents[9], 16);
+        assert_eq!(e.stats.hypercalls, 2);
+        consistent(&m, &t, &e);
+        assert_eq!(e.verify(), Ok(PageCount(1 << 14)));
+    }
+
+    #[test]
+    fn the_image_and_pinned_frames_are_never_released() {
+        let (m, mut t) = domu(1 << 16, 1024);
+        let mut e = engine(&m, Strategy::xenmem(O9));
+        // 1024 pages of RAM, 256 of them the image: 768 can go.
+        assert_eq!(
+            e.decrease(&mut t, PageCount(800)),
+            Err(ReservationError::Shortfall {
+                asked: PageCount(800),
+                done: PageCount(768)
+            })
+        );
+        assert_eq!(
+            t.count(RegionKind::Reserved(ReservedUse::Image)),
+            PageCount(256)
+        );
+        consistent(&m, &t, &e);
+    }
+
+    #[test]
+    fn strategies_of_linux_and_mini_os_batch_as_they_do() {
+        for (s, calls) in [(Strategy::LINUX, 8), (Strategy::MINI_OS, 64)] {
+            let (m, mut t) = domu(1 << 16, 1 << 14);
+            let mut e = engine(&m, s);
+            e.decrease(&mut t, PageCount(4096)).unwrap();
+            assert_eq!((e.stats.hypercalls, e.stats.extents[0]), (calls, 4096));
+            consistent(&m, &t, &e);
+        }
+    }
+
+    #[test]
+    fn fragmented_host_memory_falls_back_to_small_orders() {
+        let (m, mut t) = domu(1 << 16, 1 << 14);
+        let mut e = engine(&m, Strategy::xenmem(O9));
+        e.decrease(&mut t, PageCount(4096)).unwrap();
+        // Pin every free frame but a scattered few: no 2 MiB chunk is left.
+        m.fragment(7, 0.9);
+        m.inject(Fault::ExhaustPool {
+            leave_free: 4096 + 100,
+        });
+        e.increase(&mut t, PageCount(4096))
+            .unwrap_or_else(|err| panic!("{err}"));
+        assert!(e.stats.extents[0] > 0, "order 0 took over: {:?}", e.stats);
+        assert!(e.stats.short_counts > 0);
+        consistent(&m, &t, &e);
+    }
+
+    #[test]
+    fn a_short_decrease_is_recorded_exactly() {
+        let (m, mut t) = domu(1 << 16, 1 << 14);
+        let mut e = engine(&m, Strategy::xenmem(O9));
+        // Xen removes 100 pages of the third extent, then stops.
+        m.inject(Fault::PartialExtent {
+            after_extents: 2,
+            pages: 100,
+        });
+        e.decrease(&mut t, PageCount(4096)).unwrap();
+        assert_eq!(t.count(RegionKind::Ballooned), PageCount(4096));
+        assert_eq!(e.stats.short_counts, 1);
+        consistent(&m, &t, &e);
+        // A first page that fails, then works on retry.
+        m.inject(Fault::ShortAt {
+            op: Op::DecreaseReservation,
+            after_extents: 1,
+        });
+        e.decrease(&mut t, PageCount(2048)).unwrap();
+        assert_eq!(t.count(RegionKind::Ballooned), PageCount(6144));
+        consistent(&m, &t, &e);
+    }
+
+    #[test]
+    fn a_populate_that_xen_cannot_map_is_accounted_as_leaked() {
+        let (m, mut t) = domu(1 << 16, 1 << 14);
+        let mut e = engine(&m, Strategy::xenmem(O9));
+        e.decrease(&mut t, PageCount(4096)).unwrap();
+        m.inject(Fault::MapFailAt { after_extents: 3 });
+        // The leak takes 512 pages of the domain's max: only 3584 come back.
+        let r = e.increase(&mut t, PageCount(4096));
+        assert_eq!(e.stats.leaked_by_xen, 512);
+        assert!(
+            matches!(r, Err(ReservationError::Shortfall { .. })),
+            "{r:?}"
+        );
+        consistent(&m, &t, &e);
+    }
+
+    #[test]
+    fn hypercall_errors_are_typed_and_nothing_is_lost() {
+        let (m, mut t) = domu(1 << 16, 1 << 14);
+        let mut e = engine(&m, Strategy::xenmem(O9));
+        m.inject(Fault::Errno {
+            op: Op::DecreaseReservation,
+            errno: Errno::EFAULT,
+        });
+        assert_eq!(
+            e.decrease(&mut t, PageCount(512)),
+            Err(ReservationError::Xen {
+                op: "decrease_reservation",
+                err: XenError::Errno(Errno::EFAULT)
+            })
+        );
+        consistent(&m, &t, &e);
+        e.decrease(&mut t, PageCount(512)).unwrap();
+        m.inject(Fault::Errno {
+            op: Op::PopulatePhysmap,
+            errno: Errno::ENOMEM,
+        });
+        assert!(matches!(
+            e.increase(&mut t, PageCount(512)),
+            Err(ReservationError::Xen { .. })
+        ));
+        consistent(&m, &t, &e);
+    }
+
+    #[test]
+    fn contiguous_buffers_fall_back_from_exchange() {
+        let (m, mut t) = domu(1 << 20, 1 << 14);
+        let mut e = engine(&m, Strategy::xenmem(O9));
+        let buf = e
+            .alloc_contiguous(&mut t, 2 << 20, 2 << 20, Some(32))
+            .unwrap();
+        assert_eq!(buf.method, ContiguousMethod::Repopulate);
+        assert_eq!(
+            e.exchange_works(),
+            Some(false),
+            "EOPNOTSUPP for a translated guest"
+        );
+        assert_eq!(buf.machine, None, "a PVH guest cannot know its MFNs");
+        assert_eq!(
+            t.info(buf.range.start_addr()).unwrap().kind,
+            RegionKind::Contiguous
+        );
+        // Xen's side: machine-contiguous, 2 MiB-aligned, below 4 GiB.
+        let p2m = m.p2m(DOM);
+        let first = p2m[&buf.range.start()].0;
+        assert_eq!(first % 512, 0);
+        for (i, g) in (buf.range.start().0..buf.range.end().0).enumerate() {
+            assert_eq!(p2m[&Gfn(g)].0, first + i as u64);
+        }
+        assert!((first + 512) << PAGE_SHIFT <= 1 << 32);
+        consistent(&m, &t, &e);
+        e.free_contiguous(&mut t, &buf).unwrap();
+        assert_eq!(t.count(RegionKind::Contiguous), PageCount(0));
+        // The second buffer does not try exchange again.
+        let calls = m.calls(Op::Exchange);
+        e.alloc_contiguous(&mut t, 4096, 4096, None).unwrap();
+        assert_eq!(m.calls(Op::Exchange), calls);
+        consistent(&m, &t, &e);
+    }
+
+    #[test]
+    fn bad_contiguous_requests_are_refused_before_any_hypercall() {
+        let (m, mut t) = domu(1 << 16, 1 << 14);
+        let mut e = engine(&m, Strategy::xenmem(O9));
+        let before = t.clone();
+        for (size, align, bits, want) in [
+            (0, 4096, None, ReservationError::ZeroSize),
+            (
+                4 << 20,
+                4096,
+                None,
+                ReservationError::OrderTooLarge { order: 10, max: 9 },
+            ),
+            (
+                2 << 20,
+                3 << 12,
+                None,
+                ReservationError::BadAlignment(3 << 12),
+            ),
+            (8192, 1 << 20, None, ReservationError::BadAlignment(1 << 20)),
+            (8192, 2048, None, ReservationError::BadAlignment(2048)),
+            (
+                2 << 20,
+                4096,
+                Some(20),
+                ReservationError::AddressBitsTooSmall {
+                    bits: 20,
+                    needed: 22,
+                },
+            ),
+            (
+                4096,
+                4096,
+                Some(65),
+                ReservationError::AddressBitsTooSmall {
+                    bits: 65,
+                    needed: 13,
+                },
+            ),
+        ] {
+            assert_eq!(e.alloc_contiguous(&mut t, size, align, bits), Err(want));
+        }
+        assert_eq!(e.stats.hypercalls, 0);
+        assert_eq!(t, before);
+    }
+
+    #[test]
+    fn a_direct_mapped_domain_is_not_ballooned() {
+        let m = XenModel::new(1 << 19);
+        m.add_domain(DomainConfig::arm_dom0(Mfn(0x7c000), 8192))
+            .unwrap();
+        m.set_current(DomId(0)).unwrap();
+        let mut t = RegionTable::new();
+        let cur = m.current_reservation(SELF).unwrap();
+        let mut e = Engine::new(&m, Strategy::xenmem(O9), cur, m.features().unwrap());
+        assert_eq!(
+            e.decrease(&mut t, PageCount(512)),
+            Err(ReservationError::DirectMapped)
+        );
+    }
+
+    #[derive(Clone, Debug)]
+    enum Step {
+        Decrease(u64),
+        Increase(u64),
+        Contiguous(u8, Option<u8>),
+        FreeContiguous,
+        Fault(Fault),
+    }
+
+    fn fault() -> impl proptest::strategy::Strategy<Value = Fault> {
+        use proptest::prelude::*;
+        prop_oneof![
+            (0usize..6).prop_map(|after_extents| Fault::ShortAt {
+                op: Op::DecreaseReservation,
+                after_extents
+            }),
+            (0usize..6).prop_map(|after_extents| Fault::ShortAt {
+                op: Op::PopulatePhysmap,
+                after_extents
+            }),
+            (0usize..4, 0u64..512).prop_map(|(after_extents, pages)| Fault::PartialExtent {
+                after_extents,
+                pages
+            }),
+            (0usize..4).prop_map(|after_extents| Fault::MapFailAt { after_extents }),
+            Just(Fault::Errno {
+                op: Op::DecreaseReservation,
+                errno: Errno::EFAULT
+            }),
+            Just(Fault::Errno {
+                op: Op::PopulatePhysmap,
+                errno: Errno::ENOMEM
+            }),
+            (0u64..3000).prop_map(|leave_free| Fault::ExhaustPool { leave_free }),
+        ]
+    }
+
+    fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+        use proptest::prelude::*;
+        prop_oneof![
+            3 => (1u64..3000).prop_map(Step::Decrease),
+            3 => (1u64..3000).prop_map(Step::Increase),
+            1 => (0u8..10, proptest::option::of(20u8..40)).prop_map(|(o, b)| Step::Contiguous(o, b)),
+            1 => Just(Step::FreeContiguous),
+            2 => fault().prop_map(Step::Fault),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 64, ..Default::default() })]
+
+        #[test]
+        fn random_balloon_sequences_lose_nothing(steps in proptest::collection::vec(step(), 1..40)) {
+            let (m, mut t) = domu(1 << 15, 1 << 13);
+            let mut e = engine(&m, Strategy::xenmem(O9));
+            let mut bufs: Vec<ContiguousBuffer> = Vec::new();
+            for s in &steps {
+                let r = match s {
+                    Step::Decrease(n) => e.decrease(&mut t, PageCount(*n)),
+                    Step::Increase(n) => e.increase(&mut t, PageCount(*n)),
+                    Step::Contiguous(order, bits) => e
+                        .alloc_contiguous(&mut t, 4096 << order, 4096, *bits)
+                        .map(|b| bufs.push(b)),
+                    Step::FreeContiguous => match bufs.pop() {
+                        Some(b) => e.free_contiguous(&mut t, &b),
+                        None => Ok(()),
+                    },
+                    Step::Fault(f) => {
+                        m.inject(*f);
+                        Ok(())
+                    }
+                };
+                // Table and Inconsistent errors would be engine bugs; the rest
+                // are what Xen or the request caused.
+                if let Err(err) = r {
+                    proptest::prop_assert!(
+                        !matches!(err, ReservationError::Table(_) | ReservationError::Inconsistent { .. }),
+                        "{err} after {s:?}"
+                    );
+                }
+                consistent(&m, &t, &e);
+                proptest::prop_assert_eq!(t.check_invariants(), Ok(()));
+            }
+        }
+    }
+}
