@@ -17,6 +17,7 @@ use crate::cmdline::{self, FaultKind, Options};
 use crate::layout::{self, GapPolicy, LayoutError, Reservation, ReserveRule};
 use crate::memmap::{MemMapError, MemoryMap};
 use crate::region::{FrameRange, RegionKind, RegionTable, ReservedUse};
+use crate::reservation::{self, Engine, ReservationError, Strategy};
 use crate::xen::abi::E820Entry;
 use crate::xen::{Features, Hypervisor, XenError, XenVersion};
 
@@ -290,6 +291,9 @@ pub struct Accounting {
     /// Pages that are partly RAM in the firmware map (counted by Xen, not
     /// usable as RAM by the table).
     pub partial: PageCount,
+    /// Pages Xen assigned but could not map (see
+    /// [`reservation::Stats::leaked_by_xen`]).
+    pub leaked: PageCount,
     /// `XENMEM_current_reservation`.
     pub current: PageCount,
 }
@@ -298,16 +302,20 @@ impl Accounting {
     /// Pages Xen counts that the agent cannot account for (negative: the table
     /// claims more RAM than Xen gave).
     pub fn unaccounted(&self) -> i64 {
-        self.current.0 as i64 - self.table_ram.0 as i64 - self.partial.0 as i64
+        self.current.0 as i64
+            - self.table_ram.0 as i64
+            - self.partial.0 as i64
+            - self.leaked.0 as i64
     }
 }
 
-/// Compare the table with Xen.
-pub fn account(t: &RegionTable, s: &Survey) -> Accounting {
+/// Compare the table with Xen's reservation `current`.
+pub fn account(t: &RegionTable, s: &Survey, current: PageCount, leaked: PageCount) -> Accounting {
     Accounting {
         table_ram: t.count_where(|r| r.kind.is_populated_ram()),
         partial: PageCount(layout::partial_ram_pages(&s.memmap)),
-        current: s.current,
+        leaked,
+        current,
     }
 }
 
@@ -329,13 +337,292 @@ fn report_table(t: &RegionTable, a: &Accounting) {
             r.flags.bits()
         );
     }
+    report_accounting(a);
+}
+
+fn report_accounting(a: &Accounting) {
     xm_info!(
-        "report: accounting table_ram={} partial={} current={} unaccounted={=i64}",
+        "report: accounting table_ram={} partial={} leaked={} current={} unaccounted={=i64}",
         a.table_ram,
         a.partial,
+        a.leaked,
         a.current,
         a.unaccounted()
     );
+}
+
+/// Write a pattern derived from each frame number over every page of
+/// `range`, after checking that the pages are zero (Xen scrubs the pages it
+/// hands out), and read it back. Returns (were zero, pattern read back).
+///
+/// Only on the bare-metal targets, where the boot page tables identity-map
+/// guest RAM; on the host it touches nothing and returns `None`.
+fn pattern_check(range: FrameRange) -> Option<(bool, bool)> {
+    #[cfg(target_os = "none")]
+    {
+        if range.start().0 == 0 || range.end_addr().0 > crate::arch::imp::IDENTITY_MAP_END.0 {
+            return None;
+        }
+        let words = (PAGE_SIZE / 8) as usize;
+        let (mut zero, mut ok) = (true, true);
+        for g in range.start().0..range.end().0 {
+            let p = (g * PAGE_SIZE) as usize as *mut u64;
+            let seed = g.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            for i in 0..words {
+                // SAFETY: the frame is populated RAM that the region table
+                // gives to no one else, identity-mapped below
+                // IDENTITY_MAP_END (checked above); `i` stays in the page.
+                unsafe {
+                    let w = p.add(i);
+                    zero &= w.read_volatile() == 0;
+                    w.write_volatile(seed ^ i as u64);
+                }
+            }
+            for i in 0..words {
+                // SAFETY: as above.
+                ok &= unsafe { p.add(i).read_volatile() } == seed ^ i as u64;
+            }
+        }
+        Some((zero, ok))
+    }
+    #[cfg(not(target_os = "none"))]
+    {
+        let _ = range;
+        None
+    }
+}
+
+fn yes(b: bool) -> &'static str {
+    if b {
+        "yes"
+    } else {
+        "no"
+    }
+}
+
+fn report_engine<H: Hypervisor>(
+    phase: &str,
+    target: PageCount,
+    e: &Engine<'_, H>,
+    current: PageCount,
+) {
+    let st = &e.stats;
+    xm_info!(
+        "report: balloon phase={=str} target={} current={} expected={} released={=u64} populated={=u64} hypercalls={=u64} order18={=u64} order9={=u64} order0={=u64} short={=u64} stuck={=u64}",
+        phase,
+        target,
+        current,
+        e.expected(),
+        st.released,
+        st.populated,
+        st.hypercalls,
+        st.extents[18],
+        st.extents[9],
+        st.extents[0],
+        st.short_counts,
+        st.stuck
+    );
+}
+
+/// What `balloon=`, `balloon-then=` and `contig=` ask: drive the reservation
+/// engine under real Xen and check every step against Xen's count.
+fn reservation_run<H: Hypervisor>(
+    hv: &H,
+    t: &mut RegionTable,
+    s: &Survey,
+    opts: &Options,
+) -> Verdict {
+    let max_order = reservation::xen_max_order(s.privileged);
+    let mut e = Engine::new(hv, Strategy::xenmem(max_order), s.current, s.features);
+    xm_info!(
+        "report: engine max_order={=u8} batch={=usize} translated={=str} direct_mapped={=str}",
+        max_order.get(),
+        Strategy::xenmem(max_order).batch,
+        yes(s
+            .features
+            .contains(crate::xen::Features::AUTO_TRANSLATED_PHYSMAP)),
+        yes(s.features.contains(crate::xen::Features::DIRECT_MAPPED))
+    );
+    let verdict = reservation_steps(&mut e, t, s, opts);
+    // Whatever happened, Xen and the table must still agree.
+    match e.verify() {
+        Ok(cur) => {
+            let a = account(t, s, cur, PageCount(e.stats.leaked_by_xen));
+            report_accounting(&a);
+            if a.unaccounted() != 0 {
+                xm_error!(
+                    "reservation: {=i64} pages of Xen's reservation are not in the table",
+                    a.unaccounted()
+                );
+                return Verdict::Fail;
+            }
+            xm_info!("report: reservation-after current={}", cur);
+        }
+        Err(err) => {
+            xm_error!("reservation: {}", defmt_display(&err));
+            return Verdict::Fail;
+        }
+    }
+    verdict
+}
+
+fn reservation_steps<H: Hypervisor>(
+    e: &mut Engine<'_, H>,
+    t: &mut RegionTable,
+    s: &Survey,
+    opts: &Options,
+) -> Verdict {
+    let fail = |what: &str, err: ReservationError| {
+        xm_error!("{=str}: {}", what, defmt_display(&err));
+        Verdict::Fail
+    };
+    for (phase, size) in [("first", opts.balloon), ("then", opts.balloon_then)] {
+        let Some(size) = size else { continue };
+        let target = PageCount::from_bytes_floor(size);
+        if target > s.maximum {
+            xm_error!(
+                "balloon: a target of {} pages is beyond the maximum reservation of {} pages",
+                target,
+                s.maximum
+            );
+            return Verdict::Fail;
+        }
+        let refill: Vec<FrameRange> = t
+            .iter()
+            .filter(|r| r.kind == RegionKind::Ballooned)
+            .map(|r| r.range)
+            .collect();
+        if let Err(err) = e.balloon_to(t, target) {
+            return fail("balloon", err);
+        }
+        let cur = match e.verify() {
+            Ok(c) => c,
+            Err(err) => return fail("balloon", err),
+        };
+        report_engine(phase, target, e, cur);
+        // Memory that came back: fresh (zeroed by Xen) and usable.
+        let back: Vec<FrameRange> = refill
+            .into_iter()
+            .flat_map(|r| {
+                t.iter()
+                    .filter(move |x| {
+                        x.kind == RegionKind::Ram
+                            && x.range.start() < r.end()
+                            && r.start() < x.range.end()
+                    })
+                    .map(move |x| {
+                        FrameRange::from_frames(
+                            x.range.start().max(r.start()),
+                            x.range.end().min(r.end()),
+                        )
+                    })
+            })
+            .filter_map(Result::ok)
+            .collect();
+        if !back.is_empty() {
+            let pages: u64 = back.iter().map(|r| r.len().0).sum();
+            let checks: Vec<_> = back.iter().map(|r| pattern_check(*r)).collect();
+            if checks.iter().all(Option::is_some) {
+                let zero = checks.iter().all(|c| c.is_some_and(|c| c.0));
+                let ok = checks.iter().all(|c| c.is_some_and(|c| c.1));
+                xm_info!(
+                    "report: balloon-check pages={=u64} zeroed={=str} pattern={=str}",
+                    pages,
+                    yes(zero),
+                    if ok { "ok" } else { "bad" }
+                );
+                if !ok {
+                    xm_error!("balloon: repopulated memory does not read back what was written");
+                    return Verdict::Fail;
+                }
+            }
+        }
+    }
+    if let Some(size) = opts.contig {
+        // Exchange first, on a page of its own (above 1 MiB: never frame 0,
+        // whose address is the null pointer): Xen refuses it for PVH and Arm
+        // guests, and the page must still be ours, contents and all.
+        if let Some(page) = t.find_free(
+            RegionKind::Ram,
+            PageCount(1),
+            crate::addr::Order::ZERO,
+            Gfn(0x100),
+        ) {
+            let before = pattern_check(page);
+            match e.probe_exchange(t, page.start()) {
+                Ok(supported) => {
+                    let kept = match (before, pattern_check_readonly(page)) {
+                        (Some(_), Some(same)) => yes(supported || same),
+                        _ => "unchecked",
+                    };
+                    xm_info!(
+                        "report: exchange supported={=str} page={} kept={=str}",
+                        yes(supported),
+                        page.start_addr(),
+                        kept
+                    );
+                }
+                Err(err) => return fail("exchange", err),
+            }
+        }
+        let bits = opts.contig_bits;
+        match e.alloc_contiguous(t, size, PAGE_SIZE, bits) {
+            Ok(buf) => {
+                let check = pattern_check(buf.range);
+                match buf.machine {
+                    Some(m) => xm_info!(
+                        "report: contiguous gpa={} size={=u64:#x} order={=u8} machine={=u64:#x} method={=str} bits={=u8} pattern={=str}",
+                        buf.range.start_addr(),
+                        buf.range.len().0 * PAGE_SIZE,
+                        buf.order.get(),
+                        m.0 * PAGE_SIZE,
+                        buf.method.name(),
+                        bits.unwrap_or(0),
+                        if check.is_some_and(|c| c.1) { "ok" } else { "unchecked" }
+                    ),
+                    None => xm_info!(
+                        "report: contiguous gpa={} size={=u64:#x} order={=u8} machine=unknown method={=str} bits={=u8} pattern={=str}",
+                        buf.range.start_addr(),
+                        buf.range.len().0 * PAGE_SIZE,
+                        buf.order.get(),
+                        buf.method.name(),
+                        bits.unwrap_or(0),
+                        if check.is_some_and(|c| c.1) { "ok" } else { "unchecked" }
+                    ),
+                }
+                if let Err(err) = e.free_contiguous(t, &buf) {
+                    return fail("contiguous", err);
+                }
+            }
+            Err(err) => return fail("contiguous", err),
+        }
+    }
+    Verdict::Pass
+}
+
+/// Whether the pattern [`pattern_check`] wrote in `range` is still there.
+fn pattern_check_readonly(range: FrameRange) -> Option<bool> {
+    #[cfg(target_os = "none")]
+    {
+        if range.start().0 == 0 || range.end_addr().0 > crate::arch::imp::IDENTITY_MAP_END.0 {
+            return None;
+        }
+        let mut ok = true;
+        for g in range.start().0..range.end().0 {
+            let p = (g * PAGE_SIZE) as usize as *const u64;
+            let seed = g.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            for i in 0..(PAGE_SIZE / 8) as usize {
+                // SAFETY: as in `pattern_check`: our RAM, identity-mapped.
+                ok &= unsafe { p.add(i).read_volatile() } == seed ^ i as u64;
+            }
+        }
+        Some(ok)
+    }
+    #[cfg(not(target_os = "none"))]
+    {
+        let _ = range;
+        None
+    }
 }
 
 /// The most `SCHEDOP_yield`s spent waiting for a peer before giving up (the
@@ -437,13 +724,19 @@ pub fn run(hv: &impl Hypervisor, boot: &BootInfo<'_>, heap: Option<PhysSpan>) ->
                 return Verdict::Fail;
             }
         };
-        let acc = account(&table, &s);
+        let acc = account(&table, &s, s.current, PageCount(0));
         report_table(&table, &acc);
         if acc.unaccounted() != 0 {
             xm_error!(
                 "table: {=i64} pages of Xen's reservation are not in the table",
                 acc.unaccounted()
             );
+            return Verdict::Fail;
+        }
+        let mut table = table;
+        if (opts.balloon.is_some() || opts.balloon_then.is_some() || opts.contig.is_some())
+            && reservation_run(hv, &mut table, &s, &opts) == Verdict::Fail
+        {
             return Verdict::Fail;
         }
         if let Some(kind) = opts.fault {
@@ -671,7 +964,7 @@ mod tests {
             t.count(RegionKind::Reserved(ReservedUse::Image)),
             PageCount(0xc0)
         );
-        assert_eq!(account(&t, &s).unaccounted(), 0);
+        assert_eq!(account(&t, &s, s.current, PageCount(0)).unaccounted(), 0);
         // A page Xen counts that the table does not know fails the run.
         hv.current = PageCount(0x9f + 0xff00 + 1);
         assert_eq!(run(&hv, &b, None).verdict, Verdict::Fail);

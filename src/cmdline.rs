@@ -27,6 +27,16 @@ pub struct Options {
     pub exit: Option<ExitPath>,
     /// `fault=unmapped`: fault on purpose after the report.
     pub fault: Option<FaultKind>,
+    /// `balloon=SIZE`: balloon the domain to a reservation of SIZE bytes.
+    pub balloon: Option<u64>,
+    /// `balloon-then=SIZE`: afterwards, balloon to SIZE bytes (back up, for a
+    /// round trip) and check the repopulated memory.
+    pub balloon_then: Option<u64>,
+    /// `contig=SIZE`: allocate a machine-contiguous buffer of SIZE bytes,
+    /// check it and free it.
+    pub contig: Option<u64>,
+    /// `contig-bits=N`: the buffer's machine frames must lie below 2^N.
+    pub contig_bits: Option<u8>,
 }
 
 /// What was wrong with the command line.
@@ -117,6 +127,32 @@ fn parse_domid(v: &str) -> Option<DomId> {
     u16::try_from(n).ok().filter(|&d| d < 0x7ff0).map(DomId)
 }
 
+/// Parse a size: bytes in decimal or `0x` hex, or decimal with a binary
+/// suffix `K`, `M`, `G` or `T` (KiB, MiB, GiB, TiB).
+pub fn parse_size(v: &str) -> Option<u64> {
+    let (num, shift) = match v.as_bytes().last()? {
+        b'K' | b'k' => (&v[..v.len() - 1], 10),
+        b'M' | b'm' => (&v[..v.len() - 1], 20),
+        b'G' | b'g' => (&v[..v.len() - 1], 30),
+        b'T' | b't' => (&v[..v.len() - 1], 40),
+        _ => (v, 0),
+    };
+    let n = if shift == 0 {
+        parse_u64(num)?
+    } else {
+        parse_decimal(num)?
+    };
+    n.checked_mul(1 << shift)
+}
+
+fn parse_decimal(v: &str) -> Option<u64> {
+    if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
+        v.parse().ok()
+    } else {
+        None
+    }
+}
+
 fn parse_u64(v: &str) -> Option<u64> {
     match v.strip_prefix("0x") {
         Some(hex) if !hex.is_empty() => u64::from_str_radix(hex, 16).ok(),
@@ -165,6 +201,20 @@ impl Options {
                     _ => None,
                 },
                 "`host` or `shutdown`"
+            ),
+            "balloon" => set!(balloon, "balloon", parse_size(value), "a size such as 64M"),
+            "balloon-then" => set!(
+                balloon_then,
+                "balloon-then",
+                parse_size(value),
+                "a size such as 128M"
+            ),
+            "contig" => set!(contig, "contig", parse_size(value), "a size such as 2M"),
+            "contig-bits" => set!(
+                contig_bits,
+                "contig-bits",
+                parse_decimal(value).and_then(|b| u8::try_from(b).ok()),
+                "a number of address bits such as 32"
             ),
             "fault" => set!(
                 fault,
@@ -270,6 +320,51 @@ mod tests {
         assert_eq!(seen.len(), 3);
         assert!(seen[1].contains("`b`"));
         assert!(seen[2].contains("`exit`"));
+    }
+
+    #[test]
+    fn sizes() {
+        for (v, n) in [
+            ("4096", 4096),
+            ("0x1000", 4096),
+            ("64M", 64 << 20),
+            ("2m", 2 << 20),
+            ("1G", 1 << 30),
+            ("3K", 3072),
+        ] {
+            assert_eq!(parse_size(v), Some(n), "{v}");
+        }
+        for v in [
+            "",
+            "M",
+            "12Q",
+            "0x10M",
+            "-1M",
+            "99999999999999999999T",
+            "1.5G",
+        ] {
+            assert_eq!(parse_size(v), None, "{v}");
+        }
+        let o = parse("balloon=192M balloon-then=256M contig=2M contig-bits=32").unwrap();
+        assert_eq!(
+            (o.balloon, o.balloon_then, o.contig, o.contig_bits),
+            (Some(192 << 20), Some(256 << 20), Some(2 << 20), Some(32))
+        );
+        assert!(matches!(
+            parse("balloon=12Q"),
+            Err(CmdlineError::Malformed {
+                name: "balloon",
+                value: "12Q",
+                ..
+            })
+        ));
+        assert!(matches!(
+            parse("contig-bits=300"),
+            Err(CmdlineError::Malformed {
+                name: "contig-bits",
+                ..
+            })
+        ));
     }
 
     #[test]

@@ -111,7 +111,8 @@ pub enum ReservationError {
     /// frames it chose from the table).
     Table(RegionError),
     /// Not enough free RAM to release, or not enough ballooned frames to
-    /// populate: `done` pages were done before it ran out.
+    /// populate (refused before any hypercall: `done` is 0), or Xen ran out
+    /// part way: `done` pages were done.
     Shortfall {
         /// Pages asked for.
         asked: PageCount,
@@ -210,6 +211,19 @@ pub enum ContiguousMethod {
     Exchange,
     /// Released and repopulated as one extent (Xen refused exchange).
     Repopulate,
+    /// A direct-mapped domain's own RAM (GPA == MA): no hypercall.
+    DirectMapped,
+}
+
+impl ContiguousMethod {
+    /// A short name for reports.
+    pub const fn name(self) -> &'static str {
+        match self {
+            ContiguousMethod::Exchange => "exchange",
+            ContiguousMethod::Repopulate => "repopulate",
+            ContiguousMethod::DirectMapped => "direct-mapped",
+        }
+    }
 }
 
 /// The reservation engine for one domain (the caller's own).
@@ -298,6 +312,15 @@ impl<'h, H: Hypervisor> Engine<'h, H> {
     ) -> Result<(), ReservationError> {
         if self.direct_mapped {
             return Err(ReservationError::DirectMapped);
+        }
+        // Refuse what cannot be done before doing any of it.
+        let free =
+            t.count_where(|r| r.kind == RegionKind::Ram && !r.flags.contains(RegionFlags::PINNED));
+        if free < pages {
+            return Err(ReservationError::Shortfall {
+                asked: pages,
+                done: PageCount(0),
+            });
         }
         let mut left = pages.0;
         let orders: Vec<Order> = self.orders().collect();
@@ -562,6 +585,29 @@ impl<'h, H: Hypervisor> Engine<'h, H> {
             Some(bits) => MemFlags::address_bits(bits)
                 .ok_or(ReservationError::AddressBitsTooSmall { bits, needed })?,
         };
+        if self.direct_mapped {
+            // GPA == MA: any free, naturally aligned run of RAM is already
+            // machine-contiguous, and its bus address is known. Take the
+            // highest one that fits under the address limit.
+            let limit =
+                address_bits.map_or(u64::MAX, |b| if b >= 64 { u64::MAX } else { 1u64 << b });
+            let range = t
+                .aligned_ram_extents(order)
+                .filter(|r| r.end_addr().0 <= limit)
+                .last()
+                .ok_or(ReservationError::Shortfall {
+                    asked: order.pages(),
+                    done: PageCount(0),
+                })?;
+            let buf = ContiguousBuffer {
+                range,
+                order,
+                machine: Some(Mfn(range.start().0)),
+                method: ContiguousMethod::DirectMapped,
+            };
+            self.record_contiguous(t, &buf)?;
+            return Ok(buf);
+        }
         let range = t
             .aligned_ram_extents(order)
             .last()
@@ -575,6 +621,25 @@ impl<'h, H: Hypervisor> Engine<'h, H> {
             }
         }
         self.repopulate_contiguous(t, range, order, flags)
+    }
+
+    /// Offer one free RAM page to `XENMEM_exchange` (for an order-0 page in
+    /// return) and report whether Xen allows exchange for this domain. When
+    /// it refuses (PVH and Arm since XSA-217) the page is untouched and still
+    /// the domain's; when it allows it the page is replaced by a fresh one.
+    pub fn probe_exchange(
+        &mut self,
+        t: &mut RegionTable,
+        page: Gfn,
+    ) -> Result<bool, ReservationError> {
+        let range = FrameRange::new(page, PageCount(1))?;
+        match self.try_exchange(t, range, Order::ZERO, MemFlags::NONE)? {
+            Some(buf) => {
+                self.free_contiguous(t, &buf)?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
     }
 
     /// `XENMEM_exchange` of the frames of `range` (order 0) for one extent
@@ -874,13 +939,20 @@ mod tests {
         let (m, mut t) = domu(1 << 16, 1024);
         let mut e = engine(&m, Strategy::xenmem(O9));
         // 1024 pages of RAM, 256 of them the image: 768 can go.
+        let before = t.clone();
         assert_eq!(
             e.decrease(&mut t, PageCount(800)),
             Err(ReservationError::Shortfall {
                 asked: PageCount(800),
-                done: PageCount(768)
+                done: PageCount(0)
             })
         );
+        assert_eq!(
+            (&t, e.stats.hypercalls),
+            (&before, 0),
+            "refused before any hypercall"
+        );
+        e.decrease(&mut t, PageCount(768)).unwrap();
         assert_eq!(
             t.count(RegionKind::Reserved(ReservedUse::Image)),
             PageCount(256)
@@ -1063,6 +1135,48 @@ mod tests {
         }
         assert_eq!(e.stats.hypercalls, 0);
         assert_eq!(t, before);
+    }
+
+    #[test]
+    fn a_direct_mapped_domain_has_contiguous_memory_at_its_own_address() {
+        let m = XenModel::new(1 << 19);
+        m.add_domain(DomainConfig::arm_dom0(Mfn(0x7c000), 8192))
+            .unwrap();
+        m.set_current(DomId(0)).unwrap();
+        let mut t = RegionTable::new();
+        let ram = FrameRange::new(Gfn(0x7c000), PageCount(8192)).unwrap();
+        t.add(crate::region::Region::new(
+            ram,
+            RegionKind::Ram,
+            RegionFlags::READ,
+        ))
+        .unwrap();
+        let cur = m.current_reservation(SELF).unwrap();
+        let mut e = Engine::new(
+            &m,
+            Strategy::xenmem(Order::new_const(18)),
+            cur,
+            m.features().unwrap(),
+        );
+        let buf = e
+            .alloc_contiguous(&mut t, 2 << 20, 2 << 20, Some(32))
+            .unwrap();
+        assert_eq!(buf.method, ContiguousMethod::DirectMapped);
+        assert_eq!(
+            buf.machine,
+            Some(Mfn(buf.range.start().0)),
+            "bus address == guest-physical"
+        );
+        assert_eq!(e.stats.hypercalls, 0);
+        assert_eq!(
+            e.alloc_contiguous(&mut t, 2 << 20, 4096, Some(30)),
+            Err(ReservationError::Shortfall {
+                asked: PageCount(512),
+                done: PageCount(0)
+            }),
+            "no RAM below 1 GiB"
+        );
+        assert_eq!(e.verify(), Ok(PageCount(8192)));
     }
 
     #[test]

@@ -82,6 +82,29 @@ pub enum Check {
     ErrorMentions(Source, &'static str),
     /// An `exception: <vector name> (vector N) ... fault_addr=...` line.
     Exception(Source),
+    /// Every `topic` report of the source that has `key` has a value that is
+    /// `is`, and there is at least one.
+    Every {
+        /// Source.
+        src: Source,
+        /// Report topic.
+        topic: &'static str,
+        /// Field name.
+        key: &'static str,
+        /// Expected value.
+        is: Is,
+    },
+    /// In the first `topic` report, fields `a` and `b` hold the same number.
+    Equal {
+        /// Source.
+        src: Source,
+        /// Report topic.
+        topic: &'static str,
+        /// One field.
+        a: &'static str,
+        /// The other.
+        b: &'static str,
+    },
     /// The agent's image (`report: image start= end=`) lies entirely in
     /// `reserved:image` / `reserved:heap` regions of its region table.
     ImageReserved(Source),
@@ -96,7 +119,9 @@ impl Check {
             | Check::Count { src, .. }
             | Check::ErrorMentions(src, _)
             | Check::Exception(src)
-            | Check::ImageReserved(src) => src,
+            | Check::ImageReserved(src)
+            | Check::Every { src, .. }
+            | Check::Equal { src, .. } => src,
         }
     }
 }
@@ -107,6 +132,15 @@ fn verdict(src: Source, v: Verdict) -> Check {
 
 fn field(src: Source, topic: &'static str, key: &'static str, is: Is) -> Check {
     Check::Field {
+        src,
+        topic,
+        key,
+        is,
+    }
+}
+
+fn every(src: Source, topic: &'static str, key: &'static str, is: Is) -> Check {
+    Check::Every {
         src,
         topic,
         key,
@@ -159,7 +193,7 @@ fn common(src: Source) -> Vec<Check> {
         count(src, "region", ("kind", "ram"), 1),
         // The region table (issue 3): every page Xen counts is in it, the
         // image is reserved there, and there is a hole for mappings.
-        field(src, "accounting", "unaccounted", Is::Num(0)),
+        every(src, "accounting", "unaccounted", Is::Num(0)),
         count(src, "table-region", ("kind", "hole"), 1),
         Check::ImageReserved(src),
     ]
@@ -209,6 +243,46 @@ fn arm_domu(src: Source) -> Vec<Check> {
     c
 }
 
+/// The first `report: balloon` line (phase=first) has `key` = `is`.
+fn first_balloon(src: Source, key: &'static str, is: Is) -> Check {
+    field(src, "balloon", key, is)
+}
+
+/// Balloon down to `low` pages and back to `high`: Xen's count and the
+/// engine's agree at both steps, the memory that came back is zeroed and
+/// usable, exchange is refused with the offered page kept, a contiguous
+/// buffer is made and checked, and Xen's count is back where it started.
+fn balloon_round_trip(src: Source, low: u64, high: u64) -> Vec<Check> {
+    vec![
+        count(src, "balloon", ("phase", "first"), 1),
+        count(src, "balloon", ("phase", "then"), 1),
+        first_balloon(src, "current", Is::Num(low)),
+        first_balloon(src, "expected", Is::Num(low)),
+        Check::Equal {
+            src,
+            topic: "balloon",
+            a: "current",
+            b: "target",
+        },
+        every(src, "balloon", "short", Is::Num(0)),
+        count(src, "balloon", ("current", leak_str(high)), 1),
+        field(src, "balloon-check", "pages", Is::Num(high - low)),
+        field(src, "balloon-check", "zeroed", Is::Text("yes")),
+        field(src, "balloon-check", "pattern", Is::Text("ok")),
+        field(src, "exchange", "supported", Is::Text("no")),
+        field(src, "exchange", "kept", Is::Text("yes")),
+        field(src, "contiguous", "order", Is::Num(9)),
+        field(src, "contiguous", "pattern", Is::Text("ok")),
+        field(src, "reservation-after", "current", Is::Num(high)),
+    ]
+}
+
+/// A number as the `&'static str` that [`Check::Count`] compares (the
+/// scenarios' page counts are few and fixed).
+fn leak_str(n: u64) -> &'static str {
+    Box::leak(n.to_string().into_boxed_str())
+}
+
 fn with(mut a: Vec<Check>, b: impl IntoIterator<Item = Check>) -> Vec<Check> {
     a.extend(b);
     a
@@ -256,6 +330,110 @@ pub fn all() -> Vec<Scenario> {
                     verdict(D0, Verdict::Pass),
                 ],
             ),
+        },
+        Scenario {
+            name: "x86_64-balloon",
+            arch: Arch::X86_64,
+            mode: Mode::Dom0,
+            agent_opts: &[
+                "balloon=192M",
+                "balloon-then=256M",
+                "contig=2M",
+                "contig-bits=32",
+            ],
+            exit: ExpectExit::Pass,
+            checks: with(
+                x86_dom0(D0),
+                balloon_round_trip(D0, X86_DOM0_PAGES - pages_of_mib(64), X86_DOM0_PAGES)
+                    .into_iter()
+                    .chain([
+                        // 64 MiB in 2 MiB extents, one hypercall (and one query).
+                        first_balloon(D0, "order9", Is::Num(32)),
+                        first_balloon(D0, "hypercalls", Is::Num(2)),
+                        field(D0, "engine", "max_order", Is::Num(18)),
+                        field(D0, "contiguous", "method", Is::Text("repopulate")),
+                        field(D0, "contiguous", "bits", Is::Num(32)),
+                        verdict(D0, Verdict::Pass),
+                    ]),
+            ),
+        },
+        Scenario {
+            name: "aarch64-domu-balloon",
+            arch: Arch::Aarch64,
+            mode: Mode::DomU,
+            agent_opts: &["balloon=64M", "balloon-then=128M", "contig=2M"],
+            exit: ExpectExit::Pass,
+            checks: with(
+                arm_domu(D1),
+                balloon_round_trip(D1, ARM_DOMU_PAGES - pages_of_mib(64), ARM_DOMU_PAGES)
+                    .into_iter()
+                    .chain([
+                        first_balloon(D1, "order9", Is::Num(32)),
+                        field(D1, "engine", "max_order", Is::Num(9)),
+                        field(D1, "contiguous", "method", Is::Text("repopulate")),
+                        verdict(D1, Verdict::Pass),
+                    ]),
+            ),
+        },
+        Scenario {
+            name: "aarch64-dom0-contig",
+            arch: Arch::Aarch64,
+            mode: Mode::Dom0,
+            agent_opts: &["contig=2M", "contig-bits=32"],
+            exit: ExpectExit::Pass,
+            checks: with(
+                arm_dom0(D0),
+                [
+                    field(D0, "exchange", "supported", Is::Text("no")),
+                    field(D0, "exchange", "kept", Is::Text("yes")),
+                    field(D0, "contiguous", "method", Is::Text("direct-mapped")),
+                    field(D0, "contiguous", "pattern", Is::Text("ok")),
+                    // Direct-mapped: the bus address is the guest-physical one.
+                    Check::Equal {
+                        src: D0,
+                        topic: "contiguous",
+                        a: "machine",
+                        b: "gpa",
+                    },
+                    field(D0, "reservation-after", "current", Is::Num(ARM_DOM0_PAGES)),
+                    verdict(D0, Verdict::Pass),
+                ],
+            ),
+        },
+        Scenario {
+            name: "x86_64-balloon-beyond-max",
+            arch: Arch::X86_64,
+            mode: Mode::Dom0,
+            agent_opts: &["balloon=1G"],
+            exit: ExpectExit::Fail,
+            checks: vec![
+                Check::ErrorMentions(D0, "beyond the maximum reservation"),
+                field(D0, "reservation-after", "current", Is::Num(X86_DOM0_PAGES)),
+                verdict(D0, Verdict::Fail),
+            ],
+        },
+        Scenario {
+            name: "x86_64-balloon-malformed",
+            arch: Arch::X86_64,
+            mode: Mode::Dom0,
+            agent_opts: &["balloon=12Q"],
+            exit: ExpectExit::Fail,
+            checks: vec![
+                Check::ErrorMentions(D0, "`balloon`: bad value `12Q`"),
+                verdict(D0, Verdict::Fail),
+            ],
+        },
+        Scenario {
+            name: "x86_64-contig-over-max-order",
+            arch: Arch::X86_64,
+            mode: Mode::Dom0,
+            agent_opts: &["contig=2G"],
+            exit: ExpectExit::Fail,
+            checks: vec![
+                Check::ErrorMentions(D0, "larger than the domain's maximum order 18"),
+                field(D0, "reservation-after", "current", Is::Num(X86_DOM0_PAGES)),
+                verdict(D0, Verdict::Fail),
+            ],
         },
         Scenario {
             name: "x86_64-bad-option",
@@ -356,6 +534,37 @@ fn check_one(c: &Check, logs: &Logs) -> Option<String> {
         Check::ImageReserved(src) => image_reserved(log(src))
             .err()
             .map(|e| format!("[{src}] {e}")),
+        Check::Every {
+            src,
+            topic,
+            key,
+            is,
+        } => {
+            let l = log(src);
+            let values: Vec<&str> = l.topic(topic).filter_map(|r| r.get(key)).collect();
+            match values.iter().find(|v| !is.matches(v)) {
+                _ if values.is_empty() => {
+                    Some(format!("[{src}] no `report: {topic}` line with {key}="))
+                }
+                Some(v) => Some(format!(
+                    "[{src}] a `report: {topic}` has {key}={v}, expected {is:?} in every one"
+                )),
+                None => None,
+            }
+        }
+        Check::Equal { src, topic, a, b } => {
+            let l = log(src);
+            let r = l.topic(topic).next();
+            let (x, y) = (r.and_then(|r| r.get(a)), r.and_then(|r| r.get(b)));
+            match (x.and_then(parse_number), y.and_then(parse_number)) {
+                (Some(x), Some(y)) if x == y => None,
+                _ => Some(format!(
+                    "[{src}] `report: {topic}` {a}={} and {b}={} differ",
+                    x.unwrap_or("?"),
+                    y.unwrap_or("?")
+                )),
+            }
+        }
         Check::Exception(src) => {
             let l = log(src);
             (!l.lines.iter().any(|(_, m)| is_exception_line(m))).then(|| {
@@ -495,6 +704,12 @@ mod tests {
                 "aarch64-dom0",
                 "aarch64-domu",
                 "aarch64-both",
+                "x86_64-balloon",
+                "aarch64-domu-balloon",
+                "aarch64-dom0-contig",
+                "x86_64-balloon-beyond-max",
+                "x86_64-balloon-malformed",
+                "x86_64-contig-over-max-order",
                 "x86_64-bad-option",
                 "x86_64-exception",
                 "aarch64-exception"
