@@ -899,6 +899,24 @@ mod tests {
         ) -> Result<usize, XenError> {
             Err(XenError::Errno(Errno::ENOSYS))
         }
+        fn maximum_ram_page(&self) -> Result<Mfn, XenError> {
+            Err(XenError::Errno(Errno::ENOSYS))
+        }
+        fn machphys_mfn_list(&self, _: &mut [Mfn]) -> Result<usize, XenError> {
+            Err(XenError::Errno(Errno::ENOSYS))
+        }
+        fn map_foreign_batch(
+            &self,
+            _: DomId,
+            _: &[Gfn],
+            _: &[Gfn],
+            _: &mut [crate::xen::XenStatus],
+        ) -> Result<(), XenError> {
+            Err(XenError::Errno(Errno::ENOSYS))
+        }
+        fn remove_from_physmap(&self, _: Gfn) -> Result<(), XenError> {
+            Err(XenError::Errno(Errno::ENOSYS))
+        }
         fn exchange(&self, _: &mut ExchangeRequest<'_>) -> ExchangeOutcome {
             ExchangeOutcome {
                 exchanged: 0,

@@ -27,6 +27,7 @@ pub mod fdt;
 pub mod layout;
 pub mod logframe;
 pub mod memmap;
+pub mod paging;
 pub mod region;
 pub mod reservation;
 pub mod xen;

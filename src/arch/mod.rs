@@ -13,6 +13,7 @@
 //! | `QEMU_EXIT_PASS`, `QEMU_EXIT_FAIL` | QEMU's exit status after `exit_host` (the runner matches them) |
 //! | `IDENTITY_MAP_END` | how far the boot page tables identity-map guest-physical memory |
 //! | `UNMAPPED_PROBE` | an address the boot page tables leave unmapped, to test the exception path |
+//! | `paging::{page_tables(), self_test(), AgentPageTable, WINDOW_START, WINDOW_SIZE}` | the agent's page tables: the boot tables, adopted on first use, with a mapping window (see [`crate::paging`]) |
 //! | `NAME` | `"x86_64"` or `"aarch64"` |
 //!
 //! With the `rt` feature an architecture also provides its boot glue: the

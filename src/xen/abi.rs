@@ -101,6 +101,143 @@ const _: () = {
 /// `XENMEM_exchange`.
 pub const XENMEM_EXCHANGE: usize = 11;
 
+/// Physmap operations for mappings (`public/memory.h`).
+pub mod physmap {
+    /// `XENMEM_maximum_ram_page`: the highest MFN of RAM (no argument).
+    pub const MAXIMUM_RAM_PAGE: usize = 2;
+    /// `XENMEM_machphys_mfn_list`: the MFNs of the machine-to-phys table.
+    pub const MACHPHYS_MFN_LIST: usize = 5;
+    /// `XENMEM_add_to_physmap`.
+    pub const ADD_TO_PHYSMAP: usize = 7;
+    /// `XENMEM_remove_from_physmap`.
+    pub const REMOVE_FROM_PHYSMAP: usize = 15;
+    /// `XENMEM_add_to_physmap_batch`.
+    pub const ADD_TO_PHYSMAP_BATCH: usize = 23;
+    /// `XENMEM_acquire_resource`.
+    pub const ACQUIRE_RESOURCE: usize = 28;
+    /// `XENMAPSPACE_shared_info`.
+    pub const SPACE_SHARED_INFO: u16 = 0;
+    /// `XENMAPSPACE_grant_table`.
+    pub const SPACE_GRANT_TABLE: u16 = 1;
+    /// `XENMAPSPACE_gmfn_foreign` (`add_to_physmap_batch` only).
+    pub const SPACE_GMFN_FOREIGN: u16 = 4;
+    /// `XENMEM_resource_grant_table`.
+    pub const RESOURCE_GRANT_TABLE: u16 = 1;
+    /// `XENMEM_resource_grant_table_id_shared`.
+    pub const RESOURCE_GRANT_TABLE_ID_SHARED: u32 = 0;
+}
+
+/// `struct xen_machphys_mfn_list`.
+#[repr(C)]
+#[derive(Debug)]
+pub struct XenMachphysMfnList {
+    /// IN: capacity of `extent_start`.
+    pub max_extents: u32,
+    /// OUT: MFNs of the 2 MiB chunks of the M2P table.
+    pub extent_start: GuestHandle<u64>,
+    /// OUT: how many were written.
+    pub nr_extents: u32,
+}
+
+const _: () = {
+    assert!(size_of::<XenMachphysMfnList>() == 24);
+    assert!(offset_of!(XenMachphysMfnList, extent_start) == 8);
+    assert!(offset_of!(XenMachphysMfnList, nr_extents) == 16);
+};
+
+/// `struct xen_add_to_physmap`.
+#[repr(C)]
+#[derive(Debug)]
+pub struct XenAddToPhysmap {
+    /// The domain whose physmap changes.
+    pub domid: u16,
+    /// Pages for `XENMAPSPACE_gmfn_range`.
+    pub size: u16,
+    /// `XENMAPSPACE_*`.
+    pub space: u32,
+    /// Index into the space (grant-table frame, ...).
+    pub idx: u64,
+    /// Where to map it.
+    pub gpfn: u64,
+}
+
+const _: () = {
+    assert!(size_of::<XenAddToPhysmap>() == 24);
+    assert!(offset_of!(XenAddToPhysmap, space) == 4);
+    assert!(offset_of!(XenAddToPhysmap, idx) == 8);
+    assert!(offset_of!(XenAddToPhysmap, gpfn) == 16);
+};
+
+/// `struct xen_add_to_physmap_batch` (Xen 4.7 and later layout).
+#[repr(C)]
+#[derive(Debug)]
+pub struct XenAddToPhysmapBatch {
+    /// The domain whose physmap changes.
+    pub domid: u16,
+    /// `XENMAPSPACE_*`.
+    pub space: u16,
+    /// Entries in the three lists.
+    pub size: u16,
+    /// `foreign_domid` for `XENMAPSPACE_gmfn_foreign`, else 0.
+    pub foreign_domid: u16,
+    /// Indexes (frames of the foreign domain).
+    pub idxs: GuestHandle<u64>,
+    /// Where to map each.
+    pub gpfns: GuestHandle<u64>,
+    /// OUT: per-entry error (0 or `-errno`).
+    pub errs: GuestHandle<i32>,
+}
+
+const _: () = {
+    assert!(size_of::<XenAddToPhysmapBatch>() == 32);
+    assert!(offset_of!(XenAddToPhysmapBatch, foreign_domid) == 6);
+    assert!(offset_of!(XenAddToPhysmapBatch, idxs) == 8);
+    assert!(offset_of!(XenAddToPhysmapBatch, gpfns) == 16);
+    assert!(offset_of!(XenAddToPhysmapBatch, errs) == 24);
+};
+
+/// `struct xen_remove_from_physmap`.
+#[repr(C)]
+#[derive(Debug)]
+pub struct XenRemoveFromPhysmap {
+    /// The domain whose physmap changes.
+    pub domid: u16,
+    /// The frame to unmap.
+    pub gpfn: u64,
+}
+
+const _: () = {
+    assert!(size_of::<XenRemoveFromPhysmap>() == 16);
+    assert!(offset_of!(XenRemoveFromPhysmap, gpfn) == 8);
+};
+
+/// `struct xen_mem_acquire_resource`.
+#[repr(C)]
+#[derive(Debug)]
+pub struct XenMemAcquireResource {
+    /// The domain owning the resource.
+    pub domid: u16,
+    /// `XENMEM_resource_*`.
+    pub kind: u16,
+    /// Which resource of that type.
+    pub id: u32,
+    /// IN: frames to map (0 with a NULL list: ask the size); OUT: frames.
+    pub nr_frames: u32,
+    /// Must be zero.
+    pub pad: u32,
+    /// First frame of the resource.
+    pub frame: u64,
+    /// GFNs to map the frames at (translated callers).
+    pub frame_list: GuestHandle<u64>,
+}
+
+const _: () = {
+    assert!(size_of::<XenMemAcquireResource>() == 32);
+    assert!(offset_of!(XenMemAcquireResource, nr_frames) == 8);
+    assert!(offset_of!(XenMemAcquireResource, frame) == 16);
+    assert!(offset_of!(XenMemAcquireResource, frame_list) == 24);
+};
+
 /// `CONSOLEIO_write` (`public/xen.h`).
 pub const CONSOLEIO_WRITE: usize = 0;
 /// `SCHEDOP_yield` (`public/sched.h`).

@@ -1,12 +1,13 @@
 //! Typed hypercalls over the architecture's instruction (bare-metal targets).
 
 use super::abi::{
-    self, op, xenmem, xenver, Domctl, GuestHandle, XenFeatureInfo, XenMemoryExchange, XenMemoryMap,
-    XenMemoryReservation,
+    self, op, physmap, xenmem, xenver, Domctl, GuestHandle, XenAddToPhysmapBatch, XenFeatureInfo,
+    XenMachphysMfnList, XenMemoryExchange, XenMemoryMap, XenMemoryReservation,
+    XenRemoveFromPhysmap,
 };
 use super::{
     DomainInfo, ExchangeOutcome, ExchangeRequest, Features, Hypervisor, MemFlags, ShutdownReason,
-    XenError, XenVersion,
+    XenError, XenStatus, XenVersion,
 };
 use crate::addr::{DomId, Gfn, Mfn, Order, PageCount};
 use crate::arch::imp::hypercall::raw;
@@ -235,6 +236,58 @@ impl Hypervisor for RealXen {
         )
     }
 
+    fn maximum_ram_page(&self) -> Result<Mfn, XenError> {
+        maximum_ram_page()
+    }
+
+    fn machphys_mfn_list(&self, out: &mut [Mfn]) -> Result<usize, XenError> {
+        let cap = u32::try_from(out.len()).unwrap_or(u32::MAX);
+        let mut l = XenMachphysMfnList {
+            max_extents: cap,
+            extent_start: GuestHandle::from_slice(out).cast(),
+            nr_extents: 0,
+        };
+        Self::physmap(physmap::MACHPHYS_MFN_LIST, &mut l)?;
+        if l.nr_extents > cap {
+            return Err(XenError::Contract(
+                "machphys_mfn_list wrote more than asked",
+            ));
+        }
+        Ok(l.nr_extents as usize)
+    }
+
+    fn map_foreign_batch(
+        &self,
+        foreign: DomId,
+        frames: &[Gfn],
+        gfns: &[Gfn],
+        errs: &mut [XenStatus],
+    ) -> Result<(), XenError> {
+        let n = frames.len();
+        if gfns.len() != n || errs.len() != n {
+            return Err(XenError::Errno(super::Errno::EINVAL));
+        }
+        let size = u16::try_from(n).map_err(|_| XenError::Errno(super::Errno::E2BIG))?;
+        let mut b = XenAddToPhysmapBatch {
+            domid: DomId::SELF.raw(),
+            space: physmap::SPACE_GMFN_FOREIGN,
+            size,
+            foreign_domid: foreign.raw(),
+            idxs: GuestHandle::from_ref(frames).cast(),
+            gpfns: GuestHandle::from_ref(gfns).cast(),
+            errs: GuestHandle::from_slice(errs).cast(),
+        };
+        Self::physmap(physmap::ADD_TO_PHYSMAP_BATCH, &mut b).map(|_| ())
+    }
+
+    fn remove_from_physmap(&self, gfn: Gfn) -> Result<(), XenError> {
+        let mut r = XenRemoveFromPhysmap {
+            domid: DomId::SELF.raw(),
+            gpfn: gfn.0,
+        };
+        Self::physmap(physmap::REMOVE_FROM_PHYSMAP, &mut r).map(|_| ())
+    }
+
     fn exchange(&self, req: &mut ExchangeRequest<'_>) -> ExchangeOutcome {
         let reservation =
             |h: GuestHandle<u64>, n: usize, order: Order, flags: MemFlags| XenMemoryReservation {
@@ -275,6 +328,21 @@ impl Hypervisor for RealXen {
             result: r.map(|_| ()),
         }
     }
+}
+
+impl RealXen {
+    fn physmap<T>(cmd: usize, arg: &mut T) -> Result<u64, XenError> {
+        // SAFETY: Xen reads and writes one live argument structure; handles
+        // inside it are set up by the callers below for live buffers.
+        unsafe { call(op::MEMORY_OP, [cmd, arg as *mut T as usize, 0, 0, 0]) }
+    }
+}
+
+/// Physmap operations (part of the `Hypervisor` implementation, kept apart
+/// for legibility).
+pub(super) fn maximum_ram_page() -> Result<Mfn, XenError> {
+    // SAFETY: XENMEM_maximum_ram_page takes no argument.
+    unsafe { call(op::MEMORY_OP, [physmap::MAXIMUM_RAM_PAGE, 0, 0, 0, 0]) }.map(Mfn)
 }
 
 /// One `XENMEM_{increase,decrease}_reservation` or `populate_physmap` call.

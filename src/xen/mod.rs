@@ -235,6 +235,18 @@ pub struct ExchangeOutcome {
     pub result: Result<(), XenError>,
 }
 
+/// A per-entry status of a batch (`0` or `-errno`), as Xen writes it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(transparent)]
+pub struct XenStatus(pub i32);
+
+impl XenStatus {
+    /// `Ok(())` for 0, the named error otherwise.
+    pub fn result(self) -> Result<(), XenError> {
+        XenError::check(i64::from(self.0)).map(|_| ())
+    }
+}
+
 /// The typed operations the agent asks of Xen.
 ///
 /// Implemented by [`RealXen`] (real hypercalls, bare-metal targets) and by host
@@ -302,6 +314,28 @@ pub trait Hypervisor {
 
     /// `XENMEM_exchange`.
     fn exchange(&self, req: &mut ExchangeRequest<'_>) -> ExchangeOutcome;
+
+    /// `XENMEM_maximum_ram_page`: the highest machine frame of RAM.
+    fn maximum_ram_page(&self) -> Result<Mfn, XenError>;
+
+    /// `XENMEM_machphys_mfn_list`: the machine frames of the M2P table (one
+    /// per 2 MiB chunk) into `out`; returns how many were written.
+    fn machphys_mfn_list(&self, out: &mut [Mfn]) -> Result<usize, XenError>;
+
+    /// `XENMEM_add_to_physmap_batch` with `XENMAPSPACE_gmfn_foreign`: map
+    /// frame `frames[i]` of domain `foreign` (its GFN; for `DOMID_XEN`, an
+    /// MFN) at `gfns[i]` of the caller. Each entry's outcome is written to
+    /// `errs[i]`; the call's own result is for the whole batch.
+    fn map_foreign_batch(
+        &self,
+        foreign: DomId,
+        frames: &[Gfn],
+        gfns: &[Gfn],
+        errs: &mut [XenStatus],
+    ) -> Result<(), XenError>;
+
+    /// `XENMEM_remove_from_physmap` of the caller's frame `gfn`.
+    fn remove_from_physmap(&self, gfn: Gfn) -> Result<(), XenError>;
 }
 
 #[cfg(test)]

@@ -1639,6 +1639,30 @@ impl Hypervisor for XenModel {
     fn exchange(&self, req: &mut ExchangeRequest<'_>) -> ExchangeOutcome {
         self.state.borrow_mut().exchange(req)
     }
+
+    // Grant, foreign and resource mappings are not modelled (see the module
+    // docs): the calls answer ENOSYS, which no caller may take for success.
+    fn maximum_ram_page(&self) -> Result<Mfn, XenError> {
+        Ok(Mfn(self.total_frames().saturating_sub(1)))
+    }
+
+    fn machphys_mfn_list(&self, _: &mut [Mfn]) -> Result<usize, XenError> {
+        Err(XenError::Errno(Errno::ENOSYS))
+    }
+
+    fn map_foreign_batch(
+        &self,
+        _: DomId,
+        _: &[Gfn],
+        _: &[Gfn],
+        _: &mut [super::XenStatus],
+    ) -> Result<(), XenError> {
+        Err(XenError::Errno(Errno::ENOSYS))
+    }
+
+    fn remove_from_physmap(&self, _: Gfn) -> Result<(), XenError> {
+        Err(XenError::Errno(Errno::ENOSYS))
+    }
 }
 
 #[cfg(test)]

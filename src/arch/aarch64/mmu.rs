@@ -92,8 +92,10 @@ const DEVICE_BLOCK: u64 = DESC_BLOCK | DESC_AF | attr(ATTR_DEVICE_NGNRNE) | DESC
 #[repr(C, align(4096))]
 pub struct Table(UnsafeCell<[u64; 512]>);
 
-// SAFETY: Rust code never accesses the tables; only the entry code writes
-// them (one store, before anything else runs) and the MMU reads them.
+// SAFETY: no Rust reference to the array is ever made: the entry code writes
+// them (one store, before anything else runs), the MMU reads them, and after
+// boot `arch::aarch64::paging` writes `BOOT_L1` entries through `AtomicU64`
+// views at its physical address.
 unsafe impl Sync for Table {}
 
 /// Whether `addr` (in the first GiB) is in one of the [`LOW_NORMAL`] ranges.

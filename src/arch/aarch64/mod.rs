@@ -15,6 +15,7 @@ use super::Verdict;
 use crate::addr::{DomId, GuestPhysAddr, VirtAddr};
 
 pub mod hypercall;
+pub mod paging;
 
 #[cfg(feature = "rt")]
 pub mod boot;
@@ -30,7 +31,9 @@ pub const QEMU_EXIT_PASS: i32 = 0;
 pub const QEMU_EXIT_FAIL: i32 = 1;
 
 /// How much guest-physical memory the boot identity map covers, from 0:
-/// 512 GiB (39-bit virtual addresses; see [`mmu`] for the attributes).
+/// 512 GiB (39-bit virtual addresses; see [`mmu`] for the attributes) until
+/// [`paging::page_tables`] adopts the tables, 511 GiB after (the top GiB
+/// becomes the mapping window).
 pub const IDENTITY_MAP_END: GuestPhysAddr = GuestPhysAddr(1 << 39);
 
 /// An address the boot identity map leaves unmapped (1 TiB, beyond the

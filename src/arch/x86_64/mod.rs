@@ -12,6 +12,7 @@ use crate::addr::{DomId, GuestPhysAddr, VirtAddr};
 use crate::arch::Verdict;
 
 pub mod hypercall;
+pub mod paging;
 
 #[cfg(feature = "rt")]
 mod boot;

@@ -1,0 +1,133 @@
+//! The walker's surroundings on the target, shared by the architectures:
+//! table memory through the identity map, table frames from the region
+//! table, and the one adopted set of page tables.
+
+use super::{FrameSource, PagingError, Table, TableMemory};
+use crate::addr::{Gfn, GuestPhysAddr, Order, PageCount, PAGE_SIZE};
+use crate::region::{Change, FrameRange, RegionFlags, RegionKind, RegionTable, ReservedUse};
+
+/// Table memory reached through an identity map (virtual address ==
+/// guest-physical address) of `[start, end)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IdentityMemory {
+    start: u64,
+    end: u64,
+}
+
+impl IdentityMemory {
+    /// Tables in frames inside `[start, end)` (frame 0 never: its address is
+    /// the null pointer).
+    ///
+    /// # Safety
+    /// Every page in `[start, end)` that will be handed to the walker as a
+    /// table (the tables of the tree it adopts, the frames its
+    /// [`FrameSource`] returns) must be mapped at its own address as
+    /// readable and writable Normal memory for as long as this value is
+    /// used, and not be used as anything else while it is a table.
+    pub const unsafe fn new(start: GuestPhysAddr, end: GuestPhysAddr) -> Self {
+        IdentityMemory {
+            start: start.0,
+            end: end.0,
+        }
+    }
+
+    /// The first address tables may be at.
+    pub const fn start(&self) -> GuestPhysAddr {
+        GuestPhysAddr(self.start)
+    }
+
+    /// One past the last address tables may be at.
+    pub const fn end(&self) -> GuestPhysAddr {
+        GuestPhysAddr(self.end)
+    }
+
+    /// Whether the page at `frame` is reachable.
+    pub fn reaches(&self, frame: GuestPhysAddr) -> bool {
+        frame.is_page_aligned()
+            && frame.0 != 0
+            && frame.0 >= self.start
+            && frame
+                .0
+                .checked_add(PAGE_SIZE)
+                .is_some_and(|e| e <= self.end)
+            && usize::try_from(frame.0).is_ok()
+    }
+}
+
+// SAFETY: `table` only hands out frames inside the range that `new`'s
+// caller promised is identity-mapped RAM used for nothing else; the
+// reference is to atomics, so the MMU's concurrent accesses are fine.
+unsafe impl TableMemory for IdentityMemory {
+    fn table(&self, frame: GuestPhysAddr) -> Option<&Table> {
+        if !self.reaches(frame) {
+            return None;
+        }
+        let ptr = frame.0 as usize as *const Table;
+        // SAFETY: non-null, page-aligned (so aligned for `AtomicU64`), and
+        // mapped at its own address for as long as `self` is used (the
+        // contract of `new`).
+        Some(unsafe { &*ptr })
+    }
+}
+
+/// The region table as the source of table frames: one free RAM frame at a
+/// time (the lowest, never frame 0), recorded as
+/// `Reserved(PageTables)`, pinned.
+impl FrameSource for RegionTable {
+    fn alloc_frame(&mut self) -> Option<GuestPhysAddr> {
+        let range = self.find_free(RegionKind::Ram, PageCount(1), Order::new(0)?, Gfn(1))?;
+        self.modify(
+            range,
+            Change {
+                kind: Some(RegionKind::Reserved(ReservedUse::PageTables)),
+                set: RegionFlags::PINNED,
+                expect: Some(RegionKind::Ram),
+                ..Change::default()
+            },
+        )
+        .ok()?;
+        range.start().addr()
+    }
+
+    fn free_frame(&mut self, frame: GuestPhysAddr) {
+        if let Ok(range) = FrameRange::new(frame.frame(), PageCount(1)) {
+            // Fails only for a frame `alloc_frame` did not hand out, which
+            // then is not the table's to take back.
+            let _ = self.free_frames(range, ReservedUse::PageTables);
+        }
+    }
+}
+
+/// The page tables of type `P`, adopted once, on first use, and then handed
+/// out one user at a time.
+pub struct AdoptOnce<P> {
+    cell: spin::Once<Result<spin::Mutex<P>, PagingError>>,
+}
+
+impl<P> AdoptOnce<P> {
+    /// Not adopted yet.
+    pub const fn new() -> Self {
+        AdoptOnce {
+            cell: spin::Once::new(),
+        }
+    }
+
+    /// The page tables: `adopt` runs on the first call only, and its error
+    /// is every call's. [`PagingError::Busy`] while another user holds them
+    /// (the agent has one vCPU: waiting would never end).
+    pub fn get(
+        &self,
+        adopt: impl FnOnce() -> Result<P, PagingError>,
+    ) -> Result<spin::MutexGuard<'_, P>, PagingError> {
+        match self.cell.call_once(|| adopt().map(spin::Mutex::new)) {
+            Ok(m) => m.try_lock().ok_or(PagingError::Busy),
+            Err(e) => Err(*e),
+        }
+    }
+}
+
+impl<P> Default for AdoptOnce<P> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
