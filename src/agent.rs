@@ -15,6 +15,7 @@ use crate::arch::Verdict;
 use crate::boot::{BootInfo, Firmware, PhysSpan};
 use crate::cmdline::{self, FaultKind, Options};
 use crate::layout::{self, GapPolicy, LayoutError, Reservation, ReserveRule};
+use crate::m2p::{self, M2pError};
 use crate::memmap::{MemMapError, MemoryMap};
 use crate::region::{FrameRange, RegionKind, RegionTable, ReservedUse};
 use crate::reservation::{self, Engine, ReservationError, Strategy};
@@ -443,7 +444,7 @@ fn reservation_run<H: Hypervisor>(
             .contains(crate::xen::Features::AUTO_TRANSLATED_PHYSMAP)),
         yes(s.features.contains(crate::xen::Features::DIRECT_MAPPED))
     );
-    let verdict = reservation_steps(&mut e, t, s, opts);
+    let verdict = reservation_steps(hv, &mut e, t, s, opts);
     // Whatever happened, Xen and the table must still agree.
     match e.verify() {
         Ok(cur) => {
@@ -467,6 +468,7 @@ fn reservation_run<H: Hypervisor>(
 }
 
 fn reservation_steps<H: Hypervisor>(
+    hv: &H,
     e: &mut Engine<'_, H>,
     t: &mut RegionTable,
     s: &Survey,
@@ -569,6 +571,51 @@ fn reservation_steps<H: Hypervisor>(
         match e.alloc_contiguous(t, size, PAGE_SIZE, bits) {
             Ok(buf) => {
                 let check = pattern_check(buf.range);
+                let mut buf = buf;
+                if buf.machine.is_none() && s.privileged {
+                    // A privileged agent can read Xen's machine-to-phys table.
+                    match lookup_machine(hv, t, buf.range) {
+                        Ok(mfns) => {
+                            let first = m2p::contiguous(&mfns);
+                            let end = mfns.iter().map(|m| m.0 + 1).max().unwrap_or(0) * PAGE_SIZE;
+                            xm_info!(
+                                "report: contiguous-m2p frames={=usize} contiguous={=str} first={=u64:#x} below_4g={=str}",
+                                mfns.len(),
+                                yes(first.is_some()),
+                                mfns.first().map_or(0, |m| m.0 * PAGE_SIZE),
+                                yes(end <= 1 << 32)
+                            );
+                            match first {
+                                Some(m) => {
+                                    buf.machine = Some(m);
+                                    let below = if end <= 1 << 32 {
+                                        crate::region::RegionFlags::BELOW_4G
+                                    } else {
+                                        crate::region::RegionFlags::empty()
+                                    };
+                                    let change = crate::region::Change {
+                                        set: below,
+                                        backing: Some(crate::region::Backing::Machine(m)),
+                                        expect: Some(RegionKind::Contiguous),
+                                        ..crate::region::Change::default()
+                                    };
+                                    if let Err(err) = t.modify(buf.range, change) {
+                                        xm_error!("contiguous: {}", defmt_display(&err));
+                                        return Verdict::Fail;
+                                    }
+                                }
+                                None => {
+                                    xm_error!("contiguous: Xen's M2P says the buffer is not machine-contiguous");
+                                    return Verdict::Fail;
+                                }
+                            }
+                        }
+                        Err(err) => {
+                            xm_error!("contiguous: M2P lookup: {}", defmt_display(&err));
+                            return Verdict::Fail;
+                        }
+                    }
+                }
                 match buf.machine {
                     Some(m) => xm_info!(
                         "report: contiguous gpa={} size={=u64:#x} order={=u8} machine={=u64:#x} method={=str} bits={=u8} pattern={=str}",
@@ -598,6 +645,27 @@ fn reservation_steps<H: Hypervisor>(
         }
     }
     Verdict::Pass
+}
+
+/// The machine frames behind `range`, from Xen's M2P table (privileged x86;
+/// needs the agent's page tables for the mapping window).
+fn lookup_machine<H: Hypervisor>(
+    hv: &H,
+    t: &mut RegionTable,
+    range: FrameRange,
+) -> Result<Vec<crate::addr::Mfn>, M2pError> {
+    #[cfg(target_os = "none")]
+    {
+        let mut pt = crate::arch::imp::paging::page_tables()
+            .map_err(|e| M2pError::Map(crate::mapping::MapError::Paging(e)))?;
+        let mut vas = crate::mapping::VaSpace::new(crate::mapping::MapTarget::window(&*pt));
+        m2p::machine_frames(hv, t, &mut *pt, &mut vas, range)
+    }
+    #[cfg(not(target_os = "none"))]
+    {
+        let _ = (hv, t, range);
+        Err(M2pError::Unsupported)
+    }
 }
 
 /// Whether the pattern [`pattern_check`] wrote in `range` is still there.

@@ -26,6 +26,8 @@ pub mod cmdline;
 pub mod fdt;
 pub mod layout;
 pub mod logframe;
+pub mod m2p;
+pub mod mapping;
 pub mod memmap;
 pub mod paging;
 pub mod region;

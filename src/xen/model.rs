@@ -168,9 +168,13 @@ pub enum Op {
     PopulatePhysmap,
     /// [`Hypervisor::exchange`].
     Exchange,
+    /// [`Hypervisor::map_foreign_batch`].
+    MapForeignBatch,
+    /// [`Hypervisor::remove_from_physmap`].
+    RemoveFromPhysmap,
 }
 
-const OP_COUNT: usize = 14;
+const OP_COUNT: usize = 16;
 
 impl Op {
     const fn index(self) -> usize {
@@ -576,6 +580,9 @@ struct Domain {
     /// `max_mapped_pfn`: the highest GFN ever mapped.
     max_mapped: u64,
     shutdown: Option<u32>,
+    /// Translated: p2m entries of type `p2m_map_foreign` (another domain's
+    /// frame, not owned, not counted in `tot_pages`).
+    foreign: BTreeMap<Gfn, (u16, Mfn)>,
 }
 
 impl Domain {
@@ -1181,6 +1188,7 @@ impl XenModel {
             p2m: BTreeMap::new(),
             max_mapped: 0,
             shutdown: None,
+            foreign: BTreeMap::new(),
         };
         let ram = dom.cfg.ram.clone();
         for (g, n) in ram {
@@ -1367,6 +1375,20 @@ impl XenModel {
         s.domains
             .get(&dom.0)
             .map(|d| d.p2m.clone())
+            .unwrap_or_default()
+    }
+
+    /// The foreign entries in `dom`'s p2m: GFN to (foreign domain, MFN).
+    pub fn foreign(&self, dom: DomId) -> BTreeMap<Gfn, (DomId, Mfn)> {
+        let s = self.state.borrow();
+        s.domains
+            .get(&dom.0)
+            .map(|d| {
+                d.foreign
+                    .iter()
+                    .map(|(g, (f, m))| (*g, (DomId(*f), *m)))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -1640,28 +1662,87 @@ impl Hypervisor for XenModel {
         self.state.borrow_mut().exchange(req)
     }
 
-    // Grant, foreign and resource mappings are not modelled (see the module
-    // docs): the calls answer ENOSYS, which no caller may take for success.
     fn maximum_ram_page(&self) -> Result<Mfn, XenError> {
         Ok(Mfn(self.total_frames().saturating_sub(1)))
     }
 
+    // The machine-to-phys table is not modelled.
     fn machphys_mfn_list(&self, _: &mut [Mfn]) -> Result<usize, XenError> {
         Err(XenError::Errno(Errno::ENOSYS))
     }
 
+    /// `xenmem_add_to_physmap_batch` with `XENMAPSPACE_gmfn_foreign`
+    /// (`p2m_add_foreign`): per index, ESRCH for `DOMID_SELF` or an unknown
+    /// domain, EPERM for the caller itself or an unprivileged caller (XSM),
+    /// EINVAL for a foreign frame that is not populated RAM. What was at the
+    /// caller's GFN goes: a RAM page is removed and freed (Xen does that;
+    /// the agent must never ask it), a foreign entry is replaced.
     fn map_foreign_batch(
         &self,
-        _: DomId,
-        _: &[Gfn],
-        _: &[Gfn],
-        _: &mut [super::XenStatus],
+        foreign: DomId,
+        frames: &[Gfn],
+        gfns: &[Gfn],
+        errs: &mut [super::XenStatus],
     ) -> Result<(), XenError> {
-        Err(XenError::Errno(Errno::ENOSYS))
+        let mut s = self.state.borrow_mut();
+        if let Some(Fault::Errno { errno, .. }) = s.enter(Op::MapForeignBatch) {
+            return Err(err(errno));
+        }
+        if frames.len() != gfns.len() || errs.len() != frames.len() {
+            return Err(err(Errno::EINVAL));
+        }
+        let caller = s.current.ok_or(err(Errno::ESRCH))?;
+        let (translated, privileged) = {
+            let c = s.domains.get(&caller).ok_or(err(Errno::ESRCH))?;
+            (c.cfg.translated, c.cfg.privileged)
+        };
+        if !translated {
+            return Err(err(Errno::EACCES));
+        }
+        for i in 0..frames.len() {
+            let status = (|| {
+                if foreign == DomId::SELF {
+                    return Err(Errno::ESRCH);
+                }
+                if foreign.0 == caller || !privileged {
+                    return Err(Errno::EPERM);
+                }
+                let fd = s.domains.get(&foreign.0).ok_or(Errno::ESRCH)?;
+                let m = *fd.p2m.get(&frames[i]).ok_or(Errno::EINVAL)?;
+                let g = gfns[i];
+                let c = s.domains.get(&caller).ok_or(Errno::ESRCH)?;
+                if g.0 >= c.cfg.gfn_limit {
+                    return Err(Errno::EINVAL);
+                }
+                if c.p2m.contains_key(&g) {
+                    s.guest_remove_page(caller, g.0)?;
+                }
+                let c = s.domains.get_mut(&caller).ok_or(Errno::ESRCH)?;
+                c.foreign.insert(g, (foreign.0, m));
+                c.max_mapped = c.max_mapped.max(g.0);
+                Ok(())
+            })();
+            errs[i] = super::XenStatus(status.map_or_else(|e| -(e as i32), |()| 0));
+        }
+        Ok(())
     }
 
-    fn remove_from_physmap(&self, _: Gfn) -> Result<(), XenError> {
-        Err(XenError::Errno(Errno::ENOSYS))
+    /// `XENMEM_remove_from_physmap`: a foreign entry goes; a RAM page is
+    /// removed as by `guest_remove_page`; nothing there is ENOENT.
+    fn remove_from_physmap(&self, gfn: Gfn) -> Result<(), XenError> {
+        let mut s = self.state.borrow_mut();
+        if let Some(Fault::Errno { errno, .. }) = s.enter(Op::RemoveFromPhysmap) {
+            return Err(err(errno));
+        }
+        let caller = s.current.ok_or(err(Errno::ESRCH))?;
+        let c = s.domains.get_mut(&caller).ok_or(err(Errno::ESRCH))?;
+        if c.foreign.remove(&gfn).is_some() {
+            return Ok(());
+        }
+        if c.p2m.contains_key(&gfn) {
+            return s.guest_remove_page(caller, gfn.0).map_err(err);
+        }
+        Err(err(Errno::ENOENT))
     }
 }
 
