@@ -807,6 +807,11 @@ pub fn run(hv: &impl Hypervisor, boot: &BootInfo<'_>, heap: Option<PhysSpan>) ->
         {
             return Verdict::Fail;
         }
+        if let Some(set) = opts.bench {
+            if crate::bench::run(hv, &mut table, &s, set) == Verdict::Fail {
+                return Verdict::Fail;
+            }
+        }
         if let Some(kind) = opts.fault {
             fault(kind);
             return Verdict::Fail;

@@ -16,6 +16,40 @@ pub enum FaultKind {
     Unmapped,
 }
 
+bitflags::bitflags! {
+    /// Which benchmarks `bench=` asks for (names joined with `+`: no commas
+    /// can reach an x86 agent).
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct BenchSet: u8 {
+        /// Balloon out and back in with xenmem's, Linux's and Mini-OS's strategies.
+        const BALLOON = 1 << 0;
+        /// The memset floor beside populate.
+        const FLOOR = 1 << 1;
+        /// Grant mapping, one op per hypercall vs batched.
+        const GRANT = 1 << 2;
+        /// Foreign mapping at several batch sizes.
+        const FOREIGN = 1 << 3;
+        /// Image size, heap use, boot time.
+        const FOOTPRINT = 1 << 4;
+    }
+}
+
+fn parse_bench(v: &str) -> Option<BenchSet> {
+    let mut set = BenchSet::empty();
+    for name in v.split('+') {
+        set |= match name {
+            "balloon" => BenchSet::BALLOON,
+            "floor" => BenchSet::FLOOR,
+            "grant" => BenchSet::GRANT,
+            "foreign" => BenchSet::FOREIGN,
+            "footprint" => BenchSet::FOOTPRINT,
+            "all" => BenchSet::all(),
+            _ => return None,
+        };
+    }
+    Some(set)
+}
+
 /// The options the agent understands.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Options {
@@ -37,6 +71,9 @@ pub struct Options {
     pub contig: Option<u64>,
     /// `contig-bits=N`: the buffer's machine frames must lie below 2^N.
     pub contig_bits: Option<u8>,
+    /// `bench=NAME+NAME...`: run benchmarks (balloon, floor, grant, foreign,
+    /// footprint, all) and print their tables.
+    pub bench: Option<BenchSet>,
 }
 
 /// What was wrong with the command line.
@@ -216,6 +253,12 @@ impl Options {
                 parse_decimal(value).and_then(|b| u8::try_from(b).ok()),
                 "a number of address bits such as 32"
             ),
+            "bench" => set!(
+                bench,
+                "bench",
+                parse_bench(value),
+                "benchmarks joined with `+`: balloon, floor, grant, foreign, footprint, all"
+            ),
             "fault" => set!(
                 fault,
                 "fault",
@@ -364,6 +407,23 @@ mod tests {
                 name: "contig-bits",
                 ..
             })
+        ));
+    }
+
+    #[test]
+    fn bench_sets() {
+        assert_eq!(
+            parse("bench=balloon+floor").unwrap().bench,
+            Some(BenchSet::BALLOON | BenchSet::FLOOR)
+        );
+        assert_eq!(parse("bench=all").unwrap().bench, Some(BenchSet::all()));
+        assert!(matches!(
+            parse("bench=fast"),
+            Err(CmdlineError::Malformed { name: "bench", .. })
+        ));
+        assert!(matches!(
+            parse("bench=balloon+"),
+            Err(CmdlineError::Malformed { name: "bench", .. })
         ));
     }
 

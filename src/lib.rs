@@ -21,6 +21,7 @@ pub mod log;
 pub mod addr;
 pub mod agent;
 pub mod arch;
+pub mod bench;
 pub mod boot;
 pub mod cmdline;
 pub mod fdt;
