@@ -395,16 +395,7 @@ mod tests {
 
     #[test]
     fn real_x86_pvh_dom0_map_accounts_for_xens_reservation() {
-        let raw = include_bytes!("../tests/data/xen-4.17-x86-pvh-dom0.e820");
-        let entries: Vec<E820Entry> = raw
-            .chunks(20)
-            .map(|c| E820Entry {
-                addr: u64::from_le_bytes(c[0..8].try_into().unwrap()),
-                size: u64::from_le_bytes(c[8..16].try_into().unwrap()),
-                kind: u32::from_le_bytes(c[16..20].try_into().unwrap()),
-            })
-            .collect();
-        let map = MemoryMap::from_e820(&entries).unwrap();
+        let map = MemoryMap::from_e820(&crate::memmap::real_x86_pvh_dom0_e820()).unwrap();
         let t = initial_table(&map, GapPolicy::X86, Gfn(0x10061), &[]).unwrap();
         // Xen said current_reservation = 65536 with this map.
         let ram = t.count(RegionKind::Ram).0;

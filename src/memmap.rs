@@ -389,6 +389,20 @@ mod tests {
     }
 }
 
+/// The e820 Xen 4.17 gave a PVH dom0 (`tests/data/xen-4.17-x86-pvh-dom0.e820`:
+/// packed 20-byte little-endian entries).
+#[cfg(test)]
+pub(crate) fn real_x86_pvh_dom0_e820() -> Vec<E820Entry> {
+    include_bytes!("../tests/data/xen-4.17-x86-pvh-dom0.e820")
+        .chunks_exact(20)
+        .map(|c| E820Entry {
+            addr: u64::from_le_bytes(c[0..8].try_into().unwrap()),
+            size: u64::from_le_bytes(c[8..16].try_into().unwrap()),
+            kind: u32::from_le_bytes(c[16..20].try_into().unwrap()),
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod real_xen_tests {
     //! Inputs that Xen 4.17 gave the agent under QEMU (saved by the boot
@@ -435,16 +449,7 @@ mod real_xen_tests {
 
     #[test]
     fn x86_pvh_dom0_e820() {
-        let raw = include_bytes!("../tests/data/xen-4.17-x86-pvh-dom0.e820");
-        let entries: Vec<E820Entry> = raw
-            .chunks(20)
-            .map(|c| E820Entry {
-                addr: u64::from_le_bytes(c[0..8].try_into().unwrap()),
-                size: u64::from_le_bytes(c[8..16].try_into().unwrap()),
-                kind: u32::from_le_bytes(c[16..20].try_into().unwrap()),
-            })
-            .collect();
-        let map = MemoryMap::from_e820(&entries).unwrap();
+        let map = MemoryMap::from_e820(&real_x86_pvh_dom0_e820()).unwrap();
         assert_eq!(map.ranges().len(), 9);
         // 159 + 65376 whole pages; the page at 0x10060000 is shared with ACPI.
         assert_eq!(map.ram_pages(), PageCount(65535));
