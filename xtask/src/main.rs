@@ -41,7 +41,7 @@ commands:
       --mode dom0|domu|both (default dom0; domu and both are aarch64-only)
       --quiet               hide Xen's own lines, keep the agents'
       --timeout SECS        kill QEMU after SECS seconds (default 120)
-  test [options]            cargo test --workspace, then every boot scenario
+  test [options]            cargo test --workspace --features xenmem/model, then every boot scenario
       --only NAME           run only scenarios whose name contains NAME (repeatable)
       --no-host-tests       skip cargo test --workspace
       --verbose             stream every boot's console
@@ -280,7 +280,8 @@ fn test(args: &[String]) -> Result<ExitCode> {
     if t.host_tests {
         println!("xtask: cargo test --workspace");
         let status = agent::cargo()
-            .args(["test", "--workspace"])
+            // The model feature adds the model's public-API tests (tests/xen_model.rs).
+            .args(["test", "--workspace", "--features", "xenmem/model"])
             .stdin(std::process::Stdio::null())
             .status()
             .context("running cargo test --workspace")?;
