@@ -502,7 +502,9 @@ fn reservation_steps<H: Hypervisor>(
             Err(err) => return fail("balloon", err),
         };
         report_engine(phase, target, e, cur);
-        // Memory that came back: fresh (zeroed by Xen) and usable.
+        // Memory that came back: usable. (Whether it is zeroed is reported but
+        // not promised: Xen does not scrub pages a running domain frees, so
+        // repopulated pages may hold stale contents.)
         let back: Vec<FrameRange> = refill
             .into_iter()
             .flat_map(|r| {
@@ -771,6 +773,7 @@ pub fn run(hv: &impl Hypervisor, boot: &BootInfo<'_>, heap: Option<PhysSpan>) ->
                 return Verdict::Fail;
             }
         };
+        crate::timer::mark(crate::timer::Stamp::FirstLine);
         xm_info!("report: agent cmdline=\"{=str}\"", line);
         let opts = match Options::parse(line, |e| xm_error!("cmdline: {}", e)) {
             Ok(o) => o,
@@ -995,6 +998,56 @@ mod tests {
                 exchanged: 0,
                 result: Err(XenError::Errno(Errno::EOPNOTSUPP)),
             }
+        }
+        fn add_to_physmap(&self, _: u16, _: u64, _: Gfn) -> Result<(), XenError> {
+            Err(XenError::Errno(Errno::ENOSYS))
+        }
+        fn gnttab_query_size(
+            &self,
+            _: DomId,
+        ) -> Result<crate::xen::abi::gnttab::QuerySize, XenError> {
+            Err(XenError::Errno(Errno::ENOSYS))
+        }
+        fn gnttab_map(
+            &self,
+            _: &mut [crate::xen::abi::gnttab::MapGrantRef],
+        ) -> Result<(), XenError> {
+            Err(XenError::Errno(Errno::ENOSYS))
+        }
+        fn gnttab_unmap(
+            &self,
+            _: &mut [crate::xen::abi::gnttab::UnmapGrantRef],
+        ) -> Result<(), XenError> {
+            Err(XenError::Errno(Errno::ENOSYS))
+        }
+        fn gnttab_copy(&self, _: &mut [crate::xen::abi::gnttab::GntCopy]) -> Result<(), XenError> {
+            Err(XenError::Errno(Errno::ENOSYS))
+        }
+        fn domctl_createdomain(
+            &self,
+            _: DomId,
+            _: &mut crate::xen::abi::DomctlCreateDomain,
+        ) -> Result<DomId, XenError> {
+            Err(XenError::Errno(Errno::ENOSYS))
+        }
+        fn domctl_max_mem(&self, _: DomId, _: u64) -> Result<(), XenError> {
+            Err(XenError::Errno(Errno::ENOSYS))
+        }
+        fn domctl_destroydomain(&self, _: DomId) -> Result<(), XenError> {
+            Err(XenError::Errno(Errno::ENOSYS))
+        }
+        fn acquire_resource_size(&self, _: DomId, _: u16, _: u32) -> Result<u32, XenError> {
+            Err(XenError::Errno(Errno::ENOSYS))
+        }
+        fn acquire_resource(
+            &self,
+            _: DomId,
+            _: u16,
+            _: u32,
+            _: u64,
+            _: &mut [Gfn],
+        ) -> Result<(), XenError> {
+            Err(XenError::Errno(Errno::ENOSYS))
         }
     }
 

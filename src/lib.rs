@@ -18,13 +18,16 @@ extern crate alloc;
 #[macro_use]
 pub mod log;
 
+pub mod acquire;
 pub mod addr;
 pub mod agent;
 pub mod arch;
 pub mod bench;
 pub mod boot;
 pub mod cmdline;
+pub mod domctl;
 pub mod fdt;
+pub mod grant;
 pub mod layout;
 pub mod logframe;
 pub mod m2p;
@@ -33,6 +36,7 @@ pub mod memmap;
 pub mod paging;
 pub mod region;
 pub mod reservation;
+pub mod timer;
 pub mod xen;
 
 #[cfg(all(feature = "rt", target_os = "none"))]

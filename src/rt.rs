@@ -30,6 +30,12 @@ static HEAP_SPACE: HeapSpace = HeapSpace(UnsafeCell::new([0; HEAP_SIZE]));
 #[global_allocator]
 static HEAP: linked_list_allocator::LockedHeap = linked_list_allocator::LockedHeap::empty();
 
+/// The heap's size and the bytes allocated from it now.
+pub fn heap_stats() -> (usize, usize) {
+    let h = HEAP.lock();
+    (h.size(), h.used())
+}
+
 /// The heap's guest-physical span (the agent runs identity-mapped).
 pub fn heap_span() -> crate::boot::PhysSpan {
     let start = HEAP_SPACE.0.get() as usize as u64;

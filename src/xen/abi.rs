@@ -552,3 +552,738 @@ impl Domctl {
         }
     }
 }
+
+pub mod gnttab {
+    //! Grant tables (`public/grant_table.h`): sub-commands, flags, status
+    //! codes and the structures of the operations the agent uses, with
+    //! layout checks.
+    //!
+    //! For a translated guest (PVH, Arm) `host_addr` of
+    //! [`MapGrantRef`]/[`UnmapGrantRef`] with [`GNTMAP_HOST_MAP`] is a
+    //! *guest-physical* address: Xen puts the granted frame into the caller's
+    //! physmap at that frame (replacing whatever is there, so it must be a
+    //! hole, never RAM), and the guest maps it into its own page tables
+    //! itself.
+
+    use super::GuestHandle;
+    use core::fmt;
+    use core::mem::{offset_of, size_of};
+
+    /// `GNTTABOP_map_grant_ref`.
+    pub const MAP_GRANT_REF: usize = 0;
+    /// `GNTTABOP_unmap_grant_ref`.
+    pub const UNMAP_GRANT_REF: usize = 1;
+    /// `GNTTABOP_setup_table`.
+    pub const SETUP_TABLE: usize = 2;
+    /// `GNTTABOP_dump_table`.
+    pub const DUMP_TABLE: usize = 3;
+    /// `GNTTABOP_transfer`.
+    pub const TRANSFER: usize = 4;
+    /// `GNTTABOP_copy`.
+    pub const COPY: usize = 5;
+    /// `GNTTABOP_query_size`.
+    pub const QUERY_SIZE: usize = 6;
+    /// `GNTTABOP_unmap_and_replace`.
+    pub const UNMAP_AND_REPLACE: usize = 7;
+    /// `GNTTABOP_set_version`.
+    pub const SET_VERSION: usize = 8;
+    /// `GNTTABOP_get_status_frames`.
+    pub const GET_STATUS_FRAMES: usize = 9;
+    /// `GNTTABOP_get_version`.
+    pub const GET_VERSION: usize = 10;
+    /// `GNTTABOP_swap_grant_ref`.
+    pub const SWAP_GRANT_REF: usize = 11;
+    /// `GNTTABOP_cache_flush`.
+    pub const CACHE_FLUSH: usize = 12;
+
+    /// `GNTMAP_device_map`: map for device (bus) access.
+    pub const GNTMAP_DEVICE_MAP: u32 = 1 << 0;
+    /// `GNTMAP_host_map`: map for host (CPU) access; for a translated guest,
+    /// into its physmap at `host_addr`.
+    pub const GNTMAP_HOST_MAP: u32 = 1 << 1;
+    /// `GNTMAP_readonly`: read-only mapping.
+    pub const GNTMAP_READONLY: u32 = 1 << 2;
+    /// `GNTMAP_application_map` (PV only).
+    pub const GNTMAP_APPLICATION_MAP: u32 = 1 << 3;
+    /// `GNTMAP_contains_pte` (PV only).
+    pub const GNTMAP_CONTAINS_PTE: u32 = 1 << 4;
+
+    /// `GTF_invalid`: the entry grants nothing.
+    pub const GTF_INVALID: u16 = 0;
+    /// `GTF_permit_access`: `domid` may map or copy `frame`.
+    pub const GTF_PERMIT_ACCESS: u16 = 1;
+    /// `GTF_accept_transfer`.
+    pub const GTF_ACCEPT_TRANSFER: u16 = 2;
+    /// `GTF_transitive` (v2 only).
+    pub const GTF_TRANSITIVE: u16 = 3;
+    /// `GTF_type_mask`.
+    pub const GTF_TYPE_MASK: u16 = 3;
+    /// `GTF_readonly`: the grantee may only read.
+    pub const GTF_READONLY: u16 = 1 << 2;
+    /// `GTF_reading`: set by Xen while the grantee has the frame pinned.
+    pub const GTF_READING: u16 = 1 << 3;
+    /// `GTF_writing`: set by Xen while the grantee has it pinned writable.
+    pub const GTF_WRITING: u16 = 1 << 4;
+    /// `GTF_PWT` (x86 cache attribute).
+    pub const GTF_PWT: u16 = 1 << 5;
+    /// `GTF_PCD` (x86 cache attribute).
+    pub const GTF_PCD: u16 = 1 << 6;
+    /// `GTF_PAT` (x86 cache attribute).
+    pub const GTF_PAT: u16 = 1 << 7;
+    /// `GTF_sub_page` (v2 only).
+    pub const GTF_SUB_PAGE: u16 = 1 << 8;
+
+    /// `GNTCOPY_source_gref`: the source is a grant reference.
+    pub const GNTCOPY_SOURCE_GREF: u16 = 1 << 0;
+    /// `GNTCOPY_dest_gref`: the destination is a grant reference.
+    pub const GNTCOPY_DEST_GREF: u16 = 1 << 1;
+
+    /// `GNTTAB_NR_RESERVED_ENTRIES`: entries 0..8 are kept across version
+    /// changes and may be filled in by the toolstack at domain creation
+    /// (`GNTTAB_RESERVED_CONSOLE` 0, `GNTTAB_RESERVED_XENSTORE` 1).
+    pub const NR_RESERVED_ENTRIES: u32 = 8;
+    /// Version-1 entries per grant-table frame (4096 / 8).
+    pub const ENTRIES_PER_FRAME_V1: u32 = 512;
+
+    /// A `GNTST_*` status of one grant operation.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    #[cfg_attr(feature = "defmt", derive(defmt::Format))]
+    pub enum GntStatus {
+        /// `GNTST_okay` (0).
+        Okay,
+        /// `GNTST_general_error` (-1).
+        GeneralError,
+        /// `GNTST_bad_domain` (-2).
+        BadDomain,
+        /// `GNTST_bad_gntref` (-3).
+        BadGntref,
+        /// `GNTST_bad_handle` (-4).
+        BadHandle,
+        /// `GNTST_bad_virt_addr` (-5).
+        BadVirtAddr,
+        /// `GNTST_bad_dev_addr` (-6).
+        BadDevAddr,
+        /// `GNTST_no_device_space` (-7).
+        NoDeviceSpace,
+        /// `GNTST_permission_denied` (-8).
+        PermissionDenied,
+        /// `GNTST_bad_page` (-9).
+        BadPage,
+        /// `GNTST_bad_copy_arg` (-10).
+        BadCopyArg,
+        /// `GNTST_address_too_big` (-11).
+        AddressTooBig,
+        /// `GNTST_eagain` (-12).
+        Eagain,
+        /// `GNTST_no_space` (-13).
+        NoSpace,
+        /// A value `grant_table.h` does not define (or one Xen never wrote:
+        /// a status field left as the caller set it).
+        Unknown(i16),
+    }
+
+    impl GntStatus {
+        /// The status Xen wrote.
+        pub const fn from_raw(v: i16) -> Self {
+            match v {
+                0 => GntStatus::Okay,
+                -1 => GntStatus::GeneralError,
+                -2 => GntStatus::BadDomain,
+                -3 => GntStatus::BadGntref,
+                -4 => GntStatus::BadHandle,
+                -5 => GntStatus::BadVirtAddr,
+                -6 => GntStatus::BadDevAddr,
+                -7 => GntStatus::NoDeviceSpace,
+                -8 => GntStatus::PermissionDenied,
+                -9 => GntStatus::BadPage,
+                -10 => GntStatus::BadCopyArg,
+                -11 => GntStatus::AddressTooBig,
+                -12 => GntStatus::Eagain,
+                -13 => GntStatus::NoSpace,
+                v => GntStatus::Unknown(v),
+            }
+        }
+
+        /// The raw value.
+        pub const fn raw(self) -> i16 {
+            match self {
+                GntStatus::Okay => 0,
+                GntStatus::GeneralError => -1,
+                GntStatus::BadDomain => -2,
+                GntStatus::BadGntref => -3,
+                GntStatus::BadHandle => -4,
+                GntStatus::BadVirtAddr => -5,
+                GntStatus::BadDevAddr => -6,
+                GntStatus::NoDeviceSpace => -7,
+                GntStatus::PermissionDenied => -8,
+                GntStatus::BadPage => -9,
+                GntStatus::BadCopyArg => -10,
+                GntStatus::AddressTooBig => -11,
+                GntStatus::Eagain => -12,
+                GntStatus::NoSpace => -13,
+                GntStatus::Unknown(v) => v,
+            }
+        }
+
+        /// Whether the operation succeeded.
+        pub const fn is_ok(self) -> bool {
+            matches!(self, GntStatus::Okay)
+        }
+
+        /// The name in `grant_table.h` (`"GNTST_bad_gntref"`).
+        pub const fn name(self) -> &'static str {
+            match self {
+                GntStatus::Okay => "GNTST_okay",
+                GntStatus::GeneralError => "GNTST_general_error",
+                GntStatus::BadDomain => "GNTST_bad_domain",
+                GntStatus::BadGntref => "GNTST_bad_gntref",
+                GntStatus::BadHandle => "GNTST_bad_handle",
+                GntStatus::BadVirtAddr => "GNTST_bad_virt_addr",
+                GntStatus::BadDevAddr => "GNTST_bad_dev_addr",
+                GntStatus::NoDeviceSpace => "GNTST_no_device_space",
+                GntStatus::PermissionDenied => "GNTST_permission_denied",
+                GntStatus::BadPage => "GNTST_bad_page",
+                GntStatus::BadCopyArg => "GNTST_bad_copy_arg",
+                GntStatus::AddressTooBig => "GNTST_address_too_big",
+                GntStatus::Eagain => "GNTST_eagain",
+                GntStatus::NoSpace => "GNTST_no_space",
+                GntStatus::Unknown(_) => "GNTST_unknown",
+            }
+        }
+
+        /// Xen's message for it (`GNTTABOP_error_msgs`).
+        pub const fn description(self) -> &'static str {
+            match self {
+                GntStatus::Okay => "okay",
+                GntStatus::GeneralError => "undefined error",
+                GntStatus::BadDomain => "unrecognised domain id",
+                GntStatus::BadGntref => "invalid grant reference",
+                GntStatus::BadHandle => "invalid mapping handle",
+                GntStatus::BadVirtAddr => "invalid virtual address",
+                GntStatus::BadDevAddr => "invalid device address",
+                GntStatus::NoDeviceSpace => "no spare translation slot in the I/O MMU",
+                GntStatus::PermissionDenied => "permission denied",
+                GntStatus::BadPage => "bad page",
+                GntStatus::BadCopyArg => "copy arguments cross page boundary",
+                GntStatus::AddressTooBig => "page address size too large",
+                GntStatus::Eagain => "operation not done; try again",
+                GntStatus::NoSpace => "out of space",
+                GntStatus::Unknown(_) => "unknown status",
+            }
+        }
+    }
+
+    impl fmt::Display for GntStatus {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            match self {
+                GntStatus::Unknown(v) => write!(f, "GNTST {v} (unknown status)"),
+                s => write!(f, "{} ({})", s.name(), s.description()),
+            }
+        }
+    }
+
+    /// What a status field holds before Xen writes it: not a `GNTST_*`
+    /// value, so an operation Xen never reached is told from one it did.
+    pub const STATUS_NOT_DONE: i16 = i16::MAX;
+
+    /// `struct grant_entry_v1`: one entry of a version-1 grant table, as the
+    /// granting guest writes it (`frame` and `domid` first, then `flags`).
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct GrantEntryV1 {
+        /// `GTF_*`.
+        pub flags: u16,
+        /// The domain allowed access.
+        pub domid: u16,
+        /// The granted frame (a GFN for a translated guest).
+        pub frame: u32,
+    }
+
+    const _: () = {
+        assert!(size_of::<GrantEntryV1>() == 8);
+        assert!(offset_of!(GrantEntryV1, domid) == 2);
+        assert!(offset_of!(GrantEntryV1, frame) == 4);
+    };
+
+    /// `struct gnttab_map_grant_ref`.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct MapGrantRef {
+        /// IN: where to map (a guest-physical address for translated
+        /// guests with [`GNTMAP_HOST_MAP`]).
+        pub host_addr: u64,
+        /// IN: `GNTMAP_*`.
+        pub flags: u32,
+        /// IN: the grant reference.
+        pub gref: u32,
+        /// IN: the granting domain.
+        pub dom: u16,
+        /// OUT: `GNTST_*`.
+        pub status: i16,
+        /// OUT: the mapping's handle, for the unmap.
+        pub handle: u32,
+        /// OUT: the bus address of the frame (its machine address).
+        pub dev_bus_addr: u64,
+    }
+
+    const _: () = {
+        assert!(size_of::<MapGrantRef>() == 32);
+        assert!(offset_of!(MapGrantRef, flags) == 8);
+        assert!(offset_of!(MapGrantRef, gref) == 12);
+        assert!(offset_of!(MapGrantRef, dom) == 16);
+        assert!(offset_of!(MapGrantRef, status) == 18);
+        assert!(offset_of!(MapGrantRef, handle) == 20);
+        assert!(offset_of!(MapGrantRef, dev_bus_addr) == 24);
+    };
+
+    impl MapGrantRef {
+        /// A host mapping of `gref` of domain `dom` at guest-physical
+        /// address `host_addr`, read-only or not; status [`STATUS_NOT_DONE`].
+        pub const fn host(host_addr: u64, gref: u32, dom: u16, readonly: bool) -> Self {
+            MapGrantRef {
+                host_addr,
+                flags: GNTMAP_HOST_MAP | if readonly { GNTMAP_READONLY } else { 0 },
+                gref,
+                dom,
+                status: STATUS_NOT_DONE,
+                handle: 0,
+                dev_bus_addr: 0,
+            }
+        }
+
+        /// The status Xen wrote.
+        pub const fn status(&self) -> GntStatus {
+            GntStatus::from_raw(self.status)
+        }
+    }
+
+    /// `struct gnttab_unmap_grant_ref`.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct UnmapGrantRef {
+        /// IN: the address mapped at (0: leave the host mapping alone —
+        /// Xen then does nothing and says okay).
+        pub host_addr: u64,
+        /// IN: the bus address, for a device mapping (0 otherwise).
+        pub dev_bus_addr: u64,
+        /// IN: the handle the map returned.
+        pub handle: u32,
+        /// OUT: `GNTST_*`.
+        pub status: i16,
+    }
+
+    const _: () = {
+        assert!(size_of::<UnmapGrantRef>() == 24);
+        assert!(offset_of!(UnmapGrantRef, dev_bus_addr) == 8);
+        assert!(offset_of!(UnmapGrantRef, handle) == 16);
+        assert!(offset_of!(UnmapGrantRef, status) == 20);
+    };
+
+    impl UnmapGrantRef {
+        /// Unmap the host mapping `handle` at `host_addr`; status
+        /// [`STATUS_NOT_DONE`].
+        pub const fn host(host_addr: u64, handle: u32) -> Self {
+            UnmapGrantRef {
+                host_addr,
+                dev_bus_addr: 0,
+                handle,
+                status: STATUS_NOT_DONE,
+            }
+        }
+
+        /// The status Xen wrote.
+        pub const fn status(&self) -> GntStatus {
+            GntStatus::from_raw(self.status)
+        }
+    }
+
+    /// `struct gnttab_copy_ptr`: one side of a copy. `u` is the union
+    /// `{ grant_ref_t ref; xen_pfn_t gmfn; }`, 64 bits on both
+    /// architectures; both targets are little-endian, so a reference is the
+    /// low 32 bits.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct CopyPtr {
+        /// A grant reference (with the matching `GNTCOPY_*_gref` flag) or
+        /// the caller's own frame (a GFN for translated guests).
+        pub u: u64,
+        /// The domain: the granting domain for a reference, `DOMID_SELF`
+        /// for a frame (Xen refuses frames of any other domain).
+        pub domid: u16,
+        /// Byte offset in the page.
+        pub offset: u16,
+    }
+
+    const _: () = {
+        assert!(size_of::<CopyPtr>() == 16);
+        assert!(offset_of!(CopyPtr, domid) == 8);
+        assert!(offset_of!(CopyPtr, offset) == 10);
+    };
+
+    /// `struct gnttab_copy`.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct GntCopy {
+        /// IN: where from.
+        pub source: CopyPtr,
+        /// IN: where to.
+        pub dest: CopyPtr,
+        /// IN: bytes.
+        pub len: u16,
+        /// IN: `GNTCOPY_*`.
+        pub flags: u16,
+        /// OUT: `GNTST_*`.
+        pub status: i16,
+    }
+
+    const _: () = {
+        assert!(size_of::<GntCopy>() == 40);
+        assert!(offset_of!(GntCopy, dest) == 16);
+        assert!(offset_of!(GntCopy, len) == 32);
+        assert!(offset_of!(GntCopy, flags) == 34);
+        assert!(offset_of!(GntCopy, status) == 36);
+    };
+
+    impl GntCopy {
+        /// The status Xen wrote.
+        pub const fn status(&self) -> GntStatus {
+            GntStatus::from_raw(self.status)
+        }
+    }
+
+    /// `struct gnttab_query_size`.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct QuerySize {
+        /// IN: the domain (`DOMID_SELF` allowed).
+        pub dom: u16,
+        /// OUT: frames the table has now.
+        pub nr_frames: u32,
+        /// OUT: frames it may grow to.
+        pub max_nr_frames: u32,
+        /// OUT: `GNTST_*`.
+        pub status: i16,
+    }
+
+    const _: () = {
+        assert!(size_of::<QuerySize>() == 16);
+        assert!(offset_of!(QuerySize, nr_frames) == 4);
+        assert!(offset_of!(QuerySize, max_nr_frames) == 8);
+        assert!(offset_of!(QuerySize, status) == 12);
+    };
+
+    impl QuerySize {
+        /// The status Xen wrote.
+        pub const fn status(&self) -> GntStatus {
+            GntStatus::from_raw(self.status)
+        }
+    }
+
+    /// `struct gnttab_setup_table` (PV guests learn their table's frames
+    /// here; translated guests use `XENMEM_add_to_physmap` instead).
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug)]
+    pub struct SetupTable {
+        /// IN: the domain.
+        pub dom: u16,
+        /// IN: frames wanted.
+        pub nr_frames: u32,
+        /// OUT: `GNTST_*`.
+        pub status: i16,
+        /// OUT: the frames.
+        pub frame_list: GuestHandle<u64>,
+    }
+
+    const _: () = {
+        assert!(size_of::<SetupTable>() == 24);
+        assert!(offset_of!(SetupTable, nr_frames) == 4);
+        assert!(offset_of!(SetupTable, status) == 8);
+        assert!(offset_of!(SetupTable, frame_list) == 16);
+    };
+
+    /// `struct gnttab_set_version`.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct SetVersion {
+        /// IN/OUT: 1 or 2; Xen writes back the version in force.
+        pub version: u32,
+    }
+
+    const _: () = assert!(size_of::<SetVersion>() == 4);
+
+    /// `struct gnttab_get_version`.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct GetVersion {
+        /// IN: the domain.
+        pub dom: u16,
+        /// Padding.
+        pub pad: u16,
+        /// OUT: the version.
+        pub version: u32,
+    }
+
+    const _: () = {
+        assert!(size_of::<GetVersion>() == 8);
+        assert!(offset_of!(GetVersion, version) == 4);
+    };
+}
+
+// ---------------------------------------------------------------------------
+// Domain control: XEN_DOMCTL_createdomain, max_mem, destroydomain,
+// pausedomain/unpausedomain (`public/domctl.h`, `arch-x86/xen.h`,
+// `arch-arm.h` of Xen 4.17, interface version 0x15).
+// ---------------------------------------------------------------------------
+
+/// `XEN_DOMCTL_createdomain`.
+pub const XEN_DOMCTL_CREATEDOMAIN: u32 = 1;
+/// `XEN_DOMCTL_destroydomain`.
+pub const XEN_DOMCTL_DESTROYDOMAIN: u32 = 2;
+/// `XEN_DOMCTL_pausedomain`.
+pub const XEN_DOMCTL_PAUSEDOMAIN: u32 = 3;
+/// `XEN_DOMCTL_unpausedomain`.
+pub const XEN_DOMCTL_UNPAUSEDOMAIN: u32 = 4;
+/// `XEN_DOMCTL_max_mem`.
+pub const XEN_DOMCTL_MAX_MEM: u32 = 11;
+
+/// `XEN_DOMCTL_CDF_*`: flags of `xen_domctl_createdomain`.
+pub mod cdf {
+    /// `XEN_DOMCTL_CDF_hvm`: an HVM (or PVH) guest, not PV. Required on Arm.
+    pub const HVM: u32 = 1 << 0;
+    /// `XEN_DOMCTL_CDF_hap`: hardware-assisted paging. Required on Arm.
+    pub const HAP: u32 = 1 << 1;
+    /// `XEN_DOMCTL_CDF_s3_integrity`.
+    pub const S3_INTEGRITY: u32 = 1 << 2;
+    /// `XEN_DOMCTL_CDF_oos_off`.
+    pub const OOS_OFF: u32 = 1 << 3;
+    /// `XEN_DOMCTL_CDF_xs_domain`.
+    pub const XS_DOMAIN: u32 = 1 << 4;
+    /// `XEN_DOMCTL_CDF_iommu`.
+    pub const IOMMU: u32 = 1 << 5;
+    /// `XEN_DOMCTL_CDF_nested_virt`.
+    pub const NESTED_VIRT: u32 = 1 << 6;
+    /// `XEN_DOMCTL_CDF_vpmu`.
+    pub const VPMU: u32 = 1 << 7;
+    /// Every flag Xen 4.17 knows (`sanitise_domain_config` refuses others).
+    pub const ALL: u32 =
+        HVM | HAP | S3_INTEGRITY | OOS_OFF | XS_DOMAIN | IOMMU | NESTED_VIRT | VPMU;
+}
+
+/// `XEN_DOMCTL_GRANT_version_mask`: `grant_opts` holds the highest grant
+/// table version the domain may use in its low 4 bits.
+pub const XEN_DOMCTL_GRANT_VERSION_MASK: u32 = 0xf;
+
+/// `XEN_DOMCTL_GRANT_version(v)`.
+pub const fn xen_domctl_grant_version(v: u32) -> u32 {
+    v & XEN_DOMCTL_GRANT_VERSION_MASK
+}
+
+/// `XEN_X86_EMU_*`: devices Xen emulates for an x86 domain.
+pub mod x86_emu {
+    /// `XEN_X86_EMU_LAPIC`.
+    pub const LAPIC: u32 = 1 << 0;
+    /// `XEN_X86_EMU_HPET`.
+    pub const HPET: u32 = 1 << 1;
+    /// `XEN_X86_EMU_PM`.
+    pub const PM: u32 = 1 << 2;
+    /// `XEN_X86_EMU_RTC`.
+    pub const RTC: u32 = 1 << 3;
+    /// `XEN_X86_EMU_IOAPIC`.
+    pub const IOAPIC: u32 = 1 << 4;
+    /// `XEN_X86_EMU_PIC`.
+    pub const PIC: u32 = 1 << 5;
+    /// `XEN_X86_EMU_VGA`.
+    pub const VGA: u32 = 1 << 6;
+    /// `XEN_X86_EMU_IOMMU`.
+    pub const IOMMU: u32 = 1 << 7;
+    /// `XEN_X86_EMU_PIT`.
+    pub const PIT: u32 = 1 << 8;
+    /// `XEN_X86_EMU_USE_PIRQ`.
+    pub const USE_PIRQ: u32 = 1 << 9;
+    /// `XEN_X86_EMU_VPCI`.
+    pub const VPCI: u32 = 1 << 10;
+    /// `XEN_X86_EMU_ALL`.
+    pub const ALL: u32 =
+        LAPIC | HPET | PM | RTC | IOAPIC | PIC | VGA | IOMMU | PIT | USE_PIRQ | VPCI;
+    /// `XEN_X86_MSR_RELAXED` (`misc_flags`).
+    pub const MSR_RELAXED: u32 = 1 << 0;
+}
+
+/// `XEN_DOMCTL_CONFIG_GIC_*` (Arm `gic_version`).
+pub mod arm_gic {
+    /// `XEN_DOMCTL_CONFIG_GIC_NATIVE`: whatever the host has (Xen writes
+    /// back the version chosen).
+    pub const NATIVE: u8 = 0;
+    /// `XEN_DOMCTL_CONFIG_GIC_V2`.
+    pub const V2: u8 = 1;
+    /// `XEN_DOMCTL_CONFIG_GIC_V3`.
+    pub const V3: u8 = 2;
+    /// `XEN_DOMCTL_CONFIG_TEE_NONE` (`tee_type`).
+    pub const TEE_NONE: u16 = 0;
+}
+
+/// `struct xen_arch_domainconfig` of x86 (`arch-x86/xen.h`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct X86ArchDomainConfig {
+    /// `XEN_X86_EMU_*`.
+    pub emulation_flags: u32,
+    /// `XEN_X86_MSR_RELAXED` or 0.
+    pub misc_flags: u32,
+}
+
+const _: () = {
+    assert!(size_of::<X86ArchDomainConfig>() == 8);
+    assert!(offset_of!(X86ArchDomainConfig, misc_flags) == 4);
+};
+
+/// `struct xen_arch_domainconfig` of Arm (`arch-arm.h`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ArmArchDomainConfig {
+    /// IN/OUT: `XEN_DOMCTL_CONFIG_GIC_*`.
+    pub gic_version: u8,
+    /// Padding (implicit in C).
+    pub pad: u8,
+    /// IN: `XEN_DOMCTL_CONFIG_TEE_*`.
+    pub tee_type: u16,
+    /// IN: shared peripheral interrupts to emulate.
+    pub nr_spis: u32,
+    /// OUT: the device tree's timer clock-frequency, or 0.
+    pub clock_frequency: u32,
+}
+
+const _: () = {
+    assert!(size_of::<ArmArchDomainConfig>() == 12);
+    assert!(offset_of!(ArmArchDomainConfig, tee_type) == 2);
+    assert!(offset_of!(ArmArchDomainConfig, nr_spis) == 4);
+    assert!(offset_of!(ArmArchDomainConfig, clock_frequency) == 8);
+};
+
+/// The `xen_arch_domainconfig` of the architecture being built (x86 on the
+/// host, for the model).
+#[cfg(not(target_arch = "aarch64"))]
+pub type ArchDomainConfig = X86ArchDomainConfig;
+/// The `xen_arch_domainconfig` of the architecture being built.
+#[cfg(target_arch = "aarch64")]
+pub type ArchDomainConfig = ArmArchDomainConfig;
+
+/// `struct xen_domctl_createdomain`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DomctlCreateDomain {
+    /// XSM label (ignored by the dummy policy).
+    pub ssidref: u32,
+    /// The toolstack's handle (a UUID).
+    pub handle: [u8; 16],
+    /// `XEN_DOMCTL_CDF_*` ([`cdf`]).
+    pub flags: u32,
+    /// `XEN_DOMCTL_IOMMU_*`; 0 unless `cdf::IOMMU`.
+    pub iommu_opts: u32,
+    /// vCPUs (at least 1).
+    pub max_vcpus: u32,
+    /// Highest event channel port.
+    pub max_evtchn_port: u32,
+    /// Grant-table frames (< 0: Xen's default, `gnttab_max_frames`, 64).
+    pub max_grant_frames: i32,
+    /// Maptrack frames (< 0: Xen's default, 1024).
+    pub max_maptrack_frames: i32,
+    /// `XEN_DOMCTL_GRANT_version(v)`: the highest grant version allowed.
+    pub grant_opts: u32,
+    /// Per-vCPU trace buffer bytes, 0 to disable.
+    pub vmtrace_size: u32,
+    /// CPU pool (0: the default pool).
+    pub cpupool_id: u32,
+    /// Architecture-specific part.
+    pub arch: ArchDomainConfig,
+}
+
+const _: () = {
+    assert!(offset_of!(DomctlCreateDomain, handle) == 4);
+    assert!(offset_of!(DomctlCreateDomain, flags) == 20);
+    assert!(offset_of!(DomctlCreateDomain, iommu_opts) == 24);
+    assert!(offset_of!(DomctlCreateDomain, max_vcpus) == 28);
+    assert!(offset_of!(DomctlCreateDomain, max_evtchn_port) == 32);
+    assert!(offset_of!(DomctlCreateDomain, max_grant_frames) == 36);
+    assert!(offset_of!(DomctlCreateDomain, max_maptrack_frames) == 40);
+    assert!(offset_of!(DomctlCreateDomain, grant_opts) == 44);
+    assert!(offset_of!(DomctlCreateDomain, vmtrace_size) == 48);
+    assert!(offset_of!(DomctlCreateDomain, cpupool_id) == 52);
+    assert!(offset_of!(DomctlCreateDomain, arch) == 56);
+    // 8 bytes of arch config on x86, 12 on Arm; 4-byte aligned.
+    #[cfg(not(target_arch = "aarch64"))]
+    assert!(size_of::<DomctlCreateDomain>() == 64);
+    #[cfg(target_arch = "aarch64")]
+    assert!(size_of::<DomctlCreateDomain>() == 68);
+};
+
+/// `struct xen_domctl_max_mem`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DomctlMaxMem {
+    /// The new maximum, in KiB (Xen keeps `max_memkb >> 2` pages, clamped
+    /// to 32 bits).
+    pub max_memkb: u64,
+}
+
+const _: () = assert!(size_of::<DomctlMaxMem>() == 8);
+
+/// The operation-specific part of a `struct xen_domctl` for one operation:
+/// the payload `T`, inside the union's 128 bytes.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub union DomctlPayloadOf<T: Copy> {
+    /// The operation's structure.
+    pub op: T,
+    /// The union's declared size (`uint8_t pad[128]`), 8-byte aligned.
+    pub pad: [u64; 16],
+}
+
+/// `struct xen_domctl` carrying payload `T` (`()` for operations without
+/// one, such as destroydomain). Same layout as [`Domctl`].
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct DomctlOf<T: Copy> {
+    /// `XEN_DOMCTL_*`.
+    pub cmd: u32,
+    /// [`XEN_DOMCTL_INTERFACE_VERSION`].
+    pub interface_version: u32,
+    /// The target domain (IN); for createdomain, OUT the new domain's id.
+    pub domain: u16,
+    /// Padding.
+    pub pad: [u16; 3],
+    /// Operation-specific data.
+    pub u: DomctlPayloadOf<T>,
+}
+
+impl<T: Copy> DomctlOf<T> {
+    /// A domctl for `cmd` on `domain` carrying `op`, the rest of the union
+    /// zeroed.
+    pub fn new(cmd: u32, domain: u16, op: T) -> Self {
+        let mut u = DomctlPayloadOf { pad: [0; 16] };
+        u.op = op;
+        Self {
+            cmd,
+            interface_version: XEN_DOMCTL_INTERFACE_VERSION,
+            domain,
+            pad: [0; 3],
+            u,
+        }
+    }
+}
+
+const _: () = {
+    assert!(size_of::<DomctlOf<DomctlCreateDomain>>() == 144);
+    assert!(size_of::<DomctlOf<DomctlMaxMem>>() == 144);
+    assert!(size_of::<DomctlOf<()>>() == 144);
+    assert!(offset_of!(DomctlOf<DomctlCreateDomain>, domain) == 8);
+    assert!(offset_of!(DomctlOf<DomctlCreateDomain>, u) == 16);
+    assert!(offset_of!(DomctlOf<DomctlMaxMem>, u) == 16);
+};
+
+/// `XENMEM_resource_grant_table_id_status` (grant v2 status frames).
+pub const RESOURCE_GRANT_TABLE_ID_STATUS: u32 = 1;
+/// `XENMEM_resource_ioreq_server`.
+pub const RESOURCE_IOREQ_SERVER: u16 = 0;
+/// `XENMEM_resource_vmtrace_buf`.
+pub const RESOURCE_VMTRACE_BUF: u16 = 2;

@@ -328,6 +328,157 @@ impl Hypervisor for RealXen {
             result: r.map(|_| ()),
         }
     }
+
+    fn add_to_physmap(&self, space: u16, idx: u64, gfn: Gfn) -> Result<(), XenError> {
+        let mut a = abi::XenAddToPhysmap {
+            domid: DomId::SELF.raw(),
+            size: 0,
+            space: u32::from(space),
+            idx,
+            gpfn: gfn.0,
+        };
+        Self::physmap(physmap::ADD_TO_PHYSMAP, &mut a).map(|_| ())
+    }
+
+    fn gnttab_query_size(&self, dom: DomId) -> Result<abi::gnttab::QuerySize, XenError> {
+        let mut q = abi::gnttab::QuerySize {
+            dom: dom.raw(),
+            status: abi::gnttab::STATUS_NOT_DONE,
+            ..Default::default()
+        };
+        // SAFETY: Xen reads and writes one gnttab_query_size in a live local.
+        unsafe { grant_table_op(abi::gnttab::QUERY_SIZE, &mut q as *mut _ as usize, 1) }?;
+        Ok(q)
+    }
+
+    fn gnttab_map(&self, ops: &mut [abi::gnttab::MapGrantRef]) -> Result<(), XenError> {
+        // SAFETY: Xen reads and writes `ops.len()` entries of a live slice.
+        unsafe {
+            grant_table_op(
+                abi::gnttab::MAP_GRANT_REF,
+                ops.as_mut_ptr() as usize,
+                ops.len(),
+            )
+        }
+    }
+
+    fn gnttab_unmap(&self, ops: &mut [abi::gnttab::UnmapGrantRef]) -> Result<(), XenError> {
+        // SAFETY: Xen reads and writes `ops.len()` entries of a live slice.
+        unsafe {
+            grant_table_op(
+                abi::gnttab::UNMAP_GRANT_REF,
+                ops.as_mut_ptr() as usize,
+                ops.len(),
+            )
+        }
+    }
+
+    fn gnttab_copy(&self, ops: &mut [abi::gnttab::GntCopy]) -> Result<(), XenError> {
+        // SAFETY: Xen reads and writes `ops.len()` entries of a live slice.
+        unsafe { grant_table_op(abi::gnttab::COPY, ops.as_mut_ptr() as usize, ops.len()) }
+    }
+
+    fn domctl_createdomain(
+        &self,
+        domid: DomId,
+        config: &mut abi::DomctlCreateDomain,
+    ) -> Result<DomId, XenError> {
+        let mut d = abi::DomctlOf::new(abi::XEN_DOMCTL_CREATEDOMAIN, domid.raw(), *config);
+        domctl_call(&mut d)?;
+        // SAFETY: createdomain copies the whole domctl back, the union's
+        // createdomain member included (a plain-data structure).
+        *config = unsafe { d.u.op };
+        if d.domain == 0 || d.domain >= DomId::SELF.raw() {
+            return Err(XenError::Contract("createdomain gave a reserved domid"));
+        }
+        Ok(DomId(d.domain))
+    }
+
+    fn domctl_max_mem(&self, dom: DomId, max_kib: u64) -> Result<(), XenError> {
+        let mut d = abi::DomctlOf::new(
+            abi::XEN_DOMCTL_MAX_MEM,
+            dom.raw(),
+            abi::DomctlMaxMem { max_memkb: max_kib },
+        );
+        domctl_call(&mut d)
+    }
+
+    fn domctl_destroydomain(&self, dom: DomId) -> Result<(), XenError> {
+        let mut d = abi::DomctlOf::new(abi::XEN_DOMCTL_DESTROYDOMAIN, dom.raw(), ());
+        domctl_call(&mut d)
+    }
+
+    fn acquire_resource_size(&self, dom: DomId, kind: u16, id: u32) -> Result<u32, XenError> {
+        let mut r = abi::XenMemAcquireResource {
+            domid: dom.raw(),
+            kind,
+            id,
+            nr_frames: 0,
+            pad: 0,
+            frame: 0,
+            frame_list: GuestHandle::null(),
+        };
+        Self::physmap(physmap::ACQUIRE_RESOURCE, &mut r)?;
+        Ok(r.nr_frames)
+    }
+
+    fn acquire_resource(
+        &self,
+        dom: DomId,
+        kind: u16,
+        id: u32,
+        frame: u64,
+        gfns: &mut [Gfn],
+    ) -> Result<(), XenError> {
+        let nr_frames =
+            u32::try_from(gfns.len()).map_err(|_| XenError::Errno(super::Errno::EINVAL))?;
+        let mut r = abi::XenMemAcquireResource {
+            domid: dom.raw(),
+            kind,
+            id,
+            nr_frames,
+            pad: 0,
+            frame,
+            frame_list: GuestHandle::from_slice(gfns).cast(),
+        };
+        Self::physmap(physmap::ACQUIRE_RESOURCE, &mut r).map(|_| ())
+    }
+}
+
+/// One `__HYPERVISOR_domctl` with a live [`abi::DomctlOf`]; Xen reads and
+/// writes the whole 144-byte structure.
+fn domctl_call<T: Copy>(d: &mut abi::DomctlOf<T>) -> Result<(), XenError> {
+    // SAFETY: `d` is a live, exclusively borrowed xen_domctl of the size Xen
+    // copies in and out; its payloads hold no guest handles.
+    unsafe {
+        call(
+            op::DOMCTL,
+            [d as *mut abi::DomctlOf<T> as usize, 0, 0, 0, 0],
+        )
+    }?;
+    Ok(())
+}
+
+/// One `__HYPERVISOR_grant_table_op` call of `count` operations at `ptr`.
+/// Xen continues long batches itself (the guest sees one call); a positive
+/// return would be a continuation count a guest never sees.
+///
+/// # Safety
+/// `ptr` must point to `count` live operation structures of `cmd`'s type
+/// that Xen may read and write for the whole call.
+unsafe fn grant_table_op(cmd: usize, ptr: usize, count: usize) -> Result<(), XenError> {
+    let count = u32::try_from(count)
+        .ok()
+        .filter(|&c| c <= i32::MAX as u32)
+        .ok_or(XenError::Errno(super::Errno::EINVAL))?;
+    // SAFETY: forwarded from the caller.
+    let r = unsafe { call(op::GRANT_TABLE_OP, [cmd, ptr, count as usize, 0, 0]) }?;
+    if r != 0 {
+        return Err(XenError::Contract(
+            "grant_table_op returned a positive count",
+        ));
+    }
+    Ok(())
 }
 
 impl RealXen {

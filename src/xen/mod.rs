@@ -5,6 +5,7 @@
 //! implement it with a model of Xen.
 
 pub mod abi;
+pub mod domctl;
 pub mod errno;
 #[cfg(target_os = "none")]
 mod hypercall;
@@ -336,6 +337,71 @@ pub trait Hypervisor {
 
     /// `XENMEM_remove_from_physmap` of the caller's frame `gfn`.
     fn remove_from_physmap(&self, gfn: Gfn) -> Result<(), XenError>;
+
+    /// `XENMEM_add_to_physmap` for the caller: put frame `idx` of map space
+    /// `space` (`abi::physmap::SPACE_*`; the agent uses
+    /// `SPACE_GRANT_TABLE`, whose index is a grant-table frame, which Xen
+    /// grows the table to include up to its maximum) at the caller's `gfn`.
+    /// What was at `gfn` goes (RAM is freed or lost): use hole frames.
+    fn add_to_physmap(&self, space: u16, idx: u64, gfn: Gfn) -> Result<(), XenError>;
+
+    /// `GNTTABOP_query_size` of `dom`'s grant table (`DOMID_SELF` allowed).
+    /// The call's own result is `Ok` even when the operation failed: check
+    /// the returned structure's status.
+    fn gnttab_query_size(&self, dom: DomId) -> Result<abi::gnttab::QuerySize, XenError>;
+
+    /// `GNTTABOP_map_grant_ref` of every entry of `ops`, in one hypercall.
+    /// Xen writes each entry's status, handle and bus address; an `Ok`
+    /// says nothing about the entries: check each status. On an `Err`,
+    /// entries whose status is still what the caller set were not reached.
+    fn gnttab_map(&self, ops: &mut [abi::gnttab::MapGrantRef]) -> Result<(), XenError>;
+
+    /// `GNTTABOP_unmap_grant_ref` of every entry of `ops`, in one
+    /// hypercall; each entry's status must be checked.
+    fn gnttab_unmap(&self, ops: &mut [abi::gnttab::UnmapGrantRef]) -> Result<(), XenError>;
+
+    /// `GNTTABOP_copy` of every entry of `ops`, in one hypercall; each
+    /// entry's status must be checked.
+    fn gnttab_copy(&self, ops: &mut [abi::gnttab::GntCopy]) -> Result<(), XenError>;
+
+    /// `XEN_DOMCTL_createdomain` (control domain only): build a domain as
+    /// `config` says, paused, with no memory (`max_pages` 0) and no vCPU
+    /// structures yet. `domid` 0 (or a reserved id) lets Xen choose; Xen
+    /// writes the configuration's OUT fields back (Arm: the GIC version).
+    /// Returns the new domain's id.
+    fn domctl_createdomain(
+        &self,
+        domid: DomId,
+        config: &mut abi::DomctlCreateDomain,
+    ) -> Result<DomId, XenError>;
+
+    /// `XEN_DOMCTL_max_mem`: set `dom`'s `max_pages` to `max_kib / 4`
+    /// (clamped to 32 bits). It may go below what the domain holds.
+    fn domctl_max_mem(&self, dom: DomId, max_kib: u64) -> Result<(), XenError>;
+
+    /// `XEN_DOMCTL_destroydomain`: kill `dom` (never the caller). Xen frees
+    /// its memory; the domain itself goes once nothing refers to its pages
+    /// any more (until then it is a dying zombie). Destroying a dying domain
+    /// again returns `Ok`.
+    fn domctl_destroydomain(&self, dom: DomId) -> Result<(), XenError>;
+
+    /// `XENMEM_acquire_resource` with `nr_frames = 0` and a NULL
+    /// `frame_list`: the size in frames of resource `kind`/`id` of `dom`.
+    fn acquire_resource_size(&self, dom: DomId, kind: u16, id: u32) -> Result<u32, XenError>;
+
+    /// `XENMEM_acquire_resource`: map frames `frame..frame + gfns.len()` of
+    /// resource `kind`/`id` of `dom` at the caller's `gfns` (a translated
+    /// caller; a PV caller gets MFNs written back). On an error some entries
+    /// may be mapped (`-EIO`: those before the failing one) and must be
+    /// removed by the caller.
+    fn acquire_resource(
+        &self,
+        dom: DomId,
+        kind: u16,
+        id: u32,
+        frame: u64,
+        gfns: &mut [Gfn],
+    ) -> Result<(), XenError>;
 }
 
 #[cfg(test)]

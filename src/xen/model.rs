@@ -172,9 +172,18 @@ pub enum Op {
     MapForeignBatch,
     /// [`Hypervisor::remove_from_physmap`].
     RemoveFromPhysmap,
+    /// [`Hypervisor::domctl_createdomain`].
+    CreateDomain,
+    /// [`Hypervisor::domctl_max_mem`].
+    MaxMem,
+    /// [`Hypervisor::domctl_destroydomain`].
+    DestroyDomain,
+    /// [`Hypervisor::acquire_resource_size`] and
+    /// [`Hypervisor::acquire_resource`].
+    AcquireResource,
 }
 
-const OP_COUNT: usize = 16;
+const OP_COUNT: usize = 20;
 
 impl Op {
     const fn index(self) -> usize {
@@ -583,6 +592,12 @@ struct Domain {
     /// Translated: p2m entries of type `p2m_map_foreign` (another domain's
     /// frame, not owned, not counted in `tot_pages`).
     foreign: BTreeMap<Gfn, (u16, Mfn)>,
+    /// Killed by destroydomain, kept while something refers to its pages
+    /// (see [`dctl`]).
+    dying: bool,
+    /// Translated: p2m entries of another domain's grant-table frames mapped
+    /// by acquire_resource: GFN to (domain, table frame index); see [`dctl`].
+    acquired: BTreeMap<Gfn, (u16, u32)>,
 }
 
 impl Domain {
@@ -620,7 +635,7 @@ impl Domain {
             tot_pages: PageCount(self.tot_pages),
             max_pages: PageCount(self.cfg.max_pages),
             shutdown: self.shutdown,
-            dying: false,
+            dying: self.dying,
         }
     }
 }
@@ -634,6 +649,8 @@ struct State {
     faults: Vec<Fault>,
     exchange_unsupported: bool,
     calls: [u64; OP_COUNT],
+    /// createdomain's `rover`: the last domid it picked (see [`dctl`]).
+    rover: u16,
 }
 
 fn err(e: Errno) -> XenError {
@@ -713,10 +730,14 @@ impl State {
 
     /// `alloc_domheap_pages(d, order, MEMF_bits)`: a machine-contiguous,
     /// aligned chunk assigned to `d` (its frames get no GFN), or `None` when
-    /// no chunk is free or `assign_pages` refuses it (`max_pages`).
+    /// no chunk is free or `assign_pages` refuses it (`max_pages`, a dying
+    /// domain).
     fn alloc_domheap(&mut self, d: u16, order: u32, limit: u64) -> Option<u64> {
         let n = 1u64 << order;
         let dom = self.domains.get_mut(&d)?;
+        if dom.dying {
+            return None;
+        }
         if dom.tot_pages > dom.cfg.max_pages || n > dom.cfg.max_pages - dom.tot_pages {
             return None;
         }
@@ -1067,6 +1088,8 @@ impl State {
 /// Operations act as [`XenModel::current`] ("self") calling Xen.
 pub struct XenModel {
     state: RefCell<State>,
+    /// Grant tables, grant mappings and page contents (see [`gnt`]).
+    gnt: RefCell<gnt::GntModel>,
 }
 
 impl fmt::Debug for XenModel {
@@ -1116,7 +1139,9 @@ impl XenModel {
                 faults: Vec::new(),
                 exchange_unsupported: false,
                 calls: [0; OP_COUNT],
+                rover: 0,
             }),
+            gnt: RefCell::new(gnt::GntModel::default()),
         }
     }
 
@@ -1189,6 +1214,8 @@ impl XenModel {
             max_mapped: 0,
             shutdown: None,
             foreign: BTreeMap::new(),
+            dying: false,
+            acquired: BTreeMap::new(),
         };
         let ram = dom.cfg.ram.clone();
         for (g, n) in ram {
@@ -1503,7 +1530,8 @@ impl XenModel {
                 }
             }
         }
-        Ok(())
+        drop(s);
+        self.dctl_check()
     }
 }
 
@@ -1575,6 +1603,8 @@ impl Hypervisor for XenModel {
     /// unless none exists), EPERM unless the caller is privileged — even for
     /// itself.
     fn domain_info(&self, dom: DomId) -> Result<DomainInfo, XenError> {
+        // Dying domains nothing refers to any more are gone (see `dctl`).
+        self.dctl_reap();
         let mut s = self.state.borrow_mut();
         s.errno_fault(Op::DomainInfo)?;
         let target = if s.domains.contains_key(&dom.0) {
@@ -1736,13 +1766,2390 @@ impl Hypervisor for XenModel {
         }
         let caller = s.current.ok_or(err(Errno::ESRCH))?;
         let c = s.domains.get_mut(&caller).ok_or(err(Errno::ESRCH))?;
-        if c.foreign.remove(&gfn).is_some() {
+        if c.foreign.remove(&gfn).is_some() || c.acquired.remove(&gfn).is_some() {
+            drop(s);
+            // A dying domain whose last referenced page this was goes now
+            // (see `dctl`).
+            self.dctl_reap();
             return Ok(());
         }
         if c.p2m.contains_key(&gfn) {
             return s.guest_remove_page(caller, gfn.0).map_err(err);
         }
+        // Grant-table frames and (x86) grant mappings (see `gnt`).
+        if self.gnt.borrow_mut().remove_from_physmap(&s, caller, gfn) {
+            return Ok(());
+        }
         Err(err(Errno::ENOENT))
+    }
+
+    /// `XENMEM_add_to_physmap` for the caller; only `XENMAPSPACE_grant_table`
+    /// is modelled (see [`gnt`]).
+    fn add_to_physmap(&self, space: u16, idx: u64, gfn: Gfn) -> Result<(), XenError> {
+        let mut s = self.state.borrow_mut();
+        self.gnt
+            .borrow_mut()
+            .add_to_physmap(&mut s, space, idx, gfn)
+    }
+
+    /// `GNTTABOP_query_size` (see [`gnt`]).
+    fn gnttab_query_size(&self, dom: DomId) -> Result<abi::gnttab::QuerySize, XenError> {
+        let s = self.state.borrow();
+        self.gnt.borrow_mut().query_size(&s, dom)
+    }
+
+    /// `GNTTABOP_map_grant_ref` (see [`gnt`]).
+    fn gnttab_map(&self, ops: &mut [abi::gnttab::MapGrantRef]) -> Result<(), XenError> {
+        let mut s = self.state.borrow_mut();
+        self.gnt.borrow_mut().map(&mut s, ops)
+    }
+
+    /// `GNTTABOP_unmap_grant_ref` (see [`gnt`]).
+    fn gnttab_unmap(&self, ops: &mut [abi::gnttab::UnmapGrantRef]) -> Result<(), XenError> {
+        let mut s = self.state.borrow_mut();
+        self.gnt.borrow_mut().unmap(&mut s, ops)
+    }
+
+    /// `GNTTABOP_copy` (see [`gnt`]).
+    fn gnttab_copy(&self, ops: &mut [abi::gnttab::GntCopy]) -> Result<(), XenError> {
+        let mut s = self.state.borrow_mut();
+        self.gnt.borrow_mut().copy(&mut s, ops)
+    }
+
+    /// `XEN_DOMCTL_createdomain` (see [`dctl`]).
+    fn domctl_createdomain(
+        &self,
+        domid: DomId,
+        config: &mut abi::DomctlCreateDomain,
+    ) -> Result<DomId, XenError> {
+        self.dctl_createdomain(domid, config)
+    }
+
+    /// `XEN_DOMCTL_max_mem` (see [`dctl`]).
+    fn domctl_max_mem(&self, dom: DomId, max_kib: u64) -> Result<(), XenError> {
+        self.state.borrow_mut().dctl_max_mem(dom, max_kib)
+    }
+
+    /// `XEN_DOMCTL_destroydomain` (see [`dctl`]).
+    fn domctl_destroydomain(&self, dom: DomId) -> Result<(), XenError> {
+        self.dctl_destroydomain(dom)
+    }
+
+    /// `XENMEM_acquire_resource` size query (see [`dctl`]).
+    fn acquire_resource_size(&self, dom: DomId, kind: u16, id: u32) -> Result<u32, XenError> {
+        self.dctl_acquire(dom, kind, id, 0, None)
+    }
+
+    /// `XENMEM_acquire_resource` (see [`dctl`]).
+    fn acquire_resource(
+        &self,
+        dom: DomId,
+        kind: u16,
+        id: u32,
+        frame: u64,
+        gfns: &mut [Gfn],
+    ) -> Result<(), XenError> {
+        self.dctl_acquire(dom, kind, id, frame, Some(gfns))
+            .map(|_| ())
+    }
+}
+
+pub use gnt::{GntFault, GntOp, GrantHostMap};
+
+/// Grant tables in the model: Xen 4.17's `xen/common/grant_table.c`
+/// (`map_grant_ref`, `unmap_common`, `unmap_common_complete`,
+/// `_set_status_v1`, `reduce_status_for_pin`, `get_paged_frame`,
+/// `acquire_grant_for_copy`, `release_grant_for_copy`, `gnttab_copy_*`,
+/// `gnttab_query_size`, `gnttab_grow_table`, `gnttab_map_frame_begin`),
+/// `create_grant_p2m_mapping`/`replace_grant_p2m_mapping`
+/// (`xen/arch/x86/hvm/grant_table.c`) with `p2m_add_page`
+/// (`xen/arch/x86/mm/p2m.c`), `create_grant_host_mapping`/
+/// `replace_grant_host_mapping` (`xen/arch/arm/mm.c`) with Arm's
+/// `guest_physmap_add_entry`/`p2m_remove_mapping`, and
+/// `xenmem_add_to_physmap_one` for `XENMAPSPACE_grant_table` (both
+/// architectures).
+///
+/// # What is modelled
+///
+/// * **Tables**: version 1 only; each domain's table starts with one frame
+///   and grows (through `add_to_physmap` of a higher index) up to
+///   [`gnt::DEFAULT_MAX_GRANT_FRAMES`] (`gnttab_max_frames`, settable). Entries
+///   live in real memory ([`XenModel::page_ptr`] of a table frame's GFN), so
+///   a guest's writes through its own mapping and Xen's `GTF_reading`/
+///   `GTF_writing` updates meet in the same words; tests write entries on a
+///   domain's behalf with [`XenModel::gnttab_write_entry`].
+/// * **Map** (`map_grant_ref`), in Xen's order of checks: neither
+///   `GNTMAP_host_map` nor `GNTMAP_device_map` is `GNTST_bad_gntref`; device,
+///   application or PTE mappings by a translated caller are
+///   `general_error`; an unknown granter, or `DOMID_SELF` (looked up by id
+///   only), is `bad_domain`; no free maptrack handle is `no_space`; a
+///   reference beyond the granter's table is `bad_gntref`; an entry already
+///   pinned by another domain (or whose 8-bit pin counter has reached 128)
+///   is `general_error`; when not pinned, an entry that is not
+///   `GTF_permit_access` for the caller's own domid (`GTF_sub_page` set, a
+///   stale domid) is `general_error`, as is a writable map of a
+///   `GTF_readonly` grant; a granted frame that is not the granter's RAM is
+///   `bad_page`. Xen sets `GTF_reading` (and `GTF_writing`) in the entry
+///   while pinned and clears them when the last pin goes. The host mapping
+///   then goes into the caller's physmap at `host_addr >> 12` (any flag but
+///   `host_map|readonly` is `general_error`, as is a GFN beyond the p2m):
+///   - **x86** (`p2m_add_page`): over a grant or foreign entry (another
+///     domain's grant-table frame mapped by `acquire_resource` is one) the caller is
+///     *crashed* (`domain_crash`, shutdown code 3) and the op fails; over RAM
+///     the old page loses its GFN and stays allocated (leaked); and a page of
+///     the caller's own (its own grant) is unhooked from the GFN it had —
+///     for good: it reads all-ones there even after the unmap, as observed.
+///   - **Arm** (`p2m_set_entry`): whatever was there is replaced (RAM is
+///     leaked, a foreign or grant entry dropped); an own grant stays visible
+///     at both GFNs.
+///
+///   `dev_bus_addr` is the machine address; handles are the lowest free
+///   (Xen's per-vCPU free lists differ in order, not in uniqueness).
+/// * **Unmap** (`unmap_common`): an unknown handle is `bad_handle`; a
+///   `host_addr` of 0 does nothing and says okay (the handle stays); on x86
+///   the GFN must hold a grant entry of that frame (else `general_error`,
+///   nothing undone); on Arm a GFN holding nothing is fine (the handle is
+///   freed), one holding another frame is `general_error`.
+/// * **Copy** (`gnttab_copy`): a frame on either side must be the caller's
+///   (`DOMID_SELF`, else `permission_denied`) and its RAM (`bad_page`); a
+///   grant is acquired as for a map (reading for the source, writing for the
+///   destination: a read-only grant as destination is `general_error`) and
+///   released after the copy; offset plus length beyond the page is
+///   `bad_copy_arg`. Bytes really move ([`XenModel::page_ptr`]).
+/// * **`add_to_physmap(grant_table, idx, gfn)`**: `idx` is truncated to 32
+///   bits (Xen's `unsigned int`), grows the table up to its maximum (beyond:
+///   EINVAL); a frame already mapped elsewhere moves; what was at `gfn`
+///   goes: x86 frees RAM (`guest_remove_page`), refuses a grant mapping
+///   (ENXIO) and drops a foreign entry or an acquired table frame; Arm leaks
+///   RAM and drops anything else. Other map spaces: ENOSYS (not modelled), `gmfn_foreign` ENOSYS
+///   as in Xen.
+/// * **`remove_from_physmap`** of a grant-table frame unhooks it; of an x86
+///   grant mapping removes the entry (its handle stays, and its unmap then
+///   fails); of an Arm grant mapping is ENOENT.
+///
+/// # Simplifications
+///
+/// The dummy XSM policy (Debian's Arm build uses SILO, which also refuses
+/// grants between two domUs); no version 2, transitive or sub-page grants,
+/// no device mappings, no PV (non-translated) mappings (`general_error`);
+/// grant entries and table frames sit beside the p2m, and the reservation and
+/// foreign-map calls do not look at them (the agent puts both in holes of its
+/// region table, so they never meet); page contents are kept only for frames
+/// grant operations and tests touch, and are not scrubbed when a page is
+/// freed.
+pub mod gnt {
+    use super::*;
+    use crate::xen::abi::gnttab::{self as g, GntStatus, GrantEntryV1};
+    use alloc::boxed::Box;
+    use core::sync::atomic::{AtomicU64, Ordering};
+
+    /// `gnttab_max_frames`' default.
+    pub const DEFAULT_MAX_GRANT_FRAMES: u32 = 64;
+    /// Handles a domain may hold: 1024 maptrack frames (the default) of 256
+    /// 16-byte entries.
+    pub const DEFAULT_MAPTRACK_HANDLES: u32 = 1024 * 256;
+    /// A pin counter (8 bits in Xen) refuses another pin from here on.
+    const PIN_LIMIT: u32 = 128;
+    const WORDS: usize = 512;
+
+    /// A grant operation, for [`GntFault`] and [`XenModel::gnttab_calls`].
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum GntOp {
+        /// [`Hypervisor::add_to_physmap`].
+        AddToPhysmap,
+        /// [`Hypervisor::gnttab_query_size`].
+        QuerySize,
+        /// [`Hypervisor::gnttab_map`].
+        Map,
+        /// [`Hypervisor::gnttab_unmap`].
+        Unmap,
+        /// [`Hypervisor::gnttab_copy`].
+        Copy,
+    }
+
+    /// A fault for the next call of a grant operation
+    /// ([`XenModel::gnttab_inject`]); consumed by that call.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum GntFault {
+        /// The call fails with `errno` and does nothing.
+        Errno {
+            /// The operation.
+            op: GntOp,
+            /// The error.
+            errno: Errno,
+        },
+        /// The call `nth` calls from now (0: the next one) fails with
+        /// `errno` and does nothing; the calls before it are not affected.
+        ErrnoOnCall {
+            /// The operation.
+            op: GntOp,
+            /// Calls to let through first.
+            nth: u32,
+            /// The error.
+            errno: Errno,
+        },
+        /// The call does its first `done` entries, then fails with EFAULT
+        /// (as when Xen cannot read entry `done` from the guest); the rest
+        /// keep the status the caller set.
+        EfaultAfter {
+            /// The operation (map, unmap or copy).
+            op: GntOp,
+            /// Entries done.
+            done: usize,
+        },
+    }
+
+    impl GntFault {
+        fn op(&self) -> GntOp {
+            match *self {
+                GntFault::Errno { op, .. }
+                | GntFault::ErrnoOnCall { op, .. }
+                | GntFault::EfaultAfter { op, .. } => op,
+            }
+        }
+    }
+
+    /// A grant mapping in a domain's physmap.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct GrantHostMap {
+        /// The granting domain.
+        pub granter: DomId,
+        /// The reference.
+        pub gref: u32,
+        /// The granted machine frame.
+        pub mfn: Mfn,
+        /// Mapped read-only.
+        pub readonly: bool,
+    }
+
+    /// One page of memory, as words.
+    pub(super) struct PageMem([AtomicU64; WORDS]);
+
+    impl PageMem {
+        fn zeroed() -> Box<PageMem> {
+            Box::new(PageMem(core::array::from_fn(|_| AtomicU64::new(0))))
+        }
+
+        fn ptr(&self) -> *mut u8 {
+            self.0.as_ptr() as *mut u8
+        }
+
+        fn read(&self, off: usize, out: &mut [u8]) {
+            for (i, b) in out.iter_mut().enumerate() {
+                let at = off + i;
+                let w = self.0[at / 8].load(Ordering::Relaxed);
+                *b = (w >> ((at % 8) * 8)) as u8;
+            }
+        }
+
+        fn write(&self, off: usize, data: &[u8]) {
+            for (i, b) in data.iter().enumerate() {
+                let at = off + i;
+                let shift = (at % 8) * 8;
+                let w = &self.0[at / 8];
+                let v = w.load(Ordering::Relaxed);
+                w.store(
+                    (v & !(0xff << shift)) | (u64::from(*b) << shift),
+                    Ordering::Relaxed,
+                );
+            }
+        }
+    }
+
+    #[derive(Clone, Copy, Debug, Default)]
+    struct Active {
+        /// Host read pins (`GNTPIN_hstr`).
+        hr: u32,
+        /// Host write pins (`GNTPIN_hstw`).
+        hw: u32,
+        /// The domain holding the pins (`act->domid`).
+        mapper: u16,
+        /// The pinned frame (`act->mfn`).
+        mfn: Mfn,
+    }
+
+    impl Active {
+        fn pin(&self) -> u32 {
+            self.hr + self.hw
+        }
+    }
+
+    #[derive(Clone, Copy, Debug)]
+    struct Track {
+        dom: u16,
+        gref: u32,
+        flags: u32,
+    }
+
+    struct Table {
+        max_frames: u32,
+        frames: Vec<Box<PageMem>>,
+        frame_gfn: Vec<Option<Gfn>>,
+        active: BTreeMap<u32, Active>,
+        maptrack: BTreeMap<u32, Track>,
+        maptrack_limit: u32,
+        host_maps: BTreeMap<Gfn, GrantHostMap>,
+    }
+
+    impl Table {
+        fn new() -> Self {
+            Table {
+                max_frames: DEFAULT_MAX_GRANT_FRAMES,
+                frames: alloc::vec![PageMem::zeroed()],
+                frame_gfn: alloc::vec![None],
+                active: BTreeMap::new(),
+                maptrack: BTreeMap::new(),
+                maptrack_limit: DEFAULT_MAPTRACK_HANDLES,
+                host_maps: BTreeMap::new(),
+            }
+        }
+
+        fn nr_entries(&self) -> u32 {
+            self.frames.len() as u32 * g::ENTRIES_PER_FRAME_V1
+        }
+
+        fn word(&self, gref: u32) -> &AtomicU64 {
+            let per = g::ENTRIES_PER_FRAME_V1;
+            &self.frames[(gref / per) as usize].0[(gref % per) as usize]
+        }
+
+        fn entry(&self, gref: u32) -> GrantEntryV1 {
+            let w = self.word(gref).load(Ordering::SeqCst);
+            GrantEntryV1 {
+                flags: w as u16,
+                domid: (w >> 16) as u16,
+                frame: (w >> 32) as u32,
+            }
+        }
+
+        fn set_flags(&self, gref: u32, flags: u16) {
+            let w = self.word(gref);
+            let v = w.load(Ordering::SeqCst);
+            w.store((v & !0xffff) | u64::from(flags), Ordering::SeqCst);
+        }
+
+        fn grow(&mut self, frames: u32) {
+            while (self.frames.len() as u32) < frames.min(self.max_frames) {
+                self.frames.push(PageMem::zeroed());
+                self.frame_gfn.push(None);
+            }
+        }
+
+        /// The lowest free handle below the limit.
+        fn free_handle(&self) -> Option<u32> {
+            let mut h = 0u32;
+            for &k in self.maptrack.keys() {
+                if k != h {
+                    break;
+                }
+                h += 1;
+            }
+            (h < self.maptrack_limit).then_some(h)
+        }
+
+        /// `_set_status_v1` for a pin of `gref` by `ld` (`unpinned`: no pin
+        /// yet, so the entry's type and domid are checked).
+        fn set_status(
+            &self,
+            gref: u32,
+            unpinned: bool,
+            ro: bool,
+            ld: u16,
+            mapflag: bool,
+        ) -> Result<(), GntStatus> {
+            let e = self.entry(gref);
+            let mask = g::GTF_TYPE_MASK | if mapflag { g::GTF_SUB_PAGE } else { 0 };
+            if unpinned && ((e.flags & mask) != g::GTF_PERMIT_ACCESS || e.domid != ld) {
+                return Err(GntStatus::GeneralError);
+            }
+            let mut f = e.flags | g::GTF_READING;
+            if !ro {
+                if e.flags & g::GTF_READONLY != 0 {
+                    return Err(GntStatus::GeneralError);
+                }
+                f |= g::GTF_WRITING;
+            }
+            self.set_flags(gref, f);
+            Ok(())
+        }
+
+        /// `reduce_status_for_pin`.
+        fn reduce_status(&self, gref: u32, ro: bool) {
+            let act = self.active.get(&gref).copied().unwrap_or_default();
+            let mut clear = if act.pin() == 0 { g::GTF_READING } else { 0 };
+            if !ro && act.hw == 0 {
+                clear |= g::GTF_WRITING;
+            }
+            if clear != 0 {
+                let f = self.entry(gref).flags;
+                self.set_flags(gref, f & !clear);
+            }
+        }
+    }
+
+    /// What a domain's physmap holds at a GFN.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    enum At {
+        Nothing,
+        Ram(Mfn),
+        Foreign(Mfn),
+        Grant(Mfn),
+        TableFrame(usize),
+        /// Another domain's grant-table frame, mapped by
+        /// `acquire_resource` (a `p2m_map_foreign` entry; see `dctl`).
+        Acquired(u16, u32),
+    }
+
+    fn is_arm(d: &Domain) -> bool {
+        d.cfg.features.contains(Features::ARM_SMCCC)
+    }
+
+    /// The model's grant state.
+    #[derive(Default)]
+    pub struct GntModel {
+        tables: BTreeMap<u16, Table>,
+        mem: BTreeMap<u64, Box<PageMem>>,
+        faults: Vec<GntFault>,
+        calls: [u64; 5],
+    }
+
+    impl GntModel {
+        fn enter(&mut self, op: GntOp) -> Option<GntFault> {
+            self.calls[op as usize] += 1;
+            let i = self.faults.iter().position(|f| f.op() == op)?;
+            if let GntFault::ErrnoOnCall { nth, errno, .. } = &mut self.faults[i] {
+                if *nth > 0 {
+                    *nth -= 1;
+                    return None;
+                }
+                let errno = *errno;
+                self.faults.remove(i);
+                return Some(GntFault::Errno { op, errno });
+            }
+            Some(self.faults.remove(i))
+        }
+
+        /// The table of domain `d` (which must exist), created on first use.
+        fn table(&mut self, d: u16) -> &mut Table {
+            self.tables.entry(d).or_insert_with(Table::new)
+        }
+
+        fn mem(&mut self, mfn: Mfn) -> &PageMem {
+            self.mem.entry(mfn.0).or_insert_with(PageMem::zeroed)
+        }
+
+        fn at(&self, s: &State, d: u16, gfn: Gfn) -> At {
+            let Some(dom) = s.domains.get(&d) else {
+                return At::Nothing;
+            };
+            if let Some(&m) = dom.p2m.get(&gfn) {
+                return At::Ram(m);
+            }
+            if let Some(&(_, m)) = dom.foreign.get(&gfn) {
+                return At::Foreign(m);
+            }
+            if let Some(&(f, i)) = dom.acquired.get(&gfn) {
+                return At::Acquired(f, i);
+            }
+            if let Some(t) = self.tables.get(&d) {
+                if let Some(h) = t.host_maps.get(&gfn) {
+                    return At::Grant(h.mfn);
+                }
+                if let Some(i) = t.frame_gfn.iter().position(|x| *x == Some(gfn)) {
+                    return At::TableFrame(i);
+                }
+            }
+            At::Nothing
+        }
+
+        /// Take the RAM page at `gfn` off the physmap without freeing it (it
+        /// stays allocated with no GFN: leaked).
+        fn unhook_ram(s: &mut State, d: u16, gfn: Gfn) {
+            if let Some(dom) = s.domains.get_mut(&d) {
+                if let Some(m) = dom.p2m.remove(&gfn) {
+                    dom.frames.insert(m, None);
+                }
+            }
+        }
+
+        /// `get_paged_frame`: the granter's own RAM frame at `frame`.
+        fn paged_frame(s: &State, rd: u16, frame: u64) -> Result<Mfn, GntStatus> {
+            let dom = s.domains.get(&rd).ok_or(GntStatus::BadPage)?;
+            if dom.cfg.translated {
+                dom.p2m.get(&Gfn(frame)).copied().ok_or(GntStatus::BadPage)
+            } else if s.machine.owner(frame) == Some(Owner::Dom(rd)) {
+                Ok(Mfn(frame))
+            } else {
+                Err(GntStatus::BadPage)
+            }
+        }
+
+        // ---- add_to_physmap / remove_from_physmap ----
+
+        pub(super) fn add_to_physmap(
+            &mut self,
+            s: &mut State,
+            space: u16,
+            idx: u64,
+            gfn: Gfn,
+        ) -> Result<(), XenError> {
+            match self.enter(GntOp::AddToPhysmap) {
+                Some(GntFault::Errno { errno, .. }) => return Err(err(errno)),
+                // (`enter` turns a due ErrnoOnCall into Errno.)
+                Some(GntFault::EfaultAfter { .. } | GntFault::ErrnoOnCall { .. }) => {
+                    return Err(err(Errno::EFAULT))
+                }
+                None => {}
+            }
+            let ld = s.current.ok_or(err(Errno::ESRCH))?;
+            let (translated, limit, arm) = {
+                let d = s.domains.get(&ld).ok_or(err(Errno::ESRCH))?;
+                (d.cfg.translated, d.cfg.gfn_limit, is_arm(d))
+            };
+            if space == abi::physmap::SPACE_GMFN_FOREIGN {
+                return Err(err(Errno::ENOSYS));
+            }
+            if !translated {
+                return Err(err(Errno::EACCES));
+            }
+            if space != abi::physmap::SPACE_GRANT_TABLE {
+                return Err(err(Errno::ENOSYS));
+            }
+            // gnttab_map_frame_begin takes an unsigned long, and
+            // gnttab_get_shared_frame_mfn an unsigned int.
+            let idx = idx as u32;
+            {
+                let t = self.table(ld);
+                if idx >= t.frames.len() as u32 {
+                    match idx.checked_add(1) {
+                        Some(n) if n <= t.max_frames => t.grow(n),
+                        _ => return Err(err(Errno::EINVAL)),
+                    }
+                }
+            }
+            let idx = idx as usize;
+            if gfn.0 >= limit {
+                return Err(err(Errno::EINVAL));
+            }
+            match self.at(s, ld, gfn) {
+                At::Nothing => {}
+                At::TableFrame(j) => {
+                    if j != idx {
+                        self.table(ld).frame_gfn[j] = None;
+                    }
+                }
+                At::Ram(_) if !arm => {
+                    s.guest_remove_page(ld, gfn.0).map_err(err)?;
+                }
+                At::Ram(_) => Self::unhook_ram(s, ld, gfn),
+                At::Foreign(_) => {
+                    if let Some(d) = s.domains.get_mut(&ld) {
+                        d.foreign.remove(&gfn);
+                    }
+                }
+                // A xenheap page: "special pages are simply unhooked" (x86);
+                // replaced (Arm).
+                At::Acquired(..) => {
+                    if let Some(d) = s.domains.get_mut(&ld) {
+                        d.acquired.remove(&gfn);
+                    }
+                }
+                At::Grant(_) if !arm => return Err(err(Errno::ENXIO)),
+                At::Grant(_) => {
+                    self.table(ld).host_maps.remove(&gfn);
+                }
+            }
+            self.table(ld).frame_gfn[idx] = Some(gfn);
+            if let Some(d) = s.domains.get_mut(&ld) {
+                d.max_mapped = d.max_mapped.max(gfn.0);
+            }
+            Ok(())
+        }
+
+        /// The grant part of `XENMEM_remove_from_physmap`: whether `gfn`
+        /// held something of it (now removed).
+        pub(super) fn remove_from_physmap(&mut self, s: &State, d: u16, gfn: Gfn) -> bool {
+            let arm = s.domains.get(&d).is_some_and(is_arm);
+            match self.at(s, d, gfn) {
+                At::TableFrame(i) => {
+                    self.table(d).frame_gfn[i] = None;
+                    true
+                }
+                At::Grant(_) if !arm => {
+                    self.table(d).host_maps.remove(&gfn);
+                    true
+                }
+                _ => false,
+            }
+        }
+
+        // ---- query_size ----
+
+        pub(super) fn query_size(
+            &mut self,
+            s: &State,
+            dom: DomId,
+        ) -> Result<g::QuerySize, XenError> {
+            match self.enter(GntOp::QuerySize) {
+                Some(GntFault::Errno { errno, .. }) => return Err(err(errno)),
+                // (`enter` turns a due ErrnoOnCall into Errno.)
+                Some(GntFault::EfaultAfter { .. } | GntFault::ErrnoOnCall { .. }) => {
+                    return Err(err(Errno::EFAULT))
+                }
+                None => {}
+            }
+            let mut q = g::QuerySize {
+                dom: dom.0,
+                ..Default::default()
+            };
+            let status = match s.lookup_any(dom) {
+                None => GntStatus::BadDomain,
+                Some(d) if !s.xsm_target(d) => GntStatus::PermissionDenied,
+                Some(d) => {
+                    let t = self.table(d);
+                    q.nr_frames = t.frames.len() as u32;
+                    q.max_nr_frames = t.max_frames;
+                    GntStatus::Okay
+                }
+            };
+            q.status = status.raw();
+            Ok(q)
+        }
+
+        // ---- batches ----
+
+        fn batch<T>(
+            &mut self,
+            op: GntOp,
+            s: &mut State,
+            ops: &mut [T],
+            mut one: impl FnMut(&mut Self, &mut State, u16, &mut T),
+        ) -> Result<(), XenError> {
+            let fault = self.enter(op);
+            if let Some(GntFault::Errno { errno, .. }) = fault {
+                return Err(err(errno));
+            }
+            if ops.len() > i32::MAX as usize {
+                return Err(err(Errno::EINVAL));
+            }
+            let ld = s.current.ok_or(err(Errno::ESRCH))?;
+            if !s.domains.contains_key(&ld) {
+                return Err(err(Errno::ESRCH));
+            }
+            for (i, o) in ops.iter_mut().enumerate() {
+                if matches!(fault, Some(GntFault::EfaultAfter { done, .. }) if done == i) {
+                    return Err(err(Errno::EFAULT));
+                }
+                one(self, s, ld, o);
+            }
+            Ok(())
+        }
+
+        pub(super) fn map(
+            &mut self,
+            s: &mut State,
+            ops: &mut [g::MapGrantRef],
+        ) -> Result<(), XenError> {
+            self.batch(GntOp::Map, s, ops, |m, s, ld, op| {
+                match m.map_one(s, ld, op) {
+                    Ok((handle, mfn)) => {
+                        op.handle = handle;
+                        op.dev_bus_addr = mfn.0 << PAGE_SHIFT;
+                        op.status = GntStatus::Okay.raw();
+                    }
+                    Err(st) => op.status = st.raw(),
+                }
+            })
+        }
+
+        pub(super) fn unmap(
+            &mut self,
+            s: &mut State,
+            ops: &mut [g::UnmapGrantRef],
+        ) -> Result<(), XenError> {
+            self.batch(GntOp::Unmap, s, ops, |m, s, ld, op| {
+                op.status = match m.unmap_one(s, ld, op) {
+                    Ok(()) => GntStatus::Okay.raw(),
+                    Err(st) => st.raw(),
+                };
+            })
+        }
+
+        pub(super) fn copy(
+            &mut self,
+            s: &mut State,
+            ops: &mut [g::GntCopy],
+        ) -> Result<(), XenError> {
+            self.batch(GntOp::Copy, s, ops, |m, s, ld, op| {
+                op.status = match m.copy_one(s, ld, op) {
+                    Ok(()) => GntStatus::Okay.raw(),
+                    Err(st) => st.raw(),
+                };
+            })
+        }
+
+        // ---- map ----
+
+        fn map_one(
+            &mut self,
+            s: &mut State,
+            ld: u16,
+            op: &g::MapGrantRef,
+        ) -> Result<(u32, Mfn), GntStatus> {
+            let ro = op.flags & g::GNTMAP_READONLY != 0;
+            if op.flags & (g::GNTMAP_HOST_MAP | g::GNTMAP_DEVICE_MAP) == 0 {
+                return Err(GntStatus::BadGntref);
+            }
+            let translated = s.domains.get(&ld).is_some_and(|d| d.cfg.translated);
+            let pv_only = g::GNTMAP_DEVICE_MAP | g::GNTMAP_APPLICATION_MAP | g::GNTMAP_CONTAINS_PTE;
+            if !translated || op.flags & pv_only != 0 {
+                return Err(GntStatus::GeneralError);
+            }
+            let rd = op.dom;
+            if rd >= DOMID_FIRST_RESERVED || !s.domains.contains_key(&rd) {
+                return Err(GntStatus::BadDomain);
+            }
+            let handle = self.table(ld).free_handle().ok_or(GntStatus::NoSpace)?;
+            let mfn = self.pin(s, ld, rd, op.gref, ro, true)?;
+            if let Err(e) = self.host_mapping(s, ld, rd, op, mfn, ro) {
+                self.unpin(rd, op.gref, ro);
+                return Err(e);
+            }
+            self.table(ld).maptrack.insert(
+                handle,
+                Track {
+                    dom: rd,
+                    gref: op.gref,
+                    flags: op.flags,
+                },
+            );
+            Ok((handle, mfn))
+        }
+
+        /// Pin `gref` of `rd` for `ld` (a map, or one side of a copy).
+        fn pin(
+            &mut self,
+            s: &State,
+            ld: u16,
+            rd: u16,
+            gref: u32,
+            ro: bool,
+            mapflag: bool,
+        ) -> Result<Mfn, GntStatus> {
+            let t = self.table(rd);
+            if gref >= t.nr_entries() {
+                return Err(GntStatus::BadGntref);
+            }
+            let mut act = t.active.get(&gref).copied().unwrap_or_default();
+            let counter = if ro { act.hr } else { act.hw };
+            if act.pin() > 0 && (act.mapper != ld || counter >= PIN_LIMIT) {
+                return Err(GntStatus::GeneralError);
+            }
+            if act.pin() == 0 || (!ro && act.hw == 0) {
+                t.set_status(gref, act.pin() == 0, ro, ld, mapflag)?;
+                if act.pin() == 0 || !mapflag {
+                    let frame = u64::from(t.entry(gref).frame);
+                    let mfn = match Self::paged_frame(s, rd, frame) {
+                        Ok(m) => m,
+                        Err(e) => {
+                            t.reduce_status(gref, ro);
+                            return Err(e);
+                        }
+                    };
+                    if act.pin() == 0 {
+                        act.mapper = ld;
+                        act.mfn = mfn;
+                    } else if act.mfn != mfn {
+                        // acquire_grant_for_copy: the entry changed under
+                        // an existing pin.
+                        t.reduce_status(gref, ro);
+                        return Err(GntStatus::GeneralError);
+                    }
+                }
+            } else if !mapflag && s.machine.owner(act.mfn.0) != Some(Owner::Dom(rd)) {
+                t.reduce_status(gref, ro);
+                return Err(GntStatus::BadDomain);
+            }
+            if ro {
+                act.hr += 1;
+            } else {
+                act.hw += 1;
+            }
+            t.active.insert(gref, act);
+            Ok(act.mfn)
+        }
+
+        fn unpin(&mut self, rd: u16, gref: u32, ro: bool) {
+            let t = self.table(rd);
+            if let Some(a) = t.active.get_mut(&gref) {
+                if ro {
+                    a.hr = a.hr.saturating_sub(1);
+                } else {
+                    a.hw = a.hw.saturating_sub(1);
+                }
+            }
+            t.reduce_status(gref, ro);
+        }
+
+        fn crash(s: &mut State, d: u16) {
+            if let Some(dom) = s.domains.get_mut(&d) {
+                dom.shutdown = Some(ShutdownReason::Crash.code());
+            }
+        }
+
+        /// `create_grant_host_mapping` / `create_grant_p2m_mapping`.
+        fn host_mapping(
+            &mut self,
+            s: &mut State,
+            ld: u16,
+            rd: u16,
+            op: &g::MapGrantRef,
+            mfn: Mfn,
+            ro: bool,
+        ) -> Result<(), GntStatus> {
+            if op.flags & !g::GNTMAP_READONLY != g::GNTMAP_HOST_MAP {
+                return Err(GntStatus::GeneralError);
+            }
+            let gfn = Gfn(op.host_addr >> PAGE_SHIFT);
+            let (limit, arm) = match s.domains.get(&ld) {
+                Some(d) => (d.cfg.gfn_limit, is_arm(d)),
+                None => return Err(GntStatus::GeneralError),
+            };
+            if gfn.0 >= limit {
+                return Err(GntStatus::GeneralError);
+            }
+            match (self.at(s, ld, gfn), arm) {
+                (At::Nothing, _) => {}
+                (At::Foreign(_) | At::Grant(_) | At::Acquired(..), false) => {
+                    // p2m_add_page: "not permitted", domain_crash(d).
+                    Self::crash(s, ld);
+                    return Err(GntStatus::GeneralError);
+                }
+                (At::Ram(_), _) => Self::unhook_ram(s, ld, gfn),
+                (At::TableFrame(i), _) => self.table(ld).frame_gfn[i] = None,
+                (At::Foreign(_), true) => {
+                    if let Some(d) = s.domains.get_mut(&ld) {
+                        d.foreign.remove(&gfn);
+                    }
+                }
+                (At::Acquired(..), true) => {
+                    if let Some(d) = s.domains.get_mut(&ld) {
+                        d.acquired.remove(&gfn);
+                    }
+                }
+                (At::Grant(_), true) => {
+                    self.table(ld).host_maps.remove(&gfn);
+                }
+            }
+            if !arm && s.machine.owner(mfn.0) == Some(Owner::Dom(ld)) {
+                // p2m_add_page's m->p pass: the caller's own page leaves the
+                // GFN it was at.
+                if let Some(d) = s.domains.get_mut(&ld) {
+                    if let Some(Some(og)) = d.frames.get(&mfn).copied() {
+                        if og != gfn && d.p2m.get(&og) == Some(&mfn) {
+                            d.p2m.remove(&og);
+                            d.frames.insert(mfn, None);
+                        }
+                    }
+                }
+            }
+            self.table(ld).host_maps.insert(
+                gfn,
+                GrantHostMap {
+                    granter: DomId(rd),
+                    gref: op.gref,
+                    mfn,
+                    readonly: ro,
+                },
+            );
+            if let Some(d) = s.domains.get_mut(&ld) {
+                d.max_mapped = d.max_mapped.max(gfn.0);
+            }
+            Ok(())
+        }
+
+        // ---- unmap ----
+
+        fn unmap_one(
+            &mut self,
+            s: &mut State,
+            ld: u16,
+            op: &g::UnmapGrantRef,
+        ) -> Result<(), GntStatus> {
+            let track = *self
+                .table(ld)
+                .maptrack
+                .get(&op.handle)
+                .ok_or(GntStatus::BadHandle)?;
+            if op.host_addr == 0 || track.flags & g::GNTMAP_HOST_MAP == 0 {
+                // Nothing asked that this mapping has: nothing done, okay.
+                return Ok(());
+            }
+            let ro = track.flags & g::GNTMAP_READONLY != 0;
+            let act_mfn = self
+                .table(track.dom)
+                .active
+                .get(&track.gref)
+                .map_or(Mfn(u64::MAX), |a| a.mfn);
+            let gfn = Gfn(op.host_addr >> PAGE_SHIFT);
+            let arm = s.domains.get(&ld).is_some_and(is_arm);
+            match (self.at(s, ld, gfn), arm) {
+                (At::Grant(m), _) if m == act_mfn => {
+                    self.table(ld).host_maps.remove(&gfn);
+                }
+                (At::Nothing, true) => {}
+                (At::Ram(m), true) if m == act_mfn => Self::unhook_ram(s, ld, gfn),
+                (At::Foreign(m), true) if m == act_mfn => {
+                    if let Some(d) = s.domains.get_mut(&ld) {
+                        d.foreign.remove(&gfn);
+                    }
+                }
+                _ => return Err(GntStatus::GeneralError),
+            }
+            self.table(ld).maptrack.remove(&op.handle);
+            self.unpin(track.dom, track.gref, ro);
+            Ok(())
+        }
+
+        // ---- copy ----
+
+        /// `gnttab_copy_lock_domain`.
+        fn copy_domain(s: &State, domid: u16, is_gref: bool) -> Result<u16, GntStatus> {
+            if domid != DomId::SELF.0 && !is_gref {
+                return Err(GntStatus::PermissionDenied);
+            }
+            s.lookup_any(DomId(domid)).ok_or(GntStatus::BadDomain)
+        }
+
+        /// `gnttab_copy_claim_buf`: the frame behind one side, and whether a
+        /// grant was pinned for it (to release).
+        fn claim(
+            &mut self,
+            s: &State,
+            ld: u16,
+            d: u16,
+            p: &g::CopyPtr,
+            is_gref: bool,
+            ro: bool,
+        ) -> Result<Mfn, GntStatus> {
+            if is_gref {
+                self.pin(s, ld, d, p.u as u32, ro, false)
+            } else {
+                Self::paged_frame(s, d, p.u)
+            }
+        }
+
+        fn copy_one(&mut self, s: &mut State, ld: u16, op: &g::GntCopy) -> Result<(), GntStatus> {
+            let src_gref = op.flags & g::GNTCOPY_SOURCE_GREF != 0;
+            let dst_gref = op.flags & g::GNTCOPY_DEST_GREF != 0;
+            let sd = Self::copy_domain(s, op.source.domid, src_gref)?;
+            let dd = Self::copy_domain(s, op.dest.domid, dst_gref)?;
+            let src = self.claim(s, ld, sd, &op.source, src_gref, true)?;
+            let dst = match self.claim(s, ld, dd, &op.dest, dst_gref, false) {
+                Ok(m) => m,
+                Err(e) => {
+                    if src_gref {
+                        self.unpin(sd, op.source.u as u32, true);
+                    }
+                    return Err(e);
+                }
+            };
+            let page = PAGE_SIZE_BYTES;
+            let r = if usize::from(op.source.offset) + usize::from(op.len) > page
+                || usize::from(op.dest.offset) + usize::from(op.len) > page
+            {
+                Err(GntStatus::BadCopyArg)
+            } else {
+                let mut buf = alloc::vec![0u8; usize::from(op.len)];
+                self.mem(src).read(usize::from(op.source.offset), &mut buf);
+                self.mem(dst).write(usize::from(op.dest.offset), &buf);
+                Ok(())
+            };
+            if src_gref {
+                self.unpin(sd, op.source.u as u32, true);
+            }
+            if dst_gref {
+                self.unpin(dd, op.dest.u as u32, false);
+            }
+            r
+        }
+
+        // ---- for XenModel's set-up and inspection methods ----
+
+        /// The memory `d` sees at `gfn`.
+        fn page(&mut self, s: &State, d: u16, gfn: Gfn) -> Option<&PageMem> {
+            match self.at(s, d, gfn) {
+                At::Nothing => None,
+                At::Ram(m) | At::Foreign(m) | At::Grant(m) => Some(self.mem(m)),
+                At::TableFrame(i) => self
+                    .tables
+                    .get(&d)
+                    .and_then(|t| t.frames.get(i))
+                    .map(|b| &**b),
+                At::Acquired(f, i) => self
+                    .tables
+                    .get(&f)
+                    .and_then(|t| t.frames.get(i as usize))
+                    .map(|b| &**b),
+            }
+        }
+
+        fn page_ptr(&mut self, s: &State, d: u16, gfn: Gfn) -> Option<*mut u8> {
+            self.page(s, d, gfn).map(PageMem::ptr)
+        }
+    }
+
+    const PAGE_SIZE_BYTES: usize = 1 << PAGE_SHIFT;
+
+    impl XenModel {
+        /// A pointer to the memory `dom` sees at its frame `gfn` (its RAM, a
+        /// foreign or grant mapping, a grant-table frame), `None` for
+        /// nothing. The page stays where it is for the model's life, so the
+        /// pointer can stand for a mapping of it in host tests; it is only
+        /// valid for 4096 bytes, and only while no other pointer to the
+        /// same page is being used.
+        pub fn page_ptr(&self, dom: DomId, gfn: Gfn) -> Option<*mut u8> {
+            let s = self.state.borrow();
+            self.gnt.borrow_mut().page_ptr(&s, dom.0, gfn)
+        }
+
+        /// Read what `dom` sees at `gfn` from byte `offset`; false if nothing
+        /// is there or the range leaves the page.
+        pub fn read_guest(&self, dom: DomId, gfn: Gfn, offset: usize, buf: &mut [u8]) -> bool {
+            let s = self.state.borrow();
+            let mut g = self.gnt.borrow_mut();
+            if offset
+                .checked_add(buf.len())
+                .is_none_or(|e| e > PAGE_SIZE_BYTES)
+            {
+                return false;
+            }
+            match g.page(&s, dom.0, gfn) {
+                Some(p) => {
+                    p.read(offset, buf);
+                    true
+                }
+                None => false,
+            }
+        }
+
+        /// Write to what `dom` sees at `gfn`, as the domain itself would
+        /// (through a read-only grant mapping too: the model does not guard
+        /// it); false if nothing is there or the range leaves the page.
+        pub fn write_guest(&self, dom: DomId, gfn: Gfn, offset: usize, data: &[u8]) -> bool {
+            let s = self.state.borrow();
+            let mut g = self.gnt.borrow_mut();
+            if offset
+                .checked_add(data.len())
+                .is_none_or(|e| e > PAGE_SIZE_BYTES)
+            {
+                return false;
+            }
+            match g.page(&s, dom.0, gfn) {
+                Some(p) => {
+                    p.write(offset, data);
+                    true
+                }
+                None => false,
+            }
+        }
+
+        /// Write grant entry `gref` of `dom`'s table as the domain does:
+        /// `frame` and `domid` first, then `flags`.
+        pub fn gnttab_write_entry(
+            &self,
+            dom: DomId,
+            gref: u32,
+            entry: GrantEntryV1,
+        ) -> Result<(), ModelError> {
+            let s = self.state.borrow();
+            if !s.domains.contains_key(&dom.0) {
+                return Err(ModelError::NoSuchDomain(dom));
+            }
+            let mut g = self.gnt.borrow_mut();
+            let t = g.table(dom.0);
+            if gref >= t.nr_entries() {
+                return Err(ModelError::BadConfig("grant reference beyond the table"));
+            }
+            let w = t.word(gref);
+            let old = w.load(Ordering::SeqCst);
+            let body = (u64::from(entry.frame) << 32) | (u64::from(entry.domid) << 16);
+            w.store((old & 0xffff) | body, Ordering::SeqCst);
+            w.store(body | u64::from(entry.flags), Ordering::SeqCst);
+            Ok(())
+        }
+
+        /// Entry `gref` of `dom`'s grant table.
+        pub fn gnttab_entry(&self, dom: DomId, gref: u32) -> Option<GrantEntryV1> {
+            let g = self.gnt.borrow();
+            let t = g.tables.get(&dom.0)?;
+            (gref < t.nr_entries()).then(|| t.entry(gref))
+        }
+
+        /// `(nr_frames, max_nr_frames)` of `dom`'s table (1 and the default
+        /// maximum before first use); `None` for an unknown domain.
+        pub fn gnttab_size(&self, dom: DomId) -> Option<(u32, u32)> {
+            if !self.state.borrow().domains.contains_key(&dom.0) {
+                return None;
+            }
+            let mut g = self.gnt.borrow_mut();
+            let t = g.table(dom.0);
+            Some((t.frames.len() as u32, t.max_frames))
+        }
+
+        /// Where each of `dom`'s grant-table frames is in its physmap.
+        pub fn gnttab_frame_gfns(&self, dom: DomId) -> Vec<Option<Gfn>> {
+            let g = self.gnt.borrow();
+            g.tables
+                .get(&dom.0)
+                .map(|t| t.frame_gfn.clone())
+                .unwrap_or_default()
+        }
+
+        /// Set `dom`'s `max_grant_frames` (not below its current size).
+        pub fn gnttab_set_max_frames(&self, dom: DomId, frames: u32) -> Result<(), ModelError> {
+            if !self.state.borrow().domains.contains_key(&dom.0) {
+                return Err(ModelError::NoSuchDomain(dom));
+            }
+            let mut g = self.gnt.borrow_mut();
+            let t = g.table(dom.0);
+            if frames < t.frames.len() as u32 {
+                return Err(ModelError::BadConfig("fewer frames than the table has"));
+            }
+            t.max_frames = frames;
+            Ok(())
+        }
+
+        /// Set how many maptrack handles `dom` may hold.
+        pub fn gnttab_set_maptrack_limit(
+            &self,
+            dom: DomId,
+            handles: u32,
+        ) -> Result<(), ModelError> {
+            if !self.state.borrow().domains.contains_key(&dom.0) {
+                return Err(ModelError::NoSuchDomain(dom));
+            }
+            self.gnt.borrow_mut().table(dom.0).maptrack_limit = handles;
+            Ok(())
+        }
+
+        /// The grant mappings in `dom`'s physmap.
+        pub fn gnttab_host_maps(&self, dom: DomId) -> BTreeMap<Gfn, GrantHostMap> {
+            let g = self.gnt.borrow();
+            g.tables
+                .get(&dom.0)
+                .map(|t| t.host_maps.clone())
+                .unwrap_or_default()
+        }
+
+        /// Maptrack handles `dom` holds.
+        pub fn gnttab_handles(&self, dom: DomId) -> usize {
+            self.gnt
+                .borrow()
+                .tables
+                .get(&dom.0)
+                .map_or(0, |t| t.maptrack.len())
+        }
+
+        /// `(read pins, write pins)` on entry `gref` of `dom`'s table.
+        pub fn gnttab_pins(&self, dom: DomId, gref: u32) -> (u32, u32) {
+            self.gnt
+                .borrow()
+                .tables
+                .get(&dom.0)
+                .and_then(|t| t.active.get(&gref))
+                .map_or((0, 0), |a| (a.hr, a.hw))
+        }
+
+        /// Queue a fault for a grant operation.
+        pub fn gnttab_inject(&self, fault: GntFault) {
+            self.gnt.borrow_mut().faults.push(fault);
+        }
+
+        /// How many times grant operation `op` was called.
+        pub fn gnttab_calls(&self, op: GntOp) -> u64 {
+            self.gnt.borrow().calls[op as usize]
+        }
+    }
+
+    // ---- Hooks for domain control and acquire_resource (`super::dctl`).
+    // ---- Additive only: appended with the domctl/acquire work.
+
+    impl GntModel {
+        /// `d`'s table size and maximum (`(nr_frames, max_grant_frames)`;
+        /// the table is created on first use, as everywhere here).
+        pub(super) fn dctl_size(&mut self, d: u16) -> (u32, u32) {
+            let t = self.table(d);
+            (t.frames.len() as u32, t.max_frames)
+        }
+
+        /// `gnttab_get_shared_frame_mfn`'s growth: grow `d`'s table to
+        /// `frames` frames if within its maximum; whether it has them now.
+        pub(super) fn dctl_grow(&mut self, d: u16, frames: u32) -> bool {
+            let t = self.table(d);
+            if frames <= t.max_frames {
+                t.grow(frames);
+            }
+            t.frames.len() as u32 >= frames
+        }
+
+        /// `grant_table_init` for a domain createdomain builds: a fresh
+        /// table of one frame (replacing anything left under that id).
+        pub(super) fn dctl_new_table(&mut self, d: u16, max_frames: u32, handles: u32) {
+            let mut t = Table::new();
+            t.max_frames = max_frames;
+            t.maptrack_limit = handles;
+            self.tables.insert(d, t);
+        }
+
+        /// `grant_table_destroy`: the table of a domain that is gone.
+        pub(super) fn dctl_drop_table(&mut self, d: u16) {
+            self.tables.remove(&d);
+        }
+
+        /// The memory of frame `i` of `d`'s table.
+        pub(super) fn dctl_frame_ptr(&self, d: u16, i: u32) -> Option<*mut u8> {
+            let t = self.tables.get(&d)?;
+            t.frames.get(i as usize).map(|f| f.ptr())
+        }
+
+        /// Machine frames some domain has grant-mapped (each mapping holds
+        /// a reference on the granter's page).
+        pub(super) fn dctl_pinned(&self) -> BTreeSet<Mfn> {
+            self.tables
+                .values()
+                .flat_map(|t| t.host_maps.values().map(|h| h.mfn))
+                .collect()
+        }
+
+        /// Whether `d` has a grant mapping at `gfn`.
+        pub(super) fn dctl_grant_at(&self, d: u16, gfn: Gfn) -> bool {
+            self.tables
+                .get(&d)
+                .is_some_and(|t| t.host_maps.contains_key(&gfn))
+        }
+
+        /// Take `d`'s own table frame off `gfn`, if one is there (a plain
+        /// p2m overwrite: the frame stays in the table).
+        pub(super) fn dctl_unhook_frame(&mut self, d: u16, gfn: Gfn) {
+            if let Some(t) = self.tables.get_mut(&d) {
+                for g in t.frame_gfn.iter_mut() {
+                    if *g == Some(gfn) {
+                        *g = None;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Domain control and `XENMEM_acquire_resource` in the model: Xen 4.17's
+/// `do_domctl` (`xen/common/domctl.c`: the interface-version check, the
+/// lookup, the dummy XSM policy's `XSM_PRIV`, `XEN_DOMCTL_createdomain`'s
+/// domid `rover`, `XEN_DOMCTL_max_mem`, `XEN_DOMCTL_destroydomain`),
+/// `domain_create`/`sanitise_domain_config`/`domain_kill`
+/// (`xen/common/domain.c`), `arch_sanitise_domain_config` and
+/// `emulation_flags_ok` (`xen/arch/{x86,arm}/domain.c`), `grant_table_init`,
+/// `gnttab_resource_max_frames` and `gnttab_acquire_resource`
+/// (`xen/common/grant_table.c`), `acquire_resource` (`xen/common/memory.c`)
+/// and x86's `set_foreign_p2m_entry` (`xen/arch/x86/mm/p2m.c`).
+///
+/// # What is modelled
+///
+/// * **Every domctl**: a Xen other than 4.17 ([`XenModel::set_version`]) has
+///   another interface version, so it answers `EACCES`; then (all but
+///   createdomain) an unknown domain, `DOMID_SELF` included, is `ESRCH`;
+///   then a caller that is not the control domain gets `EPERM`.
+/// * **createdomain**: the domid comes first: an explicit one
+///   (`0 < id < DOMID_FIRST_RESERVED`) in use is `EEXIST`; otherwise the
+///   `rover` moves to the next free id after the last one picked (wrapping
+///   to 1), and stays moved if the creation then fails. Then the
+///   configuration, in Xen's order, `EINVAL` unless said otherwise: unknown
+///   flags or grant options, no vCPU, HAP without HVM, an IOMMU (none in the
+///   model), IOMMU options without it, vmtrace or vPMU (not available),
+///   x86 S3 integrity (no tboot);
+///   x86: more than 128 vCPUs (HVM; 8192 PV), nested virtualisation without
+///   HAP, unknown `misc_flags`, unknown emulation flags, emulation flags
+///   other than LAPIC only or all-but-vPCI for HVM (or 0/PIT for PV):
+///   `EOPNOTSUPP`, HVM without HAP (Debian's build has no shadow paging):
+///   `EOPNOTSUPP`; Arm: flags other than HVM|HAP (plus IOMMU/vPMU), more
+///   than 128 vCPUs; then the grant table: version 0 or above the
+///   architecture's maximum (x86 2, Arm 1), more than 64 grant frames or
+///   1024 maptrack frames (negative: those defaults), fewer than one grant
+///   frame; then a CPU pool other than 0: `ESRCH`. The new domain is
+///   translated if HVM, holds no memory and has `max_pages` 0, and gets a
+///   fresh grant table of one frame.
+/// * **max_mem**: `max_pages = min(max_memkb / 4, u32::MAX)`, below
+///   `tot_pages` too.
+/// * **destroydomain**: the caller itself is `EINVAL`; a dying domain, 0.
+///   Otherwise the domain dies: its p2m, its foreign and acquired mappings
+///   go, and its pages are freed unless another domain still maps them
+///   (foreign mappings and grant mappings hold page references); it stays,
+///   dying, until the last such page, and the last of its grant-table
+///   frames another domain acquired, is unmapped (`remove_from_physmap`),
+///   then it is gone (with its grant table). A dying domain allocates
+///   nothing, and its frames cannot be mapped (`EINVAL`); max_mem and
+///   acquire_resource still work on it.
+/// * **acquire_resource**: x86: a translated caller that is not the
+///   hardware domain: `EACCES`, first; `frame` or `frame + nr_frames`
+///   beyond 32 bits: `EINVAL`; an unknown domain (or `DOMID_SELF`): `ESRCH`;
+///   the caller itself: `EPERM`; an unprivileged caller: `EPERM`
+///   (`XSM_DM_PRIV`); a size of 0: `EINVAL`. The size of the grant table's
+///   shared frames is its `max_grant_frames`; of its status frames, 0 (v1
+///   tables) on Arm and `max_grant_frames / 8` rounded up on x86 (v2 is
+///   possible there), but mapping them needs a v2 table: `EINVAL`; of an
+///   x86 HVM domain's ioreq server, 2 (none exists to map: `ENOENT`); of a
+///   vmtrace buffer, 0; an unknown type answers its size as
+///   `(u32)-EOPNOTSUPP` (4294967201), as Xen's `unsigned int` does (all
+///   observed under Xen 4.17.7). A NULL list with frames is `EINVAL`; a list of 0
+///   frames, `EINVAL`. Mapping goes by batches of 32: the table grows to
+///   the batch's last frame (`EINVAL` beyond the maximum), then frame by
+///   frame into the caller's p2m (`set_foreign_p2m_entry`): a GFN beyond the
+///   p2m is `ENOENT`; over RAM the old page loses its GFN (leaked); over a
+///   foreign, grant or acquired entry (other than the very same frame) x86
+///   *crashes the caller* (shutdown code 3) and fails with `EPERM`. A
+///   failure after the first frame of a batch is `-EIO`; of the first
+///   frame of a batch (the 33rd frame, say), its own error; nothing done
+///   before is undone. Each entry holds a page reference (x86's
+///   `p2m_entry_modify`): destroying the domain leaves it a dying zombie
+///   until the entry is removed (all observed under Xen 4.17.7).
+///
+/// # Simplifications
+///
+/// vCPUs are not modelled (the domain never runs); the arch part of the
+/// configuration is checked as the build architecture's (x86 on the host);
+/// Arm's GIC version is not checked; ioreq servers and vmtrace buffers do
+/// not exist; PV callers of
+/// acquire_resource are not modelled (`ENOSYS`); on Arm, mapping over a
+/// grant mapping is refused (`EINVAL`) where Xen would replace it; grant
+/// mappings a dying domain itself holds are dropped without unpinning the
+/// granter's entries.
+pub mod dctl {
+    use super::*;
+
+    /// `HVM_MAX_VCPUS`.
+    const HVM_MAX_VCPUS: u32 = 128;
+    /// x86 `MAX_VIRT_CPUS` (PV).
+    const X86_PV_MAX_VCPUS: u32 = 8192;
+    /// Arm `MAX_VIRT_CPUS` (64-bit).
+    const ARM_MAX_VCPUS: u32 = 128;
+    /// `opt_max_grant_frames`' default.
+    const MAX_GRANT_FRAMES: u32 = 64;
+    /// `opt_max_maptrack_frames`' default.
+    const MAX_MAPTRACK_FRAMES: u32 = 1024;
+    /// Maptrack entries per frame (16 bytes each).
+    const MAPTRACK_PER_FRAME: u32 = 256;
+    /// Frames `acquire_resource` handles per round.
+    const ACQUIRE_BATCH: usize = 32;
+
+    fn is_arm(d: &Domain) -> bool {
+        d.cfg.features.contains(Features::ARM_SMCCC)
+    }
+
+    /// What a created domain's grant table gets.
+    struct GrantLimits {
+        frames: u32,
+        maptrack: u32,
+    }
+
+    impl State {
+        /// `do_domctl`'s prologue for a domctl on an existing domain.
+        fn dctl_target(&self, dom: DomId) -> Result<u16, XenError> {
+            if (self.version.major, self.version.minor) != (4, 17) {
+                return Err(err(Errno::EACCES));
+            }
+            if !self.domains.contains_key(&dom.0) {
+                return Err(err(Errno::ESRCH));
+            }
+            if !self.caller().is_some_and(|c| c.cfg.privileged) {
+                return Err(err(Errno::EPERM));
+            }
+            Ok(dom.0)
+        }
+
+        pub(super) fn dctl_max_mem(&mut self, dom: DomId, kib: u64) -> Result<(), XenError> {
+            self.errno_fault(Op::MaxMem)?;
+            let d = self.dctl_target(dom)?;
+            if let Some(x) = self.domains.get_mut(&d) {
+                x.cfg.max_pages = (kib >> 2).min(u64::from(u32::MAX));
+            }
+            Ok(())
+        }
+
+        /// The domid createdomain uses, moving the rover.
+        fn dctl_domid(&mut self, want: u16) -> Result<u16, Errno> {
+            if want > 0 && want < DOMID_FIRST_RESERVED {
+                return if self.domains.contains_key(&want) {
+                    Err(Errno::EEXIST)
+                } else {
+                    Ok(want)
+                };
+            }
+            let rover = self.rover;
+            let mut d = rover.wrapping_add(1);
+            while d != rover {
+                if d >= DOMID_FIRST_RESERVED {
+                    d = 1;
+                    if d == rover {
+                        break;
+                    }
+                }
+                if !self.domains.contains_key(&d) {
+                    self.rover = d;
+                    return Ok(d);
+                }
+                d = d.wrapping_add(1);
+            }
+            Err(Errno::ENOMEM)
+        }
+
+        /// `sanitise_domain_config`, the arch checks of `domain_create`
+        /// and `grant_table_init`, for a caller of architecture `arm`.
+        fn dctl_check_config(c: &abi::DomctlCreateDomain, arm: bool) -> Result<GrantLimits, Errno> {
+            let hvm = c.flags & abi::cdf::HVM != 0;
+            let hap = c.flags & abi::cdf::HAP != 0;
+            if c.flags & !abi::cdf::ALL != 0
+                || c.grant_opts & !abi::XEN_DOMCTL_GRANT_VERSION_MASK != 0
+                || c.max_vcpus < 1
+                || (hap && !hvm)
+                || c.flags & abi::cdf::IOMMU != 0
+                || c.iommu_opts != 0
+                || c.vmtrace_size != 0
+                || c.flags & abi::cdf::VPMU != 0
+                || (!arm && c.flags & abi::cdf::S3_INTEGRITY != 0)
+            {
+                return Err(Errno::EINVAL);
+            }
+            if arm {
+                let optional = abi::cdf::IOMMU | abi::cdf::VPMU;
+                if c.flags & !optional != abi::cdf::HVM | abi::cdf::HAP
+                    || c.max_vcpus > ARM_MAX_VCPUS
+                {
+                    return Err(Errno::EINVAL);
+                }
+            } else {
+                let max = if hvm { HVM_MAX_VCPUS } else { X86_PV_MAX_VCPUS };
+                if c.max_vcpus > max || (c.flags & abi::cdf::NESTED_VIRT != 0 && !hap) {
+                    return Err(Errno::EINVAL);
+                }
+                Self::dctl_check_x86_arch(c, hvm)?;
+                if hvm && !hap {
+                    // No shadow paging: shadow_domain_init refuses HVM.
+                    return Err(Errno::EOPNOTSUPP);
+                }
+            }
+            let version = c.grant_opts & abi::XEN_DOMCTL_GRANT_VERSION_MASK;
+            let max_version = if arm { 1 } else { 2 };
+            if version == 0 || version > max_version {
+                return Err(Errno::EINVAL);
+            }
+            let frames = u32::try_from(c.max_grant_frames).unwrap_or(MAX_GRANT_FRAMES);
+            let maptrack = u32::try_from(c.max_maptrack_frames).unwrap_or(MAX_MAPTRACK_FRAMES);
+            if !(1..=MAX_GRANT_FRAMES).contains(&frames) || maptrack > MAX_MAPTRACK_FRAMES {
+                return Err(Errno::EINVAL);
+            }
+            if c.cpupool_id != 0 {
+                return Err(Errno::ESRCH);
+            }
+            Ok(GrantLimits { frames, maptrack })
+        }
+
+        #[cfg(not(target_arch = "aarch64"))]
+        fn dctl_check_x86_arch(c: &abi::DomctlCreateDomain, hvm: bool) -> Result<(), Errno> {
+            use abi::x86_emu as e;
+            if c.arch.misc_flags & !e::MSR_RELAXED != 0 || c.arch.emulation_flags & !e::ALL != 0 {
+                return Err(Errno::EINVAL);
+            }
+            let f = c.arch.emulation_flags;
+            let ok = if hvm {
+                f == e::LAPIC || f == e::ALL & !e::VPCI
+            } else {
+                f == 0 || f == e::PIT
+            };
+            if ok {
+                Ok(())
+            } else {
+                Err(Errno::EOPNOTSUPP)
+            }
+        }
+
+        #[cfg(target_arch = "aarch64")]
+        fn dctl_check_x86_arch(_: &abi::DomctlCreateDomain, _: bool) -> Result<(), Errno> {
+            // The Arm layout carries no x86 part.
+            Ok(())
+        }
+
+        /// createdomain up to the grant table (which the caller sets up):
+        /// the new id and its grant limits.
+        fn dctl_create(
+            &mut self,
+            want: DomId,
+            c: &abi::DomctlCreateDomain,
+        ) -> Result<(u16, GrantLimits), XenError> {
+            self.errno_fault(Op::CreateDomain)?;
+            if (self.version.major, self.version.minor) != (4, 17) {
+                return Err(err(Errno::EACCES));
+            }
+            let caller = self.caller().ok_or(err(Errno::ESRCH))?;
+            if !caller.cfg.privileged {
+                return Err(err(Errno::EPERM));
+            }
+            let arm = is_arm(caller);
+            let cpuid_domid = caller.cfg.cpuid_domid;
+            let id = self.dctl_domid(want.0).map_err(err)?;
+            let limits = Self::dctl_check_config(c, arm).map_err(err)?;
+            let hvm = c.flags & abi::cdf::HVM != 0;
+            let features = if arm {
+                DomainConfig::arm_features(false, false)
+            } else {
+                DomainConfig::x86_features(hvm, false)
+            };
+            let cfg = DomainConfig {
+                domid: DomId(id),
+                translated: hvm,
+                direct_mapped: false,
+                privileged: false,
+                console: false,
+                max_pages: 0,
+                max_order: DOMU_MAX_ORDER,
+                ram: Vec::new(),
+                e820: None,
+                features,
+                cpuid_domid,
+                gfn_limit: if arm { ARM_GFN_LIMIT } else { X86_GFN_LIMIT },
+            };
+            self.domains.insert(
+                id,
+                Domain {
+                    cfg,
+                    tot_pages: 0,
+                    frames: BTreeMap::new(),
+                    p2m: BTreeMap::new(),
+                    max_mapped: 0,
+                    shutdown: None,
+                    foreign: BTreeMap::new(),
+                    dying: false,
+                    acquired: BTreeMap::new(),
+                },
+            );
+            Ok((id, limits))
+        }
+
+        /// `domain_kill` of `dom` (the prologue done by the caller).
+        fn dctl_kill(&mut self, d: u16) -> Result<(), XenError> {
+            if self.current == Some(d) {
+                return Err(err(Errno::EINVAL));
+            }
+            let Some(dom) = self.domains.get_mut(&d) else {
+                return Err(err(Errno::ESRCH));
+            };
+            if dom.dying {
+                return Ok(());
+            }
+            dom.dying = true;
+            dom.foreign.clear();
+            dom.acquired.clear();
+            dom.p2m.clear();
+            for g in dom.frames.values_mut() {
+                *g = None;
+            }
+            Ok(())
+        }
+
+        /// Free the unreferenced pages of dying domains; remove those left
+        /// with none. Returns the ids removed.
+        fn dctl_reap(&mut self, pinned: &BTreeSet<Mfn>) -> Vec<u16> {
+            let mut refs: BTreeSet<Mfn> = pinned.clone();
+            let mut acquired_from: BTreeSet<u16> = BTreeSet::new();
+            for d in self.domains.values() {
+                refs.extend(d.foreign.values().map(|&(_, m)| m));
+                acquired_from.extend(d.acquired.values().map(|&(f, _)| f));
+            }
+            let dying: Vec<u16> = self
+                .domains
+                .iter()
+                .filter(|(_, d)| d.dying)
+                .map(|(&id, _)| id)
+                .collect();
+            let mut gone = Vec::new();
+            for id in dying {
+                let Some(dom) = self.domains.get_mut(&id) else {
+                    continue;
+                };
+                let free: Vec<Mfn> = dom
+                    .frames
+                    .keys()
+                    .filter(|m| !refs.contains(m))
+                    .copied()
+                    .collect();
+                for m in free {
+                    dom.frames.remove(&m);
+                    dom.tot_pages -= 1;
+                    self.machine.release(m.0);
+                }
+                if !acquired_from.contains(&id)
+                    && self.domains.get(&id).is_some_and(|d| d.frames.is_empty())
+                {
+                    self.domains.remove(&id);
+                    gone.push(id);
+                }
+            }
+            gone
+        }
+
+        /// `acquire_resource`'s checks before the size: the target.
+        fn dctl_acquire_target(
+            &mut self,
+            dom: DomId,
+            frame: u64,
+            nr: u64,
+        ) -> Result<u16, XenError> {
+            self.errno_fault(Op::AcquireResource)?;
+            let c = self.caller().ok_or(err(Errno::ESRCH))?;
+            // arch_acquire_resource_check (x86 only).
+            if !is_arm(c) && c.cfg.translated && !c.cfg.privileged {
+                return Err(err(Errno::EACCES));
+            }
+            let privileged = c.cfg.privileged;
+            let caller = c.cfg.domid.0;
+            if frame >> 32 != 0 || frame.checked_add(nr).is_none_or(|e| e >> 32 != 0) {
+                return Err(err(Errno::EINVAL));
+            }
+            // rcu_lock_remote_domain_by_id: ids only.
+            if !self.domains.contains_key(&dom.0) {
+                return Err(err(Errno::ESRCH));
+            }
+            if dom.0 == caller {
+                return Err(err(Errno::EPERM));
+            }
+            if !privileged {
+                return Err(err(Errno::EPERM));
+            }
+            Ok(dom.0)
+        }
+
+        /// `set_foreign_p2m_entry` of frame `idx` of `target`'s grant table
+        /// at the caller's `gfn`. `grant_here`: a grant mapping is there.
+        fn dctl_set_foreign(
+            &mut self,
+            gfn: Gfn,
+            target: u16,
+            idx: u32,
+            grant_here: bool,
+        ) -> Result<(), Errno> {
+            let caller = self.current.ok_or(Errno::ESRCH)?;
+            let c = self.domains.get_mut(&caller).ok_or(Errno::ESRCH)?;
+            if gfn.0 >= c.cfg.gfn_limit {
+                return Err(Errno::ENOENT);
+            }
+            if c.acquired.get(&gfn) == Some(&(target, idx)) {
+                return Ok(());
+            }
+            let special =
+                grant_here || c.acquired.contains_key(&gfn) || c.foreign.contains_key(&gfn);
+            if special {
+                if is_arm(c) {
+                    if grant_here {
+                        return Err(Errno::EINVAL);
+                    }
+                    c.acquired.remove(&gfn);
+                    c.foreign.remove(&gfn);
+                } else {
+                    // "not permitted": domain_crash(d).
+                    c.shutdown = Some(ShutdownReason::Crash.code());
+                    return Err(Errno::EPERM);
+                }
+            }
+            if let Some(m) = c.p2m.remove(&gfn) {
+                // Overwritten: the page stays the caller's, with no GFN.
+                c.frames.insert(m, None);
+            }
+            c.acquired.insert(gfn, (target, idx));
+            c.max_mapped = c.max_mapped.max(gfn.0);
+            Ok(())
+        }
+    }
+
+    impl XenModel {
+        pub(super) fn dctl_createdomain(
+            &self,
+            want: DomId,
+            c: &mut abi::DomctlCreateDomain,
+        ) -> Result<DomId, XenError> {
+            let (id, limits) = self.state.borrow_mut().dctl_create(want, c)?;
+            self.gnt.borrow_mut().dctl_new_table(
+                id,
+                limits.frames,
+                limits.maptrack.saturating_mul(MAPTRACK_PER_FRAME),
+            );
+            Ok(DomId(id))
+        }
+
+        pub(super) fn dctl_destroydomain(&self, dom: DomId) -> Result<(), XenError> {
+            {
+                let mut s = self.state.borrow_mut();
+                s.errno_fault(Op::DestroyDomain)?;
+                let d = s.dctl_target(dom)?;
+                s.dctl_kill(d)?;
+            }
+            self.dctl_reap();
+            Ok(())
+        }
+
+        /// Remove the dying domains nothing refers to any more.
+        pub(super) fn dctl_reap(&self) {
+            let pinned = self.gnt.borrow().dctl_pinned();
+            let gone = self.state.borrow_mut().dctl_reap(&pinned);
+            let mut g = self.gnt.borrow_mut();
+            for id in gone {
+                g.dctl_drop_table(id);
+            }
+        }
+
+        /// The checks [`XenModel::check_conservation`] adds for this part:
+        /// no foreign entry points at a frame its domain no longer owns, no
+        /// acquired entry at the table of a domain that is gone, and a dying
+        /// domain maps nothing.
+        pub(super) fn dctl_check(&self) -> Result<(), String> {
+            let s = self.state.borrow();
+            for (&id, d) in &s.domains {
+                for (g, &(f, m)) in &d.foreign {
+                    if s.machine.owner(m.0) != Some(Owner::Dom(f)) {
+                        return Err(format!(
+                            "d{id}: foreign entry {g:?} -> d{f} {m:?} dangles (frame freed)"
+                        ));
+                    }
+                }
+                for (g, &(f, i)) in &d.acquired {
+                    if !s.domains.contains_key(&f) {
+                        return Err(format!(
+                            "d{id}: acquired entry {g:?} -> d{f} grant frame {i} dangles (domain gone)"
+                        ));
+                    }
+                }
+                if d.dying && (!d.p2m.is_empty() || !d.foreign.is_empty()) {
+                    return Err(format!("d{id}: dying but still maps frames"));
+                }
+            }
+            Ok(())
+        }
+
+        /// `XENMEM_acquire_resource`: with `gfns` `None`, the size query.
+        pub(super) fn dctl_acquire(
+            &self,
+            dom: DomId,
+            kind: u16,
+            id: u32,
+            frame: u64,
+            gfns: Option<&mut [Gfn]>,
+        ) -> Result<u32, XenError> {
+            let nr = gfns.as_ref().map_or(0, |l| l.len() as u64);
+            let (target, arm, translated, target_hvm) = {
+                let mut s = self.state.borrow_mut();
+                let t = s.dctl_acquire_target(dom, frame, nr)?;
+                let c = s.caller().ok_or(err(Errno::ESRCH))?;
+                let hvm = s.domains.get(&t).is_some_and(|d| d.cfg.translated);
+                (t, is_arm(c), c.cfg.translated, hvm)
+            };
+            // resource_max_frames (an unsigned int: -EOPNOTSUPP wraps).
+            let eopnotsupp = (Errno::EOPNOTSUPP as i32).wrapping_neg() as u32;
+            let max = match (kind, id) {
+                (
+                    abi::physmap::RESOURCE_GRANT_TABLE,
+                    abi::physmap::RESOURCE_GRANT_TABLE_ID_SHARED,
+                ) => self.gnt.borrow_mut().dctl_size(target).1,
+                (abi::physmap::RESOURCE_GRANT_TABLE, abi::RESOURCE_GRANT_TABLE_ID_STATUS) => {
+                    if arm {
+                        0
+                    } else {
+                        // grant_to_status_frames: v2 entries (256 a frame)
+                        // of 2-byte status each.
+                        let entries = self.gnt.borrow_mut().dctl_size(target).1 * 256;
+                        (entries * 2).div_ceil(4096)
+                    }
+                }
+                (abi::physmap::RESOURCE_GRANT_TABLE, _) | (abi::RESOURCE_VMTRACE_BUF, _) => 0,
+                // ioreq_server_max_frames: the buffered ring and one frame
+                // per 128 vCPUs (HVM domains have at most 128) on x86;
+                // Arm's build has no ioreq servers.
+                (abi::RESOURCE_IOREQ_SERVER, _) => {
+                    if target_hvm && !arm {
+                        2
+                    } else {
+                        0
+                    }
+                }
+                _ => eopnotsupp,
+            };
+            if max == 0 {
+                return Err(err(Errno::EINVAL));
+            }
+            let Some(list) = gfns else {
+                return Ok(max);
+            };
+            if list.is_empty() || nr > MAX_NR_EXTENTS {
+                return Err(err(Errno::EINVAL));
+            }
+            if kind == abi::RESOURCE_IOREQ_SERVER {
+                // No ioreq server exists in the model (an id beyond 16 bits
+                // is EINVAL first).
+                return Err(err(if id > u32::from(u16::MAX) {
+                    Errno::EINVAL
+                } else {
+                    Errno::ENOENT
+                }));
+            }
+            if kind > abi::RESOURCE_VMTRACE_BUF {
+                return Err(err(Errno::EOPNOTSUPP));
+            }
+            if !translated {
+                return Err(err(Errno::ENOSYS));
+            }
+            let first = frame as u32;
+            for (b, chunk) in list.chunks(ACQUIRE_BATCH).enumerate() {
+                let base = first + (b * ACQUIRE_BATCH) as u32;
+                // _acquire_resource: only shared grant frames are mappable.
+                if kind != abi::physmap::RESOURCE_GRANT_TABLE
+                    || id != abi::physmap::RESOURCE_GRANT_TABLE_ID_SHARED
+                {
+                    return Err(err(Errno::EINVAL));
+                }
+                let last = base + chunk.len() as u32 - 1;
+                if !self.gnt.borrow_mut().dctl_grow(target, last + 1) {
+                    return Err(err(Errno::EINVAL));
+                }
+                for (i, &g) in chunk.iter().enumerate() {
+                    let caller = self.state.borrow().current.unwrap_or(0);
+                    let grant_here = self.gnt.borrow().dctl_grant_at(caller, g);
+                    let r = self.state.borrow_mut().dctl_set_foreign(
+                        g,
+                        target,
+                        base + i as u32,
+                        grant_here,
+                    );
+                    match r {
+                        Ok(()) => self.gnt.borrow_mut().dctl_unhook_frame(caller, g),
+                        Err(_) if i > 0 => return Err(err(Errno::EIO)),
+                        Err(e) => return Err(err(e)),
+                    }
+                }
+            }
+            Ok(0)
+        }
+
+        /// The acquired grant-table frames in `dom`'s physmap: GFN to
+        /// (domain, frame index).
+        pub fn acquired(&self, dom: DomId) -> BTreeMap<Gfn, (DomId, u32)> {
+            let s = self.state.borrow();
+            s.domains
+                .get(&dom.0)
+                .map(|d| {
+                    d.acquired
+                        .iter()
+                        .map(|(g, &(f, i))| (*g, (DomId(f), i)))
+                        .collect()
+                })
+                .unwrap_or_default()
+        }
+
+        /// The memory of the grant-table frame `dom` acquired at `gfn` (see
+        /// [`XenModel::page_ptr`] for the rules of its use).
+        pub fn acquired_ptr(&self, dom: DomId, gfn: Gfn) -> Option<*mut u8> {
+            let (f, i) = *self
+                .state
+                .borrow()
+                .domains
+                .get(&dom.0)?
+                .acquired
+                .get(&gfn)?;
+            self.gnt.borrow().dctl_frame_ptr(f, i)
+        }
+
+        /// Whether `dom` is dying (`None`: no such domain).
+        pub fn is_dying(&self, dom: DomId) -> Option<bool> {
+            self.state.borrow().domains.get(&dom.0).map(|d| d.dying)
+        }
+
+        /// The domains that exist, dying ones included.
+        pub fn domain_ids(&self) -> Vec<DomId> {
+            self.state
+                .borrow()
+                .domains
+                .keys()
+                .map(|&d| DomId(d))
+                .collect()
+        }
+
+        /// createdomain's rover: the last domid it picked (0: none yet).
+        pub fn rover(&self) -> u16 {
+            self.state.borrow().rover
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+        use crate::xen::domctl::CreateDomain;
+
+        const D0: DomId = DomId(0);
+        const SELF: DomId = DomId::SELF;
+        const GT: u16 = abi::physmap::RESOURCE_GRANT_TABLE;
+        const SHARED: u32 = abi::physmap::RESOURCE_GRANT_TABLE_ID_SHARED;
+
+        fn e(x: Errno) -> XenError {
+            XenError::Errno(x)
+        }
+
+        fn ok(x: &XenModel) {
+            if let Err(m) = x.check_conservation() {
+                panic!("conservation: {m}");
+            }
+        }
+
+        fn helper() -> abi::DomctlCreateDomain {
+            CreateDomain::x86_pvh_helper().to_abi().unwrap()
+        }
+
+        /// A PVH dom0 (the caller) on a machine of 64 Ki frames.
+        fn world() -> XenModel {
+            let x = XenModel::new(1 << 16);
+            x.add_domain(DomainConfig::pvh_dom0(4096)).unwrap();
+            x
+        }
+
+        fn create(x: &XenModel) -> DomId {
+            x.domctl_createdomain(D0, &mut helper()).unwrap()
+        }
+
+        #[test]
+        fn createdomain_picks_ids_with_a_rover() {
+            let x = world();
+            let a = create(&x);
+            let b = create(&x);
+            assert_eq!((a, b), (DomId(1), DomId(2)));
+            // A new domain: paused, no memory, none allowed, a fresh table.
+            let i = x.domain_info(a).unwrap();
+            assert_eq!((i.tot_pages.0, i.max_pages.0, i.dying), (0, 0, false));
+            assert_eq!(x.gnttab_size(a), Some((1, 64)));
+            // Destroyed ids are not reused at once: the rover moves on.
+            x.domctl_destroydomain(a).unwrap();
+            assert_eq!(x.domain_info(a), Err(e(Errno::ESRCH)));
+            assert_eq!(create(&x), DomId(3));
+            // An explicit id: free or EEXIST.
+            assert_eq!(x.domctl_createdomain(a, &mut helper()), Ok(a));
+            assert_eq!(
+                x.domctl_createdomain(a, &mut helper()),
+                Err(e(Errno::EEXIST))
+            );
+            // DOMID_SELF and other reserved ids mean "pick one".
+            assert_eq!(x.domctl_createdomain(SELF, &mut helper()), Ok(DomId(4)));
+            assert_eq!(x.rover(), 4);
+            ok(&x);
+        }
+
+        #[test]
+        fn createdomain_checks_the_configuration_like_xen() {
+            let x = world();
+            let bad = |f: &dyn Fn(&mut abi::DomctlCreateDomain)| {
+                let mut c = helper();
+                f(&mut c);
+                x.domctl_createdomain(D0, &mut c)
+            };
+            use abi::{cdf, x86_emu};
+            assert_eq!(bad(&|c| c.flags |= 1 << 8), Err(e(Errno::EINVAL)));
+            assert_eq!(bad(&|c| c.grant_opts = 0x11), Err(e(Errno::EINVAL)));
+            assert_eq!(bad(&|c| c.max_vcpus = 0), Err(e(Errno::EINVAL)));
+            assert_eq!(bad(&|c| c.max_vcpus = 129), Err(e(Errno::EINVAL)));
+            assert_eq!(bad(&|c| c.flags = cdf::HAP), Err(e(Errno::EINVAL)));
+            assert_eq!(bad(&|c| c.flags |= cdf::IOMMU), Err(e(Errno::EINVAL)));
+            assert_eq!(bad(&|c| c.vmtrace_size = 4096), Err(e(Errno::EINVAL)));
+            assert_eq!(
+                bad(&|c| c.flags |= cdf::S3_INTEGRITY),
+                Err(e(Errno::EINVAL))
+            );
+            assert_eq!(bad(&|c| c.arch.misc_flags = 2), Err(e(Errno::EINVAL)));
+            assert_eq!(
+                bad(&|c| c.arch.emulation_flags = 1 << 11),
+                Err(e(Errno::EINVAL))
+            );
+            // Valid bits, but not a set Xen allows for an HVM domU.
+            assert_eq!(
+                bad(&|c| c.arch.emulation_flags = x86_emu::ALL),
+                Err(e(Errno::EOPNOTSUPP))
+            );
+            assert_eq!(
+                bad(&|c| c.arch.emulation_flags = x86_emu::LAPIC | x86_emu::IOAPIC),
+                Err(e(Errno::EOPNOTSUPP))
+            );
+            // HVM without HAP needs shadow paging, which the build lacks.
+            assert_eq!(bad(&|c| c.flags = cdf::HVM), Err(e(Errno::EOPNOTSUPP)));
+            // Grant table limits.
+            assert_eq!(bad(&|c| c.grant_opts = 0), Err(e(Errno::EINVAL)));
+            assert_eq!(bad(&|c| c.grant_opts = 3), Err(e(Errno::EINVAL)));
+            assert_eq!(bad(&|c| c.max_grant_frames = 65), Err(e(Errno::EINVAL)));
+            assert_eq!(bad(&|c| c.max_grant_frames = 0), Err(e(Errno::EINVAL)));
+            assert_eq!(
+                bad(&|c| c.max_maptrack_frames = 1025),
+                Err(e(Errno::EINVAL))
+            );
+            assert_eq!(bad(&|c| c.cpupool_id = 1), Err(e(Errno::ESRCH)));
+            // Every failure above moved the rover: ids 1..=19 were tried.
+            assert_eq!(x.rover(), 19);
+            assert_eq!(x.domain_ids(), [D0]);
+            // Defaults (-1) and the all-but-vPCI HVM set are fine.
+            let d = bad(&|c| {
+                c.max_grant_frames = -1;
+                c.max_maptrack_frames = -1;
+                c.grant_opts = 2;
+                c.arch.emulation_flags = x86_emu::ALL & !x86_emu::VPCI;
+            })
+            .unwrap();
+            assert_eq!(d, DomId(20));
+            assert_eq!(x.gnttab_size(d), Some((1, 64)));
+            // Nested virtualisation with HAP is fine.
+            bad(&|c| c.flags |= cdf::NESTED_VIRT).unwrap();
+            // A PV domain: PIT only.
+            let pv = bad(&|c| {
+                c.flags = 0;
+                c.arch.emulation_flags = x86_emu::PIT;
+            })
+            .unwrap();
+            x.set_current(pv).unwrap();
+            assert!(!x
+                .features()
+                .unwrap()
+                .contains(Features::AUTO_TRANSLATED_PHYSMAP));
+            x.set_current(D0).unwrap();
+            ok(&x);
+        }
+
+        #[test]
+        fn domctls_need_4_17_and_the_control_domain() {
+            let x = world();
+            x.add_domain(DomainConfig::pvh_domu(DomId(5), 64)).unwrap();
+            x.set_current(DomId(5)).unwrap();
+            assert_eq!(
+                x.domctl_createdomain(D0, &mut helper()),
+                Err(e(Errno::EPERM))
+            );
+            assert_eq!(x.domctl_max_mem(D0, 1024), Err(e(Errno::EPERM)));
+            assert_eq!(x.domctl_destroydomain(D0), Err(e(Errno::EPERM)));
+            // The lookup comes before XSM.
+            assert_eq!(x.domctl_destroydomain(DomId(9)), Err(e(Errno::ESRCH)));
+            assert_eq!(x.domctl_max_mem(SELF, 1024), Err(e(Errno::ESRCH)));
+            x.set_current(D0).unwrap();
+            let mut v = x.version().unwrap();
+            v.minor = 18;
+            x.set_version(v);
+            assert_eq!(
+                x.domctl_createdomain(D0, &mut helper()),
+                Err(e(Errno::EACCES))
+            );
+            assert_eq!(x.domctl_destroydomain(DomId(5)), Err(e(Errno::EACCES)));
+            assert_eq!(x.rover(), 0, "refused before the domid is picked");
+        }
+
+        #[test]
+        fn max_mem_and_memory_for_another_domain() {
+            let x = world();
+            let h = create(&x);
+            let free = x.free_frames();
+            // No memory allowed yet: populate does nothing.
+            let mut g = [Gfn(0x1000)];
+            assert_eq!(
+                x.populate_physmap(h, Order::ZERO, MemFlags::NONE, &mut g),
+                Ok(0)
+            );
+            x.domctl_max_mem(h, 64).unwrap();
+            assert_eq!(x.max_pages(h), Some(16));
+            let mut gs: Vec<Gfn> = (0x1000..0x1010).map(Gfn).collect();
+            assert_eq!(
+                x.populate_physmap(h, Order::ZERO, MemFlags::NONE, &mut gs),
+                Ok(16)
+            );
+            let mut more = [Gfn(0x2000)];
+            assert_eq!(
+                x.populate_physmap(h, Order::ZERO, MemFlags::NONE, &mut more),
+                Ok(0)
+            );
+            assert_eq!(x.tot_pages(h), Some(16));
+            assert_eq!(free - x.free_frames(), 16);
+            // Order 9 at an aligned GFN, once max_mem allows it.
+            x.domctl_max_mem(h, (16 + 512) * 4).unwrap();
+            let mut big = [Gfn(0x200)];
+            assert_eq!(
+                x.populate_physmap(h, Order::new_const(9), MemFlags::NONE, &mut big),
+                Ok(1)
+            );
+            // max_mem clamps to 32 bits and may go below tot_pages.
+            x.domctl_max_mem(h, u64::MAX).unwrap();
+            assert_eq!(x.max_pages(h), Some(u64::from(u32::MAX)));
+            x.domctl_max_mem(h, 4).unwrap();
+            assert_eq!(x.max_pages(h), Some(1));
+            ok(&x);
+            x.domctl_destroydomain(h).unwrap();
+            assert_eq!(x.free_frames(), free, "every page came back");
+            ok(&x);
+        }
+
+        fn populated(x: &XenModel) -> DomId {
+            let h = create(x);
+            x.domctl_max_mem(h, 64).unwrap();
+            let mut gs: Vec<Gfn> = (0x1000..0x1010).map(Gfn).collect();
+            assert_eq!(
+                x.populate_physmap(h, Order::ZERO, MemFlags::NONE, &mut gs),
+                Ok(16)
+            );
+            h
+        }
+
+        #[test]
+        fn a_mapped_domain_stays_a_zombie_until_unmapped() {
+            let x = world();
+            let free = x.free_frames();
+            let h = populated(&x);
+            let mut st = [crate::xen::XenStatus(0); 2];
+            x.map_foreign_batch(
+                h,
+                &[Gfn(0x1000), Gfn(0x1001)],
+                &[Gfn(0x100000), Gfn(0x100001)],
+                &mut st,
+            )
+            .unwrap();
+            assert_eq!(st, [crate::xen::XenStatus(0); 2]);
+            assert_eq!(x.domctl_destroydomain(D0), Err(e(Errno::EINVAL)));
+            x.domctl_destroydomain(h).unwrap();
+            // Two pages are still mapped: the domain is a dying zombie.
+            let i = x.domain_info(h).unwrap();
+            assert!(i.dying);
+            assert_eq!(i.tot_pages.0, 2);
+            assert_eq!(x.is_dying(h), Some(true));
+            ok(&x);
+            // Destroying again is fine; it allocates nothing any more.
+            x.domctl_destroydomain(h).unwrap();
+            x.domctl_max_mem(h, 1 << 20).unwrap();
+            let mut g = [Gfn(0)];
+            assert_eq!(
+                x.populate_physmap(h, Order::ZERO, MemFlags::NONE, &mut g),
+                Ok(0)
+            );
+            // Nothing to map there any more.
+            let mut st1 = [crate::xen::XenStatus(0)];
+            x.map_foreign_batch(h, &[Gfn(0x1002)], &[Gfn(0x100002)], &mut st1)
+                .unwrap();
+            assert_eq!(st1[0].result(), Err(e(Errno::EINVAL)));
+            x.remove_from_physmap(Gfn(0x100000)).unwrap();
+            assert_eq!(x.is_dying(h), Some(true));
+            x.remove_from_physmap(Gfn(0x100001)).unwrap();
+            assert_eq!(x.is_dying(h), None, "gone with its last page");
+            assert_eq!(x.domain_info(h), Err(e(Errno::ESRCH)));
+            assert_eq!(x.free_frames(), free);
+            ok(&x);
+        }
+
+        #[test]
+        fn acquire_query_and_map() {
+            let x = world();
+            let h = populated(&x);
+            assert_eq!(x.acquire_resource_size(h, GT, SHARED), Ok(64));
+            // Status frames: v2 is possible on x86 (64 * 256 * 2 bytes).
+            assert_eq!(
+                x.acquire_resource_size(h, GT, abi::RESOURCE_GRANT_TABLE_ID_STATUS),
+                Ok(8)
+            );
+            // What Xen 4.17.7 answered for the other types.
+            assert_eq!(
+                x.acquire_resource_size(h, abi::RESOURCE_IOREQ_SERVER, 0),
+                Ok(2)
+            );
+            assert_eq!(
+                x.acquire_resource_size(h, abi::RESOURCE_VMTRACE_BUF, 0),
+                Err(e(Errno::EINVAL))
+            );
+            let mut io = [Gfn(0x100100)];
+            assert_eq!(
+                x.acquire_resource(h, abi::RESOURCE_IOREQ_SERVER, 0, 0, &mut io),
+                Err(e(Errno::ENOENT))
+            );
+            assert_eq!(x.acquire_resource_size(h, GT, 7), Err(e(Errno::EINVAL)));
+            // An unknown type: Xen's unsigned int holds -EOPNOTSUPP.
+            assert_eq!(x.acquire_resource_size(h, 9, 0), Ok(0xffff_ffa1));
+            let mut g = [Gfn(0x100000)];
+            x.acquire_resource(h, GT, SHARED, 0, &mut g).unwrap();
+            assert_eq!(x.acquired(D0)[&Gfn(0x100000)], (h, 0));
+            // Frame 4: the table grows to 5 frames.
+            let mut g4 = [Gfn(0x100004)];
+            x.acquire_resource(h, GT, SHARED, 4, &mut g4).unwrap();
+            assert_eq!(x.gnttab_size(h), Some((5, 64)));
+            // What the table says is what the acquired frame shows.
+            x.gnttab_write_entry(
+                h,
+                8,
+                abi::gnttab::GrantEntryV1 {
+                    flags: 1,
+                    domid: 0,
+                    frame: 0x1000,
+                },
+            )
+            .unwrap();
+            let p = x.acquired_ptr(D0, Gfn(0x100000)).unwrap();
+            // SAFETY: the model keeps the frame alive; 4096 bytes.
+            let w = unsafe { (p as *const u64).add(8).read() };
+            assert_eq!(w, 0x1000_0000_0001);
+            // Beyond the table, status frames of a v1 table, a 0-length list.
+            let mut g64 = [Gfn(0x100010)];
+            assert_eq!(
+                x.acquire_resource(h, GT, SHARED, 64, &mut g64),
+                Err(e(Errno::EINVAL))
+            );
+            assert_eq!(
+                x.acquire_resource(h, GT, abi::RESOURCE_GRANT_TABLE_ID_STATUS, 0, &mut g64),
+                Err(e(Errno::EINVAL))
+            );
+            assert_eq!(
+                x.acquire_resource(h, GT, SHARED, 0, &mut []),
+                Err(e(Errno::EINVAL))
+            );
+            assert_eq!(
+                x.acquire_resource(h, GT, SHARED, 1 << 32, &mut g64),
+                Err(e(Errno::EINVAL))
+            );
+            assert!(!x.acquired(D0).contains_key(&Gfn(0x100010)));
+            // Remove and they are gone.
+            x.remove_from_physmap(Gfn(0x100000)).unwrap();
+            x.remove_from_physmap(Gfn(0x100004)).unwrap();
+            assert!(x.acquired(D0).is_empty());
+            assert_eq!(x.remove_from_physmap(Gfn(0x100000)), Err(e(Errno::ENOENT)));
+            ok(&x);
+        }
+
+        #[test]
+        fn acquire_refusals() {
+            let x = world();
+            let h = populated(&x);
+            let mut g = [Gfn(0x100000)];
+            assert_eq!(
+                x.acquire_resource_size(SELF, GT, SHARED),
+                Err(e(Errno::ESRCH))
+            );
+            assert_eq!(
+                x.acquire_resource_size(D0, GT, SHARED),
+                Err(e(Errno::EPERM))
+            );
+            assert_eq!(
+                x.acquire_resource_size(DomId(77), GT, SHARED),
+                Err(e(Errno::ESRCH))
+            );
+            assert_eq!(
+                x.acquire_resource(SELF, GT, SHARED, 0, &mut g),
+                Err(e(Errno::ESRCH))
+            );
+            // An unprivileged x86 PVH domU: EACCES before anything else.
+            x.add_domain(DomainConfig::pvh_domu(DomId(5), 64)).unwrap();
+            x.set_current(DomId(5)).unwrap();
+            assert_eq!(
+                x.acquire_resource_size(SELF, GT, SHARED),
+                Err(e(Errno::EACCES))
+            );
+            assert_eq!(
+                x.acquire_resource(h, GT, SHARED, 0, &mut g),
+                Err(e(Errno::EACCES))
+            );
+            // An unprivileged Arm domU: ESRCH, own domid EPERM, XSM EPERM.
+            x.add_domain(DomainConfig::arm_domu(DomId(6), 64)).unwrap();
+            x.set_current(DomId(6)).unwrap();
+            assert_eq!(
+                x.acquire_resource_size(SELF, GT, SHARED),
+                Err(e(Errno::ESRCH))
+            );
+            assert_eq!(
+                x.acquire_resource_size(DomId(6), GT, SHARED),
+                Err(e(Errno::EPERM))
+            );
+            assert_eq!(x.acquire_resource_size(h, GT, SHARED), Err(e(Errno::EPERM)));
+            assert_eq!(
+                x.acquire_resource(h, GT, SHARED, 0, &mut g),
+                Err(e(Errno::EPERM))
+            );
+            assert!(x.acquired(DomId(6)).is_empty());
+            ok(&x);
+        }
+
+        #[test]
+        fn a_failure_midway_leaves_the_frames_before_it_mapped() {
+            let x = world();
+            let h = populated(&x);
+            // The second GFN is beyond the p2m: EIO, the first stays mapped.
+            let mut g = [Gfn(X86_GFN_LIMIT - 1), Gfn(X86_GFN_LIMIT)];
+            assert_eq!(
+                x.acquire_resource(h, GT, SHARED, 0, &mut g),
+                Err(e(Errno::EIO))
+            );
+            assert_eq!(x.acquired(D0).len(), 1);
+            // The first frame of a batch failing: its own error.
+            let mut g1 = [Gfn(X86_GFN_LIMIT)];
+            assert_eq!(
+                x.acquire_resource(h, GT, SHARED, 0, &mut g1),
+                Err(e(Errno::ENOENT))
+            );
+            // ... even after 32 frames were mapped (the 33rd starts a batch).
+            let mut many: Vec<Gfn> = (0..33).map(|i| Gfn(0x200000 + i)).collect();
+            many[32] = Gfn(X86_GFN_LIMIT);
+            assert_eq!(
+                x.acquire_resource(h, GT, SHARED, 0, &mut many),
+                Err(e(Errno::ENOENT))
+            );
+            assert_eq!(x.acquired(D0).len(), 33);
+            // Mapping over RAM leaks the page; over a foreign entry crashes.
+            let ram = *x.p2m(D0).keys().nth(100).unwrap();
+            let mut r = [ram];
+            x.acquire_resource(h, GT, SHARED, 0, &mut r).unwrap();
+            assert_eq!(x.leaked(D0).len(), 1);
+            let mut st = [crate::xen::XenStatus(0)];
+            x.map_foreign_batch(h, &[Gfn(0x1000)], &[Gfn(0x300000)], &mut st)
+                .unwrap();
+            let mut f = [Gfn(0x300000)];
+            assert_eq!(
+                x.acquire_resource(h, GT, SHARED, 0, &mut f),
+                Err(e(Errno::EPERM))
+            );
+            assert_eq!(x.shutdown_code(D0), Some(3), "Xen crashes the caller");
+            ok(&x);
+        }
+
+        #[test]
+        fn an_acquired_frame_keeps_its_domain_a_zombie() {
+            let x = world();
+            let free = x.free_frames();
+            let h = populated(&x);
+            let mut g = [Gfn(0x100000)];
+            x.acquire_resource(h, GT, SHARED, 0, &mut g).unwrap();
+            x.domctl_destroydomain(h).unwrap();
+            // Its pages are freed, but the entry holds the domain.
+            let i = x.domain_info(h).unwrap();
+            assert!(i.dying);
+            assert_eq!(i.tot_pages.0, 0);
+            assert_eq!(x.free_frames(), free);
+            assert_eq!(x.acquire_resource_size(h, GT, SHARED), Ok(64));
+            ok(&x);
+            x.remove_from_physmap(Gfn(0x100000)).unwrap();
+            assert_eq!(x.domain_info(h), Err(e(Errno::ESRCH)));
+            ok(&x);
+        }
+
+        #[test]
+        fn faults_reach_the_new_calls() {
+            let x = world();
+            x.inject(Fault::Errno {
+                op: Op::DestroyDomain,
+                errno: Errno::ERESTART,
+            });
+            let h = create(&x);
+            assert_eq!(x.domctl_destroydomain(h), Err(e(Errno::ERESTART)));
+            assert_eq!(x.domctl_destroydomain(h), Ok(()));
+            assert_eq!(x.calls(Op::DestroyDomain), 2);
+            assert_eq!(x.calls(Op::CreateDomain), 1);
+        }
     }
 }
 

@@ -127,14 +127,65 @@ pub struct BootSpec {
     pub show: Show,
 }
 
-/// Xen's command line on x86_64.
-pub const XEN_X86_64_CMDLINE: &str = "loglvl=all guest_loglvl=all console=com1 noreboot \
-     console_timestamps=boot dom0-iommu=none dom0=pvh dom0_mem=256M,max:256M";
+/// Xen's command line on x86_64 without the dom0 memory option (see
+/// [`Machine::xen_x86_64_cmdline`]).
+const XEN_X86_64_CMDLINE_BASE: &str = "loglvl=all guest_loglvl=all console=com1 noreboot \
+     console_timestamps=boot dom0-iommu=none dom0=pvh";
 /// Xen's command line on aarch64.
 pub const XEN_AARCH64_CMDLINE: &str =
     "console=dtuart dtuart=/pl011@9000000 dom0_mem=32M loglvl=all guest_loglvl=all";
 /// A dom0less domU's memory, KiB.
 pub const DOMU_MEMORY_KIB: u64 = 131072;
+
+/// The memory a boot gives the machine and the agents. [`Machine::default`]
+/// is what `run` and `test` use; benchmarks that balloon 256 MiB ask for
+/// more.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Machine {
+    /// x86_64: QEMU's RAM (`-m`), MiB.
+    pub x86_ram_mib: u64,
+    /// x86_64: dom0's memory (`dom0_mem=NM,max:NM`), MiB.
+    pub x86_dom0_mib: u64,
+    /// aarch64: each dom0less domU's memory, KiB (QEMU has 1 GiB; see
+    /// [`crate::dtb::MACHINE_ARGS`]).
+    pub domu_kib: u64,
+}
+
+impl Default for Machine {
+    fn default() -> Self {
+        Machine {
+            x86_ram_mib: 512,
+            x86_dom0_mib: 256,
+            domu_kib: DOMU_MEMORY_KIB,
+        }
+    }
+}
+
+impl Machine {
+    /// Xen's x86_64 command line for this machine.
+    pub fn xen_x86_64_cmdline(&self) -> String {
+        let m = self.x86_dom0_mib;
+        format!("{XEN_X86_64_CMDLINE_BASE} dom0_mem={m}M,max:{m}M")
+    }
+
+    fn check(&self) -> Result<()> {
+        if self.x86_dom0_mib == 0 || self.x86_dom0_mib >= self.x86_ram_mib {
+            bail!(
+                "x86_64 dom0 memory ({} MiB) must be above 0 and below QEMU's RAM ({} MiB)",
+                self.x86_dom0_mib,
+                self.x86_ram_mib
+            );
+        }
+        if self.domu_kib == 0 || self.domu_kib & 3 != 0 || self.domu_kib > 768 * 1024 {
+            bail!(
+                "a domU's memory ({} KiB) must be a non-zero multiple of 4 KiB, at most 768 MiB \
+                 (QEMU's aarch64 machine has 1 GiB)",
+                self.domu_kib
+            );
+        }
+        Ok(())
+    }
+}
 
 /// Check the options the user gave for the agents.
 pub fn check_agent_opts(arch: Arch, opts: &[String]) -> Result<()> {
@@ -191,8 +242,15 @@ fn no_comma(p: &Path, what: &str) -> Result<String> {
     Ok(s)
 }
 
-/// The QEMU command for a boot (device trees are made here, in `work_dir`).
-pub fn qemu_command(env: &Env, spec: &BootSpec, agent: &Agent) -> Result<Command> {
+/// The QEMU command for a boot on `machine` (device trees are made here, in
+/// `work_dir`).
+pub fn qemu_command_on(
+    env: &Env,
+    spec: &BootSpec,
+    agent: &Agent,
+    machine: &Machine,
+) -> Result<Command> {
+    machine.check()?;
     if agent.arch != spec.arch {
         bail!(
             "internal error: {} agent for an {} boot",
@@ -211,21 +269,16 @@ pub fn qemu_command(env: &Env, spec: &BootSpec, agent: &Agent) -> Result<Command
             } else {
                 format!("{image} {opts}")
             };
-            c.args([
-                "-nographic",
-                "-no-reboot",
-                "-cpu",
-                "qemu64,+npt",
-                "-m",
-                "512",
-            ])
-            .arg("-kernel")
-            .arg(&env.xen_x86_64)
-            .arg("-initrd")
-            .arg(initrd)
-            .args(["-append", XEN_X86_64_CMDLINE])
-            .args(["-monitor", "none", "-serial", "stdio"])
-            .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]);
+            c.args(["-nographic", "-no-reboot", "-cpu", "qemu64,+npt", "-m"])
+                .arg(machine.x86_ram_mib.to_string())
+                .arg("-kernel")
+                .arg(&env.xen_x86_64)
+                .arg("-initrd")
+                .arg(initrd)
+                .arg("-append")
+                .arg(machine.xen_x86_64_cmdline())
+                .args(["-monitor", "none", "-serial", "stdio"])
+                .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]);
             Ok(c)
         }
         Arch::Aarch64 => {
@@ -257,7 +310,7 @@ pub fn qemu_command(env: &Env, spec: &BootSpec, agent: &Agent) -> Result<Command
                 } else {
                     chosen.domus.push(dtb::DomU {
                         name: format!("domU{}", src.0),
-                        memory_kib: DOMU_MEMORY_KIB,
+                        memory_kib: machine.domu_kib,
                         cpus: 1,
                         kernel: module,
                     });
@@ -474,9 +527,20 @@ impl Sink {
     }
 }
 
-/// Boot once and collect everything.
+/// Boot once on the default [`Machine`] and collect everything.
 pub fn boot(env: &Env, spec: &BootSpec, agent: &Agent, table: &Table) -> Result<BootResult> {
-    let mut cmd = qemu_command(env, spec, agent)?;
+    boot_on(env, spec, agent, table, &Machine::default())
+}
+
+/// Boot once on `machine` and collect everything.
+pub fn boot_on(
+    env: &Env,
+    spec: &BootSpec,
+    agent: &Agent,
+    table: &Table,
+    machine: &Machine,
+) -> Result<BootResult> {
+    let mut cmd = qemu_command_on(env, spec, agent, machine)?;
     if let Some(dir) = spec.log_path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -657,6 +721,40 @@ mod tests {
             ]
         );
         assert!(agent_cmdlines(Arch::X86_64, Mode::Both, &[]).is_err());
+    }
+
+    #[test]
+    fn machines() {
+        let d = Machine::default();
+        assert_eq!(
+            d.xen_x86_64_cmdline(),
+            "loglvl=all guest_loglvl=all console=com1 noreboot console_timestamps=boot \
+             dom0-iommu=none dom0=pvh dom0_mem=256M,max:256M"
+        );
+        d.check().unwrap();
+        let big = Machine {
+            x86_ram_mib: 1024,
+            x86_dom0_mib: 512,
+            domu_kib: 512 * 1024,
+        };
+        big.check().unwrap();
+        assert!(big
+            .xen_x86_64_cmdline()
+            .ends_with(" dom0=pvh dom0_mem=512M,max:512M"));
+        for bad in [
+            Machine {
+                x86_dom0_mib: 512,
+                ..d
+            },
+            Machine { domu_kib: 0, ..d },
+            Machine { domu_kib: 6, ..d },
+            Machine {
+                domu_kib: 1 << 20,
+                ..d
+            },
+        ] {
+            assert!(bad.check().is_err(), "{bad:?}");
+        }
     }
 
     #[test]

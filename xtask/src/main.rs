@@ -6,8 +6,12 @@
 //!   exit 0 iff the agent passed.
 //! - `cargo xtask test [--only NAME]... [--no-host-tests] [--verbose]
 //!   [--timeout SECS]`: host tests, then every boot scenario.
+//! - `cargo xtask bench [--only NAME]... [--out FILE] [--verbose]
+//!   [--timeout SECS]`: benchmark boots on both architectures and the host
+//!   region-table benchmark, printed as markdown tables.
 
 mod agent;
+mod bench;
 mod boot;
 mod decode;
 mod dtb;
@@ -46,7 +50,13 @@ commands:
       --no-host-tests       skip cargo test --workspace
       --verbose             stream every boot's console
       --timeout SECS        per boot (default 120)
-  bench                     (reserved)
+  bench [options]           boot the agent in benchmark mode (x86_64 dom0, aarch64 domU,
+                            aarch64 dom0 + domU) and run the host region-table benchmark;
+                            print markdown tables and goals; exit non-zero only if a boot fails
+      --only NAME           only boots whose name contains NAME, or `host` (repeatable)
+      --out FILE            also write the markdown to FILE
+      --verbose             stream every boot's console
+      --timeout SECS        per boot (default 300)
 
 environment: XENMEM_QEMU_X86_64, XENMEM_QEMU_AARCH64, XENMEM_DTC (tool paths),
   XENMEM_XEN_X86_64, XENMEM_XEN_AARCH64 (Xen images), XENMEM_CACHE (download cache,
@@ -81,7 +91,7 @@ fn dispatch(args: &[String]) -> Result<ExitCode> {
         }
         "run" => run(rest),
         "test" => test(rest),
-        "bench" => bail!("`cargo xtask bench` is not implemented yet"),
+        "bench" => bench::run(rest),
         "help" | "-h" | "--help" => {
             println!("{USAGE}");
             Ok(ExitCode::SUCCESS)

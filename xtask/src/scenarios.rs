@@ -252,8 +252,7 @@ fn first_balloon(src: Source, key: &'static str, is: Is) -> Check {
 }
 
 /// Balloon down to `low` pages and back to `high`: Xen's count and the
-/// engine's agree at both steps, the memory that came back is zeroed and
-/// usable, exchange is refused with the offered page kept, a contiguous
+/// engine's agree at both steps, the memory that came back is usable, exchange is refused with the offered page kept, a contiguous
 /// buffer is made and checked, and Xen's count is back where it started.
 fn balloon_round_trip(src: Source, low: u64, high: u64) -> Vec<Check> {
     vec![
@@ -270,7 +269,9 @@ fn balloon_round_trip(src: Source, low: u64, high: u64) -> Vec<Check> {
         every(src, "balloon", "short", Is::Num(0)),
         count(src, "balloon", ("current", leak_str(high)), 1),
         field(src, "balloon-check", "pages", Is::Num(high - low)),
-        field(src, "balloon-check", "zeroed", Is::Text("yes")),
+        // `zeroed` is reported, not asserted: Xen does not scrub the pages a
+        // running domain frees, so repopulated memory may hold stale data.
+        field(src, "balloon-check", "zeroed", Is::Present),
         field(src, "balloon-check", "pattern", Is::Text("ok")),
         field(src, "exchange", "supported", Is::Text("no")),
         field(src, "exchange", "kept", Is::Text("yes")),

@@ -108,6 +108,7 @@ fn bootargs(blob: &'static [u8]) -> Result<&'static [u8], crate::fdt::FdtError> 
 /// `dtb` is what Xen passed in `x0`; `bad_relocs` counts the `.rela.dyn`
 /// entries that were not `R_AARCH64_RELATIVE` and so were not applied.
 extern "C" fn xenmem_aarch64_start(dtb: u64, bad_relocs: u64) -> ! {
+    crate::timer::mark(crate::timer::Stamp::Entry);
     if bad_relocs != 0 {
         xm_error!(
             "boot: {=u64} relocations other than R_AARCH64_RELATIVE in .rela.dyn",

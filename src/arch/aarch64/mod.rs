@@ -16,6 +16,7 @@ use crate::addr::{DomId, GuestPhysAddr, VirtAddr};
 
 pub mod hypercall;
 pub mod paging;
+pub mod timer;
 
 #[cfg(feature = "rt")]
 pub mod boot;

@@ -89,6 +89,7 @@ fn start_info_memmap(si: &HvmStartInfo) -> &'static [HvmMemmapEntry] {
 /// stack, with the identity map up, `.bss` zeroed and interrupts off.
 #[unsafe(no_mangle)]
 extern "C" fn xenmem_x86_64_pvh_main(start_info_paddr: u32) -> ! {
+    crate::timer::mark(crate::timer::Stamp::Entry);
     super::exceptions::init();
     super::hypercall::init();
 

@@ -13,6 +13,7 @@ use crate::arch::Verdict;
 
 pub mod hypercall;
 pub mod paging;
+pub mod timer;
 
 #[cfg(feature = "rt")]
 mod boot;

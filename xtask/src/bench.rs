@@ -1,0 +1,1001 @@
+//! `cargo xtask bench`: boot the agent in benchmark mode on both
+//! architectures, run the host benchmark of the region table, and print the
+//! results as markdown tables (see `docs/benchmarks.md`).
+//!
+//! The agent measures and prints `report: bench-<table> key=value ...` rows
+//! (see `src/bench.rs`); this module only boots, collects and renders. Goals
+//! are checked by the agent (`report: bench-goal`); a missed goal is printed,
+//! never an error. The command fails only when a boot or the host benchmark
+//! fails.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::process::{ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::agent;
+use crate::boot::{self, Arch, BootResult, BootSpec, Machine, Mode, Show};
+use crate::decode::{self, Source};
+use crate::report::Report;
+
+/// One benchmark boot.
+#[derive(Clone, Debug)]
+pub struct BenchBoot {
+    /// Name (logs, `--only`, table rows).
+    pub name: &'static str,
+    /// Architecture.
+    pub arch: Arch,
+    /// Which agents.
+    pub mode: Mode,
+    /// Memory sizes.
+    pub machine: Machine,
+    /// Agent options.
+    pub opts: &'static [&'static str],
+    /// The agent whose reports are the boot's (both agents print them in
+    /// `both` mode; dom0 is the one that measures).
+    pub source: Source,
+}
+
+/// The boots of `cargo xtask bench`.
+pub fn boots() -> Vec<BenchBoot> {
+    // 256 MiB balloons plus the scale row: 1 GiB on x86; on Arm the domU
+    // gets what QEMU's 1 GiB machine leaves room for.
+    let big = Machine {
+        x86_ram_mib: 2048,
+        x86_dom0_mib: 1280,
+        domu_kib: 768 * 1024,
+    };
+    vec![
+        BenchBoot {
+            name: "x86_64-dom0",
+            arch: Arch::X86_64,
+            mode: Mode::Dom0,
+            machine: big,
+            opts: &["bench=all"],
+            source: Source::D0,
+        },
+        BenchBoot {
+            name: "aarch64-domu",
+            arch: Arch::Aarch64,
+            mode: Mode::DomU,
+            machine: big,
+            opts: &["bench=balloon+floor+footprint"],
+            source: Source::D1,
+        },
+        BenchBoot {
+            name: "aarch64-dom0",
+            arch: Arch::Aarch64,
+            mode: Mode::Both,
+            machine: Machine::default(),
+            opts: &["bench=foreign+grant+footprint"],
+            source: Source::D0,
+        },
+    ]
+}
+
+/// The name `--only host` selects the host benchmarks by.
+const HOST: &str = "host";
+
+/// Options of `cargo xtask bench`.
+#[derive(Debug)]
+pub struct BenchArgs {
+    /// Only boots whose name contains one of these (`host`: the host
+    /// benchmarks).
+    pub only: Vec<String>,
+    /// Per boot.
+    pub timeout: Duration,
+    /// Stream every boot's console.
+    pub verbose: bool,
+    /// Also write the markdown here.
+    pub out: Option<PathBuf>,
+}
+
+/// Parse the options after `bench`.
+pub fn parse(args: &[String]) -> Result<BenchArgs> {
+    let mut b = BenchArgs {
+        only: Vec::new(),
+        timeout: Duration::from_secs(300),
+        verbose: false,
+        out: None,
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if a == "--verbose" || a == "-v" {
+            b.verbose = true;
+        } else if let Some(v) = crate::value("--only", a, &mut it)? {
+            b.only.push(v.to_string());
+        } else if let Some(v) = crate::value("--timeout", a, &mut it)? {
+            b.timeout = crate::parse_timeout(v)?;
+        } else if let Some(v) = crate::value("--out", a, &mut it)? {
+            b.out = Some(PathBuf::from(v));
+        } else {
+            bail!("bench: unknown option `{a}`\n\n{}", crate::USAGE);
+        }
+    }
+    Ok(b)
+}
+
+fn selected(only: &[String], name: &str) -> bool {
+    only.is_empty() || only.iter().any(|o| name.contains(o.as_str()))
+}
+
+/// `cargo xtask bench`.
+pub fn run(args: &[String]) -> Result<ExitCode> {
+    let a = parse(args)?;
+    let started = Instant::now();
+    let all = boots();
+    let chosen: Vec<&BenchBoot> = all.iter().filter(|b| selected(&a.only, b.name)).collect();
+    let host = selected(&a.only, HOST);
+    if chosen.is_empty() && !host {
+        bail!(
+            "no benchmark matches {:?} (boots: {}, and `{HOST}`)",
+            a.only,
+            all.iter().map(|b| b.name).collect::<Vec<_>>().join(", ")
+        );
+    }
+    let mut failed = Vec::new();
+    let mut results: Vec<(&BenchBoot, BootResult, Files)> = Vec::new();
+    if !chosen.is_empty() {
+        let env = crate::setup::setup()?;
+        let mut built: Vec<(Arch, agent::Agent, defmt_decoder::Table)> = Vec::new();
+        for b in &chosen {
+            if built.iter().any(|(arch, ..)| *arch == b.arch) {
+                continue;
+            }
+            let ag = agent::build(b.arch)?;
+            let table = decode::load_table(&ag.elf)
+                .with_context(|| format!("decoding needs {}", ag.elf_path.display()))?;
+            built.push((b.arch, ag, table));
+        }
+        for b in chosen {
+            let Some((_, ag, table)) = built.iter().find(|(arch, ..)| *arch == b.arch) else {
+                bail!("internal error: no agent for {}", b.arch);
+            };
+            let spec = BootSpec {
+                arch: b.arch,
+                mode: b.mode,
+                agent_opts: b.opts.iter().map(|o| o.to_string()).collect(),
+                timeout: a.timeout,
+                log_path: agent::target_dir()
+                    .join("xenmem-logs")
+                    .join(format!("bench-{}.log", b.name)),
+                work_dir: agent::target_dir()
+                    .join("xenmem-work")
+                    .join(format!("bench-{}", b.name)),
+                show: if a.verbose { Show::All } else { Show::Nothing },
+            };
+            eprintln!("xtask: bench {} ...", b.name);
+            let res = boot::boot_on(&env, &spec, ag, table, &b.machine)?;
+            let ok = res.passed(b.mode);
+            eprintln!(
+                "xtask: bench {}: {} ({})",
+                b.name,
+                if ok { "done" } else { "FAILED" },
+                res.summary(b.mode)
+            );
+            if !ok {
+                let log = res.log_path.display();
+                failed.push(format!("{}: {} (log: {log})", b.name, res.summary(b.mode)));
+                for e in res.logs.get(b.source).errors() {
+                    eprintln!("  {e}");
+                }
+            }
+            results.push((b, res, Files::of(ag)));
+        }
+    }
+    let host_out = if host {
+        match host_bench() {
+            Ok(h) => Some(h),
+            Err(e) => {
+                failed.push(format!("host benchmark: {e:#}"));
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let md = render(&results, host_out.as_ref(), started.elapsed());
+    println!("{md}");
+    if let Some(p) = &a.out {
+        std::fs::write(p, &md).with_context(|| format!("writing {}", p.display()))?;
+        eprintln!("xtask: wrote {}", p.display());
+    }
+    if failed.is_empty() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        for f in &failed {
+            eprintln!("xtask: bench failed: {f}");
+        }
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+/// The agent's files, for the footprint table.
+#[derive(Clone, Copy, Debug)]
+pub struct Files {
+    elf: u64,
+    image: u64,
+}
+
+/// One of [`Files`]' sizes.
+type FileSize = fn(&Files) -> u64;
+
+impl Files {
+    fn of(a: &agent::Agent) -> Files {
+        Files {
+            elf: a.elf.len() as u64,
+            image: std::fs::metadata(&a.boot_image).map_or(0, |m| m.len()),
+        }
+    }
+}
+
+// ---- host benchmarks --------------------------------------------------------
+
+/// What the host benchmarks printed.
+#[derive(Debug)]
+pub struct HostBench {
+    /// `cargo bench --bench region_table`'s output.
+    region_table: String,
+    /// (regions, heap bytes per region) of a region table, measured.
+    bytes_per_region: Vec<(u64, f64)>,
+}
+
+fn host_bench() -> Result<HostBench> {
+    eprintln!("xtask: bench host: cargo bench --bench region_table ...");
+    let out = agent::cargo()
+        .args(["bench", "--bench", "region_table"])
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .context("running cargo bench --bench region_table")?;
+    if !out.status.success() {
+        bail!("cargo bench --bench region_table failed ({})", out.status);
+    }
+    Ok(HostBench {
+        region_table: String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        bytes_per_region: [100u64, 10_000, 100_000]
+            .into_iter()
+            .map(|n| (n, table_bytes_per_region(n)))
+            .collect(),
+    })
+}
+
+/// Counts the bytes each thread has live on the heap (xtask's global
+/// allocator: the system allocator plus a thread-local add per call), so
+/// that a measurement sees only its own thread's allocations.
+struct Counting;
+
+thread_local! {
+    static LIVE: Cell<isize> = const { Cell::new(0) };
+}
+
+fn count(delta: isize) {
+    // During thread teardown the counter may be gone: not counted then.
+    let _ = LIVE.try_with(|c| c.set(c.get() + delta));
+}
+
+fn live() -> isize {
+    LIVE.try_with(Cell::get).unwrap_or(0)
+}
+
+// SAFETY: forwards to the system allocator unchanged; only counts.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        // SAFETY: the caller's contract is `GlobalAlloc::alloc`'s, forwarded.
+        let p = unsafe { System.alloc(l) };
+        if !p.is_null() {
+            count(l.size() as isize);
+        }
+        p
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        count(-(l.size() as isize));
+        // SAFETY: forwarded.
+        unsafe { System.dealloc(p, l) }
+    }
+    unsafe fn alloc_zeroed(&self, l: Layout) -> *mut u8 {
+        // SAFETY: forwarded.
+        let p = unsafe { System.alloc_zeroed(l) };
+        if !p.is_null() {
+            count(l.size() as isize);
+        }
+        p
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
+        // SAFETY: forwarded.
+        let q = unsafe { System.realloc(p, l, new) };
+        if !q.is_null() {
+            count(new as isize - l.size() as isize);
+        }
+        q
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// Heap bytes per region of a region table of `n` regions that do not
+/// merge (as the region-table benchmark builds it), measured with the
+/// counting allocator. Same code and layout as on the 64-bit targets.
+fn table_bytes_per_region(n: u64) -> f64 {
+    use xenmem::addr::{Gfn, PageCount};
+    use xenmem::region::{FrameRange, Region, RegionFlags, RegionKind, RegionTable, ReservedUse};
+    let before = live();
+    let mut t = RegionTable::new();
+    for i in 0..n {
+        let kind = if i % 2 == 0 {
+            RegionKind::Ram
+        } else {
+            RegionKind::Reserved(ReservedUse::Firmware)
+        };
+        let Ok(range) = FrameRange::new(Gfn(i * 16), PageCount(16)) else {
+            continue;
+        };
+        let _ = t.add(Region::new(range, kind, RegionFlags::READ));
+    }
+    let after = live();
+    let per = (after - before) as f64 / t.len().max(1) as f64;
+    drop(t);
+    per
+}
+
+// ---- rendering --------------------------------------------------------------
+
+fn reports<'a>(res: &'a BootResult, b: &BenchBoot, topic: &'a str) -> Vec<&'a Report> {
+    res.logs.get(b.source).topic(topic).collect()
+}
+
+fn get<'a>(r: &'a Report, k: &str) -> &'a str {
+    r.get(k).unwrap_or("?")
+}
+
+/// Microseconds as milliseconds with one decimal.
+fn ms(us: &str) -> String {
+    match us.parse::<u64>() {
+        Ok(v) => format!("{:.1}", v as f64 / 1000.0),
+        Err(_) => us.to_string(),
+    }
+}
+
+/// `value (xspread)`.
+fn with_spread(v: String, spread: &str) -> String {
+    if spread == "?" || spread == "n/a" {
+        v
+    } else {
+        format!("{v} (x{spread})")
+    }
+}
+
+fn row(out: &mut String, cells: &[String]) {
+    let _ = writeln!(out, "| {} |", cells.join(" | "));
+}
+
+fn header(out: &mut String, cols: &[&str], right_from: usize) {
+    let _ = writeln!(out, "| {} |", cols.join(" | "));
+    let seps: Vec<&str> = (0..cols.len())
+        .map(|i| if i >= right_from { "---:" } else { "---" })
+        .collect();
+    let _ = writeln!(out, "|{}|", seps.join("|"));
+}
+
+/// Render everything as markdown.
+pub fn render(
+    results: &[(&BenchBoot, BootResult, Files)],
+    host: Option<&HostBench>,
+    elapsed: Duration,
+) -> String {
+    let mut o = String::new();
+    let _ = writeln!(o, "## Context\n");
+    header(
+        &mut o,
+        &[
+            "boot",
+            "role",
+            "clock",
+            "Hz",
+            "reps",
+            "pages",
+            "outcome",
+            "benchmarks s (guest clock)",
+            "boot s (wall clock)",
+        ],
+        3,
+    );
+    for (b, res, _) in results {
+        let cx = reports(res, b, "bench-context");
+        let c = cx.first();
+        let g = |k| c.map_or("?".to_string(), |r| get(r, k).to_string());
+        row(
+            &mut o,
+            &[
+                b.name.to_string(),
+                g("role"),
+                g("clock"),
+                g("hz"),
+                g("reps"),
+                g("current"),
+                if res.passed(b.mode) {
+                    "pass".into()
+                } else {
+                    format!("FAIL: {}", res.summary(b.mode))
+                },
+                reports(res, b, "bench-done")
+                    .first()
+                    .and_then(|r| r.get("elapsed_us")?.parse::<u64>().ok())
+                    .map_or("?".into(), |us| format!("{:.1}", us as f64 / 1e6)),
+                format!("{:.1}", res.elapsed.as_secs_f64()),
+            ],
+        );
+    }
+    let _ = writeln!(
+        o,
+        "\nThe guest's clock (calibrated from Xen's TSC frequency on x86, CNTFRQ on Arm) \
+         must stay below the wall clock, which adds Xen's boot and QEMU's start.\n"
+    );
+
+    let _ = writeln!(
+        o,
+        "\n## 1. Balloon out and back in (same arena, same boot)\n\n\
+         Times are medians; (xN) is the spread, max/min over the repetitions. \
+         \"÷ xenmem\" is the median over repetitions of this strategy's round trip \
+         divided by xenmem's in the same repetition (its throughput ratio); \
+         \"out\" and \"in\" the same for each direction. \"per GiB\" counts the \
+         hypercalls of both directions per GiB moved (out + in).\n"
+    );
+    header(
+        &mut o,
+        &[
+            "boot",
+            "strategy",
+            "max order",
+            "extents/call",
+            "hypercalls",
+            "per GiB",
+            "out ms",
+            "in ms",
+            "round trip ms",
+            "MiB/s",
+            "÷ xenmem",
+            "out ÷ xenmem",
+            "in ÷ xenmem",
+        ],
+        2,
+    );
+    let mut any_profile = false;
+    for (b, res, _) in results {
+        for r in reports(res, b, "bench-balloon") {
+            if let Some(s) = r.get("status") {
+                row(
+                    &mut o,
+                    &[
+                        b.name.into(),
+                        format!("{s}: {}", get(r, "reason")),
+                        String::new(),
+                        String::new(),
+                        String::new(),
+                        String::new(),
+                        String::new(),
+                        String::new(),
+                        String::new(),
+                        String::new(),
+                        String::new(),
+                        String::new(),
+                        String::new(),
+                    ],
+                );
+                continue;
+            }
+            any_profile = true;
+            row(
+                &mut o,
+                &[
+                    b.name.into(),
+                    get(r, "strategy").into(),
+                    get(r, "order").into(),
+                    get(r, "batch").into(),
+                    get(r, "hypercalls").into(),
+                    get(r, "per_gib").into(),
+                    ms(get(r, "out_us")),
+                    ms(get(r, "in_us")),
+                    with_spread(ms(get(r, "total_us")), get(r, "spread")),
+                    get(r, "mib_s").into(),
+                    with_spread(get(r, "vs_xenmem").into(), get(r, "vs_spread")),
+                    get(r, "out_vs").into(),
+                    get(r, "in_vs").into(),
+                ],
+            );
+        }
+    }
+    let scale: Vec<_> = results
+        .iter()
+        .flat_map(|(b, res, _)| {
+            reports(res, b, "bench-balloon-scale")
+                .into_iter()
+                .map(move |r| (b.name, r))
+        })
+        .collect();
+    if !scale.is_empty() {
+        let _ = writeln!(
+            o,
+            "\nScale: xenmem alone over as much free RAM as the domain has (up to 1 GiB), \
+             for hypercalls per GiB beyond the one-call-per-direction minimum.\n"
+        );
+        header(
+            &mut o,
+            &[
+                "boot",
+                "strategy",
+                "MiB",
+                "hypercalls",
+                "per GiB",
+                "out ms",
+                "in ms",
+                "round trip ms",
+                "MiB/s",
+            ],
+            2,
+        );
+        for (name, r) in scale {
+            if let Some(st) = r.get("status") {
+                let _ = writeln!(o, "| {name} | {st}: {} ||||||||", get(r, "reason"));
+                continue;
+            }
+            row(
+                &mut o,
+                &[
+                    name.into(),
+                    get(r, "strategy").into(),
+                    get(r, "mib").into(),
+                    get(r, "hypercalls").into(),
+                    get(r, "per_gib").into(),
+                    ms(get(r, "out_us")),
+                    ms(get(r, "in_us")),
+                    with_spread(ms(get(r, "total_us")), get(r, "spread")),
+                    get(r, "mib_s").into(),
+                ],
+            );
+        }
+    }
+    if any_profile {
+        let _ = writeln!(
+            o,
+            "\nProfile: the same hypercalls replayed without the engine (no region-table \
+             work), so \"Xen\" is the time inside the hypercalls and \"guest\" the engine's \
+             own share of the round trip.\n"
+        );
+        header(
+            &mut o,
+            &[
+                "boot",
+                "strategy",
+                "Xen out ms",
+                "Xen in ms",
+                "engine out ms",
+                "engine in ms",
+                "guest ms",
+                "guest %",
+            ],
+            2,
+        );
+        for (b, res, _) in results {
+            for r in reports(res, b, "bench-balloon-profile") {
+                row(
+                    &mut o,
+                    &[
+                        b.name.into(),
+                        get(r, "strategy").into(),
+                        ms(get(r, "xen_out_us")),
+                        ms(get(r, "xen_in_us")),
+                        ms(get(r, "engine_out_us")),
+                        ms(get(r, "engine_in_us")),
+                        ms(get(r, "guest_us")),
+                        get(r, "guest_pct").into(),
+                    ],
+                );
+            }
+        }
+    }
+
+    let _ = writeln!(
+        o,
+        "\n## 2. The floor: writing every byte of the same arena\n"
+    );
+    header(
+        &mut o,
+        &[
+            "boot",
+            "MiB",
+            "memset ms",
+            "memset MiB/s",
+            "xenmem populate ms",
+            "populate ÷ memset",
+            "xenmem release ms",
+            "release ÷ memset",
+        ],
+        1,
+    );
+    for (b, res, _) in results {
+        for r in reports(res, b, "bench-floor") {
+            if let Some(s) = r.get("status") {
+                let _ = writeln!(o, "| {} | {s}: {} |||||||", b.name, get(r, "reason"));
+                continue;
+            }
+            row(
+                &mut o,
+                &[
+                    b.name.into(),
+                    get(r, "mib").into(),
+                    with_spread(ms(get(r, "memset_us")), get(r, "spread")),
+                    get(r, "mib_s").into(),
+                    ms(get(r, "populate_us")),
+                    get(r, "populate_vs_floor").into(),
+                    ms(get(r, "release_us")),
+                    get(r, "release_vs_floor").into(),
+                ],
+            );
+        }
+    }
+
+    let _ = writeln!(
+        o,
+        "\n## 3. Grant mapping: one op per hypercall vs batched\n"
+    );
+    let mut pending = Vec::new();
+    let mut grant_rows = Vec::new();
+    for (b, res, _) in results {
+        for r in reports(res, b, "bench-grant") {
+            if let Some(s) = r.get("status") {
+                pending.push(format!("- {}: {s} ({})", b.name, get(r, "reason")));
+            } else {
+                grant_rows.push(vec![
+                    b.name.to_string(),
+                    get(r, "mode").into(),
+                    get(r, "per_call").into(),
+                    get(r, "hypercalls").into(),
+                    with_spread(ms(get(r, "map_us")), get(r, "spread")),
+                    ms(get(r, "unmap_us")),
+                    with_spread(get(r, "speedup").into(), get(r, "speedup_spread")),
+                ]);
+            }
+        }
+    }
+    if !grant_rows.is_empty() {
+        header(
+            &mut o,
+            &[
+                "boot",
+                "mode",
+                "ops/call",
+                "hypercalls",
+                "map ms",
+                "unmap ms",
+                "speed-up",
+            ],
+            2,
+        );
+        for r in &grant_rows {
+            row(&mut o, r);
+        }
+    }
+    if !pending.is_empty() && !grant_rows.is_empty() {
+        let _ = writeln!(o);
+    }
+    for p in &pending {
+        let _ = writeln!(o, "{p}");
+    }
+
+    let _ = writeln!(
+        o,
+        "\n## 4. Foreign mapping: add_to_physmap_batch at several batch sizes\n"
+    );
+    let mut pending = Vec::new();
+    let mut foreign_rows = Vec::new();
+    for (b, res, _) in results {
+        for r in reports(res, b, "bench-foreign") {
+            if let Some(s) = r.get("status") {
+                pending.push(format!("- {}: {s} ({})", b.name, get(r, "reason")));
+            } else {
+                foreign_rows.push(vec![
+                    b.name.to_string(),
+                    get(r, "dom").into(),
+                    get(r, "frames").into(),
+                    get(r, "batch").into(),
+                    get(r, "hypercalls").into(),
+                    with_spread(ms(get(r, "map_us")), get(r, "spread")),
+                    get(r, "ns_per_frame").into(),
+                    with_spread(get(r, "speedup").into(), get(r, "speedup_spread")),
+                    ms(get(r, "unmap_us")),
+                ]);
+            }
+        }
+    }
+    if !foreign_rows.is_empty() {
+        header(
+            &mut o,
+            &[
+                "boot",
+                "peer",
+                "frames",
+                "batch",
+                "hypercalls",
+                "map ms",
+                "ns/frame",
+                "speed-up vs batch 1",
+                "unmap ms (1 per call)",
+            ],
+            1,
+        );
+        for r in &foreign_rows {
+            row(&mut o, r);
+        }
+    }
+    if !pending.is_empty() && !foreign_rows.is_empty() {
+        let _ = writeln!(o);
+    }
+    for p in &pending {
+        let _ = writeln!(o, "{p}");
+    }
+
+    let _ = writeln!(o, "\n## 5. Region table (host)\n");
+    match host {
+        Some(h) => {
+            let _ = writeln!(o, "{}", h.region_table);
+        }
+        None => {
+            let _ = writeln!(o, "(not run)");
+        }
+    }
+
+    let _ = writeln!(o, "\n## 6. Footprint\n");
+    render_footprint(&mut o, results, host);
+
+    let _ = writeln!(o, "\n## Goals\n");
+    header(
+        &mut o,
+        &[
+            "boot",
+            "goal",
+            "measured on",
+            "target",
+            "measured",
+            "status",
+        ],
+        3,
+    );
+    let mut misses = Vec::new();
+    for (b, res, _) in results {
+        for r in reports(res, b, "bench-goal") {
+            let op = if get(r, "op") == "ge" { "≥" } else { "≤" };
+            let status = match get(r, "status") {
+                "PASS" if get(r, "factor") == "1.00" => "PASS (at the target)".to_string(),
+                "PASS" => format!("PASS (x{} to spare)", get(r, "factor")),
+                "MISS" => {
+                    let s = format!("MISS (off by x{})", get(r, "off_by"));
+                    misses.push(format!("{} {}: {s}", b.name, get(r, "name")));
+                    s
+                }
+                other => other.to_string(),
+            };
+            row(
+                &mut o,
+                &[
+                    b.name.into(),
+                    get(r, "name").into(),
+                    match get(r, "basis_mib") {
+                        "0" | "?" => "-".to_string(),
+                        m => format!("{m} MiB"),
+                    },
+                    format!("{op} {}", get(r, "target")),
+                    get(r, "measured").into(),
+                    status,
+                ],
+            );
+        }
+    }
+    if !misses.is_empty() {
+        let _ = writeln!(o, "\nMissed goals:");
+        for m in &misses {
+            let _ = writeln!(o, "- {m}");
+        }
+    }
+    let _ = writeln!(
+        o,
+        "\n(`cargo xtask bench` took {:.0} s.)",
+        elapsed.as_secs_f64()
+    );
+    o
+}
+
+fn render_footprint(
+    o: &mut String,
+    results: &[(&BenchBoot, BootResult, Files)],
+    host: Option<&HostBench>,
+) {
+    let with_fp: Vec<&(&BenchBoot, BootResult, Files)> = results
+        .iter()
+        .filter(|(b, res, _)| !reports(res, b, "bench-footprint").is_empty())
+        .collect();
+    if !with_fp.is_empty() {
+        let mut cols = vec!["item"];
+        cols.extend(with_fp.iter().map(|(b, ..)| b.name));
+        header(o, &cols, 1);
+        let mut items: Vec<String> = Vec::new();
+        for (b, res, _) in &with_fp {
+            for r in reports(res, b, "bench-footprint") {
+                let i = get(r, "item").to_string();
+                if !items.contains(&i) {
+                    items.push(i);
+                }
+            }
+        }
+        let value = |res: &BootResult, b: &BenchBoot, item: &str| -> Option<(u64, String)> {
+            let r = reports(res, b, "bench-footprint")
+                .into_iter()
+                .find(|r| get(r, "item") == item)?;
+            let v = get(r, "value");
+            let n = v.parse::<u64>().ok();
+            let shown = match (get(r, "unit"), n) {
+                ("bytes", Some(n)) => kib(n),
+                ("us", Some(n)) => format!("{:.2} ms", n as f64 / 1000.0),
+                ("hz", Some(n)) => format!("{:.3} MHz", n as f64 / 1e6),
+                (_, _) => v.to_string(),
+            };
+            Some((n.unwrap_or(0), shown))
+        };
+        let file_rows: [(&str, FileSize); 2] = [
+            ("ELF file (with debug info)", |f| f.elf),
+            ("boot image file (what Xen loads)", |f| f.image),
+        ];
+        for (label, f) in file_rows {
+            let mut cells = vec![label.to_string()];
+            cells.extend(with_fp.iter().map(|(_, _, files)| kib(f(files))));
+            row(o, &cells);
+        }
+        for item in &items {
+            let mut cells = vec![item.clone()];
+            for (b, res, _) in &with_fp {
+                let cell = match value(res, b, item) {
+                    Some((n, s)) if item == "heap-used" => match value(res, b, "heap-size") {
+                        Some((size, _)) if size > 0 => {
+                            format!("{s} ({:.1}% of the heap)", n as f64 * 100.0 / size as f64)
+                        }
+                        _ => s,
+                    },
+                    Some((_, s)) => s,
+                    None => "-".into(),
+                };
+                cells.push(cell);
+            }
+            row(o, &cells);
+        }
+        let _ = writeln!(
+            o,
+            "\ncounter-at-*: the counter's value (TSC / CNTVCT, which Xen starts at the \
+             domain's creation) at entry and when the footprint was taken; entry-to-first-line \
+             is the agent's own start-up. heap-used is the allocator's count of bytes in \
+             use."
+        );
+    }
+    if let Some(h) = host {
+        let _ = writeln!(
+            o,
+            "\nRegion table heap bytes per region (host, counting allocator; same \
+             `BTreeMap` layout as on the 64-bit targets), beside a sorted `Vec`'s {} \
+             bytes per region:\n",
+            std::mem::size_of::<xenmem::region::Region>()
+        );
+        header(o, &["regions", "bytes/region", "÷ sorted Vec"], 1);
+        let vec_bytes = std::mem::size_of::<xenmem::region::Region>() as f64;
+        for (n, b) in &h.bytes_per_region {
+            row(
+                o,
+                &[
+                    n.to_string(),
+                    format!("{b:.1}"),
+                    format!("{:.2}", b / vec_bytes),
+                ],
+            );
+        }
+    }
+}
+
+fn kib(n: u64) -> String {
+    if n >= 1 << 20 {
+        format!("{:.2} MiB", n as f64 / (1 << 20) as f64)
+    } else if n >= 1 << 10 {
+        format!("{:.1} KiB", n as f64 / 1024.0)
+    } else {
+        format!("{n} B")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::boot::Exit;
+    use crate::decode::Level;
+    use crate::report::Logs;
+
+    fn s(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn options() {
+        let a = parse(&s(&["--only", "x86", "--out=o.md", "--timeout", "9", "-v"])).unwrap();
+        assert_eq!(a.only, ["x86"]);
+        assert_eq!(a.out, Some(PathBuf::from("o.md")));
+        assert_eq!(a.timeout, Duration::from_secs(9));
+        assert!(a.verbose);
+        assert!(parse(&s(&["--what"])).is_err());
+        assert!(selected(&[], "anything"));
+        assert!(selected(&s(&["aarch64"]), "aarch64-domu"));
+        assert!(!selected(&s(&["host"]), "x86_64-dom0"));
+    }
+
+    #[test]
+    fn boots_are_valid() {
+        for b in boots() {
+            boot::agent_cmdlines(b.arch, b.mode, &s(b.opts)).unwrap();
+            assert!(b.machine.xen_x86_64_cmdline().contains("dom0_mem="));
+        }
+    }
+
+    #[test]
+    fn renders_reports_as_tables() {
+        let b = &boots()[0];
+        let mut logs = Logs::default();
+        let lines = [
+            "report: bench-context arch=x86_64 role=dom0 clock=tsc hz=1000000000 reps=5 current=131072 max_order=18",
+            "report: bench-balloon strategy=xenmem order=18 batch=4096 mib=256 hypercalls=2 per_gib=4.00 out_us=1000 in_us=500 total_us=1500 spread=1.10 mib_s=341.33 vs_xenmem=1.00 vs_spread=1.00 out_vs=1.00 in_vs=1.00 short=0 order9=256 order0=0",
+            "report: bench-balloon-profile strategy=xenmem reps=5 xen_out_us=900 xen_in_us=400 engine_out_us=1000 engine_in_us=500 guest_us=200 guest_pct=13.33",
+            "report: bench-floor mib=256 memset_us=300000 spread=1.01 mib_s=853.33 populate_us=500 populate_vs_floor=0.00 release_us=1000 release_vs_floor=0.00 checked=yes",
+            "report: bench-grant status=pending reason=\"needs grant.rs\" grants=1024",
+            "report: bench-footprint item=heap-size value=4194304 unit=bytes",
+            "report: bench-footprint item=heap-used value=1048576 unit=bytes",
+            "report: bench-goal name=hypercalls-per-gib op=le target=2.00 measured=4.00 status=MISS factor=0.50 off_by=2.00 basis_mib=256",
+        ];
+        for l in lines {
+            logs.by_source
+                .entry(Source::D0)
+                .or_default()
+                .push(Level::Info, l);
+        }
+        let res = BootResult {
+            exit: Exit::Pass,
+            logs,
+            warnings: vec![],
+            qemu_stderr: vec![],
+            log_path: PathBuf::from("x.log"),
+            elapsed: Duration::from_secs(3),
+        };
+        let files = Files {
+            elf: 2 << 20,
+            image: 300 << 10,
+        };
+        let md = render(&[(b, res, files)], None, Duration::from_secs(9));
+        assert!(md.contains("| x86_64-dom0 | xenmem | 18 | 4096 | 2 | 4.00 | 1.0 | 0.5 | 1.5 (x1.10) | 341.33 | 1.00 (x1.00) | 1.00 | 1.00 |"), "{md}");
+        assert!(md.contains("| x86_64-dom0 | 256 | 300.0 (x1.01) |"), "{md}");
+        assert!(
+            md.contains("- x86_64-dom0: pending (needs grant.rs)"),
+            "{md}"
+        );
+        assert!(md.contains("1.00 MiB (25.0% of the heap)"), "{md}");
+        assert!(md.contains("MISS (off by x2.00)"), "{md}");
+        assert!(
+            md.contains("- x86_64-dom0 hypercalls-per-gib: MISS"),
+            "{md}"
+        );
+    }
+
+    #[test]
+    fn counts_table_bytes() {
+        let per = table_bytes_per_region(1000);
+        let region = std::mem::size_of::<xenmem::region::Region>() as f64;
+        assert!(per > region && per < 4.0 * region, "{per}");
+    }
+}
