@@ -743,6 +743,458 @@ fn wait_for_peer(hv: &impl Hypervisor, peer: DomId) -> Verdict {
     Verdict::Fail
 }
 
+// ---- grants (grant=self, grant-xchg=REF) ----
+
+/// What a domU writes in the page it grants (word `i`: seed ^ i).
+#[cfg(target_os = "none")]
+const GRANT_OFFER_SEED: u64 = 0x6772_616e_745f_6f66;
+/// What dom0 writes back (word 0 last: the domU's signal).
+#[cfg(target_os = "none")]
+const GRANT_ANSWER_SEED: u64 = 0x6772_616e_745f_616e;
+/// Polls (each a `SCHEDOP_yield`) spent waiting for the other side.
+#[cfg(target_os = "none")]
+const GRANT_POLLS: u32 = 5_000_000;
+
+/// The words of a page, through the identity map (the agent's own RAM).
+#[cfg(target_os = "none")]
+fn page_words(range: FrameRange) -> Option<*mut u64> {
+    if range.start().0 == 0 || range.end_addr().0 > crate::arch::imp::IDENTITY_MAP_END.0 {
+        return None;
+    }
+    Some(range.start_addr().0 as usize as *mut u64)
+}
+
+#[cfg(target_os = "none")]
+fn fill_page(p: *mut u64, seed: u64) {
+    for i in 0..(PAGE_SIZE / 8) as usize {
+        // SAFETY: `p` is a page of the agent's own RAM, reserved for this
+        // and identity-mapped (see `page_words`); `i` stays in the page.
+        unsafe { p.add(i).write_volatile(seed ^ i as u64) };
+    }
+}
+
+/// How many words of the page, from word `from`, differ from the pattern.
+#[cfg(target_os = "none")]
+fn page_mismatches(p: *const u64, seed: u64, from: usize) -> usize {
+    (from..(PAGE_SIZE / 8) as usize)
+        // SAFETY: as in `fill_page`.
+        .filter(|&i| unsafe { p.add(i).read_volatile() } != seed ^ i as u64)
+        .count()
+}
+
+/// `grant=` and `grant-xchg=`: the grant library under real Xen.
+fn grant_run<H: Hypervisor>(hv: &H, t: &mut RegionTable, s: &Survey, opts: &Options) -> Verdict {
+    #[cfg(target_os = "none")]
+    {
+        use crate::mapping::{MapTarget, VaSpace};
+        let mut pt = match crate::arch::imp::paging::page_tables() {
+            Ok(p) => p,
+            Err(e) => {
+                xm_error!(
+                    "grant: page tables: {}",
+                    defmt_display(&crate::grant::GrantError::Paging(e))
+                );
+                return Verdict::Fail;
+            }
+        };
+        let mut vas = VaSpace::new(MapTarget::window(&*pt));
+        let me = s.domid.map(|(d, _)| d);
+        if opts.grant_self == Some(true)
+            && grant_self(hv, t, &mut *pt, &mut vas, me) == Verdict::Fail
+        {
+            return Verdict::Fail;
+        }
+        if let Some(r) = opts.grant_xchg {
+            let r = crate::grant::GrantRef(r);
+            return match (me, opts.peer) {
+                (Some(DomId(0)), Some(peer)) => grant_map_peer(hv, t, &mut *pt, &mut vas, peer, r),
+                (Some(d), _) if d.0 != 0 => grant_offer(hv, t, &mut *pt, &mut vas, r),
+                _ => {
+                    xm_error!("grant-xchg: needs a domid (and peer= for dom0)");
+                    Verdict::Fail
+                }
+            };
+        }
+        Verdict::Pass
+    }
+    #[cfg(not(target_os = "none"))]
+    {
+        let _ = (hv, t, s, opts);
+        Verdict::Pass
+    }
+}
+
+#[cfg(target_os = "none")]
+fn grant_fail(what: &str, e: crate::grant::GrantError) -> Verdict {
+    xm_error!("grant: {=str}: {}", what, defmt_display(&e));
+    Verdict::Fail
+}
+
+/// Set up the own table, grant a page to itself, map the grant, copy through
+/// it, end it, release everything.
+#[cfg(target_os = "none")]
+fn grant_self<H: Hypervisor>(
+    hv: &H,
+    t: &mut RegionTable,
+    pt: &mut impl crate::mapping::MapTarget,
+    vas: &mut crate::mapping::VaSpace,
+    me: Option<DomId>,
+) -> Verdict {
+    use crate::grant::{self, Bytes, CopySeg, GrantError, GrantTable};
+    let mut gt = match GrantTable::setup(hv, t, pt, vas, 1) {
+        Ok(g) => g,
+        Err(e) => return grant_fail("table set-up", e),
+    };
+    xm_info!(
+        "report: grant-table frames={=u32} max={=u32} gfn={} available={=usize}",
+        gt.frames(),
+        gt.max_frames(),
+        gt.frame_gfns().next().unwrap_or(Gfn(0)),
+        gt.available()
+    );
+    // The page granted (given up for good on x86: mapping one's own grant
+    // unhooks it from its GFN) and a page to copy into.
+    let pages = match t.alloc_frames(
+        PageCount(2),
+        crate::addr::Order::ZERO,
+        ReservedUse::Allocated,
+    ) {
+        Ok(p) => p,
+        Err(e) => return grant_fail("pages", GrantError::Table(e)),
+    };
+    let (Some(p), Some(me)) = (page_words(pages), me) else {
+        xm_error!("grant: no domid or the pages are not identity-mapped");
+        return Verdict::Fail;
+    };
+    let page = FrameRange::new(pages.start(), PageCount(1)).unwrap_or(pages);
+    let copy_to = Gfn(pages.start().0 + 1);
+    // SAFETY: the second page is ours, like the first (`page_words`).
+    let q = unsafe { p.add((PAGE_SIZE / 8) as usize) };
+    fill_page(p, GRANT_OFFER_SEED);
+    let r = match gt.grant_access(me, page.start(), false) {
+        Ok(r) => r,
+        Err(e) => return grant_fail("grant_access", e),
+    };
+    xm_info!(
+        "report: grant-issue ref={=u32} dom={} gfn={}",
+        r.0,
+        me,
+        page.start()
+    );
+    let seg = CopySeg {
+        gref: r,
+        grant_offset: 0,
+        local: copy_to,
+        local_offset: 0,
+        len: PAGE_SIZE as u16,
+    };
+    let copy_before = grant::copy_from_grant(hv, me, &[seg]);
+    let copied = page_mismatches(q, GRANT_OFFER_SEED, 0) == 0;
+    let self_status = match grant::map_grants(hv, t, pt, vas, DomId::SELF, &[r], true) {
+        Err(GrantError::Refused(f)) => f.first().map_or("?", |x| x.status.name()),
+        Ok(m) => {
+            let _ = m.release(hv, t, pt, vas);
+            "okay"
+        }
+        Err(_) => "error",
+    };
+    let gm = match grant::map_grants(hv, t, pt, vas, me, &[r], false) {
+        Ok(m) => m,
+        Err(e) => return grant_fail("map own grant", e),
+    };
+    let mut word = [0u64; 2];
+    let seen = gm.read_obj::<u64>(8).unwrap_or(0);
+    let st = gt.state(r);
+    let wrote = gm.write_obj::<u64>(16, 0x5eed).is_ok();
+    // SAFETY: as in `fill_page`.
+    word[0] = unsafe { p.add(2).read_volatile() };
+    let end_mapped = match gt.end_access(r) {
+        Err(GrantError::InUse(_)) => "in-use",
+        Ok(()) => "ended",
+        Err(_) => "error",
+    };
+    let bus = gm.bus_addrs().first().copied().unwrap_or(0);
+    if let Err(e) = gm.release(hv, t, pt, vas) {
+        return grant_fail("release", e);
+    }
+    // SAFETY: as in `fill_page`.
+    word[1] = unsafe { p.add(2).read_volatile() };
+    let copy_after = grant::copy_from_grant(hv, me, &[seg]);
+    let status = |r: &Result<(), GrantError>| match r {
+        Ok(()) => "GNTST_okay",
+        Err(GrantError::Refused(f)) => f.first().map_or("?", |x| x.status.name()),
+        Err(_) => "error",
+    };
+    xm_info!(
+        "report: grant-self ref={=u32} map_domid_self={=str} pattern={=str} wrote={=str} reading={=str} writing={=str} end_while_mapped={=str} own_gfn_during={=u64:#x} own_gfn_after={=u64:#x} bus={=u64:#x} copy_before={=str} copied={=str} copy_after={=str}",
+        r.0,
+        self_status,
+        if seen == GRANT_OFFER_SEED ^ 1 { "ok" } else { "bad" },
+        yes(wrote),
+        yes(st.is_some_and(|s| s.reading)),
+        yes(st.is_some_and(|s| s.writing)),
+        end_mapped,
+        word[0],
+        word[1],
+        bus,
+        status(&copy_before),
+        yes(copied),
+        status(&copy_after)
+    );
+    if end_mapped != "ended" {
+        if let Err(e) = gt.end_access(r) {
+            return grant_fail("end_access", e);
+        }
+    }
+    if let Err(e) = gt.release(hv, t, pt, vas) {
+        return grant_fail("table release", e);
+    }
+    // The granted page stays reserved (on x86 it has no GFN any more); the
+    // copy target goes back.
+    let _ = t.free_frames(
+        FrameRange::new(copy_to, PageCount(1)).unwrap_or(pages),
+        ReservedUse::Allocated,
+    );
+    if seen != GRANT_OFFER_SEED ^ 1 || !wrote || copy_before.is_err() || !copied {
+        xm_error!("grant: own grant: data or copy wrong");
+        return Verdict::Fail;
+    }
+    Verdict::Pass
+}
+
+/// A domU: grant a page with a pattern to dom0, wait for dom0's answer in
+/// it, end the grant.
+#[cfg(target_os = "none")]
+fn grant_offer<H: Hypervisor>(
+    hv: &H,
+    t: &mut RegionTable,
+    pt: &mut impl crate::mapping::MapTarget,
+    vas: &mut crate::mapping::VaSpace,
+    want: crate::grant::GrantRef,
+) -> Verdict {
+    use crate::grant::{GrantError, GrantTable};
+    let mut gt = match GrantTable::setup(hv, t, pt, vas, 1) {
+        Ok(g) => g,
+        Err(e) => return grant_fail("table set-up", e),
+    };
+    let page = match t.alloc_frames(
+        PageCount(1),
+        crate::addr::Order::ZERO,
+        ReservedUse::Allocated,
+    ) {
+        Ok(p) => p,
+        Err(e) => return grant_fail("page", GrantError::Table(e)),
+    };
+    let Some(p) = page_words(page) else {
+        xm_error!("grant: page not identity-mapped");
+        return Verdict::Fail;
+    };
+    fill_page(p, GRANT_OFFER_SEED);
+    let r = match gt.grant_access(DomId(0), page.start(), false) {
+        Ok(r) => r,
+        Err(e) => return grant_fail("grant_access", e),
+    };
+    xm_info!(
+        "report: grant-offer ref={=u32} dom=0 gfn={} table_gfn={}",
+        r.0,
+        page.start(),
+        gt.frame_gfns().next().unwrap_or(Gfn(0))
+    );
+    if r != want {
+        xm_error!("grant: got ref {=u32}, agreed on {=u32}", r.0, want.0);
+        return Verdict::Fail;
+    }
+    // dom0 writes word 0 last.
+    let mut polls = 0u32;
+    // SAFETY: as in `fill_page`.
+    while unsafe { p.read_volatile() } != GRANT_ANSWER_SEED && polls < GRANT_POLLS {
+        let _ = hv.yield_cpu();
+        polls += 1;
+    }
+    let answered = polls < GRANT_POLLS;
+    let bad = page_mismatches(p, GRANT_ANSWER_SEED, 0);
+    let mut tries = 0u32;
+    let ended = loop {
+        tries += 1;
+        match gt.end_access(r) {
+            Ok(()) => break true,
+            Err(GrantError::InUse(_)) if tries < GRANT_POLLS => {
+                let _ = hv.yield_cpu();
+            }
+            Err(_) => break false,
+        }
+    };
+    xm_info!(
+        "report: grant-offer-done ref={=u32} answered={=str} polls={=u32} peer_wrote={=str} bad_words={=usize} end_access={=str} end_tries={=u32}",
+        r.0,
+        yes(answered),
+        polls,
+        if bad == 0 { "ok" } else { "bad" },
+        bad,
+        if ended { "ok" } else { "failed" },
+        tries
+    );
+    if ended {
+        if let Err(e) = gt.release(hv, t, pt, vas) {
+            return grant_fail("table release", e);
+        }
+    }
+    if answered && bad == 0 && ended {
+        Verdict::Pass
+    } else {
+        Verdict::Fail
+    }
+}
+
+/// Dom0: map the peer's grant `r` (retrying until the peer has issued it),
+/// check its pattern, write an answer, copy the page out through
+/// `GNTTABOP_copy`, signal, unmap.
+#[cfg(target_os = "none")]
+fn grant_map_peer<H: Hypervisor>(
+    hv: &H,
+    t: &mut RegionTable,
+    pt: &mut impl crate::mapping::MapTarget,
+    vas: &mut crate::mapping::VaSpace,
+    peer: DomId,
+    r: crate::grant::GrantRef,
+) -> Verdict {
+    use crate::grant::{self, Bytes, CopySeg, GntStatus, GrantError};
+    let mut tries = 0u32;
+    let mut first: Option<GntStatus> = None;
+    let gm = loop {
+        tries += 1;
+        match grant::map_grants(hv, t, pt, vas, peer, &[r], false) {
+            Ok(m) => break m,
+            Err(GrantError::Refused(f)) if tries < GRANT_POLLS => {
+                let st = f.first().map_or(GntStatus::Unknown(0), |x| x.status);
+                first.get_or_insert(st);
+                if !matches!(
+                    st,
+                    GntStatus::GeneralError | GntStatus::BadGntref | GntStatus::BadDomain
+                ) {
+                    return grant_fail("map peer grant", GrantError::Refused(f));
+                }
+                let _ = hv.yield_cpu();
+            }
+            Err(e) => return grant_fail("map peer grant", e),
+        }
+    };
+    // A batch with bad references: the good one is undone, the bad ones
+    // are named with their statuses; nothing is left behind.
+    let holes = t.count(crate::region::RegionKind::Hole);
+    let bad_refs = [
+        r,
+        crate::grant::GrantRef(600),
+        crate::grant::GrantRef(r.0 + 1),
+    ];
+    match grant::map_grants(hv, t, pt, vas, peer, &bad_refs, true) {
+        Err(GrantError::Refused(f)) => {
+            let mut it = f.iter();
+            let (a, b) = (it.next(), it.next());
+            xm_info!(
+                "report: grant-bad-batch refused={=usize} of={=usize} first_ref={=u32} first={=str} second_ref={=u32} second={=str} holes_kept={=str}",
+                f.total(),
+                f.of(),
+                a.map_or(0, |x| x.gref.0),
+                a.map_or("none", |x| x.status.name()),
+                b.map_or(0, |x| x.gref.0),
+                b.map_or("none", |x| x.status.name()),
+                yes(t.count(crate::region::RegionKind::Hole) == holes)
+            );
+        }
+        Ok(m) => {
+            xm_error!("grant: a batch with bad references was mapped");
+            let _ = m.release(hv, t, pt, vas);
+            return Verdict::Fail;
+        }
+        Err(e) => return grant_fail("bad batch", e),
+    }
+    let words = PAGE_SIZE / 8;
+    let bad_offer = (0..words)
+        .filter(|&i| gm.read_obj::<u64>(i * 8) != Ok(GRANT_OFFER_SEED ^ i))
+        .count();
+    let mut wrote = true;
+    for i in 1..words {
+        wrote &= gm.write_obj::<u64>(i * 8, GRANT_ANSWER_SEED ^ i).is_ok();
+    }
+    // Copy the page out with GNTTABOP_copy while still mapped and granted.
+    let copy = t
+        .alloc_frames(
+            PageCount(1),
+            crate::addr::Order::ZERO,
+            ReservedUse::Allocated,
+        )
+        .ok()
+        .and_then(|f| page_words(f).map(|p| (f, p)));
+    let copied = match copy {
+        Some((f, p)) => {
+            let seg = CopySeg {
+                gref: r,
+                grant_offset: 0,
+                local: f.start(),
+                local_offset: 0,
+                len: PAGE_SIZE as u16,
+            };
+            // Refused segments first: past the page, a hole as local frame.
+            let bad = [
+                CopySeg {
+                    grant_offset: 4000,
+                    len: 200,
+                    ..seg
+                },
+                CopySeg {
+                    local: gm.gfns().start(),
+                    ..seg
+                },
+            ];
+            match grant::copy_from_grant(hv, peer, &bad) {
+                Err(GrantError::Refused(f)) => {
+                    let mut it = f.iter();
+                    let (a, b) = (it.next(), it.next());
+                    xm_info!(
+                        "report: grant-bad-copy refused={=usize} first={=str} second={=str}",
+                        f.total(),
+                        a.map_or("none", |x| x.status.name()),
+                        b.map_or("none", |x| x.status.name())
+                    );
+                }
+                r => xm_error!("grant: bad copies: {=bool}", r.is_ok()),
+            }
+            let ok = grant::copy_from_grant(hv, peer, &[seg]).is_ok()
+                && page_mismatches(p, GRANT_ANSWER_SEED, 1) == 0
+                // SAFETY: as in `fill_page`.
+                && unsafe { p.read_volatile() } == GRANT_OFFER_SEED;
+            let _ = t.free_frames(f, ReservedUse::Allocated);
+            ok
+        }
+        None => false,
+    };
+    // The signal, last.
+    wrote &= gm.write_obj::<u64>(0, GRANT_ANSWER_SEED).is_ok();
+    let bus = gm.bus_addrs().first().copied().unwrap_or(0);
+    let gfn = gm.gfns().start();
+    if let Err(e) = gm.release(hv, t, pt, vas) {
+        return grant_fail("release", e);
+    }
+    xm_info!(
+        "report: grant-map peer={} ref={=u32} tries={=u32} waiting_status={=str} gfn={} bus={=u64:#x} pattern={=str} wrote={=str} copy={=str} released=yes",
+        peer,
+        r.0,
+        tries,
+        first.map_or("none", |s| s.name()),
+        gfn,
+        bus,
+        if bad_offer == 0 { "ok" } else { "bad" },
+        yes(wrote),
+        if copied { "ok" } else { "bad" }
+    );
+    if bad_offer == 0 && wrote && copied {
+        Verdict::Pass
+    } else {
+        Verdict::Fail
+    }
+}
+
 /// Touch an address the agent's page tables do not map, to test the
 /// exception path. Only on the bare-metal targets.
 fn fault(kind: FaultKind) {
@@ -814,6 +1266,11 @@ pub fn run(hv: &impl Hypervisor, boot: &BootInfo<'_>, heap: Option<PhysSpan>) ->
             if crate::bench::run(hv, &mut table, &s, set) == Verdict::Fail {
                 return Verdict::Fail;
             }
+        }
+        if (opts.grant_self.is_some() || opts.grant_xchg.is_some())
+            && grant_run(hv, &mut table, &s, &opts) == Verdict::Fail
+        {
+            return Verdict::Fail;
         }
         if let Some(kind) = opts.fault {
             fault(kind);

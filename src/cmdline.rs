@@ -74,6 +74,13 @@ pub struct Options {
     /// `bench=NAME+NAME...`: run benchmarks (balloon, floor, grant, foreign,
     /// footprint, all) and print their tables.
     pub bench: Option<BenchSet>,
+    /// `grant=self`: set up the agent's own grant table, grant a page of its
+    /// own and map that grant (under its real domid).
+    pub grant_self: Option<bool>,
+    /// `grant-xchg=REF`: exchange a page through grant REF with the peer:
+    /// a domU grants it to dom0 (and checks it got REF), dom0 (with `peer=`)
+    /// maps the peer's REF.
+    pub grant_xchg: Option<u32>,
 }
 
 /// What was wrong with the command line.
@@ -264,6 +271,18 @@ impl Options {
                 "fault",
                 (value == "unmapped").then_some(FaultKind::Unmapped),
                 "`unmapped`"
+            ),
+            "grant" => set!(
+                grant_self,
+                "grant",
+                (value == "self").then_some(true),
+                "`self`"
+            ),
+            "grant-xchg" => set!(
+                grant_xchg,
+                "grant-xchg",
+                parse_u64(value).and_then(|v| u32::try_from(v).ok()),
+                "a grant reference such as 8"
             ),
             _ => Err(CmdlineError::Unknown { name }),
         }

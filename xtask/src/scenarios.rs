@@ -246,6 +246,49 @@ fn arm_domu(src: Source) -> Vec<Check> {
     c
 }
 
+/// `grant=self`: the agent's own table (one frame, Xen's default maximum of
+/// 64), its first grant (ref 8, after the reserved ones), that grant mapped
+/// under the real domid (`DOMID_SELF`: bad_domain), refused to end while
+/// mapped, copied through before and after. On x86 the granted page leaves
+/// its own GFN for good (it reads all-ones, and a copy through the grant
+/// then finds no page); on Arm both stay visible.
+fn grant_self(src: Source, x86: bool) -> Vec<Check> {
+    let mut c = vec![
+        field(src, "grant-table", "frames", Is::Num(1)),
+        field(src, "grant-table", "max", Is::Num(64)),
+        field(src, "grant-table", "available", Is::Num(504)),
+        field(src, "grant-issue", "ref", Is::Num(8)),
+        field(
+            src,
+            "grant-self",
+            "map_domid_self",
+            Is::Text("GNTST_bad_domain"),
+        ),
+        field(src, "grant-self", "pattern", Is::Text("ok")),
+        field(src, "grant-self", "wrote", Is::Text("yes")),
+        field(src, "grant-self", "reading", Is::Text("yes")),
+        field(src, "grant-self", "writing", Is::Text("yes")),
+        field(src, "grant-self", "end_while_mapped", Is::Text("in-use")),
+        field(src, "grant-self", "copy_before", Is::Text("GNTST_okay")),
+        field(src, "grant-self", "copied", Is::Text("yes")),
+        verdict(src, Verdict::Pass),
+    ];
+    if x86 {
+        c.extend([
+            field(src, "grant-self", "own_gfn_during", Is::Num(u64::MAX)),
+            field(src, "grant-self", "own_gfn_after", Is::Num(u64::MAX)),
+            field(src, "grant-self", "copy_after", Is::Text("GNTST_bad_page")),
+        ]);
+    } else {
+        c.extend([
+            field(src, "grant-self", "own_gfn_during", Is::Num(0x5eed)),
+            field(src, "grant-self", "own_gfn_after", Is::Num(0x5eed)),
+            field(src, "grant-self", "copy_after", Is::Text("GNTST_okay")),
+        ]);
+    }
+    c
+}
+
 /// The first `report: balloon` line (phase=first) has `key` = `is`.
 fn first_balloon(src: Source, key: &'static str, is: Is) -> Check {
     field(src, "balloon", key, is)
@@ -329,6 +372,72 @@ pub fn all() -> Vec<Scenario> {
                 with(arm_dom0(D0), arm_domu(D1)),
                 [
                     field(D0, "peer", "domid", Is::Num(1)),
+                    field(D0, "peer", "shutdown", Is::Text("poweroff")),
+                    verdict(D1, Verdict::Pass),
+                    verdict(D0, Verdict::Pass),
+                ],
+            ),
+        },
+        Scenario {
+            name: "x86_64-grant-self",
+            arch: Arch::X86_64,
+            mode: Mode::Dom0,
+            agent_opts: &["grant=self"],
+            exit: ExpectExit::Pass,
+            checks: with(x86_dom0(D0), grant_self(D0, true)),
+        },
+        Scenario {
+            name: "aarch64-grant-self",
+            arch: Arch::Aarch64,
+            mode: Mode::Dom0,
+            agent_opts: &["grant=self"],
+            exit: ExpectExit::Pass,
+            checks: with(arm_dom0(D0), grant_self(D0, false)),
+        },
+        Scenario {
+            name: "aarch64-grant-exchange",
+            arch: Arch::Aarch64,
+            mode: Mode::Both,
+            agent_opts: &["grant-xchg=8"],
+            exit: ExpectExit::Pass,
+            checks: with(
+                with(arm_dom0(D0), arm_domu(D1)),
+                [
+                    // The domU grants a page to dom0: the first free ref.
+                    field(D1, "grant-offer", "ref", Is::Num(8)),
+                    field(D1, "grant-offer", "dom", Is::Num(0)),
+                    // Dom0 maps it, retrying while the domU has not issued it
+                    // yet (Xen: general_error, not bad_gntref, for an entry
+                    // inside the table that is not granted).
+                    field(D0, "grant-map", "peer", Is::Num(1)),
+                    field(D0, "grant-map", "ref", Is::Num(8)),
+                    field(D0, "grant-map", "pattern", Is::Text("ok")),
+                    field(D0, "grant-map", "wrote", Is::Text("yes")),
+                    field(D0, "grant-map", "copy", Is::Text("ok")),
+                    field(D0, "grant-map", "released", Is::Text("yes")),
+                    // A batch with bad refs: both named, the good one undone.
+                    field(D0, "grant-bad-batch", "refused", Is::Num(2)),
+                    field(D0, "grant-bad-batch", "first_ref", Is::Num(600)),
+                    field(D0, "grant-bad-batch", "first", Is::Text("GNTST_bad_gntref")),
+                    field(D0, "grant-bad-batch", "second_ref", Is::Num(9)),
+                    field(
+                        D0,
+                        "grant-bad-batch",
+                        "second",
+                        Is::Text("GNTST_general_error"),
+                    ),
+                    field(D0, "grant-bad-batch", "holes_kept", Is::Text("yes")),
+                    field(
+                        D0,
+                        "grant-bad-copy",
+                        "first",
+                        Is::Text("GNTST_bad_copy_arg"),
+                    ),
+                    field(D0, "grant-bad-copy", "second", Is::Text("GNTST_bad_page")),
+                    // The domU sees dom0's answer and ends the grant.
+                    field(D1, "grant-offer-done", "answered", Is::Text("yes")),
+                    field(D1, "grant-offer-done", "peer_wrote", Is::Text("ok")),
+                    field(D1, "grant-offer-done", "end_access", Is::Text("ok")),
                     field(D0, "peer", "shutdown", Is::Text("poweroff")),
                     verdict(D1, Verdict::Pass),
                     verdict(D0, Verdict::Pass),
