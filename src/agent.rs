@@ -1213,6 +1213,122 @@ fn fault(kind: FaultKind) {
     }
 }
 
+/// `helper=`: the cross-domain flow of a privileged x86 PVH dom0 (see
+/// [`crate::domctl::CrossDomain`]), with the seeded grants mapped through
+/// the grant path and compared with what the foreign path wrote.
+fn helper_run<H: Hypervisor>(hv: &H, t: &mut RegionTable, mode: cmdline::HelperMode) -> Verdict {
+    #[cfg(target_os = "none")]
+    {
+        use crate::domctl::{cross_domain_flow, pattern_word, FlowConfig};
+        use crate::grant::Bytes;
+        let mut pt = match crate::arch::imp::paging::page_tables() {
+            Ok(p) => p,
+            Err(e) => {
+                xm_error!("helper: page tables: {}", e);
+                return Verdict::Fail;
+            }
+        };
+        let mut vas = crate::mapping::VaSpace::new(crate::mapping::MapTarget::window(&*pt));
+        let cfg = match mode {
+            cmdline::HelperMode::Small => FlowConfig::default(),
+            cmdline::HelperMode::Superpage => FlowConfig {
+                pages: 512,
+                order: crate::addr::Order::new_const(9),
+                ..FlowConfig::default()
+            },
+        };
+        let r = cross_domain_flow(hv, t, &mut *pt, &mut vas, cfg, |cd, t, pt, vas| {
+            let refs: Vec<_> = cd.seeded().iter().map(|s| s.gref).collect();
+            let gm = match crate::grant::map_grants(hv, t, pt, vas, cd.domid(), &refs, false) {
+                Ok(m) => m,
+                Err(e) => {
+                    xm_error!("helper: map_grants: {}", defmt_display(&e));
+                    return false;
+                }
+            };
+            let mut ok = true;
+            let mut wb = true;
+            let mut in_use = true;
+            for (i, s) in cd.seeded().iter().enumerate() {
+                for w in 0..(PAGE_SIZE / 8) {
+                    let off = i as u64 * PAGE_SIZE + w * 8;
+                    ok &= gm.read_obj::<u64>(off).ok() == Some(pattern_word(s.gfn, w));
+                }
+                // Written through the grant, read through the foreign map.
+                let v = 0x6772_616e_7400_0000 | i as u64;
+                wb &= gm.write_obj::<u64>(i as u64 * PAGE_SIZE + 8, v).is_ok();
+                wb &= cd.foreign_word(i as u64, 1) == Some(v);
+                let f = cd.grant_flags(s.gref).unwrap_or(0);
+                let mask =
+                    crate::xen::abi::gnttab::GTF_READING | crate::xen::abi::gnttab::GTF_WRITING;
+                in_use &= f & mask == mask;
+            }
+            xm_info!(
+                "report: helper-grants domid={} mapped={=usize} pattern={=str} writeback={=str} in_use={=str}",
+                cd.domid(),
+                refs.len(),
+                if ok { "ok" } else { "bad" },
+                if wb { "ok" } else { "bad" },
+                yes(in_use)
+            );
+            if let Err(e) = gm.release(hv, t, pt, vas) {
+                xm_error!("helper: grant release: {}", defmt_display(&e));
+                return false;
+            }
+            ok && wb && in_use
+        });
+        match r {
+            Ok(_) => Verdict::Pass,
+            Err(e) => {
+                xm_error!("helper: {}", e);
+                Verdict::Fail
+            }
+        }
+    }
+    #[cfg(not(target_os = "none"))]
+    {
+        let _ = (hv, t, mode);
+        Verdict::Fail
+    }
+}
+
+/// `probe=N`: an unprivileged domain's foreign map and acquire_resource of
+/// domain N must both be refused (EPERM) and leave nothing behind.
+fn probe_run<H: Hypervisor>(
+    hv: &H,
+    t: &mut RegionTable,
+    target: DomId,
+    privileged: bool,
+) -> Verdict {
+    if privileged {
+        // A privileged agent would be allowed: nothing to probe.
+        xm_info!("report: unprivileged skipped=privileged");
+        return Verdict::Pass;
+    }
+    #[cfg(target_os = "none")]
+    {
+        let mut pt = match crate::arch::imp::paging::page_tables() {
+            Ok(p) => p,
+            Err(e) => {
+                xm_error!("probe: page tables: {}", e);
+                return Verdict::Fail;
+            }
+        };
+        let mut vas = crate::mapping::VaSpace::new(crate::mapping::MapTarget::window(&*pt));
+        let p = crate::domctl::unprivileged_probe(hv, t, &mut *pt, &mut vas, target, Gfn(0x100));
+        if p.refused_cleanly() {
+            Verdict::Pass
+        } else {
+            Verdict::Fail
+        }
+    }
+    #[cfg(not(target_os = "none"))]
+    {
+        let _ = (hv, t, target);
+        Verdict::Fail
+    }
+}
+
 /// Run the agent. `heap` is the heap's span, when the agent's heap lies in
 /// its image (the runtime's), so that the table records it.
 pub fn run(hv: &impl Hypervisor, boot: &BootInfo<'_>, heap: Option<PhysSpan>) -> Outcome {
@@ -1271,6 +1387,16 @@ pub fn run(hv: &impl Hypervisor, boot: &BootInfo<'_>, heap: Option<PhysSpan>) ->
             && grant_run(hv, &mut table, &s, &opts) == Verdict::Fail
         {
             return Verdict::Fail;
+        }
+        if let Some(mode) = opts.helper {
+            if helper_run(hv, &mut table, mode) == Verdict::Fail {
+                return Verdict::Fail;
+            }
+        }
+        if let Some(target) = opts.probe {
+            if probe_run(hv, &mut table, target, s.privileged) == Verdict::Fail {
+                return Verdict::Fail;
+            }
         }
         if let Some(kind) = opts.fault {
             fault(kind);

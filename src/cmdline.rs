@@ -50,6 +50,15 @@ fn parse_bench(v: &str) -> Option<BenchSet> {
     Some(set)
 }
 
+/// How big the `helper=` domain's memory is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HelperMode {
+    /// 16 pages in 4 KiB extents.
+    Small,
+    /// 512 pages in one 2 MiB extent.
+    Superpage,
+}
+
 /// The options the agent understands.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Options {
@@ -81,6 +90,15 @@ pub struct Options {
     /// a domU grants it to dom0 (and checks it got REF), dom0 (with `peer=`)
     /// maps the peer's REF.
     pub grant_xchg: Option<u32>,
+    /// `helper=on|superpage`: (privileged x86 PVH dom0) create a helper
+    /// domain, give it memory (16 pages, or one 2 MiB extent), map it as
+    /// foreign frames, acquire its grant table, seed grants to dom0, map
+    /// them, then unmap everything and destroy the helper.
+    pub helper: Option<HelperMode>,
+    /// `probe=N`: (an unprivileged domain) try a foreign map and an
+    /// acquire_resource of domain N's grant table: both must be refused
+    /// with EPERM and leave nothing behind.
+    pub probe: Option<DomId>,
 }
 
 /// What was wrong with the command line.
@@ -265,6 +283,22 @@ impl Options {
                 "bench",
                 parse_bench(value),
                 "benchmarks joined with `+`: balloon, floor, grant, foreign, footprint, all"
+            ),
+            "helper" => set!(
+                helper,
+                "helper",
+                match value {
+                    "on" => Some(HelperMode::Small),
+                    "superpage" => Some(HelperMode::Superpage),
+                    _ => None,
+                },
+                "`on` or `superpage`"
+            ),
+            "probe" => set!(
+                probe,
+                "probe",
+                parse_domid(value),
+                "a domain id below 0x7ff0"
             ),
             "fault" => set!(
                 fault,

@@ -567,6 +567,41 @@ pub fn all() -> Vec<Scenario> {
             ],
         },
         Scenario {
+            name: "x86_64-helper-domain",
+            arch: Arch::X86_64,
+            mode: Mode::Dom0,
+            agent_opts: &["helper=on"],
+            exit: ExpectExit::Pass,
+            checks: with(x86_dom0(D0), helper_domain(D0, 16, 0)),
+        },
+        Scenario {
+            name: "x86_64-helper-domain-superpage",
+            arch: Arch::X86_64,
+            mode: Mode::Dom0,
+            agent_opts: &["helper=superpage"],
+            exit: ExpectExit::Pass,
+            checks: with(x86_dom0(D0), helper_domain(D0, 512, 9)),
+        },
+        Scenario {
+            name: "aarch64-both-unprivileged-probe",
+            arch: Arch::Aarch64,
+            mode: Mode::Both,
+            agent_opts: &["probe=0"],
+            exit: ExpectExit::Pass,
+            checks: with(
+                with(arm_dom0(D0), arm_domu(D1)),
+                [
+                    field(D0, "unprivileged", "skipped", Is::Text("privileged")),
+                    field(D1, "unprivileged", "target", Is::Num(0)),
+                    field(D1, "unprivileged", "foreign", Is::Text("eperm")),
+                    field(D1, "unprivileged", "acquire", Is::Text("eperm")),
+                    field(D1, "unprivileged", "untouched", Is::Text("yes")),
+                    verdict(D1, Verdict::Pass),
+                    verdict(D0, Verdict::Pass),
+                ],
+            ),
+        },
+        Scenario {
             name: "x86_64-exception",
             arch: Arch::X86_64,
             mode: Mode::Dom0,
@@ -582,6 +617,39 @@ pub fn all() -> Vec<Scenario> {
             exit: ExpectExit::Fail,
             checks: vec![Check::Exception(D0), verdict(D0, Verdict::Fail)],
         },
+    ]
+}
+
+/// The cross-domain flow (`helper=`): a helper domain created as domain 1,
+/// `pages` pages of `order` given to it, mapped as foreign frames with the
+/// pattern read back, its grant table acquired and grants seeded, mapped
+/// through the grant path and compared, then everything unmapped and the
+/// helper destroyed and gone.
+fn helper_domain(src: Source, pages: u64, order: u64) -> Vec<Check> {
+    vec![
+        field(src, "helper-domain", "domid", Is::Num(1)),
+        field(src, "helper-domain", "created", Is::Text("yes")),
+        field(src, "helper-domain", "max_pages", Is::Num(0)),
+        field(src, "helper-memory", "populated", Is::Num(pages)),
+        field(src, "helper-memory", "order", Is::Num(order)),
+        field(src, "helper-memory", "tot_pages", Is::Num(pages)),
+        field(src, "foreign-map", "frames", Is::Num(pages)),
+        field(src, "foreign-map", "pattern", Is::Text("ok")),
+        field(src, "foreign-map", "reread", Is::Text("ok")),
+        field(src, "acquire", "resource", Is::Text("grant-table")),
+        field(src, "acquire", "frames_max", Is::Num(64)),
+        field(src, "acquire", "mapped", Is::Num(1)),
+        field(src, "grants-seeded", "count", Is::Num(4)),
+        field(src, "grants-seeded", "first_gref", Is::Num(8)),
+        field(src, "helper-grants", "mapped", Is::Num(4)),
+        field(src, "helper-grants", "pattern", Is::Text("ok")),
+        field(src, "helper-grants", "writeback", Is::Text("ok")),
+        field(src, "helper-grants", "in_use", Is::Text("yes")),
+        field(src, "helper-unmapped", "foreign", Is::Num(pages)),
+        field(src, "helper-unmapped", "gnttab", Is::Num(1)),
+        field(src, "helper-domain", "destroyed", Is::Text("yes")),
+        field(src, "helper-domain", "gone", Is::Text("yes")),
+        verdict(src, Verdict::Pass),
     ]
 }
 
@@ -824,6 +892,9 @@ mod tests {
                 "aarch64-dom0",
                 "aarch64-domu",
                 "aarch64-both",
+                "x86_64-grant-self",
+                "aarch64-grant-self",
+                "aarch64-grant-exchange",
                 "x86_64-balloon",
                 "aarch64-domu-balloon",
                 "aarch64-dom0-contig",
@@ -831,6 +902,9 @@ mod tests {
                 "x86_64-balloon-malformed",
                 "x86_64-contig-over-max-order",
                 "x86_64-bad-option",
+                "x86_64-helper-domain",
+                "x86_64-helper-domain-superpage",
+                "aarch64-both-unprivileged-probe",
                 "x86_64-exception",
                 "aarch64-exception"
             ]
