@@ -28,6 +28,7 @@ pub mod cmdline;
 pub mod domctl;
 pub mod fdt;
 pub mod grant;
+pub mod guestmem;
 pub mod layout;
 pub mod logframe;
 pub mod m2p;
