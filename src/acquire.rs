@@ -34,6 +34,7 @@ use crate::paging::{Attrs, PagingError};
 use crate::region::{
     Backing, Change, FrameRange, Region, RegionError, RegionFlags, RegionKind, RegionTable,
 };
+use crate::xen::abi::gnttab::{self, GrantEntryV1};
 use crate::xen::abi::physmap;
 use crate::xen::{Errno, Hypervisor, XenError};
 
@@ -201,6 +202,12 @@ pub fn grant_table_size(hv: &impl Hypervisor, dom: DomId) -> Result<u32, Acquire
     resource_size(hv, dom, Resource::GrantTableShared)
 }
 
+/// The shared frame (index into the grant-table resource) that holds
+/// version-1 grant entry `gref`: the frame to acquire to read it.
+pub const fn grant_v1_frame(gref: u32) -> u32 {
+    gref / gnttab::ENTRIES_PER_FRAME_V1
+}
+
 /// Frames of another domain's resource, mapped.
 #[must_use = "a mapping must be given back with ResourceMap::release"]
 #[derive(Debug)]
@@ -290,6 +297,26 @@ impl ResourceMap {
         let p = self.at(offset, 8)? as *const u64;
         // SAFETY: as in `read_u16`.
         Some(unsafe { p.read_volatile() })
+    }
+
+    /// Version-1 grant entry `gref` of the grant table this maps (shared
+    /// frames), read in one 8-byte access so that its flags, domid and
+    /// frame belong together; `None` if this is no mapping of shared frames
+    /// or the entry lies in none of the frames mapped (see
+    /// [`grant_v1_frame`]).
+    pub fn grant_entry_v1(&self, gref: u32) -> Option<GrantEntryV1> {
+        if self.res != Resource::GrantTableShared {
+            return None;
+        }
+        let off = (u64::from(gref) * 8).checked_sub(self.frame * PAGE_SIZE)?;
+        let v = self.read_u64(off)?;
+        // `struct grant_entry_v1` in a little-endian guest (x86, Arm):
+        // flags in bytes 0-1, domid in 2-3, frame in 4-7.
+        Some(GrantEntryV1 {
+            flags: v as u16,
+            domid: (v >> 16) as u16,
+            frame: (v >> 32) as u32,
+        })
     }
 
     /// Write the `u16` at byte `offset` (aligned, inside, writable mapping),
@@ -686,6 +713,16 @@ mod tests {
         assert_eq!(gm.read_u64(8), Some(0x1234_0007_0001));
         assert_eq!(gm.read_u32(12), Some(0x1234));
         assert_eq!(gm.read_u16(10), Some(7));
+        // The same bytes as grant entry 1.
+        assert_eq!(
+            gm.grant_entry_v1(1),
+            Some(GrantEntryV1 {
+                flags: 1,
+                domid: 7,
+                frame: 0x1234
+            })
+        );
+        assert_eq!(gm.grant_entry_v1(gnttab::ENTRIES_PER_FRAME_V1), None);
         assert_eq!(gm.read_u64(4), None);
         assert_eq!(gm.read_u64(4096), None);
         assert_eq!(gm.write_u16(4095, 0), None);
@@ -708,6 +745,13 @@ mod tests {
         )
         .unwrap();
         assert_eq!(ro.write_u64(0, 1), None);
+        // Entries of frames 3 and 4 only.
+        assert_eq!(grant_v1_frame(8), 0);
+        assert_eq!(grant_v1_frame(3 * 512 + 1), 3);
+        assert_eq!(ro.grant_entry_v1(1), None);
+        assert!(ro.grant_entry_v1(3 * 512 + 1).is_some());
+        assert!(ro.grant_entry_v1(5 * 512 - 1).is_some());
+        assert_eq!(ro.grant_entry_v1(5 * 512), None);
         assert_eq!(m.gnttab_size(h), Some((5, 64)), "the table grew");
         ro.release(&m, &mut t, &mut pt, &mut vas).unwrap();
         assert_eq!(t, before);

@@ -806,14 +806,40 @@ fn grant_run<H: Hypervisor>(hv: &H, t: &mut RegionTable, s: &Survey, opts: &Opti
         }
         if let Some(r) = opts.grant_xchg {
             let r = crate::grant::GrantRef(r);
-            return match (me, opts.peer) {
+            let holes = t.count(RegionKind::Hole);
+            let v = match (me, opts.peer) {
                 (Some(DomId(0)), Some(peer)) => grant_map_peer(hv, t, &mut *pt, &mut vas, peer, r),
-                (Some(d), _) if d.0 != 0 => grant_offer(hv, t, &mut *pt, &mut vas, r),
+                (Some(d), _) if d.0 != 0 => grant_offer(hv, t, &mut *pt, &mut vas, d, r),
                 _ => {
                     xm_error!("grant-xchg: needs a domid (and peer= for dom0)");
-                    Verdict::Fail
+                    return Verdict::Fail;
                 }
             };
+            // Nothing of the exchange may be left mapped: the window is
+            // empty, every hole frame is back, and Xen's count still
+            // matches the table.
+            let window = vas.used();
+            let after = t.count(RegionKind::Hole);
+            xm_info!(
+                "report: mappings-after window_pages={=u64} hole_pages={} hole_pages_before={}",
+                window,
+                after,
+                holes
+            );
+            let cur = match hv.current_reservation(DomId::SELF) {
+                Ok(c) => c,
+                Err(e) => {
+                    xm_error!("grant-xchg: current_reservation: {}", e);
+                    return Verdict::Fail;
+                }
+            };
+            let a = account(t, s, cur, PageCount(0));
+            report_accounting(&a);
+            if window != 0 || after != holes || a.unaccounted() != 0 {
+                xm_error!("grant-xchg: mappings left behind or pages unaccounted for");
+                return Verdict::Fail;
+            }
+            return v;
         }
         Verdict::Pass
     }
@@ -822,6 +848,33 @@ fn grant_run<H: Hypervisor>(hv: &H, t: &mut RegionTable, s: &Survey, opts: &Opti
         let _ = (hv, t, s, opts);
         Verdict::Pass
     }
+}
+
+/// One mapping made or released, for the report's list of mappings:
+/// `kind` grant (another domain's grant; `remote` = its reference), foreign
+/// (another domain's frame; `remote` = its GFN), gnttab (another domain's
+/// grant-table frame, acquired; `remote` = the frame's index) or own-gnttab
+/// (the agent's own table frame; `remote` = its index); `gfn` is where it
+/// sits in the agent's physmap, `va` where in its window.
+#[cfg(target_os = "none")]
+fn report_mapping(
+    kind: &str,
+    dom: DomId,
+    gfns: FrameRange,
+    va: crate::addr::VirtAddr,
+    remote: u64,
+    state: &str,
+) {
+    xm_info!(
+        "report: mapping kind={=str} dom={} gfn={} pages={} va={} remote={=u64:#x} state={=str}",
+        kind,
+        dom,
+        gfns.start(),
+        gfns.len(),
+        va,
+        remote,
+        state
+    );
 }
 
 #[cfg(target_os = "none")]
@@ -970,6 +1023,7 @@ fn grant_offer<H: Hypervisor>(
     t: &mut RegionTable,
     pt: &mut impl crate::mapping::MapTarget,
     vas: &mut crate::mapping::VaSpace,
+    me: DomId,
     want: crate::grant::GrantRef,
 ) -> Verdict {
     use crate::grant::{GrantError, GrantTable};
@@ -977,6 +1031,12 @@ fn grant_offer<H: Hypervisor>(
         Ok(g) => g,
         Err(e) => return grant_fail("table set-up", e),
     };
+    let own: Vec<_> = gt.frame_gfns().zip(gt.frame_vas()).collect();
+    for (i, &(g, va)) in own.iter().enumerate() {
+        if let Ok(one) = FrameRange::new(g, PageCount(1)) {
+            report_mapping("own-gnttab", me, one, va, i as u64, "made");
+        }
+    }
     let page = match t.alloc_frames(
         PageCount(1),
         crate::addr::Order::ZERO,
@@ -1038,6 +1098,11 @@ fn grant_offer<H: Hypervisor>(
         if let Err(e) = gt.release(hv, t, pt, vas) {
             return grant_fail("table release", e);
         }
+        for (i, &(g, va)) in own.iter().enumerate() {
+            if let Ok(one) = FrameRange::new(g, PageCount(1)) {
+                report_mapping("own-gnttab", me, one, va, i as u64, "released");
+            }
+        }
     }
     if answered && bad == 0 && ended {
         Verdict::Pass
@@ -1047,8 +1112,11 @@ fn grant_offer<H: Hypervisor>(
 }
 
 /// Dom0: map the peer's grant `r` (retrying until the peer has issued it),
-/// check its pattern, write an answer, copy the page out through
-/// `GNTTABOP_copy`, signal, unmap.
+/// check its pattern, acquire the peer's grant table and read entry `r`
+/// (permitted to dom0, in use, the frame granted), foreign-map that frame
+/// and check the pattern there too, write an answer through the grant and
+/// see it through the foreign mapping, unmap that, copy the page out through
+/// `GNTTABOP_copy`, signal (word 0, last: the peer waits for it), unmap.
 #[cfg(target_os = "none")]
 fn grant_map_peer<H: Hypervisor>(
     hv: &H,
@@ -1079,6 +1147,7 @@ fn grant_map_peer<H: Hypervisor>(
             Err(e) => return grant_fail("map peer grant", e),
         }
     };
+    report_mapping("grant", peer, gm.gfns(), gm.va(), u64::from(r.0), "made");
     // A batch with bad references: the good one is undone, the bad ones
     // are named with their statuses; nothing is left behind.
     let holes = t.count(crate::region::RegionKind::Hole);
@@ -1113,10 +1182,72 @@ fn grant_map_peer<H: Hypervisor>(
     let bad_offer = (0..words)
         .filter(|&i| gm.read_obj::<u64>(i * 8) != Ok(GRANT_OFFER_SEED ^ i))
         .count();
+    // Two more paths to the same page while the peer waits for the answer:
+    // its grant table, acquired, names the frame REF grants; that frame,
+    // foreign-mapped, must hold the same pattern and show what is written
+    // through the grant.
+    let entry = peer_gnttab_entry(hv, t, pt, vas, peer, r);
+    let fm = entry.and_then(|e| {
+        let frame = Gfn(u64::from(e.frame));
+        match crate::mapping::map_foreign(hv, t, pt, vas, peer, &[frame], false) {
+            Ok(m) => {
+                report_mapping("foreign", peer, m.gfns(), m.va(), frame.0, "made");
+                Some(m)
+            }
+            Err(err) => {
+                xm_error!(
+                    "grant: foreign map of frame {} of domain {}: {}",
+                    frame,
+                    peer,
+                    defmt_display(&err)
+                );
+                None
+            }
+        }
+    });
+    let foreign_bad = fm.as_ref().map(|f| {
+        (0..words)
+            .filter(|&i| f.read_obj::<u64>(i * 8) != Ok(GRANT_OFFER_SEED ^ i))
+            .count()
+    });
     let mut wrote = true;
     for i in 1..words {
         wrote &= gm.write_obj::<u64>(i * 8, GRANT_ANSWER_SEED ^ i).is_ok();
     }
+    let foreign_sees = fm
+        .as_ref()
+        .map(|f| (1..words).all(|i| f.read_obj::<u64>(i * 8) == Ok(GRANT_ANSWER_SEED ^ i)));
+    let foreign_released = match fm {
+        Some(f) => {
+            let (gfns, va) = (f.gfns(), f.va());
+            match f.release(hv, t, pt, vas) {
+                Ok(()) => {
+                    let frame = entry.map_or(0, |e| u64::from(e.frame));
+                    report_mapping("foreign", peer, gfns, va, frame, "released");
+                    true
+                }
+                Err(e) => {
+                    xm_error!("grant: foreign release: {}", defmt_display(&e));
+                    false
+                }
+            }
+        }
+        None => false,
+    };
+    let ok_str = |v: Option<bool>| match v {
+        Some(true) => "ok",
+        Some(false) => "bad",
+        None => "unchecked",
+    };
+    xm_info!(
+        "report: peer-foreign domid={} frames=1 gfn={=u64:#x} pattern={=str} writeback={=str} released={=str}",
+        peer,
+        entry.map_or(0, |e| u64::from(e.frame)),
+        ok_str(foreign_bad.map(|b| b == 0)),
+        ok_str(foreign_sees),
+        yes(foreign_released)
+    );
+    let foreign_ok = foreign_bad == Some(0) && foreign_sees == Some(true) && foreign_released;
     // Copy the page out with GNTTABOP_copy while still mapped and granted.
     let copy = t
         .alloc_frames(
@@ -1172,10 +1303,12 @@ fn grant_map_peer<H: Hypervisor>(
     // The signal, last.
     wrote &= gm.write_obj::<u64>(0, GRANT_ANSWER_SEED).is_ok();
     let bus = gm.bus_addrs().first().copied().unwrap_or(0);
-    let gfn = gm.gfns().start();
+    let (gfns, va) = (gm.gfns(), gm.va());
+    let gfn = gfns.start();
     if let Err(e) = gm.release(hv, t, pt, vas) {
         return grant_fail("release", e);
     }
+    report_mapping("grant", peer, gfns, va, u64::from(r.0), "released");
     xm_info!(
         "report: grant-map peer={} ref={=u32} tries={=u32} waiting_status={=str} gfn={} bus={=u64:#x} pattern={=str} wrote={=str} copy={=str} released=yes",
         peer,
@@ -1188,11 +1321,97 @@ fn grant_map_peer<H: Hypervisor>(
         yes(wrote),
         if copied { "ok" } else { "bad" }
     );
-    if bad_offer == 0 && wrote && copied {
+    // The entry: access permitted to dom0, for the frame dom0 just read
+    // through two paths, and marked in use by Xen (dom0 had it mapped
+    // read-write when it was read).
+    let entry_ok = entry.is_some_and(|e| {
+        use crate::xen::abi::gnttab::{GTF_PERMIT_ACCESS, GTF_READING, GTF_TYPE_MASK, GTF_WRITING};
+        e.flags & GTF_TYPE_MASK == GTF_PERMIT_ACCESS
+            && e.flags & (GTF_READING | GTF_WRITING) == GTF_READING | GTF_WRITING
+            && e.domid == 0
+    });
+    if bad_offer == 0 && wrote && copied && entry_ok && foreign_ok {
         Verdict::Pass
     } else {
         Verdict::Fail
     }
+}
+
+/// Dom0, while the peer waits: acquire (read-only) the frame of the peer's
+/// grant table that holds entry `r`, after querying the table's size, read
+/// the entry, release. Reports `peer-gnttab` and the mapping; the entry if
+/// it was read and the mapping released.
+#[cfg(target_os = "none")]
+fn peer_gnttab_entry<H: Hypervisor>(
+    hv: &H,
+    t: &mut RegionTable,
+    pt: &mut impl crate::mapping::MapTarget,
+    vas: &mut crate::mapping::VaSpace,
+    peer: DomId,
+    r: crate::grant::GrantRef,
+) -> Option<crate::xen::abi::gnttab::GrantEntryV1> {
+    use crate::acquire::{self, Resource};
+    use crate::xen::abi::gnttab::{GTF_PERMIT_ACCESS, GTF_READING, GTF_TYPE_MASK, GTF_WRITING};
+    let max = match acquire::grant_table_size(hv, peer) {
+        Ok(m) => m,
+        Err(e) => {
+            xm_error!("peer-gnttab: size of domain {}'s table: {}", peer, e);
+            return None;
+        }
+    };
+    let index = acquire::grant_v1_frame(r.0);
+    if index >= max {
+        xm_error!(
+            "peer-gnttab: ref {=u32} is in frame {=u32}, beyond the table's {=u32}",
+            r.0,
+            index,
+            max
+        );
+        return None;
+    }
+    let m = match acquire::acquire(
+        hv,
+        t,
+        pt,
+        vas,
+        peer,
+        Resource::GrantTableShared,
+        u64::from(index),
+        1,
+        false,
+    ) {
+        Ok(m) => m,
+        Err(e) => {
+            xm_error!("peer-gnttab: acquire frame {=u32}: {}", index, e);
+            return None;
+        }
+    };
+    let (gfns, va) = (m.gfns(), m.va());
+    report_mapping("gnttab", peer, gfns, va, u64::from(index), "made");
+    let entry = m.grant_entry_v1(r.0);
+    if let Err(e) = m.release(hv, t, pt, vas) {
+        xm_error!("peer-gnttab: release: {}", e);
+        return None;
+    }
+    report_mapping("gnttab", peer, gfns, va, u64::from(index), "released");
+    let Some(e) = entry else {
+        xm_error!("peer-gnttab: entry {=u32} not in the frame mapped", r.0);
+        return None;
+    };
+    xm_info!(
+        "report: peer-gnttab domid={} frames_max={=u32} frame_index={=u32} entry_ref={=u32} flags={=u16:#x} permit={=str} reading={=str} writing={=str} entry_domid={=u16} frame={=u32:#x} released=yes",
+        peer,
+        max,
+        index,
+        r.0,
+        e.flags,
+        yes(e.flags & GTF_TYPE_MASK == GTF_PERMIT_ACCESS),
+        yes(e.flags & GTF_READING != 0),
+        yes(e.flags & GTF_WRITING != 0),
+        e.domid,
+        e.frame
+    );
+    Some(e)
 }
 
 /// Touch an address the agent's page tables do not map, to test the

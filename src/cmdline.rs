@@ -88,7 +88,9 @@ pub struct Options {
     pub grant_self: Option<bool>,
     /// `grant-xchg=REF`: exchange a page through grant REF with the peer:
     /// a domU grants it to dom0 (and checks it got REF), dom0 (with `peer=`)
-    /// maps the peer's REF.
+    /// maps the peer's REF, acquires the peer's grant table to read entry
+    /// REF, foreign-maps the frame it names, checks the page through both
+    /// paths and answers; the domU waits for the answer.
     pub grant_xchg: Option<u32>,
     /// `helper=on|superpage`: (privileged x86 PVH dom0) create a helper
     /// domain, give it memory (16 pages, or one 2 MiB extent), map it as

@@ -326,6 +326,12 @@ impl GrantTable {
             .flat_map(|c| (c.gfns.start().0..c.gfns.end().0).map(Gfn))
     }
 
+    /// Where each table frame is mapped in the window, in frame-index order
+    /// (pairs with [`GrantTable::frame_gfns`]).
+    pub fn frame_vas(&self) -> impl Iterator<Item = VirtAddr> + '_ {
+        self.frame_va.iter().copied()
+    }
+
     /// Unmap the table's frames from the window, remove them from the
     /// physmap and give the holes back. Refused while grants are active
     /// (nothing changes). Xen keeps the table itself; a later

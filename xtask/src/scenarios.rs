@@ -111,6 +111,26 @@ pub enum Check {
     /// The agent's image (`report: image start= end=`) lies entirely in
     /// `reserved:image` / `reserved:heap` regions of its region table.
     ImageReserved(Source),
+    /// The first `topic` report with `key` of one source and that of another
+    /// (or the same) source hold the same number.
+    Same {
+        /// One side: source, topic, field.
+        a: (Source, &'static str, &'static str),
+        /// The other.
+        b: (Source, &'static str, &'static str),
+    },
+    /// No error-level message mentions `text`.
+    NoErrorMentions(Source, &'static str),
+    /// The source's `report: mapping ... state=made|released` lines balance:
+    /// every mapping made (kind, dom, gfn, va) is released after it, nothing
+    /// is released that was not made, and each of `kinds` was made at least
+    /// once.
+    MappingsBalanced {
+        /// Source.
+        src: Source,
+        /// Kinds that must appear.
+        kinds: &'static [&'static str],
+    },
 }
 
 impl Check {
@@ -123,8 +143,11 @@ impl Check {
             | Check::ErrorMentions(src, _)
             | Check::Exception(src)
             | Check::ImageReserved(src)
+            | Check::NoErrorMentions(src, _)
+            | Check::MappingsBalanced { src, .. }
             | Check::Every { src, .. }
             | Check::Equal { src, .. } => src,
+            Check::Same { a, .. } => a.0,
         }
     }
 }
@@ -434,6 +457,69 @@ pub fn all() -> Vec<Scenario> {
                         Is::Text("GNTST_bad_copy_arg"),
                     ),
                     field(D0, "grant-bad-copy", "second", Is::Text("GNTST_bad_page")),
+                    // Dom0 acquires the domU's grant table (read-only,
+                    // after querying its size: Xen's default 64 frames)
+                    // and reads entry 8: access permitted to dom0 and in
+                    // use by it (reading|writing: dom0 has it mapped), for
+                    // the frame the domU says it granted.
+                    field(D0, "peer-gnttab", "domid", Is::Num(1)),
+                    field(D0, "peer-gnttab", "frames_max", Is::Num(64)),
+                    field(D0, "peer-gnttab", "frame_index", Is::Num(0)),
+                    field(D0, "peer-gnttab", "entry_ref", Is::Num(8)),
+                    field(D0, "peer-gnttab", "flags", Is::Num(0x19)),
+                    field(D0, "peer-gnttab", "permit", Is::Text("yes")),
+                    field(D0, "peer-gnttab", "entry_domid", Is::Num(0)),
+                    field(D0, "peer-gnttab", "released", Is::Text("yes")),
+                    Check::Same {
+                        a: (D0, "peer-gnttab", "frame"),
+                        b: (D1, "grant-offer", "gfn"),
+                    },
+                    // Dom0 foreign-maps that frame of the domU: the same
+                    // pattern, and what dom0 writes through the grant shows.
+                    field(D0, "peer-foreign", "domid", Is::Num(1)),
+                    field(D0, "peer-foreign", "frames", Is::Num(1)),
+                    field(D0, "peer-foreign", "pattern", Is::Text("ok")),
+                    field(D0, "peer-foreign", "writeback", Is::Text("ok")),
+                    field(D0, "peer-foreign", "released", Is::Text("yes")),
+                    Check::Same {
+                        a: (D0, "peer-foreign", "gfn"),
+                        b: (D1, "grant-offer", "gfn"),
+                    },
+                    // Every mapping is listed made and released, and nothing
+                    // is left: the window is empty, the holes are back, and
+                    // Xen's count still matches the table (`accounting`).
+                    Check::MappingsBalanced {
+                        src: D0,
+                        kinds: &["grant", "gnttab", "foreign"],
+                    },
+                    Check::MappingsBalanced {
+                        src: D1,
+                        kinds: &["own-gnttab"],
+                    },
+                    Check::Same {
+                        a: (D0, "mapping", "gfn"),
+                        b: (D0, "grant-map", "gfn"),
+                    },
+                    Check::Same {
+                        a: (D1, "mapping", "gfn"),
+                        b: (D1, "grant-offer", "table_gfn"),
+                    },
+                    field(D0, "mappings-after", "window_pages", Is::Num(0)),
+                    field(D1, "mappings-after", "window_pages", Is::Num(0)),
+                    Check::Equal {
+                        src: D0,
+                        topic: "mappings-after",
+                        a: "hole_pages",
+                        b: "hole_pages_before",
+                    },
+                    Check::Equal {
+                        src: D1,
+                        topic: "mappings-after",
+                        a: "hole_pages",
+                        b: "hole_pages_before",
+                    },
+                    Check::NoErrorMentions(D0, "leaked"),
+                    Check::NoErrorMentions(D1, "leaked"),
                     // The domU sees dom0's answer and ends the grant.
                     field(D1, "grant-offer-done", "answered", Is::Text("yes")),
                     field(D1, "grant-offer-done", "peer_wrote", Is::Text("ok")),
@@ -753,12 +839,75 @@ fn check_one(c: &Check, logs: &Logs) -> Option<String> {
                 )),
             }
         }
+        Check::Same { a, b } => {
+            let get = |(src, topic, key): (Source, &'static str, &'static str)| {
+                logs.get(src).topic(topic).find_map(|r| r.get(key))
+            };
+            let (x, y) = (get(a), get(b));
+            match (x.and_then(parse_number), y.and_then(parse_number)) {
+                (Some(x), Some(y)) if x == y => None,
+                _ => Some(format!(
+                    "[{}] `report: {}` {}={} and [{}] `report: {}` {}={} differ",
+                    a.0,
+                    a.1,
+                    a.2,
+                    x.unwrap_or("?"),
+                    b.0,
+                    b.1,
+                    b.2,
+                    y.unwrap_or("?")
+                )),
+            }
+        }
+        Check::NoErrorMentions(src, text) => log(src)
+            .errors()
+            .find(|m| m.contains(text))
+            .map(|m| format!("[{src}] error-level message mentions `{text}`: {m}")),
+        Check::MappingsBalanced { src, kinds } => mappings_balanced(log(src), kinds)
+            .err()
+            .map(|e| format!("[{src}] {e}")),
         Check::Exception(src) => {
             let l = log(src);
             (!l.lines.iter().any(|(_, m)| is_exception_line(m))).then(|| {
                 format!("[{src}] no `exception: <vector name> (vector N) ... fault_addr=..` line")
             })
         }
+    }
+}
+
+/// Whether every `report: mapping` made is released after it, nothing is
+/// released unmade, and each of `kinds` was made.
+fn mappings_balanced(l: &crate::report::AgentLog, kinds: &[&str]) -> Result<(), String> {
+    let mut open: Vec<[&str; 4]> = Vec::new();
+    let mut made: Vec<&str> = Vec::new();
+    for r in l.topic("mapping") {
+        let key = ["kind", "dom", "gfn", "va"].map(|k| r.get(k).unwrap_or("?"));
+        match r.get("state") {
+            Some("made") => {
+                if open.contains(&key) {
+                    return Err(format!("mapping {key:?} made twice without release"));
+                }
+                made.push(key[0]);
+                open.push(key);
+            }
+            Some("released") => match open.iter().position(|k| *k == key) {
+                Some(i) => {
+                    open.remove(i);
+                }
+                None => return Err(format!("mapping {key:?} released but never made")),
+            },
+            other => return Err(format!("mapping {key:?} with state={other:?}")),
+        }
+    }
+    if let Some(k) = open.first() {
+        return Err(format!(
+            "{} mapping(s) never released, first {k:?}",
+            open.len()
+        ));
+    }
+    match kinds.iter().find(|k| !made.contains(k)) {
+        Some(k) => Err(format!("no `report: mapping kind={k} state=made` line")),
+        None => Ok(()),
     }
 }
 
@@ -1052,6 +1201,62 @@ mod tests {
         let f = evaluate(&s, &result(Exit::Fail, &l));
         assert_eq!(f.len(), 1);
         assert!(f[0].contains("malformed"));
+    }
+
+    #[test]
+    fn mappings_same_and_leaks() {
+        let src = D0;
+        let eval = |c: Check, msgs: &[(Level, &'static str)]| {
+            let l: Vec<_> = msgs.iter().map(|(lv, m)| (src, *lv, *m)).collect();
+            check_one(&c, &result(Exit::Pass, &l).logs)
+        };
+        let bal = Check::MappingsBalanced {
+            src,
+            kinds: &["grant", "foreign"],
+        };
+        let made_g = "report: mapping kind=grant dom=1 gfn=0x40200 va=0x1000 state=made";
+        let rel_g = "report: mapping kind=grant dom=1 gfn=0x40200 va=0x1000 state=released";
+        let made_f = "report: mapping kind=foreign dom=1 gfn=0x40201 va=0x2000 state=made";
+        let rel_f = "report: mapping kind=foreign dom=1 gfn=0x40201 va=0x2000 state=released";
+        let i = Level::Info;
+        assert_eq!(
+            eval(
+                bal.clone(),
+                &[(i, made_g), (i, made_f), (i, rel_f), (i, rel_g)]
+            ),
+            None
+        );
+        let f = eval(bal.clone(), &[(i, made_g), (i, made_f), (i, rel_f)]).unwrap();
+        assert!(f.contains("never released"), "{f}");
+        let f = eval(bal.clone(), &[(i, rel_g), (i, made_g)]).unwrap();
+        assert!(f.contains("never made"), "{f}");
+        let f = eval(bal.clone(), &[(i, made_g), (i, rel_g)]).unwrap();
+        assert!(f.contains("kind=foreign"), "{f}");
+        let f = eval(bal, &[(i, made_g), (i, made_g)]).unwrap();
+        assert!(f.contains("twice"), "{f}");
+
+        let same = Check::Same {
+            a: (D0, "peer-gnttab", "frame"),
+            b: (D1, "grant-offer", "gfn"),
+        };
+        let logs = |gfn: &'static str| {
+            result(
+                Exit::Pass,
+                &[(D0, i, "report: peer-gnttab frame=0x40458"), (D1, i, gfn)],
+            )
+            .logs
+        };
+        assert_eq!(
+            check_one(&same, &logs("report: grant-offer gfn=0x40458")),
+            None
+        );
+        let f = check_one(&same, &logs("report: grant-offer gfn=0x40459")).unwrap();
+        assert!(f.contains("0x40459") && f.contains("[d1]"), "{f}");
+        assert!(check_one(&same, &logs("report: grant-offer ref=8")).is_some());
+
+        let leak = Check::NoErrorMentions(src, "leaked");
+        assert_eq!(eval(leak.clone(), &[(i, "x leaked")]), None);
+        assert!(eval(leak, &[(Level::Error, "mapping: 1 frames dropped: leaked")]).is_some());
     }
 
     #[test]
