@@ -924,7 +924,7 @@ fn grant_self<H: Hypervisor>(
     // SAFETY: the second page is ours, like the first (`page_words`).
     let q = unsafe { p.add((PAGE_SIZE / 8) as usize) };
     fill_page(p, GRANT_OFFER_SEED);
-    let r = match gt.grant_access(me, page.start(), false) {
+    let r = match gt.grant_access(t, me, page.start(), false) {
         Ok(r) => r,
         Err(e) => return grant_fail("grant_access", e),
     };
@@ -1050,7 +1050,7 @@ fn grant_offer<H: Hypervisor>(
         return Verdict::Fail;
     };
     fill_page(p, GRANT_OFFER_SEED);
-    let r = match gt.grant_access(DomId(0), page.start(), false) {
+    let r = match gt.grant_access(t, DomId(0), page.start(), false) {
         Ok(r) => r,
         Err(e) => return grant_fail("grant_access", e),
     };

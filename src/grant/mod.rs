@@ -239,6 +239,15 @@ pub enum GrantError {
     /// another reserved id: Xen compares the entry with the mapper's real
     /// id).
     BadDomain(DomId),
+    /// The frame may not be granted: it is not RAM the agent may share
+    /// (its image, heap, stacks, page tables or boot data, or not its RAM at
+    /// all), as the region table says.
+    NotGrantable {
+        /// The frame.
+        frame: crate::addr::Gfn,
+        /// What the region table says it is (`None`: in no region).
+        kind: Option<crate::region::RegionKind>,
+    },
 }
 
 impl fmt::Display for GrantError {
@@ -281,6 +290,10 @@ impl fmt::Display for GrantError {
                 write!(f, "frame {g} does not fit a version-1 grant entry")
             }
             GrantError::BadDomain(d) => write!(f, "cannot grant access to domain id {d}"),
+            GrantError::NotGrantable { frame, kind } => match kind {
+                Some(k) => write!(f, "frame {frame} is {}: not grantable", k.name()),
+                None => write!(f, "frame {frame} is in no region: not grantable"),
+            },
         }
     }
 }

@@ -9,7 +9,9 @@ use super::{window_ptr, GrantError, GrantRef, Undo, DOMID_FIRST_RESERVED, TABLE_
 use crate::addr::{DomId, Gfn, Order, PageCount, VirtAddr, PAGE_SIZE};
 use crate::mapping::{MapTarget, VaSpace};
 use crate::paging::Attrs;
-use crate::region::{Backing, Change, FrameRange, Region, RegionFlags, RegionKind, RegionTable};
+use crate::region::{
+    Backing, Change, FrameRange, Region, RegionFlags, RegionKind, RegionTable, ReservedUse,
+};
 use crate::xen::abi::{gnttab as g, physmap};
 use crate::xen::Hypervisor;
 
@@ -219,6 +221,32 @@ impl GrantTable {
     /// write barrier, then its flags, so Xen never sees a half-written
     /// grant. The lowest free reference is used (8 in a fresh table).
     pub fn grant_access(
+        &mut self,
+        table: &RegionTable,
+        dom: DomId,
+        frame: Gfn,
+        readonly: bool,
+    ) -> Result<GrantRef, GrantError> {
+        // Only RAM the agent may share: free RAM, a contiguous buffer, or
+        // frames allocated for the purpose — never its image, heap, stacks,
+        // page tables or boot data, which the table reserves.
+        let kind = table.region_at(frame).map(|r| r.kind);
+        if !matches!(
+            kind,
+            Some(
+                RegionKind::Ram
+                    | RegionKind::Contiguous
+                    | RegionKind::Reserved(ReservedUse::Allocated)
+            )
+        ) {
+            return Err(GrantError::NotGrantable { frame, kind });
+        }
+        self.grant_access_unchecked(dom, frame, readonly)
+    }
+
+    /// [`GrantTable::grant_access`] without the region-table check (for the
+    /// crate's tests, whose frames are the model's).
+    pub(crate) fn grant_access_unchecked(
         &mut self,
         dom: DomId,
         frame: Gfn,

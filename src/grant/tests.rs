@@ -211,7 +211,7 @@ fn own_table_is_set_up_in_holes_and_grants_lowest_first() {
     assert_eq!((gt.frames(), gt.max_frames()), (2, 64));
     assert_eq!(gt.available(), 2 * 512 - 8);
 
-    let g = gt.grant_access(D1, Gfn(0x42), false).unwrap();
+    let g = gt.grant_access_unchecked(D1, Gfn(0x42), false).unwrap();
     assert_eq!(
         g,
         GrantRef(8),
@@ -225,7 +225,7 @@ fn own_table_is_set_up_in_holes_and_grants_lowest_first() {
             frame: 0x42
         })
     );
-    let ro = gt.grant_access(D1, Gfn(0x43), true).unwrap();
+    let ro = gt.grant_access_unchecked(D1, Gfn(0x43), true).unwrap();
     assert_eq!(ro, GrantRef(9));
     assert_eq!(
         m.gnttab_entry(D0, 9).unwrap().flags,
@@ -236,7 +236,10 @@ fn own_table_is_set_up_in_holes_and_grants_lowest_first() {
     assert_eq!(m.gnttab_entry(D0, 8).unwrap().flags, 0);
     assert_eq!(gt.end_access(g), Err(GrantError::NotGranted(g)));
     // Lowest first: 8 again.
-    assert_eq!(gt.grant_access(D1, Gfn(0x44), false), Ok(GrantRef(8)));
+    assert_eq!(
+        gt.grant_access_unchecked(D1, Gfn(0x44), false),
+        Ok(GrantRef(8))
+    );
     assert_eq!(d0.release_table(&mut gt), Err(GrantError::GrantsActive(2)));
     for r in [GrantRef(8), ro] {
         gt.end_access(r).unwrap();
@@ -248,7 +251,10 @@ fn own_table_is_set_up_in_holes_and_grants_lowest_first() {
     // Xen keeps the table: growing maps it again.
     d0.on();
     gt.grow(&m, &mut d0.t, &mut d0.pt, &mut d0.vas, 1).unwrap();
-    assert_eq!(gt.grant_access(D1, Gfn(1), false), Ok(GrantRef(8)));
+    assert_eq!(
+        gt.grant_access_unchecked(D1, Gfn(1), false),
+        Ok(GrantRef(8))
+    );
     gt.end_access(GrantRef(8)).unwrap();
     d0.release_table(&mut gt).unwrap();
     m.check_conservation().unwrap();
@@ -260,24 +266,30 @@ fn grant_access_refuses_what_no_entry_can_say() {
     let (mut d0, _) = x86(&m);
     let mut gt = d0.table(1).unwrap();
     assert_eq!(
-        gt.grant_access(DomId::SELF, Gfn(1), false),
+        gt.grant_access_unchecked(DomId::SELF, Gfn(1), false),
         Err(GrantError::BadDomain(DomId::SELF))
     );
     assert_eq!(
-        gt.grant_access(D1, Gfn(1 << 32), false),
+        gt.grant_access_unchecked(D1, Gfn(1 << 32), false),
         Err(GrantError::FrameTooLarge(Gfn(1 << 32)))
     );
     // 504 grants fill one frame; then the table must grow.
     for i in 0..504u32 {
-        assert_eq!(gt.grant_access(D1, Gfn(1), true), Ok(GrantRef(8 + i)));
+        assert_eq!(
+            gt.grant_access_unchecked(D1, Gfn(1), true),
+            Ok(GrantRef(8 + i))
+        );
     }
     assert_eq!(
-        gt.grant_access(D1, Gfn(1), true),
+        gt.grant_access_unchecked(D1, Gfn(1), true),
         Err(GrantError::TableFull)
     );
     d0.on();
     gt.grow(&m, &mut d0.t, &mut d0.pt, &mut d0.vas, 1).unwrap();
-    assert_eq!(gt.grant_access(D1, Gfn(1), true), Ok(GrantRef(512)));
+    assert_eq!(
+        gt.grant_access_unchecked(D1, Gfn(1), true),
+        Ok(GrantRef(512))
+    );
     assert_eq!(
         gt.grow(&m, &mut d0.t, &mut d0.pt, &mut d0.vas, 63),
         Err(GrantError::TableSize { asked: 65, max: 64 })
@@ -347,7 +359,7 @@ fn domu_grant_mapped_by_dom0_both_ways_on_arm() {
     let mut gt = d1.table(1).unwrap();
     let page = Gfn(0x40010);
     assert!(m.write_guest(D1, page, 0, &pattern(1)));
-    let r = gt.grant_access(D0, page, false).unwrap();
+    let r = gt.grant_access_unchecked(D0, page, false).unwrap();
     assert_eq!(r, GrantRef(8));
 
     let holes = d0.holes();
@@ -403,7 +415,7 @@ fn a_batch_with_bad_refs_is_undone_whole_and_names_them() {
     let mut gt = d1.table(1).unwrap();
     for g in 0..3 {
         assert_eq!(
-            gt.grant_access(D0, Gfn(10 + g), false),
+            gt.grant_access_unchecked(D0, Gfn(10 + g), false),
             Ok(GrantRef(8 + g as u32))
         );
     }
@@ -472,7 +484,7 @@ fn read_only_grants_map_read_only_and_refuse_writes() {
     let mut gt = d1.table(1).unwrap();
     let page = Gfn(0x40020);
     assert!(m.write_guest(D1, page, 0, &pattern(7)));
-    let r = gt.grant_access(D0, page, true).unwrap();
+    let r = gt.grant_access_unchecked(D0, page, true).unwrap();
     // A writable map of a read-only grant: general_error.
     assert_eq!(
         refused(d0.map(D1, &[r.0], false).unwrap_err()),
@@ -519,8 +531,8 @@ fn byte_access_is_bounds_checked_and_crosses_pages() {
     let m = XenModel::new(1 << 16);
     let (mut d0, mut d1) = arm(&m);
     let mut gt = d1.table(1).unwrap();
-    let a = gt.grant_access(D0, Gfn(0x40030), false).unwrap();
-    let b = gt.grant_access(D0, Gfn(0x40031), false).unwrap();
+    let a = gt.grant_access_unchecked(D0, Gfn(0x40030), false).unwrap();
+    let b = gt.grant_access_unchecked(D0, Gfn(0x40031), false).unwrap();
     let gm = d0.map(D1, &[a.0, b.0], false).unwrap();
     assert_eq!(gm.len(), 8192);
     // 20 bytes across the page boundary, from an odd offset.
@@ -598,8 +610,8 @@ fn copies_both_ways_with_per_segment_status() {
     let m = XenModel::new(1 << 16);
     let (d0, mut d1) = x86(&m);
     let mut gt = d1.table(1).unwrap();
-    let rw = gt.grant_access(D0, Gfn(20), false).unwrap();
-    let ro = gt.grant_access(D0, Gfn(21), true).unwrap();
+    let rw = gt.grant_access_unchecked(D0, Gfn(20), false).unwrap();
+    let ro = gt.grant_access_unchecked(D0, Gfn(21), true).unwrap();
     assert!(m.write_guest(D1, Gfn(21), 0, &pattern(9)));
     assert!(m.write_guest(D0, Gfn(100), 0, &pattern(4)));
     d0.on();
@@ -702,7 +714,7 @@ fn own_grant_on_x86_unhooks_the_page_for_good() {
     let page = Gfn(200);
     assert!(m.write_guest(D0, page, 0, &pattern(5)));
     let mfn = m.p2m(D0)[&page];
-    let r = gt.grant_access(D0, page, false).unwrap();
+    let r = gt.grant_access_unchecked(D0, page, false).unwrap();
     let seg = CopySeg {
         gref: r,
         grant_offset: 0,
@@ -742,7 +754,7 @@ fn own_grant_on_arm_is_visible_both_ways() {
     let (_, mut d1) = arm(&m);
     let mut gt = d1.table(1).unwrap();
     let page = Gfn(0x40040);
-    let r = gt.grant_access(D1, page, false).unwrap();
+    let r = gt.grant_access_unchecked(D1, page, false).unwrap();
     let gm = d1.map(D1, &[r.0], false).unwrap();
     gm.write_obj::<u64>(0, 42).unwrap();
     let mut w = [0u8; 8];
@@ -760,7 +772,7 @@ fn map_failures_leave_nothing_behind() {
     let (mut d0, mut d1) = x86(&m);
     let mut gt = d1.table(1).unwrap();
     let refs: Vec<u32> = (0..3)
-        .map(|i| gt.grant_access(D0, Gfn(30 + i), false).unwrap().0)
+        .map(|i| gt.grant_access_unchecked(D0, Gfn(30 + i), false).unwrap().0)
         .collect();
     let t0 = d0.t.clone();
     let clean = |d0: &Agent<'_>| {
@@ -845,8 +857,8 @@ fn release_failures_keep_the_frames_out_of_the_holes() {
     let m = XenModel::new(1 << 16);
     let (mut d0, mut d1) = arm(&m);
     let mut gt = d1.table(1).unwrap();
-    let a = gt.grant_access(D0, Gfn(0x40050), false).unwrap();
-    let b = gt.grant_access(D0, Gfn(0x40051), false).unwrap();
+    let a = gt.grant_access_unchecked(D0, Gfn(0x40050), false).unwrap();
+    let b = gt.grant_access_unchecked(D0, Gfn(0x40051), false).unwrap();
     let holes = d0.holes();
     let gm = d0.map(D1, &[a.0, b.0], false).unwrap();
     // Something else takes the second frame's mapping away behind the
@@ -877,7 +889,7 @@ fn x86_crashes_a_domain_that_maps_over_a_mapping() {
     let m = XenModel::new(1 << 16);
     let (_, mut d1) = x86(&m);
     let mut gt = d1.table(1).unwrap();
-    let a = gt.grant_access(D0, Gfn(40), true).unwrap();
+    let a = gt.grant_access_unchecked(D0, Gfn(40), true).unwrap();
     m.set_current(D0).unwrap();
     let mut ops = [
         crate::xen::abi::gnttab::MapGrantRef::host(0x100000 << 12, a.0, 1, true),
@@ -896,7 +908,7 @@ fn unmap_semantics_of_xen() {
     let m = XenModel::new(1 << 16);
     let (_, mut d1) = arm(&m);
     let mut gt = d1.table(1).unwrap();
-    let a = gt.grant_access(D0, Gfn(0x40060), false).unwrap();
+    let a = gt.grant_access_unchecked(D0, Gfn(0x40060), false).unwrap();
     m.set_current(D0).unwrap();
     let mut map = [crate::xen::abi::gnttab::MapGrantRef::host(
         0x40200 << 12,
@@ -1073,7 +1085,7 @@ proptest! {
         }
         // grants[i]: the reference of page i, while granted; readonly.
         let mut grants: Vec<Option<(GrantRef, bool)>> = (0..PAGES)
-            .map(|i| Some((gt.grant_access(D0, page(i), i % 3 == 0).unwrap(), i % 3 == 0)))
+            .map(|i| Some((gt.grant_access_unchecked(D0, page(i), i % 3 == 0).unwrap(), i % 3 == 0)))
             .collect();
         let holes = d0.holes();
         let mut maps: Vec<GrantMap> = Vec::new();
@@ -1148,7 +1160,7 @@ proptest! {
                     let i = n % PAGES;
                     if grants[i].is_none() {
                         let ro = i % 3 == 0;
-                        grants[i] = Some((gt.grant_access(D0, page(i), ro).unwrap(), ro));
+                        grants[i] = Some((gt.grant_access_unchecked(D0, page(i), ro).unwrap(), ro));
                     }
                 }
                 Act::Copy(n, to, off, len) => {
@@ -1227,7 +1239,7 @@ fn per_call_batches_count_hypercalls_and_undo_across_them() {
     let (mut d0, mut d1) = x86(&m);
     let mut gt = d1.table(1).unwrap();
     let refs: Vec<GrantRef> = (0..10)
-        .map(|i| gt.grant_access(D0, Gfn(50 + i), true).unwrap())
+        .map(|i| gt.grant_access_unchecked(D0, Gfn(50 + i), true).unwrap())
         .collect();
     d0.on();
     let calls = m.gnttab_calls(GntOp::Map);
@@ -1285,7 +1297,7 @@ fn real_xen_arm_exchange_replayed() {
         vec![(0, 8, GntStatus::GeneralError)]
     );
     let page = Gfn(0x40048);
-    let r = gt.grant_access(D0, page, false).unwrap();
+    let r = gt.grant_access_unchecked(D0, page, false).unwrap();
     assert_eq!(r, GrantRef(8));
     let gm = d0.map(D1, &[8], false).unwrap();
     assert_eq!(gm.gfns().start(), Gfn(0x40200));
@@ -1331,4 +1343,65 @@ fn real_xen_arm_exchange_replayed() {
     d0.release(gm).unwrap();
     gt.end_access(r).unwrap();
     d1.release_table(&mut gt).unwrap();
+}
+
+#[test]
+fn the_agents_own_memory_is_never_granted() {
+    use crate::region::{Region, RegionFlags, RegionKind, RegionTable, ReservedUse};
+    let mut t = RegionTable::new();
+    let fr = |s, n| crate::region::FrameRange::new(Gfn(s), crate::addr::PageCount(n)).unwrap();
+    t.add(Region::new(
+        fr(0x100, 4),
+        RegionKind::Reserved(ReservedUse::Image),
+        RegionFlags::PINNED,
+    ))
+    .unwrap();
+    t.add(Region::new(
+        fr(0x104, 4),
+        RegionKind::Reserved(ReservedUse::Heap),
+        RegionFlags::PINNED,
+    ))
+    .unwrap();
+    t.add(Region::new(
+        fr(0x108, 4),
+        RegionKind::Reserved(ReservedUse::PageTables),
+        RegionFlags::PINNED,
+    ))
+    .unwrap();
+    t.add(Region::new(
+        fr(0x10c, 4),
+        RegionKind::Ram,
+        RegionFlags::READ | RegionFlags::WRITE,
+    ))
+    .unwrap();
+    t.add(Region::new(
+        fr(0x110, 4),
+        RegionKind::Hole,
+        RegionFlags::empty(),
+    ))
+    .unwrap();
+    let m = XenModel::new(1 << 16);
+    let (mut d0, _) = x86(&m);
+    let mut gt = d0.table(1).unwrap();
+    for (g, kind) in [
+        (0x100, Some(RegionKind::Reserved(ReservedUse::Image))),
+        (0x105, Some(RegionKind::Reserved(ReservedUse::Heap))),
+        (0x10b, Some(RegionKind::Reserved(ReservedUse::PageTables))),
+        (0x111, Some(RegionKind::Hole)),
+        (0x900, None),
+    ] {
+        assert_eq!(
+            gt.grant_access(&t, D1, Gfn(g), false),
+            Err(GrantError::NotGrantable {
+                frame: Gfn(g),
+                kind
+            }),
+            "{g:#x}"
+        );
+    }
+    assert_eq!(gt.active(), 0, "nothing was granted");
+    let r = gt.grant_access(&t, D1, Gfn(0x10c), true).unwrap();
+    gt.end_access(r).unwrap();
+    let m0 = d0.on();
+    gt.release(m0, &mut d0.t, &mut d0.pt, &mut d0.vas).unwrap();
 }
