@@ -670,6 +670,25 @@ fn lookup_machine<H: Hypervisor>(
     }
 }
 
+/// Read `len` (at most 8) bytes at `gpa` as a little-endian number through
+/// [`crate::guestmem::GuestMemory`] over the table, the identity-mapped own
+/// RAM and `maps`.
+#[cfg(target_os = "none")]
+fn guestmem_read(
+    t: &RegionTable,
+    maps: &[&dyn crate::guestmem::Mapped],
+    gpa: crate::addr::GuestPhysAddr,
+    len: usize,
+) -> Result<u64, crate::guestmem::GuestMemError> {
+    // SAFETY: the boot page tables map populated RAM read-write at its own
+    // address below IDENTITY_MAP_END for the whole run.
+    let ram = unsafe { crate::guestmem::IdentityRam::new(crate::arch::imp::IDENTITY_MAP_END) };
+    let mem = crate::guestmem::GuestMemory::new(t, &ram, maps);
+    let mut b = [0u8; 8];
+    mem.read(gpa, &mut b[..len.min(8)])?;
+    Ok(u64::from_le_bytes(b))
+}
+
 /// Whether the pattern [`pattern_check`] wrote in `range` is still there.
 fn pattern_check_readonly(range: FrameRange) -> Option<bool> {
     #[cfg(target_os = "none")]
@@ -957,6 +976,25 @@ fn grant_self<H: Hypervisor>(
     };
     let mut word = [0u64; 2];
     let seen = gm.read_obj::<u64>(8).unwrap_or(0);
+    // The same word by guest-physical address, through GuestMemory; and a
+    // read running past the mapping into the hole after it is refused whole.
+    let gpa = gm.gfns().start_addr();
+    let by_gpa = guestmem_read(t, &[&gm], crate::addr::GuestPhysAddr(gpa.0 + 8), 8);
+    let past = guestmem_read(
+        t,
+        &[&gm],
+        crate::addr::GuestPhysAddr(gpa.0 + PAGE_SIZE - 4),
+        8,
+    );
+    let guestmem = match (by_gpa, past) {
+        (Ok(v), Err(_)) if v == seen => "ok",
+        _ => "bad",
+    };
+    xm_info!(
+        "report: guestmem gpa={} via=grant read={=str}",
+        gpa,
+        guestmem
+    );
     let st = gt.state(r);
     let wrote = gm.write_obj::<u64>(16, 0x5eed).is_ok();
     // SAFETY: as in `fill_page`.

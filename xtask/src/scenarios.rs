@@ -288,6 +288,9 @@ fn grant_self(src: Source, x86: bool) -> Vec<Check> {
             Is::Text("GNTST_bad_domain"),
         ),
         field(src, "grant-self", "pattern", Is::Text("ok")),
+        // GuestMemory: the same word by guest-physical address through the
+        // live grant mapping; a read running past it into a hole refused.
+        field(src, "guestmem", "read", Is::Text("ok")),
         field(src, "grant-self", "wrote", Is::Text("yes")),
         field(src, "grant-self", "reading", Is::Text("yes")),
         field(src, "grant-self", "writing", Is::Text("yes")),
