@@ -14,8 +14,8 @@
 //! |---|---|---|
 //! | `balloon` | `bench-balloon`, `bench-balloon-profile`, `bench-balloon-scale` | 256 MiB out and back in with xenmem's strategy, Linux's and Mini-OS's, all on the same arena of frames; the profile replays each strategy's hypercalls without the engine, to split the time between Xen and the guest; the scale row repeats xenmem's round trip over as much free RAM as there is (up to 1 GiB) for hypercalls per GiB |
 //! | `floor` | `bench-floor` | writing every byte of the same arena through the identity map, beside xenmem's populate time |
-//! | `grant` | `bench-grant` | 1024 grants, one map op per hypercall vs batched (see [`GrantMapper`]; pending until the grant-table code lands) |
-//! | `foreign` | `bench-foreign` | 4096 foreign frames with `add_to_physmap_batch` at batch sizes 1, 64, 512 and 4096 |
+//! | `grant` | `bench-grant`, `bench-grant-profile`, `bench-helper` | 1024 grants of a helper domain mapped with the grant library one op per hypercall, 64 and 1024 per hypercall (see [`GrantMapper`]); the profile maps them with the hypercalls alone |
+//! | `foreign` | `bench-foreign` | 4096 foreign frames (the helper domain's, or Arm's dom0less domU) with `add_to_physmap_batch` at batch sizes 1, 64, 512 and 4096 |
 //! | `footprint` | `bench-footprint` | image, heap, region sizes, boot stamps |
 //!
 //! Besides the rows: `bench-context` (clock, role, reservation) first,
@@ -30,21 +30,34 @@
 //! and the floor work on the same frames (and the order-0 strategies do not
 //! list all of RAM). The pins are removed afterwards; the table ends as it
 //! started, and Xen's reservation too (checked after every repetition).
+//!
+//! The helper domain (tables 3 and 4, privileged agents on Xen 4.17): built
+//! with `domctl::CrossDomain` (created paused, never run; given
+//! [`Params::grants`] pages whose pattern it checks through a foreign
+//! mapping; its grant table acquired and seeded with one grant per page to
+//! this domain), plus [`Params::foreign_frames`] more pages for table 4 when
+//! no [`Params::foreign_peer`] is given. It is destroyed afterwards, and the
+//! region table, the mapping window and the reservation must be as before
+//! (`bench-helper` says so; the run fails otherwise).
 
 use alloc::vec::Vec;
 use core::fmt;
 
-#[cfg(target_os = "none")]
-use crate::addr::PAGE_SIZE;
-use crate::addr::{DomId, Gfn, Order, PageCount};
+use crate::addr::{DomId, Gfn, Order, PageCount, PAGE_SIZE};
 use crate::agent::Survey;
 use crate::arch::Verdict;
 use crate::cmdline::BenchSet;
+use crate::domctl::{
+    self, CrossDomain, DomainControl, DomctlError, FlowConfig, FlowError, SeededGrant,
+};
+use crate::grant::{self, Bytes, GrantError, GrantMap, GrantRef};
+use crate::mapping::{MapTarget, VaSpace};
 use crate::region::{
     Backing, Change, FrameRange, Region, RegionError, RegionFlags, RegionKind, RegionTable,
 };
 use crate::reservation::{self, Engine, ReservationError, Stats, Strategy};
 use crate::timer::{self, Clock, Stamp};
+use crate::xen::abi::gnttab::{MapGrantRef, UnmapGrantRef};
 use crate::xen::{Features, Hypervisor, MemFlags, XenError, XenStatus};
 
 /// The most repetitions a row can hold.
@@ -61,15 +74,21 @@ pub struct Params {
     /// at a size where one call per direction is not the whole story): as
     /// much as free RAM allows, in steps of `balloon_pages`, up to this.
     pub scale_max_pages: PageCount,
-    /// Grants to map (table 3).
+    /// Grants to map (table 3): the helper domain seeds this many (at most
+    /// 32760, what 64 grant-table frames hold beside the 8 reserved
+    /// entries).
     pub grants: usize,
     /// Foreign frames to map (table 4).
     pub foreign_frames: usize,
     /// The `add_to_physmap_batch` sizes to compare; the first is the
     /// baseline.
     pub foreign_batches: [usize; 4],
-    /// Whose frames to map for table 4, if this setup has such a domain.
+    /// Whose frames to map for table 4, if this setup has such a domain
+    /// (`None`: the helper domain's, when [`Params::helper`]).
     pub foreign_peer: Option<ForeignPeer>,
+    /// Build a helper domain for table 3 (and for table 4 without a
+    /// `foreign_peer`); needs a privileged agent on Xen 4.17.
+    pub helper: bool,
 }
 
 /// A domain whose frames the foreign-mapping benchmark maps.
@@ -80,6 +99,9 @@ pub struct ForeignPeer {
     /// Its first frame to map; the next [`Params::foreign_frames`] must be
     /// populated RAM of that domain.
     pub first: Gfn,
+    /// It runs (a domU booted beside the agent): wait until it has shut
+    /// down before measuring, so that it does not share the CPU.
+    pub runs: bool,
 }
 
 /// Arm's `GUEST_RAM0_BASE` (0x4000_0000) as a frame: where a dom0less
@@ -88,7 +110,7 @@ const ARM_GUEST_RAM0_GFN: u64 = 0x40000;
 
 impl Params {
     /// The benchmarks as `cargo xtask bench` runs them: 5 repetitions,
-    /// 256 MiB, 1024 grants, 4096 foreign frames.
+    /// 256 MiB, 1024 grants, 4096 foreign frames, a helper domain.
     pub const DEFAULT: Params = Params {
         reps: 5,
         balloon_pages: PageCount(256 << 8),
@@ -97,20 +119,20 @@ impl Params {
         foreign_frames: 4096,
         foreign_batches: [1, 64, 512, 4096],
         foreign_peer: None,
+        helper: true,
     };
 
     /// [`Params::DEFAULT`] with the foreign peer this architecture has. On
     /// Arm, dom0 maps the first dom0less domU (domain 1, RAM at
-    /// `GUEST_RAM0_BASE`). On x86 there is no second domain until the
-    /// domctl code builds a helper one.
-    // TODO(lead, domctl.rs/acquire.rs): on x86, create the helper domain
-    // (createdomain, max_mem, populate_physmap of `foreign_frames` frames
-    // from GFN 0), point `foreign_peer` at it, and destroy it after `run`.
+    /// `GUEST_RAM0_BASE`; it is booted beside dom0 by `cargo xtask bench`).
+    /// On x86 there is no second domain: table 4 maps the helper domain's
+    /// frames.
     pub fn for_this_target() -> Params {
         Params {
             foreign_peer: cfg!(target_arch = "aarch64").then_some(ForeignPeer {
                 dom: DomId(1),
                 first: Gfn(ARM_GUEST_RAM0_GFN),
+                runs: true,
             }),
             ..Params::DEFAULT
         }
@@ -317,6 +339,12 @@ pub enum BenchError {
     },
     /// No hole large enough for the mappings.
     NoHole(PageCount),
+    /// The grant library failed.
+    Grant(GrantError),
+    /// Domain control of the helper domain failed (step, error).
+    Domctl(&'static str, DomctlError),
+    /// Building or tearing down the helper domain failed.
+    Flow(FlowError),
     /// Something measured did not check out.
     Check(&'static str),
 }
@@ -344,6 +372,9 @@ impl fmt::Display for BenchError {
                 "{want} pages of free 2 MiB extents wanted, {have} available"
             ),
             BenchError::NoHole(n) => write!(f, "no hole of {n} frames for the mappings"),
+            BenchError::Grant(e) => write!(f, "grant: {e}"),
+            BenchError::Domctl(step, e) => write!(f, "helper domain: {step}: {e}"),
+            BenchError::Flow(e) => write!(f, "helper domain: {e}"),
             BenchError::Check(what) => f.write_str(what),
         }
     }
@@ -365,8 +396,10 @@ fn xen_err(op: &'static str) -> impl Fn(XenError) -> BenchError {
 }
 
 /// Run the benchmarks in `set` (the `bench=` hook of [`crate::agent::run`])
-/// with the architecture's counter, the identity map and
-/// [`Params::for_this_target`].
+/// with the architecture's counter, the identity map,
+/// [`Params::for_this_target`] and, for the helper domain (tables 3 and 4
+/// of a privileged agent), the agent's page tables and a window allocator
+/// of their own (held for the run).
 pub fn run<H: Hypervisor>(
     hv: &H,
     table: &mut RegionTable,
@@ -375,21 +408,29 @@ pub fn run<H: Hypervisor>(
 ) -> Verdict {
     #[cfg(target_os = "none")]
     {
-        match timer::system() {
-            Ok(clock) => run_with(
-                hv,
-                &clock,
-                &IdentityMemory,
-                table,
-                survey,
-                set,
-                &Params::for_this_target(),
-            ),
+        let clock = match timer::system() {
+            Ok(c) => c,
             Err(why) => {
                 xm_error!("bench: no timer: {=str}", why);
-                Verdict::Fail
+                return Verdict::Fail;
+            }
+        };
+        let p = Params::for_this_target();
+        let mapping = set.intersects(BenchSet::GRANT | BenchSet::FOREIGN);
+        let mut pt = None;
+        if mapping && survey.privileged && p.helper {
+            match crate::arch::imp::paging::page_tables() {
+                Ok(g) => pt = Some(g),
+                // `run_with` reports the missing tables where they are needed.
+                Err(e) => xm_error!("bench: page tables: {}", e),
             }
         }
+        let mut vas = pt.as_ref().map(|g| VaSpace::new(MapTarget::window(&**g)));
+        let maps = match (pt.as_mut(), vas.as_mut()) {
+            (Some(g), Some(vas)) => Some(Maps { pt: &mut **g, vas }),
+            _ => None,
+        };
+        run_with(hv, &clock, &IdentityMemory, table, survey, set, &p, maps)
     }
     #[cfg(not(target_os = "none"))]
     {
@@ -414,9 +455,11 @@ impl<H: Hypervisor, C: Clock, M: Memory> Ctx<'_, H, C, M> {
     }
 }
 
-/// Run the benchmarks in `set` with this clock, memory and parameters.
-/// The table and Xen's reservation end as they started.
-pub fn run_with<H: Hypervisor, C: Clock, M: Memory>(
+/// Run the benchmarks in `set` with this clock, memory and parameters;
+/// `maps` (the page tables and window) are needed for the helper domain.
+/// The table, the window and Xen's reservation end as they started.
+#[allow(clippy::too_many_arguments)]
+pub fn run_with<H: Hypervisor, C: Clock, M: Memory, P: MapTarget>(
     hv: &H,
     clock: &C,
     mem: &M,
@@ -424,6 +467,7 @@ pub fn run_with<H: Hypervisor, C: Clock, M: Memory>(
     survey: &Survey,
     set: BenchSet,
     params: &Params,
+    maps: Option<Maps<'_, P>>,
 ) -> Verdict {
     let began = clock.now();
     let mut p = *params;
@@ -460,11 +504,11 @@ pub fn run_with<H: Hypervisor, C: Clock, M: Memory>(
     if set.intersects(BenchSet::BALLOON | BenchSet::FLOOR) {
         check("balloon", balloon_and_floor(&ctx, table, set, &mut goals));
     }
-    if set.contains(BenchSet::GRANT) {
-        check("grant", grant(&ctx, table, &mut goals));
-    }
-    if set.contains(BenchSet::FOREIGN) {
-        check("foreign", foreign(&ctx, table));
+    if set.intersects(BenchSet::GRANT | BenchSet::FOREIGN) {
+        check(
+            "grant/foreign",
+            mapping_tables(&ctx, table, maps, set, &mut goals),
+        );
     }
     goals.report(set);
     // For checking the clock against the runner's wall clock.
@@ -1258,89 +1302,737 @@ fn report_balloon(
 
 // ---- grant mapping ----------------------------------------------------------
 
-/// What table 3 needs from the grant-table code: map and unmap a peer's
-/// grants with a chosen number of `GNTTABOP_map_grant_ref` operations per
-/// hypercall.
-// TODO(lead, grant.rs): implement this over src/grant.rs (on Arm dom0 +
-// domU: the domU grants `grants` of its pages to dom0 and dom0 maps them;
-// on x86: grants of the domctl helper domain, or GNTTABOP_copy-free own
-// grants mapped under the real domid) and construct it in `grant()` below.
+/// What table 3 needs: map and unmap a peer's grants with a chosen number of
+/// `GNTTABOP_map_grant_ref` operations per hypercall. [`LibGrants`] is the
+/// grant library's whole path (`grant::map_grants_per_call`, what an agent
+/// uses), [`RawGrants`] the hypercalls alone (the profile).
 pub trait GrantMapper {
-    /// Map grants `0..count` into free frames, `per_call` operations per
-    /// hypercall; returns the hypercalls issued.
-    fn map(&mut self, count: usize, per_call: usize) -> Result<u64, XenError>;
-    /// Unmap everything [`GrantMapper::map`] mapped, `per_call` operations per
-    /// hypercall; returns the hypercalls issued.
-    fn unmap(&mut self, per_call: usize) -> Result<u64, XenError>;
+    /// Map the first `count` grants into free frames, `per_call`
+    /// operations per hypercall; returns the hypercalls issued.
+    fn map(&mut self, count: usize, per_call: usize) -> Result<u64, BenchError>;
+    /// Unmap everything [`GrantMapper::map`] mapped, `per_call` operations
+    /// per hypercall; returns the hypercalls issued.
+    fn unmap(&mut self, per_call: usize) -> Result<u64, BenchError>;
+    /// Whether what is mapped reads as it should (checked untimed between
+    /// the map and the unmap; `true` when the mapper cannot tell).
+    fn check(&self) -> bool {
+        true
+    }
 }
 
-fn grant<H: Hypervisor, C: Clock, M: Memory>(
-    ctx: &Ctx<'_, H, C, M>,
-    t: &mut RegionTable,
-    goals: &mut Goals,
-) -> Result<(), BenchError> {
-    let _ = (t, goals);
-    // TODO(lead, grant.rs): replace the pending report with
-    //     let mut m = <a GrantMapper over grant.rs, its frames from `t`>;
-    //     grant_table(ctx, &mut m, goals)
-    xm_info!(
-        "report: bench-grant status=pending reason=\"needs the grant-table code (src/grant.rs)\" grants={=usize}",
-        ctx.p.grants
-    );
-    Ok(())
+/// The ops-per-hypercall sizes of table 3: one op per hypercall (the
+/// baseline, as Mini-OS's `gntmap` and Solo5 map), then batched; the last is
+/// the size the goal is checked at (all of [`Params::grants`] in one
+/// hypercall when it is as large).
+const GRANT_BATCHES: [usize; 3] = [1, 64, 1024];
+
+/// The grants of a helper domain, mapped with the grant library
+/// (`grant::map_grants_per_call`, read-write, and
+/// `GrantMap::release_per_call`): hole frames, the region table, the
+/// hypercalls with every status checked, and the page tables.
+pub struct LibGrants<'a, H, P> {
+    hv: &'a H,
+    t: &'a mut RegionTable,
+    pt: &'a mut P,
+    vas: &'a mut VaSpace,
+    dom: DomId,
+    /// The seeded grants: the i-th grants helper frame `seeded[i].gfn`,
+    /// which holds `domctl::pattern_word(gfn, 0..512)`.
+    seeded: &'a [SeededGrant],
+    refs: Vec<GrantRef>,
+    mapped: Option<GrantMap>,
 }
 
-/// The batch sizes of table 3: one op per hypercall (the baseline), then
-/// batched.
-const GRANT_BATCHES: [usize; 2] = [1, 1024];
-
-/// Table 3 with a working [`GrantMapper`]: map `grants` grants one op per
-/// hypercall and batched, [`Params::reps`] times each, interleaved.
-// Called from `grant()` once the grant-table code lands (host-tested now).
-#[cfg_attr(not(test), allow(dead_code))]
-fn grant_table<H: Hypervisor, C: Clock, M: Memory, G: GrantMapper>(
-    ctx: &Ctx<'_, H, C, M>,
-    m: &mut G,
-    goals: &mut Goals,
-) -> Result<(), BenchError> {
-    let n = ctx.p.grants;
-    let mut map = [Samples::default(); 2];
-    let mut unmap = [Samples::default(); 2];
-    let mut calls = [0u64; 2];
-    let mut vs = [Samples::default(); 2];
-    let c = ctx.clock;
-    for _ in 0..ctx.p.reps {
-        for (i, per) in GRANT_BATCHES.iter().enumerate() {
-            let t0 = c.now();
-            calls[i] = m.map(n, *per).map_err(xen_err("grant map"))?;
-            let t1 = c.now();
-            m.unmap(*per).map_err(xen_err("grant unmap"))?;
-            let t2 = c.now();
-            map[i].push(ctx.us(t1.wrapping_sub(t0)));
-            unmap[i].push(ctx.us(t2.wrapping_sub(t1)));
-        }
-        let last = map[0].len() - 1;
-        let base = map[0].v[last];
-        for (i, s) in vs.iter_mut().enumerate() {
-            s.push(Fixed2::ratio(base, map[i].v[last]).map_or(0, |f| f.0));
+impl<'a, H: Hypervisor, P: MapTarget> LibGrants<'a, H, P> {
+    /// Map `dom`'s grants `seeded` through the agent's table, page tables
+    /// and window.
+    pub fn new(
+        hv: &'a H,
+        t: &'a mut RegionTable,
+        pt: &'a mut P,
+        vas: &'a mut VaSpace,
+        dom: DomId,
+        seeded: &'a [SeededGrant],
+    ) -> Self {
+        LibGrants {
+            hv,
+            t,
+            pt,
+            vas,
+            dom,
+            seeded,
+            refs: seeded.iter().map(|s| s.gref).collect(),
+            mapped: None,
         }
     }
-    for (i, per) in GRANT_BATCHES.iter().enumerate() {
+}
+
+impl<H: Hypervisor, P: MapTarget> GrantMapper for LibGrants<'_, H, P> {
+    fn map(&mut self, count: usize, per_call: usize) -> Result<u64, BenchError> {
+        if self.mapped.is_some() {
+            return Err(BenchError::Check("grants mapped twice"));
+        }
+        let refs = self.refs.get(..count).ok_or(BenchError::Check(
+            "more grants asked for than the helper seeded",
+        ))?;
+        let m = grant::map_grants_per_call(
+            self.hv, self.t, self.pt, self.vas, self.dom, refs, false, per_call,
+        )
+        .map_err(BenchError::Grant)?;
+        self.mapped = Some(m);
+        Ok(count.div_ceil(per_call.max(1)) as u64)
+    }
+
+    fn unmap(&mut self, per_call: usize) -> Result<u64, BenchError> {
+        let Some(m) = self.mapped.take() else {
+            return Ok(0);
+        };
+        let n = m.refs().len();
+        m.release_per_call(self.hv, self.t, self.pt, self.vas, per_call)
+            .map_err(BenchError::Grant)?;
+        Ok(n.div_ceil(per_call.max(1)) as u64)
+    }
+
+    fn check(&self) -> bool {
+        let Some(m) = &self.mapped else {
+            return false;
+        };
+        let last = PAGE_SIZE / 8 - 1;
+        self.seeded
+            .iter()
+            .take(m.refs().len())
+            .enumerate()
+            .all(|(i, s)| {
+                let page = i as u64 * PAGE_SIZE;
+                m.read_obj::<u64>(page) == Ok(domctl::pattern_word(s.gfn, 0))
+                    && m.read_obj::<u64>(page + last * 8) == Ok(domctl::pattern_word(s.gfn, last))
+            })
+    }
+}
+
+/// The same grants mapped with nothing but the hypercalls: into a hole the
+/// caller reserved in the region table, no page tables, no table updates.
+/// What is left of [`LibGrants`]' time once this is taken away is the
+/// guest's own share.
+pub struct RawGrants<'a, H> {
+    hv: &'a H,
+    dom: DomId,
+    refs: Vec<GrantRef>,
+    hole: FrameRange,
+    ops: Vec<MapGrantRef>,
+    /// An unmap failed: some hole frames may still hold grant mappings.
+    stuck: bool,
+}
+
+impl<'a, H: Hypervisor> RawGrants<'a, H> {
+    /// Map `dom`'s grants `refs` into `hole` (at least as many frames,
+    /// reserved by the caller).
+    pub fn new(hv: &'a H, dom: DomId, refs: Vec<GrantRef>, hole: FrameRange) -> Self {
+        RawGrants {
+            hv,
+            dom,
+            refs,
+            hole,
+            ops: Vec::new(),
+            stuck: false,
+        }
+    }
+
+    /// Whether an unmap failed (the hole must then stay out of the table's
+    /// holes).
+    pub fn stuck(&self) -> bool {
+        self.stuck
+    }
+
+    /// Unmap the entries of `self.ops` Xen mapped, `per_call` a hypercall.
+    fn unmap_done(&mut self, per_call: usize) -> Result<u64, BenchError> {
+        let mut un: Vec<UnmapGrantRef> = self
+            .ops
+            .iter()
+            .filter(|o| o.status().is_ok())
+            .map(|o| UnmapGrantRef::host(o.host_addr, o.handle))
+            .collect();
+        self.ops.clear();
+        let mut calls = 0;
+        let mut first = Ok(());
+        for c in un.chunks_mut(per_call.max(1)) {
+            calls += 1;
+            if let Err(err) = self.hv.gnttab_unmap(c) {
+                first = first.and(Err(BenchError::Xen {
+                    op: "GNTTABOP_unmap_grant_ref",
+                    err,
+                }));
+            }
+        }
+        if first.is_ok() && un.iter().any(|u| !u.status().is_ok()) {
+            first = Err(BenchError::Check("Xen refused to unmap a grant"));
+        }
+        if first.is_err() {
+            self.stuck = true;
+        }
+        first.map(|()| calls)
+    }
+}
+
+impl<H: Hypervisor> GrantMapper for RawGrants<'_, H> {
+    fn map(&mut self, count: usize, per_call: usize) -> Result<u64, BenchError> {
+        if self.stuck || !self.ops.is_empty() {
+            return Err(BenchError::Check("grant frames still mapped"));
+        }
+        if count > self.refs.len() || count as u64 > self.hole.len().0 {
+            return Err(BenchError::Check(
+                "more grants asked for than the helper seeded",
+            ));
+        }
+        let start = self.hole.start().0;
+        self.ops = self.refs[..count]
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let addr = Gfn(start + i as u64).addr().map_or(0, |a| a.0);
+                MapGrantRef::host(addr, r.0, self.dom.0, false)
+            })
+            .collect();
+        let mut calls = 0;
+        let mut failed = None;
+        for c in self.ops.chunks_mut(per_call.max(1)) {
+            calls += 1;
+            if let Err(err) = self.hv.gnttab_map(c) {
+                failed = Some(BenchError::Xen {
+                    op: "GNTTABOP_map_grant_ref",
+                    err,
+                });
+                break;
+            }
+        }
+        if failed.is_none() && self.ops.iter().any(|o| !o.status().is_ok()) {
+            failed = Some(BenchError::Check("Xen refused to map a seeded grant"));
+        }
+        match failed {
+            None => Ok(calls),
+            Some(e) => {
+                // Take back what Xen did map; the first error is the story.
+                let _ = self.unmap_done(count.max(1));
+                Err(e)
+            }
+        }
+    }
+
+    fn unmap(&mut self, per_call: usize) -> Result<u64, BenchError> {
+        self.unmap_done(per_call)
+    }
+}
+
+/// One per-call size's measurements.
+#[derive(Clone, Copy, Debug, Default)]
+struct GrantRow {
+    map: Samples,
+    unmap: Samples,
+    calls: u64,
+    unmap_calls: u64,
+    /// (one-per-call time / this one's), paired per repetition, hundredths.
+    vs: Samples,
+    /// The raw hypercalls alone.
+    raw_map: Samples,
+    raw_unmap: Samples,
+    raw_vs: Samples,
+}
+
+/// Table 3 with a working [`GrantMapper`]: map [`Params::grants`] grants at
+/// every size of [`GRANT_BATCHES`] (larger ones are clamped to the grant
+/// count), [`Params::reps`] times each, interleaved; with `raw`, the same
+/// with the hypercalls alone after each (the profile rows).
+fn grant_table<H, C, M, G, R>(
+    ctx: &Ctx<'_, H, C, M>,
+    m: &mut G,
+    mut raw: Option<&mut R>,
+    dom: DomId,
+    goals: &mut Goals,
+) -> Result<(), BenchError>
+where
+    H: Hypervisor,
+    C: Clock,
+    M: Memory,
+    G: GrantMapper,
+    R: GrantMapper,
+{
+    let n = ctx.p.grants;
+    if n == 0 {
+        return Err(BenchError::Check("no grants to map"));
+    }
+    let sizes = GRANT_BATCHES.map(|b| b.clamp(1, n));
+    let mut rows = [GrantRow::default(); GRANT_BATCHES.len()];
+    let c = ctx.clock;
+    for rep in 0..ctx.p.reps {
+        for (row, &per) in rows.iter_mut().zip(&sizes) {
+            let t0 = c.now();
+            row.calls = m.map(n, per)?;
+            let t1 = c.now();
+            if !m.check() {
+                let _ = m.unmap(per);
+                return Err(BenchError::Check(
+                    "mapped grants do not read the helper's pattern",
+                ));
+            }
+            let t2 = c.now();
+            row.unmap_calls = m.unmap(per)?;
+            let t3 = c.now();
+            row.map.push(ctx.us(t1.wrapping_sub(t0)));
+            row.unmap.push(ctx.us(t3.wrapping_sub(t2)));
+            if let Some(r) = raw.as_deref_mut() {
+                let t0 = c.now();
+                r.map(n, per)?;
+                let t1 = c.now();
+                r.unmap(per)?;
+                let t2 = c.now();
+                row.raw_map.push(ctx.us(t1.wrapping_sub(t0)));
+                row.raw_unmap.push(ctx.us(t2.wrapping_sub(t1)));
+            }
+            let last = |s: &Samples| s.v[..s.n].last().copied().unwrap_or(0);
+            xm_info!(
+                "report: bench-grant-rep rep={=usize} per_call={=usize} map_us={=u64} unmap_us={=u64} raw_map_us={=u64} raw_unmap_us={=u64}",
+                rep,
+                per,
+                last(&row.map),
+                last(&row.unmap),
+                last(&row.raw_map),
+                last(&row.raw_unmap)
+            );
+        }
+        let (base, raw_base) = (rows[0].map.v[rep], rows[0].raw_map.v[rep]);
+        for row in &mut rows {
+            row.vs
+                .push(Fixed2::ratio(base, row.map.v[rep]).map_or(0, |f| f.0));
+            if !row.raw_map.is_empty() {
+                row.raw_vs
+                    .push(Fixed2::ratio(raw_base, row.raw_map.v[rep]).map_or(0, |f| f.0));
+            }
+        }
+    }
+    for (i, (row, per)) in rows.iter().zip(sizes).enumerate() {
+        let us = row.map.median();
         xm_info!(
-            "report: bench-grant mode={=str} per_call={=usize} grants={=usize} hypercalls={=u64} map_us={=u64} spread={} unmap_us={=u64} speedup={} speedup_spread={}",
+            "report: bench-grant mode={=str} per_call={=usize} grants={=usize} dom={} hypercalls={=u64} map_us={=u64} spread={} maps_s={=u64} ns_per_grant={=u64} unmap_us={=u64} unmap_hypercalls={=u64} speedup={} speedup_spread={}",
             if i == 0 { "one-per-call" } else { "batched" },
             per,
             n,
-            calls[i],
-            map[i].median(),
-            Maybe(map[i].spread()),
-            unmap[i].median(),
-            Fixed2(vs[i].median()),
-            Maybe(vs[i].spread())
+            dom,
+            row.calls,
+            us,
+            Maybe(row.map.spread()),
+            (n as u64).saturating_mul(1_000_000).checked_div(us).unwrap_or(0),
+            us.saturating_mul(1000) / n as u64,
+            row.unmap.median(),
+            row.unmap_calls,
+            Fixed2(row.vs.median()),
+            Maybe(row.vs.spread())
         );
     }
-    goals.grant_batched = Some(Fixed2(vs[1].median()));
+    for (row, per) in rows.iter().zip(sizes) {
+        if row.raw_map.is_empty() {
+            continue;
+        }
+        let (x, l) = (row.raw_map.median(), row.map.median());
+        let guest = l.saturating_sub(x);
+        xm_info!(
+            "report: bench-grant-profile per_call={=usize} hypercalls={=u64} xen_map_us={=u64} xen_unmap_us={=u64} lib_map_us={=u64} lib_unmap_us={=u64} guest_map_us={=u64} guest_map_pct={} xen_speedup={}",
+            per,
+            row.calls,
+            x,
+            row.raw_unmap.median(),
+            l,
+            row.unmap.median(),
+            guest,
+            Maybe(Fixed2::ratio(guest * 100, l)),
+            Fixed2(row.raw_vs.median())
+        );
+    }
+    goals.grant_batched = rows.last().map(|r| Fixed2(r.vs.median()));
     Ok(())
+}
+
+// ---- the helper domain (tables 3 and 4) -------------------------------------
+
+/// The agent's page tables and mapping window, for the benchmarks that map
+/// through them (the helper domain's set-up and table 3).
+pub struct Maps<'a, P> {
+    /// The page tables.
+    pub pt: &'a mut P,
+    /// The window's allocator.
+    pub vas: &'a mut VaSpace,
+}
+
+/// Where the helper's granted frames start (as in `domctl::FlowConfig`).
+const HELPER_GRANT_GFN: Gfn = Gfn(0x1000);
+/// Where the helper's frames for table 4 start (2 MiB-aligned, clear of
+/// the granted ones: a helper's grant table holds at most 32760 grants).
+const HELPER_FOREIGN_GFN: Gfn = Gfn(0x10000);
+
+/// What the helper domain holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct HelperLayout {
+    /// Pages from [`HELPER_GRANT_GFN`] (the first `grants` granted).
+    grant_pages: u64,
+    grants: u32,
+    gnttab_frames: u32,
+    /// Pages from [`HELPER_FOREIGN_GFN`] for table 4 (0: none).
+    foreign_pages: u64,
+}
+
+/// The largest extent order that divides `pages` (2 MiB or 4 KiB).
+fn extent_order(pages: u64) -> Order {
+    if pages % O9.pages().0 == 0 {
+        O9
+    } else {
+        Order::ZERO
+    }
+}
+
+impl HelperLayout {
+    fn of(p: &Params, grants: bool, foreign: bool) -> Result<Self, BenchError> {
+        let per_frame = u64::from(crate::xen::abi::gnttab::ENTRIES_PER_FRAME_V1);
+        let reserved = u64::from(crate::xen::abi::gnttab::NR_RESERVED_ENTRIES);
+        // The flow needs at least one seeded grant and one page.
+        let g = if grants { p.grants.max(1) as u64 } else { 1 };
+        let frames = g.saturating_add(reserved).div_ceil(per_frame);
+        let max = u64::from(crate::xen::domctl::DEFAULT_MAX_GRANT_FRAMES);
+        if frames > max || HELPER_GRANT_GFN.0.saturating_add(g) > HELPER_FOREIGN_GFN.0 {
+            return Err(BenchError::Check(
+                "more grants than the helper's grant table holds",
+            ));
+        }
+        Ok(HelperLayout {
+            grant_pages: g,
+            grants: g as u32,
+            gnttab_frames: frames as u32,
+            foreign_pages: if foreign { p.foreign_frames as u64 } else { 0 },
+        })
+    }
+
+    fn flow(&self, grantee: DomId) -> FlowConfig {
+        FlowConfig {
+            gfn: HELPER_GRANT_GFN,
+            pages: self.grant_pages,
+            order: extent_order(self.grant_pages),
+            grants: self.grants,
+            gnttab_frames: self.gnttab_frames,
+            grantee,
+        }
+    }
+}
+
+/// Tables 3 and 4 (the parts that need another domain). Grants come from a
+/// helper domain the agent builds (`domctl::CrossDomain`: created, given
+/// memory, its grant table acquired and seeded with grants to this domain),
+/// as do table 4's frames when [`Params::foreign_peer`] names no domain;
+/// the helper is destroyed afterwards and the region table, the window and
+/// the reservation must be as before. With a `foreign_peer` (Arm's
+/// dom0less domU), table 4 maps that domain after the helper is gone.
+fn mapping_tables<H: Hypervisor, C: Clock, M: Memory, P: MapTarget>(
+    ctx: &Ctx<'_, H, C, M>,
+    t: &mut RegionTable,
+    maps: Option<Maps<'_, P>>,
+    set: BenchSet,
+    goals: &mut Goals,
+) -> Result<(), BenchError> {
+    let grant = set.contains(BenchSet::GRANT);
+    let foreign = set.contains(BenchSet::FOREIGN);
+    if !ctx.survey.privileged {
+        if grant {
+            xm_info!("report: bench-grant status=skipped reason=\"needs a privileged domain\"");
+        }
+        if foreign {
+            xm_info!("report: bench-foreign status=skipped reason=\"needs a privileged domain\"");
+        }
+        return Ok(());
+    }
+    let helper_foreign = foreign && ctx.p.foreign_peer.is_none();
+    // A peer that runs shares the CPU: wait until it has shut down before
+    // measuring anything here.
+    let peer = match (foreign, ctx.p.foreign_peer) {
+        (true, Some(peer)) => Some((peer, wait_quiet(ctx, peer)?)),
+        _ => None,
+    };
+    let mut r = Ok(());
+    if (grant || helper_foreign) && ctx.p.helper {
+        let Some(maps) = maps else {
+            return Err(BenchError::Check(
+                "no page tables to map the helper domain through",
+            ));
+        };
+        r = with_helper(ctx, t, maps, grant, helper_foreign, goals);
+    } else {
+        if grant {
+            xm_info!(
+                "report: bench-grant status=skipped reason=\"no helper domain (Params::helper is off)\" grants={=usize}",
+                ctx.p.grants
+            );
+        }
+        if helper_foreign {
+            xm_info!(
+                "report: bench-foreign status=skipped reason=\"no peer domain and no helper domain\" frames={=usize}",
+                ctx.p.foreign_frames
+            );
+        }
+    }
+    match peer {
+        Some((peer, Some(quiet))) => {
+            let kind = if peer.runs { "domu" } else { "peer" };
+            let f = foreign_table(ctx, t, peer, kind, quiet);
+            if let (Err(e), Err(_)) = (&f, &r) {
+                xm_error!("bench: foreign: {}", shown(e));
+            }
+            r.and(f)
+        }
+        Some((peer, None)) => {
+            xm_info!(
+                "report: bench-foreign status=skipped reason=\"no domain {}\"",
+                peer.dom
+            );
+            r
+        }
+        None => r,
+    }
+}
+
+/// Build the helper, run tables 3 and/or 4 against it, destroy it, and check
+/// that the agent's table, window and reservation are as they were.
+fn with_helper<H: Hypervisor, C: Clock, M: Memory, P: MapTarget>(
+    ctx: &Ctx<'_, H, C, M>,
+    t: &mut RegionTable,
+    maps: Maps<'_, P>,
+    grant: bool,
+    foreign: bool,
+    goals: &mut Goals,
+) -> Result<(), BenchError> {
+    let Maps { pt, vas } = maps;
+    let Some(mut h) = helper_build(ctx, t, pt, vas, grant, foreign)? else {
+        return Ok(());
+    };
+    let t0 = ctx.clock.now();
+    let r = core::mem::replace(&mut h.ready, Ok(()))
+        .and_then(|()| helper_measure(ctx, t, pt, vas, &h, grant, foreign, goals));
+    let bench_us = ctx.us(ctx.clock.now().wrapping_sub(t0));
+    helper_finish(ctx, t, pt, vas, h, r, bench_us)
+}
+
+/// The helper domain while the benchmarks use it, and what must be as
+/// before once it is gone.
+struct Helper<'h, H: Hypervisor> {
+    ctl: DomainControl<'h, H>,
+    cd: CrossDomain,
+    layout: HelperLayout,
+    /// Whether the pages for table 4 were given (the helper exists either
+    /// way and must be torn down).
+    ready: Result<(), BenchError>,
+    before: RegionTable,
+    window: u64,
+    start: PageCount,
+    setup_us: u64,
+}
+
+/// Create the helper (`CrossDomain::setup`: memory, pattern, grant table,
+/// grants to this domain) and give it the pages for table 4. `None` (and
+/// the tables reported not applicable) when Xen is not 4.17.
+fn helper_build<'h, H: Hypervisor, C: Clock, M: Memory, P: MapTarget>(
+    ctx: &Ctx<'h, H, C, M>,
+    t: &mut RegionTable,
+    pt: &mut P,
+    vas: &mut VaSpace,
+    grant: bool,
+    foreign: bool,
+) -> Result<Option<Helper<'h, H>>, BenchError> {
+    let ctl = match DomainControl::new(ctx.hv) {
+        Ok(c) => c,
+        Err(e @ DomctlError::UnsupportedXen { .. }) => {
+            // Not applicable rather than failed: the domctl ABI is 4.17's.
+            if grant {
+                xm_info!("report: bench-grant status=n/a reason=\"{}\"", shown(&e));
+            }
+            if foreign {
+                xm_info!("report: bench-foreign status=n/a reason=\"{}\"", shown(&e));
+            }
+            return Ok(None);
+        }
+        Err(e) => return Err(BenchError::Domctl("xen_version", e)),
+    };
+    let layout = HelperLayout::of(ctx.p, grant, foreign)?;
+    let before = t.clone();
+    let window = vas.used();
+    let start = ctx
+        .hv
+        .current_reservation(DomId::SELF)
+        .map_err(xen_err("current_reservation"))?;
+    let me = ctx.survey.domid.map_or(DomId(0), |(d, _)| d);
+    let t0 = ctx.clock.now();
+    let cd = CrossDomain::setup(&ctl, t, pt, vas, layout.flow(me)).map_err(BenchError::Flow)?;
+    let dom = cd.domid();
+    let ready = if layout.foreign_pages > 0 {
+        let pages = PageCount(layout.grant_pages.saturating_add(layout.foreign_pages));
+        ctl.set_max_pages(dom, pages)
+            .map_err(|e| BenchError::Domctl("max_mem", e))
+            .and_then(|()| {
+                ctl.populate(
+                    dom,
+                    HELPER_FOREIGN_GFN,
+                    layout.foreign_pages,
+                    extent_order(layout.foreign_pages),
+                )
+                .map_err(|e| BenchError::Domctl("populate_physmap", e))
+            })
+    } else {
+        Ok(())
+    };
+    let setup_us = ctx.us(ctx.clock.now().wrapping_sub(t0));
+    Ok(Some(Helper {
+        ctl,
+        cd,
+        layout,
+        ready,
+        before,
+        window,
+        start,
+        setup_us,
+    }))
+}
+
+/// Tables 3 and/or 4 against the helper.
+#[allow(clippy::too_many_arguments)]
+fn helper_measure<H: Hypervisor, C: Clock, M: Memory, P: MapTarget>(
+    ctx: &Ctx<'_, H, C, M>,
+    t: &mut RegionTable,
+    pt: &mut P,
+    vas: &mut VaSpace,
+    h: &Helper<'_, H>,
+    grant: bool,
+    foreign: bool,
+    goals: &mut Goals,
+) -> Result<(), BenchError> {
+    if grant {
+        helper_grants(ctx, t, pt, vas, &h.cd, goals)?;
+    }
+    if foreign {
+        let peer = ForeignPeer {
+            dom: h.cd.domid(),
+            first: HELPER_FOREIGN_GFN,
+            runs: false,
+        };
+        foreign_table(ctx, t, peer, "helper", true)?;
+    }
+    Ok(())
+}
+
+/// Tear the helper down (`CrossDomain::teardown`: grants revoked, mappings
+/// released, the domain destroyed and gone), check that the agent's table,
+/// window and reservation are as before, and report it all
+/// (`bench-helper`). `r` is how the measurements went: its error comes
+/// first.
+fn helper_finish<H: Hypervisor, C: Clock, M: Memory, P: MapTarget>(
+    ctx: &Ctx<'_, H, C, M>,
+    t: &mut RegionTable,
+    pt: &mut P,
+    vas: &mut VaSpace,
+    h: Helper<'_, H>,
+    r: Result<(), BenchError>,
+    bench_us: u64,
+) -> Result<(), BenchError> {
+    let dom = h.cd.domid();
+    let t0 = ctx.clock.now();
+    let down = h.cd.teardown(&h.ctl, t, pt, vas);
+    let teardown_us = ctx.us(ctx.clock.now().wrapping_sub(t0));
+    let table_ok = *t == h.before;
+    let window_ok = vas.used() == h.window;
+    let reservation_ok = ctx.hv.current_reservation(DomId::SELF) == Ok(h.start);
+    let gone = down.as_ref().is_ok_and(|d| d.domid == dom);
+    let l = h.layout;
+    xm_info!(
+        "report: bench-helper domid={} grant_pages={=u64} grants={=u32} gnttab_frames={=u32} foreign_pages={=u64} order={=u8} setup_us={=u64} bench_us={=u64} teardown_us={=u64} destroyed={=str} table_restored={=str} window_restored={=str} reservation_restored={=str}",
+        dom,
+        l.grant_pages,
+        l.grants,
+        l.gnttab_frames,
+        l.foreign_pages,
+        extent_order(l.grant_pages).get(),
+        h.setup_us,
+        bench_us,
+        teardown_us,
+        yes(gone),
+        yes(table_ok),
+        yes(window_ok),
+        yes(reservation_ok)
+    );
+    if let (Err(e), Err(_)) = (&down, &r) {
+        xm_error!("bench: helper teardown: {}", shown(e));
+    }
+    r?;
+    down.map_err(BenchError::Flow)?;
+    if !(table_ok && window_ok && reservation_ok) {
+        return Err(BenchError::Check(
+            "the helper left the region table, the window or the reservation changed",
+        ));
+    }
+    Ok(())
+}
+
+fn yes(b: bool) -> &'static str {
+    if b {
+        "yes"
+    } else {
+        "no"
+    }
+}
+
+/// Table 3 against the helper: the library path and the raw hypercalls
+/// (into a hole reserved for the duration).
+fn helper_grants<H: Hypervisor, C: Clock, M: Memory, P: MapTarget>(
+    ctx: &Ctx<'_, H, C, M>,
+    t: &mut RegionTable,
+    pt: &mut P,
+    vas: &mut VaSpace,
+    cd: &CrossDomain,
+    goals: &mut Goals,
+) -> Result<(), BenchError> {
+    let dom = cd.domid();
+    let seeded = cd.seeded();
+    let refs: Vec<GrantRef> = seeded.iter().map(|s| s.gref).collect();
+    let n = PageCount(refs.len() as u64);
+    let hole = t
+        .find_hole(n, Order::ZERO, Gfn(1))
+        .ok_or(BenchError::NoHole(n))?;
+    t.add(Region {
+        range: hole,
+        kind: RegionKind::Grant,
+        flags: RegionFlags::READ | RegionFlags::WRITE | RegionFlags::CACHEABLE,
+        backing: Backing::Grant {
+            dom,
+            gref: refs.first().copied().unwrap_or(GrantRef(0)),
+        },
+    })?;
+    let mut raw = RawGrants::new(ctx.hv, dom, refs, hole);
+    let r = {
+        let mut lib = LibGrants::new(ctx.hv, t, pt, vas, dom, seeded);
+        let r = grant_table(ctx, &mut lib, Some(&mut raw), dom, goals);
+        // After a failure, whatever is still mapped goes (errors after the
+        // first are the same story).
+        let _ = lib.unmap(ctx.p.grants.max(1));
+        r
+    };
+    if raw.stuck() {
+        // Some frames may still hold grant mappings: keep them out of
+        // every later choice (as `grant` does).
+        return r;
+    }
+    t.modify(
+        hole,
+        Change {
+            kind: Some(RegionKind::Hole),
+            clear: RegionFlags::all(),
+            backing: Some(Backing::None),
+            expect: Some(RegionKind::Grant),
+            ..Change::default()
+        },
+    )?;
+    r
 }
 
 // ---- foreign mapping --------------------------------------------------------
@@ -1348,38 +2040,20 @@ fn grant_table<H: Hypervisor, C: Clock, M: Memory, G: GrantMapper>(
 /// The most `SCHEDOP_yield`s spent waiting for the peer to go quiet.
 const PEER_POLLS: u32 = 2_000_000;
 
-fn foreign<H: Hypervisor, C: Clock, M: Memory>(
+/// Wait until `peer` has shut down if it runs (Arm's domU), so that it
+/// does not share the CPU with the measurements (a shut-down domain's
+/// memory stays mappable). `Some(quiet)`: it exists, and whether it is
+/// quiet (`false`: still running after [`PEER_POLLS`] yields); `None`: there
+/// is no such domain.
+fn wait_quiet<H: Hypervisor, C: Clock, M: Memory>(
     ctx: &Ctx<'_, H, C, M>,
-    t: &mut RegionTable,
-) -> Result<(), BenchError> {
-    if !ctx.survey.privileged {
-        xm_info!("report: bench-foreign status=skipped reason=\"needs a privileged domain\"");
-        return Ok(());
-    }
-    let Some(peer) = ctx.p.foreign_peer else {
-        xm_info!(
-            "report: bench-foreign status=pending reason=\"needs a second domain (x86: the helper domain of src/domctl.rs)\" frames={=usize}",
-            ctx.p.foreign_frames
-        );
-        return Ok(());
-    };
-    // Let the peer finish first, so that it does not share the CPU with
-    // the measurement (a shut-down domain's memory stays mappable).
-    let mut quiet = false;
+    peer: ForeignPeer,
+) -> Result<Option<bool>, BenchError> {
     for _ in 0..PEER_POLLS {
         match ctx.hv.domain_info(peer.dom) {
-            Ok(info) if info.shutdown.is_some() => {
-                quiet = true;
-                break;
-            }
+            Ok(info) if info.shutdown.is_some() || !peer.runs => return Ok(Some(true)),
             Ok(_) => {}
-            Err(XenError::Errno(crate::xen::Errno::ESRCH)) => {
-                xm_info!(
-                    "report: bench-foreign status=skipped reason=\"no domain {}\"",
-                    peer.dom
-                );
-                return Ok(());
-            }
+            Err(XenError::Errno(crate::xen::Errno::ESRCH)) => return Ok(None),
             Err(err) => {
                 return Err(BenchError::Xen {
                     op: "getdomaininfo",
@@ -1389,6 +2063,19 @@ fn foreign<H: Hypervisor, C: Clock, M: Memory>(
         }
         ctx.hv.yield_cpu().map_err(xen_err("SCHEDOP_yield"))?;
     }
+    Ok(Some(false))
+}
+
+/// Table 4: map `peer`'s frames into a hole at every batch size. `kind`
+/// names the peer in the rows (`helper`, `domu`); `quiet`: it does not run
+/// while measured.
+fn foreign_table<H: Hypervisor, C: Clock, M: Memory>(
+    ctx: &Ctx<'_, H, C, M>,
+    t: &mut RegionTable,
+    peer: ForeignPeer,
+    kind: &'static str,
+    quiet: bool,
+) -> Result<(), BenchError> {
     let n = ctx.p.foreign_frames;
     let hole = t
         .find_hole(PageCount(n as u64), Order::ZERO, Gfn(1))
@@ -1402,7 +2089,7 @@ fn foreign<H: Hypervisor, C: Clock, M: Memory>(
             gfn: peer.first,
         },
     })?;
-    let r = foreign_rows(ctx, peer, hole, quiet);
+    let r = foreign_rows(ctx, peer, hole, quiet, kind);
     if matches!(
         r,
         Err(BenchError::Xen {
@@ -1432,6 +2119,7 @@ fn foreign_rows<H: Hypervisor, C: Clock, M: Memory>(
     peer: ForeignPeer,
     hole: FrameRange,
     quiet: bool,
+    kind: &'static str,
 ) -> Result<(), BenchError> {
     let n = ctx.p.foreign_frames;
     let frames: Vec<Gfn> = (peer.first.0..peer.first.0 + n as u64).map(Gfn).collect();
@@ -1495,10 +2183,11 @@ fn foreign_rows<H: Hypervisor, C: Clock, M: Memory>(
     for (i, b) in batches.iter().enumerate() {
         let us = map[i].median();
         xm_info!(
-            "report: bench-foreign batch={=usize} frames={=usize} dom={} hypercalls={=usize} map_us={=u64} spread={} ns_per_frame={=u64} speedup={} speedup_spread={} unmap_us={=u64} peer_quiet={=str}",
+            "report: bench-foreign batch={=usize} frames={=usize} dom={} peer_kind={=str} hypercalls={=usize} map_us={=u64} spread={} ns_per_frame={=u64} speedup={} speedup_spread={} unmap_us={=u64} peer_quiet={=str}",
             b,
             n,
             peer.dom,
+            kind,
             n.div_ceil((*b).max(1)),
             us,
             Maybe(map[i].spread()),
@@ -1515,13 +2204,81 @@ fn foreign_rows<H: Hypervisor, C: Clock, M: Memory>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::acquire::testing::BufTables;
+    use crate::addr::{GuestPhysAddr, VirtAddr};
     use crate::agent::{build_table, survey};
     use crate::boot::{BootInfo, Firmware, PhysSpan};
     use crate::cmdline::Options;
+    use crate::paging::{Attrs, PagingError};
+    use crate::xen::abi::gnttab::{GrantEntryV1, GTF_PERMIT_ACCESS};
     use crate::xen::abi::{HvmStartInfo, HVM_START_MAGIC};
     use crate::xen::model::{DomainConfig, Op, XenModel};
     use crate::xen::ShutdownReason;
     use std::cell::Cell;
+
+    /// No page tables (benchmarks that do not map).
+    fn no_maps() -> Option<Maps<'static, BufTables<'static>>> {
+        None
+    }
+
+    /// Page tables over real (leaked) host memory, as `BufTables`, whose
+    /// pages the grant library's accessors also reach: each window page is
+    /// routed to the model's memory for the frame mapped there, where the
+    /// model has it (a mapped grant), else to the window's own memory.
+    struct BenchTables<'m> {
+        m: &'m XenModel,
+        inner: BufTables<'m>,
+    }
+
+    impl<'m> BenchTables<'m> {
+        fn new(m: &'m XenModel, pages: u64) -> Self {
+            // A second, read-only look at foreign frames starts with what
+            // the first one wrote (the helper's pattern check).
+            let inner = BufTables::new(pages)
+                .with_alias(move |g| m.foreign(DomId(0)).get(&g).map(|&(d, f)| (d.0, f.0)));
+            BenchTables { m, inner }
+        }
+    }
+
+    impl MapTarget for BenchTables<'_> {
+        fn map(
+            &mut self,
+            va: VirtAddr,
+            pa: GuestPhysAddr,
+            pages: PageCount,
+            attrs: Attrs,
+            t: &mut RegionTable,
+        ) -> Result<(), PagingError> {
+            self.inner.map(va, pa, pages, attrs, t)?;
+            for i in 0..pages.0 {
+                let v = va.0 + i * PAGE_SIZE;
+                let g = Gfn(pa.0 / PAGE_SIZE + i);
+                let host = self
+                    .m
+                    .page_ptr(DomId(0), g)
+                    .unwrap_or(v as usize as *mut u8);
+                grant::testmem::map(v, host);
+            }
+            Ok(())
+        }
+
+        fn unmap(
+            &mut self,
+            va: VirtAddr,
+            pages: PageCount,
+            t: &mut RegionTable,
+        ) -> Result<(), PagingError> {
+            self.inner.unmap(va, pages, t)?;
+            for i in 0..pages.0 {
+                grant::testmem::unmap(va.0 + i * PAGE_SIZE);
+            }
+            Ok(())
+        }
+
+        fn window(&self) -> crate::paging::Window {
+            self.inner.window()
+        }
+    }
 
     /// A clock that advances 1000 ticks (1 us at 1 GHz) per read.
     struct StepClock(Cell<u64>);
@@ -1616,6 +2373,7 @@ mod tests {
             foreign_frames: 64,
             foreign_batches: [1, 8, 32, 64],
             foreign_peer: None,
+            helper: false,
         }
     }
 
@@ -1633,6 +2391,7 @@ mod tests {
             &s,
             BenchSet::all(),
             &small(),
+            no_maps(),
         );
         assert_eq!(v, Verdict::Pass);
         assert_eq!(t, before, "the table ends as it started");
@@ -1698,6 +2457,7 @@ mod tests {
             &s,
             BenchSet::BALLOON,
             &small(),
+            no_maps(),
         );
         assert_eq!(v, Verdict::Fail);
         assert_eq!(t, before);
@@ -1721,6 +2481,7 @@ mod tests {
         p.foreign_peer = Some(ForeignPeer {
             dom: DomId(1),
             first: Gfn(0),
+            runs: true,
         });
         let clock = StepClock(Cell::new(0));
         let v = run_with(
@@ -1731,41 +2492,64 @@ mod tests {
             &s,
             BenchSet::FOREIGN,
             &p,
+            no_maps(),
         );
         assert_eq!(v, Verdict::Pass);
         assert_eq!(t, before);
         assert!(m.foreign(DomId(0)).is_empty(), "everything unmapped");
         // 64 + 8 + 2 + 1 batches per repetition.
         assert_eq!(m.calls(Op::MapForeignBatch), 3 * (64 + 8 + 2 + 1));
-        // Without a peer (x86 today) the table is pending, not failed.
+        // Without a peer and without a helper the tables are skipped, not
+        // failed; with a helper but no page tables the run fails.
         p.foreign_peer = None;
+        let sets = BenchSet::FOREIGN | BenchSet::GRANT | BenchSet::FOOTPRINT;
         let v = run_with(
             &m,
             &clock,
             &FakeMemory::default(),
             &mut t,
             &s,
-            BenchSet::FOREIGN | BenchSet::GRANT | BenchSet::FOOTPRINT,
+            sets,
             &p,
+            no_maps(),
         );
         assert_eq!(v, Verdict::Pass);
+        p.helper = true;
+        let v = run_with(
+            &m,
+            &clock,
+            &FakeMemory::default(),
+            &mut t,
+            &s,
+            sets,
+            &p,
+            no_maps(),
+        );
+        assert_eq!(v, Verdict::Fail);
+        assert_eq!(t, before);
+        assert_eq!(m.domain_ids(), [DomId(0), DomId(1)]);
     }
 
-    /// A grant mapper that takes 10 us per hypercall and 1 us per op.
+    /// A grant mapper that takes `call_us` per hypercall and `op_us` per
+    /// op (on the step clock).
     struct FakeGrants<'a> {
         clock: &'a StepClock,
+        call_us: u64,
+        op_us: u64,
         mapped: usize,
     }
 
     impl GrantMapper for FakeGrants<'_> {
-        fn map(&mut self, count: usize, per_call: usize) -> Result<u64, XenError> {
+        fn map(&mut self, count: usize, per_call: usize) -> Result<u64, BenchError> {
             let calls = count.div_ceil(per_call) as u64;
             let c = self.clock.0.get();
-            self.clock.0.set(c + calls * 10_000 + count as u64 * 1000);
+            self.clock
+                .0
+                .set(c + (calls * self.call_us + count as u64 * self.op_us) * 1000);
             self.mapped = count;
             Ok(calls)
         }
-        fn unmap(&mut self, per_call: usize) -> Result<u64, XenError> {
+        fn unmap(&mut self, per_call: usize) -> Result<u64, BenchError> {
             let calls = self.mapped.div_ceil(per_call) as u64;
             self.mapped = 0;
             Ok(calls)
@@ -1789,15 +2573,235 @@ mod tests {
             p: &p,
         };
         let mut g = Goals::default();
-        let mut fake = FakeGrants {
+        let fake = |call_us, op_us| FakeGrants {
             clock: &clock,
+            call_us,
+            op_us,
             mapped: 0,
         };
-        grant_table(&ctx, &mut fake, &mut g).unwrap();
+        let (mut lib, mut raw) = (fake(10, 1), fake(5, 1));
+        grant_table(&ctx, &mut lib, Some(&mut raw), DomId(1), &mut g).unwrap();
         // One-per-call: 1024 * 11 us; batched: 10 + 1024 us (+1 us per clock
         // read): about 10.9x.
         let got = g.grant_batched.unwrap();
         assert!(got > Fixed2::whole(10) && got < Fixed2::whole(12), "{got}");
-        assert_eq!(fake.mapped, 0);
+        assert_eq!((lib.mapped, raw.mapped), (0, 0));
+        // No grants: an error, not a division by zero.
+        let p0 = Params { grants: 0, ..p };
+        let ctx0 = Ctx { p: &p0, ..ctx };
+        let none: Option<&mut FakeGrants<'_>> = None;
+        assert!(grant_table(&ctx0, &mut lib, none, DomId(1), &mut g).is_err());
+    }
+
+    /// An x86 dom0 of the model with room for mappings above its RAM.
+    fn dom0_with_room(m: &XenModel) -> (Survey, RegionTable) {
+        let (s, mut t) = x86_dom0(m, 1 << 12);
+        let room = FrameRange::new(Gfn(1 << 20), PageCount(512)).unwrap();
+        t.add(Region::new(room, RegionKind::Hole, RegionFlags::empty()))
+            .unwrap();
+        (s, t)
+    }
+
+    /// Only dom0 left, every frame back in Xen's pool, nothing mapped, the
+    /// agent's table and window as before.
+    fn clean(
+        m: &XenModel,
+        free: u64,
+        t: &RegionTable,
+        before: &RegionTable,
+        pt: &BenchTables<'_>,
+        vas: &VaSpace,
+    ) {
+        assert_eq!(m.domain_ids(), [DomId(0)]);
+        assert_eq!(m.free_frames(), free);
+        assert!(m.foreign(DomId(0)).is_empty() && m.acquired(DomId(0)).is_empty());
+        assert_eq!(t, before);
+        assert!(pt.inner.map.is_empty());
+        assert_eq!(vas.used(), 0);
+        assert_eq!(grant::testmem::mapped(), 0);
+        m.check_conservation().unwrap();
+    }
+
+    #[test]
+    fn the_helper_serves_tables_3_and_4_and_is_destroyed() {
+        let m = XenModel::new(1 << 16);
+        let (s, mut t) = dom0_with_room(&m);
+        let before = t.clone();
+        let free = m.free_frames();
+        let mut pt = BenchTables::new(&m, 256);
+        let mut vas = VaSpace::new(pt.window());
+        let p = Params {
+            helper: true,
+            ..small()
+        };
+        let clock = StepClock(Cell::new(0));
+        let ctx = Ctx {
+            hv: &m,
+            clock: &clock,
+            mem: &FakeMemory::default(),
+            survey: &s,
+            p: &p,
+        };
+        let h = helper_build(&ctx, &mut t, &mut pt, &mut vas, true, true)
+            .unwrap()
+            .unwrap();
+        assert_eq!(h.ready, Ok(()));
+        let dom = h.cd.domid();
+        assert_eq!(h.layout.gnttab_frames, 1);
+        assert_eq!(m.tot_pages(dom), Some(16 + 64));
+        // The flow wrote the pattern and the grant entries through its own
+        // mappings, which are the test's memory here, not the model's:
+        // copy them over as real memory would share them.
+        for g in h.cd.seeded() {
+            let mut page = [0u8; 4096];
+            for w in 0..512u64 {
+                let v = domctl::pattern_word(g.gfn, w).to_le_bytes();
+                page[w as usize * 8..][..8].copy_from_slice(&v);
+            }
+            assert!(m.write_guest(dom, g.gfn, 0, &page));
+            let e = GrantEntryV1 {
+                flags: GTF_PERMIT_ACCESS,
+                domid: 0,
+                frame: g.gfn.0 as u32,
+            };
+            m.gnttab_write_entry(dom, g.gref.0, e).unwrap();
+        }
+        let foreign_before = m.calls(Op::MapForeignBatch);
+        let mut goals = Goals::default();
+        helper_measure(&ctx, &mut t, &mut pt, &mut vas, &h, true, true, &mut goals).unwrap();
+        assert!(goals.grant_batched.is_some());
+        // 64 + 8 + 2 + 1 batches per repetition, of the helper's frames.
+        assert_eq!(
+            m.calls(Op::MapForeignBatch) - foreign_before,
+            3 * (64 + 8 + 2 + 1)
+        );
+        // Nothing of the measurements is left mapped.
+        let g0 = h.cd.seeded()[0].gref;
+        assert_eq!(m.gnttab_entry(dom, g0.0).unwrap().flags, GTF_PERMIT_ACCESS);
+        // A raw batch with a reference that grants nothing is refused and
+        // undone.
+        let hole = t.find_hole(PageCount(17), Order::ZERO, Gfn(1)).unwrap();
+        let mut refs: Vec<GrantRef> = h.cd.seeded().iter().map(|g| g.gref).collect();
+        refs.push(GrantRef(g0.0 + 16));
+        let mut raw = RawGrants::new(&m, dom, refs, hole);
+        assert!(matches!(raw.map(17, 4), Err(BenchError::Check(_))));
+        assert!(!raw.stuck());
+        assert_eq!(m.gnttab_entry(dom, g0.0).unwrap().flags, GTF_PERMIT_ACCESS);
+        assert_eq!(raw.map(18, 1).map_err(|_| ()), Err(()));
+        helper_finish(&ctx, &mut t, &mut pt, &mut vas, h, Ok(()), 0).unwrap();
+        clean(&m, free, &t, &before, &pt, &vas);
+    }
+
+    #[test]
+    fn a_refused_grant_fails_the_run_and_the_helper_still_goes() {
+        let m = XenModel::new(1 << 16);
+        let (s, mut t) = dom0_with_room(&m);
+        let before = t.clone();
+        let free = m.free_frames();
+        let mut pt = BenchTables::new(&m, 256);
+        let mut vas = VaSpace::new(pt.window());
+        let p = Params {
+            helper: true,
+            ..small()
+        };
+        let clock = StepClock(Cell::new(0));
+        // The grant entries the helper seeds are the test's memory, not the
+        // model's: Xen (the model) refuses every grant.
+        let ctx = Ctx {
+            hv: &m,
+            clock: &clock,
+            mem: &FakeMemory::default(),
+            survey: &s,
+            p: &p,
+        };
+        let maps = Some(Maps {
+            pt: &mut pt,
+            vas: &mut vas,
+        });
+        let set = BenchSet::GRANT | BenchSet::FOREIGN;
+        let r = mapping_tables(&ctx, &mut t, maps, set, &mut Goals::default());
+        assert!(
+            matches!(r, Err(BenchError::Grant(GrantError::Refused(_)))),
+            "{r:?}"
+        );
+        clean(&m, free, &t, &before, &pt, &vas);
+        // The same through `run_with`: the run fails.
+        let maps = Some(Maps {
+            pt: &mut pt,
+            vas: &mut vas,
+        });
+        let mem = FakeMemory::default();
+        let v = run_with(&m, &clock, &mem, &mut t, &s, set, &p, maps);
+        assert_eq!(v, Verdict::Fail);
+        assert_eq!(m.calls(Op::CreateDomain), 2);
+        clean(&m, free, &t, &before, &pt, &vas);
+        // Unprivileged: skipped, nothing tried.
+        let s2 = Survey {
+            privileged: false,
+            ..s.clone()
+        };
+        let maps = Some(Maps {
+            pt: &mut pt,
+            vas: &mut vas,
+        });
+        let v = run_with(
+            &m,
+            &clock,
+            &FakeMemory::default(),
+            &mut t,
+            &s2,
+            BenchSet::GRANT | BenchSet::FOREIGN,
+            &p,
+            maps,
+        );
+        assert_eq!(v, Verdict::Pass);
+        assert_eq!(m.calls(Op::CreateDomain), 2);
+        // Not Xen 4.17: not applicable, nothing created.
+        let mut ver = m.version().unwrap();
+        ver.minor = 18;
+        m.set_version(ver);
+        let maps = Some(Maps {
+            pt: &mut pt,
+            vas: &mut vas,
+        });
+        let v = run_with(
+            &m,
+            &clock,
+            &FakeMemory::default(),
+            &mut t,
+            &s,
+            BenchSet::GRANT | BenchSet::FOREIGN,
+            &p,
+            maps,
+        );
+        assert_eq!(v, Verdict::Pass);
+        assert_eq!(m.calls(Op::CreateDomain), 2);
+        clean(&m, free, &t, &before, &pt, &vas);
+    }
+
+    #[test]
+    fn helper_layouts() {
+        let l = HelperLayout::of(&Params::DEFAULT, true, true).unwrap();
+        assert_eq!(
+            (l.grant_pages, l.grants, l.gnttab_frames, l.foreign_pages),
+            (1024, 1024, 3, 4096)
+        );
+        assert_eq!(extent_order(l.grant_pages), O9);
+        assert_eq!(l.flow(DomId(0)).order, O9);
+        // Table 4 alone still seeds one grant (the flow wants one).
+        let l = HelperLayout::of(&Params::DEFAULT, false, true).unwrap();
+        assert_eq!((l.grant_pages, l.gnttab_frames), (1, 1));
+        assert_eq!(extent_order(1), Order::ZERO);
+        let too_many = Params {
+            grants: 64 * 512,
+            ..Params::DEFAULT
+        };
+        assert!(HelperLayout::of(&too_many, true, false).is_err());
+        let most = Params {
+            grants: 64 * 512 - 8,
+            ..Params::DEFAULT
+        };
+        let l = HelperLayout::of(&most, true, false).unwrap();
+        assert_eq!(l.gnttab_frames, 64);
     }
 }

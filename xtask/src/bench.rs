@@ -640,105 +640,8 @@ pub fn render(
         }
     }
 
-    let _ = writeln!(
-        o,
-        "\n## 3. Grant mapping: one op per hypercall vs batched\n"
-    );
-    let mut pending = Vec::new();
-    let mut grant_rows = Vec::new();
-    for (b, res, _) in results {
-        for r in reports(res, b, "bench-grant") {
-            if let Some(s) = r.get("status") {
-                pending.push(format!("- {}: {s} ({})", b.name, get(r, "reason")));
-            } else {
-                grant_rows.push(vec![
-                    b.name.to_string(),
-                    get(r, "mode").into(),
-                    get(r, "per_call").into(),
-                    get(r, "hypercalls").into(),
-                    with_spread(ms(get(r, "map_us")), get(r, "spread")),
-                    ms(get(r, "unmap_us")),
-                    with_spread(get(r, "speedup").into(), get(r, "speedup_spread")),
-                ]);
-            }
-        }
-    }
-    if !grant_rows.is_empty() {
-        header(
-            &mut o,
-            &[
-                "boot",
-                "mode",
-                "ops/call",
-                "hypercalls",
-                "map ms",
-                "unmap ms",
-                "speed-up",
-            ],
-            2,
-        );
-        for r in &grant_rows {
-            row(&mut o, r);
-        }
-    }
-    if !pending.is_empty() && !grant_rows.is_empty() {
-        let _ = writeln!(o);
-    }
-    for p in &pending {
-        let _ = writeln!(o, "{p}");
-    }
-
-    let _ = writeln!(
-        o,
-        "\n## 4. Foreign mapping: add_to_physmap_batch at several batch sizes\n"
-    );
-    let mut pending = Vec::new();
-    let mut foreign_rows = Vec::new();
-    for (b, res, _) in results {
-        for r in reports(res, b, "bench-foreign") {
-            if let Some(s) = r.get("status") {
-                pending.push(format!("- {}: {s} ({})", b.name, get(r, "reason")));
-            } else {
-                foreign_rows.push(vec![
-                    b.name.to_string(),
-                    get(r, "dom").into(),
-                    get(r, "frames").into(),
-                    get(r, "batch").into(),
-                    get(r, "hypercalls").into(),
-                    with_spread(ms(get(r, "map_us")), get(r, "spread")),
-                    get(r, "ns_per_frame").into(),
-                    with_spread(get(r, "speedup").into(), get(r, "speedup_spread")),
-                    ms(get(r, "unmap_us")),
-                ]);
-            }
-        }
-    }
-    if !foreign_rows.is_empty() {
-        header(
-            &mut o,
-            &[
-                "boot",
-                "peer",
-                "frames",
-                "batch",
-                "hypercalls",
-                "map ms",
-                "ns/frame",
-                "speed-up vs batch 1",
-                "unmap ms (1 per call)",
-            ],
-            1,
-        );
-        for r in &foreign_rows {
-            row(&mut o, r);
-        }
-    }
-    if !pending.is_empty() && !foreign_rows.is_empty() {
-        let _ = writeln!(o);
-    }
-    for p in &pending {
-        let _ = writeln!(o, "{p}");
-    }
+    render_grants(&mut o, results);
+    render_foreign(&mut o, results);
 
     let _ = writeln!(o, "\n## 5. Region table (host)\n");
     match host {
@@ -808,6 +711,273 @@ pub fn render(
         elapsed.as_secs_f64()
     );
     o
+}
+
+/// A least-squares-free fit of `time = calls × per_call + ops × per_op`
+/// through the first (most hypercalls) and last (fewest) of `rows`
+/// (hypercalls, microseconds), for `ops` operations: (µs per hypercall,
+/// µs per operation). `None` if the two rows do not differ in hypercalls
+/// or the fit is negative.
+fn fit(rows: &[(u64, f64)], ops: u64) -> Option<(f64, f64)> {
+    let (&(c1, t1), &(cn, tn)) = (rows.first()?, rows.last()?);
+    if c1 <= cn || ops == 0 {
+        return None;
+    }
+    let per_call = (t1 - tn) / (c1 - cn) as f64;
+    let per_op = (tn - per_call * cn as f64) / ops as f64;
+    (per_call >= 0.0 && per_op > 0.0).then_some((per_call, per_op))
+}
+
+/// "Xen's time fits ..." for one boot's rows.
+fn fit_line(name: &str, what: &str, rows: &[(u64, f64)], ops: u64, unit: &str) -> Option<String> {
+    let (h, p) = fit(rows, ops)?;
+    Some(format!(
+        "- {name}: {what} ≈ {h:.1} µs per hypercall + {p:.1} µs per {unit}; so batching \
+         can at most gain (h + p) / p = {:.2}x over one {unit} per hypercall",
+        (h + p) / p
+    ))
+}
+
+fn skipped_lines(o: &mut String, pending: &[String], had_rows: bool) {
+    if !pending.is_empty() && had_rows {
+        let _ = writeln!(o);
+    }
+    for p in pending {
+        let _ = writeln!(o, "{p}");
+    }
+}
+
+fn num(r: &Report, k: &str) -> Option<f64> {
+    r.get(k)?.parse().ok()
+}
+
+/// Table 3, its profile and the helper domain's line.
+fn render_grants(o: &mut String, results: &[(&BenchBoot, BootResult, Files)]) {
+    let _ = writeln!(
+        o,
+        "\n## 3. Grant mapping: one op per hypercall vs batched\n\n\
+         A helper domain's 1024 grants mapped (read-write) and unmapped with the grant \
+         library (`grant::map_grants_per_call` / `GrantMap::release_per_call`: holes, \
+         region table, hypercalls, page tables) at 1, 64 and 1024 operations per \
+         hypercall. Speed-up: the median over repetitions of one-per-call's map time \
+         divided by this row's, in the same repetition.\n"
+    );
+    let mut pending = Vec::new();
+    let mut rows = Vec::new();
+    for (b, res, _) in results {
+        for r in reports(res, b, "bench-grant") {
+            if let Some(s) = r.get("status") {
+                pending.push(format!("- {}: {s} ({})", b.name, get(r, "reason")));
+                continue;
+            }
+            rows.push(vec![
+                b.name.to_string(),
+                get(r, "dom").into(),
+                get(r, "mode").into(),
+                get(r, "per_call").into(),
+                get(r, "hypercalls").into(),
+                with_spread(ms(get(r, "map_us")), get(r, "spread")),
+                get(r, "maps_s").into(),
+                format!("{:.1}", num(r, "ns_per_grant").unwrap_or(0.0) / 1000.0),
+                ms(get(r, "unmap_us")),
+                with_spread(get(r, "speedup").into(), get(r, "speedup_spread")),
+            ]);
+        }
+    }
+    if !rows.is_empty() {
+        header(
+            o,
+            &[
+                "boot",
+                "helper",
+                "mode",
+                "ops/call",
+                "hypercalls",
+                "map ms",
+                "maps/s",
+                "µs/grant",
+                "unmap ms",
+                "speed-up",
+            ],
+            3,
+        );
+        for r in &rows {
+            row(o, r);
+        }
+    }
+    skipped_lines(o, &pending, !rows.is_empty());
+    let with_profile: Vec<_> = results
+        .iter()
+        .filter(|(b, res, _)| !reports(res, b, "bench-grant-profile").is_empty())
+        .collect();
+    if !with_profile.is_empty() {
+        let _ = writeln!(
+            o,
+            "\nProfile: the same grants mapped with the hypercalls alone (a reserved \
+             hole, no region-table or page-table work), right after the library in each \
+             repetition: \"Xen\" is the time in the hypercalls, \"guest\" the library's \
+             own share of its map time.\n"
+        );
+        header(
+            o,
+            &[
+                "boot",
+                "ops/call",
+                "hypercalls",
+                "Xen map ms",
+                "library map ms",
+                "guest ms",
+                "guest %",
+                "Xen unmap ms",
+                "library unmap ms",
+                "Xen-only speed-up",
+            ],
+            1,
+        );
+        let mut fits = Vec::new();
+        for (b, res, _) in &with_profile {
+            let prof = reports(res, b, "bench-grant-profile");
+            for r in &prof {
+                row(
+                    o,
+                    &[
+                        b.name.into(),
+                        get(r, "per_call").into(),
+                        get(r, "hypercalls").into(),
+                        ms(get(r, "xen_map_us")),
+                        ms(get(r, "lib_map_us")),
+                        ms(get(r, "guest_map_us")),
+                        get(r, "guest_map_pct").into(),
+                        ms(get(r, "xen_unmap_us")),
+                        ms(get(r, "lib_unmap_us")),
+                        get(r, "xen_speedup").into(),
+                    ],
+                );
+            }
+            let grants = reports(res, b, "bench-grant")
+                .iter()
+                .find_map(|r| r.get("grants")?.parse().ok())
+                .unwrap_or(0);
+            let pts: Vec<(u64, f64)> = prof
+                .iter()
+                .filter_map(|r| Some((num(r, "hypercalls")? as u64, num(r, "xen_map_us")?)))
+                .collect();
+            fits.extend(fit_line(b.name, "Xen's map time", &pts, grants, "grant"));
+        }
+        if !fits.is_empty() {
+            let _ = writeln!(
+                o,
+                "\nFit of Xen's time through the one-per-call and the largest batch:\n"
+            );
+            for f in fits {
+                let _ = writeln!(o, "{f}");
+            }
+        }
+    }
+    render_helper(o, results);
+}
+
+/// The helper domain's line per boot: what it held, and that it went.
+fn render_helper(o: &mut String, results: &[(&BenchBoot, BootResult, Files)]) {
+    let mut lines = Vec::new();
+    for (b, res, _) in results {
+        for r in reports(res, b, "bench-helper") {
+            lines.push(format!(
+                "- {}: domain {}, {} granted pages + {} pages for table 4 (order {} extents), \
+                 {} grant-table frames; set-up {} ms, teardown {} ms; destroyed: {}, \
+                 region table restored: {}, window restored: {}, reservation restored: {}",
+                b.name,
+                get(r, "domid"),
+                get(r, "grant_pages"),
+                get(r, "foreign_pages"),
+                get(r, "order"),
+                get(r, "gnttab_frames"),
+                ms(get(r, "setup_us")),
+                ms(get(r, "teardown_us")),
+                get(r, "destroyed"),
+                get(r, "table_restored"),
+                get(r, "window_restored"),
+                get(r, "reservation_restored"),
+            ));
+        }
+    }
+    if !lines.is_empty() {
+        let _ = writeln!(
+            o,
+            "\nThe helper domain (built and destroyed by the agent):\n"
+        );
+        for l in lines {
+            let _ = writeln!(o, "{l}");
+        }
+    }
+}
+
+/// Table 4 and its fit.
+fn render_foreign(o: &mut String, results: &[(&BenchBoot, BootResult, Files)]) {
+    let _ = writeln!(
+        o,
+        "\n## 4. Foreign mapping: add_to_physmap_batch at several batch sizes\n"
+    );
+    let mut pending = Vec::new();
+    let mut rows = Vec::new();
+    let mut fits = Vec::new();
+    for (b, res, _) in results {
+        let mut pts = Vec::new();
+        let mut frames = 0;
+        for r in reports(res, b, "bench-foreign") {
+            if let Some(s) = r.get("status") {
+                pending.push(format!("- {}: {s} ({})", b.name, get(r, "reason")));
+                continue;
+            }
+            let peer = match r.get("peer_kind") {
+                Some(k) => format!("{} ({k})", get(r, "dom")),
+                None => get(r, "dom").to_string(),
+            };
+            rows.push(vec![
+                b.name.to_string(),
+                peer,
+                get(r, "frames").into(),
+                get(r, "batch").into(),
+                get(r, "hypercalls").into(),
+                with_spread(ms(get(r, "map_us")), get(r, "spread")),
+                get(r, "ns_per_frame").into(),
+                with_spread(get(r, "speedup").into(), get(r, "speedup_spread")),
+                ms(get(r, "unmap_us")),
+            ]);
+            frames = num(r, "frames").unwrap_or(0.0) as u64;
+            if let (Some(c), Some(t)) = (num(r, "hypercalls"), num(r, "map_us")) {
+                pts.push((c as u64, t));
+            }
+        }
+        fits.extend(fit_line(b.name, "map time", &pts, frames, "frame"));
+    }
+    if !rows.is_empty() {
+        header(
+            o,
+            &[
+                "boot",
+                "peer",
+                "frames",
+                "batch",
+                "hypercalls",
+                "map ms",
+                "ns/frame",
+                "speed-up vs batch 1",
+                "unmap ms (1 per call)",
+            ],
+            2,
+        );
+        for r in &rows {
+            row(o, r);
+        }
+    }
+    skipped_lines(o, &pending, !rows.is_empty());
+    if !fits.is_empty() {
+        let _ = writeln!(o, "\nFit through batch 1 and the largest batch:\n");
+        for f in fits {
+            let _ = writeln!(o, "{f}");
+        }
+    }
 }
 
 fn render_footprint(
@@ -954,7 +1124,14 @@ mod tests {
             "report: bench-balloon strategy=xenmem order=18 batch=4096 mib=256 hypercalls=2 per_gib=4.00 out_us=1000 in_us=500 total_us=1500 spread=1.10 mib_s=341.33 vs_xenmem=1.00 vs_spread=1.00 out_vs=1.00 in_vs=1.00 short=0 order9=256 order0=0",
             "report: bench-balloon-profile strategy=xenmem reps=5 xen_out_us=900 xen_in_us=400 engine_out_us=1000 engine_in_us=500 guest_us=200 guest_pct=13.33",
             "report: bench-floor mib=256 memset_us=300000 spread=1.01 mib_s=853.33 populate_us=500 populate_vs_floor=0.00 release_us=1000 release_vs_floor=0.00 checked=yes",
-            "report: bench-grant status=pending reason=\"needs grant.rs\" grants=1024",
+            "report: bench-grant status=skipped reason=\"needs a privileged domain\"",
+            "report: bench-grant mode=one-per-call per_call=1 grants=1024 dom=1 hypercalls=1024 map_us=75837 spread=1.39 maps_s=13502 ns_per_grant=74059 unmap_us=81773 unmap_hypercalls=1024 speedup=1.00 speedup_spread=1.00",
+            "report: bench-grant mode=batched per_call=1024 grants=1024 dom=1 hypercalls=1 map_us=16873 spread=1.70 maps_s=60688 ns_per_grant=16477 unmap_us=20713 unmap_hypercalls=1 speedup=5.23 speedup_spread=1.91",
+            "report: bench-grant-profile per_call=1 hypercalls=1024 xen_map_us=82484 xen_unmap_us=91107 lib_map_us=75837 lib_unmap_us=81773 guest_map_us=0 guest_map_pct=0.00 xen_speedup=1.00",
+            "report: bench-grant-profile per_call=1024 hypercalls=1 xen_map_us=15826 xen_unmap_us=16520 lib_map_us=16873 lib_unmap_us=20713 guest_map_us=1047 guest_map_pct=6.21 xen_speedup=4.76",
+            "report: bench-helper domid=1 grant_pages=1024 grants=1024 gnttab_frames=3 foreign_pages=4096 order=9 setup_us=186209 bench_us=11765046 teardown_us=84157 destroyed=yes table_restored=yes window_restored=yes reservation_restored=yes",
+            "report: bench-foreign batch=1 frames=4096 dom=1 peer_kind=helper hypercalls=4096 map_us=371118 spread=1.41 ns_per_frame=90604 speedup=1.00 speedup_spread=1.00 unmap_us=303111 peer_quiet=yes",
+            "report: bench-foreign batch=4096 frames=4096 dom=1 peer_kind=helper hypercalls=1 map_us=87527 spread=1.52 ns_per_frame=21368 speedup=3.86 speedup_spread=1.78 unmap_us=255819 peer_quiet=yes",
             "report: bench-footprint item=heap-size value=4194304 unit=bytes",
             "report: bench-footprint item=heap-used value=1048576 unit=bytes",
             "report: bench-goal name=hypercalls-per-gib op=le target=2.00 measured=4.00 status=MISS factor=0.50 off_by=2.00 basis_mib=256",
@@ -981,7 +1158,31 @@ mod tests {
         assert!(md.contains("| x86_64-dom0 | xenmem | 18 | 4096 | 2 | 4.00 | 1.0 | 0.5 | 1.5 (x1.10) | 341.33 | 1.00 (x1.00) | 1.00 | 1.00 |"), "{md}");
         assert!(md.contains("| x86_64-dom0 | 256 | 300.0 (x1.01) |"), "{md}");
         assert!(
-            md.contains("- x86_64-dom0: pending (needs grant.rs)"),
+            md.contains("- x86_64-dom0: skipped (needs a privileged domain)"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| x86_64-dom0 | 1 | batched | 1024 | 1 | 16.9 (x1.70) | 60688 | 16.5 | 20.7 | 5.23 (x1.91) |"),
+            "{md}"
+        );
+        assert!(
+            md.contains(
+                "| x86_64-dom0 | 1024 | 1 | 15.8 | 16.9 | 1.0 | 6.21 | 16.5 | 20.7 | 4.76 |"
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains("Xen's map time ≈ 65.2 µs per hypercall + 15.4 µs per grant"),
+            "{md}"
+        );
+        assert!(md.contains("= 5.23x over one grant per hypercall"), "{md}");
+        assert!(md.contains("- x86_64-dom0: domain 1, 1024 granted pages + 4096 pages for table 4 (order 9 extents), 3 grant-table frames; set-up 186.2 ms, teardown 84.2 ms; destroyed: yes, region table restored: yes"), "{md}");
+        assert!(
+            md.contains("| x86_64-dom0 | 1 (helper) | 4096 | 4096 | 1 | 87.5 (x1.52) | 21368 | 3.86 (x1.78) | 255.8 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("map time ≈ 69.3 µs per hypercall + 21.4 µs per frame"),
             "{md}"
         );
         assert!(md.contains("1.00 MiB (25.0% of the heap)"), "{md}");
@@ -990,6 +1191,21 @@ mod tests {
             md.contains("- x86_64-dom0 hypercalls-per-gib: MISS"),
             "{md}"
         );
+    }
+
+    #[test]
+    fn fits_per_call_and_per_op_costs() {
+        // 1024 ops: 10 µs a call + 2 µs an op.
+        let rows = [
+            (1024, 1024.0 * 12.0),
+            (16, 160.0 + 2048.0),
+            (1, 10.0 + 2048.0),
+        ];
+        let (h, p) = fit(&rows, 1024).unwrap();
+        assert!((h - 10.0).abs() < 1e-9 && (p - 2.0).abs() < 1e-9, "{h} {p}");
+        assert_eq!(fit(&rows[..1], 1024), None, "one row");
+        assert_eq!(fit(&[(1, 5.0), (4, 1.0)], 4), None, "wrong order");
+        assert_eq!(fit(&rows, 0), None);
     }
 
     #[test]
