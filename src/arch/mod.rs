@@ -18,7 +18,7 @@
 //!
 //! With the `rt` feature an architecture also provides its boot glue: the
 //! entry assembly under `boot/`, exception vectors that report through
-//! [`crate::rt::exception`], and the hand-over to [`crate::rt::start`].
+//! `rt::exception`, and the hand-over to `rt::start`.
 //!
 //! On the host (`cargo test`) no architecture module is compiled: host code
 //! reaches Xen only through a model of [`crate::xen::Hypervisor`].

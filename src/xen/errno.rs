@@ -1,6 +1,6 @@
 //! Xen's error numbers, from Xen 4.17's `public/errno.h`.
 //!
-//! Hypercalls return `-errno` on failure. [`XenError`] names the error so that
+//! Hypercalls return `-errno` on failure. [`XenError`](super::XenError) names the error so that
 //! logs and error values say `ENOSYS`, not `-38`.
 
 /// An error number Xen returned, by name.

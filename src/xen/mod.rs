@@ -1,6 +1,6 @@
 //! Xen: ABI structures, error numbers and typed operations.
 //!
-//! [`Hypervisor`] is the seam between the agent's logic and Xen. [`RealXen`]
+//! [`Hypervisor`] is the seam between the agent's logic and Xen. `RealXen`
 //! implements it with real hypercalls on the bare-metal targets; host tests
 //! implement it with a model of Xen.
 
@@ -250,7 +250,7 @@ impl XenStatus {
 
 /// The typed operations the agent asks of Xen.
 ///
-/// Implemented by [`RealXen`] (real hypercalls, bare-metal targets) and by host
+/// Implemented by `RealXen` (real hypercalls, bare-metal targets) and by host
 /// models in tests.
 pub trait Hypervisor {
     /// `XENVER_version` and `XENVER_extraversion`.

@@ -3,10 +3,10 @@
 //!
 //! The agent is a Linux arm64 `Image` that Xen loads anywhere in the guest's
 //! RAM (as dom0 or as a dom0less domU). The entry code (`boot/aarch64.S`)
-//! enables FP/SIMD, turns on the MMU with the identity map of [`mmu`],
+//! enables FP/SIMD, turns on the MMU with the identity map of `mmu`,
 //! applies its own `R_AARCH64_RELATIVE` relocations, zeroes `.bss`, installs
-//! the exception vectors and calls into [`boot`], which checks the device
-//! tree and hands over to [`crate::rt::start`].
+//! the exception vectors and calls into `boot`, which checks the device
+//! tree and hands over to `rt::start`.
 
 use core::arch::asm;
 use core::sync::atomic::{AtomicBool, Ordering};
@@ -32,7 +32,7 @@ pub const QEMU_EXIT_PASS: i32 = 0;
 pub const QEMU_EXIT_FAIL: i32 = 1;
 
 /// How much guest-physical memory the boot identity map covers, from 0:
-/// 512 GiB (39-bit virtual addresses; see [`mmu`] for the attributes) until
+/// 512 GiB (39-bit virtual addresses; see `mmu` for the attributes) until
 /// [`paging::page_tables`] adopts the tables, 511 GiB after (the top GiB
 /// becomes the mapping window).
 pub const IDENTITY_MAP_END: GuestPhysAddr = GuestPhysAddr(1 << 39);
