@@ -1741,8 +1741,10 @@ impl Hypervisor for XenModel {
                 let m = *fd.p2m.get(&frames[i]).ok_or(Errno::EINVAL)?;
                 let g = gfns[i];
                 let c = s.domains.get(&caller).ok_or(Errno::ESRCH)?;
+                // Real Xen 4.17 (x86 and Arm): a GFN beyond the p2m gives
+                // ENOENT for the entry, as for acquire_resource.
                 if g.0 >= c.cfg.gfn_limit {
-                    return Err(Errno::EINVAL);
+                    return Err(Errno::ENOENT);
                 }
                 if c.p2m.contains_key(&g) {
                     s.guest_remove_page(caller, g.0)?;
