@@ -434,7 +434,11 @@ fn reservation_run<H: Hypervisor>(
     opts: &Options,
 ) -> Verdict {
     let max_order = reservation::xen_max_order(s.privileged);
-    let mut e = Engine::new(hv, Strategy::xenmem(max_order), s.current, s.features);
+    let e = Engine::new(hv, Strategy::xenmem(max_order), s.current, s.features);
+    // x86_64: ballooned frames leave the boot identity map, and come back.
+    #[cfg(all(target_os = "none", target_arch = "x86_64"))]
+    let e = e.with_identity_map(&crate::arch::imp::paging::BootIdentityMap);
+    let mut e = e;
     xm_info!(
         "report: engine max_order={=u8} batch={=usize} translated={=str} direct_mapped={=str}",
         max_order.get(),
@@ -502,6 +506,9 @@ fn reservation_steps<H: Hypervisor>(
             Err(err) => return fail("balloon", err),
         };
         report_engine(phase, target, e, cur);
+        if !identity_report(t, phase) {
+            return Verdict::Fail;
+        }
         // Memory that came back: usable. (Whether it is zeroed is reported but
         // not promised: Xen does not scrub pages a running domain frees, so
         // repopulated pages may hold stale contents.)
@@ -525,6 +532,9 @@ fn reservation_steps<H: Hypervisor>(
             .collect();
         if !back.is_empty() {
             let pages: u64 = back.iter().map(|r| r.len().0).sum();
+            if !identity_back_report(&back) {
+                return Verdict::Fail;
+            }
             let checks: Vec<_> = back.iter().map(|r| pattern_check(*r)).collect();
             if checks.iter().all(Option::is_some) {
                 let zero = checks.iter().all(|c| c.is_some_and(|c| c.0));
@@ -570,7 +580,11 @@ fn reservation_steps<H: Hypervisor>(
             }
         }
         let bits = opts.contig_bits;
-        match e.alloc_contiguous(t, size, PAGE_SIZE, bits) {
+        let made = e.alloc_contiguous(t, size, PAGE_SIZE, bits);
+        if let Some(err) = e.take_identity_error() {
+            return fail("contiguous", ReservationError::IdentityMap(err));
+        }
+        match made {
             Ok(buf) => {
                 let check = pattern_check(buf.range);
                 let mut buf = buf;
@@ -647,6 +661,99 @@ fn reservation_steps<H: Hypervisor>(
         }
     }
     Verdict::Pass
+}
+
+/// x86_64: check with the walker's `translate` that every ballooned frame
+/// below the identity map's end is unmapped (reading one would fault; it is
+/// not read). Reports `identity-map`; `false` if one is still mapped.
+fn identity_report(t: &RegionTable, phase: &str) -> bool {
+    #[cfg(all(target_os = "none", target_arch = "x86_64"))]
+    {
+        let pt = match crate::arch::imp::paging::page_tables() {
+            Ok(pt) => pt,
+            Err(err) => {
+                xm_error!("identity-map: {}", defmt_display(&err));
+                return false;
+            }
+        };
+        let end = crate::arch::imp::IDENTITY_MAP_END.0 / PAGE_SIZE;
+        let (mut checked, mut mapped) = (0u64, 0u64);
+        for r in t.iter().filter(|r| r.kind == RegionKind::Ballooned) {
+            for g in r.range.start().0..r.range.end().0.min(end) {
+                checked += 1;
+                if pt.translate(crate::addr::VirtAddr(g * PAGE_SIZE)).is_some() {
+                    mapped += 1;
+                }
+            }
+        }
+        xm_info!(
+            "report: identity-map phase={=str} ballooned_unmapped={=str} checked={=u64} mapped={=u64}",
+            phase,
+            yes(mapped == 0),
+            checked,
+            mapped
+        );
+        if mapped != 0 {
+            xm_error!(
+                "identity-map: {=u64} ballooned frames are still mapped",
+                mapped
+            );
+        }
+        mapped == 0
+    }
+    #[cfg(not(all(target_os = "none", target_arch = "x86_64")))]
+    {
+        let _ = (t, phase);
+        true
+    }
+}
+
+/// x86_64: check that every repopulated frame of `back` translates to itself
+/// again (before the pattern check writes to it). Reports
+/// `identity-map-back`; `false` if one does not.
+fn identity_back_report(back: &[FrameRange]) -> bool {
+    #[cfg(all(target_os = "none", target_arch = "x86_64"))]
+    {
+        let pt = match crate::arch::imp::paging::page_tables() {
+            Ok(pt) => pt,
+            Err(err) => {
+                xm_error!("identity-map: {}", defmt_display(&err));
+                return false;
+            }
+        };
+        let end = crate::arch::imp::IDENTITY_MAP_END.0 / PAGE_SIZE;
+        let (mut checked, mut wrong) = (0u64, 0u64);
+        for r in back {
+            for g in r.start().0..r.end().0.min(end) {
+                checked += 1;
+                let pa = g * PAGE_SIZE;
+                let ok = pt
+                    .translate(crate::addr::VirtAddr(pa))
+                    .is_some_and(|(to, attrs)| to.0 == pa && attrs.is_writable());
+                if !ok {
+                    wrong += 1;
+                }
+            }
+        }
+        xm_info!(
+            "report: identity-map-back repopulated_mapped={=str} checked={=u64} wrong={=u64}",
+            yes(wrong == 0),
+            checked,
+            wrong
+        );
+        if wrong != 0 {
+            xm_error!(
+                "identity-map: {=u64} repopulated frames are not mapped",
+                wrong
+            );
+        }
+        wrong == 0
+    }
+    #[cfg(not(all(target_os = "none", target_arch = "x86_64")))]
+    {
+        let _ = back;
+        true
+    }
 }
 
 /// The machine frames behind `range`, from Xen's M2P table (privileged x86;

@@ -30,10 +30,39 @@ use alloc::vec::Vec;
 use core::fmt;
 
 use crate::addr::{DomId, Gfn, GuestPhysAddr, Mfn, Order, PageCount, PAGE_SHIFT};
+use crate::paging::PagingError;
 use crate::region::{
     Backing, Change, FrameRange, RegionError, RegionFlags, RegionKind, RegionTable,
 };
 use crate::xen::{Errno, ExchangeRequest, Features, Hypervisor, MemFlags, XenError};
+
+/// What the engine does to the agent's identity map when frames leave or
+/// come back: ballooned frames must not stay mapped as if they were RAM.
+///
+/// [`IdentityMap::unmap`] is called right after frames are marked
+/// [`RegionKind::Ballooned`], [`IdentityMap::map`] right before they are
+/// marked [`RegionKind::Ram`] again (so both see them ballooned in `t`).
+pub trait IdentityMap {
+    /// Take the ballooned frames of `range` out of the identity map (table
+    /// frames, if needed, from `t`).
+    fn unmap(&self, t: &mut RegionTable, range: FrameRange) -> Result<(), PagingError>;
+    /// Put the (still ballooned, now populated) frames of `range` back.
+    fn map(&self, t: &mut RegionTable, range: FrameRange) -> Result<(), PagingError>;
+}
+
+/// No identity map to change: the host, the model tests, and targets whose
+/// identity map is not managed (yet).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NoIdentityMap;
+
+impl IdentityMap for NoIdentityMap {
+    fn unmap(&self, _: &mut RegionTable, _: FrameRange) -> Result<(), PagingError> {
+        Ok(())
+    }
+    fn map(&self, _: &mut RegionTable, _: FrameRange) -> Result<(), PagingError> {
+        Ok(())
+    }
+}
 
 /// How the engine batches its work.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -91,6 +120,9 @@ pub struct Stats {
     pub short_counts: u64,
     /// Frames Xen refused to release (pinned in the table).
     pub stuck: u64,
+    /// Ranges the [`IdentityMap`] failed to unmap (left mapped) or map
+    /// (made RAM but pinned, so that nothing uses them).
+    pub identity_errors: u64,
     /// Pages Xen allocated to the domain but could not map (a populate whose
     /// p2m update failed keeps the pages assigned with no GFN): they count in
     /// the reservation and no guest frame reaches them.
@@ -130,6 +162,10 @@ pub enum ReservationError {
     /// The domain is direct-mapped (Arm dom0): Xen does not lower its count
     /// when it gives memory back, so ballooning means nothing there.
     DirectMapped,
+    /// The identity map could not be changed for frames that left or came
+    /// back (the table and Xen's count are up to date; the frames concerned
+    /// may still be mapped, or not mapped yet).
+    IdentityMap(PagingError),
     /// A contiguous buffer of zero bytes.
     ZeroSize,
     /// A contiguous buffer larger than the domain's maximum extent order.
@@ -172,6 +208,7 @@ impl fmt::Display for ReservationError {
             ReservationError::DirectMapped => {
                 write!(f, "the domain is direct-mapped: Xen does not balloon it")
             }
+            ReservationError::IdentityMap(e) => write!(f, "identity map: {e}"),
             ReservationError::ZeroSize => write!(f, "a contiguous buffer of zero bytes"),
             ReservationError::OrderTooLarge { order, max } => write!(
                 f,
@@ -236,6 +273,10 @@ pub struct Engine<'h, H: Hypervisor> {
     direct_mapped: bool,
     /// `None` until exchange was tried; then whether Xen allows it.
     exchange_works: Option<bool>,
+    /// Told about frames that leave and come back.
+    identity: &'h dyn IdentityMap,
+    /// The first identity-map failure not yet reported.
+    identity_error: Option<PagingError>,
     /// What it did.
     pub stats: Stats,
 }
@@ -254,7 +295,83 @@ impl<'h, H: Hypervisor> Engine<'h, H> {
             translated: features.contains(Features::AUTO_TRANSLATED_PHYSMAP),
             direct_mapped: features.contains(Features::DIRECT_MAPPED),
             exchange_works: None,
+            identity: &NoIdentityMap,
+            identity_error: None,
             stats: Stats::default(),
+        }
+    }
+
+    /// The same engine, telling `identity` about every frame it releases
+    /// (after marking it ballooned) and repopulates (before marking it RAM).
+    pub fn with_identity_map(self, identity: &'h dyn IdentityMap) -> Self {
+        Engine { identity, ..self }
+    }
+
+    /// The first identity-map failure since the last call (also counted in
+    /// [`Stats::identity_errors`]); [`decrease`](Self::decrease) and
+    /// [`increase`](Self::increase) return it as their error.
+    pub fn take_identity_error(&mut self) -> Option<PagingError> {
+        self.identity_error.take()
+    }
+
+    fn identity_failed(&mut self, e: PagingError) {
+        self.stats.identity_errors += 1;
+        self.identity_error.get_or_insert(e);
+    }
+
+    /// After marking frames ballooned: unmap them. A failure leaves them
+    /// mapped (as before this existed), is recorded, and the work goes on:
+    /// the table and Xen's count are right either way.
+    fn unmap(
+        &mut self,
+        t: &mut RegionTable,
+        start: Gfn,
+        count: u64,
+    ) -> Result<(), ReservationError> {
+        let range = FrameRange::new(start, PageCount(count))?;
+        if let Err(e) = self.identity.unmap(t, range) {
+            self.identity_failed(e);
+        }
+        Ok(())
+    }
+
+    /// Before marking populated frames RAM: map them, and mark them. If the
+    /// map fails they are RAM (Xen counts them) but pinned: nothing will
+    /// hand them out unmapped.
+    fn map_and_mark(
+        &mut self,
+        t: &mut RegionTable,
+        start: Gfn,
+        count: u64,
+    ) -> Result<(), ReservationError> {
+        let range = FrameRange::new(start, PageCount(count))?;
+        let pin = match self.identity.map(t, range) {
+            Ok(()) => RegionFlags::empty(),
+            Err(e) => {
+                self.identity_failed(e);
+                RegionFlags::PINNED
+            }
+        };
+        t.modify(
+            range,
+            Change {
+                kind: Some(RegionKind::Ram),
+                set: pin,
+                expect: Some(RegionKind::Ballooned),
+                ..Change::default()
+            },
+        )?;
+        Ok(())
+    }
+
+    /// `r`, or the identity-map failure if `r` is fine and there was one.
+    fn with_identity_result(
+        &mut self,
+        r: Result<(), ReservationError>,
+    ) -> Result<(), ReservationError> {
+        match (r, self.identity_error.take()) {
+            (Ok(()), Some(e)) => Err(ReservationError::IdentityMap(e)),
+            (r, _) => r,
         }
     }
 
@@ -306,6 +423,15 @@ impl<'h, H: Hypervisor> Engine<'h, H> {
 
     /// Release `pages` pages of free RAM to Xen.
     pub fn decrease(
+        &mut self,
+        t: &mut RegionTable,
+        pages: PageCount,
+    ) -> Result<(), ReservationError> {
+        let r = self.decrease_frames(t, pages);
+        self.with_identity_result(r)
+    }
+
+    fn decrease_frames(
         &mut self,
         t: &mut RegionTable,
         pages: PageCount,
@@ -365,7 +491,18 @@ impl<'h, H: Hypervisor> Engine<'h, H> {
         let mut at = 0;
         while at < queue.len() {
             let end = (at + self.strategy.batch.max(1)).min(queue.len());
-            let batch = &queue[at..end];
+            // Extents that are no longer free RAM (a table frame the identity
+            // map took meanwhile) are skipped: never give away what is used.
+            let batch: Vec<Gfn> = queue[at..end]
+                .iter()
+                .copied()
+                .filter(|&g| still_free(t, g, n))
+                .collect();
+            if batch.is_empty() {
+                at = end;
+                continue;
+            }
+            let batch = &batch[..];
             self.stats.hypercalls += 1;
             let done = self
                 .hv
@@ -381,6 +518,9 @@ impl<'h, H: Hypervisor> Engine<'h, H> {
             self.stats.released += done as u64 * n;
             self.expected = PageCount(self.expected.0 - done as u64 * n);
             released += done as u64 * n;
+            for g in &batch[..done] {
+                self.unmap(t, *g, n)?;
+            }
             if done == batch.len() {
                 at = end;
                 continue;
@@ -403,6 +543,7 @@ impl<'h, H: Hypervisor> Engine<'h, H> {
                 self.expected = actual;
                 self.stats.released += gone;
                 released += gone;
+                self.unmap(t, failing, gone)?;
             }
             let refused = Gfn(failing.0 + gone);
             if order == Order::ZERO {
@@ -416,8 +557,11 @@ impl<'h, H: Hypervisor> Engine<'h, H> {
                     .collect();
                 released += self.release(t, Order::ZERO, &rest)?;
             }
-            // Go on after the failing extent.
-            at += done + 1;
+            // Go on after the failing extent (its place in the whole queue).
+            at = queue[at..end]
+                .iter()
+                .position(|&g| g == failing)
+                .map_or(end, |i| at + i + 1);
         }
         Ok(released)
     }
@@ -438,6 +582,15 @@ impl<'h, H: Hypervisor> Engine<'h, H> {
 
     /// Populate `pages` ballooned pages again.
     pub fn increase(
+        &mut self,
+        t: &mut RegionTable,
+        pages: PageCount,
+    ) -> Result<(), ReservationError> {
+        let r = self.increase_frames(t, pages);
+        self.with_identity_result(r)
+    }
+
+    fn increase_frames(
         &mut self,
         t: &mut RegionTable,
         pages: PageCount,
@@ -498,7 +651,7 @@ impl<'h, H: Hypervisor> Engine<'h, H> {
                     err,
                 })?;
             for r in &chunk[..done] {
-                mark(t, r.start(), n, RegionKind::Ballooned, RegionKind::Ram)?;
+                self.map_and_mark(t, r.start(), n)?;
             }
             self.stats.extents[usize::from(order.get())] += done as u64;
             self.stats.populated += done as u64 * n;
@@ -739,13 +892,7 @@ impl<'h, H: Hypervisor> Engine<'h, H> {
                 } else {
                     None
                 };
-                mark(
-                    t,
-                    range.start(),
-                    order.pages().0,
-                    RegionKind::Ballooned,
-                    RegionKind::Ram,
-                )?;
+                self.map_and_mark(t, range.start(), order.pages().0)?;
                 let buf = ContiguousBuffer {
                     range,
                     order,
@@ -825,6 +972,18 @@ fn split(range: FrameRange) -> Vec<FrameRange> {
     (range.start().0..range.end().0)
         .filter_map(|g| FrameRange::new(Gfn(g), PageCount(1)).ok())
         .collect()
+}
+
+/// Whether the `count` frames from `start` are all free (unpinned) RAM.
+fn still_free(t: &RegionTable, start: Gfn, count: u64) -> bool {
+    t.region_at(start).is_some_and(|r| {
+        r.kind == RegionKind::Ram
+            && !r.flags.contains(RegionFlags::PINNED)
+            && start
+                .0
+                .checked_add(count)
+                .is_some_and(|e| e <= r.range.end().0)
+    })
 }
 
 /// Change `count` frames from `start` from kind `from` to kind `to`.
@@ -1194,6 +1353,134 @@ mod tests {
         );
     }
 
+    /// Records what the engine unmaps and maps (and checks that the frames
+    /// are ballooned in the table at each call); with `split_tables`, takes a
+    /// table frame from the table for every range that is not whole 2 MiB
+    /// blocks, as the x86_64 identity map does when it splits a 2 MiB page.
+    #[derive(Default)]
+    struct RecordingIdentity {
+        unmapped: core::cell::RefCell<alloc::collections::BTreeSet<u64>>,
+        /// Ballooned frames whose unmap failed: still mapped.
+        left_mapped: core::cell::RefCell<alloc::collections::BTreeSet<u64>>,
+        calls: core::cell::Cell<(u64, u64)>,
+        split_tables: bool,
+    }
+
+    impl IdentityMap for RecordingIdentity {
+        fn unmap(&self, t: &mut RegionTable, range: FrameRange) -> Result<(), PagingError> {
+            use crate::paging::{BalloonedFrames, FrameSource};
+            assert!(t.all_ballooned(range), "unmap of {range:?}: not ballooned");
+            if self.split_tables
+                && (range.start().0 % 512 != 0 || range.len().0 % 512 != 0)
+                && t.alloc_frame().is_none()
+            {
+                // On error nothing changes: the frames stay mapped.
+                let mut l = self.left_mapped.borrow_mut();
+                l.extend(range.start().0..range.end().0);
+                return Err(PagingError::OutOfFrames);
+            }
+            let mut u = self.unmapped.borrow_mut();
+            for g in range.start().0..range.end().0 {
+                assert!(u.insert(g), "{g:#x} unmapped twice");
+            }
+            let (a, b) = self.calls.get();
+            self.calls.set((a + 1, b));
+            Ok(())
+        }
+
+        fn map(&self, t: &mut RegionTable, range: FrameRange) -> Result<(), PagingError> {
+            use crate::paging::BalloonedFrames;
+            assert!(t.all_ballooned(range), "map of {range:?}: not ballooned");
+            let mut u = self.unmapped.borrow_mut();
+            let mut l = self.left_mapped.borrow_mut();
+            for g in range.start().0..range.end().0 {
+                assert!(u.remove(&g) || l.remove(&g), "{g:#x} was never ballooned");
+            }
+            let (a, b) = self.calls.get();
+            self.calls.set((a, b + 1));
+            Ok(())
+        }
+    }
+
+    fn ballooned_gfns(t: &RegionTable) -> alloc::collections::BTreeSet<u64> {
+        t.iter()
+            .filter(|r| r.kind == RegionKind::Ballooned)
+            .flat_map(|r| r.range.start().0..r.range.end().0)
+            .collect()
+    }
+
+    #[test]
+    fn the_identity_map_hears_of_exactly_the_frames_ballooned_and_repopulated() {
+        for (strategy, split) in [
+            (Strategy::xenmem(O9), false),
+            (Strategy::LINUX, false),
+            (Strategy::MINI_OS, true),
+        ] {
+            let (m, mut t) = domu(1 << 16, 1 << 14);
+            let id = RecordingIdentity {
+                split_tables: split,
+                ..RecordingIdentity::default()
+            };
+            let mut e = engine(&m, strategy).with_identity_map(&id);
+            e.decrease(&mut t, PageCount(4096 + 7)).unwrap();
+            assert_eq!(*id.unmapped.borrow(), ballooned_gfns(&t));
+            assert_eq!(id.unmapped.borrow().len(), 4096 + 7);
+            consistent(&m, &t, &e);
+            // A short decrease: the pages Xen did take are unmapped too.
+            m.inject(Fault::PartialExtent {
+                after_extents: 1,
+                pages: 100,
+            });
+            let _ = e.decrease(&mut t, PageCount(2048));
+            assert_eq!(*id.unmapped.borrow(), ballooned_gfns(&t));
+            consistent(&m, &t, &e);
+            e.increase(&mut t, PageCount(1000)).unwrap();
+            assert_eq!(*id.unmapped.borrow(), ballooned_gfns(&t));
+            let back = t.count(RegionKind::Ballooned);
+            e.increase(&mut t, back).unwrap();
+            assert!(id.unmapped.borrow().is_empty());
+            assert_eq!(t.count(RegionKind::Ballooned), PageCount(0));
+            let (unmaps, maps) = id.calls.get();
+            assert!(unmaps > 0 && maps > 0);
+            consistent(&m, &t, &e);
+        }
+    }
+
+    #[test]
+    fn a_contiguous_buffer_by_repopulation_is_unmapped_and_mapped_again() {
+        let (m, mut t) = domu(1 << 16, 1 << 14);
+        let id = RecordingIdentity::default();
+        let mut e = engine(&m, Strategy::xenmem(O9)).with_identity_map(&id);
+        let buf = e.alloc_contiguous(&mut t, 2 << 20, 4096, None).unwrap();
+        assert_eq!(buf.method, ContiguousMethod::Repopulate);
+        assert_eq!(id.calls.get(), (1, 1));
+        assert!(id.unmapped.borrow().is_empty());
+        consistent(&m, &t, &e);
+    }
+
+    #[test]
+    fn frames_the_identity_map_takes_for_tables_are_never_released() {
+        // Ask for every free frame, order 0, while each unmap takes a table
+        // frame (the lowest free one, which the engine also picked).
+        let (m, mut t) = domu(1 << 16, 2048);
+        let id = RecordingIdentity {
+            split_tables: true,
+            ..RecordingIdentity::default()
+        };
+        let mut e = engine(&m, Strategy::MINI_OS).with_identity_map(&id);
+        let free =
+            t.count_where(|r| r.kind == RegionKind::Ram && !r.flags.contains(RegionFlags::PINNED));
+        let r = e.decrease(&mut t, free);
+        assert!(
+            matches!(r, Err(ReservationError::Shortfall { .. })),
+            "{r:?}"
+        );
+        assert_eq!(*id.unmapped.borrow(), ballooned_gfns(&t));
+        assert!(t.count(RegionKind::Reserved(ReservedUse::PageTables)).0 > 0);
+        consistent(&m, &t, &e);
+        assert_eq!(t.check_invariants(), Ok(()));
+    }
+
     #[derive(Clone, Debug)]
     enum Step {
         Decrease(u64),
@@ -1248,7 +1535,11 @@ mod tests {
         #[test]
         fn random_balloon_sequences_lose_nothing(steps in proptest::collection::vec(step(), 1..40)) {
             let (m, mut t) = domu(1 << 15, 1 << 13);
-            let mut e = engine(&m, Strategy::xenmem(O9));
+            let id = RecordingIdentity {
+                split_tables: true,
+                ..RecordingIdentity::default()
+            };
+            let mut e = engine(&m, Strategy::xenmem(O9)).with_identity_map(&id);
             let mut bufs: Vec<ContiguousBuffer> = Vec::new();
             for s in &steps {
                 let r = match s {
@@ -1276,6 +1567,18 @@ mod tests {
                 }
                 consistent(&m, &t, &e);
                 proptest::prop_assert_eq!(t.check_invariants(), Ok(()));
+                let mut u = id.unmapped.borrow().clone();
+                let l = id.left_mapped.borrow().clone();
+                proptest::prop_assert!(l.is_empty() || e.stats.identity_errors > 0);
+                proptest::prop_assert!(u.is_disjoint(&l));
+                u.extend(l);
+                let b = ballooned_gfns(&t);
+                proptest::prop_assert!(
+                    u == b,
+                    "after {s:?}: unmapped but not ballooned {:?}, ballooned but not unmapped {:?}",
+                    u.difference(&b).take(8).collect::<Vec<_>>(),
+                    b.difference(&u).take(8).collect::<Vec<_>>()
+                );
             }
         }
     }

@@ -51,6 +51,7 @@ use crate::addr::{GuestPhysAddr, VirtAddr, PAGE_SHIFT, PAGE_SIZE};
 
 pub mod aarch64;
 mod flush;
+pub mod identity;
 #[cfg(target_os = "none")]
 pub mod selftest;
 pub mod system;
@@ -61,6 +62,7 @@ pub mod x86_64;
 mod tests;
 
 pub use flush::{Flush, MapFlush, UnmapFlush, FLUSH_ALL_THRESHOLD};
+pub use identity::{BalloonedFrames, IdentitySpec};
 pub use system::{AdoptOnce, IdentityMemory};
 pub use walk::PageTable;
 
@@ -408,6 +410,9 @@ pub enum PagingError {
     Busy,
     /// The on-target self-test found a mismatch.
     SelfTest(&'static str),
+    /// An identity-map change for frames that are not all ballooned: the
+    /// identity map of anything else is never touched.
+    NotBallooned(GuestPhysAddr),
 }
 
 impl fmt::Display for PagingError {
@@ -444,6 +449,9 @@ impl fmt::Display for PagingError {
             PagingError::Unsupported(why) => write!(f, "unsupported: {why}"),
             PagingError::Busy => write!(f, "the page tables are in use"),
             PagingError::SelfTest(why) => write!(f, "self-test: {why}"),
+            PagingError::NotBallooned(pa) => {
+                write!(f, "the frames from {pa} are not all ballooned")
+            }
         }
     }
 }

@@ -2,7 +2,7 @@
 //! table memory through the identity map, table frames from the region
 //! table, and the one adopted set of page tables.
 
-use super::{FrameSource, PagingError, Table, TableMemory};
+use super::{BalloonedFrames, FrameSource, PagingError, Table, TableMemory};
 use crate::addr::{Gfn, GuestPhysAddr, Order, PageCount, PAGE_SIZE};
 use crate::region::{Change, FrameRange, RegionFlags, RegionKind, RegionTable, ReservedUse};
 
@@ -95,6 +95,20 @@ impl FrameSource for RegionTable {
             // then is not the table's to take back.
             let _ = self.free_frames(range, ReservedUse::PageTables);
         }
+    }
+}
+
+/// The region table knows which frames are ballooned.
+impl BalloonedFrames for RegionTable {
+    fn all_ballooned(&self, range: FrameRange) -> bool {
+        let mut g = range.start();
+        while g < range.end() {
+            match self.region_at(g) {
+                Some(r) if r.kind == RegionKind::Ballooned => g = r.range.end(),
+                _ => return false,
+            }
+        }
+        true
     }
 }
 

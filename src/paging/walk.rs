@@ -53,18 +53,18 @@ struct Path {
     deepest: usize,
 }
 
-fn index(va: u64, level: usize) -> usize {
+pub(super) fn index(va: u64, level: usize) -> usize {
     ((va >> level_shift(level)) as usize) % ENTRIES
 }
 
-fn load(slot: &AtomicU64) -> u64 {
+pub(super) fn load(slot: &AtomicU64) -> u64 {
     // Relaxed is enough: the compiler may not move it across the TLB
     // instructions (`asm!` without `nomem`), and the hardware walker is
     // ordered by the barriers in `Tlb`.
     slot.load(Ordering::Relaxed)
 }
 
-fn store(slot: &AtomicU64, value: u64) {
+pub(super) fn store(slot: &AtomicU64, value: u64) {
     slot.store(value, Ordering::Relaxed);
 }
 
@@ -219,7 +219,10 @@ impl<F: Format, M: TableMemory, T: Tlb> PageTable<F, M, T> {
     }
 
     /// A zeroed table from `frames`, made visible to the walker.
-    fn new_table(&self, frames: &mut impl FrameSource) -> Result<GuestPhysAddr, PagingError> {
+    pub(super) fn new_table(
+        &self,
+        frames: &mut impl FrameSource,
+    ) -> Result<GuestPhysAddr, PagingError> {
         let frame = frames.alloc_frame().ok_or(PagingError::OutOfFrames)?;
         let Some(t) = self
             .mem

@@ -562,6 +562,24 @@ pub fn all() -> Vec<Scenario> {
                         field(D0, "contiguous-m2p", "contiguous", Is::Text("yes")),
                         field(D0, "contiguous-m2p", "below_4g", Is::Text("yes")),
                         field(D0, "contiguous", "machine", Is::AnyNum),
+                        // The 64 MiB given back leave the boot identity map
+                        // (every frame checked with the walker's translate)
+                        // and are mapped again when they come back.
+                        field(D0, "identity-map", "phase", Is::Text("first")),
+                        field(D0, "identity-map", "ballooned_unmapped", Is::Text("yes")),
+                        field(D0, "identity-map", "checked", Is::Num(pages_of_mib(64))),
+                        field(
+                            D0,
+                            "identity-map-back",
+                            "repopulated_mapped",
+                            Is::Text("yes"),
+                        ),
+                        field(
+                            D0,
+                            "identity-map-back",
+                            "checked",
+                            Is::Num(pages_of_mib(64)),
+                        ),
                         verdict(D0, Verdict::Pass),
                     ]),
             ),

@@ -17,10 +17,11 @@ use core::sync::atomic::{compiler_fence, Ordering};
 use crate::addr::{GuestPhysAddr, VirtAddr, PAGE_SIZE};
 use crate::paging::x86_64::{ADDR_MASK, X86_64};
 use crate::paging::{
-    level_shift, AdoptOnce, Entry, Format, IdentityMemory, PageTable, PagingError, TableMemory,
-    Tlb, Window,
+    level_shift, AdoptOnce, Attrs, Entry, Format, IdentityMemory, IdentitySpec, PageTable,
+    PagingError, TableMemory, Tlb, Window,
 };
-use crate::region::RegionTable;
+use crate::region::{FrameRange, RegionTable};
+use crate::reservation::IdentityMap;
 
 /// The first address of the mapping window: `PML4[4]`, 2 TiB.
 pub const WINDOW_START: VirtAddr = VirtAddr(0x200_0000_0000);
@@ -197,4 +198,38 @@ pub fn page_tables() -> Result<spin::MutexGuard<'static, AgentPageTable>, Paging
 pub fn self_test(table: &mut RegionTable) -> Result<(), PagingError> {
     let mut pt = page_tables()?;
     crate::paging::selftest::run(&mut pt, table)
+}
+
+/// The boot identity map (`boot/x86_64.S`): `[0, 4 GiB)` in 2 MiB pages of
+/// `PTE_P | PTE_RW | PTE_PS`: read-write, write-back, NX clear.
+pub const IDENTITY: IdentitySpec = IdentitySpec {
+    end: super::IDENTITY_MAP_END,
+    attrs: Attrs::READ_WRITE.executable(),
+};
+
+/// Take the ballooned frames of `range` out of the boot identity map (split
+/// tables from `table`). See [`PageTable::unmap_identity`].
+pub fn unmap_identity(range: FrameRange, table: &mut RegionTable) -> Result<(), PagingError> {
+    page_tables()?.unmap_identity(range, IDENTITY, table)
+}
+
+/// Put the ballooned frames of `range` back into the boot identity map. See
+/// [`PageTable::map_identity`].
+pub fn map_identity(range: FrameRange, table: &mut RegionTable) -> Result<(), PagingError> {
+    page_tables()?.map_identity(range, IDENTITY, table)
+}
+
+/// The reservation engine's hook for the boot identity map
+/// ([`unmap_identity`], [`map_identity`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BootIdentityMap;
+
+impl IdentityMap for BootIdentityMap {
+    fn unmap(&self, t: &mut RegionTable, range: FrameRange) -> Result<(), PagingError> {
+        unmap_identity(range, t)
+    }
+
+    fn map(&self, t: &mut RegionTable, range: FrameRange) -> Result<(), PagingError> {
+        map_identity(range, t)
+    }
 }
