@@ -20,8 +20,8 @@
 //! - frames beyond the resource's size: `EINVAL`.
 //!
 //! The region table records the frames as [`RegionKind::Foreign`] with no
-//! backing ([`Backing::None`]): a grant-table frame is no frame of the other
-//! domain's physmap, which [`Backing::Foreign`] would claim. The handle,
+//! backing ([`Backing::None`](crate::region::Backing::None)): a grant-table frame is no frame of the other
+//! domain's physmap, which [`Backing::Foreign`](crate::region::Backing::Foreign) would claim. The handle,
 //! [`ResourceMap`], knows what the frames are, and must be given back with
 //! [`ResourceMap::release`]; dropping it unreleased is logged as a leak.
 
@@ -29,11 +29,9 @@ use alloc::vec::Vec;
 use core::fmt;
 
 use crate::addr::{DomId, Gfn, Order, PageCount, VirtAddr, PAGE_SIZE};
-use crate::mapping::{MapTarget, VaSpace};
+use crate::mapping::{back_to_hole, remove_all, MapTarget, VaSpace};
 use crate::paging::{Attrs, PagingError};
-use crate::region::{
-    Backing, Change, FrameRange, Region, RegionError, RegionFlags, RegionKind, RegionTable,
-};
+use crate::region::{FrameRange, Region, RegionError, RegionFlags, RegionKind, RegionTable};
 use crate::xen::abi::gnttab::{self, GrantEntryV1};
 use crate::xen::abi::physmap;
 use crate::xen::{Errno, Hypervisor, XenError};
@@ -390,31 +388,6 @@ impl Drop for ResourceMap {
     }
 }
 
-fn back_to_hole() -> Change {
-    Change {
-        kind: Some(RegionKind::Hole),
-        clear: RegionFlags::all(),
-        backing: Some(Backing::None),
-        expect: Some(RegionKind::Foreign),
-        ..Change::default()
-    }
-}
-
-/// Remove every frame of `gfns` from the physmap; `ENOENT` (nothing there)
-/// is expected. The first other error, if any.
-fn remove_all(hv: &impl Hypervisor, gfns: FrameRange) -> Option<XenError> {
-    let mut first = None;
-    for g in gfns.start().0..gfns.end().0 {
-        match hv.remove_from_physmap(Gfn(g)) {
-            Ok(()) | Err(XenError::Errno(Errno::ENOENT)) => {}
-            Err(e) => {
-                first.get_or_insert(e);
-            }
-        }
-    }
-    first
-}
-
 /// Map frames `first..first + count` of resource `res` of domain `dom` into
 /// the agent, read-only or read-write (never executable, cacheable).
 #[allow(clippy::too_many_arguments)]
@@ -703,7 +676,10 @@ mod tests {
         assert_eq!(m.acquired(D0)[&Gfn(0x100000)], (h, 0));
         // The table: a foreign region with no backing, read-write.
         let r = t.info(GuestPhysAddr(0x100000 << 12)).unwrap();
-        assert_eq!((r.kind, r.backing), (RegionKind::Foreign, Backing::None));
+        assert_eq!(
+            (r.kind, r.backing),
+            (RegionKind::Foreign, crate::region::Backing::None)
+        );
         assert!(r.flags.contains(RegionFlags::WRITE) && !r.flags.contains(RegionFlags::EXEC));
         assert_eq!(pt.map.values().next().unwrap().1, Attrs::READ_WRITE);
         // Accessors: aligned and inside only.

@@ -281,7 +281,24 @@ impl Drop for ForeignMap {
     }
 }
 
-fn back_to_hole() -> Change {
+/// Remove every frame of `gfns` from the physmap, as an unwind does:
+/// `ENOENT` (Xen mapped nothing there) is expected. The first other error,
+/// if any.
+pub(crate) fn remove_all(hv: &impl Hypervisor, gfns: FrameRange) -> Option<XenError> {
+    let mut first = None;
+    for g in gfns.start().0..gfns.end().0 {
+        match hv.remove_from_physmap(Gfn(g)) {
+            Ok(()) | Err(XenError::Errno(crate::xen::Errno::ENOENT)) => {}
+            Err(e) => {
+                first.get_or_insert(e);
+            }
+        }
+    }
+    first
+}
+
+/// The change that gives frames recorded as `Foreign` back to the holes.
+pub(crate) fn back_to_hole() -> Change {
     Change {
         kind: Some(RegionKind::Hole),
         clear: RegionFlags::all(),
@@ -379,17 +396,8 @@ pub fn map_foreign(
         }
     }
     let unwind_xen = |upto: usize| -> Option<XenError> {
-        let mut first = None;
-        for g in &gfns[..upto] {
-            // ENOENT where Xen mapped nothing: expected, not an error.
-            match hv.remove_from_physmap(*g) {
-                Ok(()) | Err(XenError::Errno(crate::xen::Errno::ENOENT)) => {}
-                Err(e) => {
-                    first.get_or_insert(e);
-                }
-            }
-        }
-        first
+        let done = FrameRange::new(hole.start(), PageCount(upto as u64)).ok()?;
+        remove_all(hv, done)
     };
     if let Some(f) = failure {
         vas.free(va);
