@@ -436,9 +436,9 @@ fn reservation_run<H: Hypervisor>(
 ) -> Verdict {
     let max_order = reservation::xen_max_order(s.privileged);
     let e = Engine::new(hv, Strategy::xenmem(max_order), s.current, s.features);
-    // x86_64: ballooned frames leave the boot identity map, and come back.
-    #[cfg(all(target_os = "none", target_arch = "x86_64"))]
-    let e = e.with_identity_map(&crate::arch::imp::paging::BootIdentityMap);
+    // Ballooned frames leave the boot identity map, and come back.
+    #[cfg(target_os = "none")]
+    let e = e.with_identity_map(&crate::paging::BootIdentityMap);
     let mut e = e;
     xm_info!(
         "report: engine max_order={=u8} batch={=usize} translated={=str} direct_mapped={=str}",
@@ -664,11 +664,11 @@ fn reservation_steps<H: Hypervisor>(
     Verdict::Pass
 }
 
-/// x86_64: check with the walker's `translate` that every ballooned frame
+/// Check with the walker's `translate` that every ballooned frame
 /// below the identity map's end is unmapped (reading one would fault; it is
 /// not read). Reports `identity-map`; `false` if one is still mapped.
 fn identity_report(t: &RegionTable, phase: &str) -> bool {
-    #[cfg(all(target_os = "none", target_arch = "x86_64"))]
+    #[cfg(target_os = "none")]
     {
         let pt = match crate::arch::imp::paging::page_tables() {
             Ok(pt) => pt,
@@ -677,7 +677,7 @@ fn identity_report(t: &RegionTable, phase: &str) -> bool {
                 return false;
             }
         };
-        let end = crate::arch::imp::IDENTITY_MAP_END.0 / PAGE_SIZE;
+        let end = crate::arch::imp::paging::IDENTITY.end.0 / PAGE_SIZE;
         let (mut checked, mut mapped) = (0u64, 0u64);
         for r in t.iter().filter(|r| r.kind == RegionKind::Ballooned) {
             for g in r.range.start().0..r.range.end().0.min(end) {
@@ -688,11 +688,12 @@ fn identity_report(t: &RegionTable, phase: &str) -> bool {
             }
         }
         xm_info!(
-            "report: identity-map phase={=str} ballooned_unmapped={=str} checked={=u64} mapped={=u64}",
+            "report: identity-map phase={=str} ballooned_unmapped={=str} checked={=u64} mapped={=u64} root_switches={=u64}",
             phase,
             yes(mapped == 0),
             checked,
-            mapped
+            mapped,
+            pt.root_switches()
         );
         if mapped != 0 {
             xm_error!(
@@ -702,18 +703,18 @@ fn identity_report(t: &RegionTable, phase: &str) -> bool {
         }
         mapped == 0
     }
-    #[cfg(not(all(target_os = "none", target_arch = "x86_64")))]
+    #[cfg(not(target_os = "none"))]
     {
         let _ = (t, phase);
         true
     }
 }
 
-/// x86_64: check that every repopulated frame of `back` translates to itself
+/// Check that every repopulated frame of `back` translates to itself
 /// again (before the pattern check writes to it). Reports
 /// `identity-map-back`; `false` if one does not.
 fn identity_back_report(back: &[FrameRange]) -> bool {
-    #[cfg(all(target_os = "none", target_arch = "x86_64"))]
+    #[cfg(target_os = "none")]
     {
         let pt = match crate::arch::imp::paging::page_tables() {
             Ok(pt) => pt,
@@ -722,7 +723,7 @@ fn identity_back_report(back: &[FrameRange]) -> bool {
                 return false;
             }
         };
-        let end = crate::arch::imp::IDENTITY_MAP_END.0 / PAGE_SIZE;
+        let end = crate::arch::imp::paging::IDENTITY.end.0 / PAGE_SIZE;
         let (mut checked, mut wrong) = (0u64, 0u64);
         for r in back {
             for g in r.start().0..r.end().0.min(end) {
@@ -750,7 +751,7 @@ fn identity_back_report(back: &[FrameRange]) -> bool {
         }
         wrong == 0
     }
-    #[cfg(not(all(target_os = "none", target_arch = "x86_64")))]
+    #[cfg(not(target_os = "none"))]
     {
         let _ = back;
         true

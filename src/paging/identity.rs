@@ -1,34 +1,58 @@
-//! x86_64: taking ballooned frames out of the boot identity map and putting
-//! them back.
+//! Taking ballooned frames out of the boot identity map and putting them
+//! back, on both architectures.
 //!
-//! The boot code identity-maps guest RAM with 2 MiB pages (`PD` entries).
-//! Frames the agent gives back to Xen must not stay mapped as if they were
-//! RAM, so [`PageTable::unmap_identity`] clears their entries and
-//! [`PageTable::map_identity`] restores them before they are RAM again:
+//! The boot code identity-maps guest RAM with blocks: 2 MiB pages on x86_64
+//! (`PD` entries below `PDPT`s), 1 GiB blocks on aarch64 (level-1 entries of
+//! the root). Frames the agent gives back to Xen must not stay mapped as if
+//! they were RAM, so [`PageTable::unmap_identity`] clears their entries and
+//! [`PageTable::map_identity`] restores them before they are RAM again.
+//! Per 1 GiB (walker level 2) and then per 2 MiB (level 1) of the range:
 //!
-//! - a 2 MiB block the range covers entirely: its `PD` entry is cleared, or
-//!   restored as a 2 MiB page with the boot attributes ([`IdentitySpec`]);
-//! - a block the range covers in part: the 2 MiB page is *split* into a page
-//!   table of 512 4 KiB entries with the same translation and attributes
-//!   (filled, published, then linked in place of the `PD` entry; x86 needs no
-//!   break-before-make for a change that keeps every translation), and the
-//!   entries of the range are cleared or restored one by one. A block
-//!   restored in part from an empty `PD` entry gets a fresh table with only
-//!   those entries. Split tables stay (at most one frame per 2 MiB block,
-//!   taken from the [`FrameSource`]); they are not merged back.
+//! - a block the range covers entirely is cleared (a 1 GiB block too); a
+//!   2 MiB block is restored as a 2 MiB block with the boot attributes
+//!   ([`IdentitySpec`]) — restoring never makes a 1 GiB block;
+//! - a block the range covers in part is *split* into a table of 512
+//!   entries one level down with the same translation and attributes, and
+//!   the entries of the range are then cleared or restored one by one; a
+//!   block restored in part from an invalid entry gets a new table with only
+//!   those entries;
+//! - a table already there has its entries changed.
 //!
-//! Only frames that are all ballooned ([`BalloonedFrames`]) are accepted, and
-//! only addresses below [`IdentitySpec::end`] are touched (above it nothing
-//! was ever identity-mapped). Every call is all or nothing: the entries are
-//! checked and the (at most two) table frames allocated before anything is
-//! written. It ends with a full TLB flush (`CR3` reload through
-//! [`Tlb::invalidate_all`]).
+//! Split tables stay (they are not merged back); their frames, like every
+//! new table's, come from the [`BalloonedFrames`] source.
 //!
-//! Only for [`X86_64`]: Arm would need break-before-make for the split (and
-//! the agent's own RAM shares a 1 GiB block with guest RAM there).
+//! # Splitting a live block
+//!
+//! x86 may replace a 2 MiB page by a table with the same translation in
+//! place ([`Tlb::SPLIT_IN_PLACE`]). Arm requires break-before-make for that
+//! (unless the CPU has FEAT_BBM level 2, which the Cortex-A57 that QEMU and
+//! Xen run here does not), and the break would unmap the block the agent is
+//! running in. So there the change is made on copies: every live table that
+//! gets a split entry, and every table above it up to the root, is copied;
+//! the splits and all other changes to those tables are written into the
+//! copies (the live tree never sees a block turn into a table); then
+//! [`Tlb::switch_root`] makes the new root the one the MMU uses with every
+//! old translation dropped, and the replaced tables go back to the frame
+//! source if they came from it ([`BalloonedFrames::is_table_frame`]; the boot
+//! code's tables in the image do not). Tables no split touches are shared
+//! between the old and the new tree, the mapping window's among them.
+//!
+//! Clearing a live entry (a break) and filling an invalid one (a make) are
+//! done in place on both architectures.
+//!
+//! # All or nothing
+//!
+//! Only frames that are all ballooned are accepted, and only addresses below
+//! [`IdentitySpec::end`] are touched (above it nothing was ever
+//! identity-mapped). Every call plans first — reading the tables, checking
+//! every entry it will change, counting the tables it needs — then takes all
+//! table frames, and only then writes; on any error nothing has changed.
+//! It ends with a full TLB flush ([`Tlb::invalidate_all`]) or the root switch.
+
+use alloc::collections::BTreeMap;
+use alloc::vec::Vec;
 
 use super::walk::{index, load, store};
-use super::x86_64::X86_64;
 use super::{
     level_size, Attrs, Entry, Format, FrameSource, PageTable, PagingError, TableMemory, Tlb,
 };
@@ -36,10 +60,14 @@ use crate::addr::{GuestPhysAddr, VirtAddr, PAGE_SIZE};
 use crate::region::FrameRange;
 
 /// A [`FrameSource`] that also knows which frames are ballooned (given back
-/// to Xen): the region table on the target.
+/// to Xen) and which are its page-table frames: the region table on the
+/// target.
 pub trait BalloonedFrames: FrameSource {
     /// Whether every frame of `range` is ballooned.
     fn all_ballooned(&self, range: FrameRange) -> bool;
+    /// Whether `frame` is a page-table frame this source handed out and takes
+    /// back: a table replaced by a copy is freed only then.
+    fn is_table_frame(&self, frame: GuestPhysAddr) -> bool;
 }
 
 /// What the boot identity map looks like.
@@ -51,38 +79,125 @@ pub struct IdentitySpec {
     pub attrs: Attrs,
 }
 
-/// 2 MiB: one `PD` entry.
+/// 2 MiB: one level-1 entry.
 const BLOCK: u64 = level_size(1);
-/// The most blocks one range covers in part (its first and its last).
-const MAX_NEW_TABLES: usize = 2;
+/// 1 GiB: one level-2 entry.
+const GIB: u64 = level_size(2);
 
-/// What one 2 MiB block needs.
+/// A table the plan writes: one of the live tree, or the plan's new table
+/// number `n`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Action {
-    /// Nothing: already as asked.
-    Nothing,
-    /// Clear the `PD` entry.
-    ClearBlock,
-    /// Restore the `PD` entry as a 2 MiB page.
-    SetBlock,
-    /// Split the 2 MiB page (with its attributes) into a new table, then
-    /// change the entries.
-    Split(Attrs),
-    /// Link a new empty table, then set the entries.
-    NewTable,
-    /// Change the entries of this existing table.
-    Entries(GuestPhysAddr),
+enum Tab {
+    Live(GuestPhysAddr),
+    New(usize),
 }
 
-impl Action {
-    fn needs_table(self) -> bool {
-        matches!(self, Action::Split(_) | Action::NewTable)
+/// What a new table holds before the plan's writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fill {
+    /// Nothing (all entries invalid).
+    Empty,
+    /// The leaf of `level + 1` that maps `base` with `attrs`, as 512 leaves
+    /// of `level`: the same translation.
+    Split {
+        base: u64,
+        attrs: Attrs,
+        level: usize,
+    },
+    /// The entries of this live table (which the new tree replaces).
+    Copy(GuestPhysAddr),
+}
+
+/// One change to a table.
+#[derive(Clone, Copy, Debug)]
+enum Write {
+    /// Entry `index` of `table` := a table entry pointing at `to`.
+    Link { table: Tab, index: usize, to: Tab },
+    /// Entry `index` of `table` := `value` (0, or a restored block).
+    Value {
+        table: Tab,
+        index: usize,
+        value: u64,
+    },
+    /// The level-0 entries of `table` for `[lo, hi)`: identity pages with
+    /// `attrs`, or cleared (`None`).
+    Pages {
+        table: Tab,
+        lo: u64,
+        hi: u64,
+        attrs: Option<Attrs>,
+    },
+}
+
+impl Write {
+    fn table(&self) -> Tab {
+        match *self {
+            Write::Link { table, .. } | Write::Value { table, .. } | Write::Pages { table, .. } => {
+                table
+            }
+        }
     }
 }
 
-impl<M: TableMemory, T: Tlb> PageTable<X86_64, M, T> {
+/// Everything one call will do, decided before anything is written.
+#[derive(Debug, Default)]
+struct Plan {
+    /// The new tables, numbered.
+    new: Vec<Fill>,
+    /// The changes, in no particular order (new tables are written first).
+    writes: Vec<Write>,
+    /// Live tables replaced by copies (break-before-make architectures), with
+    /// the copy's number; the root among them if any is.
+    copies: BTreeMap<GuestPhysAddr, usize>,
+}
+
+impl Plan {
+    fn add(&mut self, fill: Fill) -> usize {
+        self.new.push(fill);
+        self.new.len() - 1
+    }
+
+    /// The table that writes aimed at `tab` go to: its copy if it has one.
+    fn target(&self, tab: Tab) -> Tab {
+        match tab {
+            Tab::Live(t) => self.copies.get(&t).map_or(tab, |&n| Tab::New(n)),
+            Tab::New(_) => tab,
+        }
+    }
+
+    /// Copy the live tables of `chain` (a table, its parent, ..., the root;
+    /// with the address `va` they translate) and link each copy from its
+    /// parent's copy.
+    fn copy_chain(&mut self, chain: &[GuestPhysAddr], levels: &[usize], va: u64) {
+        for (i, &t) in chain.iter().enumerate() {
+            if self.copies.contains_key(&t) {
+                // Its parents are copied and linked already.
+                return;
+            }
+            let n = self.add(Fill::Copy(t));
+            self.copies.insert(t, n);
+            if let (Some(&parent), Some(&level)) = (chain.get(i + 1), levels.get(i + 1)) {
+                self.writes.push(Write::Link {
+                    table: Tab::Live(parent),
+                    index: index(va, level),
+                    to: Tab::New(n),
+                });
+            }
+        }
+    }
+}
+
+/// The error for an entry of `level` at `va` this code does not handle.
+fn bad(va: u64, level: usize) -> PagingError {
+    PagingError::BadEntry {
+        va: VirtAddr(va),
+        level: level as u8,
+    }
+}
+
+impl<F: Format, M: TableMemory, T: Tlb> PageTable<F, M, T> {
     /// Take the ballooned frames of `range` out of the identity map: their
-    /// addresses fault from now on. Split tables come from `frames`.
+    /// addresses fault from now on. New tables come from `frames`.
     ///
     /// Fails with [`PagingError::NotBallooned`] unless `frames` says every
     /// frame is ballooned; on any error nothing has changed.
@@ -125,181 +240,358 @@ impl<M: TableMemory, T: Tlb> PageTable<X86_64, M, T> {
         if start >= stop {
             return Ok(());
         }
-        // Check every block and count the tables needed, changing nothing.
-        let mut needed = 0;
-        let mut b = start & !(BLOCK - 1);
-        while b < stop {
-            if self.action(b, start, stop, present)?.needs_table() {
-                needed += 1;
+        let mut plan = Plan::default();
+        let mut g = start & !(GIB - 1);
+        while g < stop {
+            self.plan_gib(&mut plan, g, start.max(g), stop.min(g + GIB), present, spec)?;
+            g += GIB;
+        }
+        self.apply(&plan, frames)
+    }
+
+    /// Plan `[lo, hi)`, inside the GiB at `g`.
+    fn plan_gib(
+        &self,
+        plan: &mut Plan,
+        g: u64,
+        lo: u64,
+        hi: u64,
+        present: bool,
+        spec: IdentitySpec,
+    ) -> Result<(), PagingError> {
+        // The tables from the root down to the one with the 1 GiB entries
+        // (chain[0] is that one, the root last), all tables.
+        let mut chain = [GuestPhysAddr(0); super::MAX_LEVELS];
+        let mut levels = [0usize; super::MAX_LEVELS];
+        let depth = F::LEVELS
+            .checked_sub(3)
+            .ok_or(PagingError::Unsupported("fewer than 3 levels"))?;
+        let mut table = self.root();
+        for (i, level) in (2..F::LEVELS).rev().enumerate() {
+            chain[depth - i] = table;
+            levels[depth - i] = level;
+            if level == 2 {
+                break;
             }
+            let t = self.table(table)?;
+            table = match F::decode(load(&t[index(g, level)]), level) {
+                Entry::Table { next, .. } => next,
+                Entry::Invalid if !present => return Ok(()),
+                Entry::Invalid => return Err(PagingError::NotMapped(VirtAddr(g))),
+                Entry::Leaf { .. } => {
+                    return Err(PagingError::HugePage {
+                        va: VirtAddr(g),
+                        level: level as u8,
+                    })
+                }
+                Entry::Unsupported => return Err(bad(g, level)),
+            };
+        }
+        let chain = &chain[..=depth];
+        let levels = &levels[..=depth];
+        let l2 = chain[0];
+        let slot = index(g, 2);
+        let full = lo == g && hi == g + GIB;
+        let l1 = match F::decode(load(&self.table(l2)?[slot]), 2) {
+            Entry::Leaf { pa, attrs } => {
+                if pa.0 != g {
+                    return Err(PagingError::Unsupported(
+                        "a 1 GiB block that is not an identity mapping",
+                    ));
+                }
+                if present {
+                    return Ok(());
+                }
+                if full {
+                    plan.writes.push(Write::Value {
+                        table: Tab::Live(l2),
+                        index: slot,
+                        value: 0,
+                    });
+                    return Ok(());
+                }
+                F::block(GuestPhysAddr(g), attrs, 1)
+                    .ok_or(PagingError::Unsupported("no 2 MiB blocks"))?;
+                let n = plan.add(Fill::Split {
+                    base: g,
+                    attrs,
+                    level: 1,
+                });
+                self.link_split(plan, chain, levels, g, n);
+                Tab::New(n)
+            }
+            Entry::Invalid if !present => return Ok(()),
+            Entry::Invalid => {
+                let n = plan.add(Fill::Empty);
+                plan.writes.push(Write::Link {
+                    table: Tab::Live(l2),
+                    index: slot,
+                    to: Tab::New(n),
+                });
+                Tab::New(n)
+            }
+            Entry::Table { next, .. } => Tab::Live(next),
+            Entry::Unsupported => return Err(bad(g, 2)),
+        };
+        let mut b = lo & !(BLOCK - 1);
+        while b < hi {
+            self.plan_block(
+                plan,
+                l1,
+                (chain, levels),
+                b,
+                lo.max(b),
+                hi.min(b + BLOCK),
+                present,
+                spec,
+            )?;
             b += BLOCK;
         }
-        let mut tables = [GuestPhysAddr(0); MAX_NEW_TABLES];
-        for i in 0..needed.min(MAX_NEW_TABLES) {
+        Ok(())
+    }
+
+    /// Plan `[lo, hi)`, inside the 2 MiB block at `b`, whose entry is in the
+    /// level-1 table `l1` (below the tables of `above`).
+    #[allow(clippy::too_many_arguments)]
+    fn plan_block(
+        &self,
+        plan: &mut Plan,
+        l1: Tab,
+        above: (&[GuestPhysAddr], &[usize]),
+        b: u64,
+        lo: u64,
+        hi: u64,
+        present: bool,
+        spec: IdentitySpec,
+    ) -> Result<(), PagingError> {
+        let slot = index(b, 1);
+        let full = lo == b && hi == b + BLOCK;
+        let entry = match l1 {
+            Tab::Live(t) => F::decode(load(&self.table(t)?[slot]), 1),
+            Tab::New(n) => match plan.new[n] {
+                Fill::Split { attrs, .. } => Entry::Leaf {
+                    pa: GuestPhysAddr(b),
+                    attrs,
+                },
+                Fill::Empty | Fill::Copy(_) => Entry::Invalid,
+            },
+        };
+        match entry {
+            Entry::Leaf { pa, attrs } => {
+                if pa.0 != b {
+                    return Err(PagingError::Unsupported(
+                        "a 2 MiB block that is not an identity mapping",
+                    ));
+                }
+                if present {
+                    return Ok(());
+                }
+                if full {
+                    plan.writes.push(Write::Value {
+                        table: l1,
+                        index: slot,
+                        value: 0,
+                    });
+                    return Ok(());
+                }
+                let n = plan.add(Fill::Split {
+                    base: b,
+                    attrs,
+                    level: 0,
+                });
+                plan.writes.push(Write::Pages {
+                    table: Tab::New(n),
+                    lo,
+                    hi,
+                    attrs: None,
+                });
+                match l1 {
+                    Tab::Live(t) => {
+                        // A live block becomes a table: copies on Arm.
+                        let (tables, levels) = above;
+                        let mut chain = [GuestPhysAddr(0); super::MAX_LEVELS + 1];
+                        let mut lv = [0usize; super::MAX_LEVELS + 1];
+                        chain[0] = t;
+                        lv[0] = 1;
+                        chain[1..=tables.len()].copy_from_slice(tables);
+                        lv[1..=levels.len()].copy_from_slice(levels);
+                        let len = tables.len() + 1;
+                        self.link_split(plan, &chain[..len], &lv[..len], b, n);
+                    }
+                    Tab::New(_) => plan.writes.push(Write::Link {
+                        table: l1,
+                        index: slot,
+                        to: Tab::New(n),
+                    }),
+                }
+            }
+            Entry::Invalid if !present => {}
+            Entry::Invalid if full => {
+                let value = F::block(GuestPhysAddr(b), spec.attrs, 1)
+                    .ok_or(PagingError::Unsupported("no 2 MiB blocks"))?;
+                plan.writes.push(Write::Value {
+                    table: l1,
+                    index: slot,
+                    value,
+                });
+            }
+            Entry::Invalid => {
+                let n = plan.add(Fill::Empty);
+                plan.writes.push(Write::Pages {
+                    table: Tab::New(n),
+                    lo,
+                    hi,
+                    attrs: Some(spec.attrs),
+                });
+                plan.writes.push(Write::Link {
+                    table: l1,
+                    index: slot,
+                    to: Tab::New(n),
+                });
+            }
+            Entry::Table { next, .. } => {
+                // Every entry in the range must be empty or map its own
+                // address: nothing else is the identity map's.
+                let t = self.table(next)?;
+                let mut a = lo;
+                while a < hi {
+                    match F::decode(load(&t[index(a, 0)]), 0) {
+                        Entry::Invalid => {}
+                        Entry::Leaf { pa, .. } if pa.0 == a => {}
+                        _ => return Err(bad(a, 0)),
+                    }
+                    a += PAGE_SIZE;
+                }
+                plan.writes.push(Write::Pages {
+                    table: Tab::Live(next),
+                    lo,
+                    hi,
+                    attrs: present.then_some(spec.attrs),
+                });
+            }
+            Entry::Unsupported => return Err(bad(b, 1)),
+        }
+        Ok(())
+    }
+
+    /// Link the split table `n` in place of the live block that `chain[0]`
+    /// (of level `levels[0]`) holds for `va`: in place where the
+    /// architecture allows it, else in copies of `chain` (up to the root).
+    fn link_split(
+        &self,
+        plan: &mut Plan,
+        chain: &[GuestPhysAddr],
+        levels: &[usize],
+        va: u64,
+        n: usize,
+    ) {
+        if !T::SPLIT_IN_PLACE {
+            plan.copy_chain(chain, levels, va);
+        }
+        plan.writes.push(Write::Link {
+            table: Tab::Live(chain[0]),
+            index: index(va, levels[0]),
+            to: Tab::New(n),
+        });
+    }
+
+    fn table(&self, frame: GuestPhysAddr) -> Result<&super::Table, PagingError> {
+        self.memory()
+            .table(frame)
+            .ok_or(PagingError::Unreachable(frame))
+    }
+
+    /// Take the frames, fill the new tables, write, and make it take effect.
+    fn apply(&mut self, plan: &Plan, frames: &mut impl BalloonedFrames) -> Result<(), PagingError> {
+        if plan.writes.is_empty() {
+            return Ok(());
+        }
+        let mut got: Vec<GuestPhysAddr> = Vec::new();
+        if got.try_reserve_exact(plan.new.len()).is_err() {
+            return Err(PagingError::OutOfFrames);
+        }
+        for _ in &plan.new {
             match self.new_table(frames) {
-                Ok(t) => tables[i] = t,
+                Ok(t) => got.push(t),
                 Err(e) => {
-                    for &t in &tables[..i] {
+                    for &t in &got {
                         frames.free_frame(t);
                     }
                     return Err(e);
                 }
             }
         }
-        let mut next_table = tables[..needed.min(MAX_NEW_TABLES)].iter().copied();
-        let mut changed = false;
-        let mut b = start & !(BLOCK - 1);
-        while b < stop {
-            let lo = start.max(b);
-            let hi = stop.min(b + BLOCK);
-            let action = self.action(b, start, stop, present)?;
-            let pd = self.pd_of(b)?;
-            let slot = &pd[index(b, 1)];
-            let pt = match action {
-                Action::Nothing => None,
-                Action::ClearBlock => {
-                    store(slot, 0);
-                    None
-                }
-                Action::SetBlock => {
-                    let e = X86_64::block(GuestPhysAddr(b), spec.attrs, 1)
-                        .ok_or(PagingError::Unsupported("no 2 MiB pages"))?;
-                    store(slot, e);
-                    None
-                }
-                Action::Split(attrs) => {
-                    // Counted above: a frame is there.
-                    let frame = next_table.next().ok_or(PagingError::OutOfFrames)?;
-                    let t = self
-                        .memory()
-                        .table(frame)
-                        .ok_or(PagingError::Unreachable(frame))?;
+        // From here nothing fails: every table was reached while planning
+        // (the live ones) or by `new_table` (the new ones).
+        let frame = |tab: Tab| match plan.target(tab) {
+            Tab::Live(t) => t,
+            Tab::New(n) => got[n],
+        };
+        for (n, fill) in plan.new.iter().enumerate() {
+            let Ok(t) = self.table(got[n]) else { continue };
+            match *fill {
+                Fill::Empty => {}
+                Fill::Split { base, attrs, level } => {
                     for (i, e) in t.iter().enumerate() {
-                        store(
-                            e,
-                            X86_64::page(GuestPhysAddr(b + i as u64 * PAGE_SIZE), attrs),
-                        );
+                        let pa = GuestPhysAddr(base + i as u64 * level_size(level));
+                        let v = if level == 0 {
+                            F::page(pa, attrs)
+                        } else {
+                            // Checked while planning.
+                            F::block(pa, attrs, level).unwrap_or(0)
+                        };
+                        store(e, v);
                     }
-                    T::publish_table();
-                    store(slot, X86_64::table(frame));
-                    Some(frame)
                 }
-                Action::NewTable => {
-                    let frame = next_table.next().ok_or(PagingError::OutOfFrames)?;
-                    // Zeroed by `new_table`; the entries are set below, the
-                    // table is linked after them.
-                    Some(frame)
-                }
-                Action::Entries(t) => Some(t),
-            };
-            if let Some(frame) = pt {
-                let t = self
-                    .memory()
-                    .table(frame)
-                    .ok_or(PagingError::Unreachable(frame))?;
-                let mut a = lo;
-                while a < hi {
-                    let e = if present {
-                        X86_64::page(GuestPhysAddr(a), spec.attrs)
-                    } else {
-                        0
-                    };
-                    store(&t[index(a, 0)], e);
-                    a += PAGE_SIZE;
-                }
-                if action == Action::NewTable {
-                    T::publish_table();
-                    store(slot, X86_64::table(frame));
-                }
-            }
-            changed |= action != Action::Nothing;
-            b += BLOCK;
-        }
-        if changed {
-            T::invalidate_all();
-        }
-        Ok(())
-    }
-
-    /// The page directory that maps the 2 MiB block at `b`.
-    fn pd_of(&self, b: u64) -> Result<&super::Table, PagingError> {
-        let va = VirtAddr(b);
-        let mut table = self.root();
-        for level in [3, 2] {
-            let t = self
-                .memory()
-                .table(table)
-                .ok_or(PagingError::Unreachable(table))?;
-            table = match X86_64::decode(load(&t[index(b, level)]), level) {
-                Entry::Table { next, .. } => next,
-                Entry::Leaf { .. } => {
-                    return Err(PagingError::HugePage {
-                        va,
-                        level: level as u8,
-                    })
-                }
-                Entry::Invalid => return Err(PagingError::NotMapped(va)),
-                Entry::Unsupported => {
-                    return Err(PagingError::BadEntry {
-                        va,
-                        level: level as u8,
-                    })
-                }
-            };
-        }
-        self.memory()
-            .table(table)
-            .ok_or(PagingError::Unreachable(table))
-    }
-
-    /// What the block at `b` needs for `[start, stop)` to become `present`
-    /// (or not).
-    fn action(&self, b: u64, start: u64, stop: u64, present: bool) -> Result<Action, PagingError> {
-        let full = start <= b && b + BLOCK <= stop;
-        let va = VirtAddr(b);
-        let pd = self.pd_of(b)?;
-        Ok(match X86_64::decode(load(&pd[index(b, 1)]), 1) {
-            Entry::Leaf { pa, attrs } => {
-                if pa.0 != b {
-                    return Err(PagingError::Unsupported(
-                        "a 2 MiB page that is not an identity mapping",
-                    ));
-                }
-                match (present, full) {
-                    (true, _) => Action::Nothing,
-                    (false, true) => Action::ClearBlock,
-                    (false, false) => Action::Split(attrs),
-                }
-            }
-            Entry::Invalid => match (present, full) {
-                (false, _) => Action::Nothing,
-                (true, true) => Action::SetBlock,
-                (true, false) => Action::NewTable,
-            },
-            Entry::Table { next, .. } => {
-                let t = self
-                    .memory()
-                    .table(next)
-                    .ok_or(PagingError::Unreachable(next))?;
-                // Every entry in the range must be empty or map its own
-                // address: nothing else is the identity map's.
-                let mut a = start.max(b);
-                while a < stop.min(b + BLOCK) {
-                    match X86_64::decode(load(&t[index(a, 0)]), 0) {
-                        Entry::Invalid => {}
-                        Entry::Leaf { pa, .. } if pa.0 == a => {}
-                        _ => {
-                            return Err(PagingError::BadEntry {
-                                va: VirtAddr(a),
-                                level: 0,
-                            })
+                Fill::Copy(src) => {
+                    if let Ok(s) = self.table(src) {
+                        for (to, from) in t.iter().zip(s.iter()) {
+                            store(to, load(from));
                         }
                     }
-                    a += PAGE_SIZE;
                 }
-                Action::Entries(next)
             }
-            Entry::Unsupported => return Err(PagingError::BadEntry { va, level: 1 }),
-        })
+        }
+        // New tables first, then (once they are visible) the live ones.
+        for new_first in [true, false] {
+            if !new_first && !plan.new.is_empty() {
+                T::publish_table();
+            }
+            for w in &plan.writes {
+                if matches!(plan.target(w.table()), Tab::New(_)) != new_first {
+                    continue;
+                }
+                let Ok(t) = self.table(frame(w.table())) else {
+                    continue;
+                };
+                match *w {
+                    Write::Link { index, to, .. } => store(&t[index], F::table(frame(to))),
+                    Write::Value {
+                        index: i, value, ..
+                    } => store(&t[i], value),
+                    Write::Pages { lo, hi, attrs, .. } => {
+                        let mut a = lo;
+                        while a < hi {
+                            let v = attrs.map_or(0, |at| F::page(GuestPhysAddr(a), at));
+                            store(&t[index(a, 0)], v);
+                            a += PAGE_SIZE;
+                        }
+                    }
+                }
+            }
+        }
+        match plan.copies.get(&self.root()) {
+            Some(&n) => {
+                T::switch_root(got[n]);
+                self.set_root(got[n]);
+                for &old in plan.copies.keys() {
+                    if frames.is_table_frame(old) {
+                        frames.free_frame(old);
+                    }
+                }
+            }
+            None => T::invalidate_all(),
+        }
+        Ok(())
     }
 }

@@ -63,6 +63,8 @@ mod tests;
 
 pub use flush::{Flush, MapFlush, UnmapFlush, FLUSH_ALL_THRESHOLD};
 pub use identity::{BalloonedFrames, IdentitySpec};
+#[cfg(target_os = "none")]
+pub use system::BootIdentityMap;
 pub use system::{AdoptOnce, IdentityMemory};
 pub use walk::PageTable;
 
@@ -302,6 +304,22 @@ pub trait Tlb {
     /// Make the writes that filled a new table visible to the table walker
     /// before an entry that points at it is written.
     fn publish_table();
+
+    /// Whether a valid block entry may be replaced, in place, by a table
+    /// entry whose table maps the same addresses with the same attributes.
+    /// x86: yes. Arm: only with FEAT_BBM level 2; without it the change
+    /// needs break-before-make, which the agent cannot do to the block it
+    /// runs in, so such changes are made in a copy of the tree and switched
+    /// to with [`switch_root`](Tlb::switch_root).
+    const SPLIT_IN_PLACE: bool;
+
+    /// Make the tree rooted at `root` the one the MMU uses, with every
+    /// cached translation of the old tree dropped and no moment in which
+    /// translations of both could be cached together (Arm: the MMU off
+    /// around the `TTBR0_EL1` write and a full TLB invalidation). The new
+    /// tree must translate the code, stack and data in use as the old one
+    /// does (only block sizes may differ), and be complete and published.
+    fn switch_root(root: GuestPhysAddr);
 }
 
 /// A page-aligned range of virtual addresses `[start, end)` in which a

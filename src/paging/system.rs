@@ -110,6 +110,34 @@ impl BalloonedFrames for RegionTable {
         }
         true
     }
+
+    fn is_table_frame(&self, frame: GuestPhysAddr) -> bool {
+        matches!(
+            self.region_at(frame.frame()),
+            Some(r) if r.kind == RegionKind::Reserved(ReservedUse::PageTables)
+        )
+    }
+}
+
+/// The reservation engine's hook for the boot identity map of either
+/// architecture: the adopted page tables (`arch::<arch>::paging`) with the
+/// boot map's [`IdentitySpec`](super::IdentitySpec), table frames from the
+/// region table. See [`PageTable::unmap_identity`](super::PageTable::unmap_identity).
+#[cfg(target_os = "none")]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BootIdentityMap;
+
+#[cfg(target_os = "none")]
+impl crate::reservation::IdentityMap for BootIdentityMap {
+    fn unmap(&self, t: &mut RegionTable, range: FrameRange) -> Result<(), PagingError> {
+        use crate::arch::imp::paging::{page_tables, IDENTITY};
+        page_tables()?.unmap_identity(range, IDENTITY, t)
+    }
+
+    fn map(&self, t: &mut RegionTable, range: FrameRange) -> Result<(), PagingError> {
+        use crate::arch::imp::paging::{page_tables, IDENTITY};
+        page_tables()?.map_identity(range, IDENTITY, t)
+    }
 }
 
 /// The page tables of type `P`, adopted once, on first use, and then handed

@@ -24,6 +24,7 @@ enum Event {
     Publish,
     Alloc(u64),
     Free(u64),
+    SwitchRoot(u64),
 }
 
 thread_local! {
@@ -49,6 +50,29 @@ impl Tlb for RecordingTlb {
     }
     fn publish_table() {
         record(Event::Publish);
+    }
+    const SPLIT_IN_PLACE: bool = true;
+    fn switch_root(root: GuestPhysAddr) {
+        record(Event::SwitchRoot(root.0));
+    }
+}
+
+/// The same, for an architecture that needs break-before-make (Arm).
+struct BbmTlb;
+
+impl Tlb for BbmTlb {
+    fn invalidate_page(va: VirtAddr) {
+        RecordingTlb::invalidate_page(va);
+    }
+    fn invalidate_all() {
+        RecordingTlb::invalidate_all();
+    }
+    fn publish_table() {
+        RecordingTlb::publish_table();
+    }
+    const SPLIT_IN_PLACE: bool = false;
+    fn switch_root(root: GuestPhysAddr) {
+        RecordingTlb::switch_root(root);
     }
 }
 
@@ -115,10 +139,15 @@ impl FrameSource for FakeFrames {
 
 const ARENA_BASE: u64 = 0x10_0000;
 
-type Pt<F> = PageTable<F, FakeMemory, RecordingTlb>;
+type Pt<F, T = RecordingTlb> = PageTable<F, FakeMemory, T>;
 
 /// A page table of format `F` with an empty root and `pool` table frames.
 fn setup<F: Format>(window: Window, pool: usize) -> (Pt<F>, FakeFrames) {
+    setup_with::<F, RecordingTlb>(window, pool)
+}
+
+/// [`setup`] with the TLB instructions `T`.
+fn setup_with<F: Format, T: Tlb>(window: Window, pool: usize) -> (Pt<F, T>, FakeFrames) {
     let arena = Rc::new(Arena {
         base: ARENA_BASE,
         frames: (0..=pool)
@@ -1289,232 +1318,4 @@ fn windows_and_errors_describe_themselves() {
     assert_eq!(level_size(2), 1 << 30);
 }
 
-// ---- the x86_64 identity map ------------------------------------------------
-
-/// The fake frames plus the set of ballooned frames (by number).
-struct Ballooned<'a> {
-    frames: &'a mut FakeFrames,
-    gfns: BTreeSet<u64>,
-}
-
-impl FrameSource for Ballooned<'_> {
-    fn alloc_frame(&mut self) -> Option<GuestPhysAddr> {
-        self.frames.alloc_frame()
-    }
-    fn free_frame(&mut self, frame: GuestPhysAddr) {
-        self.frames.free_frame(frame)
-    }
-}
-
-impl BalloonedFrames for Ballooned<'_> {
-    fn all_ballooned(&self, range: FrameRange) -> bool {
-        (range.start().0..range.end().0).all(|g| self.gfns.contains(&g))
-    }
-}
-
-/// The boot code's 2 MiB page entry for block `i` (`PTE_P | PTE_RW | PTE_PS`).
-fn boot_pde(i: u64) -> u64 {
-    (i << 21) | x86::PRESENT | x86::WRITABLE | x86::HUGE
-}
-
-const IDENT: IdentitySpec = IdentitySpec {
-    end: GuestPhysAddr(1 << 30),
-    attrs: Attrs::READ_WRITE.executable(),
-};
-
-/// An x86_64 tree with the boot code's identity map of the first GiB (one
-/// page directory of 2 MiB pages), `pool` spare table frames.
-fn identity_setup(pool: usize) -> (Pt<X86_64>, FakeFrames, GuestPhysAddr) {
-    let window = Window::new(VirtAddr(0x200_0000_0000), 1 << 39).unwrap();
-    let (pt, mut frames) = setup::<X86_64>(window, pool + 2);
-    let pdpt = frames.alloc_frame().unwrap();
-    let pd = frames.alloc_frame().unwrap();
-    let mem = pt.memory();
-    for (i, e) in mem.table(pd).unwrap().iter().enumerate() {
-        e.store(boot_pde(i as u64), Ordering::Relaxed);
-    }
-    for e in mem.table(pdpt).unwrap() {
-        e.store(0, Ordering::Relaxed);
-    }
-    mem.table(pdpt).unwrap()[0].store(X86_64::table(pd), Ordering::Relaxed);
-    mem.table(pt.root()).unwrap()[0].store(X86_64::table(pdpt), Ordering::Relaxed);
-    take_events();
-    (pt, frames, pd)
-}
-
-fn pde(pt: &Pt<X86_64>, pd: GuestPhysAddr, i: usize) -> u64 {
-    pt.memory().table(pd).unwrap()[i].load(Ordering::Relaxed)
-}
-
-fn frames_of(start: u64, end: u64) -> FrameRange {
-    FrameRange::from_addrs(GuestPhysAddr(start), GuestPhysAddr(end)).unwrap()
-}
-
-fn gfns(r: FrameRange) -> BTreeSet<u64> {
-    (r.start().0..r.end().0).collect()
-}
-
-fn snapshot(pt: &Pt<X86_64>, tables: &[GuestPhysAddr]) -> Vec<u64> {
-    tables
-        .iter()
-        .flat_map(|&t| pt.memory().table(t).unwrap().iter())
-        .map(|e| e.load(Ordering::Relaxed))
-        .collect()
-}
-
-fn identity_mapped(pt: &Pt<X86_64>, pa: u64) -> bool {
-    match pt.translate(VirtAddr(pa)) {
-        Some((to, attrs)) => {
-            assert_eq!((to.0, attrs), (pa, IDENT.attrs), "{pa:#x}");
-            true
-        }
-        None => false,
-    }
-}
-
-#[test]
-fn identity_a_whole_block_is_cleared_and_restored_as_a_2mib_page() {
-    let (mut pt, mut frames, pd) = identity_setup(4);
-    let r = frames_of(0x40_0000, 0x80_0000); // blocks 2 and 3
-    let mut b = Ballooned {
-        frames: &mut frames,
-        gfns: gfns(r),
-    };
-    pt.unmap_identity(r, IDENT, &mut b).unwrap();
-    assert_eq!(take_events(), vec![Event::InvalidateAll]);
-    assert_eq!(
-        (
-            pde(&pt, pd, 1),
-            pde(&pt, pd, 2),
-            pde(&pt, pd, 3),
-            pde(&pt, pd, 4)
-        ),
-        (boot_pde(1), 0, 0, boot_pde(4))
-    );
-    for pa in (0x3f_f000..0x81_0000).step_by(PAGE_SIZE as usize) {
-        assert_eq!(
-            identity_mapped(&pt, pa),
-            !(0x40_0000..0x80_0000).contains(&pa)
-        );
-    }
-    pt.map_identity(r, IDENT, &mut b).unwrap();
-    assert_eq!(take_events(), vec![Event::InvalidateAll]);
-    for i in 0..ENTRIES {
-        assert_eq!(pde(&pt, pd, i), boot_pde(i as u64), "entry {i}");
-    }
-    assert_eq!(b.frames.live.len(), 2, "no table taken");
-}
-
-#[test]
-fn identity_partial_blocks_are_split_into_4k_pages() {
-    let (mut pt, mut frames, pd) = identity_setup(4);
-    // The last two pages of block 2, all of block 3, the first page of 4.
-    let r = frames_of(0x5f_e000, 0x80_1000);
-    let mut b = Ballooned {
-        frames: &mut frames,
-        gfns: gfns(r),
-    };
-    pt.unmap_identity(r, IDENT, &mut b).unwrap();
-    let ev = take_events();
-    assert_eq!(
-        ev.iter().filter(|e| matches!(e, Event::Alloc(_))).count(),
-        2
-    );
-    assert_eq!(ev.last(), Some(&Event::InvalidateAll));
-    assert_eq!(pde(&pt, pd, 3), 0);
-    for i in [2usize, 4] {
-        let Entry::Table { next, .. } = X86_64::decode(pde(&pt, pd, i), 1) else {
-            panic!("block {i} not split: {:#x}", pde(&pt, pd, i));
-        };
-        // The split keeps every other page as the boot code mapped it.
-        for (j, e) in pt.memory().table(next).unwrap().iter().enumerate() {
-            let pa = (i as u64) << 21 | (j as u64) << 12;
-            let want = if r.contains(Gfn(pa >> 12)) {
-                0
-            } else {
-                X86_64::page(GuestPhysAddr(pa), IDENT.attrs)
-            };
-            assert_eq!(e.load(Ordering::Relaxed), want, "{pa:#x}");
-        }
-    }
-    for pa in (0x40_0000..0xa0_0000).step_by(PAGE_SIZE as usize) {
-        assert_eq!(
-            identity_mapped(&pt, pa),
-            !r.contains(Gfn(pa >> 12)),
-            "{pa:#x}"
-        );
-    }
-    // Back, in two calls (a partial map of an empty block gets a table).
-    let first = frames_of(0x5f_e000, 0x60_1000);
-    let rest = frames_of(0x60_1000, 0x80_1000);
-    pt.map_identity(first, IDENT, &mut b).unwrap();
-    assert_eq!(
-        take_events()
-            .iter()
-            .filter(|e| matches!(e, Event::Alloc(_)))
-            .count(),
-        1
-    );
-    for pa in (0x5f_0000..0x60_1000).step_by(PAGE_SIZE as usize) {
-        assert!(identity_mapped(&pt, pa), "{pa:#x}");
-    }
-    assert!(!identity_mapped(&pt, 0x60_1000));
-    pt.map_identity(rest, IDENT, &mut b).unwrap();
-    for pa in (0x40_0000..0xa0_0000).step_by(PAGE_SIZE as usize) {
-        assert!(identity_mapped(&pt, pa), "{pa:#x}");
-    }
-}
-
-#[test]
-fn identity_refuses_frames_that_are_not_ballooned_and_changes_nothing() {
-    let (mut pt, mut frames, pd) = identity_setup(4);
-    let before = snapshot(&pt, &[pd]);
-    let r = frames_of(0x40_0000, 0x60_1000);
-    let mut b = Ballooned {
-        frames: &mut frames,
-        gfns: gfns(frames_of(0x40_0000, 0x60_0000)),
-    };
-    assert_eq!(
-        pt.unmap_identity(r, IDENT, &mut b),
-        Err(PagingError::NotBallooned(GuestPhysAddr(0x40_0000)))
-    );
-    assert_eq!(
-        pt.map_identity(r, IDENT, &mut b),
-        Err(PagingError::NotBallooned(GuestPhysAddr(0x40_0000)))
-    );
-    assert_eq!(snapshot(&pt, &[pd]), before);
-    assert!(take_events().is_empty());
-}
-
-#[test]
-fn identity_out_of_table_frames_changes_nothing() {
-    let (mut pt, mut frames, pd) = identity_setup(1);
-    let before = snapshot(&pt, &[pd]);
-    // Two partial blocks need two tables; there is one.
-    let r = frames_of(0x5f_f000, 0x60_1000);
-    let mut b = Ballooned {
-        frames: &mut frames,
-        gfns: gfns(r),
-    };
-    assert_eq!(
-        pt.unmap_identity(r, IDENT, &mut b),
-        Err(PagingError::OutOfFrames)
-    );
-    assert_eq!(snapshot(&pt, &[pd]), before);
-    assert_eq!(b.frames.live.len(), 2, "the table taken is given back");
-}
-
-#[test]
-fn identity_leaves_addresses_above_its_end_alone() {
-    let (mut pt, mut frames, pd) = identity_setup(4);
-    let before = snapshot(&pt, &[pd]);
-    let r = frames_of(1 << 30, (1 << 30) + 0x40_0000);
-    let mut b = Ballooned {
-        frames: &mut frames,
-        gfns: gfns(r),
-    };
-    pt.unmap_identity(r, IDENT, &mut b).unwrap();
-    pt.map_identity(r, IDENT, &mut b).unwrap();
-    assert_eq!(snapshot(&pt, &[pd]), before);
-    assert!(take_events().is_empty());
-}
+mod identity;

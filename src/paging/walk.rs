@@ -25,6 +25,8 @@ pub struct PageTable<F, M, T> {
     mem: M,
     /// Physical addresses must be below this.
     pa_end: u64,
+    /// How often [`set_root`](Self::set_root) moved the root.
+    root_switches: u64,
     marker: PhantomData<fn() -> (F, T)>,
 }
 
@@ -102,6 +104,7 @@ impl<F: Format, M: TableMemory, T: Tlb> PageTable<F, M, T> {
             window,
             mem,
             pa_end: 1 << F::PA_BITS,
+            root_switches: 0,
             marker: PhantomData,
         })
     }
@@ -117,6 +120,19 @@ impl<F: Format, M: TableMemory, T: Tlb> PageTable<F, M, T> {
     /// The root table's frame.
     pub fn root(&self) -> GuestPhysAddr {
         self.root
+    }
+
+    /// Make `root` the root of the tree this handle changes, after
+    /// [`Tlb::switch_root`] made it the MMU's (see `identity`).
+    pub(super) fn set_root(&mut self, root: GuestPhysAddr) {
+        self.root = root;
+        self.root_switches += 1;
+    }
+
+    /// How many times the root moved to a new copy of the tree (Arm, when
+    /// a live block was split: see [`unmap_identity`](Self::unmap_identity)).
+    pub fn root_switches(&self) -> u64 {
+        self.root_switches
     }
 
     /// The mapping window.

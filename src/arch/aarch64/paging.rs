@@ -18,7 +18,14 @@
 //! device space; switching to 48-bit or `TTBR1_EL1` means changing `TCR_EL1`
 //! behind the boot code's back.
 //!
-//! After adoption the identity map ends at 511 GiB.
+//! After adoption the identity map ends at 511 GiB ([`IDENTITY`]).
+//!
+//! Ballooned frames are taken out of it through
+//! [`crate::paging::BootIdentityMap`]; the 1 GiB blocks the boot map uses
+//! for RAM are split into 2 MiB blocks (and those into pages) in copies of
+//! the tree, switched to by [`Aarch64Tlb`]'s `switch_root` with the MMU off
+//! for a few instructions, because the Cortex-A57 has no FEAT_BBM and the
+//! block being split is the one the agent runs in.
 
 use core::arch::asm;
 use core::sync::atomic::Ordering;
@@ -26,8 +33,8 @@ use core::sync::atomic::Ordering;
 use crate::addr::{GuestPhysAddr, VirtAddr};
 use crate::paging::aarch64::{Stage1Va39, ADDR_MASK};
 use crate::paging::{
-    level_shift, AdoptOnce, Entry, Format, IdentityMemory, PageTable, PagingError, TableMemory,
-    Tlb, Window,
+    level_shift, AdoptOnce, Attrs, Entry, Format, IdentityMemory, IdentitySpec, PageTable,
+    PagingError, TableMemory, Tlb, Window,
 };
 use crate::region::RegionTable;
 
@@ -116,7 +123,60 @@ impl Tlb for Aarch64Tlb {
         // store of the entry that points at the table.
         unsafe { asm!("dsb ishst", options(nostack, preserves_flags)) };
     }
+
+    // A block may become a table only with break-before-make (Arm ARM
+    // D8.16.1) unless FEAT_BBM level 2; the Cortex-A57 has no FEAT_BBM.
+    const SPLIT_IN_PLACE: bool = false;
+
+    fn switch_root(root: GuestPhysAddr) {
+        // The MMU is off (and interrupts masked) while TTBR0_EL1 changes:
+        // the TLB is invalidated with no translation in use, so entries of
+        // the old tree (a 1 GiB block) and of the new (2 MiB blocks, pages)
+        // are never cached together, which could raise a TLB conflict
+        // abort. Between the two SCTLR_EL1 writes the code runs from its
+        // physical addresses, which the identity map makes its virtual
+        // ones, and touches no memory (data accesses would be Device,
+        // missing the cache).
+        // SAFETY: the caller hands a complete, published tree that maps the
+        // running code, stack and data as the current one does, so every
+        // access after the switch translates as before. ASID and CnP bits of
+        // TTBR0_EL1 are kept.
+        unsafe {
+            asm!(
+                "mrs {daif}, daif",
+                "msr daifset, #0xf",
+                "dsb ish",
+                "mrs {sctlr}, sctlr_el1",
+                "bic {tmp}, {sctlr}, #1",
+                "msr sctlr_el1, {tmp}",
+                "isb",
+                "tlbi vmalle1is",
+                "dsb ish",
+                "mrs {tmp}, ttbr0_el1",
+                "and {tmp}, {tmp}, {keep}",
+                "orr {tmp}, {tmp}, {root}",
+                "msr ttbr0_el1, {tmp}",
+                "isb",
+                "msr sctlr_el1, {sctlr}",
+                "isb",
+                "msr daif, {daif}",
+                daif = out(reg) _,
+                sctlr = out(reg) _,
+                tmp = out(reg) _,
+                keep = in(reg) !ADDR_MASK,
+                root = in(reg) root.0 & ADDR_MASK,
+                options(nostack),
+            );
+        }
+    }
 }
+
+/// The boot identity map (`mmu`) once the window is carved out: Normal
+/// write-back, read-write, executable at EL1 (`NORMAL_BLOCK`), up to 511 GiB.
+pub const IDENTITY: IdentitySpec = IdentitySpec {
+    end: IDENTITY_END_AFTER_ADOPTION,
+    attrs: Attrs::READ_WRITE.executable(),
+};
 
 /// The agent's page tables: the boot tables with the mapping window.
 pub type AgentPageTable = PageTable<Stage1Va39, IdentityMemory, Aarch64Tlb>;

@@ -20,8 +20,7 @@ use crate::paging::{
     level_shift, AdoptOnce, Attrs, Entry, Format, IdentityMemory, IdentitySpec, PageTable,
     PagingError, TableMemory, Tlb, Window,
 };
-use crate::region::{FrameRange, RegionTable};
-use crate::reservation::IdentityMap;
+use crate::region::RegionTable;
 
 /// The first address of the mapping window: `PML4[4]`, 2 TiB.
 pub const WINDOW_START: VirtAddr = VirtAddr(0x200_0000_0000);
@@ -83,6 +82,29 @@ impl Tlb for X86Tlb {
         // walker's loads are coherent: only the compiler must keep the
         // zeroing before the entry.
         compiler_fence(Ordering::SeqCst);
+    }
+
+    // A 2 MiB page may become a table with the same translation in place
+    // (SDM Vol. 3A, 4.10.4.2: the TLB may hold either until invalidated).
+    const SPLIT_IN_PLACE: bool = true;
+
+    fn switch_root(root: GuestPhysAddr) {
+        // SAFETY: the caller hands a complete tree that translates the
+        // running code, stack and data as the current one does; writing CR3
+        // switches to it and drops every non-global translation (the agent
+        // has no global ones). CR3's flag bits (PWT, PCD) are kept.
+        unsafe {
+            asm!(
+                "mov {tmp}, cr3",
+                "and {tmp}, {flags}",
+                "or {tmp}, {root}",
+                "mov cr3, {tmp}",
+                tmp = out(reg) _,
+                flags = in(reg) 0xfffu64,
+                root = in(reg) root.0,
+                options(nostack, preserves_flags),
+            );
+        }
     }
 }
 
@@ -206,30 +228,3 @@ pub const IDENTITY: IdentitySpec = IdentitySpec {
     end: super::IDENTITY_MAP_END,
     attrs: Attrs::READ_WRITE.executable(),
 };
-
-/// Take the ballooned frames of `range` out of the boot identity map (split
-/// tables from `table`). See [`PageTable::unmap_identity`].
-pub fn unmap_identity(range: FrameRange, table: &mut RegionTable) -> Result<(), PagingError> {
-    page_tables()?.unmap_identity(range, IDENTITY, table)
-}
-
-/// Put the ballooned frames of `range` back into the boot identity map. See
-/// [`PageTable::map_identity`].
-pub fn map_identity(range: FrameRange, table: &mut RegionTable) -> Result<(), PagingError> {
-    page_tables()?.map_identity(range, IDENTITY, table)
-}
-
-/// The reservation engine's hook for the boot identity map
-/// ([`unmap_identity`], [`map_identity`]).
-#[derive(Clone, Copy, Debug, Default)]
-pub struct BootIdentityMap;
-
-impl IdentityMap for BootIdentityMap {
-    fn unmap(&self, t: &mut RegionTable, range: FrameRange) -> Result<(), PagingError> {
-        unmap_identity(range, t)
-    }
-
-    fn map(&self, t: &mut RegionTable, range: FrameRange) -> Result<(), PagingError> {
-        map_identity(range, t)
-    }
-}
