@@ -32,7 +32,44 @@ thread_local! {
 }
 
 fn record(e: Event) {
+    if matches!(
+        e,
+        Event::Publish | Event::InvalidateAll | Event::SwitchRoot(_)
+    ) {
+        WATCHED.with(|w| {
+            if let Some(arena) = &*w.borrow() {
+                let copy = arena
+                    .frames
+                    .iter()
+                    .map(|t| t.iter().map(|e| e.load(Ordering::Relaxed)).collect())
+                    .collect();
+                MEMORY_AT.with(|m| m.borrow_mut().push((e.clone(), copy)));
+            }
+        });
+    }
     EVENTS.with(|l| l.borrow_mut().push(e));
+}
+
+/// The arena's frames, entry by entry.
+type Memory = Vec<Vec<u64>>;
+
+thread_local! {
+    /// An arena whose contents are copied at every barrier, flush and switch.
+    static WATCHED: RefCell<Option<Rc<Arena>>> = const { RefCell::new(None) };
+    /// Those copies, with the event.
+    static MEMORY_AT: RefCell<Vec<(Event, Memory)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Copy `arena`'s contents at every barrier, flush and switch from now on
+/// (on this thread).
+fn watch(arena: &Rc<Arena>) {
+    WATCHED.with(|w| *w.borrow_mut() = Some(arena.clone()));
+    MEMORY_AT.with(|m| m.borrow_mut().clear());
+}
+
+/// The copies taken since the last call.
+fn take_memory_at() -> Vec<(Event, Memory)> {
+    MEMORY_AT.with(|m| std::mem::take(&mut *m.borrow_mut()))
 }
 
 fn take_events() -> Vec<Event> {

@@ -498,6 +498,46 @@ fn arm_a_whole_gib_is_cleared_in_place_and_restored_in_2mib_blocks() {
 }
 
 #[test]
+fn arm_a_table_made_by_a_restore_is_split_later_in_copies() {
+    let (mut pt, mut frames, _) = arm_setup(8);
+    let gib = frames_of(2 * GIB, 3 * GIB);
+    let mut b = Ballooned {
+        frames: &mut frames,
+        gfns: gfns(gib),
+    };
+    pt.unmap_identity(gib, ARM_IDENT, &mut b).unwrap();
+    // Back in two pieces: a new (empty) table for the GiB, a 2 MiB block, and
+    // a page table for the partial block.
+    let first = frames_of(2 * GIB, 2 * GIB + 0x20_1000);
+    pt.map_identity(first, ARM_IDENT, &mut b).unwrap();
+    let ev = take_events();
+    assert_eq!(count(&ev, |e| matches!(e, Event::Alloc(_))), 2);
+    assert!(!ev.iter().any(|e| matches!(e, Event::SwitchRoot(_))));
+    let made = table_at_t(&pt, VirtAddr(2 * GIB), 1);
+    for g in first.start().0..first.end().0 {
+        b.gfns.remove(&g);
+    }
+    // Give back a page of a 2 MiB block the restore made: the block is live,
+    // so the restore's table and the root are copied, and the restore's
+    // table (the source's) is freed after the switch.
+    let page = frames_of(2 * GIB + 0x10_0000, 2 * GIB + 0x10_1000);
+    b.gfns.extend(gfns(page));
+    let before = tables(&pt);
+    pt.unmap_identity(page, ARM_IDENT, &mut b).unwrap();
+    let ev = take_events();
+    assert_eq!(count(&ev, |e| matches!(e, Event::Alloc(_))), 3);
+    assert!(ev.contains(&Event::SwitchRoot(pt.root().0)));
+    assert!(ev.contains(&Event::Free(made.0)));
+    assert_no_live_make(&before, &pt);
+    for pa in (2 * GIB..2 * GIB + 0x20_2000).step_by(PAGE_SIZE as usize) {
+        let gone = page.contains(Gfn(pa >> 12)) || pa >= 2 * GIB + 0x20_1000;
+        assert_eq!(mapped_as(&pt, pa, ARM_IDENT), !gone, "{pa:#x}");
+    }
+    assert!(!mapped_as(&pt, 3 * GIB - PAGE_SIZE, ARM_IDENT));
+    assert!(mapped_as(&pt, 3 * GIB, ARM_IDENT));
+}
+
+#[test]
 fn arm_out_of_frames_or_not_ballooned_changes_nothing() {
     // A partial block in GiB 1 needs three tables (split, its GiB's split,
     // the root's copy); there are two.
@@ -556,6 +596,8 @@ fn check_identity<F: Format, T: Tlb>(
     bbm: bool,
 ) -> Result<(), TestCaseError> {
     const PAGES: u64 = 2048;
+    let arena = pt.memory().0.clone();
+    watch(&arena);
     let mut ballooned: BTreeSet<u64> = BTreeSet::new();
     let first = base >> 12;
     for s in steps {
@@ -577,6 +619,32 @@ fn check_identity<F: Format, T: Tlb>(
         } else {
             pt.unmap_identity(r, spec, &mut b)
         };
+        let now: Memory = arena
+            .frames
+            .iter()
+            .map(|t| t.iter().map(|e| e.load(Ordering::Relaxed)).collect())
+            .collect();
+        let at = take_memory_at();
+        if res.is_ok() && at.iter().any(|(e, _)| *e != Event::Publish) {
+            // Every write came before the closing flush or switch...
+            let (last, before_flush) = at.last().unwrap();
+            prop_assert!(matches!(last, Event::InvalidateAll | Event::SwitchRoot(_)));
+            prop_assert!(before_flush == &now, "a table was written after the flush");
+            // ... and every table new in the tree was complete at the barrier
+            // before the live entries were written.
+            if let Some((_, published)) = at.iter().rev().find(|(e, _)| *e == Event::Publish) {
+                for (&t, entries) in &tables(&pt) {
+                    if !before.contains_key(&t) {
+                        let i = ((t - ARENA_BASE) / PAGE_SIZE) as usize;
+                        prop_assert!(
+                            &published[i] == entries,
+                            "table {:#x} was written after the barrier",
+                            t
+                        );
+                    }
+                }
+            }
+        }
         match res {
             Ok(()) => {
                 if was {
