@@ -11,6 +11,8 @@
 use core::arch::asm;
 use core::sync::atomic::{AtomicBool, Ordering};
 
+use aarch64_cpu::registers::{Writeable, DAIF};
+
 use super::Verdict;
 use crate::addr::{DomId, GuestPhysAddr, VirtAddr};
 
@@ -92,11 +94,9 @@ pub fn exit_host(v: Verdict) -> ! {
 
 /// Stop this vCPU for good: interrupts masked, `wfi` forever.
 pub fn halt() -> ! {
-    // SAFETY: masking interrupts at EL1 only changes PSTATE.DAIF.
-    unsafe { asm!("msr daifset, #0xf", options(nomem, nostack)) };
+    DAIF.write(DAIF::D::Masked + DAIF::A::Masked + DAIF::I::Masked + DAIF::F::Masked);
     loop {
-        // SAFETY: `wfi` waits; with everything masked it may return
-        // spuriously, hence the loop.
-        unsafe { asm!("wfi", options(nomem, nostack)) };
+        // With everything masked `wfi` may return spuriously, hence the loop.
+        aarch64_cpu::asm::wfi();
     }
 }

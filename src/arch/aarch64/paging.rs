@@ -30,6 +30,8 @@
 use core::arch::asm;
 use core::sync::atomic::Ordering;
 
+use aarch64_cpu::registers::{Readable, SCTLR_EL1, TCR_EL1, TTBR0_EL1};
+
 use crate::addr::{GuestPhysAddr, VirtAddr};
 use crate::paging::aarch64::{Stage1Va39, ADDR_MASK};
 use crate::paging::{
@@ -68,17 +70,6 @@ const _: () = {
     assert!(format::MAIR_NORMAL_NC == super::mmu::ATTR_NORMAL_NC);
     assert!(<Stage1Va39 as Format>::VA_BITS == super::mmu::VA_BITS);
 };
-
-/// `SCTLR_EL1.M`: the MMU is on.
-const SCTLR_M: u64 = 1 << 0;
-/// `TCR_EL1.T0SZ`.
-const TCR_T0SZ_MASK: u64 = 0x3f;
-/// `TCR_EL1.EPD0`: TTBR0 walks disabled.
-const TCR_EPD0: u64 = 1 << 7;
-/// `TCR_EL1.TG0`, bits 15:14 (0b00: 4 KiB).
-const TCR_TG0_SHIFT: u32 = 14;
-/// `TCR_EL1.IPS`, bits 34:32.
-const TCR_IPS_SHIFT: u32 = 32;
 
 /// TLB maintenance with `tlbi` and the barriers around it.
 #[derive(Clone, Copy, Debug)]
@@ -183,24 +174,9 @@ pub type AgentPageTable = PageTable<Stage1Va39, IdentityMemory, Aarch64Tlb>;
 
 static TABLES: AdoptOnce<AgentPageTable> = AdoptOnce::new();
 
-macro_rules! read_sysreg {
-    ($reg:literal) => {{
-        let v: u64;
-        // SAFETY: reading this EL1 system register has no side effects.
-        unsafe {
-            asm!(
-                concat!("mrs {}, ", $reg),
-                out(reg) v,
-                options(nomem, nostack, preserves_flags),
-            )
-        };
-        v
-    }};
-}
-
 /// Physical-address bits from `TCR_EL1.IPS`.
-fn ips_bits(tcr: u64) -> u32 {
-    match (tcr >> TCR_IPS_SHIFT) & 0b111 {
+fn ips_bits() -> u32 {
+    match TCR_EL1.read(TCR_EL1::IPS) {
         0 => 32,
         1 => 36,
         2 => 40,
@@ -218,13 +194,11 @@ fn ips_bits(tcr: u64) -> u32 {
 /// granule, `T0SZ = 25`, TTBR0 walks enabled) and that `L1[511]` is a
 /// block or invalid, not a table someone else built.
 fn adopt() -> Result<AgentPageTable, PagingError> {
-    if read_sysreg!("sctlr_el1") & SCTLR_M == 0 {
+    if !SCTLR_EL1.matches_all(SCTLR_EL1::M::Enable) {
         return Err(PagingError::Unsupported("the MMU is off"));
     }
-    let tcr = read_sysreg!("tcr_el1");
-    if tcr & TCR_T0SZ_MASK != u64::from(64 - <Stage1Va39 as Format>::VA_BITS)
-        || (tcr >> TCR_TG0_SHIFT) & 0b11 != 0
-        || tcr & TCR_EPD0 != 0
+    if TCR_EL1.read(TCR_EL1::T0SZ) != u64::from(64 - <Stage1Va39 as Format>::VA_BITS)
+        || !TCR_EL1.matches_all(TCR_EL1::TG0::KiB_4 + TCR_EL1::EPD0::EnableTTBR0Walks)
     {
         return Err(PagingError::Unsupported(
             "TCR_EL1 is not 39-bit, 4 KiB granule, TTBR0 walks on",
@@ -235,7 +209,7 @@ fn adopt() -> Result<AgentPageTable, PagingError> {
     // (RAM, above 1 GiB), table frames come from the region table's RAM, and
     // nothing else uses either as anything but tables.
     let mem = unsafe { IdentityMemory::new(RAM_START, IDENTITY_END_AFTER_ADOPTION) };
-    let root = GuestPhysAddr(read_sysreg!("ttbr0_el1") & ADDR_MASK);
+    let root = GuestPhysAddr(TTBR0_EL1.get_baddr() & ADDR_MASK);
     let l1 = mem.table(root).ok_or(PagingError::Unreachable(root))?;
     let slot = &l1[WINDOW_SLOT];
     match Stage1Va39::decode(slot.load(Ordering::Relaxed), ROOT_LEVEL) {
@@ -261,7 +235,7 @@ fn adopt() -> Result<AgentPageTable, PagingError> {
     // invalid, so every table below it will come from the region table that
     // its users pass.
     let mut pt = unsafe { PageTable::new(root, window, mem) }?;
-    pt.limit_phys_bits(ips_bits(tcr));
+    pt.limit_phys_bits(ips_bits());
     Ok(pt)
 }
 

@@ -11,8 +11,12 @@
 //! creates the tables below `PML4[4]` on demand and frees them when they
 //! empty.
 
-use core::arch::asm;
 use core::sync::atomic::{compiler_fence, Ordering};
+
+use x86_64::instructions::tlb;
+use x86_64::registers::control::{Cr0, Cr0Flags, Cr3, Cr4, Cr4Flags};
+use x86_64::registers::model_specific::{Efer, EferFlags};
+use x86_64::structures::paging::PhysFrame;
 
 use crate::addr::{GuestPhysAddr, VirtAddr, PAGE_SIZE};
 use crate::paging::x86_64::{ADDR_MASK, X86_64};
@@ -39,42 +43,25 @@ const _: () = {
     assert!(WINDOW_START.0 + WINDOW_SIZE <= <X86_64 as Format>::LOW_VA_END);
 };
 
-/// `CR0.WP`: supervisor writes honour read-only pages.
-const CR0_WP: u64 = 1 << 16;
-/// `CR4.PAE`.
-const CR4_PAE: u64 = 1 << 5;
-/// `CR4.LA57`: 5-level paging.
-const CR4_LA57: u64 = 1 << 12;
-/// `IA32_EFER`.
-const MSR_EFER: u32 = 0xc000_0080;
-/// `EFER.LMA`: long mode active.
-const EFER_LMA: u64 = 1 << 10;
-/// `EFER.NXE`: bit 63 of entries is XD (else it is reserved).
-const EFER_NXE: u64 = 1 << 11;
-
 /// TLB maintenance with `invlpg` and `CR3` reloads.
 #[derive(Clone, Copy, Debug)]
 pub struct X86Tlb;
 
 impl Tlb for X86Tlb {
     fn invalidate_page(va: VirtAddr) {
-        // SAFETY: `invlpg` only drops cached translations (TLB and
-        // paging-structure caches) of `va`; it reads no memory. Not `nomem`:
-        // the entry stores before it must not move after it.
-        unsafe { asm!("invlpg [{}]", in(reg) va.0, options(nostack, preserves_flags)) };
+        // `invlpg` (its `asm!` is not `nomem`: the entry stores before it
+        // stay before it). Window addresses are canonical; anything else is
+        // not cached, but a full flush costs only time.
+        match x86_64::VirtAddr::try_new(va.0) {
+            Ok(va) => tlb::flush(va),
+            Err(_) => tlb::flush_all(),
+        }
     }
 
     fn invalidate_all() {
-        // SAFETY: writing CR3 back unchanged keeps the address space and
-        // drops every non-global translation (the agent has no global ones).
-        unsafe {
-            asm!(
-                "mov {tmp}, cr3",
-                "mov cr3, {tmp}",
-                tmp = out(reg) _,
-                options(nostack, preserves_flags),
-            );
-        }
+        // CR3 written back unchanged: drops every non-global translation
+        // (the agent has no global ones).
+        tlb::flush_all();
     }
 
     fn publish_table() {
@@ -89,22 +76,19 @@ impl Tlb for X86Tlb {
     const SPLIT_IN_PLACE: bool = true;
 
     fn switch_root(root: GuestPhysAddr) {
+        let frame = x86_64::PhysAddr::try_new(root.0)
+            .ok()
+            .and_then(|a| PhysFrame::from_start_address(a).ok());
+        let Some(frame) = frame else {
+            // Not a frame: the walker never hands one; keep the tree.
+            return;
+        };
+        let (_, flags) = Cr3::read();
         // SAFETY: the caller hands a complete tree that translates the
         // running code, stack and data as the current one does; writing CR3
         // switches to it and drops every non-global translation (the agent
-        // has no global ones). CR3's flag bits (PWT, PCD) are kept.
-        unsafe {
-            asm!(
-                "mov {tmp}, cr3",
-                "and {tmp}, {flags}",
-                "or {tmp}, {root}",
-                "mov cr3, {tmp}",
-                tmp = out(reg) _,
-                flags = in(reg) 0xfffu64,
-                root = in(reg) root.0,
-                options(nostack, preserves_flags),
-            );
-        }
+        // has no global ones). CR3's flags (PWT, PCD) are kept.
+        unsafe { Cr3::write(frame, flags) };
     }
 }
 
@@ -112,43 +96,6 @@ impl Tlb for X86Tlb {
 pub type AgentPageTable = PageTable<X86_64, IdentityMemory, X86Tlb>;
 
 static TABLES: AdoptOnce<AgentPageTable> = AdoptOnce::new();
-
-fn read_cr0() -> u64 {
-    let v: u64;
-    // SAFETY: reading CR0 has no side effects.
-    unsafe { asm!("mov {}, cr0", out(reg) v, options(nomem, nostack, preserves_flags)) };
-    v
-}
-
-fn read_cr3() -> u64 {
-    let v: u64;
-    // SAFETY: reading CR3 has no side effects.
-    unsafe { asm!("mov {}, cr3", out(reg) v, options(nomem, nostack, preserves_flags)) };
-    v
-}
-
-fn read_cr4() -> u64 {
-    let v: u64;
-    // SAFETY: reading CR4 has no side effects.
-    unsafe { asm!("mov {}, cr4", out(reg) v, options(nomem, nostack, preserves_flags)) };
-    v
-}
-
-fn read_efer() -> u64 {
-    let (lo, hi): (u32, u32);
-    // SAFETY: IA32_EFER exists on every x86_64 CPU (long mode needs it);
-    // reading it has no side effects.
-    unsafe {
-        asm!(
-            "rdmsr",
-            in("ecx") MSR_EFER,
-            out("eax") lo,
-            out("edx") hi,
-            options(nomem, nostack, preserves_flags),
-        );
-    }
-    (u64::from(hi) << 32) | u64::from(lo)
-}
 
 /// `MAXPHYADDR` from CPUID leaf 0x8000_0008 (36 if the CPU lacks the leaf).
 fn max_phys_bits() -> u32 {
@@ -166,10 +113,15 @@ fn max_phys_bits() -> u32 {
 /// `PML4[4]` is empty; turns on `CR0.WP`, so that read-only mappings hold
 /// for the agent itself.
 fn adopt() -> Result<AgentPageTable, PagingError> {
-    if read_cr4() & (CR4_PAE | CR4_LA57) != CR4_PAE || read_efer() & EFER_LMA == 0 {
+    let cr4 = Cr4::read();
+    let efer = Efer::read();
+    if !cr4.contains(Cr4Flags::PHYSICAL_ADDRESS_EXTENSION)
+        || cr4.contains(Cr4Flags::L5_PAGING)
+        || !efer.contains(EferFlags::LONG_MODE_ACTIVE)
+    {
         return Err(PagingError::Unsupported("not in 4-level long-mode paging"));
     }
-    if read_efer() & EFER_NXE == 0 {
+    if !efer.contains(EferFlags::NO_EXECUTE_ENABLE) {
         return Err(PagingError::Unsupported(
             "EFER.NXE is off: no never-executable mappings",
         ));
@@ -180,7 +132,7 @@ fn adopt() -> Result<AgentPageTable, PagingError> {
     // tables live in the image, table frames come from the region table's
     // RAM, and nothing else uses either as anything but tables.
     let mem = unsafe { IdentityMemory::new(GuestPhysAddr(PAGE_SIZE), super::IDENTITY_MAP_END) };
-    let root = GuestPhysAddr(read_cr3() & ADDR_MASK);
+    let root = GuestPhysAddr(Cr3::read_raw().0.start_address().as_u64() & ADDR_MASK);
     let pml4 = mem.table(root).ok_or(PagingError::Unreachable(root))?;
     if X86_64::decode(pml4[WINDOW_SLOT].load(Ordering::Relaxed), 3) != Entry::Invalid {
         return Err(PagingError::Unsupported(
@@ -196,13 +148,10 @@ fn adopt() -> Result<AgentPageTable, PagingError> {
     // from the region table that its users pass.
     let mut pt = unsafe { PageTable::new(root, window, mem) }?;
     pt.limit_phys_bits(max_phys_bits());
-    let cr0 = read_cr0();
-    if cr0 & CR0_WP == 0 {
+    if !Cr0::read().contains(Cr0Flags::WRITE_PROTECT) {
         // SAFETY: setting CR0.WP only makes supervisor writes to read-only
         // pages fault; the boot map has none.
-        unsafe {
-            asm!("mov cr0, {}", in(reg) cr0 | CR0_WP, options(nostack, preserves_flags));
-        }
+        unsafe { Cr0::update(|f| f.insert(Cr0Flags::WRITE_PROTECT)) };
     }
     Ok(pt)
 }
