@@ -601,6 +601,12 @@ struct Domain {
 }
 
 impl Domain {
+    /// An Arm domain (the model tells them by `XENFEAT_ARM_SMCCC_supported`,
+    /// which only Arm domains get).
+    fn is_arm(&self) -> bool {
+        self.cfg.features.contains(Features::ARM_SMCCC)
+    }
+
     /// `guest_physmap_add_page` for `n` frames from `mfn` at `gfn` (all owned
     /// by the domain; for a translated domain the range is within its limit).
     fn physmap_add(&mut self, gfn: u64, mfn: u64, n: u64) {
@@ -1703,7 +1709,8 @@ impl Hypervisor for XenModel {
 
     /// `xenmem_add_to_physmap_batch` with `XENMAPSPACE_gmfn_foreign`
     /// (`p2m_add_foreign`): per index, ESRCH for `DOMID_SELF` or an unknown
-    /// domain, EPERM for the caller itself or an unprivileged caller (XSM),
+    /// domain, for the caller's own domid on Arm (`get_pg_owner` refuses
+    /// it); EPERM for it on x86 and for an unprivileged caller (XSM),
     /// EINVAL for a foreign frame that is not populated RAM. What was at the
     /// caller's GFN goes: a RAM page is removed and freed (Xen does that;
     /// the agent must never ask it), a foreign entry is replaced.
@@ -1722,9 +1729,9 @@ impl Hypervisor for XenModel {
             return Err(err(Errno::EINVAL));
         }
         let caller = s.current.ok_or(err(Errno::ESRCH))?;
-        let (translated, privileged) = {
+        let (translated, privileged, arm) = {
             let c = s.domains.get(&caller).ok_or(err(Errno::ESRCH))?;
-            (c.cfg.translated, c.cfg.privileged)
+            (c.cfg.translated, c.cfg.privileged, c.is_arm())
         };
         if !translated {
             return Err(err(Errno::EACCES));
@@ -1732,6 +1739,10 @@ impl Hypervisor for XenModel {
         for i in 0..frames.len() {
             let status = (|| {
                 if foreign == DomId::SELF {
+                    return Err(Errno::ESRCH);
+                }
+                if foreign.0 == caller && arm {
+                    // Measured under Xen 4.17 (x86 answers EPERM).
                     return Err(Errno::ESRCH);
                 }
                 if foreign.0 == caller || !privileged {
@@ -2202,10 +2213,6 @@ pub mod gnt {
         Acquired(u16, u32),
     }
 
-    fn is_arm(d: &Domain) -> bool {
-        d.cfg.features.contains(Features::ARM_SMCCC)
-    }
-
     /// The model's grant state.
     #[derive(Default)]
     pub struct GntModel {
@@ -2306,7 +2313,7 @@ pub mod gnt {
             let ld = s.current.ok_or(err(Errno::ESRCH))?;
             let (translated, limit, arm) = {
                 let d = s.domains.get(&ld).ok_or(err(Errno::ESRCH))?;
-                (d.cfg.translated, d.cfg.gfn_limit, is_arm(d))
+                (d.cfg.translated, d.cfg.gfn_limit, d.is_arm())
             };
             if space == abi::physmap::SPACE_GMFN_FOREIGN {
                 return Err(err(Errno::ENOSYS));
@@ -2371,7 +2378,7 @@ pub mod gnt {
         /// The grant part of `XENMEM_remove_from_physmap`: whether `gfn`
         /// held something of it (now removed).
         pub(super) fn remove_from_physmap(&mut self, s: &State, d: u16, gfn: Gfn) -> bool {
-            let arm = s.domains.get(&d).is_some_and(is_arm);
+            let arm = s.domains.get(&d).is_some_and(|x| x.is_arm());
             match self.at(s, d, gfn) {
                 At::TableFrame(i) => {
                     self.table(d).frame_gfn[i] = None;
@@ -2614,7 +2621,7 @@ pub mod gnt {
             }
             let gfn = Gfn(op.host_addr >> PAGE_SHIFT);
             let (limit, arm) = match s.domains.get(&ld) {
-                Some(d) => (d.cfg.gfn_limit, is_arm(d)),
+                Some(d) => (d.cfg.gfn_limit, d.is_arm()),
                 None => return Err(GntStatus::GeneralError),
             };
             if gfn.0 >= limit {
@@ -2694,7 +2701,7 @@ pub mod gnt {
                 .get(&track.gref)
                 .map_or(Mfn(u64::MAX), |a| a.mfn);
             let gfn = Gfn(op.host_addr >> PAGE_SHIFT);
-            let arm = s.domains.get(&ld).is_some_and(is_arm);
+            let arm = s.domains.get(&ld).is_some_and(|x| x.is_arm());
             match (self.at(s, ld, gfn), arm) {
                 (At::Grant(m), _) if m == act_mfn => {
                     self.table(ld).host_maps.remove(&gfn);
@@ -3144,10 +3151,6 @@ pub mod dctl {
     /// Frames `acquire_resource` handles per round.
     const ACQUIRE_BATCH: usize = 32;
 
-    fn is_arm(d: &Domain) -> bool {
-        d.cfg.features.contains(Features::ARM_SMCCC)
-    }
-
     /// What a created domain's grant table gets.
     struct GrantLimits {
         frames: u32,
@@ -3296,7 +3299,7 @@ pub mod dctl {
             if !caller.cfg.privileged {
                 return Err(err(Errno::EPERM));
             }
-            let arm = is_arm(caller);
+            let arm = caller.is_arm();
             let cpuid_domid = caller.cfg.cpuid_domid;
             let id = self.dctl_domid(want.0).map_err(err)?;
             let limits = Self::dctl_check_config(c, arm).map_err(err)?;
@@ -3409,7 +3412,7 @@ pub mod dctl {
             self.errno_fault(Op::AcquireResource)?;
             let c = self.caller().ok_or(err(Errno::ESRCH))?;
             // arch_acquire_resource_check (x86 only).
-            if !is_arm(c) && c.cfg.translated && !c.cfg.privileged {
+            if !c.is_arm() && c.cfg.translated && !c.cfg.privileged {
                 return Err(err(Errno::EACCES));
             }
             let privileged = c.cfg.privileged;
@@ -3450,7 +3453,7 @@ pub mod dctl {
             let special =
                 grant_here || c.acquired.contains_key(&gfn) || c.foreign.contains_key(&gfn);
             if special {
-                if is_arm(c) {
+                if c.is_arm() {
                     if grant_here {
                         return Err(Errno::EINVAL);
                     }
@@ -3551,7 +3554,7 @@ pub mod dctl {
                 let t = s.dctl_acquire_target(dom, frame, nr)?;
                 let c = s.caller().ok_or(err(Errno::ESRCH))?;
                 let hvm = s.domains.get(&t).is_some_and(|d| d.cfg.translated);
-                (t, is_arm(c), c.cfg.translated, hvm)
+                (t, c.is_arm(), c.cfg.translated, hvm)
             };
             // resource_max_frames (an unsigned int: -EOPNOTSUPP wraps).
             let eopnotsupp = (Errno::EOPNOTSUPP as i32).wrapping_neg() as u32;
@@ -3903,6 +3906,22 @@ pub mod dctl {
                 Ok(16)
             );
             h
+        }
+
+        #[test]
+        fn a_foreign_map_of_the_callers_own_domid_is_eperm_on_x86_and_esrch_on_arm() {
+            let mut st = [crate::xen::XenStatus(0)];
+            let x = world();
+            x.map_foreign_batch(D0, &[Gfn(0x10)], &[Gfn(0x100000)], &mut st)
+                .unwrap();
+            assert_eq!(st[0].result(), Err(e(Errno::EPERM)));
+            let arm = XenModel::new(1 << 16);
+            arm.add_domain(DomainConfig::arm_dom0(Mfn(0x8000), 4096))
+                .unwrap();
+            arm.map_foreign_batch(D0, &[Gfn(0x8000)], &[Gfn(0x100000)], &mut st)
+                .unwrap();
+            assert_eq!(st[0].result(), Err(e(Errno::ESRCH)));
+            assert!(arm.foreign(D0).is_empty());
         }
 
         #[test]
