@@ -193,6 +193,21 @@ impl From<RegionError> for ReservationError {
     }
 }
 
+impl ReservationError {
+    /// [`ReservationError::Shortfall`] of `asked` pages with `left` not done.
+    fn short(asked: PageCount, left: u64) -> Self {
+        ReservationError::Shortfall {
+            asked,
+            done: PageCount(asked.0.saturating_sub(left)),
+        }
+    }
+
+    /// [`ReservationError::Shortfall`] of `asked` pages with none done.
+    fn none_of(asked: PageCount) -> Self {
+        Self::short(asked, asked.0)
+    }
+}
+
 impl fmt::Display for ReservationError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -443,10 +458,7 @@ impl<'h, H: Hypervisor> Engine<'h, H> {
         let free =
             t.count_where(|r| r.kind == RegionKind::Ram && !r.flags.contains(RegionFlags::PINNED));
         if free < pages {
-            return Err(ReservationError::Shortfall {
-                asked: pages,
-                done: PageCount(0),
-            });
+            return Err(ReservationError::none_of(pages));
         }
         let mut left = pages.0;
         let orders: Vec<Order> = self.orders().collect();
@@ -469,10 +481,7 @@ impl<'h, H: Hypervisor> Engine<'h, H> {
             }
         }
         if left > 0 {
-            return Err(ReservationError::Shortfall {
-                asked: pages,
-                done: PageCount(pages.0 - left),
-            });
+            return Err(ReservationError::short(pages, left));
         }
         Ok(())
     }
@@ -615,18 +624,12 @@ impl<'h, H: Hypervisor> Engine<'h, H> {
                     if i + 1 < orders.len() {
                         break;
                     }
-                    return Err(ReservationError::Shortfall {
-                        asked: pages,
-                        done: PageCount(pages.0 - left),
-                    });
+                    return Err(ReservationError::short(pages, left));
                 }
             }
         }
         if left > 0 {
-            return Err(ReservationError::Shortfall {
-                asked: pages,
-                done: PageCount(pages.0 - left),
-            });
+            return Err(ReservationError::short(pages, left));
         }
         Ok(())
     }
@@ -748,10 +751,7 @@ impl<'h, H: Hypervisor> Engine<'h, H> {
                 .aligned_ram_extents(order)
                 .filter(|r| r.end_addr().0 <= limit)
                 .last()
-                .ok_or(ReservationError::Shortfall {
-                    asked: order.pages(),
-                    done: PageCount(0),
-                })?;
+                .ok_or(ReservationError::none_of(order.pages()))?;
             let buf = ContiguousBuffer {
                 range,
                 order,
@@ -764,10 +764,7 @@ impl<'h, H: Hypervisor> Engine<'h, H> {
         let range = t
             .aligned_ram_extents(order)
             .last()
-            .ok_or(ReservationError::Shortfall {
-                asked: order.pages(),
-                done: PageCount(0),
-            })?;
+            .ok_or(ReservationError::none_of(order.pages()))?;
         if self.exchange_works != Some(false) {
             if let Some(buf) = self.try_exchange(t, range, order, flags)? {
                 return Ok(buf);
@@ -866,10 +863,7 @@ impl<'h, H: Hypervisor> Engine<'h, H> {
         if got != order.pages().0 {
             // Some frame refused to go: give back what went and report.
             let _ = self.increase(t, PageCount(got));
-            return Err(ReservationError::Shortfall {
-                asked: order.pages(),
-                done: PageCount(0),
-            });
+            return Err(ReservationError::none_of(order.pages()));
         }
         let mut gfns = [range.start()];
         self.stats.hypercalls += 1;
@@ -911,10 +905,7 @@ impl<'h, H: Hypervisor> Engine<'h, H> {
                 match (other, back) {
                     (Err(e), _) => Err(e),
                     (_, Err(e)) => Err(e),
-                    (Ok(_), Ok(_)) => Err(ReservationError::Shortfall {
-                        asked: order.pages(),
-                        done: PageCount(0),
-                    }),
+                    (Ok(_), Ok(_)) => Err(ReservationError::none_of(order.pages())),
                 }
             }
         }
