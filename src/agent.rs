@@ -826,9 +826,15 @@ fn pattern_check_readonly(range: FrameRange) -> Option<bool> {
 /// runner's timeout is the real backstop; this keeps the loop finite).
 const PEER_POLLS: u32 = 5_000_000;
 
-/// Wait for `peer` to shut down; `Pass` if it powered off.
-fn wait_for_peer(hv: &impl Hypervisor, peer: DomId) -> Verdict {
-    for _ in 0..PEER_POLLS {
+/// After a failure, the most polls spent waiting for the peer to finish, so
+/// that its closing lines reach the console before the machine goes (a few
+/// seconds under TCG; a peer that waits for this domain never finishes).
+const PEER_POLLS_AFTER_FAILURE: u32 = 200_000;
+
+/// Wait (at most `polls` `SCHEDOP_yield`s) for `peer` to shut down; `Pass`
+/// if it powered off.
+fn wait_for_peer(hv: &impl Hypervisor, peer: DomId, polls: u32) -> Verdict {
+    for _ in 0..polls {
         match hv.domain_info(peer) {
             Ok(info) => {
                 if let Some(code) = info.shutdown {
@@ -1698,6 +1704,8 @@ fn probe_run<H: Hypervisor>(
 /// its image (the runtime's), so that the table records it.
 pub fn run(hv: &impl Hypervisor, boot: &BootInfo<'_>, heap: Option<PhysSpan>) -> Outcome {
     let mut exit = ExitPath::Host;
+    // The peer (`peer=`) not waited for yet.
+    let mut peer = None;
     let verdict = (|| {
         let line = match cmdline::as_text(boot.cmdline) {
             Ok(l) => l,
@@ -1713,6 +1721,7 @@ pub fn run(hv: &impl Hypervisor, boot: &BootInfo<'_>, heap: Option<PhysSpan>) ->
             Err(_) => return Verdict::Fail,
         };
         exit = opts.exit.unwrap_or(ExitPath::Host);
+        peer = opts.peer;
         let s = match survey(hv, boot, &opts) {
             Ok(s) => s,
             Err(e) => {
@@ -1767,14 +1776,20 @@ pub fn run(hv: &impl Hypervisor, boot: &BootInfo<'_>, heap: Option<PhysSpan>) ->
             fault(kind);
             return Verdict::Fail;
         }
-        match opts.peer {
-            Some(peer) => wait_for_peer(hv, peer),
+        match peer.take() {
+            Some(p) => wait_for_peer(hv, p, PEER_POLLS),
             None => Verdict::Pass,
         }
     })();
     match verdict {
         Verdict::Pass => xm_info!("verdict: PASS"),
         Verdict::Fail => xm_error!("verdict: FAIL"),
+    }
+    // Failed before waiting for the peer: give it a moment to finish, so
+    // that exiting the machine does not cut off its closing lines.
+    if let Some(p) = peer {
+        xm_info!("peer: waiting for domain {} to finish before exiting", p);
+        let _ = wait_for_peer(hv, p, PEER_POLLS_AFTER_FAILURE);
     }
     Outcome { verdict, exit }
 }
@@ -2158,5 +2173,20 @@ mod tests {
         assert_eq!(run(&hv, &boot(b"peer=1"), None).verdict, Verdict::Fail);
         *hv.peer.borrow_mut() = vec![Err(XenError::Errno(Errno::EPERM))];
         assert_eq!(run(&hv, &boot(b"peer=1"), None).verdict, Verdict::Fail);
+        assert!(hv.peer.borrow().is_empty(), "asked once, not again");
+    }
+
+    #[test]
+    fn a_failed_run_still_lets_the_peer_finish() {
+        let mut hv = FakeXen::new();
+        hv.e820.push(E820Entry {
+            addr: u64::MAX,
+            size: 2,
+            kind: 1,
+        });
+        *hv.peer.borrow_mut() = vec![Ok(None), Ok(Some(0))];
+        assert_eq!(run(&hv, &boot(b"peer=1"), None).verdict, Verdict::Fail);
+        assert!(hv.peer.borrow().is_empty(), "waited for the peer");
+        assert_eq!(hv.yields.get(), 1);
     }
 }
