@@ -117,14 +117,21 @@ impl GrantMap {
             }
         }
         let failed = ops.iter().position(|o| !o.status().is_ok());
-        // Holes back for every frame Xen did unmap.
-        let back: Vec<Op> = ops
-            .iter()
-            .enumerate()
-            .filter(|(_, o)| o.status().is_ok())
-            .filter_map(|(i, _)| FrameRange::new(frame(self.gfns, i), PageCount(1)).ok())
-            .map(|r| Op::Modify(r, to_hole()))
-            .collect();
+        // Holes back for every frame Xen did unmap: one table change per run
+        // of them (all of the mapping when nothing failed).
+        let mut back: Vec<Op> = Vec::new();
+        let mut i = 0;
+        while i < ops.len() {
+            if !ops[i].status().is_ok() {
+                i += 1;
+                continue;
+            }
+            let run = ops[i..].iter().take_while(|o| o.status().is_ok()).count();
+            if let Ok(r) = FrameRange::new(frame(self.gfns, i), PageCount(run as u64)) {
+                back.push(Op::Modify(r, to_hole()));
+            }
+            i += run;
+        }
         table.apply(&back).map_err(|(e, _)| GrantError::Table(e))?;
         if let Err(e) = called {
             return Err(GrantError::Unwind(Undo::Xen(e)));
