@@ -29,6 +29,7 @@ use alloc::vec::Vec;
 use core::fmt;
 
 use crate::addr::{DomId, Gfn, Order, PageCount, VirtAddr, PAGE_SIZE};
+use crate::grant::Bytes;
 use crate::mapping::{back_to_hole, remove_all, MapTarget, VaSpace};
 use crate::paging::{Attrs, PagingError};
 use crate::region::{FrameRange, Region, RegionError, RegionFlags, RegionKind, RegionTable};
@@ -206,7 +207,8 @@ pub const fn grant_v1_frame(gref: u32) -> u32 {
     gref / gnttab::ENTRIES_PER_FRAME_V1
 }
 
-/// Frames of another domain's resource, mapped.
+/// Frames of another domain's resource, mapped. Read and write them with
+/// [`Bytes`] (bounds-checked, volatile; writes refused when read-only).
 #[must_use = "a mapping must be given back with ResourceMap::release"]
 #[derive(Debug)]
 pub struct ResourceMap {
@@ -265,38 +267,6 @@ impl ResourceMap {
         self.writable
     }
 
-    /// The address of a `size`-byte value at `offset`, if aligned and inside.
-    fn at(&self, offset: u64, size: u64) -> Option<usize> {
-        if offset % size != 0 || offset.checked_add(size)? > self.len() {
-            return None;
-        }
-        usize::try_from(self.va.0.checked_add(offset)?).ok()
-    }
-
-    /// Read the `u16` at byte `offset` (aligned, inside), volatile: Xen and
-    /// the other side may change it.
-    pub fn read_u16(&self, offset: u64) -> Option<u16> {
-        let p = self.at(offset, 2)? as *const u16;
-        // SAFETY: the page is mapped readable at `va` while `self` lives
-        // (only `release`, which consumes it, unmaps it); `p` is aligned and
-        // inside the mapping (checked by `at`).
-        Some(unsafe { p.read_volatile() })
-    }
-
-    /// Read the `u32` at byte `offset` (aligned, inside), volatile.
-    pub fn read_u32(&self, offset: u64) -> Option<u32> {
-        let p = self.at(offset, 4)? as *const u32;
-        // SAFETY: as in `read_u16`.
-        Some(unsafe { p.read_volatile() })
-    }
-
-    /// Read the `u64` at byte `offset` (aligned, inside), volatile.
-    pub fn read_u64(&self, offset: u64) -> Option<u64> {
-        let p = self.at(offset, 8)? as *const u64;
-        // SAFETY: as in `read_u16`.
-        Some(unsafe { p.read_volatile() })
-    }
-
     /// Version-1 grant entry `gref` of the grant table this maps (shared
     /// frames), read in one 8-byte access so that its flags, domid and
     /// frame belong together; `None` if this is no mapping of shared frames
@@ -307,7 +277,7 @@ impl ResourceMap {
             return None;
         }
         let off = (u64::from(gref) * 8).checked_sub(self.frame * PAGE_SIZE)?;
-        let v = self.read_u64(off)?;
+        let v = self.read_obj::<u64>(off).ok()?;
         // `struct grant_entry_v1` in a little-endian guest (x86, Arm):
         // flags in bytes 0-1, domid in 2-3, frame in 4-7.
         Some(GrantEntryV1 {
@@ -315,42 +285,6 @@ impl ResourceMap {
             domid: (v >> 16) as u16,
             frame: (v >> 32) as u32,
         })
-    }
-
-    /// Write the `u16` at byte `offset` (aligned, inside, writable mapping),
-    /// volatile; `None` (nothing written) otherwise.
-    pub fn write_u16(&self, offset: u64, v: u16) -> Option<()> {
-        if !self.writable {
-            return None;
-        }
-        let p = self.at(offset, 2)? as *mut u16;
-        // SAFETY: the page is mapped writable at `va` while `self` lives;
-        // `p` is aligned and inside the mapping. The frames are another
-        // domain's (Xen's for a grant table), never memory Rust owns.
-        unsafe { p.write_volatile(v) };
-        Some(())
-    }
-
-    /// Write the `u32` at byte `offset` (aligned, inside, writable), volatile.
-    pub fn write_u32(&self, offset: u64, v: u32) -> Option<()> {
-        if !self.writable {
-            return None;
-        }
-        let p = self.at(offset, 4)? as *mut u32;
-        // SAFETY: as in `write_u16`.
-        unsafe { p.write_volatile(v) };
-        Some(())
-    }
-
-    /// Write the `u64` at byte `offset` (aligned, inside, writable), volatile.
-    pub fn write_u64(&self, offset: u64, v: u64) -> Option<()> {
-        if !self.writable {
-            return None;
-        }
-        let p = self.at(offset, 8)? as *mut u64;
-        // SAFETY: as in `write_u16`.
-        unsafe { p.write_volatile(v) };
-        Some(())
     }
 
     /// Give the mapping back: unmap it from the window, remove the frames
@@ -503,9 +437,15 @@ pub fn acquire_grant_table(
     Ok((size, m))
 }
 
-/// Page tables for host tests whose mapping window is real (leaked) host
-/// memory, so that mappings can be read and written through their
-/// addresses. The memory is not the model's: tests copy what must meet, and
+/// Page tables for host tests, on the grant tests' plumbing
+/// (`crate::grant::testmem`): every page mapped into the window is routed
+/// to host memory, so that handles read and write it through
+/// [`Bytes`](crate::grant::Bytes) as they do on the target. With a model
+/// ([`BufTables::on_model`]) a page goes to the model's memory for the frame
+/// mapped there, as the agent's domain sees it (an acquired grant-table
+/// frame, another domain's frame), so reads and writes reach the same bytes
+/// Xen and the other domain see. Without one, or where the model has
+/// nothing, it goes to the window's own (leaked, zeroed) host memory; there
 /// an optional resolver (guest frame to what backs it) makes a new mapping
 /// of an already mapped backing start with its contents (a snapshot, not a
 /// live alias).
@@ -513,10 +453,12 @@ pub fn acquire_grant_table(
 pub(crate) mod testing {
     use std::collections::HashMap;
 
-    use crate::addr::{Gfn, GuestPhysAddr, PageCount, VirtAddr, PAGE_SIZE};
+    use crate::addr::{DomId, Gfn, GuestPhysAddr, PageCount, VirtAddr, PAGE_SIZE};
+    use crate::grant::testmem;
     use crate::mapping::MapTarget;
     use crate::paging::{Attrs, PagingError, Window};
     use crate::region::RegionTable;
+    use crate::xen::model::XenModel;
 
     /// What backs a guest frame (domain and frame), for the snapshots.
     type Resolver<'a> = Box<dyn Fn(Gfn) -> Option<(u16, u64)> + 'a>;
@@ -524,6 +466,9 @@ pub(crate) mod testing {
     /// See the [module](self).
     pub(crate) struct BufTables<'a> {
         window: Window,
+        /// The model whose memory mapped frames reach, and the domain whose
+        /// physmap the frames are in.
+        model: Option<(&'a XenModel, DomId)>,
         alias: Option<Resolver<'a>>,
         /// Backing of mapped pages (with a resolver) to a VA mapping it.
         backed: HashMap<(u16, u64), u64>,
@@ -540,6 +485,13 @@ pub(crate) mod testing {
             self
         }
 
+        /// Route each page mapped to `m`'s memory for the frame `dom` has
+        /// there (where it has one).
+        pub(crate) fn on_model(mut self, m: &'a XenModel, dom: DomId) -> Self {
+            self.model = Some((m, dom));
+            self
+        }
+
         /// A window of `pages` pages of zeroed memory.
         pub(crate) fn new(pages: u64) -> Self {
             let words = usize::try_from((pages + 1) * PAGE_SIZE / 8).unwrap();
@@ -547,6 +499,7 @@ pub(crate) mod testing {
             let base = (mem.as_mut_ptr() as u64).next_multiple_of(PAGE_SIZE);
             BufTables {
                 window: Window::new(VirtAddr(base), pages * PAGE_SIZE).unwrap(),
+                model: None,
                 alias: None,
                 backed: HashMap::new(),
                 map: HashMap::new(),
@@ -596,6 +549,11 @@ pub(crate) mod testing {
                         self.backed.insert(key, v);
                     }
                 }
+                let host = self
+                    .model
+                    .and_then(|(m, dom)| m.page_ptr(dom, Gfn(p / PAGE_SIZE)))
+                    .unwrap_or(v as usize as *mut u8);
+                testmem::map(v, host);
                 self.map.insert(v, (p, attrs));
             }
             Ok(())
@@ -612,6 +570,7 @@ pub(crate) mod testing {
                 self.map
                     .remove(&v)
                     .ok_or(PagingError::NotMapped(VirtAddr(v)))?;
+                testmem::unmap(v);
                 self.backed.retain(|_, w| *w != v);
             }
             Ok(())
@@ -628,6 +587,7 @@ mod tests {
     use super::testing::BufTables;
     use super::*;
     use crate::addr::GuestPhysAddr;
+    use crate::grant::AccessError;
     use crate::xen::domctl::CreateDomain;
     use crate::xen::model::{DomainConfig, Fault, Op as XOp, XenModel, X86_GFN_LIMIT};
 
@@ -650,20 +610,29 @@ mod tests {
         t
     }
 
-    /// A PVH dom0 with a hole above its RAM, and a helper domain it made.
-    fn setup() -> (XenModel, DomId, RegionTable, BufTables<'static>, VaSpace) {
+    /// A PVH dom0 and a helper domain it made.
+    fn model() -> (XenModel, DomId) {
         let m = XenModel::new(1 << 16);
         m.add_domain(DomainConfig::pvh_dom0(4096)).unwrap();
         let mut c = CreateDomain::x86_pvh_helper().to_abi().unwrap();
         let h = m.domctl_createdomain(DomId(0), &mut c).unwrap();
-        let pt = BufTables::new(16);
+        (m, h)
+    }
+
+    /// Dom0's agent: a hole above its RAM, and page tables whose window
+    /// pages reach the model's memory for the frames mapped there (as the
+    /// grant tests' do), so that what a handle reads and writes is what Xen
+    /// and the other domain see.
+    fn agent(m: &XenModel) -> (RegionTable, BufTables<'_>, VaSpace) {
+        let pt = BufTables::new(16).on_model(m, D0);
         let vas = VaSpace::new(pt.window());
-        (m, h, table_with_hole(0x100000, 0x1000), pt, vas)
+        (table_with_hole(0x100000, 0x1000), pt, vas)
     }
 
     #[test]
     fn map_write_read_release() {
-        let (m, h, mut t, mut pt, mut vas) = setup();
+        let (m, h) = model();
+        let (mut t, mut pt, mut vas) = agent(&m);
         let before = t.clone();
         let (size, gm) = acquire_grant_table(&m, &mut t, &mut pt, &mut vas, h, 0, 1).unwrap();
         assert_eq!(size, 64);
@@ -682,26 +651,65 @@ mod tests {
         );
         assert!(r.flags.contains(RegionFlags::WRITE) && !r.flags.contains(RegionFlags::EXEC));
         assert_eq!(pt.map.values().next().unwrap().1, Attrs::READ_WRITE);
-        // Accessors: aligned and inside only.
-        gm.write_u32(12, 0x1234).unwrap();
-        gm.write_u16(10, 7).unwrap();
-        gm.write_u16(8, 1).unwrap();
-        assert_eq!(gm.read_u64(8), Some(0x1234_0007_0001));
-        assert_eq!(gm.read_u32(12), Some(0x1234));
-        assert_eq!(gm.read_u16(10), Some(7));
+        // Byte access: aligned and inside only.
+        gm.write_obj::<u32>(12, 0x1234).unwrap();
+        gm.write_obj::<u16>(10, 7).unwrap();
+        gm.write_obj::<u16>(8, 1).unwrap();
+        assert_eq!(gm.read_obj::<u64>(8), Ok(0x1234_0007_0001));
+        assert_eq!(gm.read_obj::<u32>(12), Ok(0x1234));
+        assert_eq!(gm.read_obj::<u16>(10), Ok(7));
         // The same bytes as grant entry 1.
+        let e1 = GrantEntryV1 {
+            flags: 1,
+            domid: 7,
+            frame: 0x1234,
+        };
+        assert_eq!(gm.grant_entry_v1(1), Some(e1));
+        // They are the helper's table, as Xen sees it ...
+        assert_eq!(m.gnttab_entry(h, 1), Some(e1));
+        let mut raw = [0u8; 8];
+        assert!(m.read_guest(D0, Gfn(0x100000), 8, &mut raw));
+        assert_eq!(u64::from_le_bytes(raw), 0x1234_0007_0001);
+        // ... and what Xen writes there is what the mapping reads.
+        let e9 = GrantEntryV1 {
+            flags: 0x19,
+            domid: 3,
+            frame: 0xabcd,
+        };
+        m.gnttab_write_entry(h, 9, e9).unwrap();
+        assert_eq!(gm.grant_entry_v1(9), Some(e9));
+        assert_eq!(gm.read_obj::<u16>(9 * 8 + 2), Ok(3));
+        let mut buf = [0u8; 8];
+        gm.read(9 * 8, &mut buf).unwrap();
+        assert_eq!(buf, [0x19, 0, 3, 0, 0xcd, 0xab, 0, 0]);
+        assert_eq!(gm.grant_entry_v1(gnttab::ENTRIES_PER_FRAME_V1), None);
+        // Refused, memory untouched: misaligned, outside, straddling the end.
         assert_eq!(
-            gm.grant_entry_v1(1),
-            Some(GrantEntryV1 {
-                flags: 1,
-                domid: 7,
-                frame: 0x1234
+            gm.read_obj::<u64>(4),
+            Err(AccessError::Misaligned {
+                offset: 4,
+                align: 8
             })
         );
-        assert_eq!(gm.grant_entry_v1(gnttab::ENTRIES_PER_FRAME_V1), None);
-        assert_eq!(gm.read_u64(4), None);
-        assert_eq!(gm.read_u64(4096), None);
-        assert_eq!(gm.write_u16(4095, 0), None);
+        assert_eq!(
+            gm.read_obj::<u64>(4096),
+            Err(AccessError::OutOfBounds {
+                offset: 4096,
+                len: 8,
+                size: 4096
+            })
+        );
+        assert_eq!(
+            gm.write_obj::<u16>(4095, 0),
+            Err(AccessError::OutOfBounds {
+                offset: 4095,
+                len: 2,
+                size: 4096
+            })
+        );
+        assert!(gm.write(4090, &[0; 8]).is_err());
+        assert!(gm.read_obj::<u64>(u64::MAX - 3).is_err());
+        assert_eq!(gm.read_obj::<u64>(4088), Ok(0));
         assert_eq!(gm.len(), 4096);
         gm.release(&m, &mut t, &mut pt, &mut vas).unwrap();
         assert_eq!(t, before);
@@ -720,7 +728,9 @@ mod tests {
             false,
         )
         .unwrap();
-        assert_eq!(ro.write_u64(0, 1), None);
+        assert_eq!(ro.write_obj::<u64>(0, 1), Err(AccessError::ReadOnly));
+        assert_eq!(ro.write(0, &[1]), Err(AccessError::ReadOnly));
+        assert_eq!(ro.read_obj::<u64>(0), Ok(0), "nothing was written");
         // Entries of frames 3 and 4 only.
         assert_eq!(grant_v1_frame(8), 0);
         assert_eq!(grant_v1_frame(3 * 512 + 1), 3);
@@ -728,6 +738,10 @@ mod tests {
         assert!(ro.grant_entry_v1(3 * 512 + 1).is_some());
         assert!(ro.grant_entry_v1(5 * 512 - 1).is_some());
         assert_eq!(ro.grant_entry_v1(5 * 512), None);
+        // Frame 4's entries, where Xen keeps them.
+        m.gnttab_write_entry(h, 5 * 512 - 1, e9).unwrap();
+        assert_eq!(ro.grant_entry_v1(5 * 512 - 1), Some(e9));
+        assert_eq!(ro.read_obj::<u64>(2 * 4096 - 8), Ok(0xabcd_0003_0019));
         assert_eq!(m.gnttab_size(h), Some((5, 64)), "the table grew");
         ro.release(&m, &mut t, &mut pt, &mut vas).unwrap();
         assert_eq!(t, before);
@@ -750,7 +764,8 @@ mod tests {
 
     #[test]
     fn refusals_are_typed_and_leave_nothing() {
-        let (m, h, mut t, mut pt, mut vas) = setup();
+        let (m, h) = model();
+        let (mut t, mut pt, mut vas) = agent(&m);
         let before = t.clone();
         let mut go = |dom: DomId, first: u32, n: u32| {
             let r = acquire_grant_table(&m, &mut t, &mut pt, &mut vas, dom, first, n).map(|_| ());
@@ -808,7 +823,8 @@ mod tests {
 
     #[test]
     fn unprivileged_callers() {
-        let (m, h, mut t, mut pt, mut vas) = setup();
+        let (m, h) = model();
+        let (mut t, mut pt, mut vas) = agent(&m);
         let before = t.clone();
         // x86 PVH domU: EACCES (not the hardware domain).
         m.add_domain(DomainConfig::pvh_domu(DomId(5), 64)).unwrap();
@@ -841,7 +857,8 @@ mod tests {
     fn a_partial_map_is_undone() {
         // The only hole straddles the end of the p2m: Xen maps the first
         // frame, fails the second with EIO.
-        let (m, h, _, mut pt, mut vas) = setup();
+        let (m, h) = model();
+        let (_, mut pt, mut vas) = agent(&m);
         let mut t = table_with_hole(X86_GFN_LIMIT - 1, 2);
         let before = t.clone();
         let e = acquire(
@@ -928,7 +945,8 @@ mod tests {
 
     #[test]
     fn status_frames_of_a_v1_table() {
-        let (m, h, mut t, mut pt, mut vas) = setup();
+        let (m, h) = model();
+        let (mut t, mut pt, mut vas) = agent(&m);
         assert_eq!(resource_size(&m, h, Resource::GrantTableStatus), Ok(8));
         let e = acquire(
             &m,

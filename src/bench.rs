@@ -2205,11 +2205,9 @@ fn foreign_rows<H: Hypervisor, C: Clock, M: Memory>(
 mod tests {
     use super::*;
     use crate::acquire::testing::BufTables;
-    use crate::addr::{GuestPhysAddr, VirtAddr};
-    use crate::agent::{build_table, survey};
+    use crate::agent::{build_table, survey, DomidSource};
     use crate::boot::{BootInfo, Firmware, PhysSpan};
     use crate::cmdline::Options;
-    use crate::paging::{Attrs, PagingError};
     use crate::xen::abi::gnttab::{GrantEntryV1, GTF_PERMIT_ACCESS};
     use crate::xen::abi::{HvmStartInfo, HVM_START_MAGIC};
     use crate::xen::model::{DomainConfig, Op, XenModel};
@@ -2221,63 +2219,12 @@ mod tests {
         None
     }
 
-    /// Page tables over real (leaked) host memory, as `BufTables`, whose
-    /// pages the grant library's accessors also reach: each window page is
-    /// routed to the model's memory for the frame mapped there, where the
-    /// model has it (a mapped grant), else to the window's own memory.
-    struct BenchTables<'m> {
-        m: &'m XenModel,
-        inner: BufTables<'m>,
-    }
-
-    impl<'m> BenchTables<'m> {
-        fn new(m: &'m XenModel, pages: u64) -> Self {
-            // A second, read-only look at foreign frames starts with what
-            // the first one wrote (the helper's pattern check).
-            let inner = BufTables::new(pages)
-                .with_alias(move |g| m.foreign(DomId(0)).get(&g).map(|&(d, f)| (d.0, f.0)));
-            BenchTables { m, inner }
-        }
-    }
-
-    impl MapTarget for BenchTables<'_> {
-        fn map(
-            &mut self,
-            va: VirtAddr,
-            pa: GuestPhysAddr,
-            pages: PageCount,
-            attrs: Attrs,
-            t: &mut RegionTable,
-        ) -> Result<(), PagingError> {
-            self.inner.map(va, pa, pages, attrs, t)?;
-            for i in 0..pages.0 {
-                let v = va.0 + i * PAGE_SIZE;
-                let g = Gfn(pa.0 / PAGE_SIZE + i);
-                let host = self
-                    .m
-                    .page_ptr(DomId(0), g)
-                    .unwrap_or(v as usize as *mut u8);
-                grant::testmem::map(v, host);
-            }
-            Ok(())
-        }
-
-        fn unmap(
-            &mut self,
-            va: VirtAddr,
-            pages: PageCount,
-            t: &mut RegionTable,
-        ) -> Result<(), PagingError> {
-            self.inner.unmap(va, pages, t)?;
-            for i in 0..pages.0 {
-                grant::testmem::unmap(va.0 + i * PAGE_SIZE);
-            }
-            Ok(())
-        }
-
-        fn window(&self) -> crate::paging::Window {
-            self.inner.window()
-        }
+    /// Page tables over real (leaked) host memory whose pages every handle
+    /// reaches (`grant::testmem`): each window page is routed to the model's
+    /// memory for the frame dom0 has there (a mapped grant, a foreign or
+    /// acquired frame), else to the window's own memory.
+    fn bench_tables(m: &XenModel, pages: u64) -> BufTables<'_> {
+        BufTables::new(pages).on_model(m, DomId(0))
     }
 
     /// A clock that advances 1000 ticks (1 us at 1 GHz) per read.
@@ -2609,14 +2556,14 @@ mod tests {
         free: u64,
         t: &RegionTable,
         before: &RegionTable,
-        pt: &BenchTables<'_>,
+        pt: &BufTables<'_>,
         vas: &VaSpace,
     ) {
         assert_eq!(m.domain_ids(), [DomId(0)]);
         assert_eq!(m.free_frames(), free);
         assert!(m.foreign(DomId(0)).is_empty() && m.acquired(DomId(0)).is_empty());
         assert_eq!(t, before);
-        assert!(pt.inner.map.is_empty());
+        assert!(pt.map.is_empty());
         assert_eq!(vas.used(), 0);
         assert_eq!(grant::testmem::mapped(), 0);
         m.check_conservation().unwrap();
@@ -2628,7 +2575,7 @@ mod tests {
         let (s, mut t) = dom0_with_room(&m);
         let before = t.clone();
         let free = m.free_frames();
-        let mut pt = BenchTables::new(&m, 256);
+        let mut pt = bench_tables(&m, 256);
         let mut vas = VaSpace::new(pt.window());
         let p = Params {
             helper: true,
@@ -2650,21 +2597,23 @@ mod tests {
         assert_eq!(h.layout.gnttab_frames, 1);
         assert_eq!(m.tot_pages(dom), Some(16 + 64));
         // The flow wrote the pattern and the grant entries through its own
-        // mappings, which are the test's memory here, not the model's:
-        // copy them over as real memory would share them.
+        // mappings, whose pages are the model's here: the helper's memory
+        // and grant table hold them, as real memory would.
         for g in h.cd.seeded() {
             let mut page = [0u8; 4096];
             for w in 0..512u64 {
                 let v = domctl::pattern_word(g.gfn, w).to_le_bytes();
                 page[w as usize * 8..][..8].copy_from_slice(&v);
             }
-            assert!(m.write_guest(dom, g.gfn, 0, &page));
+            let mut seen = [0u8; 4096];
+            assert!(m.read_guest(dom, g.gfn, 0, &mut seen));
+            assert!(seen == page, "pattern of helper frame {}", g.gfn);
             let e = GrantEntryV1 {
                 flags: GTF_PERMIT_ACCESS,
                 domid: 0,
                 frame: g.gfn.0 as u32,
             };
-            m.gnttab_write_entry(dom, g.gref.0, e).unwrap();
+            assert_eq!(m.gnttab_entry(dom, g.gref.0), Some(e));
         }
         let foreign_before = m.calls(Op::MapForeignBatch);
         let mut goals = Goals::default();
@@ -2698,20 +2647,25 @@ mod tests {
         let (s, mut t) = dom0_with_room(&m);
         let before = t.clone();
         let free = m.free_frames();
-        let mut pt = BenchTables::new(&m, 256);
+        let mut pt = bench_tables(&m, 256);
         let mut vas = VaSpace::new(pt.window());
         let p = Params {
             helper: true,
             ..small()
         };
         let clock = StepClock(Cell::new(0));
-        // The grant entries the helper seeds are the test's memory, not the
-        // model's: Xen (the model) refuses every grant.
+        // The survey names the wrong domain (as a wrong `domid=` would): the
+        // helper seeds its grants for domain 7, and Xen (the model) refuses
+        // every map of them by dom0.
+        let wrong = Survey {
+            domid: Some((DomId(7), DomidSource::Cmdline)),
+            ..s.clone()
+        };
         let ctx = Ctx {
             hv: &m,
             clock: &clock,
             mem: &FakeMemory::default(),
-            survey: &s,
+            survey: &wrong,
             p: &p,
         };
         let maps = Some(Maps {
@@ -2731,7 +2685,7 @@ mod tests {
             vas: &mut vas,
         });
         let mem = FakeMemory::default();
-        let v = run_with(&m, &clock, &mem, &mut t, &s, set, &p, maps);
+        let v = run_with(&m, &clock, &mem, &mut t, &wrong, set, &p, maps);
         assert_eq!(v, Verdict::Fail);
         assert_eq!(m.calls(Op::CreateDomain), 2);
         clean(&m, free, &t, &before, &pt, &vas);

@@ -37,6 +37,7 @@ use core::fmt;
 
 use crate::acquire::{self, AcquireError, ResourceMap};
 use crate::addr::{DomId, Gfn, Order, PageCount, PAGE_SIZE};
+use crate::grant::{AccessError, Bytes};
 use crate::mapping::{self, ForeignMap, MapError, MapTarget, VaSpace};
 use crate::region::{GrantRef, RegionTable};
 use crate::xen::abi::gnttab;
@@ -396,6 +397,9 @@ pub enum FlowError {
     /// A grant entry still says it is mapped (`GTF_reading`/`GTF_writing`)
     /// when the flow revokes it.
     GrantInUse(GrantRef),
+    /// A read or write through one of the flow's mappings was refused
+    /// (which mapping, and why; memory was not touched).
+    Access(&'static str, AccessError),
 }
 
 impl fmt::Display for FlowError {
@@ -411,6 +415,7 @@ impl fmt::Display for FlowError {
             ),
             FlowError::Config(why) => write!(f, "flow configuration: {why}"),
             FlowError::GrantInUse(g) => write!(f, "grant {} is still mapped", g.0),
+            FlowError::Access(what, e) => write!(f, "{what}: {e}"),
         }
     }
 }
@@ -431,20 +436,6 @@ fn disp<T: fmt::Display>(v: &T) -> defmt::Display2Format<'_, T> {
 #[cfg(not(feature = "defmt"))]
 fn disp<T: fmt::Display>(v: &T) -> &T {
     v
-}
-
-/// Write the `u64` at byte `offset` of a writable foreign mapping.
-fn foreign_write_u64(m: &ForeignMap, offset: u64, v: u64) -> Option<()> {
-    if !m.writable() || offset % 8 != 0 || offset.checked_add(8)? > m.len() {
-        return None;
-    }
-    let p = usize::try_from(m.va().0.checked_add(offset)?).ok()? as *mut u64;
-    // SAFETY: the mapping is writable and lives as long as `m` (only
-    // `ForeignMap::release`, which consumes it, unmaps it); `p` is 8-byte
-    // aligned and inside it (checked above). The frames are another
-    // domain's, never memory Rust owns.
-    unsafe { p.write_volatile(v) };
-    Some(())
 }
 
 /// The helper domain, mapped and granting: steps 1–4 of the flow done.
@@ -575,14 +566,16 @@ impl CrossDomain {
         for (i, g) in frames.iter().enumerate() {
             for w in 0..words {
                 let off = i as u64 * PAGE_SIZE + w * 8;
-                foreign_write_u64(fm, off, pattern_word(*g, w))
-                    .ok_or(FlowError::Config("the foreign mapping is not writable"))?;
+                fm.write_obj::<u64>(off, pattern_word(*g, w))
+                    .map_err(|e| FlowError::Access("foreign mapping", e))?;
             }
         }
         let check = |m: &ForeignMap| -> Result<(), FlowError> {
             for (i, g) in frames.iter().enumerate() {
                 for w in 0..words {
-                    let read = m.read_u64(i as u64 * PAGE_SIZE + w * 8).unwrap_or(!0);
+                    let read = m
+                        .read_obj::<u64>(i as u64 * PAGE_SIZE + w * 8)
+                        .map_err(|e| FlowError::Access("foreign mapping", e))?;
                     if read != pattern_word(*g, w) {
                         return Err(FlowError::Pattern {
                             gfn: *g,
@@ -624,12 +617,12 @@ impl CrossDomain {
             let off = u64::from(gref) * 8;
             // As a toolstack seeds grants: frame and domid, a barrier, then
             // the flags that make the entry valid.
-            let ok = gm.write_u32(off + 4, gfn.0 as u32).is_some()
-                && gm.write_u16(off + 2, grantee).is_some();
+            let access = |e| FlowError::Access("grant-table mapping", e);
+            gm.write_obj::<u32>(off + 4, gfn.0 as u32).map_err(access)?;
+            gm.write_obj::<u16>(off + 2, grantee).map_err(access)?;
             core::sync::atomic::fence(core::sync::atomic::Ordering::Release);
-            if !ok || gm.write_u16(off, gnttab::GTF_PERMIT_ACCESS).is_none() {
-                return Err(FlowError::Config("the grant-table mapping is not writable"));
-            }
+            gm.write_obj::<u16>(off, gnttab::GTF_PERMIT_ACCESS)
+                .map_err(access)?;
             self.seeded.push(SeededGrant {
                 gref: GrantRef(gref),
                 gfn,
@@ -665,15 +658,23 @@ impl CrossDomain {
     }
 
     /// The current flags of grant entry `gref` (`GTF_reading`/`GTF_writing`
-    /// show that the grantee has it mapped).
+    /// show that the grantee has it mapped); `None` without a grant-table
+    /// mapping or for an entry outside it.
     pub fn grant_flags(&self, gref: GrantRef) -> Option<u16> {
-        self.gnttab.as_ref()?.read_u16(u64::from(gref.0) * 8)
+        self.gnttab
+            .as_ref()?
+            .read_obj::<u16>(u64::from(gref.0) * 8)
+            .ok()
     }
 
     /// Word `word` of the `i`-th mapped helper frame, read through the
-    /// foreign mapping (to compare with what a grant mapping reads).
+    /// foreign mapping (to compare with what a grant mapping reads); `None`
+    /// without a foreign mapping or for a word outside it.
     pub fn foreign_word(&self, i: u64, word: u64) -> Option<u64> {
-        self.foreign.as_ref()?.read_u64(i * PAGE_SIZE + word * 8)
+        self.foreign
+            .as_ref()?
+            .read_obj::<u64>(i * PAGE_SIZE + word * 8)
+            .ok()
     }
 
     /// Steps 6–7: revoke the grants (refusing while one is still mapped),
@@ -698,7 +699,9 @@ impl CrossDomain {
         }
         if let Some(gm) = self.gnttab.as_ref() {
             for s in &self.seeded {
-                let _ = gm.write_u16(u64::from(s.gref.0) * 8, gnttab::GTF_INVALID);
+                if let Err(e) = gm.write_obj::<u16>(u64::from(s.gref.0) * 8, gnttab::GTF_INVALID) {
+                    xm_error!("flow: revoking grant {=u32}: {}", s.gref.0, disp(&e));
+                }
             }
         }
         let g = self.gnttab.as_ref().map_or(0, |m| m.frames().0);
@@ -1261,7 +1264,7 @@ mod tests {
         // As Xen marks an entry the grantee maps.
         let g = cd.seeded()[1].gref;
         let gm = cd.gnttab.as_ref().unwrap();
-        gm.write_u16(
+        gm.write_obj::<u16>(
             u64::from(g.0) * 8,
             gnttab::GTF_PERMIT_ACCESS | gnttab::GTF_READING,
         )

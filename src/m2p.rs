@@ -16,6 +16,7 @@ use alloc::vec::Vec;
 use core::fmt;
 
 use crate::addr::{DomId, Gfn, Mfn, PageCount, PAGE_SIZE};
+use crate::grant::Bytes;
 use crate::mapping::{self, MapError, MapTarget, VaSpace};
 use crate::region::{FrameRange, RegionTable};
 use crate::xen::{Hypervisor, XenError};
@@ -90,7 +91,10 @@ pub fn machine_frames(
         .map_err(M2pError::Map)?;
     let mut found: Vec<Option<Mfn>> = vec![None; range.len().0 as usize];
     for mfn in 0..entries {
-        let Some(gfn) = m2p.read_u64(mfn * 8) else {
+        // The mapping covers all `entries` words (`pages` was rounded
+        // up), so no read is refused; one that were would end the scan,
+        // and frames not found by then are an error below, never a panic.
+        let Ok(gfn) = m2p.read_obj::<u64>(mfn * 8) else {
             break;
         };
         if range.contains(Gfn(gfn)) {

@@ -187,7 +187,9 @@ impl From<RegionError> for MapError {
     }
 }
 
-/// Another domain's frames, mapped.
+/// Another domain's frames, mapped. Read and write them with
+/// [`Bytes`](crate::grant::Bytes) (bounds-checked, volatile; writes refused
+/// when read-only).
 #[must_use = "a mapping must be given back with ForeignMap::release"]
 #[derive(Debug)]
 pub struct ForeignMap {
@@ -227,18 +229,6 @@ impl ForeignMap {
     /// Whether writes are allowed.
     pub fn writable(&self) -> bool {
         self.writable
-    }
-
-    /// Read the `u64` at byte `offset` (8-byte aligned, inside the mapping),
-    /// volatile: the other side may change it.
-    pub fn read_u64(&self, offset: u64) -> Option<u64> {
-        if offset % 8 != 0 || offset.checked_add(8)? > self.len() {
-            return None;
-        }
-        // SAFETY: the page is mapped readable at `va` for as long as `self`
-        // lives (released only by `release`, which consumes it); offset is
-        // aligned and in bounds (checked above).
-        Some(unsafe { ((self.va.0 + offset) as usize as *const u64).read_volatile() })
     }
 
     /// Give the mapping back: unmap it from the window, remove the foreign

@@ -1,12 +1,15 @@
 //! Byte access through a mapping handle, in the spirit of vm-memory's
 //! `Bytes`: bounds-checked, volatile (another domain may change the memory
 //! at any time), and a write through a read-only handle is refused before
-//! memory is touched.
+//! memory is touched. The one way the agent reads and writes what it has
+//! mapped into its window: grants ([`GrantMap`]), foreign frames
+//! ([`ForeignMap`]) and acquired resources ([`ResourceMap`]).
 
 use core::fmt;
 use core::mem::size_of;
 
 use super::{window_ptr, GrantMap};
+use crate::acquire::ResourceMap;
 use crate::addr::VirtAddr;
 use crate::mapping::ForeignMap;
 
@@ -187,6 +190,21 @@ unsafe impl Bytes for GrantMap {
 // `va()` for `len()` bytes from its creation until `release`, which consumes
 // it (see `crate::mapping::map_foreign`).
 unsafe impl Bytes for ForeignMap {
+    fn mapped_va(&self) -> VirtAddr {
+        self.va()
+    }
+    fn mapped_len(&self) -> u64 {
+        self.len()
+    }
+    fn mapped_writable(&self) -> bool {
+        self.writable()
+    }
+}
+
+// SAFETY: a `ResourceMap` is mapped (readable; writable iff `writable()`) at
+// `va()` for `len()` bytes (all its frames) from its creation until
+// `release`, which consumes it (see `crate::acquire::acquire`).
+unsafe impl Bytes for ResourceMap {
     fn mapped_va(&self) -> VirtAddr {
         self.va()
     }

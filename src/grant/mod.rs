@@ -49,8 +49,9 @@
 //! # Byte access ([`Bytes`])
 //!
 //! Bounds-checked volatile reads and writes through a mapping handle
-//! ([`GrantMap`] and [`crate::mapping::ForeignMap`]); a write through a
-//! read-only handle is refused before memory is touched.
+//! ([`GrantMap`], [`crate::mapping::ForeignMap`] and
+//! [`crate::acquire::ResourceMap`]); a write through a read-only handle is
+//! refused before memory is touched.
 //!
 //! # Xen's behaviour worth knowing (4.17)
 //!
