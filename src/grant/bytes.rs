@@ -171,47 +171,35 @@ fn obj_span<T: Plain>(b: &(impl Bytes + ?Sized), offset: u64) -> Result<u64, Acc
     Ok(va)
 }
 
-// SAFETY: a `GrantMap` is mapped (readable; writable iff not read-only) at
-// `va()` for `len()` bytes from its creation until `release`, which consumes
-// it.
-unsafe impl Bytes for GrantMap {
-    fn mapped_va(&self) -> VirtAddr {
-        self.va()
-    }
-    fn mapped_len(&self) -> u64 {
-        self.len()
-    }
-    fn mapped_writable(&self) -> bool {
-        self.writable()
-    }
+/// [`Bytes`] for mapping handles that know their `va()`, `len()` and
+/// `writable()`. Each invocation says why that handle's mapping lives as
+/// long as the handle.
+macro_rules! handle_bytes {
+    ($($ty:ty;)*) => {$(
+        // SAFETY: as the invocation's comment says: the handle's pages are
+        // mapped at `va()` for `len()` bytes, readable, writable iff
+        // `writable()`, until `release` consumes the handle.
+        unsafe impl Bytes for $ty {
+            fn mapped_va(&self) -> VirtAddr {
+                self.va()
+            }
+            fn mapped_len(&self) -> u64 {
+                self.len()
+            }
+            fn mapped_writable(&self) -> bool {
+                self.writable()
+            }
+        }
+    )*};
 }
 
-// SAFETY: a `ForeignMap` is mapped (readable; writable iff `writable()`) at
-// `va()` for `len()` bytes from its creation until `release`, which consumes
-// it (see `crate::mapping::map_foreign`).
-unsafe impl Bytes for ForeignMap {
-    fn mapped_va(&self) -> VirtAddr {
-        self.va()
-    }
-    fn mapped_len(&self) -> u64 {
-        self.len()
-    }
-    fn mapped_writable(&self) -> bool {
-        self.writable()
-    }
-}
-
-// SAFETY: a `ResourceMap` is mapped (readable; writable iff `writable()`) at
-// `va()` for `len()` bytes (all its frames) from its creation until
-// `release`, which consumes it (see `crate::acquire::acquire`).
-unsafe impl Bytes for ResourceMap {
-    fn mapped_va(&self) -> VirtAddr {
-        self.va()
-    }
-    fn mapped_len(&self) -> u64 {
-        self.len()
-    }
-    fn mapped_writable(&self) -> bool {
-        self.writable()
-    }
+handle_bytes! {
+    // Mapped by `map_grants` (writable unless read-only) until
+    // `GrantMap::release`.
+    GrantMap;
+    // Mapped by `crate::mapping::map_foreign` until `ForeignMap::release`.
+    ForeignMap;
+    // All its frames, mapped by `crate::acquire::acquire` until
+    // `ResourceMap::release`.
+    ResourceMap;
 }
