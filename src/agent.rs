@@ -664,6 +664,104 @@ fn reservation_steps<H: Hypervisor>(
     Verdict::Pass
 }
 
+/// Make the boot identity map what the region table says (only the guest's
+/// memory mapped: [`crate::paging::trim_identity`]), then check it with the
+/// walker: every frame of a kept region below the map's end translates to
+/// itself, and a sample of every other range (its first and last page and
+/// one page per 2 MiB) translates to nothing. Reports `identity-trim`.
+fn trim_run(t: &mut RegionTable) -> Verdict {
+    #[cfg(target_os = "none")]
+    {
+        use crate::addr::VirtAddr;
+        use crate::arch::imp::paging::{page_tables, IDENTITY};
+        let mut pt = match page_tables() {
+            Ok(pt) => pt,
+            Err(err) => {
+                xm_error!("identity-trim: {}", defmt_display(&err));
+                return Verdict::Fail;
+            }
+        };
+        let end = IDENTITY.end.0;
+        // Kept frames the boot map leaves unmapped on purpose (x86: the boot
+        // stack's guard page): they must stay so, all others mapped.
+        let kept_pages = |t: &RegionTable| -> Vec<u64> {
+            t.iter()
+                .filter(|r| r.kind.identity_mapped())
+                .flat_map(|r| {
+                    (r.range.start_addr().0..r.range.end_addr().0.min(end))
+                        .step_by(PAGE_SIZE as usize)
+                })
+                .collect()
+        };
+        let unmapped_at_boot: Vec<u64> = kept_pages(t)
+            .into_iter()
+            .filter(|&pa| pt.translate(VirtAddr(pa)).is_none())
+            .collect();
+        let done = match crate::paging::trim_identity(&mut pt, IDENTITY, t) {
+            Ok(d) => d,
+            Err(err) => {
+                xm_error!("identity-trim: {}", defmt_display(&err));
+                return Verdict::Fail;
+            }
+        };
+        let (mut kept, mut kept_wrong) = (0u64, 0u64);
+        for pa in kept_pages(t) {
+            kept += 1;
+            let want = !unmapped_at_boot.contains(&pa);
+            let is = pt.translate(VirtAddr(pa)).is_some_and(|(to, _)| to.0 == pa);
+            if is != want {
+                kept_wrong += 1;
+            }
+        }
+        let (mut sampled, mut still_mapped) = (0u64, 0u64);
+        for r in t.iter() {
+            let (lo, hi) = (r.range.start_addr().0, r.range.end_addr().0.min(end));
+            if lo >= hi || r.kind.identity_mapped() {
+                continue;
+            }
+            {
+                let blocks = (lo..hi).step_by(crate::paging::level_size(1) as usize);
+                let samples = [lo, hi - PAGE_SIZE].into_iter().chain(
+                    blocks
+                        .map(|b| b & !(crate::paging::level_size(1) - 1))
+                        .filter(|&b| b >= lo),
+                );
+                for pa in samples {
+                    sampled += 1;
+                    if pt.translate(VirtAddr(pa)).is_some() {
+                        still_mapped += 1;
+                    }
+                }
+            }
+        }
+        xm_info!(
+            "report: identity-trim ranges={=usize} frames={} root_switches={=u64} kept_mapped={=str} kept={=u64} unmapped_at_boot={=usize} others_unmapped={=str} sampled={=u64}",
+            done.ranges,
+            done.frames,
+            pt.root_switches(),
+            yes(kept_wrong == 0),
+            kept,
+            unmapped_at_boot.len(),
+            yes(still_mapped == 0),
+            sampled
+        );
+        if kept_wrong != 0 || still_mapped != 0 {
+            xm_error!(
+                "identity-trim: {=u64} kept frames not mapped, {=u64} sampled others still mapped",
+                kept_wrong,
+                still_mapped
+            );
+            return Verdict::Fail;
+        }
+        Verdict::Pass
+    }
+    #[cfg(not(target_os = "none"))]
+    {
+        let _ = t;
+        Verdict::Pass
+    }
+}
+
 /// Check with the walker's `translate` that every ballooned frame
 /// below the identity map's end is unmapped (reading one would fault; it is
 /// not read). Reports `identity-map`; `false` if one is still mapped.
@@ -1747,6 +1845,9 @@ pub fn run(hv: &impl Hypervisor, boot: &BootInfo<'_>, heap: Option<PhysSpan>) ->
             return Verdict::Fail;
         }
         let mut table = table;
+        if trim_run(&mut table) == Verdict::Fail {
+            return Verdict::Fail;
+        }
         if (opts.balloon.is_some() || opts.balloon_then.is_some() || opts.contig.is_some())
             && reservation_run(hv, &mut table, &s, &opts) == Verdict::Fail
         {

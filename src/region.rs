@@ -206,6 +206,19 @@ impl RegionKind {
         )
     }
 
+    /// Whether the agent's identity map keeps these frames mapped: the
+    /// guest's populated RAM ([`is_populated_ram`](Self::is_populated_ram))
+    /// and firmware's memory (reserved by firmware, ACPI). Everything else —
+    /// ballooned frames, holes, unusable and device space, grant and foreign
+    /// mappings (reached through the mapping window) — is unmapped there.
+    pub const fn identity_mapped(self) -> bool {
+        self.is_populated_ram()
+            || matches!(
+                self,
+                RegionKind::Reserved(ReservedUse::Firmware | ReservedUse::Acpi)
+            )
+    }
+
     /// Whether [`RegionTable::add`] may put a region of kind `new` over one of
     /// this kind: only a hole may be replaced, by a mapping or device range.
     pub const fn replaceable_by(self, new: RegionKind) -> bool {
@@ -481,6 +494,11 @@ impl RegionTable {
     /// current extent (the `gasp_region_info()` analogue).
     pub fn info(&self, addr: GuestPhysAddr) -> Option<Region> {
         self.region_at(addr.frame()).copied()
+    }
+
+    /// The regions overlapping `range`, in order (whole, not clipped).
+    pub fn overlapping_regions(&self, range: FrameRange) -> impl Iterator<Item = &Region> + '_ {
+        self.overlapping(range.start(), range.end())
     }
 
     /// Regions overlapping `[start, end)`, in order.

@@ -1359,7 +1359,7 @@ mod tests {
 
     impl IdentityMap for RecordingIdentity {
         fn unmap(&self, t: &mut RegionTable, range: FrameRange) -> Result<(), PagingError> {
-            use crate::paging::{BalloonedFrames, FrameSource};
+            use crate::paging::{FrameSource, IdentityFrames};
             assert!(t.all_ballooned(range), "unmap of {range:?}: not ballooned");
             if self.split_tables
                 && (range.start().0 % 512 != 0 || range.len().0 % 512 != 0)
@@ -1380,7 +1380,7 @@ mod tests {
         }
 
         fn map(&self, t: &mut RegionTable, range: FrameRange) -> Result<(), PagingError> {
-            use crate::paging::BalloonedFrames;
+            use crate::paging::IdentityFrames;
             assert!(t.all_ballooned(range), "map of {range:?}: not ballooned");
             let mut u = self.unmapped.borrow_mut();
             let mut l = self.left_mapped.borrow_mut();

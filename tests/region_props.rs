@@ -548,3 +548,30 @@ fn shared_table_batches_are_atomic_across_threads() {
         PageCount(4096 - total)
     );
 }
+
+#[test]
+fn the_identity_map_keeps_memory_only() {
+    use xenmem::region::ReservedUse as U;
+    let kept = [
+        RegionKind::Ram,
+        RegionKind::Contiguous,
+        RegionKind::Reserved(U::Image),
+        RegionKind::Reserved(U::Stack),
+        RegionKind::Reserved(U::PageTables),
+        RegionKind::Reserved(U::Heap),
+        RegionKind::Reserved(U::Boot),
+        RegionKind::Reserved(U::Allocated),
+        RegionKind::Reserved(U::Firmware),
+        RegionKind::Reserved(U::Acpi),
+    ];
+    let dropped = [
+        RegionKind::Ballooned,
+        RegionKind::Hole,
+        RegionKind::Mmio,
+        RegionKind::Grant,
+        RegionKind::Foreign,
+        RegionKind::Reserved(U::Unusable),
+    ];
+    assert!(kept.iter().all(|k| k.identity_mapped()));
+    assert!(dropped.iter().all(|k| !k.identity_mapped()));
+}

@@ -1,11 +1,16 @@
-//! Taking ballooned frames out of the boot identity map and putting them
-//! back, on both architectures.
+//! Keeping the boot identity map to the guest's own memory, on both
+//! architectures: taking ballooned frames (and, once at start-up,
+//! everything that is not memory) out of it, and putting ballooned frames
+//! back.
 //!
-//! The boot code identity-maps guest RAM with blocks: 2 MiB pages on x86_64
-//! (`PD` entries below `PDPT`s), 1 GiB blocks on aarch64 (level-1 entries of
-//! the root). Frames the agent gives back to Xen must not stay mapped as if
-//! they were RAM, so [`PageTable::unmap_identity`] clears their entries and
-//! [`PageTable::map_identity`] restores them before they are RAM again.
+//! The boot code identity-maps the low address space wholesale with blocks:
+//! `[0, 4 GiB)` in 2 MiB pages on x86_64 (`PD` entries below `PDPT`s),
+//! `[1 GiB, 511 GiB)` in 1 GiB blocks on aarch64 (level-1 entries of the
+//! root). Frames that are not the guest's memory — unpopulated space, device
+//! space, frames given back to Xen — must not stay mapped as if they were
+//! RAM, so [`PageTable::unmap_identity`] clears their entries and
+//! [`PageTable::map_identity`] restores ballooned ones before they are RAM
+//! again.
 //! Per 1 GiB (walker level 2) and then per 2 MiB (level 1) of the range:
 //!
 //! - a block the range covers entirely is cleared (a 1 GiB block too); a
@@ -19,7 +24,7 @@
 //! - a table already there has its entries changed.
 //!
 //! Split tables stay (they are not merged back); their frames, like every
-//! new table's, come from the [`BalloonedFrames`] source.
+//! new table's, come from the [`IdentityFrames`] source.
 //!
 //! # Splitting a live block
 //!
@@ -33,7 +38,7 @@
 //! copies (the live tree never sees a block turn into a table); then
 //! [`Tlb::switch_root`] makes the new root the one the MMU uses with every
 //! old translation dropped, and the replaced tables go back to the frame
-//! source if they came from it ([`BalloonedFrames::is_table_frame`]; the boot
+//! source if they came from it ([`IdentityFrames::is_table_frame`]; the boot
 //! code's tables in the image do not). Tables no split touches are shared
 //! between the old and the new tree, the mapping window's among them.
 //!
@@ -42,7 +47,8 @@
 //!
 //! # All or nothing
 //!
-//! Only frames that are all ballooned are accepted, and only addresses below
+//! Only frames the source says may go ([`IdentityFrames::unbacked`]) are
+//! unmapped, and only ballooned ones mapped back; only addresses below
 //! [`IdentitySpec::end`] are touched (above it nothing was ever
 //! identity-mapped). Every call plans first — reading the tables, checking
 //! every entry it will change, counting the tables it needs — then takes all
@@ -59,11 +65,16 @@ use super::{
 use crate::addr::{GuestPhysAddr, VirtAddr, PAGE_SIZE};
 use crate::region::FrameRange;
 
-/// A [`FrameSource`] that also knows which frames are ballooned (given back
-/// to Xen) and which are its page-table frames: the region table on the
-/// target.
-pub trait BalloonedFrames: FrameSource {
-    /// Whether every frame of `range` is ballooned.
+/// A [`FrameSource`] that also knows what the frames are: which the identity
+/// map may drop, which are ballooned (given back to Xen), and which are its
+/// page-table frames. The region table on the target.
+pub trait IdentityFrames: FrameSource {
+    /// Whether no frame of `range` is memory the identity map must keep:
+    /// all are ballooned, unpopulated (holes, unusable), device space or
+    /// another domain's (grant and foreign mappings).
+    fn unbacked(&self, range: FrameRange) -> bool;
+    /// Whether every frame of `range` is ballooned: the only frames
+    /// [`PageTable::map_identity`] puts back.
     fn all_ballooned(&self, range: FrameRange) -> bool;
     /// Whether `frame` is a page-table frame this source handed out and takes
     /// back: a table replaced by a copy is freed only then.
@@ -196,16 +207,20 @@ fn bad(va: u64, level: usize) -> PagingError {
 }
 
 impl<F: Format, M: TableMemory, T: Tlb> PageTable<F, M, T> {
-    /// Take the ballooned frames of `range` out of the identity map: their
-    /// addresses fault from now on. New tables come from `frames`.
+    /// Take the frames of `range` out of the identity map: their addresses
+    /// fault from now on. For ballooned frames, and at start-up for
+    /// everything that is not the guest's memory (see
+    /// [`trim_identity`](super::system::trim_identity)). New tables come from
+    /// `frames`.
     ///
-    /// Fails with [`PagingError::NotBallooned`] unless `frames` says every
-    /// frame is ballooned; on any error nothing has changed.
+    /// Fails with [`PagingError::Backed`] unless `frames` says no frame is
+    /// memory the map must keep ([`IdentityFrames::unbacked`]); on any error
+    /// nothing has changed.
     pub fn unmap_identity(
         &mut self,
         range: FrameRange,
         spec: IdentitySpec,
-        frames: &mut impl BalloonedFrames,
+        frames: &mut impl IdentityFrames,
     ) -> Result<(), PagingError> {
         self.change_identity(range, spec, false, frames)
     }
@@ -220,7 +235,7 @@ impl<F: Format, M: TableMemory, T: Tlb> PageTable<F, M, T> {
         &mut self,
         range: FrameRange,
         spec: IdentitySpec,
-        frames: &mut impl BalloonedFrames,
+        frames: &mut impl IdentityFrames,
     ) -> Result<(), PagingError> {
         self.change_identity(range, spec, true, frames)
     }
@@ -230,10 +245,13 @@ impl<F: Format, M: TableMemory, T: Tlb> PageTable<F, M, T> {
         range: FrameRange,
         spec: IdentitySpec,
         present: bool,
-        frames: &mut impl BalloonedFrames,
+        frames: &mut impl IdentityFrames,
     ) -> Result<(), PagingError> {
-        if !frames.all_ballooned(range) {
+        if present && !frames.all_ballooned(range) {
             return Err(PagingError::NotBallooned(range.start_addr()));
+        }
+        if !present && !frames.unbacked(range) {
+            return Err(PagingError::Backed(range.start_addr()));
         }
         let start = range.start_addr().0;
         let stop = range.end_addr().0.min(spec.end.0);
@@ -502,7 +520,7 @@ impl<F: Format, M: TableMemory, T: Tlb> PageTable<F, M, T> {
     }
 
     /// Take the frames, fill the new tables, write, and make it take effect.
-    fn apply(&mut self, plan: &Plan, frames: &mut impl BalloonedFrames) -> Result<(), PagingError> {
+    fn apply(&mut self, plan: &Plan, frames: &mut impl IdentityFrames) -> Result<(), PagingError> {
         if plan.writes.is_empty() {
             return Ok(());
         }

@@ -62,10 +62,10 @@ pub mod x86_64;
 mod tests;
 
 pub use flush::{Flush, MapFlush, UnmapFlush, FLUSH_ALL_THRESHOLD};
-pub use identity::{BalloonedFrames, IdentitySpec};
+pub use identity::{IdentityFrames, IdentitySpec};
 #[cfg(target_os = "none")]
 pub use system::BootIdentityMap;
-pub use system::{AdoptOnce, IdentityMemory};
+pub use system::{trim_identity, AdoptOnce, IdentityMemory, Trimmed};
 pub use walk::PageTable;
 
 /// Entries in one translation table (4 KiB of 8-byte entries).
@@ -431,6 +431,9 @@ pub enum PagingError {
     /// An identity-map change for frames that are not all ballooned: the
     /// identity map of anything else is never touched.
     NotBallooned(GuestPhysAddr),
+    /// An identity-map removal of frames among which some are memory the
+    /// identity map must keep (RAM, the agent's own, firmware's).
+    Backed(GuestPhysAddr),
 }
 
 impl fmt::Display for PagingError {
@@ -469,6 +472,12 @@ impl fmt::Display for PagingError {
             PagingError::SelfTest(why) => write!(f, "self-test: {why}"),
             PagingError::NotBallooned(pa) => {
                 write!(f, "the frames from {pa} are not all ballooned")
+            }
+            PagingError::Backed(pa) => {
+                write!(
+                    f,
+                    "the frames from {pa} include memory the identity map keeps"
+                )
             }
         }
     }

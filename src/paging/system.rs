@@ -2,7 +2,12 @@
 //! table memory through the identity map, table frames from the region
 //! table, and the one adopted set of page tables.
 
-use super::{BalloonedFrames, FrameSource, PagingError, Table, TableMemory};
+use alloc::vec::Vec;
+
+use super::{
+    Format, FrameSource, IdentityFrames, IdentitySpec, PageTable, PagingError, Table, TableMemory,
+    Tlb,
+};
 use crate::addr::{Gfn, GuestPhysAddr, Order, PageCount, PAGE_SIZE};
 use crate::region::{Change, FrameRange, RegionFlags, RegionKind, RegionTable, ReservedUse};
 
@@ -98,8 +103,14 @@ impl FrameSource for RegionTable {
     }
 }
 
-/// The region table knows which frames are ballooned.
-impl BalloonedFrames for RegionTable {
+/// The region table knows what every frame is.
+impl IdentityFrames for RegionTable {
+    fn unbacked(&self, range: FrameRange) -> bool {
+        // Frames no region covers are nothing: unbacked too.
+        self.overlapping_regions(range)
+            .all(|r| !r.kind.identity_mapped())
+    }
+
     fn all_ballooned(&self, range: FrameRange) -> bool {
         let mut g = range.start();
         while g < range.end() {
@@ -119,9 +130,58 @@ impl BalloonedFrames for RegionTable {
     }
 }
 
+/// What [`trim_identity`] took out of the identity map.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Trimmed {
+    /// Runs of frames unmapped (one [`PageTable::unmap_identity`] each).
+    pub ranges: usize,
+    /// Frames in them.
+    pub frames: PageCount,
+}
+
+/// Take everything below `spec.end` that is not the guest's memory out of
+/// the identity map: the complement of the regions whose kind is
+/// [`identity_mapped`](RegionKind::identity_mapped) (holes, device and
+/// unusable space, ballooned frames, mappings, and frames no region
+/// covers), one [`PageTable::unmap_identity`] per run. The boot code maps
+/// the low address space wholesale; this makes it what the region table
+/// says. Stops at the first error (each call is all or nothing; earlier runs
+/// stay unmapped).
+pub fn trim_identity<F: Format, M: TableMemory, T: Tlb>(
+    pt: &mut PageTable<F, M, T>,
+    spec: IdentitySpec,
+    table: &mut RegionTable,
+) -> Result<Trimmed, PagingError> {
+    let end = spec.end.frame();
+    let mut runs: Vec<FrameRange> = Vec::new();
+    let mut next = Gfn(0);
+    let kept = table
+        .iter()
+        .filter(|r| r.kind.identity_mapped())
+        .map(|r| (r.range.start(), r.range.end()))
+        .chain([(end, end)]);
+    for (start, stop) in kept {
+        let stop_gap = start.min(end);
+        if next < stop_gap {
+            runs.push(FrameRange::from_frames(next, stop_gap).map_err(|_| PagingError::Overflow)?);
+        }
+        next = next.max(stop);
+        if next >= end {
+            break;
+        }
+    }
+    let mut done = Trimmed::default();
+    for r in runs {
+        pt.unmap_identity(r, spec, table)?;
+        done.ranges += 1;
+        done.frames = PageCount(done.frames.0 + r.len().0);
+    }
+    Ok(done)
+}
+
 /// The reservation engine's hook for the boot identity map of either
 /// architecture: the adopted page tables (`arch::<arch>::paging`) with the
-/// boot map's [`IdentitySpec`](super::IdentitySpec), table frames from the
+/// boot map's [`IdentitySpec`], table frames from the
 /// region table. See [`PageTable::unmap_identity`](super::PageTable::unmap_identity).
 #[cfg(target_os = "none")]
 #[derive(Clone, Copy, Debug, Default)]

@@ -16,6 +16,11 @@
 //! | `0x3a00_0000 .. 1 GiB` | Device-nGnRnE, 2 MiB blocks, execute-never | as the first row |
 //! | `1 GiB .. 512 GiB` | Normal write-back, 1 GiB blocks | RAM: QEMU virt's RAM and a domU's RAM0 bank start at 1 GiB, a domU's RAM1 bank at 8 GiB; dom0's `/hypervisor` region (`0x4020_0000`) |
 //!
+//! Once the region table is built the agent trims this map to the guest's
+//! memory (`crate::paging::trim_identity`), so the table above describes the
+//! boot map only; [`is_normal`] answers for it (the device-tree check at
+//! entry), not for the trimmed map.
+//!
 //! Normal memory is inner-shareable, write-back read/write-allocate; all of
 //! it is writable and executable at EL1 (no W^X yet), never at EL0. The
 //! stage-2 attributes Xen applies combine with these (the stronger wins), so

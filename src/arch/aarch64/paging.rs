@@ -20,12 +20,14 @@
 //!
 //! After adoption the identity map ends at 511 GiB ([`IDENTITY`]).
 //!
-//! Ballooned frames are taken out of it through
-//! [`crate::paging::BootIdentityMap`]; the 1 GiB blocks the boot map uses
-//! for RAM are split into 2 MiB blocks (and those into pages) in copies of
-//! the tree, switched to by [`Aarch64Tlb`]'s `switch_root` with the MMU off
-//! for a few instructions, because the Cortex-A57 has no FEAT_BBM and the
-//! block being split is the one the agent runs in.
+//! At start-up it is trimmed to the region table's memory
+//! ([`crate::paging::trim_identity`]: the first GiB's device blocks and
+//! every GiB without RAM go), and ballooned frames are taken out of it
+//! through [`crate::paging::BootIdentityMap`]. The 1 GiB blocks the boot map
+//! uses for RAM are split into 2 MiB blocks (and those into pages) in copies
+//! of the tree, switched to by [`Aarch64Tlb`]'s `switch_root` with the MMU
+//! off for a few instructions, because the Cortex-A57 has no FEAT_BBM and
+//! the block being split is the one the agent runs in.
 
 use core::arch::asm;
 use core::sync::atomic::Ordering;

@@ -5,6 +5,8 @@
 use super::*;
 use std::collections::BTreeMap;
 
+use crate::region::{Region, RegionFlags, RegionKind, RegionTable, ReservedUse};
+
 // ---- the x86_64 identity map ------------------------------------------------
 
 /// The fake frames plus the set of ballooned frames (by number).
@@ -22,7 +24,10 @@ impl FrameSource for Ballooned<'_> {
     }
 }
 
-impl BalloonedFrames for Ballooned<'_> {
+impl IdentityFrames for Ballooned<'_> {
+    fn unbacked(&self, range: FrameRange) -> bool {
+        self.all_ballooned(range)
+    }
     fn all_ballooned(&self, range: FrameRange) -> bool {
         (range.start().0..range.end().0).all(|g| self.gfns.contains(&g))
     }
@@ -195,7 +200,7 @@ fn identity_refuses_frames_that_are_not_ballooned_and_changes_nothing() {
     };
     assert_eq!(
         pt.unmap_identity(r, IDENT, &mut b),
-        Err(PagingError::NotBallooned(GuestPhysAddr(0x40_0000)))
+        Err(PagingError::Backed(GuestPhysAddr(0x40_0000)))
     );
     assert_eq!(
         pt.map_identity(r, IDENT, &mut b),
@@ -561,7 +566,7 @@ fn arm_out_of_frames_or_not_ballooned_changes_nothing() {
     b.gfns.remove(&(r.start().0 + 1));
     assert_eq!(
         pt.unmap_identity(r, ARM_IDENT, &mut b),
-        Err(PagingError::NotBallooned(r.start_addr()))
+        Err(PagingError::Backed(r.start_addr()))
     );
     assert_eq!((tables(&pt), pt.root()), (before, root));
 }
@@ -705,4 +710,171 @@ proptest! {
         // Straddles GiBs 1 and 2.
         check_identity(pt, frames, ARM_IDENT, 2 * GIB - 0x40_0000, &steps, &[root, low], true)?;
     }
+}
+
+// ---- trimming the boot map to the region table ------------------------------
+
+fn region(start: u64, end: u64, kind: RegionKind) -> Region {
+    Region {
+        range: FrameRange::from_addrs(GuestPhysAddr(start), GuestPhysAddr(end)).unwrap(),
+        kind,
+        flags: RegionFlags::empty(),
+        backing: crate::region::Backing::None,
+    }
+}
+
+/// A region table over `[0, end)`: `layout`'s regions, the arena's first
+/// `fixed` frames (root, boot tables) as the image, the next `pool` as RAM
+/// for new tables, and holes wherever nothing else is.
+fn layout_table(layout: &[(u64, u64, RegionKind)], fixed: u64, pool: u64) -> RegionTable {
+    let mut t = RegionTable::new();
+    let arena = ARENA_BASE + fixed * PAGE_SIZE;
+    t.add(region(
+        ARENA_BASE,
+        arena,
+        RegionKind::Reserved(ReservedUse::Image),
+    ))
+    .unwrap();
+    t.add(region(arena, arena + pool * PAGE_SIZE, RegionKind::Ram))
+        .unwrap();
+    for &(s, e, k) in layout {
+        t.add(region(s, e, k)).unwrap();
+    }
+    t
+}
+
+/// Whether `pa` translates (to itself: the map is an identity map).
+fn translates<F: Format, T: Tlb>(pt: &Pt<F, T>, pa: u64) -> bool {
+    match pt.translate(VirtAddr(pa)) {
+        Some((to, _)) => {
+            assert_eq!(to.0, pa);
+            true
+        }
+        None => false,
+    }
+}
+
+/// Every table frame the region table handed out is in the tree.
+fn no_table_leaks<F: Format, T: Tlb>(pt: &Pt<F, T>, t: &RegionTable) {
+    let in_tree: BTreeSet<u64> = tables(pt).keys().copied().collect();
+    for r in t
+        .iter()
+        .filter(|r| r.kind == RegionKind::Reserved(ReservedUse::PageTables))
+    {
+        for g in r.range.start().0..r.range.end().0 {
+            assert!(
+                in_tree.contains(&(g << 12)),
+                "table frame {:#x} leaked",
+                g << 12
+            );
+        }
+    }
+}
+
+#[test]
+fn trim_leaves_x86_with_only_memory_mapped() {
+    let (mut pt, _, _) = identity_setup(8);
+    let mut t = layout_table(
+        &[
+            (0, 0xa_0000, RegionKind::Reserved(ReservedUse::Firmware)),
+            (0xa_0000, 0x10_0000, RegionKind::Mmio),
+            (0x40_0000, 0x400_0000, RegionKind::Ram),
+            (
+                0x400_0000,
+                0x800_0000,
+                RegionKind::Reserved(ReservedUse::Unusable),
+            ),
+            (
+                0x800_0000,
+                0x801_0000,
+                RegionKind::Reserved(ReservedUse::Acpi),
+            ),
+            (0x801_0000, GIB, RegionKind::Mmio),
+        ],
+        // Root, PDPT and PD (from the fake frames in `identity_setup`).
+        3,
+        8,
+    );
+    let done = trim_identity(&mut pt, IDENT, &mut t).unwrap();
+    // [0xa0000, 1 MiB), after the arena up to 4 MiB, [64 MiB, 128 MiB),
+    // [128 MiB + 64 KiB, 1 GiB).
+    assert_eq!(done.ranges, 4);
+    let ev = take_events();
+    assert!(
+        !ev.iter().any(|e| matches!(e, Event::SwitchRoot(_))),
+        "x86 splits in place"
+    );
+    for (pa, kept) in [
+        (0, true),
+        (0x9_f000, true),
+        (0xa_0000, false),
+        (0xf_f000, false),
+        (ARENA_BASE, true),
+        (0x3f_f000, false),
+        (0x40_0000, true),
+        (0x3ff_f000, true),
+        (0x400_0000, false),
+        (0x7ff_f000, false),
+        (0x800_0000, true),
+        (0x800_f000, true),
+        (0x801_0000, false),
+        (0x2000_0000, false),
+        (GIB - PAGE_SIZE, false),
+    ] {
+        assert_eq!(translates(&pt, pa), kept, "{pa:#x}");
+    }
+    no_table_leaks(&pt, &t);
+    // Trimming again finds nothing left to change, and RAM is refused.
+    trim_identity(&mut pt, IDENT, &mut t).unwrap();
+    assert_eq!(
+        pt.unmap_identity(frames_of(0x40_0000, 0x40_1000), IDENT, &mut t),
+        Err(PagingError::Backed(GuestPhysAddr(0x40_0000)))
+    );
+}
+
+#[test]
+fn trim_leaves_arm_with_only_memory_mapped_through_copies() {
+    let (mut pt, _, _) = arm_setup(8);
+    let boot_root = pt.root();
+    let before = tables(&pt);
+    let mut t = layout_table(
+        &[
+            (0, ARENA_BASE, RegionKind::Mmio),
+            (GIB, GIB + 0x800_0000, RegionKind::Ram),
+            (4 * GIB, 8 * GIB, RegionKind::Mmio),
+        ],
+        // The boot root and its first GiB's table.
+        2,
+        8,
+    );
+    let done = trim_identity(&mut pt, ARM_IDENT, &mut t).unwrap();
+    // [0, arena), after the arena to 1 GiB, [1 GiB + 128 MiB, 511 GiB).
+    assert_eq!(done.ranges, 3);
+    assert_eq!(done.frames.0, ((511 * GIB) >> 12) - (0x800_0000 >> 12) - 10);
+    let ev = take_events();
+    // The partial device block under the arena, then GiB 1: two switches.
+    assert_eq!(count(&ev, |e| matches!(e, Event::SwitchRoot(_))), 2);
+    assert_ne!(pt.root(), boot_root);
+    assert_no_live_make(&before, &pt);
+    for (pa, kept) in [
+        (0, false),
+        (ARENA_BASE - PAGE_SIZE, false),
+        (ARENA_BASE, true),
+        (ARENA_BASE + 9 * PAGE_SIZE, true),
+        (ARENA_BASE + 10 * PAGE_SIZE, false),
+        (0x3800_0000, false),
+        (GIB - PAGE_SIZE, false),
+        (GIB, true),
+        (GIB + 0x7ff_f000, true),
+        (GIB + 0x800_0000, false),
+        (2 * GIB, false),
+        (5 * GIB, false),
+        (300 * GIB, false),
+        (511 * GIB - PAGE_SIZE, false),
+    ] {
+        assert_eq!(translates(&pt, pa), kept, "{pa:#x}");
+    }
+    // RAM keeps the boot attributes.
+    assert!(mapped_as(&pt, GIB + 0x10_0000, ARM_IDENT));
+    no_table_leaks(&pt, &t);
 }
