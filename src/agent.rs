@@ -683,18 +683,9 @@ fn trim_run(t: &mut RegionTable) -> Verdict {
         };
         let end = IDENTITY.end.0;
         // Kept frames the boot map leaves unmapped on purpose (x86: the boot
-        // stack's guard page): they must stay so, all others mapped.
-        let kept_pages = |t: &RegionTable| -> Vec<u64> {
-            t.iter()
-                .filter(|r| r.kind.identity_mapped())
-                .flat_map(|r| {
-                    (r.range.start_addr().0..r.range.end_addr().0.min(end))
-                        .step_by(PAGE_SIZE as usize)
-                })
-                .collect()
-        };
-        let unmapped_at_boot: Vec<u64> = kept_pages(t)
-            .into_iter()
+        // stack's guard page): they must stay so, all others mapped. (Not
+        // collected: a big domain's kept pages would not fit the heap.)
+        let unmapped_at_boot: Vec<u64> = kept_pages(t, end)
             .filter(|&pa| pt.translate(VirtAddr(pa)).is_none())
             .collect();
         let done = match crate::paging::trim_identity(&mut pt, IDENTITY, t) {
@@ -705,7 +696,7 @@ fn trim_run(t: &mut RegionTable) -> Verdict {
             }
         };
         let (mut kept, mut kept_wrong) = (0u64, 0u64);
-        for pa in kept_pages(t) {
+        for pa in kept_pages(t, end) {
             kept += 1;
             let want = !unmapped_at_boot.contains(&pa);
             let is = pt.translate(VirtAddr(pa)).is_some_and(|(to, _)| to.0 == pa);
@@ -760,6 +751,17 @@ fn trim_run(t: &mut RegionTable) -> Verdict {
         let _ = t;
         Verdict::Pass
     }
+}
+
+/// The addresses of the pages below `end` that the identity map keeps
+/// ([`RegionKind::identity_mapped`]).
+#[cfg(target_os = "none")]
+fn kept_pages(t: &RegionTable, end: u64) -> impl Iterator<Item = u64> + '_ {
+    t.iter()
+        .filter(|r| r.kind.identity_mapped())
+        .flat_map(move |r| {
+            (r.range.start_addr().0..r.range.end_addr().0.min(end)).step_by(PAGE_SIZE as usize)
+        })
 }
 
 /// Check with the walker's `translate` that every ballooned frame
@@ -1666,20 +1668,42 @@ fn peer_gnttab_entry<H: Hypervisor>(
 
 /// Touch an address the agent's page tables do not map, to test the
 /// exception path. Only on the bare-metal targets.
-fn fault(kind: FaultKind) {
-    match kind {
-        FaultKind::Unmapped => {
-            #[cfg(target_os = "none")]
-            {
-                let addr = crate::arch::imp::UNMAPPED_PROBE;
-                xm_info!("fault: reading unmapped address {}", addr);
-                // SAFETY: deliberately not sound: the read faults, and the
-                // exception handler ends the run without returning here.
-                let v = unsafe { core::ptr::read_volatile(addr.raw() as usize as *const u64) };
-                xm_error!("fault: read of an unmapped address returned {=u64:#x}", v);
+fn fault(kind: FaultKind, t: &RegionTable) {
+    #[cfg(target_os = "none")]
+    {
+        let addr = match kind {
+            FaultKind::Unmapped => crate::arch::imp::UNMAPPED_PROBE.0,
+            FaultKind::Unpopulated => {
+                let end = crate::arch::imp::paging::IDENTITY.end.0;
+                let found = t.iter().find(|r| {
+                    matches!(
+                        r.kind,
+                        RegionKind::Hole
+                            | RegionKind::Reserved(crate::region::ReservedUse::Unusable)
+                    ) && r.range.start().0 != 0
+                        && r.range.start_addr().0 < end
+                });
+                let Some(r) = found else {
+                    xm_error!("fault: no unpopulated range inside the identity map's span");
+                    return;
+                };
+                xm_info!(
+                    "report: fault kind=unpopulated addr={} region={=str}",
+                    r.range.start_addr(),
+                    r.kind.name()
+                );
+                r.range.start_addr().0
             }
-        }
+        };
+        xm_info!("fault: reading unmapped address {=u64:#x}", addr);
+        // SAFETY: deliberately not sound: the read faults (nothing maps the
+        // address: above the identity map, or trimmed from it), and the
+        // exception handler ends the run without returning here.
+        let v = unsafe { core::ptr::read_volatile(addr as usize as *const u64) };
+        xm_error!("fault: read of an unmapped address returned {=u64:#x}", v);
     }
+    #[cfg(not(target_os = "none"))]
+    let _ = (kind, t);
 }
 
 /// `helper=`: the cross-domain flow of a privileged x86 PVH dom0 (see
@@ -1874,7 +1898,7 @@ pub fn run(hv: &impl Hypervisor, boot: &BootInfo<'_>, heap: Option<PhysSpan>) ->
             }
         }
         if let Some(kind) = opts.fault {
-            fault(kind);
+            fault(kind, &table);
             return Verdict::Fail;
         }
         match peer.take() {

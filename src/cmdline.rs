@@ -14,6 +14,10 @@ use crate::agent::ExitPath;
 pub enum FaultKind {
     /// Read an address that the agent's page tables do not map.
     Unmapped,
+    /// Read the first page of unpopulated guest-physical space (a hole or
+    /// unusable range) inside the boot identity map's span: the start-up
+    /// trim unmapped it, so the read faults.
+    Unpopulated,
 }
 
 bitflags::bitflags! {
@@ -305,8 +309,12 @@ impl Options {
             "fault" => set!(
                 fault,
                 "fault",
-                (value == "unmapped").then_some(FaultKind::Unmapped),
-                "`unmapped`"
+                match value {
+                    "unmapped" => Some(FaultKind::Unmapped),
+                    "unpopulated" => Some(FaultKind::Unpopulated),
+                    _ => None,
+                },
+                "`unmapped` or `unpopulated`"
             ),
             "grant" => set!(
                 grant_self,
@@ -362,6 +370,11 @@ mod tests {
         assert_eq!(o.peer, Some(DomId(2)));
         assert_eq!(o.exit, Some(ExitPath::XenShutdown));
         assert_eq!(o.fault, Some(FaultKind::Unmapped));
+        assert_eq!(
+            parse("fault=unpopulated").unwrap().fault,
+            Some(FaultKind::Unpopulated)
+        );
+        assert!(parse("fault=sometimes").is_err());
         assert_eq!(parse("exit=host").unwrap().exit, Some(ExitPath::Host));
     }
 

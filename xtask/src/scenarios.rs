@@ -85,6 +85,16 @@ pub enum Check {
     ErrorMentions(Source, &'static str),
     /// An `exception: <vector name> (vector N) ... fault_addr=...` line.
     Exception(Source),
+    /// An exception line (as [`Check::Exception`]) whose `fault_addr` is the
+    /// number in field `key` of the first `topic` report.
+    ExceptionAt {
+        /// Source.
+        src: Source,
+        /// Report topic.
+        topic: &'static str,
+        /// Field name.
+        key: &'static str,
+    },
     /// Every `topic` report of the source that has `key` has a value that is
     /// `is`, and there is at least one.
     Every {
@@ -142,6 +152,7 @@ impl Check {
             | Check::Count { src, .. }
             | Check::ErrorMentions(src, _)
             | Check::Exception(src)
+            | Check::ExceptionAt { src, .. }
             | Check::ImageReserved(src)
             | Check::NoErrorMentions(src, _)
             | Check::MappingsBalanced { src, .. }
@@ -757,6 +768,42 @@ pub fn all() -> Vec<Scenario> {
             checks: vec![Check::Exception(D0), verdict(D0, Verdict::Fail)],
         },
         Scenario {
+            name: "x86_64-unpopulated-fault",
+            arch: Arch::X86_64,
+            mode: Mode::Dom0,
+            // The unusable space past dom0's memory, below 4 GiB: mapped by
+            // the boot code, trimmed at start-up, so a read faults there.
+            agent_opts: &["fault=unpopulated"],
+            exit: ExpectExit::Fail,
+            checks: vec![
+                field(D0, "fault", "region", Is::Text("reserved:unusable")),
+                Check::ExceptionAt {
+                    src: D0,
+                    topic: "fault",
+                    key: "addr",
+                },
+                verdict(D0, Verdict::Fail),
+            ],
+        },
+        Scenario {
+            name: "aarch64-unpopulated-fault",
+            arch: Arch::Aarch64,
+            mode: Mode::Dom0,
+            // Dom0's `/hypervisor` hole inside the GiB that holds its RAM
+            // (and the agent): a 1 GiB Normal block at boot.
+            agent_opts: &["fault=unpopulated"],
+            exit: ExpectExit::Fail,
+            checks: vec![
+                field(D0, "fault", "region", Is::Text("hole")),
+                Check::ExceptionAt {
+                    src: D0,
+                    topic: "fault",
+                    key: "addr",
+                },
+                verdict(D0, Verdict::Fail),
+            ],
+        },
+        Scenario {
             name: "aarch64-exception",
             arch: Arch::Aarch64,
             mode: Mode::Dom0,
@@ -932,6 +979,27 @@ fn check_one(c: &Check, logs: &Logs) -> Option<String> {
             (!l.lines.iter().any(|(_, m)| is_exception_line(m))).then(|| {
                 format!("[{src}] no `exception: <vector name> (vector N) ... fault_addr=..` line")
             })
+        }
+        Check::ExceptionAt { src, topic, key } => {
+            let l = log(src);
+            let want = l.topic(topic).next().and_then(|r| r.get(key));
+            let got = l
+                .lines
+                .iter()
+                .map(|(_, m)| m.as_str())
+                .find(|m| is_exception_line(m))
+                .and_then(|m| {
+                    m.split_whitespace()
+                        .find_map(|w| w.strip_prefix("fault_addr="))
+                });
+            match (want.and_then(parse_number), got.and_then(parse_number)) {
+                (Some(w), Some(g)) if w == g => None,
+                _ => Some(format!(
+                    "[{src}] exception at fault_addr={}, expected `report: {topic}` {key}={}",
+                    got.unwrap_or("?"),
+                    want.unwrap_or("?")
+                )),
+            }
         }
     }
 }
@@ -1117,6 +1185,8 @@ mod tests {
                 "x86_64-helper-domain-superpage",
                 "aarch64-both-unprivileged-probe",
                 "x86_64-exception",
+                "x86_64-unpopulated-fault",
+                "aarch64-unpopulated-fault",
                 "aarch64-exception"
             ]
         );
@@ -1214,6 +1284,33 @@ mod tests {
         ];
         l.extend(lines(D1, domu));
         assert_eq!(evaluate(&s, &result(Exit::Pass, &l)), Vec::<String>::new());
+    }
+
+    #[test]
+    fn an_unpopulated_fault_must_be_at_the_reported_address() {
+        let s = scenario("aarch64-unpopulated-fault");
+        let at = |addr: &'static str| {
+            [
+                (
+                    D0,
+                    Level::Info,
+                    "report: fault kind=unpopulated addr=0x40200000 region=hole",
+                ),
+                (D0, Level::Error, addr),
+                (D0, Level::Error, "verdict: FAIL"),
+            ]
+        };
+        let good = at("exception: sync, current EL, SPx (vector 4) syndrome=0x96000006 pc=0x7c016394 fault_addr=0x40200000");
+        assert_eq!(
+            evaluate(&s, &result(Exit::Fail, &good)),
+            Vec::<String>::new()
+        );
+        let elsewhere = at("exception: sync, current EL, SPx (vector 4) syndrome=0x96000006 pc=0x7c016394 fault_addr=0x40201000");
+        let f = evaluate(&s, &result(Exit::Fail, &elsewhere));
+        assert!(
+            f.len() == 1 && f[0].contains("fault_addr=0x40201000"),
+            "{f:#?}"
+        );
     }
 
     #[test]
