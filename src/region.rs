@@ -206,17 +206,16 @@ impl RegionKind {
         )
     }
 
-    /// Whether the agent's identity map keeps these frames mapped: the
-    /// guest's populated RAM ([`is_populated_ram`](Self::is_populated_ram))
-    /// and firmware's memory (reserved by firmware, ACPI). Everything else —
-    /// ballooned frames, holes, unusable and device space, grant and foreign
-    /// mappings (reached through the mapping window) — is unmapped there.
+    /// Whether the agent's identity map keeps these frames mapped: exactly
+    /// the guest's populated RAM ([`is_populated_ram`](Self::is_populated_ram)).
+    /// Everything else is unmapped there: ballooned frames, holes, unusable
+    /// and device space, grant and foreign mappings (reached through the
+    /// mapping window), and firmware's reservations — which on x86 are often
+    /// device space (the BIOS ROM below 4 GiB, on real hosts the IOAPIC,
+    /// HPET, PCI configuration space) and on Arm may be `no-map` memory;
+    /// nothing in the agent reads them.
     pub const fn identity_mapped(self) -> bool {
         self.is_populated_ram()
-            || matches!(
-                self,
-                RegionKind::Reserved(ReservedUse::Firmware | ReservedUse::Acpi)
-            )
     }
 
     /// Whether [`RegionTable::add`] may put a region of kind `new` over one of

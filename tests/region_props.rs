@@ -561,8 +561,6 @@ fn the_identity_map_keeps_memory_only() {
         RegionKind::Reserved(U::Heap),
         RegionKind::Reserved(U::Boot),
         RegionKind::Reserved(U::Allocated),
-        RegionKind::Reserved(U::Firmware),
-        RegionKind::Reserved(U::Acpi),
     ];
     let dropped = [
         RegionKind::Ballooned,
@@ -571,6 +569,8 @@ fn the_identity_map_keeps_memory_only() {
         RegionKind::Grant,
         RegionKind::Foreign,
         RegionKind::Reserved(U::Unusable),
+        RegionKind::Reserved(U::Firmware),
+        RegionKind::Reserved(U::Acpi),
     ];
     assert!(kept.iter().all(|k| k.identity_mapped()));
     assert!(dropped.iter().all(|k| !k.identity_mapped()));

@@ -191,6 +191,11 @@ pub struct BootIdentityMap;
 impl crate::reservation::IdentityMap for BootIdentityMap {
     fn unmap(&self, t: &mut RegionTable, range: FrameRange) -> Result<(), PagingError> {
         use crate::arch::imp::paging::{page_tables, IDENTITY};
+        // The engine only ever unmaps frames it just ballooned: anything
+        // else is a bug to refuse, not merely memory that may go.
+        if !t.all_ballooned(range) {
+            return Err(PagingError::NotBallooned(range.start_addr()));
+        }
         page_tables()?.unmap_identity(range, IDENTITY, t)
     }
 

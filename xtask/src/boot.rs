@@ -560,9 +560,8 @@ pub fn boot_on(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let start = Instant::now();
-    let mut child = cmd
-        .spawn()
-        .with_context(|| format!("starting {}", describe(&cmd)))?;
+    let mut child =
+        spawn_retrying(&mut cmd).with_context(|| format!("starting {}", describe(&cmd)))?;
     let result = watch(&mut child, spec, table, &mut sink, start);
     // Never leave QEMU behind, whatever happened.
     let _ = child.kill();
@@ -572,6 +571,23 @@ pub fn boot_on(
     sink.log_only(&format!("end: {}", r.summary(spec.mode)))?;
     sink.log.flush()?;
     Ok(r)
+}
+
+/// `cmd.spawn()`, tried again a few times while the executable is busy
+/// (`ETXTBSY`): a file just written, as the runner's tests write their fake
+/// QEMU, stays open for writing in any child another thread forks before it
+/// execs, and exec refuses it until then.
+fn spawn_retrying(cmd: &mut Command) -> std::io::Result<std::process::Child> {
+    let mut tries = 0;
+    loop {
+        match cmd.spawn() {
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && tries < 50 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            r => return r,
+        }
+    }
 }
 
 fn watch(

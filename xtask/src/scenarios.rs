@@ -246,11 +246,11 @@ fn x86_dom0(src: Source) -> Vec<Check> {
         field(src, "memmap", "source", Is::Text("e820")),
         field(src, "reservation", "current", Is::Num(X86_DOM0_PAGES)),
     ]);
-    // [0, 4 GiB) is mapped wholesale at boot; the VGA hole, the unusable
-    // space past dom0's memory and the device gap below 4 GiB leave, in
-    // place (x86 splits live pages); the boot stack's guard page stays
-    // unmapped.
-    c.extend(identity_trim(src, 3, 0));
+    // [0, 4 GiB) is mapped wholesale at boot; everything but dom0's RAM
+    // leaves, in place (x86 splits live pages): the BIOS areas and VGA hole
+    // below 1 MiB, then ACPI, the unusable space past dom0's memory and the
+    // device gap up to 4 GiB. The boot stack's guard page stays unmapped.
+    c.extend(identity_trim(src, 2, 0));
     c.push(field(src, "identity-trim", "unmapped_at_boot", Is::Num(1)));
     c
 }
