@@ -4,13 +4,17 @@
 //! back.
 //!
 //! The boot code identity-maps the low address space wholesale with blocks:
-//! `[0, 4 GiB)` in 2 MiB pages on x86_64 (`PD` entries below `PDPT`s),
-//! `[1 GiB, 511 GiB)` in 1 GiB blocks on aarch64 (level-1 entries of the
-//! root). Frames that are not the guest's memory — unpopulated space, device
-//! space, frames given back to Xen — must not stay mapped as if they were
-//! RAM, so [`PageTable::unmap_identity`] clears their entries and
-//! [`PageTable::map_identity`] restores ballooned ones before they are RAM
-//! again.
+//! `[0, 4 GiB)` in 2 MiB pages on x86_64 (`PD` entries below `PDPT`s);
+//! on aarch64 the first GiB in 2 MiB Device blocks and `[1 GiB, 511 GiB)`
+//! in 1 GiB blocks (level-1 entries of the root). Frames that are not the
+//! guest's memory — unpopulated space, device space, firmware's
+//! reservations, frames given back to Xen — must not stay mapped as if they
+//! were RAM, so [`PageTable::unmap_identity`] clears their entries (at
+//! start-up for all of them through
+//! [`trim_identity`](super::system::trim_identity), later for frames the
+//! reservation engine balloons) and [`PageTable::map_identity`] restores
+//! ballooned ones before they are RAM again.
+//!
 //! Per 1 GiB (walker level 2) and then per 2 MiB (level 1) of the range:
 //!
 //! - a block the range covers entirely is cleared (a 1 GiB block too); a
