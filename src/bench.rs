@@ -2101,16 +2101,7 @@ fn foreign_table<H: Hypervisor, C: Clock, M: Memory>(
         // every later choice (as `mapping` does).
         return r;
     }
-    t.modify(
-        hole,
-        Change {
-            kind: Some(RegionKind::Hole),
-            clear: RegionFlags::all(),
-            backing: Some(Backing::None),
-            expect: Some(RegionKind::Foreign),
-            ..Change::default()
-        },
-    )?;
+    t.modify(hole, crate::mapping::back_to_hole())?;
     r
 }
 

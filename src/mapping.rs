@@ -244,13 +244,8 @@ impl ForeignMap {
         pt.unmap(self.va, self.gfns.len(), table)
             .map_err(MapError::Paging)?;
         vas.free(self.va);
-        let mut first_err = None;
-        for g in self.gfns.start().0..self.gfns.end().0 {
-            if let Err(e) = hv.remove_from_physmap(Gfn(g)) {
-                first_err.get_or_insert(e);
-            }
-        }
-        if let Some(e) = first_err {
+        // Every frame was mapped: here even ENOENT is an error.
+        if let Some(e) = remove_each(hv, self.gfns, |_| false) {
             // Keep the frames marked foreign: they may still hold entries.
             return Err(MapError::Unwind(e));
         }
@@ -275,11 +270,22 @@ impl Drop for ForeignMap {
 /// `ENOENT` (Xen mapped nothing there) is expected. The first other error,
 /// if any.
 pub(crate) fn remove_all(hv: &impl Hypervisor, gfns: FrameRange) -> Option<XenError> {
+    remove_each(hv, gfns, |e| {
+        *e == XenError::Errno(crate::xen::Errno::ENOENT)
+    })
+}
+
+/// `XENMEM_remove_from_physmap` for every frame of `gfns` (all are tried);
+/// the first error that is not `expected`, if any.
+fn remove_each(
+    hv: &impl Hypervisor,
+    gfns: FrameRange,
+    expected: impl Fn(&XenError) -> bool,
+) -> Option<XenError> {
     let mut first = None;
     for g in gfns.start().0..gfns.end().0 {
-        match hv.remove_from_physmap(Gfn(g)) {
-            Ok(()) | Err(XenError::Errno(crate::xen::Errno::ENOENT)) => {}
-            Err(e) => {
+        if let Err(e) = hv.remove_from_physmap(Gfn(g)) {
+            if !expected(&e) {
                 first.get_or_insert(e);
             }
         }
