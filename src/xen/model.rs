@@ -2825,38 +2825,34 @@ pub mod gnt {
         /// Read what `dom` sees at `gfn` from byte `offset`; false if nothing
         /// is there or the range leaves the page.
         pub fn read_guest(&self, dom: DomId, gfn: Gfn, offset: usize, buf: &mut [u8]) -> bool {
-            let s = self.state.borrow();
-            let mut g = self.gnt.borrow_mut();
-            if offset
-                .checked_add(buf.len())
-                .is_none_or(|e| e > PAGE_SIZE_BYTES)
-            {
-                return false;
-            }
-            match g.page(&s, dom.0, gfn) {
-                Some(p) => {
-                    p.read(offset, buf);
-                    true
-                }
-                None => false,
-            }
+            self.with_guest_page(dom, gfn, offset, buf.len(), |p| p.read(offset, buf))
         }
 
         /// Write to what `dom` sees at `gfn`, as the domain itself would
         /// (through a read-only grant mapping too: the model does not guard
         /// it); false if nothing is there or the range leaves the page.
         pub fn write_guest(&self, dom: DomId, gfn: Gfn, offset: usize, data: &[u8]) -> bool {
-            let s = self.state.borrow();
-            let mut g = self.gnt.borrow_mut();
-            if offset
-                .checked_add(data.len())
-                .is_none_or(|e| e > PAGE_SIZE_BYTES)
-            {
+            self.with_guest_page(dom, gfn, offset, data.len(), |p| p.write(offset, data))
+        }
+
+        /// `f` on the page `dom` sees at `gfn`, if there is one and
+        /// `[offset, offset + len)` lies in it; whether `f` ran.
+        fn with_guest_page(
+            &self,
+            dom: DomId,
+            gfn: Gfn,
+            offset: usize,
+            len: usize,
+            f: impl FnOnce(&PageMem),
+        ) -> bool {
+            if offset.checked_add(len).is_none_or(|e| e > PAGE_SIZE_BYTES) {
                 return false;
             }
+            let s = self.state.borrow();
+            let mut g = self.gnt.borrow_mut();
             match g.page(&s, dom.0, gfn) {
                 Some(p) => {
-                    p.write(offset, data);
+                    f(p);
                     true
                 }
                 None => false,
