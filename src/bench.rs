@@ -913,7 +913,7 @@ fn raw_trip<H: Hypervisor, C: Clock, M: Memory>(
 ) -> Result<Option<(u64, u64)>, BenchError> {
     let order = s.max_order.min(O9);
     let n = order.pages().0;
-    let extents: Vec<Gfn> = a
+    let mut extents: Vec<Gfn> = a
         .runs
         .iter()
         .flat_map(|r| (r.start().0..r.end().0).step_by(n as usize).map(Gfn))
@@ -922,27 +922,16 @@ fn raw_trip<H: Hypervisor, C: Clock, M: Memory>(
     let batch = s.batch.max(1);
     let self_ = DomId::SELF;
     let c = ctx.clock;
-    let mut out_done = 0usize;
     let t0 = c.now();
-    let mut failed = None;
-    for chunk in extents.chunks(batch) {
-        match ctx.hv.decrease_reservation(self_, order, chunk) {
-            Ok(done) => {
-                out_done += done;
-                if done < chunk.len() {
-                    failed = Some(BenchError::Check("Xen released fewer extents than asked"));
-                    break;
-                }
-            }
-            Err(err) => {
-                failed = Some(BenchError::Xen {
-                    op: "decrease_reservation",
-                    err,
-                });
-                break;
-            }
-        }
-    }
+    let (out_done, failed) = in_batches(
+        &mut extents,
+        batch,
+        (
+            "decrease_reservation",
+            "Xen released fewer extents than asked",
+        ),
+        |chunk| ctx.hv.decrease_reservation(self_, order, chunk),
+    );
     let t1 = c.now();
     if let Some(f) = failed {
         // Xen may also have removed the first pages of the extent it
@@ -951,26 +940,13 @@ fn raw_trip<H: Hypervisor, C: Clock, M: Memory>(
         recover(ctx, t, &extents[..out_done], partial, order, start)?;
         return Err(f);
     }
-    let mut in_done = 0usize;
     let t2 = c.now();
-    for chunk in back.chunks_mut(batch) {
-        match ctx.hv.populate_physmap(self_, order, MemFlags::NONE, chunk) {
-            Ok(done) => {
-                in_done += done;
-                if done < chunk.len() {
-                    failed = Some(BenchError::Check("short populate"));
-                    break;
-                }
-            }
-            Err(err) => {
-                failed = Some(BenchError::Xen {
-                    op: "populate_physmap",
-                    err,
-                });
-                break;
-            }
-        }
-    }
+    let (in_done, failed) = in_batches(
+        &mut back,
+        batch,
+        ("populate_physmap", "short populate"),
+        |chunk| ctx.hv.populate_physmap(self_, order, MemFlags::NONE, chunk),
+    );
     let t3 = c.now();
     if let Some(f) = failed {
         recover(ctx, t, &extents[in_done..], None, order, start)?;
@@ -991,6 +967,30 @@ fn raw_trip<H: Hypervisor, C: Clock, M: Memory>(
         }));
     }
     Ok(Some((t1.wrapping_sub(t0), t3.wrapping_sub(t2))))
+}
+
+/// `call` on `extents` in batches of `batch`, stopping at the first error
+/// or short batch; the extents done and, if it stopped, why
+/// ([`BenchError::Xen`] named `what.0`, or [`BenchError::Check`] `what.1`).
+fn in_batches(
+    extents: &mut [Gfn],
+    batch: usize,
+    what: (&'static str, &'static str),
+    mut call: impl FnMut(&mut [Gfn]) -> Result<usize, XenError>,
+) -> (usize, Option<BenchError>) {
+    let mut done = 0usize;
+    for chunk in extents.chunks_mut(batch) {
+        match call(chunk) {
+            Ok(n) => {
+                done += n;
+                if n < chunk.len() {
+                    return (done, Some(BenchError::Check(what.1)));
+                }
+            }
+            Err(err) => return (done, Some(BenchError::Xen { op: what.0, err })),
+        }
+    }
+    (done, None)
 }
 
 /// After a raw replay failed: the extents starting at `out` (of `order`)
