@@ -208,7 +208,7 @@ fn setup_with<F: Format, T: Tlb>(window: Window, pool: usize) -> (Pt<F, T>, Fake
 }
 
 /// The table of `level` on the way to `va` (which must exist).
-fn table_at<F: Format>(pt: &Pt<F>, va: VirtAddr, level: usize) -> GuestPhysAddr {
+fn table_at<F: Format, T: Tlb>(pt: &Pt<F, T>, va: VirtAddr, level: usize) -> GuestPhysAddr {
     let mut t = pt.root();
     for l in (level + 1..F::LEVELS).rev() {
         let e = raw(pt, t, va, l);
@@ -220,12 +220,17 @@ fn table_at<F: Format>(pt: &Pt<F>, va: VirtAddr, level: usize) -> GuestPhysAddr 
     t
 }
 
-fn slot<F: Format>(pt: &Pt<F>, table: GuestPhysAddr, va: VirtAddr, level: usize) -> &AtomicU64 {
+fn slot<F: Format, T: Tlb>(
+    pt: &Pt<F, T>,
+    table: GuestPhysAddr,
+    va: VirtAddr,
+    level: usize,
+) -> &AtomicU64 {
     let i = ((va.0 >> level_shift(level)) % ENTRIES as u64) as usize;
     &pt.memory().table(table).unwrap()[i]
 }
 
-fn raw<F: Format>(pt: &Pt<F>, table: GuestPhysAddr, va: VirtAddr, level: usize) -> u64 {
+fn raw<F: Format, T: Tlb>(pt: &Pt<F, T>, table: GuestPhysAddr, va: VirtAddr, level: usize) -> u64 {
     slot(pt, table, va, level).load(Ordering::Relaxed)
 }
 

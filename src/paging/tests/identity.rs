@@ -86,16 +86,6 @@ fn snapshot(pt: &Pt<X86_64>, tables: &[GuestPhysAddr]) -> Vec<u64> {
         .collect()
 }
 
-fn identity_mapped(pt: &Pt<X86_64>, pa: u64) -> bool {
-    match pt.translate(VirtAddr(pa)) {
-        Some((to, attrs)) => {
-            assert_eq!((to.0, attrs), (pa, IDENT.attrs), "{pa:#x}");
-            true
-        }
-        None => false,
-    }
-}
-
 #[test]
 fn identity_a_whole_block_is_cleared_and_restored_as_a_2mib_page() {
     let (mut pt, mut frames, pd) = identity_setup(4);
@@ -117,7 +107,7 @@ fn identity_a_whole_block_is_cleared_and_restored_as_a_2mib_page() {
     );
     for pa in (0x3f_f000..0x81_0000).step_by(PAGE_SIZE as usize) {
         assert_eq!(
-            identity_mapped(&pt, pa),
+            mapped_as(&pt, pa, IDENT),
             !(0x40_0000..0x80_0000).contains(&pa)
         );
     }
@@ -163,7 +153,7 @@ fn identity_partial_blocks_are_split_into_4k_pages() {
     }
     for pa in (0x40_0000..0xa0_0000).step_by(PAGE_SIZE as usize) {
         assert_eq!(
-            identity_mapped(&pt, pa),
+            mapped_as(&pt, pa, IDENT),
             !r.contains(Gfn(pa >> 12)),
             "{pa:#x}"
         );
@@ -180,12 +170,12 @@ fn identity_partial_blocks_are_split_into_4k_pages() {
         1
     );
     for pa in (0x5f_0000..0x60_1000).step_by(PAGE_SIZE as usize) {
-        assert!(identity_mapped(&pt, pa), "{pa:#x}");
+        assert!(mapped_as(&pt, pa, IDENT), "{pa:#x}");
     }
-    assert!(!identity_mapped(&pt, 0x60_1000));
+    assert!(!mapped_as(&pt, 0x60_1000, IDENT));
     pt.map_identity(rest, IDENT, &mut b).unwrap();
     for pa in (0x40_0000..0xa0_0000).step_by(PAGE_SIZE as usize) {
-        assert!(identity_mapped(&pt, pa), "{pa:#x}");
+        assert!(mapped_as(&pt, pa, IDENT), "{pa:#x}");
     }
 }
 
@@ -326,7 +316,7 @@ fn tables<F: Format, T: Tlb>(pt: &Pt<F, T>) -> BTreeMap<u64, Vec<u64>> {
 
 /// Break-before-make: no valid entry of a table the MMU could use before
 /// (`before`) was changed except to invalid.
-fn assert_no_live_make(before: &BTreeMap<u64, Vec<u64>>, pt: &ArmPt) {
+fn assert_no_live_make<F: Format, T: Tlb>(before: &BTreeMap<u64, Vec<u64>>, pt: &Pt<F, T>) {
     for (&t, entries) in before {
         let now = pt.memory().table(GuestPhysAddr(t)).unwrap();
         for (i, (&was, e)) in entries.iter().zip(now.iter()).enumerate() {
@@ -392,7 +382,7 @@ fn arm_partial_blocks_are_split_in_copies_and_the_replaced_tables_freed() {
     pt.unmap_identity(whole, ARM_IDENT, &mut b).unwrap();
     take_events();
     let root_copy = pt.root();
-    let gib_table = table_at_t(&pt, VirtAddr(GIB), 1);
+    let gib_table = table_at(&pt, VirtAddr(GIB), 1);
     let before = tables(&pt);
     pt.unmap_identity(part, ARM_IDENT, &mut b).unwrap();
     let ev = take_events();
@@ -425,23 +415,6 @@ fn arm_partial_blocks_are_split_in_copies_and_the_replaced_tables_freed() {
     for pa in (GIB + 0xa0_0000..GIB + 0xa1_0000).step_by(PAGE_SIZE as usize) {
         assert!(mapped_as(&pt, pa, ARM_IDENT), "{pa:#x}");
     }
-}
-
-/// [`table_at`] for any TLB type.
-fn table_at_t<F: Format, T: Tlb>(pt: &Pt<F, T>, va: VirtAddr, level: usize) -> GuestPhysAddr {
-    let mut t = pt.root();
-    for l in (level + 1..F::LEVELS).rev() {
-        let e = pt.memory().table(t).unwrap()[index_of(va, l)].load(Ordering::Relaxed);
-        match F::decode(e, l) {
-            Entry::Table { next, .. } => t = next,
-            other => panic!("no table at level {l}: {other:?}"),
-        }
-    }
-    t
-}
-
-fn index_of(va: VirtAddr, level: usize) -> usize {
-    ((va.0 >> level_shift(level)) % ENTRIES as u64) as usize
 }
 
 #[test]
@@ -492,7 +465,7 @@ fn arm_a_whole_gib_is_cleared_in_place_and_restored_in_2mib_blocks() {
     let ev = take_events();
     assert_eq!(count(&ev, |e| matches!(e, Event::Alloc(_))), 1);
     assert_eq!(ev.last(), Some(&Event::InvalidateAll));
-    let t = table_at_t(&pt, VirtAddr(2 * GIB), 1);
+    let t = table_at(&pt, VirtAddr(2 * GIB), 1);
     for (i, e) in pt.memory().table(t).unwrap().iter().enumerate() {
         let pa = GuestPhysAddr(2 * GIB + ((i as u64) << 21));
         assert_eq!(
@@ -518,7 +491,7 @@ fn arm_a_table_made_by_a_restore_is_split_later_in_copies() {
     let ev = take_events();
     assert_eq!(count(&ev, |e| matches!(e, Event::Alloc(_))), 2);
     assert!(!ev.iter().any(|e| matches!(e, Event::SwitchRoot(_))));
-    let made = table_at_t(&pt, VirtAddr(2 * GIB), 1);
+    let made = table_at(&pt, VirtAddr(2 * GIB), 1);
     for g in first.start().0..first.end().0 {
         b.gfns.remove(&g);
     }
@@ -667,13 +640,7 @@ fn check_identity<F: Format, T: Tlb>(
             Err(e) => return Err(TestCaseError::fail(format!("{e}"))),
         }
         if bbm {
-            for (&t, entries) in &before {
-                let now = pt.memory().table(GuestPhysAddr(t)).unwrap();
-                for (&was, e) in entries.iter().zip(now.iter()) {
-                    let is = e.load(Ordering::Relaxed);
-                    prop_assert!(was & a64::VALID == 0 || is == was || is == 0);
-                }
-            }
+            assert_no_live_make(&before, &pt);
         }
         for g in first - 1..=first + PAGES {
             let inside = (first..first + PAGES).contains(&g);
