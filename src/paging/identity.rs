@@ -154,6 +154,10 @@ impl Write {
     }
 }
 
+/// The live tables that translate an address, by walker level (entries
+/// below the deepest one known are unused).
+type Path = [GuestPhysAddr; super::MAX_LEVELS];
+
 /// Everything one call will do, decided before anything is written.
 #[derive(Debug, Default)]
 struct Plan {
@@ -180,21 +184,22 @@ impl Plan {
         }
     }
 
-    /// Copy the live tables of `chain` (a table, its parent, ..., the root;
-    /// with the address `va` they translate) and link each copy from its
+    /// Copy the live tables `path[level..=top]` (the tables that translate
+    /// `va`, by level, `top` the root's) and link each copy from its
     /// parent's copy.
-    fn copy_chain(&mut self, chain: &[GuestPhysAddr], levels: &[usize], va: u64) {
-        for (i, &t) in chain.iter().enumerate() {
+    fn copy_chain(&mut self, path: &Path, level: usize, top: usize, va: u64) {
+        for l in level..=top {
+            let t = path[l];
             if self.copies.contains_key(&t) {
                 // Its parents are copied and linked already.
                 return;
             }
             let n = self.add(Fill::Copy(t));
             self.copies.insert(t, n);
-            if let (Some(&parent), Some(&level)) = (chain.get(i + 1), levels.get(i + 1)) {
+            if l < top {
                 self.writes.push(Write::Link {
-                    table: Tab::Live(parent),
-                    index: index(va, level),
+                    table: Tab::Live(path[l + 1]),
+                    index: index(va, l + 1),
                     to: Tab::New(n),
                 });
             }
@@ -281,17 +286,15 @@ impl<F: Format, M: TableMemory, T: Tlb> PageTable<F, M, T> {
         present: bool,
         spec: IdentitySpec,
     ) -> Result<(), PagingError> {
-        // The tables from the root down to the one with the 1 GiB entries
-        // (chain[0] is that one, the root last), all tables.
-        let mut chain = [GuestPhysAddr(0); super::MAX_LEVELS];
-        let mut levels = [0usize; super::MAX_LEVELS];
-        let depth = F::LEVELS
-            .checked_sub(3)
-            .ok_or(PagingError::Unsupported("fewer than 3 levels"))?;
+        // The tables from the root down to the one with the 1 GiB entries,
+        // all tables.
+        if F::LEVELS < 3 {
+            return Err(PagingError::Unsupported("fewer than 3 levels"));
+        }
+        let mut path: Path = [GuestPhysAddr(0); super::MAX_LEVELS];
         let mut table = self.root();
-        for (i, level) in (2..F::LEVELS).rev().enumerate() {
-            chain[depth - i] = table;
-            levels[depth - i] = level;
+        for level in (2..F::LEVELS).rev() {
+            path[level] = table;
             if level == 2 {
                 break;
             }
@@ -309,9 +312,7 @@ impl<F: Format, M: TableMemory, T: Tlb> PageTable<F, M, T> {
                 Entry::Unsupported => return Err(bad(g, level)),
             };
         }
-        let chain = &chain[..=depth];
-        let levels = &levels[..=depth];
-        let l2 = chain[0];
+        let l2 = path[2];
         let slot = index(g, 2);
         let full = lo == g && hi == g + GIB;
         let l1 = match F::decode(load(&self.table(l2)?[slot]), 2) {
@@ -339,7 +340,7 @@ impl<F: Format, M: TableMemory, T: Tlb> PageTable<F, M, T> {
                     attrs,
                     level: 1,
                 });
-                self.link_split(plan, chain, levels, g, n);
+                self.link_split(plan, &path, 2, g, n);
                 Tab::New(n)
             }
             Entry::Invalid if !present => return Ok(()),
@@ -360,7 +361,7 @@ impl<F: Format, M: TableMemory, T: Tlb> PageTable<F, M, T> {
             self.plan_block(
                 plan,
                 l1,
-                (chain, levels),
+                path,
                 b,
                 lo.max(b),
                 hi.min(b + BLOCK),
@@ -373,13 +374,13 @@ impl<F: Format, M: TableMemory, T: Tlb> PageTable<F, M, T> {
     }
 
     /// Plan `[lo, hi)`, inside the 2 MiB block at `b`, whose entry is in the
-    /// level-1 table `l1` (below the tables of `above`).
+    /// level-1 table `l1` (below the live tables of `path`).
     #[allow(clippy::too_many_arguments)]
     fn plan_block(
         &self,
         plan: &mut Plan,
         l1: Tab,
-        above: (&[GuestPhysAddr], &[usize]),
+        path: Path,
         b: u64,
         lo: u64,
         hi: u64,
@@ -430,15 +431,9 @@ impl<F: Format, M: TableMemory, T: Tlb> PageTable<F, M, T> {
                 match l1 {
                     Tab::Live(t) => {
                         // A live block becomes a table: copies on Arm.
-                        let (tables, levels) = above;
-                        let mut chain = [GuestPhysAddr(0); super::MAX_LEVELS + 1];
-                        let mut lv = [0usize; super::MAX_LEVELS + 1];
-                        chain[0] = t;
-                        lv[0] = 1;
-                        chain[1..=tables.len()].copy_from_slice(tables);
-                        lv[1..=levels.len()].copy_from_slice(levels);
-                        let len = tables.len() + 1;
-                        self.link_split(plan, &chain[..len], &lv[..len], b, n);
+                        let mut path = path;
+                        path[1] = t;
+                        self.link_split(plan, &path, 1, b, n);
                     }
                     Tab::New(_) => plan.writes.push(Write::Link {
                         table: l1,
@@ -496,23 +491,16 @@ impl<F: Format, M: TableMemory, T: Tlb> PageTable<F, M, T> {
         Ok(())
     }
 
-    /// Link the split table `n` in place of the live block that `chain[0]`
-    /// (of level `levels[0]`) holds for `va`: in place where the
-    /// architecture allows it, else in copies of `chain` (up to the root).
-    fn link_split(
-        &self,
-        plan: &mut Plan,
-        chain: &[GuestPhysAddr],
-        levels: &[usize],
-        va: u64,
-        n: usize,
-    ) {
+    /// Link the split table `n` in place of the live block that the table
+    /// `path[level]` holds for `va`: in place where the architecture allows
+    /// it, else in copies of `path[level..]` (up to the root).
+    fn link_split(&self, plan: &mut Plan, path: &Path, level: usize, va: u64, n: usize) {
         if !T::SPLIT_IN_PLACE {
-            plan.copy_chain(chain, levels, va);
+            plan.copy_chain(path, level, F::LEVELS - 1, va);
         }
         plan.writes.push(Write::Link {
-            table: Tab::Live(chain[0]),
-            index: index(va, levels[0]),
+            table: Tab::Live(path[level]),
+            index: index(va, level),
             to: Tab::New(n),
         });
     }

@@ -544,6 +544,68 @@ fn arm_out_of_frames_or_not_ballooned_changes_nothing() {
     assert_eq!((tables(&pt), pt.root()), (before, root));
 }
 
+/// A 48-bit (4-level) Arm tree: the root's first two entries point at
+/// tables of 1 GiB blocks for `[0, 1 TiB)` (the boot code's: not the
+/// source's). Returns them with the root.
+fn arm48_setup(pool: usize) -> (Pt<Stage1Va48, BbmTlb>, FakeFrames, [GuestPhysAddr; 3]) {
+    let window = Window::new(VirtAddr(1 << 47), GIB).unwrap();
+    let (pt, mut frames) = setup_with::<Stage1Va48, BbmTlb>(window, pool + 2);
+    let low = [frames.alloc_frame().unwrap(), frames.alloc_frame().unwrap()];
+    let mem = pt.memory();
+    for (k, &t) in low.iter().enumerate() {
+        frames.live.remove(&t.0);
+        for (i, e) in mem.table(t).unwrap().iter().enumerate() {
+            let pa = GuestPhysAddr((k as u64 * 512 + i as u64) * GIB);
+            e.store(
+                Stage1Va48::block(pa, ARM_IDENT.attrs, 2).unwrap(),
+                Ordering::Relaxed,
+            );
+        }
+        mem.table(pt.root()).unwrap()[k].store(Stage1Va48::table(t), Ordering::Relaxed);
+    }
+    take_events();
+    let root = pt.root();
+    (pt, frames, [root, low[0], low[1]])
+}
+
+#[test]
+fn arm_four_levels_copy_every_table_up_to_the_root() {
+    let spec = IdentitySpec {
+        end: GuestPhysAddr(1 << 46),
+        ..ARM_IDENT
+    };
+    let (mut pt, mut frames, boot) = arm48_setup(16);
+    // Partial blocks on both sides of 512 GiB: two level-2 tables split.
+    let r = frames_of(512 * GIB - 0x1000, 512 * GIB + 0x3000);
+    let more = frames_of(512 * GIB - 0x20_1000, 512 * GIB - 0x1f_f000);
+    let mut b = Ballooned {
+        frames: &mut frames,
+        gfns: gfns(r).union(&gfns(more)).copied().collect(),
+    };
+    for step in [r, more] {
+        let before = tables(&pt);
+        pt.unmap_identity(step, spec, &mut b).unwrap();
+        assert!(take_events().contains(&Event::SwitchRoot(pt.root().0)));
+        assert_no_live_make(&before, &pt);
+        // Every table frame the source handed out is in the tree, and the
+        // tree holds only those and the boot code's.
+        let in_tree: BTreeSet<u64> = tables(&pt).keys().copied().collect();
+        assert!(b.frames.live.iter().all(|f| in_tree.contains(f)));
+        assert!(in_tree
+            .iter()
+            .all(|t| b.frames.live.contains(t) || boot.iter().any(|f| f.0 == *t)));
+    }
+    for pa in (512 * GIB - 0x40_0000..512 * GIB + 0x40_0000).step_by(PAGE_SIZE as usize) {
+        let gone = r.contains(Gfn(pa >> 12)) || more.contains(Gfn(pa >> 12));
+        assert_eq!(mapped_as(&pt, pa, spec), !gone, "{pa:#x}");
+    }
+    pt.map_identity(r, spec, &mut b).unwrap();
+    pt.map_identity(more, spec, &mut b).unwrap();
+    for pa in (512 * GIB - 0x40_0000..512 * GIB + 0x40_0000).step_by(PAGE_SIZE as usize) {
+        assert!(mapped_as(&pt, pa, spec), "{pa:#x}");
+    }
+}
+
 // ---- both, against a model --------------------------------------------------
 
 /// One step: give back (or take again) up to `len` pages from page `start`
