@@ -664,6 +664,20 @@ fn reservation_steps<H: Hypervisor>(
     Verdict::Pass
 }
 
+/// The agent's page tables for `what`, or `None` with the reason logged.
+#[cfg(target_os = "none")]
+fn page_tables_for(
+    what: &str,
+) -> Option<spin::MutexGuard<'static, crate::arch::imp::paging::AgentPageTable>> {
+    match crate::arch::imp::paging::page_tables() {
+        Ok(pt) => Some(pt),
+        Err(e) => {
+            xm_error!("{=str}: page tables: {}", what, defmt_display(&e));
+            None
+        }
+    }
+}
+
 /// Make the boot identity map what the region table says (only the guest's
 /// memory mapped: [`crate::paging::trim_identity`]), then check it with the
 /// walker: every frame of a kept region below the map's end translates to
@@ -673,13 +687,9 @@ fn trim_run(t: &mut RegionTable) -> Verdict {
     #[cfg(target_os = "none")]
     {
         use crate::addr::VirtAddr;
-        use crate::arch::imp::paging::{page_tables, IDENTITY};
-        let mut pt = match page_tables() {
-            Ok(pt) => pt,
-            Err(err) => {
-                xm_error!("identity-trim: {}", defmt_display(&err));
-                return Verdict::Fail;
-            }
+        use crate::arch::imp::paging::IDENTITY;
+        let Some(mut pt) = page_tables_for("identity-trim") else {
+            return Verdict::Fail;
         };
         let end = IDENTITY.end.0;
         // Kept frames the boot map leaves unmapped on purpose (x86: the boot
@@ -770,12 +780,8 @@ fn kept_pages(t: &RegionTable, end: u64) -> impl Iterator<Item = u64> + '_ {
 fn identity_report(t: &RegionTable, phase: &str) -> bool {
     #[cfg(target_os = "none")]
     {
-        let pt = match crate::arch::imp::paging::page_tables() {
-            Ok(pt) => pt,
-            Err(err) => {
-                xm_error!("identity-map: {}", defmt_display(&err));
-                return false;
-            }
+        let Some(pt) = page_tables_for("identity-map") else {
+            return false;
         };
         let end = crate::arch::imp::paging::IDENTITY.end.0 / PAGE_SIZE;
         let (mut checked, mut mapped) = (0u64, 0u64);
@@ -816,12 +822,8 @@ fn identity_report(t: &RegionTable, phase: &str) -> bool {
 fn identity_back_report(back: &[FrameRange]) -> bool {
     #[cfg(target_os = "none")]
     {
-        let pt = match crate::arch::imp::paging::page_tables() {
-            Ok(pt) => pt,
-            Err(err) => {
-                xm_error!("identity-map: {}", defmt_display(&err));
-                return false;
-            }
+        let Some(pt) = page_tables_for("identity-map") else {
+            return false;
         };
         let end = crate::arch::imp::paging::IDENTITY.end.0 / PAGE_SIZE;
         let (mut checked, mut wrong) = (0u64, 0u64);
@@ -1020,15 +1022,8 @@ fn grant_run<H: Hypervisor>(hv: &H, t: &mut RegionTable, s: &Survey, opts: &Opti
     #[cfg(target_os = "none")]
     {
         use crate::mapping::{MapTarget, VaSpace};
-        let mut pt = match crate::arch::imp::paging::page_tables() {
-            Ok(p) => p,
-            Err(e) => {
-                xm_error!(
-                    "grant: page tables: {}",
-                    defmt_display(&crate::grant::GrantError::Paging(e))
-                );
-                return Verdict::Fail;
-            }
+        let Some(mut pt) = page_tables_for("grant") else {
+            return Verdict::Fail;
         };
         let mut vas = VaSpace::new(MapTarget::window(&*pt));
         let me = s.domid.map(|(d, _)| d);
@@ -1714,12 +1709,8 @@ fn helper_run<H: Hypervisor>(hv: &H, t: &mut RegionTable, mode: cmdline::HelperM
     {
         use crate::domctl::{cross_domain_flow, pattern_word, FlowConfig};
         use crate::grant::Bytes;
-        let mut pt = match crate::arch::imp::paging::page_tables() {
-            Ok(p) => p,
-            Err(e) => {
-                xm_error!("helper: page tables: {}", e);
-                return Verdict::Fail;
-            }
+        let Some(mut pt) = page_tables_for("helper") else {
+            return Verdict::Fail;
         };
         let mut vas = crate::mapping::VaSpace::new(crate::mapping::MapTarget::window(&*pt));
         let cfg = match mode {
@@ -1800,12 +1791,8 @@ fn probe_run<H: Hypervisor>(
     }
     #[cfg(target_os = "none")]
     {
-        let mut pt = match crate::arch::imp::paging::page_tables() {
-            Ok(p) => p,
-            Err(e) => {
-                xm_error!("probe: page tables: {}", e);
-                return Verdict::Fail;
-            }
+        let Some(mut pt) = page_tables_for("probe") else {
+            return Verdict::Fail;
         };
         let mut vas = crate::mapping::VaSpace::new(crate::mapping::MapTarget::window(&*pt));
         let p = crate::domctl::unprivileged_probe(hv, t, &mut *pt, &mut vas, target, Gfn(0x100));
