@@ -508,6 +508,29 @@ pub(crate) mod testing {
         }
     }
 
+    /// Everything as it was after a flow: only dom0 (domain 0) left, `free`
+    /// frames free again, nothing foreign-mapped or acquired, the agent's
+    /// table as `before`, nothing in the page tables, the window or the test
+    /// translation, and the model's frames conserved.
+    pub(crate) fn clean(
+        m: &XenModel,
+        free: u64,
+        t: &RegionTable,
+        before: &RegionTable,
+        pt: &BufTables<'_>,
+        vas: &crate::mapping::VaSpace,
+    ) {
+        let d0 = DomId(0);
+        assert_eq!(m.domain_ids(), [d0]);
+        assert_eq!(m.free_frames(), free);
+        assert!(m.foreign(d0).is_empty() && m.acquired(d0).is_empty());
+        assert_eq!(t, before);
+        assert!(pt.map.is_empty());
+        assert_eq!(vas.used(), 0);
+        assert_eq!(testmem::mapped(), 0);
+        m.check_conservation().unwrap();
+    }
+
     impl MapTarget for BufTables<'_> {
         fn map(
             &mut self,

@@ -2195,7 +2195,7 @@ fn foreign_rows<H: Hypervisor, C: Clock, M: Memory>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::acquire::testing::BufTables;
+    use crate::acquire::testing::{clean, BufTables};
     use crate::agent::{build_table, survey, DomidSource};
     use crate::boot::{BootInfo, Firmware, PhysSpan};
     use crate::cmdline::Options;
@@ -2538,26 +2538,6 @@ mod tests {
         t.add(Region::new(room, RegionKind::Hole, RegionFlags::empty()))
             .unwrap();
         (s, t)
-    }
-
-    /// Only dom0 left, every frame back in Xen's pool, nothing mapped, the
-    /// agent's table and window as before.
-    fn clean(
-        m: &XenModel,
-        free: u64,
-        t: &RegionTable,
-        before: &RegionTable,
-        pt: &BufTables<'_>,
-        vas: &VaSpace,
-    ) {
-        assert_eq!(m.domain_ids(), [DomId(0)]);
-        assert_eq!(m.free_frames(), free);
-        assert!(m.foreign(DomId(0)).is_empty() && m.acquired(DomId(0)).is_empty());
-        assert_eq!(t, before);
-        assert!(pt.map.is_empty());
-        assert_eq!(vas.used(), 0);
-        assert_eq!(grant::testmem::mapped(), 0);
-        m.check_conservation().unwrap();
     }
 
     #[test]

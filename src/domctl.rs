@@ -919,7 +919,7 @@ pub fn unprivileged_probe(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::acquire::testing::BufTables;
+    use crate::acquire::testing::{clean, BufTables};
     use crate::addr::Mfn;
     use crate::region::{FrameRange, Region, RegionFlags, RegionKind};
     use crate::xen::abi::gnttab::{GrantEntryV1, MapGrantRef, UnmapGrantRef};
@@ -955,24 +955,6 @@ mod tests {
         let m = XenModel::new(1 << 16);
         m.add_domain(DomainConfig::pvh_dom0(4096)).unwrap();
         m
-    }
-
-    /// Everything as it was: only dom0, every frame back, nothing mapped.
-    fn clean(
-        m: &XenModel,
-        free: u64,
-        t: &RegionTable,
-        before: &RegionTable,
-        pt: &BufTables<'_>,
-        vas: &VaSpace,
-    ) {
-        assert_eq!(m.domain_ids(), [D0]);
-        assert_eq!(m.free_frames(), free);
-        assert!(m.foreign(D0).is_empty() && m.acquired(D0).is_empty());
-        assert_eq!(t, before);
-        assert!(pt.map.is_empty());
-        assert_eq!(vas.used(), 0);
-        m.check_conservation().unwrap();
     }
 
     #[test]
