@@ -1993,6 +1993,14 @@ mod tests {
         fn features(&self) -> Result<Features, XenError> {
             Ok(self.features)
         }
+        fn hvm_get_param(&self, _: u32) -> Result<u64, XenError> {
+            Err(XenError::Errno(Errno::ENOSYS))
+        }
+
+        fn evtchn_send(&self, _: u32) -> Result<(), XenError> {
+            Err(XenError::Errno(Errno::ENOSYS))
+        }
+
         fn console_write(&self, _: &[u8]) -> Result<(), XenError> {
             Ok(())
         }

@@ -25,6 +25,7 @@ pub mod arch;
 pub mod bench;
 pub mod boot;
 pub mod cmdline;
+pub mod console;
 pub mod domctl;
 pub mod fdt;
 pub mod grant;

@@ -22,6 +22,10 @@ pub mod op {
     pub const GRANT_TABLE_OP: usize = 20;
     /// `__HYPERVISOR_sched_op`.
     pub const SCHED_OP: usize = 29;
+    /// `__HYPERVISOR_event_channel_op`.
+    pub const EVENT_CHANNEL_OP: usize = 32;
+    /// `__HYPERVISOR_hvm_op`.
+    pub const HVM_OP: usize = 34;
     /// `__HYPERVISOR_domctl`.
     pub const DOMCTL: usize = 36;
 }
@@ -440,6 +444,101 @@ pub struct SchedShutdown {
 }
 
 const _: () = assert!(size_of::<SchedShutdown>() == 4);
+
+/// `HVMOP_get_param` (`public/hvm/hvm_op.h`).
+pub const HVMOP_GET_PARAM: usize = 1;
+
+/// `HVM_PARAM_*` indices (`public/hvm/params.h`) the agent reads. The same
+/// parameters describe a toolstack domU's special pages on x86 (PVH) and Arm.
+pub mod hvm_param {
+    /// `HVM_PARAM_STORE_PFN`: the xenstore ring's frame.
+    pub const STORE_PFN: u32 = 1;
+    /// `HVM_PARAM_STORE_EVTCHN`: the xenstore ring's event channel.
+    pub const STORE_EVTCHN: u32 = 2;
+    /// `HVM_PARAM_IOREQ_PFN`.
+    pub const IOREQ_PFN: u32 = 5;
+    /// `HVM_PARAM_BUFIOREQ_PFN`.
+    pub const BUFIOREQ_PFN: u32 = 6;
+    /// `HVM_PARAM_PAGING_RING_PFN`.
+    pub const PAGING_RING_PFN: u32 = 27;
+    /// `HVM_PARAM_MONITOR_RING_PFN`.
+    pub const MONITOR_RING_PFN: u32 = 28;
+    /// `HVM_PARAM_SHARING_RING_PFN`.
+    pub const SHARING_RING_PFN: u32 = 29;
+    /// `HVM_PARAM_CONSOLE_PFN`: the PV console ring's frame.
+    pub const CONSOLE_PFN: u32 = 17;
+    /// `HVM_PARAM_CONSOLE_EVTCHN`: the PV console's event channel.
+    pub const CONSOLE_EVTCHN: u32 = 18;
+    /// Every parameter that names a frame the toolstack populated for the
+    /// guest (the special pages), in the order the agent reads them.
+    pub const FRAMES: [u32; 7] = [
+        CONSOLE_PFN,
+        STORE_PFN,
+        IOREQ_PFN,
+        BUFIOREQ_PFN,
+        PAGING_RING_PFN,
+        MONITOR_RING_PFN,
+        SHARING_RING_PFN,
+    ];
+}
+
+/// `struct xen_hvm_param`: the argument of `HVMOP_{get,set}_param`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HvmParam {
+    /// IN: the domain (`DOMID_SELF` allowed).
+    pub domid: u16,
+    /// IN: the parameter, `HVM_PARAM_*`.
+    pub index: u32,
+    /// OUT (get): its value.
+    pub value: u64,
+}
+
+const _: () = {
+    assert!(size_of::<HvmParam>() == 16);
+    assert!(offset_of!(HvmParam, index) == 4);
+    assert!(offset_of!(HvmParam, value) == 8);
+};
+
+/// `EVTCHNOP_send` (`public/event_channel.h`).
+pub const EVTCHNOP_SEND: usize = 4;
+
+/// `struct evtchn_send`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EvtchnSend {
+    /// IN: the local port to notify through.
+    pub port: u32,
+}
+
+const _: () = assert!(size_of::<EvtchnSend>() == 4);
+
+/// `struct xencons_interface` (`public/io/console.h`): the PV console ring
+/// page. Indices are free-running; an index's slot is `index % size`.
+#[repr(C)]
+pub struct XenconsInterface {
+    /// Input from the console daemon (`in`).
+    pub input: [u8; 1024],
+    /// Output to the console daemon (`out`).
+    pub output: [u8; 2048],
+    /// `in_cons`.
+    pub in_cons: u32,
+    /// `in_prod`.
+    pub in_prod: u32,
+    /// `out_cons`: advanced by the daemon.
+    pub out_cons: u32,
+    /// `out_prod`: advanced by the guest.
+    pub out_prod: u32,
+}
+
+const _: () = {
+    assert!(size_of::<XenconsInterface>() == 3088);
+    assert!(offset_of!(XenconsInterface, output) == 1024);
+    assert!(offset_of!(XenconsInterface, in_cons) == 3072);
+    assert!(offset_of!(XenconsInterface, in_prod) == 3076);
+    assert!(offset_of!(XenconsInterface, out_cons) == 3080);
+    assert!(offset_of!(XenconsInterface, out_prod) == 3084);
+};
 
 /// `XEN_DOMCTL_INTERFACE_VERSION` of Xen 4.17.
 pub const XEN_DOMCTL_INTERFACE_VERSION: u32 = 0x15;

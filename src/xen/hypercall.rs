@@ -51,6 +51,38 @@ pub fn console_write(mut bytes: &[u8]) -> Result<(), XenError> {
     Ok(())
 }
 
+/// `HVMOP_get_param` of `index` for this domain. A free function (as
+/// [`console_write`]) so that the logger can find its console ring without a
+/// [`RealXen`].
+pub fn hvm_get_param(index: u32) -> Result<u64, XenError> {
+    let mut p = abi::HvmParam {
+        domid: DomId::SELF.raw(),
+        index,
+        value: 0,
+    };
+    // SAFETY: Xen reads and writes one xen_hvm_param in a live local.
+    unsafe {
+        call(
+            op::HVM_OP,
+            [abi::HVMOP_GET_PARAM, &mut p as *mut _ as usize, 0, 0, 0],
+        )
+    }?;
+    Ok(p.value)
+}
+
+/// `EVTCHNOP_send` on local `port`.
+pub fn evtchn_send(port: u32) -> Result<(), XenError> {
+    let mut s = abi::EvtchnSend { port };
+    // SAFETY: Xen reads one evtchn_send from a live local.
+    unsafe {
+        call(
+            op::EVENT_CHANNEL_OP,
+            [abi::EVTCHNOP_SEND, &mut s as *mut _ as usize, 0, 0, 0],
+        )
+    }?;
+    Ok(())
+}
+
 /// The real hypervisor: every operation is a hypercall.
 #[derive(Debug, Default)]
 pub struct RealXen(());
@@ -177,6 +209,14 @@ impl Hypervisor for RealXen {
         // SAFETY: SCHEDOP_yield takes no argument.
         unsafe { call(op::SCHED_OP, [abi::SCHEDOP_YIELD, 0, 0, 0, 0]) }?;
         Ok(())
+    }
+
+    fn hvm_get_param(&self, index: u32) -> Result<u64, XenError> {
+        hvm_get_param(index)
+    }
+
+    fn evtchn_send(&self, port: u32) -> Result<(), XenError> {
+        evtchn_send(port)
     }
 
     fn own_domid(&self) -> Option<DomId> {

@@ -274,6 +274,12 @@ pub trait Hypervisor {
     fn shutdown(&self, reason: ShutdownReason) -> Result<(), XenError>;
     /// `SCHEDOP_yield`: let other vCPUs run.
     fn yield_cpu(&self) -> Result<(), XenError>;
+    /// `HVMOP_get_param` of this domain (`DOMID_SELF`): the value of
+    /// `HVM_PARAM_*` `index` (see [`abi::hvm_param`]). A toolstack domU's
+    /// console and xenstore rings are named this way on x86 and Arm.
+    fn hvm_get_param(&self, index: u32) -> Result<u64, XenError>;
+    /// `EVTCHNOP_send`: notify the other end of local event channel `port`.
+    fn evtchn_send(&self, port: u32) -> Result<(), XenError>;
     /// The caller's domain id, where Xen's interface tells it (x86: a CPUID
     /// leaf); `None` where it cannot (Arm).
     fn own_domid(&self) -> Option<DomId>;

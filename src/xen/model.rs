@@ -181,9 +181,13 @@ pub enum Op {
     /// [`Hypervisor::acquire_resource_size`] and
     /// [`Hypervisor::acquire_resource`].
     AcquireResource,
+    /// [`Hypervisor::hvm_get_param`].
+    HvmGetParam,
+    /// [`Hypervisor::evtchn_send`].
+    EvtchnSend,
 }
 
-const OP_COUNT: usize = 20;
+const OP_COUNT: usize = 22;
 
 impl Op {
     const fn index(self) -> usize {
@@ -310,6 +314,9 @@ pub struct DomainConfig {
     pub cpuid_domid: bool,
     /// For a translated domain: GFNs at or above this cannot be mapped.
     pub gfn_limit: u64,
+    /// `HVM_PARAM_*` values `HVMOP_get_param` returns (unset ones read 0, as
+    /// in Xen).
+    pub hvm_params: Vec<(u32, u64)>,
 }
 
 fn ram_e820(gfn: Gfn, pages: u64) -> Vec<abi::E820Entry> {
@@ -378,6 +385,7 @@ impl DomainConfig {
             features: Self::x86_features(true, false),
             cpuid_domid: true,
             gfn_limit: X86_GFN_LIMIT,
+            hvm_params: Vec::new(),
         }
     }
 
@@ -420,6 +428,7 @@ impl DomainConfig {
             features: Self::arm_features(false, false),
             cpuid_domid: false,
             gfn_limit: ARM_GFN_LIMIT,
+            hvm_params: Vec::new(),
         }
     }
 
@@ -652,6 +661,8 @@ struct State {
     current: Option<u16>,
     version: XenVersion,
     console: Vec<u8>,
+    /// `(domid, port)` of every `EVTCHNOP_send`, in order.
+    sends: Vec<(u16, u32)>,
     faults: Vec<Fault>,
     exchange_unsupported: bool,
     calls: [u64; OP_COUNT],
@@ -1142,6 +1153,7 @@ impl XenModel {
                     extra,
                 },
                 console: Vec::new(),
+                sends: Vec::new(),
                 faults: Vec::new(),
                 exchange_unsupported: false,
                 calls: [0; OP_COUNT],
@@ -1472,6 +1484,11 @@ impl XenModel {
         self.state.borrow().console.clone()
     }
 
+    /// `(domid, port)` of every `EVTCHNOP_send` so far, in order.
+    pub fn evtchn_sends(&self) -> Vec<(u16, u32)> {
+        self.state.borrow().sends.clone()
+    }
+
     /// Check that no frame is lost or shared: every machine frame is exactly
     /// one of free, pinned, Xen's (MFN 0 only), or allocated to exactly one
     /// domain (mapped in its p2m or leaked); the free bitmap and counters agree; each domain's p2m
@@ -1649,6 +1666,31 @@ impl Hypervisor for XenModel {
 
     fn yield_cpu(&self) -> Result<(), XenError> {
         self.state.borrow_mut().errno_fault(Op::Yield)
+    }
+
+    /// The caller's [`DomainConfig::hvm_params`] value (0 when unset);
+    /// EINVAL for an index beyond `HVM_NR_PARAMS` (40 in 4.17).
+    fn hvm_get_param(&self, index: u32) -> Result<u64, XenError> {
+        let mut s = self.state.borrow_mut();
+        s.errno_fault(Op::HvmGetParam)?;
+        if index >= 40 {
+            return Err(err(Errno::EINVAL));
+        }
+        let c = s.caller().ok_or(err(Errno::ESRCH))?;
+        Ok(c.cfg
+            .hvm_params
+            .iter()
+            .find(|(i, _)| *i == index)
+            .map_or(0, |&(_, v)| v))
+    }
+
+    /// Recorded for [`XenModel::evtchn_sends`]; any port is accepted.
+    fn evtchn_send(&self, port: u32) -> Result<(), XenError> {
+        let mut s = self.state.borrow_mut();
+        s.errno_fault(Op::EvtchnSend)?;
+        let d = s.caller().ok_or(err(Errno::ESRCH))?.cfg.domid.0;
+        s.sends.push((d, port));
+        Ok(())
     }
 
     fn own_domid(&self) -> Option<DomId> {
@@ -3318,6 +3360,7 @@ pub mod dctl {
                 features,
                 cpuid_domid,
                 gfn_limit: if arm { ARM_GFN_LIMIT } else { X86_GFN_LIMIT },
+                hvm_params: Vec::new(),
             };
             self.domains.insert(
                 id,
