@@ -101,6 +101,8 @@ pub struct Survey {
     pub maximum_gpfn: Gfn,
     /// The agent's own image.
     pub image: PhysSpan,
+    /// The guest-physical address width, where the CPU tells it (x86).
+    pub phys_addr_bits: Option<u8>,
 }
 
 fn xen<T>(op: &'static str, r: Result<T, XenError>) -> Result<T, SurveyError> {
@@ -144,7 +146,18 @@ pub fn survey(
         maximum: xen("maximum_reservation", hv.maximum_reservation(DomId::SELF))?,
         maximum_gpfn: xen("maximum_gpfn", hv.maximum_gpfn(DomId::SELF))?,
         image: boot.image,
+        phys_addr_bits: phys_addr_bits(),
     })
+}
+
+#[cfg(target_os = "none")]
+fn phys_addr_bits() -> Option<u8> {
+    crate::arch::imp::phys_addr_bits()
+}
+
+#[cfg(not(target_os = "none"))]
+fn phys_addr_bits() -> Option<u8> {
+    None
 }
 
 fn report(s: &Survey) {
@@ -280,8 +293,72 @@ pub fn build_table(
         Firmware::Pvh { .. } => GapPolicy::X86,
         Firmware::DeviceTree(_) => GapPolicy::DeviceTree,
     };
-    let limit = Gfn(s.maximum_gpfn.0.saturating_add(1));
+    let limit = Gfn(s.maximum_gpfn.0.saturating_add(1)).max(x86_hole_top(s.phys_addr_bits));
     layout::initial_table(&s.memmap, policy, limit, &reservations(boot, heap))
+}
+
+/// Where free guest-physical space above 4 GiB ends on x86: the address
+/// width the CPU reports, but never into `[0xfd_0000_0000, 1 TiB)` (AMD's
+/// HyperTransport range, which Xen and Linux keep reserved). A toolstack
+/// domU's `maximum_gpfn` ends below 4 GiB (its special pages), so without
+/// this it would have no hole at all for grant and foreign mappings; dom0's
+/// p2m already reaches the same top.
+fn x86_hole_top(bits: Option<u8>) -> Gfn {
+    const HT_START: u64 = 0xfd_0000_0000;
+    match bits {
+        Some(b) if b < 64 => Gfn((1u64 << b).min(HT_START) >> crate::addr::PAGE_SHIFT),
+        _ => Gfn(0),
+    }
+}
+
+/// A page of the agent's own for [`special::probe`] to copy into.
+#[repr(C, align(4096))]
+struct SinkPage([u8; PAGE_SIZE as usize]);
+
+/// Find the pages Xen counts outside the map's RAM (a toolstack's ACPI
+/// tables and special pages, see [`crate::special`]) and record them in the
+/// table. Probes only where there is something to find: the HVM parameters
+/// name a console or xenstore ring, or Xen counts more pages than the table
+/// holds. Reports `special`.
+fn special_run(hv: &impl Hypervisor, t: &mut RegionTable, s: &Survey) -> Verdict {
+    use crate::special;
+    let named = special::param_frames(hv);
+    let surplus = account(t, s, s.current, PageCount(0)).unaccounted();
+    if named.is_empty() && surplus <= 0 {
+        xm_info!("report: special pages=0 runs=0 probed=0 skipped=0");
+        return Verdict::Pass;
+    }
+    let (candidates, skipped) = special::candidates(&s.memmap, &named);
+    let sink = alloc::boxed::Box::new(SinkPage([0; PAGE_SIZE as usize]));
+    // The agent runs identity-mapped: the page's address is its frame's.
+    let sink_gfn = Gfn(&*sink as *const SinkPage as usize as u64 / PAGE_SIZE);
+    let found = match special::probe(hv, &candidates, sink_gfn, skipped) {
+        Ok(f) => f,
+        Err(e) => {
+            xm_error!("special: {}", defmt_display(&e));
+            return Verdict::Fail;
+        }
+    };
+    drop(sink);
+    xm_info!(
+        "report: special pages={=u64} runs={=usize} probed={=u64} skipped={=u64}",
+        found.pages(),
+        found.runs.len(),
+        found.probed,
+        found.skipped
+    );
+    for r in &found.runs {
+        xm_info!(
+            "report: special-run start={} end={}",
+            r.start_addr(),
+            r.end_addr()
+        );
+    }
+    if let Err(e) = special::record(t, &found) {
+        xm_error!("special: {}", defmt_display(&e));
+        return Verdict::Fail;
+    }
+    Verdict::Pass
 }
 
 /// How the table's RAM compares with Xen's reservation.
@@ -1846,6 +1923,10 @@ pub fn run(hv: &impl Hypervisor, boot: &BootInfo<'_>, heap: Option<PhysSpan>) ->
                 return Verdict::Fail;
             }
         };
+        let mut table = table;
+        if special_run(hv, &mut table, &s) == Verdict::Fail {
+            return Verdict::Fail;
+        }
         let acc = account(&table, &s, s.current, PageCount(0));
         report_table(&table, &acc);
         if acc.unaccounted() != 0 {
@@ -1855,7 +1936,6 @@ pub fn run(hv: &impl Hypervisor, boot: &BootInfo<'_>, heap: Option<PhysSpan>) ->
             );
             return Verdict::Fail;
         }
-        let mut table = table;
         if trim_run(&mut table) == Verdict::Fail {
             return Verdict::Fail;
         }

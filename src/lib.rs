@@ -38,6 +38,7 @@ pub mod memmap;
 pub mod paging;
 pub mod region;
 pub mod reservation;
+pub mod special;
 pub mod timer;
 pub mod xen;
 

@@ -137,6 +137,10 @@ pub enum ReservedUse {
     Boot,
     /// Frames handed out by the frame allocator for another purpose.
     Allocated,
+    /// Pages the toolstack populated outside RAM (ACPI tables, console and
+    /// xenstore rings, ...): counted by Xen, not the agent's to give away
+    /// (see [`crate::special`]).
+    Special,
 }
 
 /// The kind of a region.
@@ -178,6 +182,7 @@ impl RegionKind {
                 ReservedUse::Heap => "reserved:heap",
                 ReservedUse::Boot => "reserved:boot",
                 ReservedUse::Allocated => "reserved:allocated",
+                ReservedUse::Special => "reserved:special",
             },
             RegionKind::Mmio => "mmio",
             RegionKind::Grant => "grant",
@@ -202,6 +207,7 @@ impl RegionKind {
                         | ReservedUse::Heap
                         | ReservedUse::Boot
                         | ReservedUse::Allocated
+                        | ReservedUse::Special
                 )
         )
     }

@@ -51,12 +51,57 @@ pub fn start(boot: &BootInfo<'_>) -> ! {
     // SAFETY: called once, before anything allocates; the space is a static
     // that nothing else uses.
     unsafe { HEAP.lock().init(HEAP_SPACE.0.get().cast::<u8>(), HEAP_SIZE) };
+    // How a failure ends the run is known before the agent starts, so that a
+    // panic or an exception ends a toolstack domU through Xen too (the host's
+    // exit devices do not reach it). The agent parses and reports the
+    // command line itself.
+    if let Ok(line) = crate::cmdline::as_text(boot.cmdline) {
+        if let Ok(o) = crate::cmdline::Options::parse(line, |_| ()) {
+            EXIT_BY_SHUTDOWN.store(o.exit == Some(ExitPath::XenShutdown), Ordering::Relaxed);
+        }
+    }
     let hv = xen::RealXen::new();
     let outcome = crate::agent::run(&hv, boot, Some(heap_span()));
     finish(&hv, outcome)
 }
 
+/// Whether a failure ends the run with `SCHEDOP_shutdown` (`exit=shutdown`).
+static EXIT_BY_SHUTDOWN: AtomicBool = AtomicBool::new(false);
+
+/// End a failed run the way the command line asked (panics, exceptions).
+fn fail_exit() -> ! {
+    let exit = if EXIT_BY_SHUTDOWN.load(Ordering::Relaxed) {
+        ExitPath::XenShutdown
+    } else {
+        ExitPath::Host
+    };
+    finish(
+        &xen::RealXen::new(),
+        Outcome {
+            verdict: Verdict::Fail,
+            exit,
+        },
+    )
+}
+
 fn finish(hv: &xen::RealXen, outcome: Outcome) -> ! {
+    if lost_bytes() != 0 {
+        // Said on the console that lost them only if it came back; the exit
+        // status below carries the failure either way.
+        xm_error!(
+            "console: {=usize} bytes of log output were lost",
+            lost_bytes()
+        );
+    }
+    let outcome = if lost_bytes() != 0 {
+        Outcome {
+            verdict: Verdict::Fail,
+            ..outcome
+        }
+    } else {
+        outcome
+    };
+    drain_console();
     match outcome.exit {
         ExitPath::Host => imp::exit_host(outcome.verdict),
         ExitPath::XenShutdown => {
@@ -108,14 +153,14 @@ pub fn exception(r: &ExceptionReport) -> ! {
         ),
     }
     xm_error!("verdict: FAIL");
-    imp::exit_host(Verdict::Fail)
+    fail_exit()
 }
 
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     xm_error!("panic: {}", defmt::Display2Format(info));
     xm_error!("verdict: FAIL");
-    imp::exit_host(Verdict::Fail)
+    fail_exit()
 }
 
 // ---- the defmt logger -------------------------------------------------------
@@ -123,6 +168,101 @@ fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
 struct LoggerState {
     encoder: defmt::Encoder,
     lines: LineEncoder,
+    channel: Channel,
+}
+
+/// Where log lines go.
+enum Channel {
+    /// Nothing written yet: try `CONSOLEIO_write` first.
+    Untried,
+    /// `CONSOLEIO_write` (dom0, dom0less domUs, debug builds of Xen).
+    Hypercall,
+    /// The PV console ring (a toolstack domU: `CONSOLEIO_write` is EPERM on
+    /// a release Xen).
+    Ring(crate::console::ConsoleRing),
+    /// Neither works: lines are counted, and the count is the exit status's
+    /// business (see [`lost_bytes`]).
+    Nowhere,
+}
+
+/// Bytes of log output that could not be written anywhere.
+static LOST: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
+
+/// How many bytes of log output were lost (the ring stalled, or no console
+/// at all). Zero in every healthy run.
+pub fn lost_bytes() -> usize {
+    LOST.load(Ordering::Relaxed)
+}
+
+/// How many times a full console ring is waited for (one `SCHEDOP_yield`
+/// each) before the line is counted as lost.
+const RING_WAITS: u32 = 100_000;
+
+fn ring_notify(port: u32) -> Result<(), xen::XenError> {
+    xen::evtchn_send(port)
+}
+
+fn ring_wait() -> Result<(), xen::XenError> {
+    xen::RealXen::new().yield_cpu()
+}
+
+/// The console ring named by the HVM parameters, reached through the boot
+/// identity map (which covers it: x86 maps the low 4 GiB, Arm the first
+/// GiB as device memory; the start-up trim keeps it because the region table
+/// records it as a populated special page).
+fn find_ring() -> Option<crate::console::ConsoleRing> {
+    let params = crate::console::ConsoleParams::read(&xen::RealXen::new()).ok()??;
+    let addr = usize::try_from(params.gfn.0.checked_mul(crate::addr::PAGE_SIZE)?).ok()?;
+    if addr >= imp::paging::IDENTITY.end.0 as usize {
+        return None;
+    }
+    let page = core::ptr::NonNull::new(addr as *mut crate::xen::abi::XenconsInterface)?;
+    // SAFETY: the toolstack's console page, identity-mapped at its own
+    // address (checked against the boot map's end above); the logger is its
+    // only producer in this domain.
+    Some(unsafe { crate::console::ConsoleRing::new(page, params.port) })
+}
+
+fn emit(channel: &mut Channel, line: &[u8]) {
+    if matches!(channel, Channel::Untried | Channel::Hypercall) {
+        match xen::console_write(line) {
+            Ok(()) => {
+                *channel = Channel::Hypercall;
+                return;
+            }
+            Err(_) => {
+                *channel = match find_ring() {
+                    Some(r) => Channel::Ring(r),
+                    None => Channel::Nowhere,
+                }
+            }
+        }
+    }
+    match channel {
+        Channel::Ring(r) => {
+            if let Err(e) = r.write(line, &mut ring_notify, &mut ring_wait, RING_WAITS) {
+                let lost = match e {
+                    crate::console::ConsoleError::Stalled { lost, .. } => lost,
+                    _ => line.len(),
+                };
+                LOST.fetch_add(lost, Ordering::Relaxed);
+            }
+        }
+        _ => {
+            LOST.fetch_add(line.len(), Ordering::Relaxed);
+        }
+    }
+}
+
+/// Wait (bounded) until the console daemon has read everything written to
+/// the ring, so that a shutdown does not cut the last lines off.
+fn drain_console() {
+    // SAFETY: called on the exit path, after the last log line; nothing
+    // logs concurrently on the single vCPU.
+    let s = unsafe { state() };
+    if let Channel::Ring(r) = &s.channel {
+        let _ = r.drain(&mut ring_notify, &mut ring_wait, RING_WAITS);
+    }
 }
 
 struct LoggerCell(UnsafeCell<LoggerState>);
@@ -135,12 +275,8 @@ static TAKEN: AtomicBool = AtomicBool::new(false);
 static LOGGER: LoggerCell = LoggerCell(UnsafeCell::new(LoggerState {
     encoder: defmt::Encoder::new(),
     lines: LineEncoder::new(),
+    channel: Channel::Untried,
 }));
-
-fn console_line(line: &[u8]) {
-    // A log line that Xen refuses cannot be logged either; nothing to do.
-    let _ = xen::console_write(line);
-}
 
 /// Borrow the logger state.
 ///
@@ -165,8 +301,12 @@ unsafe impl defmt::Logger for ConsoleLogger {
         TAKEN.swap(true, Ordering::Acquire);
         // SAFETY: single vCPU; we now own the logger.
         let s = unsafe { state() };
-        let LoggerState { encoder, lines } = s;
-        encoder.start_frame(|b| lines.push(b, &mut console_line));
+        let LoggerState {
+            encoder,
+            lines,
+            channel,
+        } = s;
+        encoder.start_frame(|b| lines.push(b, &mut |l| emit(channel, l)));
     }
 
     unsafe fn flush() {}
@@ -174,16 +314,25 @@ unsafe impl defmt::Logger for ConsoleLogger {
     unsafe fn release() {
         // SAFETY: called after acquire, as defmt guarantees.
         let s = unsafe { state() };
-        let LoggerState { encoder, lines } = s;
-        encoder.end_frame(|b| lines.push(b, &mut console_line));
-        lines.flush(&mut console_line);
+        let LoggerState {
+            encoder,
+            lines,
+            channel,
+        } = s;
+        let mut sink = |l: &[u8]| emit(channel, l);
+        encoder.end_frame(|b| lines.push(b, &mut sink));
+        lines.flush(&mut sink);
         TAKEN.store(false, Ordering::Release);
     }
 
     unsafe fn write(bytes: &[u8]) {
         // SAFETY: called between acquire and release, as defmt guarantees.
         let s = unsafe { state() };
-        let LoggerState { encoder, lines } = s;
-        encoder.write(bytes, |b| lines.push(b, &mut console_line));
+        let LoggerState {
+            encoder,
+            lines,
+            channel,
+        } = s;
+        encoder.write(bytes, |b| lines.push(b, &mut |l| emit(channel, l)));
     }
 }

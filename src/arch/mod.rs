@@ -8,6 +8,7 @@
 //! |---|---|
 //! | `hypercall::raw(op, args) -> isize` | issue one hypercall: `vmcall`/`vmmcall` on x86_64 (chosen from the CPU vendor, never the hypercall page), `hvc #0xEA1` on aarch64 |
 //! | `own_domid() -> Option<DomId>` | the domain id when the hardware interface tells it (x86 CPUID leaf), else `None` |
+//! | `phys_addr_bits() -> Option<u8>` | the guest-physical address width where the CPU tells it (x86 CPUID 0x8000_0008), else `None` |
 //! | `exit_host(Verdict) -> !` | leave QEMU with the verdict as its exit status (isa-debug-exit on x86_64, semihosting `SYS_EXIT` on aarch64) |
 //! | `halt() -> !` | stop this vCPU for good |
 //! | `QEMU_EXIT_PASS`, `QEMU_EXIT_FAIL` | QEMU's exit status after `exit_host` (the runner matches them) |

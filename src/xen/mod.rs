@@ -18,7 +18,7 @@ use crate::addr::{DomId, Gfn, Mfn, Order, PageCount};
 pub use errno::Errno;
 
 #[cfg(target_os = "none")]
-pub use hypercall::{console_write, RealXen};
+pub use hypercall::{console_write, evtchn_send, hvm_get_param, RealXen};
 
 /// A failed hypercall.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -129,6 +129,15 @@ pub const DOMID_FIRST_RESERVED: u16 = 0x7ff0;
 pub const X86_GFN_LIMIT: u64 = 1 << (48 - PAGE_SHIFT);
 /// Default p2m limit of an Arm domain: 40-bit IPA.
 pub const ARM_GFN_LIMIT: u64 = 1 << (40 - PAGE_SHIFT);
+/// Where libxl puts an x86 PVH domU's ACPI tables (0xfc000000), and how many
+/// pages they took with `memory=64` (measured).
+pub const XL_ACPI_GFN: u64 = 0xfc000;
+/// See [`XL_ACPI_GFN`].
+pub const XL_ACPI_PAGES: u64 = 9;
+/// libxc's special pages of an x86 HVM/PVH domU: `0xff000 - 8`.
+pub const XL_SPECIAL_GFN: u64 = 0xfeff8;
+/// See [`XL_SPECIAL_GFN`].
+pub const XL_SPECIAL_PAGES: u64 = 8;
 /// `GUEST_RAM0_BASE` of an Arm domU, as a frame number (0x40000000).
 pub const ARM_GUEST_RAM0_GFN: u64 = 0x40000;
 
@@ -386,6 +395,39 @@ impl DomainConfig {
             cpuid_domid: true,
             gfn_limit: X86_GFN_LIMIT,
             hvm_params: Vec::new(),
+        }
+    }
+
+    /// An x86 PVH domU as `xl create` builds it (`memory=maxmem`, measured
+    /// under Xen 4.17): `ram_pages` of RAM at GFN 0, 9 pages of ACPI tables
+    /// populated at 0xfc000 (an e820 ACPI range), 8 special pages populated at
+    /// 0xfeff8 (an e820 reserved range: console ring at 0xfefff, xenstore at
+    /// 0xfeffc), `max_pages` = RAM + 17 + 1 MiB, the console and xenstore HVM
+    /// parameters set, no console_io.
+    pub fn xl_pvh_domu(domid: DomId, ram_pages: u64) -> Self {
+        let e820 = |addr: u64, pages: u64, kind: u32| abi::E820Entry {
+            addr: addr << PAGE_SHIFT,
+            size: pages << PAGE_SHIFT,
+            kind,
+        };
+        let mut ram = one_range(Gfn(0), ram_pages);
+        ram.push((Gfn(XL_ACPI_GFN), XL_ACPI_PAGES));
+        ram.push((Gfn(XL_SPECIAL_GFN), XL_SPECIAL_PAGES));
+        Self {
+            max_pages: ram_pages + XL_ACPI_PAGES + XL_SPECIAL_PAGES + 256,
+            ram,
+            e820: Some(alloc::vec![
+                e820(0, ram_pages, 1),
+                e820(XL_ACPI_GFN, XL_ACPI_PAGES, 3),
+                e820(XL_SPECIAL_GFN, XL_SPECIAL_PAGES, 2),
+            ]),
+            hvm_params: alloc::vec![
+                (abi::hvm_param::STORE_PFN, XL_SPECIAL_GFN + 4),
+                (abi::hvm_param::STORE_EVTCHN, 1),
+                (abi::hvm_param::CONSOLE_PFN, XL_SPECIAL_GFN + 7),
+                (abi::hvm_param::CONSOLE_EVTCHN, 2),
+            ],
+            ..Self::pvh_domu(domid, ram_pages)
         }
     }
 

@@ -66,6 +66,13 @@ pub fn own_domid() -> Option<DomId> {
     None
 }
 
+/// The guest's physical address width, where the hardware interface tells
+/// it: `None` on Arm (free guest-physical space comes from the device tree's
+/// `/hypervisor` node instead).
+pub fn phys_addr_bits() -> Option<u8> {
+    None
+}
+
 /// Leave QEMU with the verdict as its exit status, through semihosting
 /// `SYS_EXIT` (`hlt #0xf000`; QEMU needs
 /// `-semihosting-config enable=on,target=native`). Without semihosting the

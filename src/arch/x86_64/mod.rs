@@ -97,6 +97,17 @@ pub fn own_domid() -> Option<DomId> {
     u16::try_from(domid).ok().map(DomId)
 }
 
+/// The guest's physical address width (CPUID leaf 0x8000_0008, EAX[7:0]),
+/// or `None` where the CPU does not report it.
+pub fn phys_addr_bits() -> Option<u8> {
+    let [max, ..] = cpuid(0x8000_0000, 0);
+    if max < 0x8000_0008 {
+        return None;
+    }
+    let [eax, ..] = cpuid(0x8000_0008, 0);
+    u8::try_from(eax & 0xff).ok().filter(|&b| b >= 32)
+}
+
 /// Write one byte to an I/O port.
 ///
 /// # Safety
