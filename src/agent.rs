@@ -503,6 +503,83 @@ fn report_engine<H: Hypervisor>(
     );
 }
 
+/// Whether the table and Xen's count agree at start-up: `Ok(None)` if they
+/// do, `Ok(Some(surplus))` for a populate-on-demand guest whose memory map
+/// has `surplus` more RAM pages than Xen backs (`xl create` with `memory <
+/// maxmem` on x86), an error (logged) otherwise.
+fn pod_surplus(acc: &Accounting, s: &Survey) -> Result<Option<PageCount>, ()> {
+    let u = acc.unaccounted();
+    if u == 0 {
+        return Ok(None);
+    }
+    if u > 0 {
+        xm_error!(
+            "table: {=i64} pages of Xen's reservation are not in the table",
+            u
+        );
+        return Err(());
+    }
+    // More RAM in the map than Xen counts: only populate-on-demand does that
+    // (an x86 HVM/PVH domU; Xen 4.17 has no PoD on Arm, and dom0 none).
+    let pod_capable = !s.privileged
+        && s.memmap.source != crate::memmap::MapSource::DeviceTree
+        && s.features
+            .contains(crate::xen::Features::AUTO_TRANSLATED_PHYSMAP);
+    if !pod_capable {
+        xm_error!(
+            "table: it holds {=i64} more pages than Xen's reservation, and this guest cannot be populate-on-demand",
+            -u
+        );
+        return Err(());
+    }
+    Ok(Some(PageCount(u.unsigned_abs())))
+}
+
+/// Populate-on-demand: the memory map has `surplus` RAM pages more than Xen
+/// backs (`memory < maxmem`). As Linux's balloon driver does at boot, give
+/// `surplus` pages back before touching more than what is backed: Xen then
+/// drops PoD entries (or moves populated pages into the PoD cache) and its
+/// count does not change, so the engine starts from `current + surplus`
+/// and must end at `current`. Afterwards the table and Xen agree as for any
+/// other guest. Reports `pod`.
+fn pod_run<H: Hypervisor>(hv: &H, t: &mut RegionTable, s: &Survey, surplus: PageCount) -> Verdict {
+    let max_order = reservation::xen_max_order(s.privileged);
+    let as_if_backed = PageCount(s.current.0 + surplus.0);
+    let e = Engine::new(hv, Strategy::xenmem(max_order), as_if_backed, s.features);
+    #[cfg(target_os = "none")]
+    let e = e.with_identity_map(&crate::paging::BootIdentityMap);
+    let mut e = e;
+    xm_info!(
+        "report: pod surplus={} target={} map_ram={}",
+        surplus,
+        s.current,
+        s.memmap.ram_pages()
+    );
+    if let Err(err) = e.balloon_to(t, s.current) {
+        xm_error!("pod: {}", defmt_display(&err));
+        return Verdict::Fail;
+    }
+    match e.verify() {
+        Ok(cur) => {
+            report_engine("pod", s.current, &e, cur);
+            let a = account(t, s, cur, PageCount(e.stats.leaked_by_xen));
+            report_accounting(&a);
+            if a.unaccounted() != 0 {
+                xm_error!(
+                    "pod: {=i64} pages of Xen's reservation are not in the table",
+                    a.unaccounted()
+                );
+                return Verdict::Fail;
+            }
+            Verdict::Pass
+        }
+        Err(err) => {
+            xm_error!("pod: {}", defmt_display(&err));
+            Verdict::Fail
+        }
+    }
+}
+
 /// What `balloon=`, `balloon-then=` and `contig=` ask: drive the reservation
 /// engine under real Xen and check every step against Xen's count.
 fn reservation_run<H: Hypervisor>(
@@ -1929,15 +2006,17 @@ pub fn run(hv: &impl Hypervisor, boot: &BootInfo<'_>, heap: Option<PhysSpan>) ->
         }
         let acc = account(&table, &s, s.current, PageCount(0));
         report_table(&table, &acc);
-        if acc.unaccounted() != 0 {
-            xm_error!(
-                "table: {=i64} pages of Xen's reservation are not in the table",
-                acc.unaccounted()
-            );
-            return Verdict::Fail;
-        }
+        let pod = match pod_surplus(&acc, &s) {
+            Ok(p) => p,
+            Err(()) => return Verdict::Fail,
+        };
         if trim_run(&mut table) == Verdict::Fail {
             return Verdict::Fail;
+        }
+        if let Some(surplus) = pod {
+            if pod_run(hv, &mut table, &s, surplus) == Verdict::Fail {
+                return Verdict::Fail;
+            }
         }
         if (opts.balloon.is_some() || opts.balloon_then.is_some() || opts.contig.is_some())
             && reservation_run(hv, &mut table, &s, &opts) == Verdict::Fail
