@@ -232,7 +232,7 @@ pub fn agent_cmdlines(arch: Arch, mode: Mode, opts: &[String]) -> Result<Vec<(So
     })
 }
 
-fn no_comma(p: &Path, what: &str) -> Result<String> {
+pub(crate) fn no_comma(p: &Path, what: &str) -> Result<String> {
     let s = p.to_string_lossy().into_owned();
     if s.contains(',') || s.chars().any(char::is_whitespace) {
         bail!(
@@ -490,13 +490,33 @@ fn reader(mut r: impl Read + Send + 'static, tx: mpsc::Sender<Msg>, err: bool) {
     });
 }
 
-struct Sink {
+/// Where a boot's console goes: the whole log file, and the terminal as
+/// `show` says.
+pub(crate) struct Sink {
     log: BufWriter<File>,
     show: Show,
 }
 
 impl Sink {
-    fn event(&mut self, e: &Event) -> Result<()> {
+    /// A sink writing the log `path` (its directory is made).
+    pub(crate) fn create(path: &Path, show: Show) -> Result<Sink> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let file =
+            File::create(path).with_context(|| format!("creating the log {}", path.display()))?;
+        Ok(Sink {
+            log: BufWriter::new(file),
+            show,
+        })
+    }
+
+    /// What this sink shows.
+    pub(crate) fn show(&self) -> Show {
+        self.show
+    }
+
+    pub(crate) fn event(&mut self, e: &Event) -> Result<()> {
         writeln!(self.log, "{e}")?;
         let visible = !matches!(
             (self.show, e),
@@ -513,16 +533,23 @@ impl Sink {
         Ok(())
     }
 
-    fn log_only(&mut self, s: &str) -> Result<()> {
+    /// A runner's line, in the log only.
+    pub(crate) fn log_only(&mut self, s: &str) -> Result<()> {
         writeln!(self.log, "xtask: {s}")?;
         Ok(())
     }
 
-    fn note(&mut self, s: &str) -> Result<()> {
+    /// A runner's line, in the log and (unless showing nothing) on stderr.
+    pub(crate) fn note(&mut self, s: &str) -> Result<()> {
         writeln!(self.log, "xtask: {s}")?;
         if self.show != Show::Nothing {
             eprintln!("xtask: {s}");
         }
+        Ok(())
+    }
+
+    pub(crate) fn flush(&mut self) -> Result<()> {
+        self.log.flush()?;
         Ok(())
     }
 }
@@ -541,35 +568,95 @@ pub fn boot_on(
     machine: &Machine,
 ) -> Result<BootResult> {
     let mut cmd = qemu_command_on(env, spec, agent, machine)?;
-    if let Some(dir) = spec.log_path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let file = File::create(&spec.log_path)
-        .with_context(|| format!("creating the log {}", spec.log_path.display()))?;
-    let mut sink = Sink {
-        log: BufWriter::new(file),
-        show: spec.show,
-    };
+    let mut sink = Sink::create(&spec.log_path, spec.show)?;
     sink.note(&format!(
         "{} {} boot: {}",
         spec.arch,
         spec.mode,
         describe(&cmd)
     ))?;
+    let run = run_qemu(&mut cmd, &mut sink, spec.timeout, table, &mut |_, _| {
+        Control::Continue
+    })?;
+    let exit = match run.ended {
+        Ended::Exited(code) => classify_status(spec.arch, code),
+        Ended::Hung => Exit::Other("QEMU closed its output but did not exit".into()),
+        Ended::Timeout => Exit::Timeout(spec.timeout),
+        Ended::Xen(text) => Exit::Xen(text),
+        Ended::Stopped => Exit::Other("stopped by the runner".into()),
+    };
+    let r = BootResult {
+        exit,
+        logs: run.logs,
+        warnings: run.warnings,
+        qemu_stderr: run.qemu_stderr,
+        log_path: spec.log_path.clone(),
+        elapsed: run.elapsed,
+    };
+    sink.log_only(&format!("end: {}", r.summary(spec.mode)))?;
+    sink.flush()?;
+    Ok(r)
+}
+
+/// What a line watcher wants after a line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Control {
+    /// Keep going.
+    Continue,
+    /// Kill QEMU now: the run is over.
+    Stop,
+}
+
+/// How QEMU's run ended, before any interpretation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Ended {
+    /// QEMU exited by itself with this status (`None`: by a signal).
+    Exited(Option<i32>),
+    /// QEMU closed its output but did not exit (killed).
+    Hung,
+    /// Killed at the timeout.
+    Timeout,
+    /// Killed after Xen gave up (panic, dom0 crash): what it said.
+    Xen(String),
+    /// Killed because the watcher said [`Control::Stop`].
+    Stopped,
+}
+
+/// Everything QEMU's console gave.
+pub(crate) struct QemuRun {
+    pub ended: Ended,
+    /// The agents' decoded logs, by source domain.
+    pub logs: Logs,
+    /// Decoding warnings.
+    pub warnings: Vec<String>,
+    /// QEMU's stderr.
+    pub qemu_stderr: Vec<String>,
+    /// From the start to the end.
+    pub elapsed: Duration,
+}
+
+/// Start `cmd` (QEMU), decode its console live into `sink`, and stop it at
+/// the timeout, after Xen gives up, or when `watch` says so. `watch` sees
+/// every console line (with the agent events it completed) as it arrives.
+/// QEMU is never left running.
+pub(crate) fn run_qemu(
+    cmd: &mut Command,
+    sink: &mut Sink,
+    timeout: Duration,
+    table: &Table,
+    watch: &mut dyn FnMut(&str, &[Event]) -> Control,
+) -> Result<QemuRun> {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let start = Instant::now();
-    let mut child =
-        spawn_retrying(&mut cmd).with_context(|| format!("starting {}", describe(&cmd)))?;
-    let result = watch(&mut child, spec, table, &mut sink, start);
+    let mut child = spawn_retrying(cmd).with_context(|| format!("starting {}", describe(cmd)))?;
+    let result = watch_console(&mut child, timeout, table, sink, start, watch);
     // Never leave QEMU behind, whatever happened.
     let _ = child.kill();
     let _ = child.wait();
     let mut r = result?;
     r.elapsed = start.elapsed();
-    sink.log_only(&format!("end: {}", r.summary(spec.mode)))?;
-    sink.log.flush()?;
     Ok(r)
 }
 
@@ -590,13 +677,14 @@ fn spawn_retrying(cmd: &mut Command) -> std::io::Result<std::process::Child> {
     }
 }
 
-fn watch(
+fn watch_console(
     child: &mut Child,
-    spec: &BootSpec,
+    timeout: Duration,
     table: &Table,
     sink: &mut Sink,
     start: Instant,
-) -> Result<BootResult> {
+    watch: &mut dyn FnMut(&str, &[Event]) -> Control,
+) -> Result<QemuRun> {
     let (tx, rx) = mpsc::channel();
     let out = child.stdout.take().context("QEMU's stdout")?;
     let err = child.stderr.take().context("QEMU's stderr")?;
@@ -607,13 +695,14 @@ fn watch(
     let mut logs = Logs::default();
     let mut warnings = Vec::new();
     let mut qemu_stderr = Vec::new();
-    let deadline = start + spec.timeout;
+    let deadline = start + timeout;
     // After Xen gives up: what it said, and how long we still listen.
     let mut fatal: Option<(String, Instant, bool)> = None;
     let mut eofs = 0;
     let mut timed_out = false;
+    let mut stopped = false;
 
-    while eofs < 2 {
+    while eofs < 2 && !stopped {
         let until = match &fatal {
             Some((_, t, _)) => (*t).min(deadline),
             None => deadline,
@@ -658,47 +747,54 @@ fn watch(
                         what == "panic",
                     ));
                 }
-                for e in decoder.line(&line) {
-                    match &e {
+                let events = decoder.line(&line);
+                for e in &events {
+                    match e {
                         Event::Agent(a) => logs.push(a),
                         Event::Warning(w) => warnings.push(w.clone()),
                         Event::Text(_) => {}
                     }
-                    sink.event(&e)?;
+                    sink.event(e)?;
+                }
+                if watch(&line, &events) == Control::Stop {
+                    stopped = true;
                 }
             }
         }
     }
 
-    let exit = if let Some((text, _, _)) = fatal {
+    let ended = if let Some((text, _, _)) = fatal {
         let _ = child.kill();
         let _ = child.wait();
-        Exit::Xen(text)
+        Ended::Xen(text)
+    } else if stopped {
+        let _ = child.kill();
+        let _ = child.wait();
+        Ended::Stopped
     } else if timed_out {
         let _ = child.kill();
         let _ = child.wait();
-        Exit::Timeout(spec.timeout)
+        Ended::Timeout
     } else {
         // Both pipes closed: QEMU is exiting; wait for it, within reason.
         let limit = Instant::now() + Duration::from_secs(10);
         loop {
             if let Some(st) = child.try_wait()? {
-                break classify_status(spec.arch, st.code());
+                break Ended::Exited(st.code());
             }
             if Instant::now() >= limit {
                 let _ = child.kill();
                 let _ = child.wait();
-                break Exit::Other("QEMU closed its output but did not exit".into());
+                break Ended::Hung;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
     };
-    Ok(BootResult {
-        exit,
+    Ok(QemuRun {
+        ended,
         logs,
         warnings,
         qemu_stderr,
-        log_path: spec.log_path.clone(),
         elapsed: start.elapsed(),
     })
 }

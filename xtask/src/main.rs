@@ -4,6 +4,9 @@
 //! - `cargo xtask run [--arch x86_64|aarch64] [--mode dom0|domu|both] [--quiet]
 //!   [--timeout SECS] [-- agent options...]`: build, boot, show the decoded log,
 //!   exit 0 iff the agent passed.
+//! - `cargo xtask run --toolstack xl [--arch ...] [--memory MiB] [--maxmem MiB]
+//!   [--quiet] [--timeout SECS] [-- agent options...]`: the same with the agent
+//!   as a domU made by `xl create` in a Linux dom0 (the xl rig, `rig.rs`).
 //! - `cargo xtask test [--only NAME]... [--no-host-tests] [--verbose]
 //!   [--timeout SECS]`: host tests, then every boot scenario.
 //! - `cargo xtask bench [--only NAME]... [--out FILE] [--verbose]
@@ -13,10 +16,12 @@
 mod agent;
 mod bench;
 mod boot;
+mod cpio;
 mod decode;
 mod dtb;
 mod image;
 mod report;
+mod rig;
 mod scenarios;
 mod setup;
 mod util;
@@ -44,7 +49,13 @@ commands:
       --arch x86_64|aarch64 (default x86_64)
       --mode dom0|domu|both (default dom0; domu and both are aarch64-only)
       --quiet               hide Xen's own lines, keep the agents'
-      --timeout SECS        kill QEMU after SECS seconds (default 120)
+      --timeout SECS        kill QEMU after SECS seconds (default 120; 300 with xl)
+      --toolstack xl        boot a Linux dom0 with Xen's toolstack instead and make the
+                            agent a domU with `xl create` (options `exit=shutdown`, and on
+                            aarch64 `domid=<its domid>`, are added); exit 0 iff the domain
+                            powered off and the agent's verdict is pass
+      --memory MiB          with --toolstack xl: the domU's memory (default 64)
+      --maxmem MiB          with --toolstack xl: its maxmem (default: = memory)
   test [options]            cargo test --workspace --features xenmem/model, then every boot scenario
       --only NAME           run only scenarios whose name contains NAME (repeatable)
       --no-host-tests       skip cargo test --workspace
@@ -145,8 +156,37 @@ struct RunArgs {
     arch: Arch,
     mode: Mode,
     quiet: bool,
-    timeout: Duration,
+    /// `--timeout`, if given (the default depends on the toolstack).
+    timeout: Option<Duration>,
     opts: Vec<String>,
+    /// `--toolstack xl`: the agent as an xl-created domU.
+    xl: bool,
+    memory_mib: u64,
+    maxmem_mib: Option<u64>,
+}
+
+impl RunArgs {
+    /// The one job of `run --toolstack xl`.
+    fn xl_job(&self) -> rig::XlJob {
+        let mut opts = Vec::new();
+        if self.arch == Arch::Aarch64 {
+            // Nothing else tells an Arm domU its domid.
+            opts.push(format!("domid={}", rig::DOMID_PLACEHOLDER));
+        }
+        opts.push("exit=shutdown".to_string());
+        opts.extend(self.opts.iter().cloned());
+        rig::XlJob {
+            maxmem_mib: self.maxmem_mib,
+            ..rig::XlJob::new("xenmem-agent", self.memory_mib, opts)
+        }
+    }
+}
+
+fn parse_mib(flag: &str, v: &str) -> Result<u64> {
+    match v.parse::<u64>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => bail!("{flag} {v}: not a positive number of MiB"),
+    }
 }
 
 fn parse_run(args: &[String]) -> Result<RunArgs> {
@@ -154,9 +194,14 @@ fn parse_run(args: &[String]) -> Result<RunArgs> {
         arch: Arch::X86_64,
         mode: Mode::Dom0,
         quiet: false,
-        timeout: DEFAULT_TIMEOUT,
+        timeout: None,
         opts: Vec::new(),
+        xl: false,
+        memory_mib: 64,
+        maxmem_mib: None,
     };
+    let mut mode_given = false;
+    let mut mem_given = false;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         if a == "--" {
@@ -167,19 +212,45 @@ fn parse_run(args: &[String]) -> Result<RunArgs> {
             r.arch = Arch::parse(v)?;
         } else if let Some(v) = value("--mode", a, &mut it)? {
             r.mode = Mode::parse(v)?;
+            mode_given = true;
         } else if let Some(v) = value("--timeout", a, &mut it)? {
-            r.timeout = parse_timeout(v)?;
+            r.timeout = Some(parse_timeout(v)?);
+        } else if let Some(v) = value("--toolstack", a, &mut it)? {
+            match v {
+                "xl" => r.xl = true,
+                "none" => r.xl = false,
+                _ => bail!("--toolstack {v}: only `xl` (or `none`, the default)"),
+            }
+        } else if let Some(v) = value("--memory", a, &mut it)? {
+            r.memory_mib = parse_mib("--memory", v)?;
+            mem_given = true;
+        } else if let Some(v) = value("--maxmem", a, &mut it)? {
+            r.maxmem_mib = Some(parse_mib("--maxmem", v)?);
+            mem_given = true;
         } else {
             bail!("run: unknown option `{a}` (agent options go after `--`)\n\n{USAGE}");
         }
     }
-    // Refuse bad agent options before any slow step.
-    boot::agent_cmdlines(r.arch, r.mode, &r.opts)?;
+    // Refuse bad options before any slow step.
+    if r.xl {
+        if mode_given {
+            bail!("--mode does not go with --toolstack xl (the agent is one xl-made domU)");
+        }
+        rig::render_jobs(&[r.xl_job()], rig::DEFAULT_JOB_TIMEOUT, false)?;
+    } else {
+        if mem_given {
+            bail!("--memory and --maxmem go with --toolstack xl only");
+        }
+        boot::agent_cmdlines(r.arch, r.mode, &r.opts)?;
+    }
     Ok(r)
 }
 
 fn run(args: &[String]) -> Result<ExitCode> {
     let r = parse_run(args)?;
+    if r.xl {
+        return run_xl(&r);
+    }
     let env = setup::setup()?;
     let agent = agent::build(r.arch)?;
     let table = decode::load_table(&agent.elf)
@@ -189,7 +260,7 @@ fn run(args: &[String]) -> Result<ExitCode> {
         arch: r.arch,
         mode: r.mode,
         agent_opts: r.opts,
-        timeout: r.timeout,
+        timeout: r.timeout.unwrap_or(DEFAULT_TIMEOUT),
         log_path: logs_dir().join(format!("{name}.log")),
         work_dir: work_dir(&name),
         show: if r.quiet { Show::Agents } else { Show::All },
@@ -205,6 +276,92 @@ fn run(args: &[String]) -> Result<ExitCode> {
     if passed {
         Ok(ExitCode::SUCCESS)
     } else {
+        eprintln!("log: {}", res.log_path.display());
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+/// `run --toolstack xl`: one xl-made domU with the agent.
+fn run_xl(r: &RunArgs) -> Result<ExitCode> {
+    let env = setup::setup()?;
+    let agent = agent::build(r.arch)?;
+    let table = decode::load_table(&agent.elf)
+        .with_context(|| format!("decoding needs {}", agent.elf_path.display()))?;
+    let name = format!("{}-xl", r.arch);
+    let timeout = r.timeout.unwrap_or(rig::DEFAULT_TIMEOUT);
+    let spec = rig::XlSpec {
+        arch: r.arch,
+        jobs: vec![r.xl_job()],
+        job_timeout: rig::DEFAULT_JOB_TIMEOUT.min(timeout),
+        timeout,
+        show: if r.quiet { Show::Agents } else { Show::All },
+        log_path: logs_dir().join(format!("{name}.log")),
+        work_dir: work_dir(&name),
+        forwarder_selftest: false,
+    };
+    let res = rig::boot_xl(&env, &spec, &agent, &table)?;
+    let job = res
+        .job(&spec.jobs[0].name)
+        .context("internal error: the job's result is missing")?;
+    let show = |r: &Option<rig::Record>| r.as_ref().map_or("-".to_string(), |r| r.to_string());
+    eprintln!(
+        "xtask: xl list after create:   {}",
+        show(&job.xl_list_created)
+    );
+    eprintln!(
+        "xtask: xl list at shutdown:    {}",
+        show(&job.xl_list_shutdown)
+    );
+    eprintln!("xtask: Xen's pages:            {}", show(&job.xen_pages));
+    let secs =
+        |d: Option<Duration>| d.map_or("-".to_string(), |d| format!("{:.1} s", d.as_secs_f64()));
+    eprintln!(
+        "xtask: dom0 ready {}; xl create {}; create to first line {}; whole boot {:.1} s",
+        secs(res.dom0_ready),
+        secs(job.create_time),
+        secs(job.first_line_after),
+        res.elapsed.as_secs_f64()
+    );
+    let verdict = job
+        .domid
+        .and_then(|d| u16::try_from(d).ok())
+        .and_then(|d| res.logs.get(decode::Source(d)).verdict());
+    let mut why = Vec::new();
+    if res.end != rig::XlEnd::Done {
+        why.push(res.end.to_string());
+    }
+    match job.reason() {
+        Some("poweroff") => {}
+        Some(other) => why.push(format!("the domain shut down with reason {other}")),
+        None if job.timed_out => why.push("the domain did not shut down in time".into()),
+        None => why.push("the domain did not shut down".into()),
+    }
+    if verdict != Some(report::Verdict::Pass) {
+        why.push(match verdict {
+            Some(v) => format!("the agent's verdict is {v}"),
+            None => "the agent printed no verdict".into(),
+        });
+    }
+    for p in &res.problems {
+        eprintln!("xtask: warning: {p}");
+    }
+    if let (Some(start), Some(after)) = (res.free_at_start_mib(), job.free_after_mib) {
+        eprintln!("xtask: Xen's free memory: {start} MiB before create, {after} MiB after destroy");
+    }
+    if why.is_empty() {
+        eprintln!("xtask: PASS {name}: powered off, verdict PASS");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("xtask: FAIL {name}: {}", why.join("; "));
+        if !res.qemu_stderr.is_empty() {
+            eprintln!("QEMU said: {}", res.qemu_stderr.join("\n"));
+        }
+        if let Some(w) = res.warnings.first() {
+            eprintln!(
+                "note: {} decoding warning(s), first: {w}",
+                res.warnings.len()
+            );
+        }
         eprintln!("log: {}", res.log_path.display());
         Ok(ExitCode::FAILURE)
     }
@@ -405,13 +562,58 @@ mod tests {
         ]))
         .unwrap();
         assert_eq!((r.arch, r.mode, r.quiet), (Arch::Aarch64, Mode::Both, true));
-        assert_eq!(r.timeout, Duration::from_secs(30));
+        assert_eq!(r.timeout, Some(Duration::from_secs(30)));
         assert_eq!(r.opts, ["a=1", "--b"]);
+        assert!(!r.xl);
         assert!(parse_run(&s(&["--mode", "both"])).is_err()); // x86_64 is dom0 only
         assert!(parse_run(&s(&["--", "a=1,2"])).is_err());
         assert!(parse_run(&s(&["--arch"])).is_err());
         assert!(parse_run(&s(&["--timeout", "0"])).is_err());
         assert!(parse_run(&s(&["bogus=1"])).is_err());
+    }
+
+    #[test]
+    fn run_options_xl() {
+        let r = parse_run(&s(&["--toolstack", "xl", "--", "balloon=1M"])).unwrap();
+        assert!(r.xl);
+        assert_eq!((r.memory_mib, r.maxmem_mib, r.timeout), (64, None, None));
+        let j = r.xl_job();
+        assert_eq!(j.agent_opts, ["exit=shutdown", "balloon=1M"]);
+        assert_eq!((j.name.as_str(), j.memory_mib), ("xenmem-agent", 64));
+        let r = parse_run(&s(&[
+            "--toolstack=xl",
+            "--arch",
+            "aarch64",
+            "--memory",
+            "32",
+            "--maxmem=48",
+            "-q",
+            "--timeout",
+            "100",
+            "--",
+            "a=1,2",
+        ]))
+        .unwrap();
+        assert_eq!((r.memory_mib, r.maxmem_mib, r.quiet), (32, Some(48), true));
+        assert_eq!(r.timeout, Some(Duration::from_secs(100)));
+        assert_eq!(
+            r.xl_job().agent_opts,
+            ["domid=@DOMID@", "exit=shutdown", "a=1,2"]
+        );
+        assert!(parse_run(&s(&["--toolstack", "xl", "--mode", "both"])).is_err());
+        assert!(parse_run(&s(&["--toolstack", "xm"])).is_err());
+        assert!(parse_run(&s(&["--memory", "32"])).is_err()); // xl only
+        assert!(parse_run(&s(&["--toolstack", "xl", "--memory", "0"])).is_err());
+        assert!(parse_run(&s(&[
+            "--toolstack",
+            "xl",
+            "--memory",
+            "64",
+            "--maxmem",
+            "32"
+        ]))
+        .is_err());
+        assert!(parse_run(&s(&["--toolstack", "xl", "--", "a\"b"])).is_err());
     }
 
     #[test]

@@ -225,7 +225,7 @@ pub fn cache_dir() -> Result<PathBuf> {
     Ok(dir)
 }
 
-fn gunzip(data: &[u8]) -> Result<Vec<u8>> {
+pub(crate) fn gunzip(data: &[u8]) -> Result<Vec<u8>> {
     let mut out = Vec::new();
     flate2::read::GzDecoder::new(data)
         .read_to_end(&mut out)
@@ -233,12 +233,12 @@ fn gunzip(data: &[u8]) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-fn is_gzip(b: &[u8]) -> bool {
+pub(crate) fn is_gzip(b: &[u8]) -> bool {
     b.starts_with(&[0x1f, 0x8b])
 }
 
 /// Write `data` to `path` through a temporary file and a rename.
-fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     let mut name = path.file_name().unwrap_or_default().to_os_string();
     name.push(format!(".tmp{}", std::process::id()));
     let tmp = path.with_file_name(name);
@@ -289,106 +289,242 @@ fn stdout_of(cmd: &mut Command, what: &str) -> Result<String> {
 }
 
 fn download(cache: &Path, spec: &XenSpec, out: &Path) -> Result<()> {
-    for exe in ["apt-get", "dpkg", "dpkg-deb"] {
+    let tmp = cache.join(format!("download-{}-{}", spec.deb_arch, std::process::id()));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).ok();
+    }
+    std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let result = keeping_dpkg_architectures("downloading Xen", || {
+        let apt = Apt::new(spec.deb_arch)?;
+        let debs = apt.download(&tmp, &[spec.package.to_string()])?;
+        unpack_xen(&tmp, spec, &debs[0], out)
+    });
+    std::fs::remove_dir_all(&tmp).ok();
+    result
+}
+
+/// Run `f`, then make sure dpkg's list of foreign architectures is what it
+/// was (packages of another architecture are fetched by naming that
+/// architecture for single apt calls only).
+pub fn keeping_dpkg_architectures<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    for exe in ["apt-get", "apt-cache", "dpkg", "dpkg-deb"] {
         if which(exe).is_none() {
             bail!(
-                "{exe} not found: the Xen images are fetched from Debian's packages with apt-get \
-                 download and dpkg-deb"
+                "{exe} not found: the Debian packages are fetched with apt-get download and \
+                 unpacked with dpkg-deb"
             );
         }
     }
-    let native = stdout_of(
-        Command::new("dpkg").arg("--print-architecture"),
-        "asking dpkg for the native architecture",
-    )?;
     let foreign = || {
         stdout_of(
             Command::new("dpkg").arg("--print-foreign-architectures"),
             "asking dpkg for its foreign architectures",
         )
     };
-    let foreign_before = foreign()?;
-    let tmp = cache.join(format!("download-{}-{}", spec.deb_arch, std::process::id()));
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).ok();
-    }
-    std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    let result = download_into(&tmp, spec, &native, out);
-    std::fs::remove_dir_all(&tmp).ok();
-    let foreign_after = foreign()?;
-    if foreign_after != foreign_before {
+    let before = foreign()?;
+    let result = f();
+    let after = foreign()?;
+    if after != before {
         bail!(
-            "dpkg's foreign architectures changed from `{foreign_before}` to `{foreign_after}` \
-             while downloading Xen; this should not happen"
+            "dpkg's foreign architectures changed from `{before}` to `{after}` while {what}; \
+             this should not happen"
         );
     }
     result
 }
 
-fn download_into(tmp: &Path, spec: &XenSpec, native: &str, out: &Path) -> Result<()> {
-    // A package of another architecture: name that architecture for this one
-    // apt call only (dpkg's own list of architectures stays as it is).
-    let (arch_opts, package): (Vec<String>, String) = if native == spec.deb_arch {
-        (Vec::new(), spec.package.to_string())
-    } else {
-        (
+/// Debian packages of one architecture, fetched with `apt-get download`
+/// (never installed). For an architecture other than dpkg's native one, the
+/// architecture is named for each apt call only
+/// (`-o APT::Architectures::=NATIVE -o APT::Architectures::=OTHER`), and the
+/// package lists are updated once with those options first.
+pub struct Apt {
+    deb_arch: String,
+    arch_opts: Vec<String>,
+    updated: std::cell::Cell<bool>,
+}
+
+impl Apt {
+    /// Apt for packages of `deb_arch` (`amd64`, `arm64`).
+    pub fn new(deb_arch: &str) -> Result<Apt> {
+        let native = stdout_of(
+            Command::new("dpkg").arg("--print-architecture"),
+            "asking dpkg for the native architecture",
+        )?;
+        let arch_opts = if native == deb_arch {
+            Vec::new()
+        } else {
             vec![
                 "-o".into(),
                 format!("APT::Architectures::={native}"),
                 "-o".into(),
-                format!("APT::Architectures::={}", spec.deb_arch),
-            ],
-            format!("{}:{}", spec.package, spec.deb_arch),
-        )
-    };
-    let update = |why: &str| -> Result<()> {
+                format!("APT::Architectures::={deb_arch}"),
+            ]
+        };
+        Ok(Apt {
+            deb_arch: deb_arch.to_string(),
+            arch_opts,
+            updated: std::cell::Cell::new(false),
+        })
+    }
+
+    fn foreign(&self) -> bool {
+        !self.arch_opts.is_empty()
+    }
+
+    /// `name` as apt must be told it (`name:arm64` for a foreign one).
+    fn qualified(&self, name: &str) -> String {
+        if self.foreign() {
+            format!("{name}:{}", self.deb_arch)
+        } else {
+            name.to_string()
+        }
+    }
+
+    fn update(&self, why: &str) -> Result<()> {
+        if self.updated.get() {
+            return Ok(());
+        }
         if !is_root() {
             bail!(
                 "apt-get update is needed ({why}) but we are not root; run as root: \
-                 apt-get update {}",
-                arch_opts.join(" ")
+                 apt-get {} update",
+                self.arch_opts.join(" ")
             );
         }
         eprintln!("xtask: apt-get update ({why})");
-        let mut args: Vec<&str> = vec!["-q"];
-        args.extend(arch_opts.iter().map(String::as_str));
-        args.push("update");
         run_checked(
             Command::new("apt-get")
-                .args(&args)
+                .arg("-q")
+                .args(&self.arch_opts)
+                .arg("update")
                 .env("DEBIAN_FRONTEND", "noninteractive"),
             "apt-get update",
-        )
-        .map(drop)
-    };
-    let fetch = || {
-        eprintln!("xtask: downloading {package} into {}", tmp.display());
-        run_checked(
-            Command::new("apt-get")
-                .args(&arch_opts)
-                .args(["download", &package])
-                .current_dir(tmp),
-            &format!("apt-get download {package}"),
-        )
-    };
-    if !arch_opts.is_empty() {
-        // The lists of a foreign architecture are normally absent.
-        update(&format!("package lists for {}", spec.deb_arch))?;
-        fetch()?;
-    } else if let Err(e) = fetch() {
-        eprintln!("xtask: {e:#}");
-        update("the package lists may be missing or stale")?;
-        fetch()?;
+        )?;
+        self.updated.set(true);
+        Ok(())
     }
-    let deb = std::fs::read_dir(tmp)?
+
+    /// Make sure the package lists of a foreign architecture are there (they
+    /// normally are not).
+    fn prepare(&self) -> Result<()> {
+        if self.foreign() {
+            self.update(&format!("package lists for {}", self.deb_arch))?;
+        }
+        Ok(())
+    }
+
+    /// Run an apt command; for the native architecture, once more after an
+    /// `apt-get update` if it fails (the lists may be missing or stale).
+    fn with_lists<T>(&self, mut f: impl FnMut() -> Result<T>) -> Result<T> {
+        self.prepare()?;
+        match f() {
+            Ok(v) => Ok(v),
+            Err(e) if !self.updated.get() => {
+                eprintln!("xtask: {e:#}");
+                self.update("the package lists may be missing or stale")?;
+                f()
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The packages `name` depends on (`apt-cache depends`), e.g. the
+    /// concrete kernel package behind the `linux-image-amd64` metapackage.
+    pub fn depends(&self, name: &str) -> Result<Vec<String>> {
+        let q = self.qualified(name);
+        let text = self.with_lists(|| {
+            stdout_of(
+                Command::new("apt-cache")
+                    .args(&self.arch_opts)
+                    .args(["depends", &q]),
+                &format!("apt-cache depends {q}"),
+            )
+        })?;
+        Ok(parse_depends(&text))
+    }
+
+    /// Download `names` into `dir` (one call for all; when that fails, one
+    /// call per package, so that the error names the package that cannot be
+    /// fetched). Returns the `.deb` of each name, in order.
+    pub fn download(&self, dir: &Path, names: &[String]) -> Result<Vec<PathBuf>> {
+        let qualified: Vec<String> = names.iter().map(|n| self.qualified(n)).collect();
+        let all = |list: &[String]| {
+            eprintln!(
+                "xtask: apt-get download {} package(s) into {}",
+                list.len(),
+                dir.display()
+            );
+            run_checked(
+                Command::new("apt-get")
+                    .args(&self.arch_opts)
+                    .arg("download")
+                    .args(list)
+                    .current_dir(dir),
+                &format!("apt-get download {}", list.join(" ")),
+            )
+            .map(drop)
+        };
+        if self.with_lists(|| all(&qualified)).is_err() {
+            for q in &qualified {
+                all(std::slice::from_ref(q))
+                    .with_context(|| format!("the Debian package {q} cannot be fetched"))?;
+            }
+        }
+        names
+            .iter()
+            .map(|n| {
+                find_deb(dir, n, &self.deb_arch).with_context(|| {
+                    format!(
+                        "apt-get download left no .deb of {} in {}",
+                        self.qualified(n),
+                        dir.display()
+                    )
+                })
+            })
+            .collect()
+    }
+}
+
+/// The `Depends:` of `apt-cache depends` output (alternatives and virtual
+/// packages, `<...>`, left out).
+fn parse_depends(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("Depends:"))
+        .map(str::trim)
+        .filter(|d| !d.starts_with('<'))
+        .map(|d| d.split(':').next().unwrap_or(d).to_string())
+        .collect()
+}
+
+/// The `.deb` of package `name` for `deb_arch` (or `all`) in `dir`:
+/// `NAME_VERSION_ARCH.deb`.
+pub fn find_deb(dir: &Path, name: &str, deb_arch: &str) -> Option<PathBuf> {
+    let prefix = format!("{name}_");
+    std::fs::read_dir(dir)
+        .ok()?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| p.extension().is_some_and(|x| x == "deb"))
-        .with_context(|| format!("apt-get download left no .deb in {}", tmp.display()))?;
-    let x = tmp.join("x");
+        .find(|p| {
+            let f = p.file_name().unwrap_or_default().to_string_lossy();
+            f.starts_with(&prefix)
+                && (f.ends_with(&format!("_{deb_arch}.deb")) || f.ends_with("_all.deb"))
+                // The version has no underscore: `NAME_VERSION_ARCH.deb`.
+                && f[prefix.len()..].matches('_').count() == 1
+        })
+}
+
+/// `dpkg-deb -x DEB DEST`.
+pub fn unpack_deb(deb: &Path, dest: &Path) -> Result<()> {
     run_checked(
-        Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&x),
-        "unpacking the Xen package",
-    )?;
+        Command::new("dpkg-deb").arg("-x").arg(deb).arg(dest),
+        &format!("unpacking {}", deb.display()),
+    )
+    .map(drop)
+}
+
+fn unpack_xen(tmp: &Path, spec: &XenSpec, deb: &Path, out: &Path) -> Result<()> {
+    let x = tmp.join("x");
+    unpack_deb(deb, &x)?;
     let member = x.join(spec.member);
     let mut data = std::fs::read(&member)
         .with_context(|| format!("{} is not in {}", spec.member, deb.display()))?;
@@ -428,5 +564,33 @@ mod tests {
         check_multiboot_elf(&plain).unwrap();
         assert!(check_multiboot_elf(&gz).is_err());
         assert!(gunzip(b"\x1f\x8bnot really").is_err());
+    }
+
+    #[test]
+    fn depends_and_debs() {
+        let text = "linux-image-arm64:arm64\n  Depends: linux-image-6.1.0-57-arm64:arm64\n  \
+                    Depends: <virtual>\n  Recommends: x\n";
+        assert_eq!(parse_depends(text), ["linux-image-6.1.0-57-arm64"]);
+        let dir = std::env::temp_dir().join(format!("xtask-debs-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in [
+            "libxenstore4_4.17.7+13-g2445b30a44-0+deb12u1_amd64.deb",
+            "libxenstore4-dev_4.17_amd64.deb",
+            "zlib1g_1%3a1.2.13.dfsg-1+deb12u1_arm64.deb",
+            "xen-utils-common_4.17_all.deb",
+        ] {
+            std::fs::write(dir.join(f), b"").unwrap();
+        }
+        let name = |n: &str, a: &str| {
+            find_deb(&dir, n, a).map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        };
+        assert_eq!(
+            name("libxenstore4", "amd64").as_deref(),
+            Some("libxenstore4_4.17.7+13-g2445b30a44-0+deb12u1_amd64.deb")
+        );
+        assert_eq!(name("zlib1g", "amd64"), None);
+        assert!(name("zlib1g", "arm64").is_some());
+        assert!(name("xen-utils-common", "arm64").is_some());
+        std::fs::remove_dir_all(&dir).ok();
     }
 }

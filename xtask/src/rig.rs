@@ -1,0 +1,1746 @@
+//! The xl rig: Xen with a Linux dom0 that runs the Xen toolstack, so that
+//! the agent can be made a domU by `xl create`, as a user would.
+//!
+//! Everything comes from Debian bookworm's packages, fetched with
+//! `apt-get download` and unpacked with `dpkg-deb -x` (nothing installed):
+//! the 6.1 kernel (and its five Xen modules), the Xen 4.17 userspace and the
+//! libraries it links, and busybox-static. The runner packs dom0's initramfs
+//! itself ([`crate::cpio`]), so the arm64 parts need no arm64 host tools.
+//!
+//! Cached per architecture under `setup::cache_dir()/rig-ARCH/`: `debs/`
+//! (the packages), `kernel` (what Xen is given as dom0's kernel), `base.cpio`
+//! (dom0's initramfs) and `stamp` (a hash of every input: the package files,
+//! the init script, the rig's version). A stale or missing stamp rebuilds.
+//! Per run, a second small cpio archive with the agent and the jobs file is
+//! appended to a copy of the base archive (Linux reads concatenated archives
+//! as one initramfs).
+//!
+//! Dom0's `/init` (`rig_init.sh`) starts the daemons and runs the jobs; it
+//! reports as `xmrig: TOPIC key=value ...` lines, and forwards each guest's
+//! console log (xenconsoled's) as `(dN) LINE` lines, which the decoder
+//! attributes to domain N.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use defmt_decoder::Table;
+
+use crate::agent::Agent;
+use crate::boot::{self, Arch, Control, Ended, Show, Sink};
+use crate::cpio;
+use crate::decode::{Event, Source};
+use crate::report::{self, Logs};
+use crate::setup::{self, Apt, Env};
+use crate::util::{describe, which};
+
+/// Bump when the way the rig is built changes (the cache is rebuilt).
+const RIG_VERSION: u32 = 1;
+
+/// dom0's `/init`, before [`init_script`] fills in the architecture.
+const INIT_TEMPLATE: &str = include_str!("rig_init.sh");
+/// The awk program that turns Xen's debug-key `q` output into words.
+const Q_AWK: &str = include_str!("rig_q.awk");
+
+/// Packages besides the kernel (which is resolved from the metapackage).
+const PACKAGES: &[&str] = &[
+    "xen-utils-4.17",
+    "xen-utils-common",
+    "xenstore-utils",
+    "libxencall1",
+    "libxendevicemodel1",
+    "libxenevtchn1",
+    "libxenforeignmemory1",
+    "libxengnttab1",
+    "libxenhypfs1",
+    "libxenmisc4.17",
+    "libxenstore4",
+    "libxentoolcore1",
+    "libxentoollog1",
+    "libyajl2",
+    "libncurses6",
+    "libtinfo6",
+    "libc6",
+    "libuuid1",
+    "zlib1g",
+    "liblzma5",
+    "libzstd1",
+    // Without libgcc_s.so.1 (dlopened by glibc for thread cancellation)
+    // xl aborts half-way through `xl create`.
+    "libgcc-s1",
+    "libfdt1",
+    "busybox-static",
+];
+
+/// The Xen modules, in the order they must be loaded.
+const MODULES: [&str; 5] = [
+    "xen-evtchn",
+    "xen-privcmd",
+    "xenfs",
+    "xen-gntdev",
+    "xen-gntalloc",
+];
+
+/// The Xen programs dom0 runs (in `/usr/lib/xen-4.17/bin`).
+const XEN_BIN_DIR: &str = "usr/lib/xen-4.17/bin";
+const XEN_BINS: [&str; 4] = ["xl", "xenstored", "xenconsoled", "xen-init-dom0"];
+
+/// Libraries loaded with dlopen, which no `DT_NEEDED` names: glibc loads
+/// libgcc_s.so.1 for pthread_cancel, and xl aborts half-way through
+/// `xl create` without it ("libgcc_s.so.1 must be installed for
+/// pthread_cancel to work").
+const DLOPENED: &[&str] = &["libgcc_s.so.1"];
+
+/// Busybox applets the init script uses, linked in `/bin`.
+const APPLETS: &[&str] = &[
+    "sh", "mount", "insmod", "mkdir", "sleep", "cat", "echo", "tail", "awk", "sed", "rm",
+    "poweroff", "sync", "printf", "ls", "grep", "cut", "head", "dmesg", "ps", "kill", "uname",
+    "touch", "test", "[",
+];
+
+/// Whether the cached base archive is gzip-compressed (measured: see
+/// [`Parts::base`]).
+const GZIP_BASE: bool = false;
+
+/// Default bound for the whole rig boot.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
+/// Default bound for one job (create to shutdown).
+pub const DEFAULT_JOB_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Where Debian's names differ per architecture.
+struct ArchInfo {
+    deb_arch: &'static str,
+    triplet: &'static str,
+    kernel_meta: &'static str,
+    /// The agent's path in dom0.
+    agent_path: &'static str,
+    /// The xl config lines that name the kernel (shell `echo`s).
+    cfg_kernel: &'static str,
+}
+
+fn arch_info(arch: Arch) -> ArchInfo {
+    match arch {
+        Arch::X86_64 => ArchInfo {
+            deb_arch: "amd64",
+            triplet: "x86_64-linux-gnu",
+            kernel_meta: "linux-image-amd64",
+            agent_path: "agent.elf",
+            cfg_kernel: r#"echo 'type="pvh"'; echo 'kernel="/agent.elf"'"#,
+        },
+        Arch::Aarch64 => ArchInfo {
+            deb_arch: "arm64",
+            triplet: "aarch64-linux-gnu",
+            kernel_meta: "linux-image-arm64",
+            agent_path: "agent.Image",
+            // acpi=0: without it `xl mem-set` aborts in libxl 4.17 on Arm.
+            cfg_kernel: r#"echo 'kernel="/agent.Image"'; echo 'acpi=0'"#,
+        },
+    }
+}
+
+/// dom0's `/init` for `arch`.
+pub fn init_script(arch: Arch) -> String {
+    let a = arch_info(arch);
+    INIT_TEMPLATE
+        .replace("@TRIPLET@", a.triplet)
+        .replace("@CFG_KERNEL@", a.cfg_kernel)
+}
+
+// ---------------------------------------------------------------------------
+// The cached parts.
+
+/// The cached parts of a rig.
+#[derive(Clone, Debug)]
+pub struct Parts {
+    /// What Xen gets as dom0's kernel: the uncompressed ELF `vmlinux` on
+    /// x86_64 (Xen spends ~26 s under TCG unpacking the bzImage's XZ
+    /// payload), the arm64 `Image` on aarch64.
+    pub kernel: PathBuf,
+    /// dom0's initramfs without the per-run part.
+    pub base: PathBuf,
+    /// The cache directory (`rig-ARCH`).
+    pub dir: PathBuf,
+}
+
+/// The packages of the rig: `(package, .deb file name)` in a fixed order.
+struct Manifest {
+    debs: Vec<(String, String)>,
+}
+
+impl Manifest {
+    const FILE: &'static str = "debs.list";
+
+    fn read(dir: &Path) -> Option<Manifest> {
+        let text = std::fs::read_to_string(dir.join(Self::FILE)).ok()?;
+        let debs = text
+            .lines()
+            .filter_map(|l| l.split_once(' '))
+            .map(|(p, f)| (p.to_string(), f.to_string()))
+            .collect();
+        Some(Manifest { debs })
+    }
+
+    fn text(&self) -> String {
+        self.debs
+            .iter()
+            .map(|(p, f)| format!("{p} {f}\n"))
+            .collect()
+    }
+
+    /// Whether it holds exactly `PACKAGES` plus one kernel, all present.
+    fn complete(&self, debs_dir: &Path, kernel_prefix: &str) -> bool {
+        let names: BTreeSet<&str> = self.debs.iter().map(|(p, _)| p.as_str()).collect();
+        let kernels = names
+            .iter()
+            .filter(|n| n.starts_with(kernel_prefix))
+            .count();
+        kernels == 1
+            && names.len() == PACKAGES.len() + 1
+            && PACKAGES.iter().all(|p| names.contains(p))
+            && self.debs.iter().all(|(_, f)| debs_dir.join(f).is_file())
+    }
+
+    fn kernel(&self, kernel_prefix: &str) -> Option<&str> {
+        self.debs
+            .iter()
+            .find(|(p, _)| p.starts_with(kernel_prefix))
+            .map(|(p, _)| p.as_str())
+    }
+}
+
+/// The stamp of a rig: FNV-1a (64 bits) of everything its build reads.
+fn stamp(arch: Arch, manifest_with_sizes: &str, init: &str) -> String {
+    let inputs = format!(
+        "rig {RIG_VERSION}\narch {arch}\ngzip {GZIP_BASE}\nmodules {MODULES:?}\n\
+         bins {XEN_BINS:?} {DLOPENED:?}\napplets {APPLETS:?}\n--debs\n{manifest_with_sizes}--init\n{init}\
+         --q.awk\n{Q_AWK}"
+    );
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in inputs.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+/// The manifest with each file's size (so that a replaced .deb counts).
+fn manifest_with_sizes(m: &Manifest, debs_dir: &Path) -> String {
+    m.debs
+        .iter()
+        .map(|(p, f)| {
+            let size = std::fs::metadata(debs_dir.join(f))
+                .map(|m| m.len())
+                .unwrap_or(0);
+            format!("{p} {f} {size}\n")
+        })
+        .collect()
+}
+
+/// The rig's parts for `arch`: from the cache when its stamp matches,
+/// fetched and built otherwise.
+pub fn prepare(arch: Arch) -> Result<Parts> {
+    let a = arch_info(arch);
+    let dir = setup::cache_dir()?.join(format!("rig-{arch}"));
+    let debs_dir = dir.join("debs");
+    std::fs::create_dir_all(&debs_dir)
+        .with_context(|| format!("creating {}", debs_dir.display()))?;
+    let kernel_prefix = "linux-image-6.1.0-";
+    let manifest = match Manifest::read(&dir) {
+        Some(m) if m.complete(&debs_dir, kernel_prefix) => m,
+        _ => fetch(&a, &dir, &debs_dir, kernel_prefix)?,
+    };
+    let init = init_script(arch);
+    let want = stamp(arch, &manifest_with_sizes(&manifest, &debs_dir), &init);
+    let parts = Parts {
+        kernel: dir.join("kernel"),
+        base: dir.join("base.cpio"),
+        dir: dir.clone(),
+    };
+    let have = std::fs::read_to_string(dir.join("stamp")).unwrap_or_default();
+    if have.trim() == want && parts.kernel.is_file() && parts.base.is_file() {
+        return Ok(parts);
+    }
+    eprintln!(
+        "xtask: building the {arch} xl rig in {} (kernel {})",
+        dir.display(),
+        manifest.kernel(kernel_prefix).unwrap_or("?")
+    );
+    // The stamp goes first, so that a build cut short is never reused.
+    std::fs::remove_file(dir.join("stamp")).ok();
+    build(arch, &a, &manifest, &debs_dir, &parts, &init)?;
+    std::fs::write(dir.join("stamp"), format!("{want}\n"))
+        .with_context(|| format!("writing {}", dir.join("stamp").display()))?;
+    Ok(parts)
+}
+
+fn fetch(a: &ArchInfo, dir: &Path, debs_dir: &Path, kernel_prefix: &str) -> Result<Manifest> {
+    setup::keeping_dpkg_architectures("fetching the xl rig's packages", || {
+        let apt = Apt::new(a.deb_arch)?;
+        let kernel = apt
+            .depends(a.kernel_meta)?
+            .into_iter()
+            .find(|d| d.starts_with(kernel_prefix))
+            .with_context(|| {
+                format!(
+                    "{} depends on no {kernel_prefix}* package (apt-cache depends)",
+                    a.kernel_meta
+                )
+            })?;
+        let mut names: Vec<String> = vec![kernel];
+        names.extend(PACKAGES.iter().map(|p| p.to_string()));
+        // Old versions go: the directory holds exactly the manifest's files.
+        let tmp = dir.join(format!("download-{}", std::process::id()));
+        std::fs::remove_dir_all(&tmp).ok();
+        std::fs::create_dir_all(&tmp)?;
+        let debs = apt.download(&tmp, &names);
+        let debs = match debs {
+            Ok(d) => d,
+            Err(e) => {
+                std::fs::remove_dir_all(&tmp).ok();
+                return Err(e);
+            }
+        };
+        std::fs::remove_dir_all(debs_dir).ok();
+        std::fs::rename(&tmp, debs_dir)
+            .with_context(|| format!("moving the packages to {}", debs_dir.display()))?;
+        let m = Manifest {
+            debs: names
+                .into_iter()
+                .zip(debs)
+                .map(|(n, d)| {
+                    (
+                        n,
+                        d.file_name().unwrap_or_default().to_string_lossy().into(),
+                    )
+                })
+                .collect(),
+        };
+        setup::write_atomic(&dir.join(Manifest::FILE), m.text().as_bytes())?;
+        Ok(m)
+    })
+}
+
+fn build(
+    arch: Arch,
+    a: &ArchInfo,
+    manifest: &Manifest,
+    debs_dir: &Path,
+    parts: &Parts,
+    init: &str,
+) -> Result<()> {
+    let root = parts.dir.join("root");
+    std::fs::remove_dir_all(&root).ok();
+    for (_, f) in &manifest.debs {
+        setup::unpack_deb(&debs_dir.join(f), &root)?;
+    }
+    let result = (|| {
+        let kernel = extract_kernel(arch, &root)?;
+        setup::write_atomic(&parts.kernel, &kernel)?;
+        let base = base_archive(a, &root, init)?;
+        let base = if GZIP_BASE { gzip(&base)? } else { base };
+        setup::write_atomic(&parts.base, &base)?;
+        eprintln!(
+            "xtask: rig: kernel {} ({} MiB), initramfs {} ({:.1} MiB)",
+            parts.kernel.display(),
+            kernel.len() >> 20,
+            parts.base.display(),
+            base.len() as f64 / (1 << 20) as f64
+        );
+        Ok(())
+    })();
+    // The unpacked tree is rebuilt from the packages whenever needed.
+    std::fs::remove_dir_all(&root).ok();
+    result
+}
+
+fn gzip(data: &[u8]) -> Result<Vec<u8>> {
+    use std::io::Write;
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    enc.write_all(data)?;
+    Ok(enc.finish()?)
+}
+
+/// The one file in `root/boot` whose name starts with `vmlinuz-`.
+fn vmlinuz(root: &Path) -> Result<PathBuf> {
+    let boot = root.join("boot");
+    let found: Vec<PathBuf> = std::fs::read_dir(&boot)
+        .with_context(|| format!("the kernel package has no {}", boot.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
+        })
+        .collect();
+    match found.as_slice() {
+        [one] => Ok(one.clone()),
+        _ => bail!(
+            "expected one vmlinuz-* in {}, found {found:?}",
+            boot.display()
+        ),
+    }
+}
+
+/// What Xen gets as dom0's kernel.
+fn extract_kernel(arch: Arch, root: &Path) -> Result<Vec<u8>> {
+    let path = vmlinuz(root)?;
+    let data = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    match arch {
+        Arch::X86_64 => {
+            let payload = bzimage_payload(&data)
+                .with_context(|| format!("finding the XZ payload of {}", path.display()))?;
+            let elf = xz_decompress(payload)
+                .with_context(|| format!("decompressing the payload of {}", path.display()))?;
+            if !elf.starts_with(b"\x7fELF") {
+                bail!("the payload of {} is not an ELF file", path.display());
+            }
+            Ok(elf)
+        }
+        Arch::Aarch64 => {
+            let image = if setup::is_gzip(&data) {
+                setup::gunzip(&data)?
+            } else {
+                data
+            };
+            crate::image::check_arm64_magic(&image)
+                .with_context(|| format!("{} is not an arm64 Image", path.display()))?;
+            Ok(image)
+        }
+    }
+}
+
+const XZ_MAGIC: &[u8] = b"\xfd7zXZ\0";
+
+/// The compressed kernel inside an x86 bzImage: the boot protocol header
+/// gives `setup_sects` (0x1f1), `payload_offset` (0x248) and
+/// `payload_length` (0x24c); the payload must be XZ.
+fn bzimage_payload(b: &[u8]) -> Result<&[u8]> {
+    if b.get(0x202..0x206) != Some(b"HdrS") {
+        bail!("no Linux boot protocol header (HdrS)");
+    }
+    let u32_at = |o: usize| -> Result<usize> {
+        let s = b.get(o..o + 4).context("truncated header")?;
+        Ok(u32::from_le_bytes(s.try_into().unwrap_or_default()) as usize)
+    };
+    let setup_sects = match b[0x1f1] {
+        0 => 4,
+        n => n as usize,
+    };
+    let start = (setup_sects + 1) * 512 + u32_at(0x248)?;
+    let len = u32_at(0x24c)?;
+    let payload = b
+        .get(start..start + len)
+        .with_context(|| format!("payload {start:#x}+{len:#x} beyond the file"))?;
+    if !payload.starts_with(XZ_MAGIC) {
+        bail!(
+            "the payload at {start:#x} is not XZ (starts {:02x?})",
+            &payload[..payload.len().min(6)]
+        );
+    }
+    Ok(payload)
+}
+
+/// `xz -dc --single-stream` of `data` (the host's xz, from xz-utils).
+fn xz_decompress(data: &[u8]) -> Result<Vec<u8>> {
+    use std::io::Write;
+    let xz = which("xz").context("the xz command (Debian: xz-utils) is needed")?;
+    let mut child = Command::new(xz)
+        .args(["-dc", "--single-stream"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting xz")?;
+    let mut stdin = child.stdin.take().context("xz's stdin")?;
+    let input = data.to_vec();
+    let writer = std::thread::spawn(move || stdin.write_all(&input));
+    let out = child.wait_with_output().context("running xz")?;
+    let _ = writer.join();
+    if !out.status.success() {
+        bail!(
+            "xz -dc failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(out.stdout)
+}
+
+/// What an ELF file asks of the dynamic loader.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ElfNeeds {
+    /// `DT_NEEDED` names.
+    pub needed: Vec<String>,
+    /// `PT_INTERP`.
+    pub interp: Option<String>,
+}
+
+/// Read `DT_NEEDED` and `PT_INTERP` of an ELF file (32 or 64 bits).
+pub fn elf_needs(data: &[u8]) -> Result<ElfNeeds> {
+    use object::elf::{FileHeader32, FileHeader64};
+    use object::Endianness;
+    match object::FileKind::parse(data)? {
+        object::FileKind::Elf64 => needs_of::<FileHeader64<Endianness>>(data),
+        object::FileKind::Elf32 => needs_of::<FileHeader32<Endianness>>(data),
+        k => bail!("not an ELF file ({k:?})"),
+    }
+}
+
+fn needs_of<H: object::read::elf::FileHeader<Endian = object::Endianness>>(
+    data: &[u8],
+) -> Result<ElfNeeds> {
+    use object::read::elf::{Dyn, ProgramHeader};
+    let h = H::parse(data)?;
+    let endian = h.endian()?;
+    let mut out = ElfNeeds::default();
+    for ph in h.program_headers(endian, data)? {
+        if let Some(i) = ph.interpreter(endian, data)? {
+            out.interp = Some(String::from_utf8_lossy(i).into_owned());
+        }
+    }
+    let sections = h.sections(endian, data)?;
+    if let Some((dyns, link)) = sections.dynamic(endian, data)? {
+        let strings = sections.strings(endian, data, link)?;
+        for d in dyns {
+            if d.tag32(endian) == Some(object::elf::DT_NEEDED) {
+                out.needed
+                    .push(String::from_utf8_lossy(d.string(endian, strings)?).into_owned());
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// `rel` (a path inside `root`, without leading `/`) and, if it is a
+/// symlink, the path its target names, resolved inside `root`.
+fn link_target(root: &Path, rel: &str) -> Result<Option<(String, String)>> {
+    let p = root.join(rel);
+    let meta =
+        std::fs::symlink_metadata(&p).with_context(|| format!("{rel} is not in the packages"))?;
+    if !meta.file_type().is_symlink() {
+        return Ok(None);
+    }
+    let target = std::fs::read_link(&p)?.to_string_lossy().into_owned();
+    let resolved = if let Some(abs) = target.strip_prefix('/') {
+        abs.to_string()
+    } else {
+        let parent = rel.rsplit_once('/').map(|(d, _)| d).unwrap_or("");
+        let mut parts: Vec<&str> = parent.split('/').filter(|s| !s.is_empty()).collect();
+        for c in target.split('/') {
+            match c {
+                "" | "." => {}
+                ".." => {
+                    parts.pop();
+                }
+                c => parts.push(c),
+            }
+        }
+        parts.join("/")
+    };
+    Ok(Some((target, resolved)))
+}
+
+/// Add `rel` from `root` to the archive: a symlink with what it points to
+/// (followed to the file), or the file with its permissions.
+fn add_from_root(w: &mut cpio::Writer, root: &Path, rel: &str) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut rel = rel.to_string();
+    for _ in 0..16 {
+        if w.contains(&rel) {
+            return Ok(());
+        }
+        match link_target(root, &rel)? {
+            Some((target, resolved)) => {
+                w.symlink(&rel, &target)?;
+                rel = resolved;
+            }
+            None => {
+                let p = root.join(&rel);
+                let data = std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?;
+                let mode = std::fs::metadata(&p)?.permissions().mode();
+                return w.file(&rel, mode & 0o7777, &data);
+            }
+        }
+    }
+    bail!("too many symlinks at {rel}")
+}
+
+/// Find library `name` in the loader's directories inside `root`.
+fn find_lib(root: &Path, triplet: &str, name: &str) -> Option<String> {
+    [
+        format!("lib/{triplet}"),
+        format!("usr/lib/{triplet}"),
+        "lib".to_string(),
+        "usr/lib".to_string(),
+    ]
+    .into_iter()
+    .map(|d| format!("{d}/{name}"))
+    .find(|rel| std::fs::symlink_metadata(root.join(rel)).is_ok())
+}
+
+/// The files (root-relative) `bins` need, transitively: their libraries and
+/// the dynamic loader. Fails naming every library no package provides.
+fn library_closure(root: &Path, triplet: &str, bins: &[String]) -> Result<BTreeSet<String>> {
+    let mut files = BTreeSet::new();
+    let mut queue: Vec<(String, String)> = bins.iter().map(|b| (b.clone(), b.clone())).collect();
+    let mut missing = Vec::new();
+    let mut seen = BTreeSet::new();
+    while let Some((rel, why)) = queue.pop() {
+        if !seen.insert(rel.clone()) {
+            continue;
+        }
+        // The file the path finally names (libraries are symlinks).
+        let mut real = rel.clone();
+        for _ in 0..16 {
+            match link_target(root, &real)? {
+                Some((_, r)) => real = r,
+                None => break,
+            }
+        }
+        let data = std::fs::read(root.join(&real))
+            .with_context(|| format!("reading {real} (needed by {why})"))?;
+        let needs = elf_needs(&data).with_context(|| format!("reading the ELF {real}"))?;
+        files.insert(rel.clone());
+        if let Some(i) = needs.interp {
+            let i = i.trim_start_matches('/').to_string();
+            if std::fs::symlink_metadata(root.join(&i)).is_ok() {
+                queue.push((i, rel.clone()));
+            } else {
+                missing.push(format!("{rel} needs the loader /{i}"));
+            }
+        }
+        for n in needs.needed {
+            match find_lib(root, triplet, &n) {
+                Some(l) => queue.push((l, rel.clone())),
+                None => missing.push(format!("{rel} needs {n}")),
+            }
+        }
+    }
+    if !missing.is_empty() {
+        missing.sort();
+        missing.dedup();
+        bail!(
+            "the rig's packages lack libraries: {} (add the package that has them to rig.rs's \
+             PACKAGES)",
+            missing.join("; ")
+        );
+    }
+    Ok(files)
+}
+
+/// A Xen module of the kernel package, uncompressed.
+fn module(root: &Path, name: &str) -> Result<Vec<u8>> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        if let Ok(rd) = std::fs::read_dir(dir) {
+            for e in rd.flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    walk(&p, out);
+                } else {
+                    out.push(p);
+                }
+            }
+        }
+    }
+    let mut all = Vec::new();
+    walk(&root.join("lib/modules"), &mut all);
+    let wanted = [".ko", ".ko.xz", ".ko.gz"].map(|s| format!("{name}{s}"));
+    let found: Vec<&PathBuf> = all
+        .iter()
+        .filter(|p| {
+            p.to_string_lossy().contains("/drivers/xen/")
+                && p.file_name()
+                    .is_some_and(|f| wanted.iter().any(|w| f.to_string_lossy() == *w))
+        })
+        .collect();
+    let [p] = found.as_slice() else {
+        bail!(
+            "the kernel package has {} copies of the module {name}: {found:?}",
+            found.len()
+        );
+    };
+    let data = std::fs::read(p)?;
+    let f = p.to_string_lossy();
+    if f.ends_with(".xz") {
+        xz_decompress(&data).with_context(|| format!("decompressing {f}"))
+    } else if f.ends_with(".gz") {
+        setup::gunzip(&data)
+    } else {
+        Ok(data)
+    }
+}
+
+/// dom0's initramfs (uncompressed): busybox and its links, the Xen
+/// programs with their libraries, the modules, `/init` and empty state
+/// directories.
+fn base_archive(a: &ArchInfo, root: &Path, init: &str) -> Result<Vec<u8>> {
+    let mut w = cpio::Writer::new();
+    for d in ["proc", "sys", "dev", "root", "etc/xen", "etc/xmrig"] {
+        w.dir(d, 0o755)?;
+    }
+    w.dir("tmp", 0o1777)?;
+    // Linux opens /dev/console for init before /init can mount devtmpfs.
+    w.char_device("dev/console", 0o600, 5, 1)?;
+    for d in [
+        "var/lib/xenstored",
+        "var/lib/xen",
+        "var/run/xen",
+        "var/run/xenstored",
+        "var/log/xen/console",
+        "var/lock",
+    ] {
+        w.dir(d, 0o755)?;
+    }
+    w.symlink("run", "var/run")?;
+    add_from_root(&mut w, root, "bin/busybox")?;
+    for applet in APPLETS {
+        w.symlink(&format!("bin/{applet}"), "busybox")?;
+    }
+    let mut bins: Vec<String> = XEN_BINS
+        .iter()
+        .map(|b| format!("{XEN_BIN_DIR}/{b}"))
+        .collect();
+    for l in DLOPENED {
+        bins.push(
+            find_lib(root, a.triplet, l)
+                .with_context(|| format!("no package of the rig has {l} (dlopened by glibc)"))?,
+        );
+    }
+    for f in library_closure(root, a.triplet, &bins)? {
+        add_from_root(&mut w, root, &f)?;
+    }
+    for m in MODULES {
+        let data = module(root, m)?;
+        w.file(&format!("lib/modules/{m}.ko"), 0o644, &data)?;
+    }
+    w.file("etc/xen/xl.conf", 0o644, b"")?;
+    w.file("etc/xmrig/q.awk", 0o644, Q_AWK.as_bytes())?;
+    w.file("init", 0o755, init.as_bytes())?;
+    Ok(w.finish())
+}
+
+// ---------------------------------------------------------------------------
+// Jobs and the per-run archive.
+
+/// One domU to create.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct XlJob {
+    /// The domain's name (letters, digits, `-`, `_`, `.`).
+    pub name: String,
+    /// `memory=`, MiB.
+    pub memory_mib: u64,
+    /// `maxmem=`, MiB (none: equal to memory).
+    pub maxmem_mib: Option<u64>,
+    /// The agent's command line words (`@DOMID@` becomes the domid the
+    /// domain is expected to get).
+    pub agent_opts: Vec<String>,
+    /// More xl config lines (`key=value`, no whitespace), e.g.
+    /// `vuart="sbsa_uart"`.
+    pub extra_cfg: Vec<String>,
+}
+
+impl XlJob {
+    /// A job with the agent options only.
+    pub fn new(name: &str, memory_mib: u64, agent_opts: Vec<String>) -> XlJob {
+        XlJob {
+            name: name.to_string(),
+            memory_mib,
+            maxmem_mib: None,
+            agent_opts,
+            extra_cfg: Vec::new(),
+        }
+    }
+}
+
+/// The placeholder dom0 replaces by the predicted domid.
+pub const DOMID_PLACEHOLDER: &str = "@DOMID@";
+
+/// Check a job before anything slow.
+pub fn check_job(j: &XlJob) -> Result<()> {
+    if j.name.is_empty()
+        || j.name.len() > 64
+        || j.name.starts_with(['-', '.'])
+        || !j
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        bail!(
+            "job name `{}`: use 1-64 letters, digits, `-`, `_` or `.`",
+            j.name
+        );
+    }
+    if j.memory_mib == 0 {
+        bail!("job {}: memory must be at least 1 MiB", j.name);
+    }
+    if let Some(m) = j.maxmem_mib {
+        if m < j.memory_mib {
+            bail!(
+                "job {}: maxmem ({m} MiB) is below memory ({} MiB)",
+                j.name,
+                j.memory_mib
+            );
+        }
+    }
+    for o in &j.agent_opts {
+        if o.is_empty()
+            || o.chars()
+                .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '"' | '\\'))
+        {
+            bail!("job {}: agent option `{o}` cannot be passed on (whitespace, control characters, `\"` or `\\`)", j.name);
+        }
+    }
+    for e in &j.extra_cfg {
+        if !e.contains('=')
+            || e.contains('|')
+            || e.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
+            bail!(
+                "job {}: extra config `{e}` must be one key=value word without `|`",
+                j.name
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The jobs file: one line per job,
+/// `NAME MEMORY MAXMEM|- TIMEOUT_S [CFG...] | CMDLINE`; `@selftest` first
+/// when asked.
+pub fn render_jobs(jobs: &[XlJob], job_timeout: Duration, selftest: bool) -> Result<String> {
+    let mut out = String::new();
+    if selftest {
+        out.push_str("@selftest\n");
+    }
+    let mut names = BTreeSet::new();
+    for j in jobs {
+        check_job(j)?;
+        if !names.insert(&j.name) {
+            bail!("two jobs are named {}", j.name);
+        }
+        out.push_str(&format!(
+            "{} {} {} {}",
+            j.name,
+            j.memory_mib,
+            j.maxmem_mib.map_or("-".to_string(), |m| m.to_string()),
+            job_timeout.as_secs().max(1)
+        ));
+        for e in &j.extra_cfg {
+            out.push(' ');
+            out.push_str(e);
+        }
+        out.push_str(" | ");
+        out.push_str(&j.agent_opts.join(" "));
+        out.push('\n');
+    }
+    Ok(out)
+}
+
+/// The per-run archive: the agent and the jobs file.
+fn run_archive(arch: Arch, agent: &Agent, jobs: &str) -> Result<Vec<u8>> {
+    let image = std::fs::read(&agent.boot_image)
+        .with_context(|| format!("reading {}", agent.boot_image.display()))?;
+    let mut w = cpio::Writer::new();
+    w.file(arch_info(arch).agent_path, 0o644, &image)?;
+    w.file("jobs", 0o644, jobs.as_bytes())?;
+    Ok(w.finish())
+}
+
+// ---------------------------------------------------------------------------
+// QEMU.
+
+/// Xen's command line on x86_64 (dom0 is PV).
+pub const XEN_X86_64_CMDLINE: &str = "console=com1 loglvl=all guest_loglvl=all noreboot \
+     console_timestamps=boot dom0_mem=256M,max:256M dom0-iommu=none bootscrub=0";
+/// Xen's command line on aarch64.
+pub const XEN_AARCH64_CMDLINE: &str = "console=dtuart dtuart=/pl011@9000000 dom0_mem=256M \
+     bootscrub=0 loglvl=all guest_loglvl=all console_timestamps=boot";
+/// dom0's kernel command line (no commas: QEMU splits `-initrd` on them).
+pub const DOM0_CMDLINE: &str = "console=hvc0 quiet rdinit=/init";
+/// aarch64: where QEMU's guest-loader puts dom0's kernel.
+const ARM_KERNEL_ADDR: u64 = 0x4200_0000;
+
+fn qemu_command(env: &Env, arch: Arch, parts: &Parts, initramfs: &Path) -> Result<Command> {
+    let kernel = boot::no_comma(&parts.kernel, "the dom0 kernel")?;
+    let initrd = boot::no_comma(initramfs, "the initramfs")?;
+    match arch {
+        Arch::X86_64 => {
+            let mut c = Command::new(&env.qemu_x86_64);
+            c.args(["-cpu", "qemu64,+npt", "-smp", "1", "-m", "512"])
+                .args(["-nographic", "-no-reboot", "-monitor", "none"])
+                .args(["-serial", "stdio"])
+                .arg("-kernel")
+                .arg(&env.xen_x86_64)
+                .arg("-initrd")
+                .arg(format!("{kernel} {DOM0_CMDLINE},{initrd}"))
+                .arg("-append")
+                .arg(XEN_X86_64_CMDLINE);
+            Ok(c)
+        }
+        Arch::Aarch64 => {
+            let size = std::fs::metadata(&parts.kernel)?.len();
+            let initrd_addr = (ARM_KERNEL_ADDR + size + (4 << 20)).next_multiple_of(2 << 20);
+            let mut c = Command::new(&env.qemu_aarch64);
+            c.args(["-machine", "virt,virtualization=on,gic-version=3"])
+                .args(["-cpu", "cortex-a57", "-smp", "1", "-m", "1024"])
+                .args(["-nographic", "-no-reboot", "-monitor", "none"])
+                .args(["-serial", "stdio"])
+                .arg("-kernel")
+                .arg(&env.xen_aarch64)
+                .arg("-append")
+                .arg(XEN_AARCH64_CMDLINE)
+                .arg("-device")
+                .arg(format!(
+                    "guest-loader,addr={ARM_KERNEL_ADDR:#x},kernel={kernel},bootargs={DOM0_CMDLINE}"
+                ))
+                .arg("-device")
+                .arg(format!(
+                    "guest-loader,addr={initrd_addr:#x},initrd={initrd}"
+                ));
+            Ok(c)
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Records and results.
+
+/// One `xmrig:` line: its topic and fields, and when it arrived.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    /// `ready`, `created`, `shutdown`, `xen-pages`, ...
+    pub topic: String,
+    /// Its `key=value` words.
+    pub fields: BTreeMap<String, String>,
+    /// Since QEMU started.
+    pub at: Duration,
+    /// The line as dom0 printed it.
+    pub line: String,
+}
+
+impl Record {
+    /// The value of `key`.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.fields.get(key).map(String::as_str)
+    }
+
+    /// The value of `key` as a number.
+    pub fn num(&self, key: &str) -> Option<u64> {
+        self.get(key).and_then(report::parse_number)
+    }
+}
+
+impl fmt::Display for Record {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.line)
+    }
+}
+
+/// Parse a console line as an `xmrig:` record (it must start the line).
+pub fn parse_record(line: &str, at: Duration) -> Option<Result<Record, String>> {
+    let line = line.trim_end();
+    let rest = line.strip_prefix("xmrig: ")?;
+    Some(report::parse_report(rest).map(|r| Record {
+        topic: r.topic,
+        fields: r.fields.into_iter().collect(),
+        at,
+        line: line.to_string(),
+    }))
+}
+
+/// A console line forwarded by dom0 from domain N's log: `(dN) TEXT`.
+pub fn forwarded(line: &str) -> Option<(u32, &str)> {
+    let rest = line.strip_prefix("(d")?;
+    let (n, text) = rest.split_once(") ")?;
+    Some((n.parse().ok()?, text))
+}
+
+/// One domain in Xen's debug-key `q` output, as Xen's console showed it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct XenDomainDump {
+    /// The domain.
+    pub domid: u32,
+    /// Every `key=value` of its "General information" block (PoD ones
+    /// prefixed `pod_`), as dom0's awk program reads them.
+    pub fields: BTreeMap<String, String>,
+}
+
+/// Reads Xen's debug-key `q` dumps out of console lines: from `(XEN) [time]
+/// General information for domain N:` to its `NODE affinity` or `VCPU
+/// information` line, every `key=value` word except on `XenPage`/`DomPage`
+/// lines, those of the PoD line prefixed `pod_` (the rules of `rig_q.awk`,
+/// which dom0 applies to `xl dmesg`).
+#[derive(Default)]
+pub struct QDumpParser {
+    current: Option<XenDomainDump>,
+    /// Finished blocks, in order.
+    pub dumps: Vec<XenDomainDump>,
+}
+
+impl QDumpParser {
+    /// Take one console line.
+    pub fn line(&mut self, line: &str) {
+        let Some(body) = line.strip_prefix("(XEN)") else {
+            return;
+        };
+        let mut body = body.strip_prefix(' ').unwrap_or(body);
+        // console_timestamps: "[   12.345678] "
+        if body.starts_with('[') {
+            if let Some((_, r)) = body.split_once("] ") {
+                body = r;
+            }
+        }
+        if let Some(rest) = body.strip_prefix("General information for domain ") {
+            self.end();
+            if let Some(Ok(d)) = rest.trim_end().strip_suffix(':').map(str::parse) {
+                self.current = Some(XenDomainDump {
+                    domid: d,
+                    fields: BTreeMap::new(),
+                });
+            }
+            return;
+        }
+        // The same rules as rig_q.awk.
+        if body.contains("NODE affinity") || body.contains("VCPU information") {
+            self.end();
+            return;
+        }
+        if body.contains("Page ") {
+            return;
+        }
+        let Some(cur) = &mut self.current else {
+            return;
+        };
+        let pod = body.contains("PoD");
+        for w in body.split_whitespace() {
+            if let Some((k, v)) = w.split_once('=') {
+                if !k.is_empty()
+                    && k.chars().all(|c| c.is_ascii_alphabetic() || c == '_')
+                    && !v.contains('=')
+                {
+                    let k = if pod {
+                        format!("pod_{k}")
+                    } else {
+                        k.to_string()
+                    };
+                    cur.fields.insert(k, v.to_string());
+                }
+            }
+        }
+    }
+
+    fn end(&mut self) {
+        if let Some(d) = self.current.take() {
+            self.dumps.push(d);
+        }
+    }
+
+    /// All blocks, the open one included.
+    pub fn finish(mut self) -> Vec<XenDomainDump> {
+        self.end();
+        self.dumps
+    }
+}
+
+/// What happened to one job.
+#[derive(Clone, Debug, Default)]
+pub struct XlJobResult {
+    /// The job's name.
+    pub name: String,
+    /// The domid `xl domid` gave.
+    pub domid: Option<u32>,
+    /// `creating` to `created` (how long `xl create` took, roughly).
+    pub create_time: Option<Duration>,
+    /// `creating` to the domain's first console line.
+    pub first_line_after: Option<Duration>,
+    /// The `shutdown` record (`reason=poweroff|reboot|crash|...`).
+    pub shutdown: Option<Record>,
+    /// Whether the job hit its bound (`job-timeout`).
+    pub timed_out: bool,
+    /// `create-failed`, if so.
+    pub create_failed: Option<Record>,
+    /// `xl-list when=created` and `when=shutdown`.
+    pub xl_list_created: Option<Record>,
+    /// See [`XlJobResult::xl_list_created`].
+    pub xl_list_shutdown: Option<Record>,
+    /// `xen-pages`: Xen's own count (debug key q) before destroy.
+    pub xen_pages: Option<Record>,
+    /// `free-memory when=after-destroy`, MiB.
+    pub free_after_mib: Option<u64>,
+    /// The domain's console lines dom0 forwarded (without `(dN) `).
+    pub console: Vec<String>,
+}
+
+impl XlJobResult {
+    /// The shutdown reason, if it shut down.
+    pub fn reason(&self) -> Option<&str> {
+        self.shutdown.as_ref().and_then(|r| r.get("reason"))
+    }
+}
+
+/// How a rig boot ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum XlEnd {
+    /// dom0 printed `xmrig: done`.
+    Done,
+    /// Killed at the timeout; the job that was running, if any.
+    Timeout {
+        /// After how long.
+        after: Duration,
+        /// The job between `creating` and `destroyed`.
+        running: Option<String>,
+    },
+    /// Xen gave up (panic, dom0 crash).
+    Xen(String),
+    /// QEMU ended by itself before `done`.
+    Qemu(String),
+}
+
+impl fmt::Display for XlEnd {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            XlEnd::Done => f.write_str("dom0 done"),
+            XlEnd::Timeout { after, running } => {
+                write!(f, "timeout: QEMU killed after {} s", after.as_secs())?;
+                match running {
+                    Some(j) => write!(f, " while job {j} was running"),
+                    None => write!(f, " (no job running)"),
+                }
+            }
+            XlEnd::Xen(s) => write!(f, "Xen gave up: {s}"),
+            XlEnd::Qemu(s) => write!(f, "QEMU ended before dom0 was done: {s}"),
+        }
+    }
+}
+
+/// Everything a rig boot produced.
+#[derive(Debug)]
+// Not every field has a reader in the runner yet: this is the API for
+// scenarios that check xl-made domUs.
+#[allow(dead_code)]
+pub struct XlResult {
+    /// How it ended.
+    pub end: XlEnd,
+    /// Every `xmrig:` record, in order.
+    pub records: Vec<Record>,
+    /// Lines that started with `xmrig: ` but did not parse.
+    pub bad_records: Vec<String>,
+    /// Per job, in the order of the jobs.
+    pub jobs: Vec<XlJobResult>,
+    /// The agents' decoded logs, by source domain.
+    pub logs: Logs,
+    /// Decoding warnings.
+    pub warnings: Vec<String>,
+    /// QEMU's stderr.
+    pub qemu_stderr: Vec<String>,
+    /// Xen's debug-key `q` blocks as Xen's console showed them.
+    pub xen_q: Vec<XenDomainDump>,
+    /// Forwarded console lines by domid (99: the forwarder's self-test).
+    pub console: BTreeMap<u32, Vec<String>>,
+    /// QEMU start to `xmrig: ready`.
+    pub dom0_ready: Option<Duration>,
+    /// Disagreements the runner found (a domid other than predicted, a
+    /// `xen-pages` record that differs from Xen's own console, `fatal`).
+    pub problems: Vec<String>,
+    /// The whole serial log.
+    pub log_path: PathBuf,
+    /// How long it took.
+    pub elapsed: Duration,
+}
+
+impl XlResult {
+    /// All records of a topic.
+    pub fn topic<'a>(&'a self, topic: &'a str) -> impl Iterator<Item = &'a Record> + 'a {
+        self.records.iter().filter(move |r| r.topic == topic)
+    }
+
+    /// The result of job `name`.
+    pub fn job(&self, name: &str) -> Option<&XlJobResult> {
+        self.jobs.iter().find(|j| j.name == name)
+    }
+
+    /// `free-memory` at the start, MiB.
+    pub fn free_at_start_mib(&self) -> Option<u64> {
+        self.topic("free-memory")
+            .find(|r| r.get("when") == Some("start"))
+            .and_then(|r| r.num("mib"))
+    }
+}
+
+/// One rig boot to do.
+#[derive(Clone, Debug)]
+pub struct XlSpec {
+    /// Architecture.
+    pub arch: Arch,
+    /// The domUs to create, one after the other.
+    pub jobs: Vec<XlJob>,
+    /// Bound per job, create to shutdown.
+    pub job_timeout: Duration,
+    /// Bound for the whole boot (QEMU is killed).
+    pub timeout: Duration,
+    /// What to print live.
+    pub show: Show,
+    /// Where the whole serial log goes.
+    pub log_path: PathBuf,
+    /// Scratch directory (the run's initramfs).
+    pub work_dir: PathBuf,
+    /// Also run the console forwarder's self-test (fake domain 99).
+    pub forwarder_selftest: bool,
+}
+
+/// Sorts the console of a rig boot into an [`XlResult`] as it arrives.
+struct Watcher {
+    start: Instant,
+    show: Show,
+    records: Vec<Record>,
+    bad_records: Vec<String>,
+    jobs: Vec<XlJobResult>,
+    /// Job index by domid, and when each job's `creating` came.
+    by_domid: BTreeMap<u32, usize>,
+    creating_at: BTreeMap<usize, Duration>,
+    running: Option<usize>,
+    q: QDumpParser,
+    console: BTreeMap<u32, Vec<String>>,
+    first_tag_at: BTreeMap<u32, Duration>,
+    done: bool,
+}
+
+impl Watcher {
+    fn new(start: Instant, show: Show, jobs: &[XlJob]) -> Watcher {
+        Watcher {
+            start,
+            show,
+            records: Vec::new(),
+            bad_records: Vec::new(),
+            jobs: jobs
+                .iter()
+                .map(|j| XlJobResult {
+                    name: j.name.clone(),
+                    ..XlJobResult::default()
+                })
+                .collect(),
+            by_domid: BTreeMap::new(),
+            creating_at: BTreeMap::new(),
+            running: None,
+            q: QDumpParser::default(),
+            console: BTreeMap::new(),
+            first_tag_at: BTreeMap::new(),
+            done: false,
+        }
+    }
+
+    fn job_of(&self, r: &Record) -> Option<usize> {
+        if let Some(n) = r.get("name") {
+            return self.jobs.iter().position(|j| j.name == n);
+        }
+        let d: u32 = r.get("domid")?.parse().ok()?;
+        self.by_domid.get(&d).copied()
+    }
+
+    fn line(&mut self, line: &str) -> Control {
+        let at = self.start.elapsed();
+        self.q.line(line);
+        if let Some((d, text)) = forwarded(line) {
+            self.console.entry(d).or_default().push(text.to_string());
+        }
+        // The first line tagged with each domain, by Xen or by dom0.
+        let src = Source::from_prefix(line.split("@xm:").next().unwrap_or(line));
+        if line.contains(&format!("(d{})", src.0)) {
+            self.first_tag_at.entry(u32::from(src.0)).or_insert(at);
+        }
+        let Some(parsed) = parse_record(line, at) else {
+            return Control::Continue;
+        };
+        if self.show == Show::Agents {
+            println!("{}", line.trim_end());
+        }
+        let r = match parsed {
+            Ok(r) => r,
+            Err(e) => {
+                self.bad_records.push(format!("{e}: {line}"));
+                return Control::Continue;
+            }
+        };
+        let job = self.job_of(&r);
+        match (r.topic.as_str(), job) {
+            ("creating", Some(i)) => {
+                self.creating_at.insert(i, at);
+                self.running = Some(i);
+            }
+            ("created", Some(i)) => {
+                if let Some(d) = r.get("domid").and_then(|d| d.parse().ok()) {
+                    self.jobs[i].domid = Some(d);
+                    self.by_domid.insert(d, i);
+                }
+                let since = self.creating_at.get(&i).copied().unwrap_or_default();
+                self.jobs[i].create_time = Some(at.saturating_sub(since));
+            }
+            ("create-failed", Some(i)) => {
+                self.jobs[i].create_failed = Some(r.clone());
+                self.running = None;
+            }
+            ("xl-list", Some(i)) => match r.get("when") {
+                Some("created") => self.jobs[i].xl_list_created = Some(r.clone()),
+                Some("shutdown") => self.jobs[i].xl_list_shutdown = Some(r.clone()),
+                _ => {}
+            },
+            ("shutdown", Some(i)) => self.jobs[i].shutdown = Some(r.clone()),
+            ("job-timeout", Some(i)) => self.jobs[i].timed_out = true,
+            ("xen-pages", Some(i)) => self.jobs[i].xen_pages = Some(r.clone()),
+            ("destroyed", Some(_)) => self.running = None,
+            ("free-memory", Some(i)) if r.get("when") == Some("after-destroy") => {
+                self.jobs[i].free_after_mib = r.num("mib");
+            }
+            ("done", _) => self.done = true,
+            _ => {}
+        }
+        self.records.push(r);
+        if self.done {
+            Control::Stop
+        } else {
+            Control::Continue
+        }
+    }
+
+    /// Per job: its console and when its domain's first line came (domids
+    /// are not reused within a boot).
+    fn finish_jobs(&mut self) {
+        for (i, j) in self.jobs.iter_mut().enumerate() {
+            let Some(d) = j.domid else { continue };
+            j.console = self.console.get(&d).cloned().unwrap_or_default();
+            if let (Some(&first), Some(&since)) =
+                (self.first_tag_at.get(&d), self.creating_at.get(&i))
+            {
+                j.first_line_after = Some(first.saturating_sub(since));
+            }
+        }
+    }
+
+    /// Cross-checks: the records against each other and against Xen's own
+    /// console.
+    fn problems(&self, xen_q: &[XenDomainDump]) -> Vec<String> {
+        let mut out = Vec::new();
+        for r in &self.records {
+            match r.topic.as_str() {
+                "fatal" | "job-error" | "destroy-failed" | "xen-pages-missing"
+                | "domid-mismatch" => out.push(format!("dom0 reported: {r}")),
+                "xen-pages" => {
+                    let Some(d) = r.num("domid") else { continue };
+                    // The last block for that domain Xen printed before the
+                    // record arrived.
+                    let seen = xen_q.iter().rev().find(|q| u64::from(q.domid) == d);
+                    match seen {
+                        Some(q) => {
+                            for (k, v) in &r.fields {
+                                if k != "domid" && q.fields.get(k) != Some(v) {
+                                    out.push(format!(
+                                        "xen-pages of d{d}: dom0 says {k}={v}, Xen's console {:?}",
+                                        q.fields.get(k)
+                                    ));
+                                }
+                            }
+                        }
+                        None => out.push(format!(
+                            "xen-pages of d{d}: Xen's console showed no debug-key q block for it"
+                        )),
+                    }
+                }
+                _ => {}
+            }
+        }
+        out.extend(self.bad_records.iter().map(|b| format!("bad record: {b}")));
+        out
+    }
+}
+
+/// Boot the rig, create `spec.jobs` one after the other with `agent`, and
+/// collect everything. Prepares (or reuses) the cached parts first.
+pub fn boot_xl(env: &Env, spec: &XlSpec, agent: &Agent, table: &Table) -> Result<XlResult> {
+    if agent.arch != spec.arch {
+        bail!(
+            "internal error: {} agent for an {} rig",
+            agent.arch,
+            spec.arch
+        );
+    }
+    let jobs = render_jobs(&spec.jobs, spec.job_timeout, spec.forwarder_selftest)?;
+    let parts = prepare(spec.arch)?;
+    std::fs::create_dir_all(&spec.work_dir)
+        .with_context(|| format!("creating {}", spec.work_dir.display()))?;
+    let initramfs = spec.work_dir.join("initramfs.cpio");
+    let mut data =
+        std::fs::read(&parts.base).with_context(|| format!("reading {}", parts.base.display()))?;
+    data.extend(run_archive(spec.arch, agent, &jobs)?);
+    std::fs::write(&initramfs, &data)
+        .with_context(|| format!("writing {}", initramfs.display()))?;
+
+    let mut cmd = qemu_command(env, spec.arch, &parts, &initramfs)?;
+    let mut sink = Sink::create(&spec.log_path, spec.show)?;
+    sink.note(&format!("{} xl rig boot: {}", spec.arch, describe(&cmd)))?;
+    for l in jobs.lines() {
+        sink.log_only(&format!("job: {l}"))?;
+    }
+    let mut w = Watcher::new(Instant::now(), sink.show(), &spec.jobs);
+    let run = boot::run_qemu(
+        &mut cmd,
+        &mut sink,
+        spec.timeout,
+        table,
+        &mut |line, _: &[Event]| w.line(line),
+    )?;
+    let end = match run.ended {
+        Ended::Stopped => XlEnd::Done,
+        Ended::Timeout => XlEnd::Timeout {
+            after: spec.timeout,
+            running: w.running.map(|i| w.jobs[i].name.clone()),
+        },
+        Ended::Xen(t) => XlEnd::Xen(t),
+        Ended::Exited(code) => XlEnd::Qemu(match code {
+            Some(c) => format!("exit status {c}"),
+            None => "killed by a signal".into(),
+        }),
+        Ended::Hung => XlEnd::Qemu("closed its output but did not exit".into()),
+    };
+    w.finish_jobs();
+    let xen_q = std::mem::take(&mut w.q).finish();
+    let problems = w.problems(&xen_q);
+    let dom0_ready = w.records.iter().find(|r| r.topic == "ready").map(|r| r.at);
+    let r = XlResult {
+        end,
+        records: w.records,
+        bad_records: w.bad_records,
+        jobs: w.jobs,
+        logs: run.logs,
+        warnings: run.warnings,
+        qemu_stderr: run.qemu_stderr,
+        xen_q,
+        console: w.console,
+        dom0_ready,
+        problems,
+        log_path: spec.log_path.clone(),
+        elapsed: run.elapsed,
+    };
+    sink.log_only(&format!(
+        "end: {}; dom0 ready {}; {:.1} s",
+        r.end,
+        r.dom0_ready
+            .map_or("never".to_string(), |d| format!("{:.1} s", d.as_secs_f64())),
+        r.elapsed.as_secs_f64()
+    ))?;
+    for j in &r.jobs {
+        sink.log_only(&format!(
+            "job {}: domid {:?}, create {:?}, first line after {:?}, shutdown {:?}",
+            j.name,
+            j.domid,
+            j.create_time,
+            j.first_line_after,
+            j.reason()
+        ))?;
+    }
+    for p in &r.problems {
+        sink.log_only(&format!("problem: {p}"))?;
+    }
+    sink.flush()?;
+    Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jobs_file() {
+        let mut a = XlJob::new(
+            "agent",
+            64,
+            vec!["exit=shutdown".into(), "domid=@DOMID@".into()],
+        );
+        a.maxmem_mib = Some(128);
+        a.extra_cfg = vec![r#"vuart="sbsa_uart""#.into()];
+        let b = XlJob::new("b.2", 32, vec![]);
+        assert_eq!(
+            render_jobs(&[a.clone(), b.clone()], Duration::from_secs(45), true).unwrap(),
+            "@selftest\n\
+             agent 64 128 45 vuart=\"sbsa_uart\" | exit=shutdown domid=@DOMID@\n\
+             b.2 32 - 45 | \n"
+        );
+        assert!(render_jobs(&[b.clone(), b.clone()], Duration::from_secs(1), false).is_err());
+        for bad in [
+            XlJob::new("a b", 64, vec![]),
+            XlJob::new("", 64, vec![]),
+            XlJob::new("-x", 64, vec![]),
+            XlJob::new("a", 0, vec![]),
+            XlJob::new("a", 64, vec!["x y".into()]),
+            XlJob::new("a", 64, vec!["q\"".into()]),
+            XlJob {
+                maxmem_mib: Some(32),
+                ..XlJob::new("a", 64, vec![])
+            },
+            XlJob {
+                extra_cfg: vec!["a=b|c".into()],
+                ..XlJob::new("a", 64, vec![])
+            },
+            XlJob {
+                extra_cfg: vec!["novalue".into()],
+                ..XlJob::new("a", 64, vec![])
+            },
+        ] {
+            assert!(check_job(&bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn per_run_archive() {
+        let dir = std::env::temp_dir().join(format!("xtask-rig-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let img = dir.join("agent.Image");
+        std::fs::write(&img, b"IMAGE").unwrap();
+        let agent = Agent {
+            arch: Arch::Aarch64,
+            elf_path: img.clone(),
+            elf: vec![],
+            boot_image: img,
+        };
+        let b = run_archive(Arch::Aarch64, &agent, "j 1 - 2 | \n").unwrap();
+        let e = crate::cpio::tests::parse(&b);
+        assert_eq!(e[0].name, "agent.Image");
+        assert_eq!(e[0].data, b"IMAGE");
+        assert_eq!(
+            (e[1].name.as_str(), e[1].data.as_slice()),
+            ("jobs", &b"j 1 - 2 | \n"[..])
+        );
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn init_scripts() {
+        let x = init_script(Arch::X86_64);
+        assert!(x.contains("LD_LIBRARY_PATH=/lib/x86_64-linux-gnu:/usr/lib/x86_64-linux-gnu"));
+        assert!(x.contains(r#"echo 'type="pvh"'; echo 'kernel="/agent.elf"'"#));
+        let a = init_script(Arch::Aarch64);
+        assert!(a.contains(r#"echo 'kernel="/agent.Image"'; echo 'acpi=0'"#));
+        for s in [&x, &a] {
+            assert!(!s.contains("@TRIPLET@") && !s.contains("@CFG_KERNEL@"));
+            // The modules in the required order.
+            assert!(s.contains("for m in xen-evtchn xen-privcmd xenfs xen-gntdev xen-gntalloc;"));
+        }
+        assert_eq!(
+            MODULES.join(" "),
+            "xen-evtchn xen-privcmd xenfs xen-gntdev xen-gntalloc"
+        );
+    }
+
+    #[test]
+    fn stamps_change_with_inputs() {
+        let m = "libc6 libc6_2.36_amd64.deb 100\n";
+        let base = stamp(Arch::X86_64, m, "init");
+        assert_eq!(base, stamp(Arch::X86_64, m, "init"));
+        assert_eq!(base.len(), 16);
+        assert_ne!(base, stamp(Arch::Aarch64, m, "init"));
+        assert_ne!(base, stamp(Arch::X86_64, m, "init2"));
+        assert_ne!(
+            base,
+            stamp(Arch::X86_64, "libc6 libc6_2.37_amd64.deb 100\n", "init")
+        );
+        assert_ne!(
+            base,
+            stamp(Arch::X86_64, "libc6 libc6_2.36_amd64.deb 101\n", "init")
+        );
+    }
+
+    #[test]
+    fn manifests() {
+        let dir = std::env::temp_dir().join(format!("xtask-manifest-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut debs = vec![(
+            "linux-image-6.1.0-57-amd64".to_string(),
+            "k.deb".to_string(),
+        )];
+        debs.extend(PACKAGES.iter().map(|p| (p.to_string(), format!("{p}.deb"))));
+        for (_, f) in &debs {
+            std::fs::write(dir.join(f), b"x").unwrap();
+        }
+        let m = Manifest { debs };
+        assert!(m.complete(&dir, "linux-image-6.1.0-"));
+        assert_eq!(
+            m.kernel("linux-image-6.1.0-"),
+            Some("linux-image-6.1.0-57-amd64")
+        );
+        std::fs::remove_file(dir.join("libgcc-s1.deb")).unwrap();
+        assert!(!m.complete(&dir, "linux-image-6.1.0-"));
+        std::fs::remove_dir_all(&dir).ok();
+        let short = Manifest {
+            debs: vec![("libc6".into(), "x.deb".into())],
+        };
+        assert!(!short.complete(Path::new("/"), "linux-image-6.1.0-"));
+    }
+
+    #[test]
+    fn records() {
+        let at = Duration::from_millis(1500);
+        let r = parse_record("xmrig: ready uptime=9.8", at)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (r.topic.as_str(), r.get("uptime"), r.at),
+            ("ready", Some("9.8"), at)
+        );
+        let r = parse_record(
+            "xmrig: shutdown name=agent domid=1 reason=crash code=3 uptime=20.1\r",
+            at,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(r.get("reason"), Some("crash"));
+        assert_eq!(r.num("domid"), Some(1));
+        assert_eq!(
+            r.to_string(),
+            "xmrig: shutdown name=agent domid=1 reason=crash code=3 uptime=20.1"
+        );
+        let r = parse_record(r#"xmrig: fatal what="insmod xenfs""#, at)
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.get("what"), Some("insmod xenfs"));
+        assert!(parse_record("xmrig: created name", at).unwrap().is_err());
+        assert!(parse_record("(d1) xmrig: done", at).is_none());
+        assert!(parse_record("xl: Parsing config", at).is_none());
+        assert_eq!(forwarded("(d12) hello world"), Some((12, "hello world")));
+        assert_eq!(forwarded("(d1)   spaced"), Some((1, "  spaced")));
+        assert_eq!(forwarded("(XEN) (d1) x"), None);
+        assert_eq!(forwarded("(dx) x"), None);
+    }
+
+    #[test]
+    fn elf_needs_of_a_made_up_elf() {
+        // xtask itself is a dynamic ELF on the host.
+        let me = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+        let n = elf_needs(&me).unwrap();
+        assert!(n.needed.iter().any(|l| l.starts_with("libc.so")), "{n:?}");
+        assert!(n.interp.is_some());
+        assert!(elf_needs(b"not an elf").is_err());
+    }
+
+    /// Xen 4.17.7's answer to `xl debug-keys q` on the x86_64 rig, captured
+    /// from a run (dom0 and the agent as a 64 MiB PVH domU, shut down).
+    const Q_SAMPLE: &str = r#"(XEN) [   15.285426] 'q' pressed -> dumping domain info (now = 15285220770)
+(XEN) [   15.285708] General information for domain 0:
+(XEN) [   15.285889]     refcnt=3 dying=0 pause_count=0
+(XEN) [   15.286295]     nr_pages=65536 xenheap_pages=2 dirty_cpus={0} max_pages=65536
+(XEN) [   15.286575]     handle=00000000-0000-0000-0000-000000000000 vm_assist=0000002d
+(XEN) [   15.286833] Rangesets belonging to domain 0:
+(XEN) [   15.287029]     Interrupts { 1-23 }
+(XEN) [   15.287405]     I/O Memory { 0-fedff, fef00-fcfffff }
+(XEN) [   15.287612]     I/O Ports  { 0-1f, 22-3f, 44-60, 62-9f, a2-3f7, 400-607, 60c-cfb, d00-ffff }
+(XEN) [   15.288087]     log-dirty  { }
+(XEN) [   15.288230] Memory pages belonging to domain 0:
+(XEN) [   15.288379]     DomPage list too long to display
+(XEN) [   15.288629]     XenPage 000000000001fd69: caf=c000000000000002, taf=e400000000000002
+(XEN) [   15.288843]     XenPage 000000000001fdbb: caf=c000000000000002, taf=e400000000000002
+(XEN) [   15.289116] NODE affinity for domain 0: [0]
+(XEN) [   15.289236] VCPU information and callbacks for domain 0:
+(XEN) [   15.289403]   UNIT0 affinities: hard={0} soft={0}
+(XEN) [   15.289576]     VCPU0: CPU0 [has=T] poll=0 upcall_pend=01 upcall_mask=00 dirty_cpu=0
+(XEN) [   15.289901]     pause_count=0 pause_flags=0
+(XEN) [   15.290058] No periodic timer
+(XEN) [   15.290171] General information for domain 1:
+(XEN) [   15.290283]     refcnt=3 dying=0 pause_count=0
+(XEN) [   15.290448]     nr_pages=16401 xenheap_pages=2 dirty_cpus={} max_pages=16640
+(XEN) [   15.290632]     handle=dd929774-f1d0-11f1-9e63-f7a241b80669 vm_assist=00000000
+(XEN) [   15.290837]     paging assistance: hap refcounts translate external 
+(XEN) [   15.291091] Rangesets belonging to domain 1:
+(XEN) [   15.291208]     Interrupts { }
+(XEN) [   15.291308]     I/O Memory { }
+(XEN) [   15.291411]     I/O Ports  { }
+(XEN) [   15.291504]     log-dirty  { }
+(XEN) [   15.291605] Memory pages belonging to domain 1:
+(XEN) [   15.291794]     DomPage list too long to display
+(XEN) [   15.291983]     PoD entries=0 cachesize=0
+(XEN) [   15.292142]     XenPage 000000000001b732: caf=c000000000000001, taf=e400000000000001
+(XEN) [   15.292351]     XenPage 000000000001fd1e: caf=c000000000000001, taf=e400000000000001
+(XEN) [   15.292554] NODE affinity for domain 1: [0]
+(XEN) [   15.292675] VCPU information and callbacks for domain 1:
+(XEN) [   15.292821]   UNIT0 affinities: hard={0} soft={0}
+(XEN) [   15.293017]     VCPU0: CPU0 [has=F] poll=0 upcall_pend=01 upcall_mask=00 
+(XEN) [   15.293231]     pause_count=1 pause_flags=0
+(XEN) [   15.293361]     paging assistance: hap, 4 levels
+(XEN) [   15.293536] No periodic timer
+(XEN) [   15.293672] Notifying guest 0:0 (virq 1, port 0)
+(XEN) [   15.293840] Notifying guest 1:0 (virq 1, port 0)
+(XEN) [   15.293989] Shared frames 0 -- Saved frames 0
+"#;
+
+    #[test]
+    fn xen_q_dumps() {
+        let mut p = QDumpParser::default();
+        for l in Q_SAMPLE.lines() {
+            p.line(l);
+        }
+        let dumps = p.finish();
+        assert_eq!(dumps.len(), 2);
+        assert_eq!(dumps[0].domid, 0);
+        assert_eq!(dumps[0].fields["nr_pages"], "65536");
+        assert_eq!(dumps[0].fields["max_pages"], "65536");
+        assert!(!dumps[0].fields.contains_key("pod_entries")); // dom0 has no PoD line
+        let d1 = &dumps[1];
+        assert_eq!(d1.domid, 1);
+        let get = |k: &str| d1.fields.get(k).map(String::as_str);
+        assert_eq!(get("nr_pages"), Some("16401"));
+        assert_eq!(get("max_pages"), Some("16640"));
+        assert_eq!(get("xenheap_pages"), Some("2"));
+        assert_eq!(get("pod_entries"), Some("0"));
+        assert_eq!(get("pod_cachesize"), Some("0"));
+        assert_eq!(get("dirty_cpus"), Some("{}"));
+        // Nothing from the XenPage lines (caf=..., taf=...).
+        assert!(!d1.fields.keys().any(|k| k == "caf" || k == "taf"));
+        assert_eq!(d1.fields.len(), 11, "{d1:?}");
+    }
+
+    /// dom0's awk program gives the same words as the host's parser (run
+    /// with the host's awk, when there is one; dom0 runs busybox awk).
+    #[test]
+    fn q_awk_agrees_with_the_host_parser() {
+        let Some(awk) = which("awk") else { return };
+        let dir = std::env::temp_dir().join(format!("xtask-qawk-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("q.awk"), Q_AWK).unwrap();
+        std::fs::write(dir.join("dmesg"), Q_SAMPLE).unwrap();
+        let mut p = QDumpParser::default();
+        Q_SAMPLE.lines().for_each(|l| p.line(l));
+        let dumps = p.finish();
+        for d in ["0", "1", "7"] {
+            let out = Command::new(&awk)
+                .args(["-v", &format!("d={d}"), "-f"])
+                .arg(dir.join("q.awk"))
+                .arg(dir.join("dmesg"))
+                .output()
+                .unwrap();
+            let text = String::from_utf8(out.stdout).unwrap();
+            let rec = parse_record(&format!("xmrig: xen-pages {}", text.trim()), Duration::ZERO)
+                .unwrap()
+                .unwrap();
+            let want = dumps
+                .iter()
+                .find(|q| q.domid.to_string() == d)
+                .map(|q| q.fields.clone())
+                .unwrap_or_default();
+            assert_eq!(rec.fields, want, "domain {d}");
+        }
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn bzimage_headers() {
+        let mut b = vec![0u8; 0x2000];
+        b[0x1f1] = 3; // setup_sects: protected-mode code at 4 * 512
+        b[0x202..0x206].copy_from_slice(b"HdrS");
+        b[0x248..0x24c].copy_from_slice(&0x100u32.to_le_bytes());
+        b[0x24c..0x250].copy_from_slice(&8u32.to_le_bytes());
+        b[0x900..0x906].copy_from_slice(XZ_MAGIC);
+        assert_eq!(bzimage_payload(&b).unwrap().len(), 8);
+        b[0x900] = 0;
+        assert!(bzimage_payload(&b).is_err());
+        assert!(bzimage_payload(&[0u8; 16]).is_err());
+    }
+}
