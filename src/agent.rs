@@ -315,6 +315,25 @@ fn x86_hole_top(bits: Option<u8>) -> Gfn {
 #[repr(C, align(4096))]
 struct SinkPage([u8; PAGE_SIZE as usize]);
 
+/// A frame of the agent's own for [`special::probe`]: a heap page (the
+/// agent runs identity-mapped, so its address is its frame's), kept alive by
+/// the returned box until the probe is over.
+#[cfg(target_os = "none")]
+fn probe_sink(_: &RegionTable) -> Option<(alloc::boxed::Box<SinkPage>, Gfn)> {
+    let sink = alloc::boxed::Box::new(SinkPage([0; PAGE_SIZE as usize]));
+    let gfn = Gfn(&*sink as *const SinkPage as usize as u64 / PAGE_SIZE);
+    Some((sink, gfn))
+}
+
+/// On the host (a model of Xen) heap addresses are no frames: the first
+/// free RAM frame of the table stands in.
+#[cfg(not(target_os = "none"))]
+fn probe_sink(t: &RegionTable) -> Option<((), Gfn)> {
+    t.iter()
+        .find(|r| r.kind == RegionKind::Ram)
+        .map(|r| ((), r.range.start()))
+}
+
 /// Find the pages Xen counts outside the map's RAM (a toolstack's ACPI
 /// tables and special pages, see [`crate::special`]) and record them in the
 /// table. Probes only where there is something to find: the HVM parameters
@@ -329,9 +348,10 @@ fn special_run(hv: &impl Hypervisor, t: &mut RegionTable, s: &Survey) -> Verdict
         return Verdict::Pass;
     }
     let (candidates, skipped) = special::candidates(&s.memmap, &named);
-    let sink = alloc::boxed::Box::new(SinkPage([0; PAGE_SIZE as usize]));
-    // The agent runs identity-mapped: the page's address is its frame's.
-    let sink_gfn = Gfn(&*sink as *const SinkPage as usize as u64 / PAGE_SIZE);
+    let Some((sink, sink_gfn)) = probe_sink(t) else {
+        xm_error!("special: no frame to probe into");
+        return Verdict::Fail;
+    };
     let found = match special::probe(hv, &candidates, sink_gfn, skipped) {
         Ok(f) => f,
         Err(e) => {
@@ -2467,5 +2487,79 @@ mod tests {
         assert_eq!(run(&hv, &boot(b"peer=1"), None).verdict, Verdict::Fail);
         assert!(hv.peer.borrow().is_empty(), "waited for the peer");
         assert_eq!(hv.yields.get(), 1);
+    }
+
+    /// An x86 PVH domU as `xl create` makes it, on the model.
+    fn xl_model(cfg: crate::xen::model::DomainConfig) -> crate::xen::model::XenModel {
+        let m = crate::xen::model::XenModel::new(1 << 17);
+        let id = cfg.domid;
+        m.add_domain(cfg).unwrap();
+        m.set_current(id).unwrap();
+        m
+    }
+
+    #[test]
+    fn an_xl_domu_accounts_for_the_toolstack_pages() {
+        use crate::xen::model::DomainConfig;
+        let m = xl_model(DomainConfig::xl_pvh_domu(DomId(3), 16384));
+        let b = boot(b"exit=shutdown");
+        let s = survey(&m, &b, &Options::default()).unwrap();
+        assert_eq!(s.current, PageCount(16384 + 17));
+        let mut t = build_table(&s, &b, None).unwrap();
+        assert_eq!(account(&t, &s, s.current, PageCount(0)).unaccounted(), 17);
+        assert_eq!(special_run(&m, &mut t, &s), Verdict::Pass);
+        assert_eq!(account(&t, &s, s.current, PageCount(0)).unaccounted(), 0);
+        assert_eq!(
+            t.count(RegionKind::Reserved(ReservedUse::Special)),
+            PageCount(17)
+        );
+        // Holes for mappings exist only with an address width (the CPU's):
+        // the domU's maximum_gpfn ends below 4 GiB.
+        assert_eq!(t.count(RegionKind::Hole), PageCount(0));
+        let wide = Survey {
+            phys_addr_bits: Some(40),
+            ..s.clone()
+        };
+        let t = build_table(&wide, &b, None).unwrap();
+        assert_eq!(
+            t.count(RegionKind::Hole),
+            PageCount((0xfd_0000_0000u64 - (1 << 32)) >> 12)
+        );
+        // The whole run passes and ends by shutdown.
+        let o = run(&m, &b, None);
+        assert_eq!(o.verdict, Verdict::Pass);
+        assert_eq!(o.exit, ExitPath::XenShutdown);
+    }
+
+    #[test]
+    fn a_populate_on_demand_domu_gives_back_its_surplus_first() {
+        use crate::xen::model::DomainConfig;
+        // memory=64 maxmem=128, as measured: nr_pages=16401.
+        let m = xl_model(DomainConfig::xl_pvh_pod_domu(DomId(4), 16384, 32768, 1536));
+        let b = boot(b"");
+        let s = survey(&m, &b, &Options::default()).unwrap();
+        assert_eq!(s.current, PageCount(16401));
+        assert_eq!(s.memmap.ram_pages(), PageCount(32768));
+        let mut t = build_table(&s, &b, None).unwrap();
+        assert_eq!(special_run(&m, &mut t, &s), Verdict::Pass);
+        let acc = account(&t, &s, s.current, PageCount(0));
+        assert_eq!(acc.unaccounted(), -16384);
+        assert_eq!(pod_surplus(&acc, &s), Ok(Some(PageCount(16384))));
+        assert_eq!(pod_run(&m, &mut t, &s, PageCount(16384)), Verdict::Pass);
+        // Xen's count did not move; the table now says the same.
+        assert_eq!(m.current_reservation(DomId::SELF), Ok(PageCount(16401)));
+        assert_eq!(account(&t, &s, s.current, PageCount(0)).unaccounted(), 0);
+        assert_eq!(t.count(RegionKind::Ballooned), PageCount(16384));
+        m.check_conservation().unwrap();
+        // The same through the whole run.
+        let m = xl_model(DomainConfig::xl_pvh_pod_domu(DomId(4), 16384, 32768, 1536));
+        assert_eq!(run(&m, &b, None).verdict, Verdict::Pass);
+        assert_eq!(m.current_reservation(DomId::SELF), Ok(PageCount(16401)));
+        // A privileged guest with more map RAM than Xen counts is not PoD.
+        let dom0ish = Survey {
+            privileged: true,
+            ..s.clone()
+        };
+        assert_eq!(pod_surplus(&acc, &dom0ish), Err(()));
     }
 }

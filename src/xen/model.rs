@@ -326,6 +326,17 @@ pub struct DomainConfig {
     /// `HVM_PARAM_*` values `HVMOP_get_param` returns (unset ones read 0, as
     /// in Xen).
     pub hvm_params: Vec<(u32, u64)>,
+    /// Populate-on-demand (x86 HVM/PVH, `memory < maxmem`): GFN ranges that
+    /// are PoD entries at creation (not populated, not counted), and
+    /// `pod_cache` pages allocated to the domain for them (counted in
+    /// `tot_pages`, in no p2m entry). See [`XenModel`]'s PoD notes.
+    pub pod_entries: Vec<(Gfn, u64)>,
+    /// See [`DomainConfig::pod_entries`].
+    pub pod_cache: u64,
+}
+
+fn dom_pod_entries(r: &[(Gfn, u64)]) -> alloc::collections::BTreeSet<u64> {
+    r.iter().flat_map(|&(g, n)| g.0..g.0 + n).collect()
 }
 
 fn ram_e820(gfn: Gfn, pages: u64) -> Vec<abi::E820Entry> {
@@ -395,6 +406,8 @@ impl DomainConfig {
             cpuid_domid: true,
             gfn_limit: X86_GFN_LIMIT,
             hvm_params: Vec::new(),
+            pod_entries: Vec::new(),
+            pod_cache: 0,
         }
     }
 
@@ -429,6 +442,25 @@ impl DomainConfig {
             ],
             ..Self::pvh_domu(domid, ram_pages)
         }
+    }
+
+    /// An x86 PVH domU made by `xl create` with `memory < maxmem`
+    /// (populate-on-demand), as [`DomainConfig::xl_pvh_domu`] otherwise: the
+    /// e820 has `maxmem_pages` of RAM, of which the first `low_pages` are
+    /// populated and the rest are PoD entries, with a PoD cache that makes
+    /// `tot_pages` = `memory_pages` + the 17 special pages (measured:
+    /// nr_pages=16401 for memory=64 maxmem=128).
+    pub fn xl_pvh_pod_domu(
+        domid: DomId,
+        memory_pages: u64,
+        maxmem_pages: u64,
+        low_pages: u64,
+    ) -> Self {
+        let mut c = Self::xl_pvh_domu(domid, maxmem_pages);
+        c.ram[0] = (Gfn(0), low_pages);
+        c.pod_entries = alloc::vec![(Gfn(low_pages), maxmem_pages - low_pages)];
+        c.pod_cache = memory_pages - low_pages;
+        c
     }
 
     /// An x86 PVH dom0: domid 0, privileged, console, max order 18,
@@ -471,6 +503,8 @@ impl DomainConfig {
             cpuid_domid: false,
             gfn_limit: ARM_GFN_LIMIT,
             hvm_params: Vec::new(),
+            pod_entries: Vec::new(),
+            pod_cache: 0,
         }
     }
 
@@ -649,6 +683,10 @@ struct Domain {
     /// Translated: p2m entries of another domain's grant-table frames mapped
     /// by acquire_resource: GFN to (domain, table frame index); see [`dctl`].
     acquired: BTreeMap<Gfn, (u16, u32)>,
+    /// Populate-on-demand entries (GFNs).
+    pod: alloc::collections::BTreeSet<u64>,
+    /// The PoD cache: frames allocated to the domain, in no p2m entry.
+    pod_cache: Vec<Mfn>,
 }
 
 impl Domain {
@@ -810,6 +848,46 @@ impl State {
     }
 
     /// `guest_remove_page(d, gmfn)`.
+    /// `p2m_pod_decrease_reservation` (x86, Xen 4.17) for the extent of `n`
+    /// frames at `g`: PoD entries in it are dropped; while there are more
+    /// entries than cache pages, populated pages of the extent move into the
+    /// cache instead of going back to Xen ("steal for cache"); afterwards a
+    /// cache larger than the entries left shrinks to them, freeing pages.
+    /// `true` if the extent needs nothing more; `false` sends the rest of it
+    /// down the ordinary path, page by page.
+    fn pod_decrease(&mut self, d: u16, g: u64, n: u64) -> bool {
+        let Some(dom) = self.domains.get_mut(&d) else {
+            return false;
+        };
+        let steal = dom.pod.len() > dom.pod_cache.len();
+        let pod = dom.pod.range(g..g + n).count();
+        if pod == 0 && !steal {
+            return false;
+        }
+        let mut nonpod = 0;
+        for f in g..g + n {
+            if dom.pod.remove(&f) {
+                continue;
+            }
+            match dom.p2m.get(&Gfn(f)).copied() {
+                Some(m) if dom.pod.len() > dom.pod_cache.len() => {
+                    dom.p2m.remove(&Gfn(f));
+                    dom.frames.insert(m, None);
+                    dom.pod_cache.push(m);
+                }
+                Some(_) => nonpod += 1,
+                None => {}
+            }
+        }
+        while dom.pod.len() < dom.pod_cache.len() {
+            let Some(m) = dom.pod_cache.pop() else { break };
+            dom.frames.remove(&m);
+            dom.tot_pages -= 1;
+            self.machine.release(m.0);
+        }
+        nonpod == 0
+    }
+
     fn guest_remove_page(&mut self, d: u16, g: u64) -> Result<(), Errno> {
         let dom = self.domains.get_mut(&d).ok_or(Errno::ESRCH)?;
         if dom.cfg.translated {
@@ -961,6 +1039,10 @@ impl State {
                 _ => None,
             };
             let gmfn = gfns[i].0;
+            if stop_at.is_none() && self.pod_decrease(d, gmfn, n) {
+                i += 1;
+                continue;
+            }
             for j in 0..n {
                 if stop_at == Some(j) {
                     break 'out;
@@ -1266,6 +1348,10 @@ impl XenModel {
         } else if total > s.machine.free_count {
             return Err(ModelError::OutOfMemory);
         }
+        if total + cfg.pod_cache > cfg.max_pages {
+            return Err(ModelError::BadConfig("RAM and PoD cache above max_pages"));
+        }
+        let cfg_pod = cfg.pod_entries.clone();
         let mut dom = Domain {
             cfg,
             tot_pages: 0,
@@ -1276,7 +1362,19 @@ impl XenModel {
             foreign: BTreeMap::new(),
             dying: false,
             acquired: BTreeMap::new(),
+            pod: dom_pod_entries(&cfg_pod),
+            pod_cache: Vec::new(),
         };
+        for _ in 0..dom.cfg.pod_cache {
+            let m = s
+                .machine
+                .find_chunk(0, u64::MAX)
+                .ok_or(ModelError::OutOfMemory)?;
+            s.machine.take(m, Owner::Dom(id));
+            dom.frames.insert(Mfn(m), None);
+            dom.pod_cache.push(Mfn(m));
+            dom.tot_pages += 1;
+        }
         let ram = dom.cfg.ram.clone();
         for (g, n) in ram {
             let (start, end) = (g.0, g.0 + n);
@@ -3403,6 +3501,8 @@ pub mod dctl {
                 cpuid_domid,
                 gfn_limit: if arm { ARM_GFN_LIMIT } else { X86_GFN_LIMIT },
                 hvm_params: Vec::new(),
+                pod_entries: Vec::new(),
+                pod_cache: 0,
             };
             self.domains.insert(
                 id,
@@ -3416,6 +3516,8 @@ pub mod dctl {
                     foreign: BTreeMap::new(),
                     dying: false,
                     acquired: BTreeMap::new(),
+                    pod: alloc::collections::BTreeSet::new(),
+                    pod_cache: Vec::new(),
                 },
             );
             Ok((id, limits))
