@@ -312,8 +312,51 @@ fn x86_hole_top(bits: Option<u8>) -> Gfn {
 }
 
 /// A page of the agent's own for [`special::probe`] to copy into.
+#[cfg(target_os = "none")]
 #[repr(C, align(4096))]
 struct SinkPage([u8; PAGE_SIZE as usize]);
+
+/// Where the log goes (`report: console`): Xen's console, or the PV
+/// console ring, which from here on is written through a Normal mapping of
+/// its own in the page tables' window (see [`crate::rt::console_to_window`]).
+/// The ring's frame must be a special page the table keeps.
+#[cfg(feature = "rt")]
+fn console_run(t: &mut RegionTable) -> Verdict {
+    let (channel, identity) = crate::rt::console_channel();
+    let Some(identity) = identity else {
+        xm_info!("report: console channel={=str}", channel);
+        return Verdict::Pass;
+    };
+    let frame = crate::addr::GuestPhysAddr(identity.0);
+    let kind = t.info(frame).map(|r| r.kind);
+    if kind != Some(RegionKind::Reserved(ReservedUse::Special)) {
+        xm_error!(
+            "console: the ring at {} is not a special page of the table",
+            frame
+        );
+        return Verdict::Fail;
+    }
+    match crate::rt::console_to_window(t) {
+        Ok(va) => {
+            xm_info!(
+                "report: console channel=ring frame={} va={}",
+                frame,
+                va.unwrap_or(identity)
+            );
+            Verdict::Pass
+        }
+        Err(e) => {
+            xm_error!("console: mapping the ring: {}", defmt_display(&e));
+            Verdict::Fail
+        }
+    }
+}
+
+/// Without the runtime the embedder owns the console.
+#[cfg(not(feature = "rt"))]
+fn console_run(_: &mut RegionTable) -> Verdict {
+    Verdict::Pass
+}
 
 /// A frame of the agent's own for [`special::probe`]: a heap page (the
 /// agent runs identity-mapped, so its address is its frame's), kept alive by
@@ -348,7 +391,7 @@ fn special_run(hv: &impl Hypervisor, t: &mut RegionTable, s: &Survey) -> Verdict
         return Verdict::Pass;
     }
     let (candidates, skipped) = special::candidates(&s.memmap, &named);
-    let Some((sink, sink_gfn)) = probe_sink(t) else {
+    let Some((_sink, sink_gfn)) = probe_sink(t) else {
         xm_error!("special: no frame to probe into");
         return Verdict::Fail;
     };
@@ -359,7 +402,6 @@ fn special_run(hv: &impl Hypervisor, t: &mut RegionTable, s: &Survey) -> Verdict
             return Verdict::Fail;
         }
     };
-    drop(sink);
     xm_info!(
         "report: special pages={=u64} runs={=usize} probed={=u64} skipped={=u64}",
         found.pages(),
@@ -2022,6 +2064,9 @@ pub fn run(hv: &impl Hypervisor, boot: &BootInfo<'_>, heap: Option<PhysSpan>) ->
         };
         let mut table = table;
         if special_run(hv, &mut table, &s) == Verdict::Fail {
+            return Verdict::Fail;
+        }
+        if console_run(&mut table) == Verdict::Fail {
             return Verdict::Fail;
         }
         let acc = account(&table, &s, s.current, PageCount(0));

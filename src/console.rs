@@ -128,6 +128,11 @@ impl ConsoleRing {
         self.port
     }
 
+    /// The address the ring page is reached at.
+    pub fn page_addr(&self) -> usize {
+        self.page.as_ptr() as usize
+    }
+
     fn indices(&self) -> (u32, u32) {
         let p = self.page.as_ptr();
         // SAFETY: the page is mapped (contract of `new`); the daemon writes

@@ -254,6 +254,51 @@ fn emit(channel: &mut Channel, line: &[u8]) {
     }
 }
 
+/// Where the console goes now, for the agent's report: `hypercall`,
+/// `ring`, `none` or `untried`, and the ring's virtual address.
+pub fn console_channel() -> (&'static str, Option<VirtAddr>) {
+    // SAFETY: read on the single vCPU outside any log statement (the agent
+    // calls this between its log lines), so no borrow of the state is live.
+    let s = unsafe { state() };
+    match &s.channel {
+        Channel::Untried => ("untried", None),
+        Channel::Hypercall => ("hypercall", None),
+        Channel::Ring(r) => ("ring", Some(VirtAddr(r.page_addr() as u64))),
+        Channel::Nowhere => ("none", None),
+    }
+}
+
+/// Give the console ring its own Normal, write-back mapping: the window's
+/// pinned page ([`crate::paging::PageTable::map_pinned`]). Until now the
+/// logger wrote it through the boot identity map, which on Arm maps the
+/// first GiB (where libxc puts the ring) as Device memory: uncached writes
+/// beside dom0's cached view of the same page, which real hardware does
+/// not keep coherent. Table frames come from `t`. Nothing to do without a
+/// ring.
+pub fn console_to_window(
+    t: &mut crate::region::RegionTable,
+) -> Result<Option<VirtAddr>, crate::paging::PagingError> {
+    let (pa, port) = {
+        // SAFETY: as in `console_channel`; the borrow ends here, before
+        // anything below could log.
+        let s = unsafe { state() };
+        let Channel::Ring(r) = &s.channel else {
+            return Ok(None);
+        };
+        (crate::addr::GuestPhysAddr(r.page_addr() as u64), r.port())
+    };
+    let va = imp::paging::page_tables()?.map_pinned(pa, crate::paging::Attrs::READ_WRITE, t)?;
+    let page = core::ptr::NonNull::new(va.0 as usize as *mut crate::xen::abi::XenconsInterface)
+        .ok_or(crate::paging::PagingError::OutsideWindow(va))?;
+    // SAFETY: as in `console_channel`.
+    let s = unsafe { state() };
+    // SAFETY: the same console page, now mapped read-write at `va` for as
+    // long as the page tables exist (pinned: nothing unmaps it); the logger
+    // stays its only producer.
+    s.channel = Channel::Ring(unsafe { crate::console::ConsoleRing::new(page, port) });
+    Ok(Some(va))
+}
+
 /// Wait (bounded) until the console daemon has read everything written to
 /// the ring, so that a shutdown does not cut the last lines off.
 fn drain_console() {

@@ -299,6 +299,44 @@ fn round_trip<F: Format>(window: Window) {
     assert!(root_is_empty(&pt));
 }
 
+/// `map_pinned`: the window's last page, mapped and taken out of the
+/// window for good; a second one comes below it; out of frames, nothing
+/// changes.
+fn pinned<F: Format>(window: Window) {
+    let (mut pt, mut frames) = setup::<F>(window, 16);
+    let last = VirtAddr(window.end().0 - PAGE_SIZE);
+    let va = pt
+        .map_pinned(GuestPhysAddr(0x39000), Attrs::READ_WRITE, &mut frames)
+        .unwrap();
+    assert_eq!(va, last);
+    assert_eq!(
+        pt.translate(last),
+        Some((GuestPhysAddr(0x39000), Attrs::READ_WRITE))
+    );
+    assert_eq!(pt.window().end(), last);
+    assert_eq!(pt.window().start(), window.start());
+    // Nothing can map over it or unmap it any more.
+    assert_eq!(
+        pt.map_4k(last, GuestPhysAddr(0x8000), Attrs::READ_WRITE, &mut frames)
+            .err(),
+        Some(PagingError::OutsideWindow(last))
+    );
+    assert_eq!(
+        pt.unmap_4k(last, &mut frames).err(),
+        Some(PagingError::OutsideWindow(last))
+    );
+    let second = pt
+        .map_pinned(GuestPhysAddr(0x3a000), Attrs::READ_ONLY, &mut frames)
+        .unwrap();
+    assert_eq!(second, VirtAddr(last.0 - PAGE_SIZE));
+    // Out of table frames: the window is as it was.
+    let (mut pt, mut frames) = setup::<F>(window, 0);
+    assert!(pt
+        .map_pinned(GuestPhysAddr(0x39000), Attrs::READ_WRITE, &mut frames)
+        .is_err());
+    assert_eq!(pt.window(), window);
+}
+
 fn flushes<F: Format>(window: Window) {
     let (mut pt, mut frames) = setup::<F>(window, 16);
     let va = VirtAddr(window.start().0 + 3 * PAGE_SIZE);
@@ -936,6 +974,11 @@ macro_rules! walker_tests {
             #[test]
             fn flushes_are_owed_and_tables_invalidated_before_freeing() {
                 flushes::<$format>($window);
+            }
+
+            #[test]
+            fn a_pinned_page_leaves_the_window() {
+                pinned::<$format>($window);
             }
 
             #[test]

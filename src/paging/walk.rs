@@ -117,6 +117,26 @@ impl<F: Format, M: TableMemory, T: Tlb> PageTable<F, M, T> {
         }
     }
 
+    /// Map `pa` with `attrs` at the window's last page for as long as these
+    /// page tables exist, and take that page out of the window: later
+    /// [`window`](Self::window) users never see it, and nothing can unmap
+    /// it. For mappings the runtime keeps (the console ring). Missing tables
+    /// come from `frames`; on error nothing has changed.
+    pub fn map_pinned(
+        &mut self,
+        pa: GuestPhysAddr,
+        attrs: Attrs,
+        frames: &mut impl FrameSource,
+    ) -> Result<VirtAddr, PagingError> {
+        let size = self.window.size();
+        let smaller = Window::new(self.window.start(), size - PAGE_SIZE)
+            .ok_or(PagingError::OutsideWindow(self.window.start()))?;
+        let va = VirtAddr(self.window.end().0 - PAGE_SIZE);
+        self.map_4k(va, pa, attrs, frames)?.flush();
+        self.window = smaller;
+        Ok(va)
+    }
+
     /// The root table's frame.
     pub fn root(&self) -> GuestPhysAddr {
         self.root
