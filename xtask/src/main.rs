@@ -71,7 +71,8 @@ commands:
 
 environment: XENMEM_QEMU_X86_64, XENMEM_QEMU_AARCH64, XENMEM_DTC (tool paths),
   XENMEM_XEN_X86_64, XENMEM_XEN_AARCH64 (Xen images), XENMEM_CACHE (download cache,
-  default ~/.cache/xenmem)";
+  default ~/.cache/xenmem), XENMEM_RIG_SELFTEST=1 (run --toolstack xl: first check dom0's
+  console forwarder with a fake guest log)";
 
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -297,7 +298,7 @@ fn run_xl(r: &RunArgs) -> Result<ExitCode> {
         show: if r.quiet { Show::Agents } else { Show::All },
         log_path: logs_dir().join(format!("{name}.log")),
         work_dir: work_dir(&name),
-        forwarder_selftest: false,
+        forwarder_selftest: std::env::var_os("XENMEM_RIG_SELFTEST").is_some_and(|v| v == "1"),
     };
     let res = rig::boot_xl(&env, &spec, &agent, &table)?;
     let job = res
@@ -344,6 +345,24 @@ fn run_xl(r: &RunArgs) -> Result<ExitCode> {
     }
     for p in &res.problems {
         eprintln!("xtask: warning: {p}");
+    }
+    if spec.forwarder_selftest {
+        let got = res
+            .console
+            .get(&rig::SELFTEST_DOMID)
+            .cloned()
+            .unwrap_or_default();
+        if got == rig::SELFTEST_LINES {
+            eprintln!(
+                "xtask: console forwarder self-test: {} lines intact",
+                got.len()
+            );
+        } else {
+            why.push(format!(
+                "console forwarder self-test: expected {:?}, got {got:?}",
+                rig::SELFTEST_LINES
+            ));
+        }
     }
     if let (Some(start), Some(after)) = (res.free_at_start_mib(), job.free_after_mib) {
         eprintln!("xtask: Xen's free memory: {start} MiB before create, {after} MiB after destroy");
