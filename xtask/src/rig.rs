@@ -1707,6 +1707,73 @@ mod tests {
 (XEN) [   15.293989] Shared frames 0 -- Saved frames 0
 "#;
 
+    /// The same on the aarch64 rig (p2m mapping lines; `HW_LR[0]=...` words
+    /// after the VCPU heading, which must not count).
+    const Q_SAMPLE_ARM: &str = r#"(XEN) [    6.539200] 'q' pressed -> dumping domain info (now = 6539094912)
+(XEN) [    6.539605] General information for domain 0:
+(XEN) [    6.539897]     refcnt=3 dying=0 pause_count=0
+(XEN) [    6.540256]     nr_pages=65536 xenheap_pages=2 dirty_cpus={} max_pages=65536
+(XEN) [    6.540723]     handle=00000000-0000-0000-0000-000000000000 vm_assist=00000000
+(XEN) [    6.541149] p2m mappings for domain 0 (vmid 1):
+(XEN) [    6.541472]   1G mappings: 512 (shattered 0)
+(XEN) [    6.541686]   2M mappings: 315 (shattered 5)
+(XEN) [    6.541930]   4K mappings: 195079
+(XEN) [    6.542204] Rangesets belonging to domain 0:
+(XEN) [    6.542586]     Interrupts { 34-39, 48-79 }
+(XEN) [    6.543554]     I/O Memory { 0-8000, 9010-9011, 9020-9021, 9030-9031, a000-a004, 10000-3f000, 4010000-4020000, 8000000-10000000 }
+(XEN) [    6.545142] NODE affinity for domain 0: [0]
+(XEN) [    6.545433] VCPU information and callbacks for domain 0:
+(XEN) [    6.545697]   UNIT0 affinities: hard={0} soft={0}
+(XEN) [    6.546037]     VCPU0: CPU0 [has=T] poll=0 upcall_pend=00 upcall_mask=00 
+(XEN) [    6.546464]     pause_count=0 pause_flags=0
+(XEN) [    6.546723] GICH_LRs (vcpu 0) mask=0
+(XEN) [    6.547010]    HW_LR[0]=50a000000000001b
+(XEN) [    6.547251]    HW_LR[1]=10a000000000001b
+(XEN) [    6.547473]    HW_LR[2]=0
+(XEN) [    6.547656]    HW_LR[3]=0
+(XEN) [    6.547908] Inflight irq=27 lr=0
+(XEN) [    6.548170] No periodic timer
+(XEN) [    6.548409] General information for domain 1:
+(XEN) [    6.548616]     refcnt=3 dying=0 pause_count=0
+(XEN) [    6.548838]     nr_pages=16388 xenheap_pages=2 dirty_cpus={} max_pages=16640
+(XEN) [    6.549143]     handle=98cc48cb-8e61-463f-97ef-2da1ba95a1aa vm_assist=00000000
+(XEN) [    6.549430] p2m mappings for domain 1 (vmid 2):
+(XEN) [    6.549626]   1G mappings: 0 (shattered 0)
+(XEN) [    6.549829]   2M mappings: 32 (shattered 0)
+(XEN) [    6.550012]   4K mappings: 4
+(XEN) [    6.550173] Rangesets belonging to domain 1:
+(XEN) [    6.550413]     Interrupts { }
+(XEN) [    6.550675]     I/O Memory { }
+(XEN) [    6.550903] NODE affinity for domain 1: [0]
+(XEN) [    6.551128] VCPU information and callbacks for domain 1:
+(XEN) [    6.551402]   UNIT0 affinities: hard={0} soft={0}
+(XEN) [    6.551649]     VCPU0: CPU0 [has=F] poll=0 upcall_pend=01 upcall_mask=01 
+(XEN) [    6.551960]     pause_count=1 pause_flags=0
+(XEN) [    6.552172] GICH_LRs (vcpu 0) mask=0
+(XEN) [    6.552402]    VCPU_LR[0]=0
+(XEN) [    6.552617]    VCPU_LR[1]=0
+(XEN) [    6.552763]    VCPU_LR[2]=0
+(XEN) [    6.552925]    VCPU_LR[3]=0
+(XEN) [    6.553086] Inflight irq=31 lr=0
+(XEN) [    6.553268] No periodic timer
+(XEN) [    6.553538] Notifying guest 0:0 (virq 1, port 0)
+(XEN) [    6.553919] Notifying guest 1:0 (virq 1, port 0)
+"#;
+
+    #[test]
+    fn xen_q_dumps_arm() {
+        let mut p = QDumpParser::default();
+        Q_SAMPLE_ARM.lines().for_each(|l| p.line(l));
+        let dumps = p.finish();
+        assert_eq!(dumps.iter().map(|d| d.domid).collect::<Vec<_>>(), [0, 1]);
+        let d1 = &dumps[1].fields;
+        assert_eq!(d1["nr_pages"], "16388");
+        assert_eq!(d1["max_pages"], "16640");
+        assert!(!d1.contains_key("pod_entries"));
+        assert!(!dumps[0].fields.keys().any(|k| k.contains("LR")));
+        assert_eq!(d1.len(), 9, "{d1:?}");
+    }
+
     #[test]
     fn xen_q_dumps() {
         let mut p = QDumpParser::default();
@@ -1741,11 +1808,16 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("xtask-qawk-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("q.awk"), Q_AWK).unwrap();
-        std::fs::write(dir.join("dmesg"), Q_SAMPLE).unwrap();
-        let mut p = QDumpParser::default();
-        Q_SAMPLE.lines().for_each(|l| p.line(l));
-        let dumps = p.finish();
-        for d in ["0", "1", "7"] {
+        for (sample, d) in [
+            (Q_SAMPLE, "0"),
+            (Q_SAMPLE, "1"),
+            (Q_SAMPLE, "7"),
+            (Q_SAMPLE_ARM, "1"),
+        ] {
+            std::fs::write(dir.join("dmesg"), sample).unwrap();
+            let mut p = QDumpParser::default();
+            sample.lines().for_each(|l| p.line(l));
+            let dumps = p.finish();
             let out = Command::new(&awk)
                 .args(["-v", &format!("d={d}"), "-f"])
                 .arg(dir.join("q.awk"))
