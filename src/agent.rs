@@ -2041,11 +2041,12 @@ pub fn run(hv: &impl Hypervisor, boot: &BootInfo<'_>, heap: Option<PhysSpan>) ->
         };
         crate::timer::mark(crate::timer::Stamp::FirstLine);
         xm_info!("report: agent cmdline=\"{=str}\"", line);
+        // Honoured even if another option is malformed (see exit_path).
+        exit = Options::exit_path(line).unwrap_or(ExitPath::Host);
         let opts = match Options::parse(line, |e| xm_error!("cmdline: {}", e)) {
             Ok(o) => o,
             Err(_) => return Verdict::Fail,
         };
-        exit = opts.exit.unwrap_or(ExitPath::Host);
         peer = opts.peer;
         let s = match survey(hv, boot, &opts) {
             Ok(s) => s,

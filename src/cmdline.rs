@@ -332,6 +332,17 @@ impl Options {
         }
     }
 
+    /// How the run is to end (`exit=`), read on its own so that it holds
+    /// even when other options are malformed: a failed toolstack domU must
+    /// still end through Xen, where the host's exit devices do not reach.
+    pub fn exit_path(line: &str) -> Option<ExitPath> {
+        line.split_ascii_whitespace().find_map(|w| match w {
+            "exit=host" => Some(ExitPath::Host),
+            "exit=shutdown" => Some(ExitPath::XenShutdown),
+            _ => None,
+        })
+    }
+
     /// Parse a whole line. Every error is passed to `on_error` (so that all of
     /// them can be reported); the result is `Err` with the first one.
     pub fn parse<'a>(
@@ -409,6 +420,11 @@ mod tests {
                 "{bad}"
             );
         }
+        assert_eq!(
+            Options::exit_path("bogus=1 exit=shutdown balloon=x"),
+            Some(ExitPath::XenShutdown)
+        );
+        assert_eq!(Options::exit_path("exit=now"), None);
         assert!(matches!(
             parse("exit=now"),
             Err(CmdlineError::Malformed { name: "exit", .. })

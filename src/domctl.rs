@@ -825,21 +825,34 @@ pub struct ProbeOutcome {
 }
 
 impl ProbeOutcome {
-    /// Both refused with `EPERM` (foreign: the entry's status; acquire: not
-    /// permitted or own domain) and nothing left behind.
-    pub fn refused_cleanly(&self) -> bool {
-        let foreign_eperm = matches!(
+    /// The foreign map was refused with `EPERM` (the entry's status, or the
+    /// whole call).
+    pub fn foreign_eperm(&self) -> bool {
+        matches!(
             self.foreign,
             Err(MapError::Refused {
                 err: XenError::Errno(Errno::EPERM),
                 ..
             }) | Err(MapError::Xen(XenError::Errno(Errno::EPERM)))
-        );
-        let acquire_eperm = matches!(
-            self.acquire,
-            Err(AcquireError::NotPermitted(_) | AcquireError::OwnDomain(_))
-        );
-        foreign_eperm && acquire_eperm && self.untouched
+        )
+    }
+
+    /// How `acquire_resource` was refused: `eperm` (not permitted, or own
+    /// domain: XSM; Arm), `eacces` (x86 Xen 4.17 refuses every translated
+    /// caller but the hardware domain before XSM is asked), or `None`.
+    pub fn acquire_refusal(&self) -> Option<&'static str> {
+        match self.acquire {
+            Err(AcquireError::NotPermitted(_) | AcquireError::OwnDomain(_)) => Some("eperm"),
+            Err(AcquireError::NotHardwareDomain) => Some("eacces"),
+            _ => None,
+        }
+    }
+
+    /// Both refused by Xen's permission checks (see
+    /// [`foreign_eperm`](Self::foreign_eperm) and
+    /// [`acquire_refusal`](Self::acquire_refusal)) and nothing left behind.
+    pub fn refused_cleanly(&self) -> bool {
+        self.foreign_eperm() && self.acquire_refusal().is_some() && self.untouched
     }
 }
 
@@ -880,27 +893,19 @@ pub fn unprivileged_probe(
         acquire,
         untouched,
     };
-    let name = |eperm: bool, ok: bool| match (eperm, ok) {
-        (true, _) => "eperm",
-        (false, true) => "allowed",
-        (false, false) => "other",
+    let name = |refusal: Option<&'static str>, ok: bool| match (refusal, ok) {
+        (Some(r), _) => r,
+        (None, true) => "allowed",
+        (None, false) => "other",
     };
-    let f_eperm = matches!(
-        foreign,
-        Err(MapError::Refused {
-            err: XenError::Errno(Errno::EPERM),
-            ..
-        }) | Err(MapError::Xen(XenError::Errno(Errno::EPERM)))
-    );
-    let a_eperm = matches!(
-        acquire,
-        Err(AcquireError::NotPermitted(_) | AcquireError::OwnDomain(_))
-    );
+    let f_eperm = out.foreign_eperm();
+    let a_refusal = out.acquire_refusal();
+    let a_refused = a_refusal.is_some();
     xm_info!(
         "report: unprivileged target={} foreign={=str} acquire={=str} untouched={=str}",
         target,
-        name(f_eperm, foreign.is_ok()),
-        name(a_eperm, acquire.is_ok()),
+        name(f_eperm.then_some("eperm"), foreign.is_ok()),
+        name(a_refusal, acquire.is_ok()),
         if untouched { "yes" } else { "no" }
     );
     if let Err(e) = foreign {
@@ -909,7 +914,7 @@ pub fn unprivileged_probe(
         }
     }
     if let Err(e) = acquire {
-        if !a_eperm {
+        if !a_refused {
             xm_error!("unprivileged: acquire: {}", e);
         }
     }

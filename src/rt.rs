@@ -56,9 +56,8 @@ pub fn start(boot: &BootInfo<'_>) -> ! {
     // exit devices do not reach it). The agent parses and reports the
     // command line itself.
     if let Ok(line) = crate::cmdline::as_text(boot.cmdline) {
-        if let Ok(o) = crate::cmdline::Options::parse(line, |_| ()) {
-            EXIT_BY_SHUTDOWN.store(o.exit == Some(ExitPath::XenShutdown), Ordering::Relaxed);
-        }
+        let exit = crate::cmdline::Options::exit_path(line);
+        EXIT_BY_SHUTDOWN.store(exit == Some(ExitPath::XenShutdown), Ordering::Relaxed);
     }
     let hv = xen::RealXen::new();
     let outcome = crate::agent::run(&hv, boot, Some(heap_span()));
@@ -102,13 +101,20 @@ fn finish(hv: &xen::RealXen, outcome: Outcome) -> ! {
         outcome
     };
     drain_console();
+    let reason = match outcome.verdict {
+        Verdict::Pass => xen::ShutdownReason::Poweroff,
+        Verdict::Fail => xen::ShutdownReason::Crash,
+    };
     match outcome.exit {
-        ExitPath::Host => imp::exit_host(outcome.verdict),
+        ExitPath::Host => {
+            imp::signal_host(outcome.verdict);
+            // Still running: no exit device answered (a toolstack domU). A
+            // halted vCPU would look like a poweroff to Xen, so say the
+            // verdict through the shutdown reason instead.
+            let _ = hv.shutdown(reason);
+            imp::halt()
+        }
         ExitPath::XenShutdown => {
-            let reason = match outcome.verdict {
-                Verdict::Pass => xen::ShutdownReason::Poweroff,
-                Verdict::Fail => xen::ShutdownReason::Crash,
-            };
             if let Err(e) = hv.shutdown(reason) {
                 xm_error!("SCHEDOP_shutdown failed: {}", e);
                 imp::exit_host(Verdict::Fail);

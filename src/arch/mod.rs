@@ -10,6 +10,7 @@
 //! | `own_domid() -> Option<DomId>` | the domain id when the hardware interface tells it (x86 CPUID leaf), else `None` |
 //! | `phys_addr_bits() -> Option<u8>` | the guest-physical address width where the CPU tells it (x86 CPUID 0x8000_0008), else `None` |
 //! | `exit_host(Verdict) -> !` | leave QEMU with the verdict as its exit status (isa-debug-exit on x86_64, semihosting `SYS_EXIT` on aarch64) |
+//! | `signal_host(Verdict)` | the same signal, returning where no exit device answers (a toolstack domU) |
 //! | `halt() -> !` | stop this vCPU for good |
 //! | `QEMU_EXIT_PASS`, `QEMU_EXIT_FAIL` | QEMU's exit status after `exit_host` (the runner matches them) |
 //! | `IDENTITY_MAP_END` | how far the boot page tables identity-map guest-physical memory |

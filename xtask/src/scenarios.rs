@@ -163,11 +163,11 @@ impl Check {
     }
 }
 
-fn verdict(src: Source, v: Verdict) -> Check {
+pub(crate) fn verdict(src: Source, v: Verdict) -> Check {
     Check::Verdict(src, v)
 }
 
-fn field(src: Source, topic: &'static str, key: &'static str, is: Is) -> Check {
+pub(crate) fn field(src: Source, topic: &'static str, key: &'static str, is: Is) -> Check {
     Check::Field {
         src,
         topic,
@@ -176,7 +176,7 @@ fn field(src: Source, topic: &'static str, key: &'static str, is: Is) -> Check {
     }
 }
 
-fn every(src: Source, topic: &'static str, key: &'static str, is: Is) -> Check {
+pub(crate) fn every(src: Source, topic: &'static str, key: &'static str, is: Is) -> Check {
     Check::Every {
         src,
         topic,
@@ -185,7 +185,12 @@ fn every(src: Source, topic: &'static str, key: &'static str, is: Is) -> Check {
     }
 }
 
-fn count(src: Source, topic: &'static str, kv: (&'static str, &'static str), n: usize) -> Check {
+pub(crate) fn count(
+    src: Source,
+    topic: &'static str,
+    kv: (&'static str, &'static str),
+    n: usize,
+) -> Check {
     Check::Count {
         src,
         topic,
@@ -310,7 +315,7 @@ fn arm_domu(src: Source) -> Vec<Check> {
 /// mapped, copied through before and after. On x86 the granted page leaves
 /// its own GFN for good (it reads all-ones, and a copy through the grant
 /// then finds no page); on Arm both stay visible.
-fn grant_self(src: Source, x86: bool) -> Vec<Check> {
+pub(crate) fn grant_self(src: Source, x86: bool) -> Vec<Check> {
     let mut c = vec![
         field(src, "grant-table", "frames", Is::Num(1)),
         field(src, "grant-table", "max", Is::Num(64)),
@@ -866,7 +871,7 @@ fn is_exception_line(msg: &str) -> bool {
         && fault.is_some_and(|a| !a.is_empty())
 }
 
-fn check_one(c: &Check, logs: &Logs) -> Option<String> {
+pub(crate) fn check_one(c: &Check, logs: &Logs) -> Option<String> {
     let log = |src: Source| logs.get(src);
     match *c {
         Check::Verdict(src, want) => match log(src).verdict() {

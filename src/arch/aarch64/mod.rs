@@ -78,6 +78,14 @@ pub fn phys_addr_bits() -> Option<u8> {
 /// `-semihosting-config enable=on,target=native`). Without semihosting the
 /// `hlt` traps, and the vCPU halts instead.
 pub fn exit_host(v: Verdict) -> ! {
+    signal_host(v);
+    halt()
+}
+
+/// Semihosting `SYS_EXIT` with the verdict (once): ends the whole machine
+/// where QEMU has semihosting on; returns only where it has not (the `hlt`
+/// traps and Xen carries on).
+pub fn signal_host(v: Verdict) {
     let code = match v {
         Verdict::Pass => QEMU_EXIT_PASS,
         Verdict::Fail => QEMU_EXIT_FAIL,
@@ -96,7 +104,6 @@ pub fn exit_host(v: Verdict) -> ! {
             );
         }
     }
-    halt()
 }
 
 /// Stop this vCPU for good: interrupts masked, `wfi` forever.

@@ -124,14 +124,22 @@ unsafe fn outb(port: u16, value: u8) {
 /// ([`QEMU_EXIT_PASS`] or [`QEMU_EXIT_FAIL`]). Without that device (or
 /// outside QEMU) the write does nothing and the vCPU halts.
 pub fn exit_host(verdict: Verdict) -> ! {
+    signal_host(verdict);
+    halt()
+}
+
+/// Tell QEMU's isa-debug-exit the verdict, which ends the machine if the
+/// device is there (a dom0). In a domU no device answers the port and this
+/// returns.
+pub fn signal_host(verdict: Verdict) {
     let value = match verdict {
         Verdict::Pass => DEBUG_EXIT_PASS,
         Verdict::Fail => DEBUG_EXIT_FAIL,
     };
     // SAFETY: port 0xf4 is QEMU's isa-debug-exit in every configuration the
-    // agent runs in; elsewhere it is an unused ISA port.
+    // agent runs in; elsewhere it is an unused ISA port (a domU's port
+    // accesses go to Xen's emulation, which ignores it).
     unsafe { outb(DEBUG_EXIT_PORT, value) };
-    halt()
 }
 
 /// Stop this vCPU for good: interrupts off, `hlt` forever.

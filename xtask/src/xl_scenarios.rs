@@ -1,0 +1,488 @@
+//! The scenarios of `cargo xtask test` that run the agent as a domU made by
+//! the xl toolstack in the Linux dom0 rig ([`crate::rig`]).
+//!
+//! Every scenario is one `xl create` in a rig boot shared by all scenarios
+//! of its architecture. It is checked twice: the agent's own reports (the
+//! [`Check`]s of [`crate::scenarios`], about the job's domain, written for
+//! [`Source::D1`]), and what the toolstack and Xen say of the same domain,
+//! which the agent did not write ([`XlCheck`]): the shutdown reason from
+//! `xl list -v`, its memory in `xl list`, Xen's page count from debug key
+//! `q`, and `xl info`'s free memory once it is destroyed.
+
+use crate::boot::Arch;
+use crate::decode::Source;
+use crate::report::{parse_number, AgentLog, Logs, Verdict};
+use crate::rig::{XlJob, XlJobResult, XlResult};
+use crate::scenarios::{check_one, count, every, field, grant_self, verdict, Check, Is};
+
+const D1: Source = Source::D1;
+
+/// An assertion about the domain that the agent did not make.
+#[derive(Clone, Debug)]
+pub enum XlCheck {
+    /// `xl list` showed this much memory (MiB) once the domain had shut down.
+    ListMib(u64),
+    /// Xen's own page count (debug key `q`: `nr_pages`) equals the number in
+    /// field `key` of the agent's LAST `topic` report: the agent's final word
+    /// on its reservation is Xen's, to the page.
+    XenPagesIsLast {
+        /// Report topic.
+        topic: &'static str,
+        /// Field.
+        key: &'static str,
+    },
+    /// Xen's `nr_pages` is exactly this.
+    XenPages(u64),
+    /// Xen says the populate-on-demand entries left are all backed: PoD
+    /// entries == PoD cache size (after the agent gave its surplus back).
+    PodBacked,
+    /// `xl info`'s free memory after `xl destroy` is what it was before the
+    /// first domain was created: Xen lost nothing.
+    NothingLost,
+}
+
+/// One xl-made domU and what it must show.
+#[derive(Clone, Debug)]
+pub struct XlScenario {
+    /// Name (`<arch>-xl-<what>`).
+    pub name: &'static str,
+    /// Architecture.
+    pub arch: Arch,
+    /// `memory=`, MiB.
+    pub memory_mib: u64,
+    /// `maxmem=`, MiB (populate-on-demand when above `memory`).
+    pub maxmem_mib: Option<u64>,
+    /// The agent's options (the rig adds `exit=shutdown`, and on aarch64
+    /// the domid).
+    pub agent_opts: &'static [&'static str],
+    /// The shutdown reason `xl list -v` must show.
+    pub shutdown: &'static str,
+    /// The agent's reports (source [`Source::D1`] stands for the domain).
+    pub checks: Vec<Check>,
+    /// The toolstack's and Xen's view.
+    pub xl: Vec<XlCheck>,
+}
+
+impl XlScenario {
+    /// The rig job that runs it.
+    pub fn job(&self) -> XlJob {
+        let mut opts: Vec<String> = self.agent_opts.iter().map(|o| o.to_string()).collect();
+        opts.push("exit=shutdown".into());
+        if self.arch == Arch::Aarch64 {
+            opts.push("domid=@DOMID@".into());
+        }
+        XlJob {
+            name: self.name.to_string(),
+            memory_mib: self.memory_mib,
+            maxmem_mib: self.maxmem_mib,
+            agent_opts: opts,
+            extra_cfg: Vec::new(),
+        }
+    }
+}
+
+/// Pages of `mib` MiB.
+const fn pages(mib: u64) -> u64 {
+    mib * 256
+}
+
+/// What libxc populates outside RAM and Xen counts (measured, Xen 4.17):
+/// x86 PVH — 9 pages of ACPI tables and 8 special pages; Arm — 4 magic
+/// pages.
+const fn special_pages(arch: Arch) -> u64 {
+    match arch {
+        Arch::X86_64 => 17,
+        Arch::Aarch64 => 4,
+    }
+}
+
+/// What every xl domU that ran normally reports: an unprivileged domain of
+/// `mib` MiB of RAM whose table accounts for every page Xen counts (the
+/// toolstack's pages outside RAM found and recorded), with a hole for
+/// mappings, trimmed to its memory.
+fn domu(arch: Arch, mib: u64) -> Vec<Check> {
+    with(
+        domu_map(arch, mib),
+        [every(D1, "accounting", "unaccounted", Is::Num(0))],
+    )
+}
+
+/// [`domu`] without the accounting: what a populate-on-demand domU reports
+/// too (whose first accounting shows the surplus it then gives back).
+fn domu_map(arch: Arch, mib: u64) -> Vec<Check> {
+    let (source, map) = match arch {
+        Arch::X86_64 => ("cpuid", "start_info"),
+        Arch::Aarch64 => ("cmdline", "fdt"),
+    };
+    let mut c = vec![
+        field(D1, "xen", "version", Is::Version("4.17")),
+        field(D1, "domain", "privileged", Is::Text("no")),
+        field(D1, "domain", "source", Is::Text(source)),
+        field(D1, "memmap", "source", Is::Text(map)),
+        field(D1, "memmap", "ram_pages", Is::Num(pages(mib))),
+        field(D1, "special", "pages", Is::Num(special_pages(arch))),
+        // Xen refuses console_io to a toolstack domU: the log came through
+        // the PV console ring (or it would not be here at all).
+        field(D1, "console", "channel", Is::Text("ring")),
+        count(D1, "table-region", ("kind", "hole"), 1),
+        count(D1, "table-region", ("kind", "reserved:special"), 1),
+        Check::ImageReserved(D1),
+        field(D1, "identity-trim", "kept_mapped", Is::Text("yes")),
+        field(D1, "identity-trim", "others_unmapped", Is::Text("yes")),
+    ];
+    c.push(verdict(D1, Verdict::Pass));
+    c
+}
+
+fn with(mut a: Vec<Check>, b: impl IntoIterator<Item = Check>) -> Vec<Check> {
+    a.extend(b);
+    a
+}
+
+/// The xl scenarios of one architecture.
+fn for_arch(arch: Arch) -> Vec<XlScenario> {
+    let x86 = arch == Arch::X86_64;
+    let sp = special_pages(arch);
+    let name = |x: &'static str, a: &'static str| if x86 { x } else { a };
+    let agent_is_xen = || XlCheck::XenPagesIsLast {
+        topic: "accounting",
+        key: "current",
+    };
+    let mut v = vec![
+        XlScenario {
+            name: name("x86_64-xl-survey", "aarch64-xl-survey"),
+            arch,
+            memory_mib: 64,
+            maxmem_mib: None,
+            agent_opts: &[],
+            shutdown: "poweroff",
+            checks: with(
+                domu(arch, 64),
+                [field(D1, "reservation", "current", Is::Num(pages(64) + sp))],
+            ),
+            xl: vec![
+                XlCheck::ListMib(64),
+                agent_is_xen(),
+                XlCheck::XenPages(pages(64) + sp),
+                XlCheck::NothingLost,
+            ],
+        },
+        XlScenario {
+            name: name("x86_64-xl-balloon", "aarch64-xl-balloon"),
+            arch,
+            memory_mib: 64,
+            maxmem_mib: None,
+            agent_opts: &["balloon=32M"],
+            shutdown: "poweroff",
+            checks: with(
+                domu(arch, 64),
+                [
+                    field(D1, "balloon", "current", Is::Num(pages(32))),
+                    every(D1, "balloon", "short", Is::Num(0)),
+                    field(D1, "reservation-after", "current", Is::Num(pages(32))),
+                    field(D1, "identity-map", "ballooned_unmapped", Is::Text("yes")),
+                ],
+            ),
+            xl: vec![
+                XlCheck::ListMib(32),
+                agent_is_xen(),
+                XlCheck::XenPages(pages(32)),
+                XlCheck::NothingLost,
+            ],
+        },
+        XlScenario {
+            name: name(
+                "x86_64-xl-balloon-round-trip",
+                "aarch64-xl-balloon-round-trip",
+            ),
+            arch,
+            memory_mib: 64,
+            maxmem_mib: None,
+            agent_opts: &["balloon=32M", "balloon-then=48M"],
+            shutdown: "poweroff",
+            checks: with(
+                domu(arch, 64),
+                [
+                    field(D1, "balloon", "current", Is::Num(pages(32))),
+                    count(D1, "balloon", ("phase", "then"), 1),
+                    every(D1, "balloon", "short", Is::Num(0)),
+                    field(D1, "balloon-check", "pages", Is::Num(pages(16))),
+                    field(D1, "balloon-check", "pattern", Is::Text("ok")),
+                    field(D1, "reservation-after", "current", Is::Num(pages(48))),
+                    field(
+                        D1,
+                        "identity-map-back",
+                        "repopulated_mapped",
+                        Is::Text("yes"),
+                    ),
+                ],
+            ),
+            xl: vec![
+                XlCheck::ListMib(48),
+                agent_is_xen(),
+                XlCheck::XenPages(pages(48)),
+                XlCheck::NothingLost,
+            ],
+        },
+        XlScenario {
+            name: name("x86_64-xl-grant-self", "aarch64-xl-grant-self"),
+            arch,
+            memory_mib: 64,
+            maxmem_mib: None,
+            agent_opts: &["grant=self"],
+            shutdown: "poweroff",
+            checks: with(domu(arch, 64), grant_self(D1, x86)),
+            xl: vec![agent_is_xen(), XlCheck::NothingLost],
+        },
+        XlScenario {
+            name: name("x86_64-xl-contig", "aarch64-xl-contig"),
+            arch,
+            memory_mib: 64,
+            maxmem_mib: None,
+            agent_opts: &["contig=2M"],
+            shutdown: "poweroff",
+            checks: with(
+                domu(arch, 64),
+                [
+                    field(D1, "contiguous", "method", Is::Text("repopulate")),
+                    field(D1, "contiguous", "order", Is::Num(9)),
+                    field(D1, "contiguous", "pattern", Is::Text("ok")),
+                ],
+            ),
+            xl: vec![
+                agent_is_xen(),
+                XlCheck::XenPages(pages(64) + sp),
+                XlCheck::NothingLost,
+            ],
+        },
+        XlScenario {
+            name: name(
+                "x86_64-xl-unprivileged-probe",
+                "aarch64-xl-unprivileged-probe",
+            ),
+            arch,
+            memory_mib: 64,
+            maxmem_mib: None,
+            agent_opts: &["probe=0"],
+            shutdown: "poweroff",
+            checks: with(
+                domu(arch, 64),
+                [
+                    field(D1, "unprivileged", "target", Is::Num(0)),
+                    field(D1, "unprivileged", "foreign", Is::Text("eperm")),
+                    // x86 Xen 4.17 refuses acquire_resource into any
+                    // translated caller but the hardware domain (EACCES)
+                    // before XSM; Arm's XSM says EPERM.
+                    field(
+                        D1,
+                        "unprivileged",
+                        "acquire",
+                        Is::Text(if x86 { "eacces" } else { "eperm" }),
+                    ),
+                    field(D1, "unprivileged", "untouched", Is::Text("yes")),
+                ],
+            ),
+            xl: vec![agent_is_xen(), XlCheck::NothingLost],
+        },
+        XlScenario {
+            name: name("x86_64-xl-bad-option", "aarch64-xl-bad-option"),
+            arch,
+            memory_mib: 64,
+            maxmem_mib: None,
+            agent_opts: &["bogus=1"],
+            // A failed agent ends its domain as crashed; dom0 reads it.
+            shutdown: "crash",
+            checks: vec![
+                Check::ErrorMentions(D1, "bogus"),
+                verdict(D1, Verdict::Fail),
+            ],
+            xl: vec![XlCheck::NothingLost],
+        },
+        XlScenario {
+            name: name("x86_64-xl-exception", "aarch64-xl-exception"),
+            arch,
+            memory_mib: 64,
+            maxmem_mib: None,
+            agent_opts: &["fault=unmapped"],
+            // The exception handler ends a domU through Xen too.
+            shutdown: "crash",
+            checks: vec![Check::Exception(D1), verdict(D1, Verdict::Fail)],
+            xl: vec![XlCheck::NothingLost],
+        },
+    ];
+    if x86 {
+        // memory < maxmem: populate-on-demand (x86 only: Xen 4.17 refuses it
+        // on Arm at build time).
+        v.insert(
+            1,
+            XlScenario {
+                name: "x86_64-xl-pod",
+                arch,
+                memory_mib: 64,
+                maxmem_mib: Some(128),
+                agent_opts: &[],
+                shutdown: "poweroff",
+                checks: with(
+                    domu_map(arch, 128),
+                    [
+                        // Before: the map's 128 MiB against Xen's 64 + 17.
+                        field(D1, "accounting", "unaccounted", Is::Text("-16384")),
+                        count(D1, "accounting", ("unaccounted", "0"), 1),
+                        field(D1, "pod", "surplus", Is::Num(pages(64))),
+                        field(D1, "pod", "target", Is::Num(pages(64) + sp)),
+                        field(D1, "balloon", "phase", Is::Text("pod")),
+                        field(D1, "balloon", "current", Is::Num(pages(64) + sp)),
+                        field(D1, "balloon", "short", Is::Num(0)),
+                    ],
+                ),
+                xl: vec![
+                    XlCheck::ListMib(64),
+                    agent_is_xen(),
+                    XlCheck::XenPages(pages(64) + sp),
+                    XlCheck::PodBacked,
+                    XlCheck::NothingLost,
+                ],
+            },
+        );
+    }
+    v
+}
+
+/// Every xl scenario, x86_64 first.
+pub fn all() -> Vec<XlScenario> {
+    let mut v = for_arch(Arch::X86_64);
+    v.extend(for_arch(Arch::Aarch64));
+    v
+}
+
+/// The last `topic` report's `key`, as a number.
+fn last_number(l: &AgentLog, topic: &str, key: &str) -> Option<u64> {
+    l.topic(topic)
+        .filter_map(|r| r.get(key))
+        .last()
+        .and_then(parse_number)
+}
+
+fn check_xl(c: &XlCheck, job: &XlJobResult, log: &AgentLog, res: &XlResult) -> Option<String> {
+    let xen_num = |k: &str| {
+        job.xen_pages
+            .as_ref()
+            .and_then(|r| r.get(k))
+            .and_then(parse_number)
+    };
+    match *c {
+        XlCheck::ListMib(want) => {
+            let got = job
+                .xl_list_shutdown
+                .as_ref()
+                .and_then(|r| r.get("mem_mib"))
+                .and_then(parse_number);
+            (got != Some(want))
+                .then(|| format!("xl list says {got:?} MiB after shutdown, expected {want}"))
+        }
+        XlCheck::XenPagesIsLast { topic, key } => {
+            let agent = last_number(log, topic, key);
+            let xen = xen_num("nr_pages");
+            match (agent, xen) {
+                (Some(a), Some(x)) if a == x => None,
+                _ => Some(format!(
+                    "Xen's nr_pages (debug key q) is {xen:?}, the agent's last `report: {topic}` {key}= is {agent:?}"
+                )),
+            }
+        }
+        XlCheck::XenPages(want) => {
+            let xen = xen_num("nr_pages");
+            (xen != Some(want)).then(|| format!("Xen's nr_pages is {xen:?}, expected {want}"))
+        }
+        XlCheck::PodBacked => {
+            let (e, c) = (xen_num("pod_entries"), xen_num("pod_cachesize"));
+            match (e, c) {
+                (Some(e), Some(c)) if e == c => None,
+                _ => Some(format!(
+                    "Xen's PoD entries {e:?} and cache size {c:?} differ: memory the guest may touch is not backed"
+                )),
+            }
+        }
+        XlCheck::NothingLost => {
+            let (before, after) = (res.free_at_start_mib(), job.free_after_mib);
+            match (before, after) {
+                (Some(b), Some(a)) if a == b => None,
+                _ => Some(format!(
+                    "xl info free_memory was {before:?} MiB before, {after:?} MiB after xl destroy"
+                )),
+            }
+        }
+    }
+}
+
+/// What is wrong with scenario `s` in the rig boot `res` (empty: it passed).
+pub fn evaluate(s: &XlScenario, res: &XlResult) -> Vec<String> {
+    let mut out = Vec::new();
+    let Some(job) = res.job(s.name) else {
+        out.push(format!("the rig ran no job {} ({})", s.name, res.end));
+        return out;
+    };
+    if let Some(f) = &job.create_failed {
+        out.push(format!("xl create failed: {}", f.line));
+        return out;
+    }
+    if job.timed_out {
+        out.push("the domain did not shut down in time (job-timeout)".into());
+    }
+    let Some(domid) = job.domid else {
+        out.push("no domid for the job".into());
+        return out;
+    };
+    match job.reason() {
+        Some(r) if r == s.shutdown => {}
+        r => out.push(format!(
+            "shutdown reason (xl list -v) {r:?}, expected {}",
+            s.shutdown
+        )),
+    }
+    let source = Source(domid as u16);
+    let log = res.logs.get(source).clone();
+    if !log.malformed.is_empty() {
+        out.push(format!("malformed report lines: {:?}", log.malformed));
+    }
+    let mut logs = Logs::default();
+    logs.by_source.insert(D1, log.clone());
+    for c in &s.checks {
+        if let Some(e) = check_one(c, &logs) {
+            out.push(e.replace("[d1]", &format!("[d{domid}]")));
+        }
+    }
+    for c in &s.xl {
+        if let Some(e) = check_xl(c, job, &log, res) {
+            out.push(e);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_and_name_their_architecture() {
+        let all = all();
+        let mut names: Vec<&str> = all.iter().map(|s| s.name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), all.len());
+        for s in &all {
+            assert!(s.name.starts_with(&format!("{}-xl-", s.arch)), "{}", s.name);
+            let j = s.job();
+            assert!(j.agent_opts.iter().any(|o| o == "exit=shutdown"));
+            assert_eq!(
+                j.agent_opts.iter().any(|o| o == "domid=@DOMID@"),
+                s.arch == Arch::Aarch64
+            );
+            crate::rig::check_job(&j).unwrap();
+        }
+        assert!(all
+            .iter()
+            .all(|s| s.arch == Arch::X86_64 || s.maxmem_mib.is_none()));
+    }
+}
