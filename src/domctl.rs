@@ -1278,11 +1278,22 @@ mod tests {
         let p = unprivileged_probe(&m, &mut t, &mut pt, &mut vas, D0, Gfn(0x100));
         assert!(p.refused_cleanly(), "{p:?}");
         assert_eq!(p.acquire, Err(AcquireError::NotPermitted(D0)));
-        // An x86 PVH domU gets EACCES for acquire_resource instead.
+        assert_eq!(p.acquire_refusal(), Some("eperm"));
+        // An x86 PVH domU gets EACCES for acquire_resource instead (Xen 4.17
+        // refuses every translated caller but the hardware domain, as seen
+        // under real Xen in x86_64-xl-unprivileged-probe): refused too.
         m.set_current(DomId(2)).unwrap();
         let p = unprivileged_probe(&m, &mut t, &mut pt, &mut vas, D0, Gfn(0x100));
         assert_eq!(p.acquire, Err(AcquireError::NotHardwareDomain));
-        assert!(p.untouched && !p.refused_cleanly());
+        assert_eq!(p.acquire_refusal(), Some("eacces"));
+        assert!(p.foreign_eperm() && p.untouched && p.refused_cleanly());
+        // Anything else is not a refusal.
+        let other = ProbeOutcome {
+            acquire: Err(AcquireError::NoHole(crate::addr::PageCount(1))),
+            ..p
+        };
+        assert_eq!(other.acquire_refusal(), None);
+        assert!(!other.refused_cleanly());
         assert!(m.foreign(DomId(1)).is_empty() && m.acquired(DomId(2)).is_empty());
         m.check_conservation().unwrap();
     }
