@@ -605,12 +605,7 @@ fn pod_surplus(acc: &Accounting, s: &Survey) -> Result<Option<PageCount>, ()> {
 /// and must end at `current`. Afterwards the table and Xen agree as for any
 /// other guest. Reports `pod`.
 fn pod_run<H: Hypervisor>(hv: &H, t: &mut RegionTable, s: &Survey, surplus: PageCount) -> Verdict {
-    let max_order = reservation::xen_max_order(s.privileged);
-    let as_if_backed = PageCount(s.current.0 + surplus.0);
-    let e = Engine::new(hv, Strategy::xenmem(max_order), as_if_backed, s.features);
-    #[cfg(target_os = "none")]
-    let e = e.with_identity_map(&crate::paging::BootIdentityMap);
-    let mut e = e;
+    let mut e = engine_for(hv, s, PageCount(s.current.0 + surplus.0));
     xm_info!(
         "report: pod surplus={} target={} map_ram={}",
         surplus,
@@ -621,23 +616,51 @@ fn pod_run<H: Hypervisor>(hv: &H, t: &mut RegionTable, s: &Survey, surplus: Page
         xm_error!("pod: {}", defmt_display(&err));
         return Verdict::Fail;
     }
+    match verified("pod", &mut e, t, s) {
+        Some(cur) => {
+            report_engine("pod", s.current, &e, cur);
+            Verdict::Pass
+        }
+        None => Verdict::Fail,
+    }
+}
+
+/// The reservation engine for this domain, counting from `start` pages;
+/// ballooned frames leave the boot identity map, and come back.
+fn engine_for<'h, H: Hypervisor>(hv: &'h H, s: &Survey, start: PageCount) -> Engine<'h, H> {
+    let max_order = reservation::xen_max_order(s.privileged);
+    let e = Engine::new(hv, Strategy::xenmem(max_order), start, s.features);
+    #[cfg(target_os = "none")]
+    let e = e.with_identity_map(&crate::paging::BootIdentityMap);
+    e
+}
+
+/// Ask Xen for the reservation and check it against the engine's
+/// accounting and the table (`report: accounting`): the count, or `None`
+/// with what is wrong logged under `what`.
+fn verified<H: Hypervisor>(
+    what: &str,
+    e: &mut Engine<'_, H>,
+    t: &RegionTable,
+    s: &Survey,
+) -> Option<PageCount> {
     match e.verify() {
         Ok(cur) => {
-            report_engine("pod", s.current, &e, cur);
             let a = account(t, s, cur, PageCount(e.stats.leaked_by_xen));
             report_accounting(&a);
             if a.unaccounted() != 0 {
                 xm_error!(
-                    "pod: {=i64} pages of Xen's reservation are not in the table",
+                    "{=str}: {=i64} pages of Xen's reservation are not in the table",
+                    what,
                     a.unaccounted()
                 );
-                return Verdict::Fail;
+                return None;
             }
-            Verdict::Pass
+            Some(cur)
         }
         Err(err) => {
-            xm_error!("pod: {}", defmt_display(&err));
-            Verdict::Fail
+            xm_error!("{=str}: {}", what, defmt_display(&err));
+            None
         }
     }
 }
@@ -651,11 +674,7 @@ fn reservation_run<H: Hypervisor>(
     opts: &Options,
 ) -> Verdict {
     let max_order = reservation::xen_max_order(s.privileged);
-    let e = Engine::new(hv, Strategy::xenmem(max_order), s.current, s.features);
-    // Ballooned frames leave the boot identity map, and come back.
-    #[cfg(target_os = "none")]
-    let e = e.with_identity_map(&crate::paging::BootIdentityMap);
-    let mut e = e;
+    let mut e = engine_for(hv, s, s.current);
     xm_info!(
         "report: engine max_order={=u8} batch={=usize} translated={=str} direct_mapped={=str}",
         max_order.get(),
@@ -667,24 +686,10 @@ fn reservation_run<H: Hypervisor>(
     );
     let verdict = reservation_steps(hv, &mut e, t, s, opts);
     // Whatever happened, Xen and the table must still agree.
-    match e.verify() {
-        Ok(cur) => {
-            let a = account(t, s, cur, PageCount(e.stats.leaked_by_xen));
-            report_accounting(&a);
-            if a.unaccounted() != 0 {
-                xm_error!(
-                    "reservation: {=i64} pages of Xen's reservation are not in the table",
-                    a.unaccounted()
-                );
-                return Verdict::Fail;
-            }
-            xm_info!("report: reservation-after current={}", cur);
-        }
-        Err(err) => {
-            xm_error!("reservation: {}", defmt_display(&err));
-            return Verdict::Fail;
-        }
-    }
+    let Some(cur) = verified("reservation", &mut e, t, s) else {
+        return Verdict::Fail;
+    };
+    xm_info!("report: reservation-after current={}", cur);
     verdict
 }
 
