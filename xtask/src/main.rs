@@ -307,7 +307,7 @@ fn run_xl(r: &RunArgs) -> Result<ExitCode> {
         .context("internal error: the job's result is missing")?;
     let show = |r: &Option<rig::Record>| r.as_ref().map_or("-".to_string(), |r| r.to_string());
     eprintln!(
-        "xtask: xl list after create:   {}",
+        "xtask: xl list, made paused:   {}",
         show(&job.xl_list_created)
     );
     eprintln!(

@@ -1095,7 +1095,8 @@ pub struct XlJobResult {
     pub timed_out: bool,
     /// `create-failed`, if so.
     pub create_failed: Option<Record>,
-    /// `xl-list when=created` and `when=shutdown`.
+    /// `xl-list when=created` (the domain made paused, before the guest
+    /// ran) and `when=shutdown`.
     pub xl_list_created: Option<Record>,
     /// See [`XlJobResult::xl_list_created`].
     pub xl_list_shutdown: Option<Record>,

@@ -130,7 +130,9 @@ run_job() {
         for e in "$@"; do echo "$e"; done
     } > $cfg
     say creating name=$name predicted_domid=$next uptime=$(up)
-    if ! logged $XB/xl create $cfg; then
+    # Created paused, so that the toolstack's view before the guest runs
+    # can be read; then unpaused.
+    if ! logged $XB/xl create -p $cfg; then
         # The rover moved on if Xen made the domain before libxl failed.
         d=$(sed -n 's/.*[Dd]omain \([0-9][0-9]*\).*/\1/p' /tmp/out | tail -n 1)
         [ -n "$d" ] && next=$((d + 1))
@@ -150,6 +152,7 @@ run_job() {
     fwd=$!
     say created name=$name domid=$id uptime=$(up)
     say xl-list when=created $(xl_list $name)
+    logged $XB/xl unpause $name || say job-error name=$name domid=$id what=unpause
     t0=$(secs)
     timedout=
     code=-

@@ -22,6 +22,9 @@ const D1: Source = Source::D1;
 pub enum XlCheck {
     /// `xl list` showed this much memory (MiB) once the domain had shut down.
     ListMib(u64),
+    /// `xl list` showed this much memory (MiB) when the domain was made,
+    /// paused, before the agent ran.
+    ListMibAtStart(u64),
     /// Xen's own page count (debug key `q`: `nr_pages`) equals the number in
     /// field `key` of the agent's LAST `topic` report: the agent's final word
     /// on its reservation is Xen's, to the page.
@@ -161,6 +164,7 @@ fn for_arch(arch: Arch) -> Vec<XlScenario> {
                 [field(D1, "reservation", "current", Is::Num(pages(64) + sp))],
             ),
             xl: vec![
+                XlCheck::ListMibAtStart(64),
                 XlCheck::ListMib(64),
                 agent_is_xen(),
                 XlCheck::XenPages(pages(64) + sp),
@@ -184,6 +188,7 @@ fn for_arch(arch: Arch) -> Vec<XlScenario> {
                 ],
             ),
             xl: vec![
+                XlCheck::ListMibAtStart(64),
                 XlCheck::ListMib(32),
                 agent_is_xen(),
                 XlCheck::XenPages(pages(32)),
@@ -336,6 +341,7 @@ fn for_arch(arch: Arch) -> Vec<XlScenario> {
                     ],
                 ),
                 xl: vec![
+                    XlCheck::ListMibAtStart(64),
                     XlCheck::ListMib(64),
                     agent_is_xen(),
                     XlCheck::XenPages(pages(64) + sp),
@@ -363,6 +369,14 @@ fn last_number(l: &AgentLog, topic: &str, key: &str) -> Option<u64> {
         .and_then(parse_number)
 }
 
+fn list_mib(r: &Option<crate::rig::Record>, want: u64, when: &str) -> Option<String> {
+    let got = r
+        .as_ref()
+        .and_then(|r| r.get("mem_mib"))
+        .and_then(parse_number);
+    (got != Some(want)).then(|| format!("xl list says {got:?} MiB {when}, expected {want}"))
+}
+
 fn check_xl(c: &XlCheck, job: &XlJobResult, log: &AgentLog, res: &XlResult) -> Option<String> {
     let xen_num = |k: &str| {
         job.xen_pages
@@ -371,15 +385,8 @@ fn check_xl(c: &XlCheck, job: &XlJobResult, log: &AgentLog, res: &XlResult) -> O
             .and_then(parse_number)
     };
     match *c {
-        XlCheck::ListMib(want) => {
-            let got = job
-                .xl_list_shutdown
-                .as_ref()
-                .and_then(|r| r.get("mem_mib"))
-                .and_then(parse_number);
-            (got != Some(want))
-                .then(|| format!("xl list says {got:?} MiB after shutdown, expected {want}"))
-        }
+        XlCheck::ListMib(want) => list_mib(&job.xl_list_shutdown, want, "after shutdown"),
+        XlCheck::ListMibAtStart(want) => list_mib(&job.xl_list_created, want, "when made (paused)"),
         XlCheck::XenPagesIsLast { topic, key } => {
             let agent = last_number(log, topic, key);
             let xen = xen_num("nr_pages");
