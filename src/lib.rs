@@ -27,6 +27,7 @@ pub mod boot;
 pub mod cmdline;
 pub mod console;
 pub mod domctl;
+pub mod evtchn;
 pub mod fdt;
 pub mod grant;
 pub mod guestmem;
@@ -41,6 +42,7 @@ pub mod reservation;
 pub mod special;
 pub mod timer;
 pub mod xen;
+pub mod xenstore;
 
 #[cfg(all(feature = "rt", target_os = "none"))]
 pub mod rt;

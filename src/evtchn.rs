@@ -1,0 +1,1 @@
+//! Event channels: waiting for events without burning CPU (being written).

@@ -1,0 +1,1 @@
+//! A xenstore client over the domain's xenstore ring page (being written).
