@@ -39,6 +39,7 @@ pub mod memmap;
 pub mod paging;
 pub mod region;
 pub mod reservation;
+pub mod service;
 pub mod special;
 pub mod timer;
 pub mod xen;
