@@ -38,6 +38,9 @@ pub struct Outcome {
     pub verdict: Verdict,
     /// How to leave.
     pub exit: ExitPath,
+    /// The toolstack asked for a reboot (`xl reboot`): a passing run that
+    /// leaves through Xen says reboot instead of poweroff.
+    pub reboot: bool,
 }
 
 /// How the agent knows its domain id.
@@ -2034,6 +2037,7 @@ fn probe_run<H: Hypervisor>(
 /// its image (the runtime's), so that the table records it.
 pub fn run(hv: &impl Hypervisor, boot: &BootInfo<'_>, heap: Option<PhysSpan>) -> Outcome {
     let mut exit = ExitPath::Host;
+    let mut reboot = false;
     // The peer (`peer=`) not waited for yet.
     let mut peer = None;
     let verdict = (|| {
@@ -2118,6 +2122,22 @@ pub fn run(hv: &impl Hypervisor, boot: &BootInfo<'_>, heap: Option<PhysSpan>) ->
             fault(kind, &table);
             return Verdict::Fail;
         }
+        if opts.mode == Some(cmdline::RunMode::Service) {
+            return match service_run(hv, &mut table, &s) {
+                crate::service::Ended::Poweroff => {
+                    // The toolstack asked: leave through Xen whatever
+                    // exit= said.
+                    exit = ExitPath::XenShutdown;
+                    Verdict::Pass
+                }
+                crate::service::Ended::Reboot => {
+                    exit = ExitPath::XenShutdown;
+                    reboot = true;
+                    Verdict::Pass
+                }
+                crate::service::Ended::Failed => Verdict::Fail,
+            };
+        }
         match peer.take() {
             Some(p) => wait_for_peer(hv, p, PEER_POLLS),
             None => Verdict::Pass,
@@ -2133,7 +2153,62 @@ pub fn run(hv: &impl Hypervisor, boot: &BootInfo<'_>, heap: Option<PhysSpan>) ->
         xm_info!("peer: waiting for domain {} to finish before exiting", p);
         let _ = wait_for_peer(hv, p, PEER_POLLS_AFTER_FAILURE);
     }
-    Outcome { verdict, exit }
+    Outcome {
+        verdict,
+        exit,
+        reboot,
+    }
+}
+
+/// No xenstore here (the host build): every operation says so.
+struct NoControl;
+
+impl crate::service::Control for NoControl {
+    fn read(
+        &mut self,
+        _: &str,
+    ) -> Result<Option<alloc::string::String>, crate::service::ControlError> {
+        Err(no_store())
+    }
+    fn write(&mut self, _: &str, _: &str) -> Result<(), crate::service::ControlError> {
+        Err(no_store())
+    }
+    fn watch(&mut self) -> Result<(), crate::service::ControlError> {
+        Err(no_store())
+    }
+    fn next(
+        &mut self,
+        _: bool,
+    ) -> Result<Option<crate::service::Watched>, crate::service::ControlError> {
+        Err(no_store())
+    }
+}
+
+fn no_store() -> crate::service::ControlError {
+    crate::service::ControlError::Broken("no xenstore connection in this build".into())
+}
+
+/// The service's xenstore and event channels (being written: none yet).
+fn control_for<H: Hypervisor>(
+    _: &H,
+    _: &mut RegionTable,
+) -> Result<NoControl, crate::service::ControlError> {
+    Err(no_store())
+}
+
+/// `mode=service`: serve the toolstack's targets and requests until it ends
+/// the domain (see [`crate::service`]).
+fn service_run<H: Hypervisor>(hv: &H, t: &mut RegionTable, s: &Survey) -> crate::service::Ended {
+    let mut ctl = match control_for(hv, t) {
+        Ok(c) => c,
+        Err(e) => {
+            xm_error!("service: {}", defmt_display(&e));
+            return crate::service::Ended::Failed;
+        }
+    };
+    let mut e = engine_for(hv, s, s.current);
+    let mut verify = |e: &mut Engine<'_, H>, t: &RegionTable| verified("service", e, t, s);
+    crate::service::serve(hv, &mut e, t, s.memmap.ram_pages(), &mut ctl, &mut verify)
 }
 
 /// Show a `Display` value in a log line (with or without defmt).
@@ -2468,7 +2543,8 @@ mod tests {
             o,
             Outcome {
                 verdict: Verdict::Pass,
-                exit: ExitPath::XenShutdown
+                exit: ExitPath::XenShutdown,
+                reboot: false,
             }
         );
     }

@@ -63,6 +63,18 @@ pub enum HelperMode {
     Superpage,
 }
 
+/// What the agent does once it has surveyed its domain (`mode=`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunMode {
+    /// The one-shot survey and whatever the other options ask, then exit
+    /// (the default).
+    Survey,
+    /// The balloon service: serve `memory/target` and `control/shutdown`
+    /// from xenstore until the toolstack ends the domain (see
+    /// [`crate::service`]).
+    Service,
+}
+
 /// The options the agent understands.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Options {
@@ -101,6 +113,8 @@ pub struct Options {
     /// foreign frames, acquire its grant table, seed grants to dom0, map
     /// them, then unmap everything and destroy the helper.
     pub helper: Option<HelperMode>,
+    /// `mode=survey|service`: one-shot (default) or the balloon service.
+    pub mode: Option<RunMode>,
     /// `probe=N`: (an unprivileged domain) try a foreign map and an
     /// acquire_resource of domain N's grant table: both must be refused
     /// with EPERM and leave nothing behind.
@@ -300,6 +314,16 @@ impl Options {
                 },
                 "`on` or `superpage`"
             ),
+            "mode" => set!(
+                mode,
+                "mode",
+                match value {
+                    "survey" => Some(RunMode::Survey),
+                    "service" => Some(RunMode::Service),
+                    _ => None,
+                },
+                "`survey` or `service`"
+            ),
             "probe" => set!(
                 probe,
                 "probe",
@@ -387,6 +411,12 @@ mod tests {
         );
         assert!(parse("fault=sometimes").is_err());
         assert_eq!(parse("exit=host").unwrap().exit, Some(ExitPath::Host));
+        assert_eq!(parse("mode=service").unwrap().mode, Some(RunMode::Service));
+        assert_eq!(parse("mode=survey").unwrap().mode, Some(RunMode::Survey));
+        assert!(matches!(
+            parse("mode=daemon"),
+            Err(CmdlineError::Malformed { name: "mode", .. })
+        ));
     }
 
     #[test]

@@ -79,6 +79,7 @@ fn fail_exit() -> ! {
         Outcome {
             verdict: Verdict::Fail,
             exit,
+            reboot: false,
         },
     )
 }
@@ -102,6 +103,7 @@ fn finish(hv: &xen::RealXen, outcome: Outcome) -> ! {
     };
     drain_console();
     let reason = match outcome.verdict {
+        Verdict::Pass if outcome.reboot => xen::ShutdownReason::Reboot,
         Verdict::Pass => xen::ShutdownReason::Poweroff,
         Verdict::Fail => xen::ShutdownReason::Crash,
     };
