@@ -2305,6 +2305,24 @@ mod tests {
         fn evtchn_send(&self, _: u32) -> Result<(), XenError> {
             Err(XenError::Errno(Errno::ENOSYS))
         }
+        fn evtchn_alloc_unbound(&self, _: DomId) -> Result<u32, XenError> {
+            Err(XenError::Errno(Errno::ENOSYS))
+        }
+        fn evtchn_bind_interdomain(&self, _: DomId, _: u32) -> Result<u32, XenError> {
+            Err(XenError::Errno(Errno::ENOSYS))
+        }
+        fn evtchn_close(&self, _: u32) -> Result<(), XenError> {
+            Err(XenError::Errno(Errno::ENOSYS))
+        }
+        fn evtchn_unmask(&self, _: u32) -> Result<(), XenError> {
+            Err(XenError::Errno(Errno::ENOSYS))
+        }
+        fn evtchn_status(&self, _: DomId, _: u32) -> Result<crate::xen::ChannelStatus, XenError> {
+            Err(XenError::Errno(Errno::ENOSYS))
+        }
+        fn sched_poll(&self, _: &[u32], _: u64) -> Result<(), XenError> {
+            Err(XenError::Errno(Errno::ENOSYS))
+        }
 
         fn console_write(&self, _: &[u8]) -> Result<(), XenError> {
             Ok(())

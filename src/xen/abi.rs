@@ -513,6 +513,353 @@ pub struct EvtchnSend {
 
 const _: () = assert!(size_of::<EvtchnSend>() == 4);
 
+/// `EVTCHNOP_bind_interdomain` (`public/event_channel.h`; 0, not 1: 1 is
+/// `EVTCHNOP_bind_virq`).
+pub const EVTCHNOP_BIND_INTERDOMAIN: usize = 0;
+/// `EVTCHNOP_close`.
+pub const EVTCHNOP_CLOSE: usize = 3;
+/// `EVTCHNOP_status`.
+pub const EVTCHNOP_STATUS: usize = 5;
+/// `EVTCHNOP_alloc_unbound`.
+pub const EVTCHNOP_ALLOC_UNBOUND: usize = 6;
+/// `EVTCHNOP_unmask`.
+pub const EVTCHNOP_UNMASK: usize = 9;
+
+/// Ports of the 2-level event channel ABI with a 64-bit `xen_ulong_t`
+/// (x86_64 and Arm): `BITS_PER_EVTCHN_WORD * BITS_PER_EVTCHN_WORD`.
+pub const EVTCHN_2L_NR_CHANNELS: u32 = 64 * 64;
+
+/// `struct evtchn_alloc_unbound`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EvtchnAllocUnbound {
+    /// IN: the domain the port is allocated in (`DOMID_SELF` unless privileged).
+    pub dom: u16,
+    /// IN: the domain that may bind to it (`DOMID_SELF`: loopback).
+    pub remote_dom: u16,
+    /// OUT: the new port.
+    pub port: u32,
+}
+
+const _: () = {
+    assert!(size_of::<EvtchnAllocUnbound>() == 8);
+    assert!(offset_of!(EvtchnAllocUnbound, remote_dom) == 2);
+    assert!(offset_of!(EvtchnAllocUnbound, port) == 4);
+};
+
+/// `struct evtchn_bind_interdomain`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EvtchnBindInterdomain {
+    /// IN: the remote domain (`DOMID_SELF`: loopback).
+    pub remote_dom: u16,
+    /// IN: its unbound port, offered to the caller.
+    pub remote_port: u32,
+    /// OUT: the caller's new port.
+    pub local_port: u32,
+}
+
+const _: () = {
+    assert!(size_of::<EvtchnBindInterdomain>() == 12);
+    assert!(offset_of!(EvtchnBindInterdomain, remote_port) == 4);
+    assert!(offset_of!(EvtchnBindInterdomain, local_port) == 8);
+};
+
+/// `struct evtchn_close` and `struct evtchn_unmask` (one port each).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EvtchnPort {
+    /// IN: the local port.
+    pub port: u32,
+}
+
+const _: () = assert!(size_of::<EvtchnPort>() == 4);
+
+/// `EVTCHNSTAT_*`: what `EVTCHNOP_status` says a port is.
+pub mod evtchnstat {
+    /// `EVTCHNSTAT_closed`: not in use.
+    pub const CLOSED: u32 = 0;
+    /// `EVTCHNSTAT_unbound`: waiting for an interdomain connection.
+    pub const UNBOUND: u32 = 1;
+    /// `EVTCHNSTAT_interdomain`: connected to a remote domain.
+    pub const INTERDOMAIN: u32 = 2;
+    /// `EVTCHNSTAT_pirq`.
+    pub const PIRQ: u32 = 3;
+    /// `EVTCHNSTAT_virq`.
+    pub const VIRQ: u32 = 4;
+    /// `EVTCHNSTAT_ipi`.
+    pub const IPI: u32 = 5;
+}
+
+/// `struct evtchn_status`. The union `u` is two 32-bit words: `unbound.dom`
+/// and `interdomain.dom` are the low 16 bits of `u[0]` (little-endian),
+/// `interdomain.port` is `u[1]`, `pirq`/`virq` are `u[0]`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EvtchnStatus {
+    /// IN: the domain (`DOMID_SELF` allowed).
+    pub dom: u16,
+    /// IN: the port.
+    pub port: u32,
+    /// OUT: `EVTCHNSTAT_*`.
+    pub status: u32,
+    /// OUT: the vCPU it notifies.
+    pub vcpu: u32,
+    /// OUT: the union.
+    pub u: [u32; 2],
+}
+
+const _: () = {
+    assert!(size_of::<EvtchnStatus>() == 24);
+    assert!(offset_of!(EvtchnStatus, port) == 4);
+    assert!(offset_of!(EvtchnStatus, status) == 8);
+    assert!(offset_of!(EvtchnStatus, vcpu) == 12);
+    assert!(offset_of!(EvtchnStatus, u) == 16);
+};
+
+/// `SCHEDOP_poll` (`public/sched.h`): block until one of the ports is
+/// pending, or the timeout.
+pub const SCHEDOP_POLL: usize = 3;
+/// The most ports one `SCHEDOP_poll` takes (`do_poll`: "Fairly arbitrary
+/// limit"; more is EINVAL).
+pub const SCHED_POLL_MAX_PORTS: usize = 128;
+
+/// `struct sched_poll`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SchedPoll {
+    /// IN: the ports (`XEN_GUEST_HANDLE(evtchn_port_t)`).
+    pub ports: GuestHandle<u32>,
+    /// IN: how many.
+    pub nr_ports: u32,
+    /// IN: absolute Xen system time (ns) to wake at; 0: no timeout.
+    pub timeout: u64,
+}
+
+const _: () = {
+    assert!(size_of::<SchedPoll>() == 24);
+    assert!(offset_of!(SchedPoll, nr_ports) == 8);
+    assert!(offset_of!(SchedPoll, timeout) == 16);
+};
+
+/// `struct vcpu_time_info` (`public/xen.h`), the same on x86_64 and Arm
+/// (Arm's Xen 4.17 never writes it: `update_vcpu_system_time` is empty).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VcpuTimeInfo {
+    /// Odd while Xen updates the record.
+    pub version: u32,
+    /// Padding.
+    pub pad0: u32,
+    /// The TSC at the last update.
+    pub tsc_timestamp: u64,
+    /// Xen system time (ns since Xen's boot) at the last update.
+    pub system_time: u64,
+    /// TSC to ns multiplier (32.32 fixed point, after `tsc_shift`).
+    pub tsc_to_system_mul: u32,
+    /// Shift of the TSC delta before the multiplication.
+    pub tsc_shift: i8,
+    /// `XEN_PVCLOCK_*`.
+    pub flags: u8,
+    /// Padding.
+    pub pad1: [u8; 2],
+}
+
+const _: () = {
+    assert!(size_of::<VcpuTimeInfo>() == 32);
+    assert!(offset_of!(VcpuTimeInfo, tsc_timestamp) == 8);
+    assert!(offset_of!(VcpuTimeInfo, system_time) == 16);
+    assert!(offset_of!(VcpuTimeInfo, tsc_to_system_mul) == 24);
+    assert!(offset_of!(VcpuTimeInfo, tsc_shift) == 28);
+    assert!(offset_of!(VcpuTimeInfo, flags) == 29);
+};
+
+/// `struct vcpu_info` of x86_64 (`public/xen.h` with `arch-x86/xen-x86_64.h`'s
+/// `arch_vcpu_info`; `XEN_HAVE_PV_UPCALL_MASK` is defined): 64 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VcpuInfoX86 {
+    /// `evtchn_upcall_pending`.
+    pub evtchn_upcall_pending: u8,
+    /// `evtchn_upcall_mask`.
+    pub evtchn_upcall_mask: u8,
+    /// Padding to `evtchn_pending_sel`.
+    pub pad: [u8; 6],
+    /// `evtchn_pending_sel`: one bit per word of `evtchn_pending`.
+    pub evtchn_pending_sel: u64,
+    /// `arch.cr2`.
+    pub cr2: u64,
+    /// `arch.pad`.
+    pub arch_pad: u64,
+    /// `time`.
+    pub time: VcpuTimeInfo,
+}
+
+const _: () = {
+    assert!(size_of::<VcpuInfoX86>() == 64);
+    assert!(offset_of!(VcpuInfoX86, evtchn_upcall_mask) == 1);
+    assert!(offset_of!(VcpuInfoX86, evtchn_pending_sel) == 8);
+    assert!(offset_of!(VcpuInfoX86, time) == 32);
+};
+
+/// `struct vcpu_info` of Arm (`arch-arm.h`: an empty `arch_vcpu_info`, no
+/// `XEN_HAVE_PV_UPCALL_MASK`, so byte 1 is `pad0`): 48 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VcpuInfoArm {
+    /// `evtchn_upcall_pending`.
+    pub evtchn_upcall_pending: u8,
+    /// `pad0` (no upcall mask on Arm).
+    pub pad0: u8,
+    /// Padding to `evtchn_pending_sel`.
+    pub pad: [u8; 6],
+    /// `evtchn_pending_sel`.
+    pub evtchn_pending_sel: u64,
+    /// `time` (never written by Xen 4.17 on Arm).
+    pub time: VcpuTimeInfo,
+}
+
+const _: () = {
+    assert!(size_of::<VcpuInfoArm>() == 48);
+    assert!(offset_of!(VcpuInfoArm, evtchn_pending_sel) == 8);
+    assert!(offset_of!(VcpuInfoArm, time) == 16);
+};
+
+/// `struct shared_info` of x86_64: `vcpu_info[XEN_LEGACY_MAX_VCPUS = 32]`,
+/// the 2-level event bitmaps (64 `xen_ulong_t` = u64 each), the wallclock
+/// and `arch_shared_info` (no `wc_sec_hi` there: that is i386 only).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SharedInfoX86 {
+    /// `vcpu_info`.
+    pub vcpu_info: [VcpuInfoX86; 32],
+    /// `evtchn_pending`: bit `p % 64` of word `p / 64` for port `p`.
+    pub evtchn_pending: [u64; 64],
+    /// `evtchn_mask`: as `evtchn_pending`.
+    pub evtchn_mask: [u64; 64],
+    /// `wc_version`.
+    pub wc_version: u32,
+    /// `wc_sec`.
+    pub wc_sec: u32,
+    /// `wc_nsec`.
+    pub wc_nsec: u32,
+    /// `wc_sec_hi`.
+    pub wc_sec_hi: u32,
+    /// `arch.max_pfn`.
+    pub max_pfn: u64,
+    /// `arch.pfn_to_mfn_frame_list_list`.
+    pub pfn_to_mfn_frame_list_list: u64,
+    /// `arch.nmi_reason`.
+    pub nmi_reason: u64,
+    /// `arch.p2m_cr3`.
+    pub p2m_cr3: u64,
+    /// `arch.p2m_vaddr`.
+    pub p2m_vaddr: u64,
+    /// `arch.p2m_generation`.
+    pub p2m_generation: u64,
+}
+
+const _: () = {
+    assert!(size_of::<SharedInfoX86>() == 3136);
+    assert!(offset_of!(SharedInfoX86, evtchn_pending) == 2048);
+    assert!(offset_of!(SharedInfoX86, evtchn_mask) == 2560);
+    assert!(offset_of!(SharedInfoX86, wc_version) == 3072);
+    assert!(offset_of!(SharedInfoX86, wc_sec_hi) == 3084);
+    assert!(offset_of!(SharedInfoX86, max_pfn) == 3088);
+    assert!(offset_of!(SharedInfoX86, p2m_generation) == 3128);
+};
+
+/// `struct shared_info` of Arm: one `vcpu_info` (`XEN_LEGACY_MAX_VCPUS =
+/// 1`), the 2-level bitmaps (`xen_ulong_t` is `uint64_t` on Arm), the
+/// wallclock and an empty `arch_shared_info`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SharedInfoArm {
+    /// `vcpu_info`.
+    pub vcpu_info: [VcpuInfoArm; 1],
+    /// `evtchn_pending`.
+    pub evtchn_pending: [u64; 64],
+    /// `evtchn_mask`.
+    pub evtchn_mask: [u64; 64],
+    /// `wc_version`.
+    pub wc_version: u32,
+    /// `wc_sec`.
+    pub wc_sec: u32,
+    /// `wc_nsec`.
+    pub wc_nsec: u32,
+    /// `wc_sec_hi`.
+    pub wc_sec_hi: u32,
+}
+
+const _: () = {
+    assert!(size_of::<SharedInfoArm>() == 1088);
+    assert!(offset_of!(SharedInfoArm, evtchn_pending) == 48);
+    assert!(offset_of!(SharedInfoArm, evtchn_mask) == 560);
+    assert!(offset_of!(SharedInfoArm, wc_version) == 1072);
+    assert!(offset_of!(SharedInfoArm, wc_sec_hi) == 1084);
+};
+
+/// Where the parts of a `shared_info` page are, per architecture.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SharedInfoLayout {
+    /// Byte offset of `evtchn_pending`.
+    pub evtchn_pending: usize,
+    /// Byte offset of `evtchn_mask`.
+    pub evtchn_mask: usize,
+    /// Byte offset of `vcpu_info[0].evtchn_upcall_pending`.
+    pub vcpu0_upcall_pending: usize,
+    /// Byte offset of `vcpu_info[0].evtchn_pending_sel`.
+    pub vcpu0_pending_sel: usize,
+    /// Byte offset of `vcpu_info[0].time`, where Xen maintains it (x86).
+    pub vcpu0_time: Option<usize>,
+    /// Bytes of the structure.
+    pub size: usize,
+}
+
+impl SharedInfoLayout {
+    /// x86_64 ([`SharedInfoX86`]).
+    pub const X86_64: SharedInfoLayout = SharedInfoLayout {
+        evtchn_pending: offset_of!(SharedInfoX86, evtchn_pending),
+        evtchn_mask: offset_of!(SharedInfoX86, evtchn_mask),
+        vcpu0_upcall_pending: offset_of!(VcpuInfoX86, evtchn_upcall_pending),
+        vcpu0_pending_sel: offset_of!(VcpuInfoX86, evtchn_pending_sel),
+        vcpu0_time: Some(offset_of!(VcpuInfoX86, time)),
+        size: size_of::<SharedInfoX86>(),
+    };
+    /// Arm ([`SharedInfoArm`]).
+    pub const ARM: SharedInfoLayout = SharedInfoLayout {
+        evtchn_pending: offset_of!(SharedInfoArm, evtchn_pending),
+        evtchn_mask: offset_of!(SharedInfoArm, evtchn_mask),
+        vcpu0_upcall_pending: offset_of!(VcpuInfoArm, evtchn_upcall_pending),
+        vcpu0_pending_sel: offset_of!(VcpuInfoArm, evtchn_pending_sel),
+        vcpu0_time: None,
+        size: size_of::<SharedInfoArm>(),
+    };
+    /// The layout of the architecture this is built for (the host's in
+    /// host tests: x86_64 on an x86_64 or any non-Arm host).
+    #[cfg(not(target_arch = "aarch64"))]
+    pub const NATIVE: SharedInfoLayout = Self::X86_64;
+    /// The layout of the architecture this is built for.
+    #[cfg(target_arch = "aarch64")]
+    pub const NATIVE: SharedInfoLayout = Self::ARM;
+}
+
+const _: () = {
+    // Both fit a page, and the bitmaps are 8-byte aligned.
+    assert!(SharedInfoLayout::X86_64.size <= 4096 && SharedInfoLayout::ARM.size <= 4096);
+    assert!(SharedInfoLayout::X86_64.evtchn_pending % 8 == 0);
+    assert!(SharedInfoLayout::ARM.evtchn_pending % 8 == 0);
+    assert!(SharedInfoLayout::ARM.evtchn_mask % 8 == 0);
+};
+
+/// The page `XENMAPSPACE_shared_info` maps: 512 words, read and written
+/// only through atomics at [`SharedInfoLayout`] offsets (Xen changes it
+/// concurrently).
+#[repr(C, align(8))]
+pub struct SharedInfoPage(pub [u64; 512]);
+
+const _: () = assert!(size_of::<SharedInfoPage>() == 4096);
+
 /// `struct xencons_interface` (`public/io/console.h`): the PV console ring
 /// page. Indices are free-running; an index's slot is `index % size`.
 #[repr(C)]

@@ -6,8 +6,8 @@ use super::abi::{
     XenRemoveFromPhysmap,
 };
 use super::{
-    DomainInfo, ExchangeOutcome, ExchangeRequest, Features, Hypervisor, MemFlags, ShutdownReason,
-    XenError, XenStatus, XenVersion,
+    ChannelStatus, DomainInfo, ExchangeOutcome, ExchangeRequest, Features, Hypervisor, MemFlags,
+    ShutdownReason, XenError, XenStatus, XenVersion,
 };
 use crate::addr::{DomId, Gfn, Mfn, Order, PageCount};
 use crate::arch::imp::hypercall::raw;
@@ -221,6 +221,76 @@ impl Hypervisor for RealXen {
 
     fn own_domid(&self) -> Option<DomId> {
         crate::arch::imp::own_domid()
+    }
+
+    fn evtchn_alloc_unbound(&self, remote: DomId) -> Result<u32, XenError> {
+        let mut a = abi::EvtchnAllocUnbound {
+            dom: DomId::SELF.raw(),
+            remote_dom: remote.raw(),
+            port: 0,
+        };
+        // SAFETY: Xen reads and writes one evtchn_alloc_unbound in a live local.
+        unsafe { evtchn_op(abi::EVTCHNOP_ALLOC_UNBOUND, &mut a) }?;
+        Ok(a.port)
+    }
+
+    fn evtchn_bind_interdomain(
+        &self,
+        remote_dom: DomId,
+        remote_port: u32,
+    ) -> Result<u32, XenError> {
+        let mut b = abi::EvtchnBindInterdomain {
+            remote_dom: remote_dom.raw(),
+            remote_port,
+            local_port: 0,
+        };
+        // SAFETY: Xen reads and writes one evtchn_bind_interdomain in a live
+        // local.
+        unsafe { evtchn_op(abi::EVTCHNOP_BIND_INTERDOMAIN, &mut b) }?;
+        Ok(b.local_port)
+    }
+
+    fn evtchn_close(&self, port: u32) -> Result<(), XenError> {
+        let mut c = abi::EvtchnPort { port };
+        // SAFETY: Xen reads one evtchn_close from a live local.
+        unsafe { evtchn_op(abi::EVTCHNOP_CLOSE, &mut c) }
+    }
+
+    fn evtchn_unmask(&self, port: u32) -> Result<(), XenError> {
+        let mut u = abi::EvtchnPort { port };
+        // SAFETY: Xen reads one evtchn_unmask from a live local.
+        unsafe { evtchn_op(abi::EVTCHNOP_UNMASK, &mut u) }
+    }
+
+    fn evtchn_status(&self, dom: DomId, port: u32) -> Result<ChannelStatus, XenError> {
+        let mut st = abi::EvtchnStatus {
+            dom: dom.raw(),
+            port,
+            ..Default::default()
+        };
+        // SAFETY: Xen reads and writes one evtchn_status in a live local.
+        unsafe { evtchn_op(abi::EVTCHNOP_STATUS, &mut st) }?;
+        ChannelStatus::from_abi(&st)
+    }
+
+    fn sched_poll(&self, ports: &[u32], timeout: u64) -> Result<(), XenError> {
+        if ports.len() > abi::SCHED_POLL_MAX_PORTS {
+            return Err(XenError::Errno(super::Errno::EINVAL));
+        }
+        let mut p = abi::SchedPoll {
+            ports: GuestHandle::from_ref(ports),
+            nr_ports: ports.len() as u32,
+            timeout,
+        };
+        // SAFETY: Xen reads one sched_poll from a live local and
+        // `nr_ports` ports from a live slice of that length.
+        unsafe {
+            call(
+                op::SCHED_OP,
+                [abi::SCHEDOP_POLL, &mut p as *mut _ as usize, 0, 0, 0],
+            )
+        }?;
+        Ok(())
     }
 
     fn increase_reservation(
@@ -483,6 +553,18 @@ impl Hypervisor for RealXen {
         };
         Self::physmap(physmap::ACQUIRE_RESOURCE, &mut r).map(|_| ())
     }
+}
+
+/// One `__HYPERVISOR_event_channel_op` of `cmd` with its argument `arg`.
+///
+/// # Safety
+/// `T` must be the argument structure of `cmd` (Xen reads and writes that
+/// many bytes at `arg`).
+unsafe fn evtchn_op<T>(cmd: usize, arg: &mut T) -> Result<(), XenError> {
+    // SAFETY: `arg` is live and exclusively borrowed for the call; its type
+    // is `cmd`'s (the caller's contract).
+    unsafe { call(op::EVENT_CHANNEL_OP, [cmd, arg as *mut T as usize, 0, 0, 0]) }?;
+    Ok(())
 }
 
 /// One `__HYPERVISOR_domctl` with a live [`abi::DomctlOf`]; Xen reads and

@@ -248,6 +248,90 @@ impl XenStatus {
     }
 }
 
+/// What `EVTCHNOP_status` says an event channel port is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum ChannelState {
+    /// `EVTCHNSTAT_closed`: free (or reserved, as port 0).
+    Closed,
+    /// `EVTCHNSTAT_unbound`: offered to `remote`.
+    Unbound {
+        /// The domain that may bind to it.
+        remote: DomId,
+    },
+    /// `EVTCHNSTAT_interdomain`: connected to `port` of `remote`.
+    Interdomain {
+        /// The other end's domain.
+        remote: DomId,
+        /// The other end's port.
+        port: u32,
+    },
+    /// `EVTCHNSTAT_pirq`.
+    Pirq(u32),
+    /// `EVTCHNSTAT_virq`.
+    Virq(u32),
+    /// `EVTCHNSTAT_ipi`.
+    Ipi,
+}
+
+/// `EVTCHNOP_status`'s answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct ChannelStatus {
+    /// What the port is.
+    pub state: ChannelState,
+    /// The vCPU it notifies.
+    pub vcpu: u32,
+}
+
+impl ChannelStatus {
+    /// Decode Xen's `struct evtchn_status`; a status Xen does not define is
+    /// a contract error.
+    pub fn from_abi(s: &abi::EvtchnStatus) -> Result<ChannelStatus, XenError> {
+        use abi::evtchnstat as st;
+        let state = match s.status {
+            st::CLOSED => ChannelState::Closed,
+            st::UNBOUND => ChannelState::Unbound {
+                remote: DomId(s.u[0] as u16),
+            },
+            st::INTERDOMAIN => ChannelState::Interdomain {
+                remote: DomId(s.u[0] as u16),
+                port: s.u[1],
+            },
+            st::PIRQ => ChannelState::Pirq(s.u[0]),
+            st::VIRQ => ChannelState::Virq(s.u[0]),
+            st::IPI => ChannelState::Ipi,
+            _ => return Err(XenError::Contract("unknown EVTCHNSTAT value")),
+        };
+        Ok(ChannelStatus {
+            state,
+            vcpu: s.vcpu,
+        })
+    }
+
+    /// Xen's `struct evtchn_status` for this answer (for models).
+    pub fn to_abi(self, dom: DomId, port: u32) -> abi::EvtchnStatus {
+        use abi::evtchnstat as st;
+        let (status, u) = match self.state {
+            ChannelState::Closed => (st::CLOSED, [0, 0]),
+            ChannelState::Unbound { remote } => (st::UNBOUND, [u32::from(remote.0), 0]),
+            ChannelState::Interdomain { remote, port } => {
+                (st::INTERDOMAIN, [u32::from(remote.0), port])
+            }
+            ChannelState::Pirq(p) => (st::PIRQ, [p, 0]),
+            ChannelState::Virq(v) => (st::VIRQ, [v, 0]),
+            ChannelState::Ipi => (st::IPI, [0, 0]),
+        };
+        abi::EvtchnStatus {
+            dom: dom.0,
+            port,
+            status,
+            vcpu: self.vcpu,
+            u,
+        }
+    }
+}
+
 /// The typed operations the agent asks of Xen.
 ///
 /// Implemented by `RealXen` (real hypercalls, bare-metal targets) and by host
@@ -283,6 +367,36 @@ pub trait Hypervisor {
     /// The caller's domain id, where Xen's interface tells it (x86: a CPUID
     /// leaf); `None` where it cannot (Arm).
     fn own_domid(&self) -> Option<DomId>;
+    /// `EVTCHNOP_alloc_unbound` in the caller's domain: a fresh port that
+    /// `remote` (`DOMID_SELF`: the caller itself) may bind to with
+    /// [`evtchn_bind_interdomain`](Self::evtchn_bind_interdomain). `remote`
+    /// need not exist yet. ENOSPC when the domain's ports are used up.
+    fn evtchn_alloc_unbound(&self, remote: DomId) -> Result<u32, XenError>;
+    /// `EVTCHNOP_bind_interdomain`: connect a fresh local port to
+    /// `remote_port` of `remote_dom`, which must be unbound and offered to
+    /// the caller (else EINVAL; ESRCH for no such domain). Xen sets the new
+    /// local port pending (a notification sent before the bind may be lost).
+    /// Returns the local port.
+    fn evtchn_bind_interdomain(&self, remote_dom: DomId, remote_port: u32)
+        -> Result<u32, XenError>;
+    /// `EVTCHNOP_close` of a local port: it becomes free (its pending bit is
+    /// cleared); an interdomain peer goes back to unbound, offered to the
+    /// caller again. EINVAL for a free or reserved port.
+    fn evtchn_close(&self, port: u32) -> Result<(), XenError>;
+    /// `EVTCHNOP_unmask`: clear the port's mask bit; if it is pending, Xen
+    /// marks the vCPU's upcall pending (a vCPU that never takes upcalls
+    /// only sees a spurious wake-up from it).
+    fn evtchn_unmask(&self, port: u32) -> Result<(), XenError>;
+    /// `EVTCHNOP_status` of `port` of `dom` (`DOMID_SELF` allowed; another
+    /// domain needs privilege).
+    fn evtchn_status(&self, dom: DomId, port: u32) -> Result<ChannelStatus, XenError>;
+    /// `SCHEDOP_poll`: return at once if one of `ports` is pending (EINVAL if
+    /// one is not a port in use, or more than 128 are given), otherwise block
+    /// the vCPU — no CPU used — until one of them becomes pending, `timeout`
+    /// (absolute Xen system time in ns; 0: none) passes, or anything else
+    /// wakes it (any event of the domain when polling more than one port).
+    /// Waking says nothing about why: look at the pending bits.
+    fn sched_poll(&self, ports: &[u32], timeout: u64) -> Result<(), XenError>;
 
     /// `XENMEM_increase_reservation`: allocate `out.len()` extents of `order`
     /// to `dom` without placing them in its physmap. For a PV guest their MFN

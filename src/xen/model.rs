@@ -194,9 +194,21 @@ pub enum Op {
     HvmGetParam,
     /// [`Hypervisor::evtchn_send`].
     EvtchnSend,
+    /// [`Hypervisor::evtchn_alloc_unbound`].
+    EvtchnAllocUnbound,
+    /// [`Hypervisor::evtchn_bind_interdomain`].
+    EvtchnBindInterdomain,
+    /// [`Hypervisor::evtchn_close`].
+    EvtchnClose,
+    /// [`Hypervisor::evtchn_unmask`].
+    EvtchnUnmask,
+    /// [`Hypervisor::evtchn_status`].
+    EvtchnStatus,
+    /// [`Hypervisor::sched_poll`].
+    SchedPoll,
 }
 
-const OP_COUNT: usize = 22;
+const OP_COUNT: usize = 28;
 
 impl Op {
     const fn index(self) -> usize {
@@ -748,6 +760,8 @@ struct State {
     calls: [u64; OP_COUNT],
     /// createdomain's `rover`: the last domid it picked (see [`dctl`]).
     rover: u16,
+    /// Event channels and shared_info pages (see [`evt`]).
+    evt: evt::EvtModel,
 }
 
 fn err(e: Errno) -> XenError {
@@ -1231,6 +1245,8 @@ pub struct XenModel {
     state: RefCell<State>,
     /// Grant tables, grant mappings and page contents (see [`gnt`]).
     gnt: RefCell<gnt::GntModel>,
+    /// What a blocking `SCHEDOP_poll` runs (see [`evt`]).
+    poll_hook: RefCell<Option<evt::PollHook>>,
 }
 
 impl fmt::Debug for XenModel {
@@ -1282,8 +1298,10 @@ impl XenModel {
                 exchange_unsupported: false,
                 calls: [0; OP_COUNT],
                 rover: 0,
+                evt: evt::EvtModel::default(),
             }),
             gnt: RefCell::new(gnt::GntModel::default()),
+            poll_hook: RefCell::new(None),
         }
     }
 
@@ -1824,13 +1842,60 @@ impl Hypervisor for XenModel {
             .map_or(0, |&(_, v)| v))
     }
 
-    /// Recorded for [`XenModel::evtchn_sends`]; any port is accepted.
+    /// `evtchn_send` (see [`evt`]); every send that succeeds is recorded
+    /// for [`XenModel::evtchn_sends`].
     fn evtchn_send(&self, port: u32) -> Result<(), XenError> {
         let mut s = self.state.borrow_mut();
         s.errno_fault(Op::EvtchnSend)?;
-        let d = s.caller().ok_or(err(Errno::ESRCH))?.cfg.domid.0;
+        let d = s.current.ok_or(err(Errno::ESRCH))?;
+        s.evt_send(d, port)?;
         s.sends.push((d, port));
         Ok(())
+    }
+
+    /// `evtchn_alloc_unbound` (see [`evt`]).
+    fn evtchn_alloc_unbound(&self, remote: DomId) -> Result<u32, XenError> {
+        let mut s = self.state.borrow_mut();
+        s.errno_fault(Op::EvtchnAllocUnbound)?;
+        s.evt_alloc_unbound(DomId::SELF, remote)
+    }
+
+    /// `evtchn_bind_interdomain` (see [`evt`]).
+    fn evtchn_bind_interdomain(
+        &self,
+        remote_dom: DomId,
+        remote_port: u32,
+    ) -> Result<u32, XenError> {
+        let mut s = self.state.borrow_mut();
+        s.errno_fault(Op::EvtchnBindInterdomain)?;
+        s.evt_bind_interdomain(remote_dom, remote_port)
+    }
+
+    /// `evtchn_close` (see [`evt`]).
+    fn evtchn_close(&self, port: u32) -> Result<(), XenError> {
+        let mut s = self.state.borrow_mut();
+        s.errno_fault(Op::EvtchnClose)?;
+        s.evt_close(port)
+    }
+
+    /// `evtchn_unmask` (see [`evt`]).
+    fn evtchn_unmask(&self, port: u32) -> Result<(), XenError> {
+        let mut s = self.state.borrow_mut();
+        s.errno_fault(Op::EvtchnUnmask)?;
+        s.evt_unmask(port)
+    }
+
+    /// `evtchn_status` (see [`evt`]).
+    fn evtchn_status(&self, dom: DomId, port: u32) -> Result<super::ChannelStatus, XenError> {
+        let mut s = self.state.borrow_mut();
+        s.errno_fault(Op::EvtchnStatus)?;
+        s.evt_status(dom, port)
+    }
+
+    /// `do_poll` (see [`evt`]): never blocks; a poll that would block is
+    /// recorded and runs the hook of [`XenModel::set_poll_hook`].
+    fn sched_poll(&self, ports: &[u32], timeout: u64) -> Result<(), XenError> {
+        self.evt_sched_poll(ports, timeout)
     }
 
     fn own_domid(&self) -> Option<DomId> {
@@ -1970,6 +2035,11 @@ impl Hypervisor for XenModel {
         }
         if c.p2m.contains_key(&gfn) {
             return s.guest_remove_page(caller, gfn.0).map_err(err);
+        }
+        // The shared_info page is unhooked (see `evt`).
+        if s.evt.shared_info_gfn(caller) == Some(gfn) {
+            s.evt.unhook_shared_info(caller);
+            return Ok(());
         }
         // Grant-table frames and (x86) grant mappings (see `gnt`).
         if self.gnt.borrow_mut().remove_from_physmap(&s, caller, gfn) {
@@ -2221,12 +2291,17 @@ pub mod gnt {
     pub(super) struct PageMem([AtomicU64; WORDS]);
 
     impl PageMem {
-        fn zeroed() -> Box<PageMem> {
+        pub(super) fn zeroed() -> Box<PageMem> {
             Box::new(PageMem(core::array::from_fn(|_| AtomicU64::new(0))))
         }
 
-        fn ptr(&self) -> *mut u8 {
+        pub(super) fn ptr(&self) -> *mut u8 {
             self.0.as_ptr() as *mut u8
+        }
+
+        /// Word `i` (byte offset `8 * i`).
+        pub(super) fn word(&self, i: usize) -> Option<&AtomicU64> {
+            self.0.get(i)
         }
 
         fn read(&self, off: usize, out: &mut [u8]) {
@@ -2393,6 +2468,8 @@ pub mod gnt {
         /// Another domain's grant-table frame, mapped by
         /// `acquire_resource` (a `p2m_map_foreign` entry; see `dctl`).
         Acquired(u16, u32),
+        /// The domain's own shared_info page (see [`evt`](super::evt)).
+        SharedInfo,
     }
 
     /// The model's grant state.
@@ -2441,6 +2518,9 @@ pub mod gnt {
             }
             if let Some(&(f, i)) = dom.acquired.get(&gfn) {
                 return At::Acquired(f, i);
+            }
+            if s.evt.shared_info_gfn(d) == Some(gfn) {
+                return At::SharedInfo;
             }
             if let Some(t) = self.tables.get(&d) {
                 if let Some(h) = t.host_maps.get(&gfn) {
@@ -2503,6 +2583,9 @@ pub mod gnt {
             if !translated {
                 return Err(err(Errno::EACCES));
             }
+            if space == abi::physmap::SPACE_SHARED_INFO {
+                return self.map_shared_info(s, ld, idx, gfn, limit, arm);
+            }
             if space != abi::physmap::SPACE_GRANT_TABLE {
                 return Err(err(Errno::ENOSYS));
             }
@@ -2549,8 +2632,61 @@ pub mod gnt {
                 At::Grant(_) => {
                     self.table(ld).host_maps.remove(&gfn);
                 }
+                // A xenheap page, unhooked as a table frame is.
+                At::SharedInfo => s.evt.unhook_shared_info(ld),
             }
             self.table(ld).frame_gfn[idx] = Some(gfn);
+            if let Some(d) = s.domains.get_mut(&ld) {
+                d.max_mapped = d.max_mapped.max(gfn.0);
+            }
+            Ok(())
+        }
+
+        /// `add_to_physmap(shared_info, idx, gfn)` (x86 `xenmem_add_to_physmap_one`
+        /// in `arch/x86/mm/p2m.c`, Arm's in `arch/arm/mm.c`): `idx` must be 0
+        /// (EINVAL); on Arm a page that is mapped already is EBUSY (it must be
+        /// removed first), on x86 it moves; what was at `gfn` goes as for a
+        /// grant-table frame.
+        fn map_shared_info(
+            &mut self,
+            s: &mut State,
+            ld: u16,
+            idx: u64,
+            gfn: Gfn,
+            limit: u64,
+            arm: bool,
+        ) -> Result<(), XenError> {
+            if idx != 0 {
+                return Err(err(Errno::EINVAL));
+            }
+            if arm && s.evt.shared_info_gfn(ld).is_some() {
+                return Err(err(Errno::EBUSY));
+            }
+            if gfn.0 >= limit {
+                return Err(err(Errno::EINVAL));
+            }
+            match self.at(s, ld, gfn) {
+                At::Nothing | At::SharedInfo => {}
+                At::TableFrame(j) => self.table(ld).frame_gfn[j] = None,
+                At::Ram(_) if !arm => s.guest_remove_page(ld, gfn.0).map_err(err)?,
+                At::Ram(_) => Self::unhook_ram(s, ld, gfn),
+                At::Foreign(_) => {
+                    if let Some(d) = s.domains.get_mut(&ld) {
+                        d.foreign.remove(&gfn);
+                    }
+                }
+                At::Acquired(..) => {
+                    if let Some(d) = s.domains.get_mut(&ld) {
+                        d.acquired.remove(&gfn);
+                    }
+                }
+                At::Grant(_) if !arm => return Err(err(Errno::ENXIO)),
+                At::Grant(_) => {
+                    self.table(ld).host_maps.remove(&gfn);
+                }
+            }
+            let State { domains, evt, .. } = s;
+            evt.map_shared_info(domains, ld, gfn);
             if let Some(d) = s.domains.get_mut(&ld) {
                 d.max_mapped = d.max_mapped.max(gfn.0);
             }
@@ -2818,6 +2954,7 @@ pub mod gnt {
                 }
                 (At::Ram(_), _) => Self::unhook_ram(s, ld, gfn),
                 (At::TableFrame(i), _) => self.table(ld).frame_gfn[i] = None,
+                (At::SharedInfo, _) => s.evt.unhook_shared_info(ld),
                 (At::Foreign(_), true) => {
                     if let Some(d) = s.domains.get_mut(&ld) {
                         d.foreign.remove(&gfn);
@@ -2968,8 +3105,9 @@ pub mod gnt {
         // ---- for XenModel's set-up and inspection methods ----
 
         /// The memory `d` sees at `gfn`.
-        fn page(&mut self, s: &State, d: u16, gfn: Gfn) -> Option<&PageMem> {
+        fn page<'a>(&'a mut self, s: &'a State, d: u16, gfn: Gfn) -> Option<&'a PageMem> {
             match self.at(s, d, gfn) {
+                At::SharedInfo => s.evt.shared_info_mem(d),
                 At::Nothing => None,
                 At::Ram(m) | At::Foreign(m) | At::Grant(m) => Some(self.mem(m)),
                 At::TableFrame(i) => self
@@ -4353,6 +4491,618 @@ pub mod dctl {
             assert_eq!(x.domctl_destroydomain(h), Ok(()));
             assert_eq!(x.calls(Op::DestroyDomain), 2);
             assert_eq!(x.calls(Op::CreateDomain), 1);
+        }
+    }
+}
+
+/// Event channels in the model: Xen 4.17's `xen/common/event_channel.c`
+/// (`evtchn_init`, `get_free_port`, `evtchn_allocate_port`,
+/// `evtchn_alloc_unbound`, `evtchn_bind_interdomain`, `evtchn_close`,
+/// `evtchn_free`, `evtchn_send`, `evtchn_status`, `evtchn_unmask`),
+/// `xen/common/event_2l.c` (the 2-level ABI: pending and mask bitmaps in
+/// shared_info) and `do_poll` in `xen/common/sched/core.c`.
+///
+/// # What is modelled
+///
+/// * **Ports per domain**, created on first use: `valid_evtchns` grows in
+///   buckets of 64; port 0 is `ECS_RESERVED`; `get_free_port` takes the
+///   lowest free port up to the domain's `max_evtchn_port`
+///   ([`XenModel::evtchn_set_max_port`], default 4095, the 2-level limit),
+///   else ENOSPC. States: free, reserved, unbound (offered to a domain),
+///   interdomain, and an interdomain end whose peer is outside the model
+///   (the console and xenstore daemons of a toolstack domU: the ports named
+///   by [`DomainConfig::hvm_params`] `STORE_EVTCHN` and `CONSOLE_EVTCHN`
+///   are bound to dom0 that way when the domain's event channels are first
+///   used). PIRQ, VIRQ and IPI ports, FIFO ABI and XSM beyond the dummy
+///   policy are not modelled.
+/// * **alloc_unbound**: `DOMID_SELF` only (the trait's form); the remote
+///   domain need not exist; `DOMID_SELF` as remote means the caller.
+/// * **bind_interdomain**: ESRCH for no such remote domain; ENOSPC when no
+///   local port is free; EINVAL for a remote port beyond its
+///   `valid_evtchns`, not unbound, or offered to another domain (Xen gives
+///   EINVAL here, not EPERM). Loopback (`DOMID_SELF`) works. The new local
+///   port is set pending, as Xen does.
+/// * **close**: EINVAL for an invalid, free or reserved port; the port's
+///   pending bit is cleared (`evtchn_free`); an interdomain peer becomes
+///   unbound, offered to the closer.
+/// * **send**: EINVAL for an invalid, free or reserved port; interdomain:
+///   the peer's pending bit (`evtchn_2l_set_pending`: if it was clear and the
+///   port is unmasked, `evtchn_pending_sel` and `evtchn_upcall_pending` of
+///   vCPU 0 too); unbound: dropped silently; external: recorded only.
+/// * **unmask**: EINVAL for an invalid port; a usable port's mask bit is
+///   cleared and, if it is pending, `evtchn_pending_sel` and
+///   `evtchn_upcall_pending` are set (`evtchn_2l_unmask`).
+/// * **status**: ESRCH, EINVAL (invalid port), EPERM (another domain,
+///   unprivileged caller); free and reserved ports are "closed".
+/// * **`SCHEDOP_poll`** (`do_poll`): EINVAL for more than 128 ports, a port
+///   beyond `valid_evtchns` or one not in use; returns at once when a polled
+///   port is pending. Otherwise the real vCPU would block: the model records
+///   the poll as [`PollOutcome::Blocked`], runs the hook of
+///   [`XenModel::set_poll_hook`] (which may make something pending, as a
+///   peer would, or do nothing: a timeout or a spurious wake-up) and
+///   returns `Ok(())` — it never hangs. The interrupts of the guest are
+///   taken to be off, so `local_events_need_delivery()` never ends a poll.
+/// * **shared_info**: one page per domain in the layout of its architecture
+///   ([`abi::SharedInfoLayout`]), which the pending and mask bits live in
+///   whether or not it is mapped; `add_to_physmap(shared_info, 0, gfn)`
+///   maps it (see [`gnt`]), [`XenModel::page_ptr`] then reaches it at
+///   `gfn`, and [`XenModel::shared_info_page`] always does.
+/// * A destroyed domain's ports are closed (its peers become unbound), as
+///   `evtchn_destroy` does, the next time an event channel operation runs.
+pub mod evt {
+    use super::gnt::PageMem;
+    use super::*;
+    use crate::xen::abi::{SharedInfoLayout, SharedInfoPage, EVTCHN_2L_NR_CHANNELS};
+    use crate::xen::{ChannelState, ChannelStatus};
+    use alloc::boxed::Box;
+    use core::ptr::NonNull;
+    use core::sync::atomic::Ordering;
+
+    /// `EVTCHNS_PER_BUCKET` (a 64-byte `struct evtchn`): `valid_evtchns`
+    /// grows in these steps.
+    const BUCKET: u32 = 64;
+
+    /// A blocking poll's hook: runs with the model unborrowed, so it may
+    /// call anything on it (switch the current domain, send, raise).
+    pub type PollHook = Box<dyn FnMut(&XenModel, &PollRecord)>;
+
+    /// A port's state (`ECS_*`).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Chan {
+        /// `ECS_FREE`.
+        Free,
+        /// `ECS_RESERVED` (port 0).
+        Reserved,
+        /// `ECS_UNBOUND`, offered to `remote`.
+        Unbound {
+            /// `u.unbound.remote_domid`.
+            remote: DomId,
+        },
+        /// `ECS_INTERDOMAIN` with a peer in the model.
+        Interdomain {
+            /// The peer's domain.
+            remote: DomId,
+            /// The peer's port.
+            port: u32,
+        },
+        /// `ECS_INTERDOMAIN` with a peer outside the model (a toolstack
+        /// daemon): sends are only recorded, [`XenModel::evtchn_raise`]
+        /// stands for the peer's.
+        External {
+            /// The peer's domain.
+            remote: DomId,
+        },
+    }
+
+    impl Chan {
+        /// `evtchn_usable`: `state > ECS_RESERVED`.
+        fn usable(self) -> bool {
+            !matches!(self, Chan::Free | Chan::Reserved)
+        }
+    }
+
+    /// What a `SCHEDOP_poll` did.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum PollOutcome {
+        /// A polled port was pending: returned at once.
+        Immediate,
+        /// Nothing was pending: the vCPU would have blocked.
+        Blocked,
+    }
+
+    /// One `SCHEDOP_poll` that passed its checks.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub struct PollRecord {
+        /// The polling domain.
+        pub dom: DomId,
+        /// The ports polled.
+        pub ports: Vec<u32>,
+        /// The timeout given (absolute Xen system time, 0: none).
+        pub timeout: u64,
+        /// What it did.
+        pub outcome: PollOutcome,
+    }
+
+    struct EvtDom {
+        chans: Vec<Chan>,
+        max_port: u32,
+        layout: SharedInfoLayout,
+        page: Box<PageMem>,
+        gfn: Option<Gfn>,
+    }
+
+    impl EvtDom {
+        fn new(d: &Domain) -> EvtDom {
+            let mut e = EvtDom {
+                chans: alloc::vec![Chan::Free; BUCKET as usize],
+                max_port: EVTCHN_2L_NR_CHANNELS - 1,
+                layout: if d.is_arm() {
+                    SharedInfoLayout::ARM
+                } else {
+                    SharedInfoLayout::X86_64
+                },
+                page: PageMem::zeroed(),
+                gfn: None,
+            };
+            e.chans[0] = Chan::Reserved;
+            // The toolstack's channels to its daemons in dom0.
+            for idx in [abi::hvm_param::STORE_EVTCHN, abi::hvm_param::CONSOLE_EVTCHN] {
+                if let Some(&(_, v)) = d.cfg.hvm_params.iter().find(|(i, _)| *i == idx) {
+                    if let Ok(p) = u32::try_from(v) {
+                        if p != 0 && e.allocate(p).is_ok() {
+                            e.chans[p as usize] = Chan::External { remote: DomId(0) };
+                        }
+                    }
+                }
+            }
+            e
+        }
+
+        fn valid(&self) -> u32 {
+            self.chans.len() as u32
+        }
+
+        fn chan(&self, port: u32) -> Option<Chan> {
+            self.chans.get(port as usize).copied()
+        }
+
+        /// `evtchn_allocate_port`: make `port` valid (growing by buckets);
+        /// ENOSPC beyond the limits, EBUSY if in use.
+        fn allocate(&mut self, port: u32) -> Result<(), Errno> {
+            if port > self.max_port || port >= EVTCHN_2L_NR_CHANNELS {
+                return Err(Errno::ENOSPC);
+            }
+            while port >= self.valid() {
+                let n = self.chans.len() + BUCKET as usize;
+                self.chans.resize(n, Chan::Free);
+            }
+            if self.chans[port as usize] != Chan::Free {
+                return Err(Errno::EBUSY);
+            }
+            Ok(())
+        }
+
+        /// `get_free_port`.
+        fn free_port(&mut self) -> Result<u32, Errno> {
+            for p in 0..=self.max_port {
+                match self.allocate(p) {
+                    Ok(()) => return Ok(p),
+                    Err(Errno::EBUSY) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Err(Errno::ENOSPC)
+        }
+
+        fn word(&self, off: usize) -> &core::sync::atomic::AtomicU64 {
+            // Offsets come from the layouts, all inside the page.
+            self.page
+                .word(off / 8)
+                .expect("shared_info offset inside the page")
+        }
+
+        fn bit(&self, base: usize, port: u32) -> (&core::sync::atomic::AtomicU64, u64) {
+            (self.word(base + 8 * (port / 64) as usize), 1 << (port % 64))
+        }
+
+        fn is_pending(&self, port: u32) -> bool {
+            let (w, b) = self.bit(self.layout.evtchn_pending, port);
+            w.load(Ordering::SeqCst) & b != 0
+        }
+
+        fn is_masked(&self, port: u32) -> bool {
+            let (w, b) = self.bit(self.layout.evtchn_mask, port);
+            w.load(Ordering::SeqCst) & b != 0
+        }
+
+        /// `evtchn_pending_sel` bit and `evtchn_upcall_pending` of vCPU 0.
+        fn mark_upcall(&self, port: u32) {
+            let sel = self.word(self.layout.vcpu0_pending_sel);
+            sel.fetch_or(1 << (port / 64), Ordering::SeqCst);
+            let off = self.layout.vcpu0_upcall_pending;
+            self.word(off)
+                .fetch_or(1 << (8 * (off % 8)), Ordering::SeqCst);
+        }
+
+        /// `evtchn_2l_set_pending`.
+        fn set_pending(&self, port: u32) {
+            let (w, b) = self.bit(self.layout.evtchn_pending, port);
+            if w.fetch_or(b, Ordering::SeqCst) & b != 0 {
+                return;
+            }
+            if !self.is_masked(port) {
+                self.mark_upcall(port);
+            }
+        }
+
+        fn clear_pending(&self, port: u32) {
+            let (w, b) = self.bit(self.layout.evtchn_pending, port);
+            w.fetch_and(!b, Ordering::SeqCst);
+        }
+
+        /// `evtchn_2l_unmask`.
+        fn unmask(&self, port: u32) {
+            let (w, b) = self.bit(self.layout.evtchn_mask, port);
+            if w.fetch_and(!b, Ordering::SeqCst) & b != 0 && self.is_pending(port) {
+                self.mark_upcall(port);
+            }
+        }
+
+        /// `evtchn_free`.
+        fn free(&mut self, port: u32) {
+            self.clear_pending(port);
+            self.chans[port as usize] = Chan::Free;
+        }
+    }
+
+    /// The model's event channel state.
+    #[derive(Default)]
+    pub struct EvtModel {
+        doms: BTreeMap<u16, EvtDom>,
+        polls: Vec<PollRecord>,
+    }
+
+    impl EvtModel {
+        /// Close the ports of domains that are gone or dying
+        /// (`evtchn_destroy`): their peers become unbound.
+        fn sync(&mut self, domains: &BTreeMap<u16, Domain>) {
+            let gone: Vec<u16> = self
+                .doms
+                .keys()
+                .filter(|id| domains.get(id).is_none_or(|d| d.dying))
+                .copied()
+                .collect();
+            for id in gone {
+                let Some(e) = self.doms.remove(&id) else {
+                    continue;
+                };
+                for c in e.chans {
+                    if let Chan::Interdomain { remote, port } = c {
+                        if let Some(r) = self.doms.get_mut(&remote.0) {
+                            r.chans[port as usize] = Chan::Unbound { remote: DomId(id) };
+                        }
+                    }
+                }
+            }
+        }
+
+        /// Domain `id`'s state, created on first use; `None` if no such
+        /// (live) domain.
+        fn dom(&mut self, domains: &BTreeMap<u16, Domain>, id: u16) -> Option<&mut EvtDom> {
+            let d = domains.get(&id).filter(|d| !d.dying)?;
+            Some(self.doms.entry(id).or_insert_with(|| EvtDom::new(d)))
+        }
+
+        pub(super) fn shared_info_gfn(&self, d: u16) -> Option<Gfn> {
+            self.doms.get(&d).and_then(|e| e.gfn)
+        }
+
+        pub(super) fn shared_info_mem(&self, d: u16) -> Option<&PageMem> {
+            self.doms.get(&d).map(|e| &*e.page)
+        }
+
+        pub(super) fn map_shared_info(
+            &mut self,
+            domains: &BTreeMap<u16, Domain>,
+            d: u16,
+            gfn: Gfn,
+        ) {
+            if let Some(e) = self.dom(domains, d) {
+                e.gfn = Some(gfn);
+            }
+        }
+
+        pub(super) fn unhook_shared_info(&mut self, d: u16) {
+            if let Some(e) = self.doms.get_mut(&d) {
+                e.gfn = None;
+            }
+        }
+    }
+
+    impl State {
+        /// The caller and the event state, synced.
+        fn evt_caller(&mut self) -> Result<u16, XenError> {
+            self.evt.sync(&self.domains);
+            self.current
+                .filter(|c| self.domains.get(c).is_some_and(|d| !d.dying))
+                .ok_or(err(Errno::ESRCH))
+        }
+
+        fn evt_dom(&mut self, id: u16) -> Result<&mut EvtDom, XenError> {
+            self.evt.dom(&self.domains, id).ok_or(err(Errno::ESRCH))
+        }
+
+        pub(super) fn evt_alloc_unbound(
+            &mut self,
+            dom: DomId,
+            remote: DomId,
+        ) -> Result<u32, XenError> {
+            let caller = self.evt_caller()?;
+            let d = self.lookup_any(dom).ok_or(err(Errno::ESRCH))?;
+            let e = self.evt_dom(d)?;
+            let port = e.free_port().map_err(err)?;
+            if !self.xsm_target(d) {
+                // (The port was only looked at: check_free_port.)
+                return Err(err(Errno::EPERM));
+            }
+            let remote = if remote == DomId::SELF {
+                DomId(caller)
+            } else {
+                remote
+            };
+            self.evt_dom(d)?.chans[port as usize] = Chan::Unbound { remote };
+            Ok(port)
+        }
+
+        pub(super) fn evt_bind_interdomain(
+            &mut self,
+            rdom: DomId,
+            rport: u32,
+        ) -> Result<u32, XenError> {
+            let ld = self.evt_caller()?;
+            let rd = self.lookup_any(rdom).ok_or(err(Errno::ESRCH))?;
+            self.evt_dom(rd)?;
+            let lport = self.evt_dom(ld)?.free_port().map_err(err)?;
+            let rchan = self.evt_dom(rd)?.chan(rport);
+            if rchan != Some(Chan::Unbound { remote: DomId(ld) }) {
+                return Err(err(Errno::EINVAL));
+            }
+            self.evt_dom(ld)?.chans[lport as usize] = Chan::Interdomain {
+                remote: DomId(rd),
+                port: rport,
+            };
+            self.evt_dom(rd)?.chans[rport as usize] = Chan::Interdomain {
+                remote: DomId(ld),
+                port: lport,
+            };
+            self.evt_dom(ld)?.set_pending(lport);
+            Ok(lport)
+        }
+
+        pub(super) fn evt_close(&mut self, port: u32) -> Result<(), XenError> {
+            let ld = self.evt_caller()?;
+            let e = self.evt_dom(ld)?;
+            match e.chan(port) {
+                None | Some(Chan::Free | Chan::Reserved) => Err(err(Errno::EINVAL)),
+                Some(Chan::Unbound { .. } | Chan::External { .. }) => {
+                    e.free(port);
+                    Ok(())
+                }
+                Some(Chan::Interdomain {
+                    remote,
+                    port: rport,
+                }) => {
+                    e.free(port);
+                    self.evt_dom(remote.0)?.chans[rport as usize] =
+                        Chan::Unbound { remote: DomId(ld) };
+                    Ok(())
+                }
+            }
+        }
+
+        pub(super) fn evt_send(&mut self, ld: u16, port: u32) -> Result<(), XenError> {
+            self.evt.sync(&self.domains);
+            let e = self.evt_dom(ld)?;
+            match e.chan(port) {
+                None | Some(Chan::Free | Chan::Reserved) => Err(err(Errno::EINVAL)),
+                Some(Chan::Unbound { .. } | Chan::External { .. }) => Ok(()),
+                Some(Chan::Interdomain {
+                    remote,
+                    port: rport,
+                }) => {
+                    self.evt_dom(remote.0)?.set_pending(rport);
+                    Ok(())
+                }
+            }
+        }
+
+        pub(super) fn evt_unmask(&mut self, port: u32) -> Result<(), XenError> {
+            let ld = self.evt_caller()?;
+            let e = self.evt_dom(ld)?;
+            let c = e.chan(port).ok_or(err(Errno::EINVAL))?;
+            if c.usable() {
+                e.unmask(port);
+            }
+            Ok(())
+        }
+
+        pub(super) fn evt_status(
+            &mut self,
+            dom: DomId,
+            port: u32,
+        ) -> Result<ChannelStatus, XenError> {
+            self.evt_caller()?;
+            let d = self.lookup_any(dom).ok_or(err(Errno::ESRCH))?;
+            let c = self.evt_dom(d)?.chan(port).ok_or(err(Errno::EINVAL))?;
+            if !self.xsm_target(d) {
+                return Err(err(Errno::EPERM));
+            }
+            let state = match c {
+                Chan::Free | Chan::Reserved => ChannelState::Closed,
+                Chan::Unbound { remote } => ChannelState::Unbound { remote },
+                Chan::Interdomain { remote, port } => ChannelState::Interdomain { remote, port },
+                Chan::External { remote } => ChannelState::Interdomain { remote, port },
+            };
+            Ok(ChannelStatus { state, vcpu: 0 })
+        }
+
+        /// `do_poll` up to the block: `Ok(true)` if a polled port is pending.
+        fn evt_poll(&mut self, ports: &[u32]) -> Result<(u16, bool), XenError> {
+            let ld = self.evt_caller()?;
+            if ports.len() > abi::SCHED_POLL_MAX_PORTS {
+                return Err(err(Errno::EINVAL));
+            }
+            let e = self.evt_dom(ld)?;
+            for &p in ports {
+                // evtchn_port_poll: -EINVAL unless valid and usable, else
+                // whether it is pending; the first pending one ends the scan.
+                match e.chan(p) {
+                    Some(c) if c.usable() => {
+                        if e.is_pending(p) {
+                            return Ok((ld, true));
+                        }
+                    }
+                    _ => return Err(err(Errno::EINVAL)),
+                }
+            }
+            Ok((ld, false))
+        }
+    }
+
+    impl XenModel {
+        pub(super) fn evt_sched_poll(&self, ports: &[u32], timeout: u64) -> Result<(), XenError> {
+            let rec = {
+                let mut s = self.state.borrow_mut();
+                s.errno_fault(Op::SchedPoll)?;
+                let (ld, pending) = s.evt_poll(ports)?;
+                let rec = PollRecord {
+                    dom: DomId(ld),
+                    ports: ports.to_vec(),
+                    timeout,
+                    outcome: if pending {
+                        PollOutcome::Immediate
+                    } else {
+                        PollOutcome::Blocked
+                    },
+                };
+                s.evt.polls.push(rec.clone());
+                rec
+            };
+            if rec.outcome == PollOutcome::Blocked {
+                let hook = self.poll_hook.borrow_mut().take();
+                if let Some(mut h) = hook {
+                    h(self, &rec);
+                    let mut slot = self.poll_hook.borrow_mut();
+                    if slot.is_none() {
+                        *slot = Some(h);
+                    }
+                }
+            }
+            Ok(())
+        }
+
+        /// Run `hook` whenever a `SCHEDOP_poll` would block (after it is
+        /// recorded). It may make a port pending (as the peer that wakes the
+        /// vCPU) or not (a timeout or a spurious wake-up). `None` removes it.
+        pub fn set_poll_hook(&self, hook: Option<PollHook>) {
+            *self.poll_hook.borrow_mut() = hook;
+        }
+
+        /// Every `SCHEDOP_poll` that passed its checks, in order.
+        pub fn polls(&self) -> Vec<PollRecord> {
+            self.state.borrow().evt.polls.clone()
+        }
+
+        /// How many polls would have blocked.
+        pub fn blocked_polls(&self) -> usize {
+            self.state
+                .borrow()
+                .evt
+                .polls
+                .iter()
+                .filter(|p| p.outcome == PollOutcome::Blocked)
+                .count()
+        }
+
+        /// Set `port` of `dom` pending as its peer's send would (for a
+        /// peer outside the model: the console or xenstore daemon). The port
+        /// must be in use.
+        pub fn evtchn_raise(&self, dom: DomId, port: u32) -> Result<(), ModelError> {
+            let mut s = self.state.borrow_mut();
+            let s = &mut *s;
+            s.evt.sync(&s.domains);
+            let e = s
+                .evt_dom(dom.0)
+                .map_err(|_| ModelError::NoSuchDomain(dom))?;
+            match e.chan(port) {
+                Some(c) if c.usable() => {
+                    e.set_pending(port);
+                    Ok(())
+                }
+                _ => Err(ModelError::BadConfig("port not in use")),
+            }
+        }
+
+        /// `dom`'s `max_evtchn_port` (what `xl`'s `max_event_channels`
+        /// sets; default 4095 here).
+        pub fn evtchn_set_max_port(&self, dom: DomId, max_port: u32) -> Result<(), ModelError> {
+            let mut s = self.state.borrow_mut();
+            let e = s
+                .evt_dom(dom.0)
+                .map_err(|_| ModelError::NoSuchDomain(dom))?;
+            e.max_port = max_port.min(EVTCHN_2L_NR_CHANNELS - 1);
+            Ok(())
+        }
+
+        /// The state of `port` of `dom` (`None`: no such domain or port
+        /// beyond `valid_evtchns`).
+        pub fn evtchn_state(&self, dom: DomId, port: u32) -> Option<Chan> {
+            let mut s = self.state.borrow_mut();
+            let s = &mut *s;
+            s.evt.sync(&s.domains);
+            s.evt.dom(&s.domains, dom.0)?.chan(port)
+        }
+
+        /// Whether `port` of `dom` is pending in its shared_info.
+        pub fn evtchn_is_pending(&self, dom: DomId, port: u32) -> Option<bool> {
+            let mut s = self.state.borrow_mut();
+            let e = s.evt_dom(dom.0).ok()?;
+            (port < EVTCHN_2L_NR_CHANNELS).then(|| e.is_pending(port))
+        }
+
+        /// Whether `port` of `dom` is masked in its shared_info.
+        pub fn evtchn_is_masked(&self, dom: DomId, port: u32) -> Option<bool> {
+            let mut s = self.state.borrow_mut();
+            let e = s.evt_dom(dom.0).ok()?;
+            (port < EVTCHN_2L_NR_CHANNELS).then(|| e.is_masked(port))
+        }
+
+        /// `evtchn_upcall_pending` of `dom`'s vCPU 0.
+        pub fn evtchn_upcall_pending(&self, dom: DomId) -> Option<bool> {
+            let mut s = self.state.borrow_mut();
+            let e = s.evt_dom(dom.0).ok()?;
+            let off = e.layout.vcpu0_upcall_pending;
+            Some(e.word(off).load(Ordering::SeqCst) >> (8 * (off % 8)) & 0xff != 0)
+        }
+
+        /// `dom`'s shared_info page, mapped or not. It stays where it is
+        /// while the domain lives, so the pointer can stand for a mapping
+        /// of it in host tests (all access through atomics).
+        pub fn shared_info_page(&self, dom: DomId) -> Option<NonNull<SharedInfoPage>> {
+            let mut s = self.state.borrow_mut();
+            let e = s.evt_dom(dom.0).ok()?;
+            NonNull::new(e.page.ptr().cast::<SharedInfoPage>())
+        }
+
+        /// The layout of `dom`'s shared_info (its architecture's).
+        pub fn shared_info_layout(&self, dom: DomId) -> Option<SharedInfoLayout> {
+            let mut s = self.state.borrow_mut();
+            s.evt_dom(dom.0).ok().map(|e| e.layout)
+        }
+
+        /// Where `dom`'s shared_info is mapped, if it is.
+        pub fn shared_info_gfn(&self, dom: DomId) -> Option<Gfn> {
+            self.state.borrow().evt.shared_info_gfn(dom.0)
         }
     }
 }
