@@ -48,6 +48,9 @@ pub struct Faults {
     pub type_next: Option<u32>,
     /// Give the next reply this `req_id` instead of the request's.
     pub req_id_next: Option<u32>,
+    /// Act only in steps after [`XsModel::notify`] (as xenstored, which
+    /// looks at the ring when its event channel fires).
+    pub only_when_notified: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -88,6 +91,8 @@ pub struct XsModel {
     pub requests: Vec<(XsdSockmsg, Vec<u8>)>,
     /// Steps taken.
     pub steps: u64,
+    /// Notified since the last step.
+    kicked: bool,
 }
 
 impl core::fmt::Debug for XsModel {
@@ -154,6 +159,7 @@ impl XsModel {
             killed: false,
             requests: Vec::new(),
             steps: 0,
+            kicked: false,
         };
         m.store.insert("/".into(), Vec::new());
         let home = m.home();
@@ -273,11 +279,17 @@ impl XsModel {
         }
     }
 
+    /// The guest notified the event channel.
+    pub fn notify(&mut self) {
+        self.kicked = true;
+    }
+
     /// One turn of the daemon: take in requests, answer the complete ones,
     /// put replies into the ring.
     pub fn step(&mut self) {
         self.steps += 1;
-        if self.faults.silent || self.killed {
+        let kicked = core::mem::take(&mut self.kicked);
+        if self.faults.silent || self.killed || (self.faults.only_when_notified && !kicked) {
             return;
         }
         let p = self.page.as_ptr();
@@ -334,6 +346,14 @@ impl XsModel {
         }
         // SAFETY: as above.
         unsafe { addr_of_mut!((*p).rsp_prod).write_volatile(rsp_prod.wrapping_add(n as u32)) };
+        // xenstored goes back to sleep only when it has nothing left to read
+        // and its replies are all out or the ring is full; otherwise it
+        // carries on without being notified again.
+        let (req_cons, req_prod, rsp_cons, rsp_prod) = self.indices();
+        let ring_full = rsp_prod.wrapping_sub(rsp_cons) == XENSTORE_RING_SIZE;
+        if req_cons != req_prod || (!self.out.is_empty() && !ring_full) {
+            self.kicked = true;
+        }
     }
 
     fn reply(&mut self, req: XsdSockmsg, type_: u32, payload: &[u8]) {

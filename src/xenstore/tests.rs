@@ -41,6 +41,7 @@ fn client(e: &Env, max_waits: u32) -> XsClient<impl Cb + '_, impl Cb + '_> {
     let notify = move |port| {
         assert_eq!(port, 9);
         e.notifies.set(e.notifies.get() + 1);
+        e.m.borrow_mut().notify();
         Ok(())
     };
     let wait = move |port| {
@@ -216,6 +217,21 @@ fn long_messages_stream_through_wrapping_rings_in_pieces() {
         assert_eq!((rc, sc), (rp, sp));
         assert!(rp < start || start == 0, "the indices wrapped");
     }
+}
+
+#[test]
+fn xenstored_is_notified_of_requests_and_of_room_for_replies() {
+    // A daemon that looks at the ring only when notified, and a reply four
+    // times the ring: the client must notify after publishing its request
+    // and after each piece it takes out.
+    let e = env(3, u32::MAX - 7);
+    e.m.borrow_mut().faults.only_when_notified = true;
+    let mut c = client(&e, 2);
+    let value = vec![b'n'; 4000];
+    c.write("data/v", &value).unwrap();
+    assert_eq!(c.read("data/v").unwrap(), value);
+    c.watch("data", "t").unwrap();
+    assert_eq!(c.next_event(), Ok(Some(ev("data", "t"))));
 }
 
 #[test]
@@ -746,8 +762,10 @@ proptest! {
         rsp_chunk in prop_oneof![Just(0usize), 1..64usize, 64..1100usize],
         req_chunk in prop_oneof![Just(0usize), 1..64usize, 64..1100usize],
         ops in proptest::collection::vec(op(), 1..40),
+        only_when_notified in any::<bool>(),
     ) {
         let e = env(7, start);
+        e.m.borrow_mut().faults.only_when_notified = only_when_notified;
         e.m.borrow_mut().faults.rsp_chunk = rsp_chunk;
         e.m.borrow_mut().faults.req_chunk = req_chunk;
         let mut c = client(&e, 4);
