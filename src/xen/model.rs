@@ -2048,8 +2048,9 @@ impl Hypervisor for XenModel {
         Err(err(Errno::ENOENT))
     }
 
-    /// `XENMEM_add_to_physmap` for the caller; only `XENMAPSPACE_grant_table`
-    /// is modelled (see [`gnt`]).
+    /// `XENMEM_add_to_physmap` for the caller; `XENMAPSPACE_grant_table`
+    /// (see [`gnt`]) and `XENMAPSPACE_shared_info` (see [`evt`]) are
+    /// modelled.
     fn add_to_physmap(&self, space: u16, idx: u64, gfn: Gfn) -> Result<(), XenError> {
         let mut s = self.state.borrow_mut();
         self.gnt
@@ -2186,7 +2187,9 @@ pub use gnt::{GntFault, GntOp, GrantHostMap};
 ///   EINVAL); a frame already mapped elsewhere moves; what was at `gfn`
 ///   goes: x86 frees RAM (`guest_remove_page`), refuses a grant mapping
 ///   (ENXIO) and drops a foreign entry or an acquired table frame; Arm leaks
-///   RAM and drops anything else. Other map spaces: ENOSYS (not modelled), `gmfn_foreign` ENOSYS
+///   RAM and drops anything else. `shared_info` (index 0 only, else
+///   EINVAL) replaces what is at `gfn` the same way; mapped again, it moves
+///   on x86 and is EBUSY on Arm. Other map spaces: ENOSYS (not modelled), `gmfn_foreign` ENOSYS
 ///   as in Xen.
 /// * **`remove_from_physmap`** of a grant-table frame unhooks it; of an x86
 ///   grant mapping removes the entry (its handle stays, and its unmap then
@@ -5103,6 +5106,318 @@ pub mod evt {
         /// Where `dom`'s shared_info is mapped, if it is.
         pub fn shared_info_gfn(&self, dom: DomId) -> Option<Gfn> {
             self.state.borrow().evt.shared_info_gfn(dom.0)
+        }
+
+        /// Clear `port`'s pending bit as the guest would; whether it was set.
+        #[cfg(test)]
+        fn evtchn_clear_for_test(&self, dom: DomId, port: u32) -> bool {
+            let mut s = self.state.borrow_mut();
+            let Ok(e) = s.evt_dom(dom.0) else {
+                return false;
+            };
+            let was = e.is_pending(port);
+            e.clear_pending(port);
+            was
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+        use crate::xen::abi::physmap::{SPACE_GRANT_TABLE, SPACE_SHARED_INFO};
+
+        fn e(x: Errno) -> XenError {
+            XenError::Errno(x)
+        }
+
+        /// Two x86 PVH domUs (1 and 2), 1 current.
+        fn two() -> XenModel {
+            let m = XenModel::new(1 << 12);
+            m.add_domain(DomainConfig::pvh_domu(DomId(1), 256)).unwrap();
+            m.add_domain(DomainConfig::pvh_domu(DomId(2), 256)).unwrap();
+            m
+        }
+
+        fn as_dom<T>(m: &XenModel, d: u16, f: impl FnOnce() -> T) -> T {
+            let back = m.current().unwrap();
+            m.set_current(DomId(d)).unwrap();
+            let r = f();
+            m.set_current(back).unwrap();
+            r
+        }
+
+        #[test]
+        fn offer_bind_send_close_rebind() {
+            let m = two();
+            let p = m.evtchn_alloc_unbound(DomId(2)).unwrap();
+            assert_eq!(p, 1, "port 0 is reserved");
+            assert_eq!(
+                m.evtchn_state(DomId(1), p),
+                Some(Chan::Unbound { remote: DomId(2) })
+            );
+            let l = as_dom(&m, 2, || m.evtchn_bind_interdomain(DomId(1), p)).unwrap();
+            assert_eq!(l, 1);
+            // The bind sets the new local port pending, nothing on the other end.
+            assert_eq!(m.evtchn_is_pending(DomId(2), l), Some(true));
+            assert_eq!(m.evtchn_is_pending(DomId(1), p), Some(false));
+            assert_eq!(
+                m.evtchn_status(DomId::SELF, p).unwrap().state,
+                ChannelState::Interdomain {
+                    remote: DomId(2),
+                    port: l
+                }
+            );
+            // Unmasked: a send marks the upcall too.
+            as_dom(&m, 2, || m.evtchn_send(l)).unwrap();
+            assert_eq!(m.evtchn_is_pending(DomId(1), p), Some(true));
+            assert_eq!(m.evtchn_upcall_pending(DomId(1)), Some(true));
+            assert_eq!(m.evtchn_sends(), alloc::vec![(2, l)]);
+            // Close on 2's side: 1's port is offered to 2 again; 2's is free
+            // and its pending bit gone.
+            as_dom(&m, 2, || m.evtchn_close(l)).unwrap();
+            assert_eq!(m.evtchn_state(DomId(2), l), Some(Chan::Free));
+            assert_eq!(m.evtchn_is_pending(DomId(2), l), Some(false));
+            assert_eq!(
+                m.evtchn_state(DomId(1), p),
+                Some(Chan::Unbound { remote: DomId(2) })
+            );
+            assert_eq!(as_dom(&m, 2, || m.evtchn_close(l)), Err(e(Errno::EINVAL)));
+            assert_eq!(as_dom(&m, 2, || m.evtchn_send(l)), Err(e(Errno::EINVAL)));
+            // Sending into an unbound port is dropped silently.
+            let before = m.evtchn_is_pending(DomId(2), l);
+            m.evtchn_send(p).unwrap();
+            assert_eq!(m.evtchn_is_pending(DomId(2), l), before);
+            assert_eq!(
+                as_dom(&m, 2, || m.evtchn_bind_interdomain(DomId(1), p)),
+                Ok(l)
+            );
+        }
+
+        #[test]
+        fn errors_are_xens() {
+            let m = two();
+            let p = m.evtchn_alloc_unbound(DomId(3)).unwrap();
+            // Not offered to 2: EINVAL (Xen's answer, not EPERM).
+            assert_eq!(
+                as_dom(&m, 2, || m.evtchn_bind_interdomain(DomId(1), p)),
+                Err(e(Errno::EINVAL))
+            );
+            // ... and 2's port it took for the attempt is free again.
+            assert_eq!(m.evtchn_state(DomId(2), 1), Some(Chan::Free));
+            for bad in [0, 2, 63, 64, 5000] {
+                assert_eq!(
+                    as_dom(&m, 2, || m.evtchn_bind_interdomain(DomId(1), bad)),
+                    Err(e(Errno::EINVAL)),
+                    "remote port {bad}"
+                );
+                assert_eq!(m.evtchn_close(bad), Err(e(Errno::EINVAL)), "close {bad}");
+                assert_eq!(m.evtchn_send(bad), Err(e(Errno::EINVAL)), "send {bad}");
+            }
+            assert_eq!(m.evtchn_bind_interdomain(DomId(9), 1), Err(e(Errno::ESRCH)));
+            assert_eq!(m.evtchn_unmask(64), Err(e(Errno::EINVAL)));
+            assert_eq!(m.evtchn_unmask(5), Ok(()), "a free but valid port");
+            assert_eq!(m.evtchn_status(DomId(2), 0), Err(e(Errno::EPERM)));
+            assert_eq!(m.evtchn_status(DomId(9), 0), Err(e(Errno::ESRCH)));
+            assert_eq!(m.evtchn_status(DomId::SELF, 64), Err(e(Errno::EINVAL)));
+            assert_eq!(
+                m.evtchn_status(DomId::SELF, 0).unwrap().state,
+                ChannelState::Closed
+            );
+            // Ports run out at max_evtchn_port.
+            m.evtchn_set_max_port(DomId(1), 3).unwrap();
+            assert_eq!(m.evtchn_alloc_unbound(DomId(2)), Ok(2));
+            assert_eq!(m.evtchn_alloc_unbound(DomId(2)), Ok(3));
+            assert_eq!(m.evtchn_alloc_unbound(DomId(2)), Err(e(Errno::ENOSPC)));
+            // Ports beyond the first bucket are made valid as needed.
+            m.evtchn_set_max_port(DomId(1), 4095).unwrap();
+            for _ in 4..70 {
+                m.evtchn_alloc_unbound(DomId(2)).unwrap();
+            }
+            assert_eq!(
+                m.evtchn_state(DomId(1), 69),
+                Some(Chan::Unbound { remote: DomId(2) })
+            );
+            assert_eq!(m.evtchn_state(DomId(1), 128), None);
+            // Injected faults.
+            m.inject(Fault::Errno {
+                op: Op::SchedPoll,
+                errno: Errno::EFAULT,
+            });
+            assert_eq!(m.sched_poll(&[1], 0), Err(e(Errno::EFAULT)));
+        }
+
+        #[test]
+        fn loopback() {
+            let m = two();
+            let p = m.evtchn_alloc_unbound(DomId::SELF).unwrap();
+            assert_eq!(
+                m.evtchn_state(DomId(1), p),
+                Some(Chan::Unbound { remote: DomId(1) })
+            );
+            let l = m.evtchn_bind_interdomain(DomId::SELF, p).unwrap();
+            assert_ne!(l, p);
+            assert!(m.evtchn_clear_for_test(DomId(1), l));
+            m.evtchn_send(l).unwrap();
+            assert_eq!(m.evtchn_is_pending(DomId(1), p), Some(true));
+            assert_eq!(m.evtchn_is_pending(DomId(1), l), Some(false));
+        }
+
+        #[test]
+        fn toolstack_ports_reach_dom0_daemons() {
+            let m = XenModel::new(1 << 16);
+            m.add_domain(DomainConfig::xl_pvh_domu(DomId(5), 4096))
+                .unwrap();
+            // xl_pvh_domu: STORE_EVTCHN 1, CONSOLE_EVTCHN 2.
+            for p in [1, 2] {
+                assert_eq!(
+                    m.evtchn_state(DomId(5), p),
+                    Some(Chan::External { remote: DomId(0) })
+                );
+                m.evtchn_send(p).unwrap();
+            }
+            assert_eq!(m.evtchn_send(3), Err(e(Errno::EINVAL)));
+            assert_eq!(m.evtchn_sends(), alloc::vec![(5, 1), (5, 2)]);
+            assert_eq!(m.evtchn_is_pending(DomId(5), 2), Some(false));
+            m.evtchn_raise(DomId(5), 2).unwrap();
+            assert_eq!(m.evtchn_is_pending(DomId(5), 2), Some(true));
+            assert!(m.evtchn_raise(DomId(5), 3).is_err());
+            assert_eq!(m.evtchn_alloc_unbound(DomId(0)), Ok(3));
+        }
+
+        #[test]
+        fn poll_checks_ports_returns_on_pending_and_records_blocks() {
+            let m = two();
+            let p = m.evtchn_alloc_unbound(DomId(2)).unwrap();
+            let l = as_dom(&m, 2, || m.evtchn_bind_interdomain(DomId(1), p)).unwrap();
+            assert_eq!(m.sched_poll(&[p, 7], 0), Err(e(Errno::EINVAL)), "free port");
+            assert_eq!(
+                m.sched_poll(&[0], 0),
+                Err(e(Errno::EINVAL)),
+                "reserved port"
+            );
+            assert_eq!(m.sched_poll(&[p; 129], 0), Err(e(Errno::EINVAL)));
+            assert!(m.polls().is_empty());
+            // Nothing pending: it would block; no hook, so it just returns.
+            m.sched_poll(&[p], 1234).unwrap();
+            assert_eq!(m.blocked_polls(), 1);
+            // A hook stands for the peer that wakes us.
+            m.set_poll_hook(Some(Box::new(move |m: &XenModel, r: &PollRecord| {
+                assert_eq!(r.dom, DomId(1));
+                m.set_current(DomId(2)).unwrap();
+                m.evtchn_send(l).unwrap();
+                m.set_current(DomId(1)).unwrap();
+            })));
+            m.sched_poll(&[p], 0).unwrap();
+            assert_eq!(m.evtchn_is_pending(DomId(1), p), Some(true));
+            // Pending: returns at once, the hook does not run.
+            m.sched_poll(&[p], 0).unwrap();
+            let polls = m.polls();
+            assert_eq!(polls.len(), 3);
+            assert_eq!(polls[0].timeout, 1234);
+            assert_eq!(polls[1].outcome, PollOutcome::Blocked);
+            assert_eq!(polls[2].outcome, PollOutcome::Immediate);
+            assert_eq!(m.evtchn_sends().len(), 1);
+            assert_eq!(m.calls(Op::SchedPoll), 3 + 3);
+        }
+
+        #[test]
+        fn masked_ports_still_pend_but_mark_no_upcall() {
+            let m = two();
+            let p = m.evtchn_alloc_unbound(DomId(2)).unwrap();
+            let l = as_dom(&m, 2, || m.evtchn_bind_interdomain(DomId(1), p)).unwrap();
+            let page = m.shared_info_page(DomId(1)).unwrap();
+            let lay = m.shared_info_layout(DomId(1)).unwrap();
+            // Mask port p as the guest does (bit p of word 0 of evtchn_mask).
+            let w = unsafe {
+                // SAFETY: the model's page lives as long as the domain; all
+                // access is atomic.
+                core::sync::atomic::AtomicU64::from_ptr(
+                    page.as_ptr()
+                        .cast::<u8>()
+                        .add(lay.evtchn_mask)
+                        .cast::<u64>(),
+                )
+            };
+            w.fetch_or(1 << p, Ordering::SeqCst);
+            as_dom(&m, 2, || m.evtchn_send(l)).unwrap();
+            assert_eq!(m.evtchn_is_pending(DomId(1), p), Some(true));
+            assert_eq!(m.evtchn_upcall_pending(DomId(1)), Some(false));
+            // EVTCHNOP_unmask of a pending port marks the upcall.
+            m.evtchn_unmask(p).unwrap();
+            assert_eq!(m.evtchn_is_masked(DomId(1), p), Some(false));
+            assert_eq!(m.evtchn_upcall_pending(DomId(1)), Some(true));
+        }
+
+        #[test]
+        fn shared_info_mapping() {
+            let m = two();
+            let hole = Gfn(0x10_0000);
+            let page = m.shared_info_page(DomId(1)).unwrap().as_ptr().cast::<u8>();
+            assert_eq!(
+                m.add_to_physmap(SPACE_SHARED_INFO, 1, hole),
+                Err(e(Errno::EINVAL))
+            );
+            assert_eq!(m.page_ptr(DomId(1), hole), None);
+            m.add_to_physmap(SPACE_SHARED_INFO, 0, hole).unwrap();
+            assert_eq!(m.shared_info_gfn(DomId(1)), Some(hole));
+            assert_eq!(m.page_ptr(DomId(1), hole), Some(page));
+            // x86: mapped again elsewhere, it moves.
+            m.add_to_physmap(SPACE_SHARED_INFO, 0, Gfn(hole.0 + 1))
+                .unwrap();
+            assert_eq!(m.page_ptr(DomId(1), hole), None);
+            assert_eq!(m.page_ptr(DomId(1), Gfn(hole.0 + 1)), Some(page));
+            // A grant-table frame put over it unhooks it.
+            m.add_to_physmap(SPACE_GRANT_TABLE, 0, Gfn(hole.0 + 1))
+                .unwrap();
+            assert_eq!(m.shared_info_gfn(DomId(1)), None);
+            // Over RAM on x86 the RAM page is freed.
+            let tot = m.tot_pages(DomId(1)).unwrap();
+            m.add_to_physmap(SPACE_SHARED_INFO, 0, Gfn(5)).unwrap();
+            assert_eq!(m.tot_pages(DomId(1)), Some(tot - 1));
+            assert_eq!(m.page_ptr(DomId(1), Gfn(5)), Some(page));
+            m.remove_from_physmap(Gfn(5)).unwrap();
+            assert_eq!(m.shared_info_gfn(DomId(1)), None);
+            assert_eq!(m.remove_from_physmap(Gfn(5)), Err(e(Errno::ENOENT)));
+            m.check_conservation().unwrap();
+        }
+
+        #[test]
+        fn arm_shared_info_layout_and_ebusy() {
+            let m = XenModel::new(1 << 18);
+            m.add_domain(DomainConfig::arm_domu(DomId(1), 1024))
+                .unwrap();
+            assert_eq!(m.shared_info_layout(DomId(1)), Some(SharedInfoLayout::ARM));
+            let hole = Gfn(0x38000);
+            m.add_to_physmap(SPACE_SHARED_INFO, 0, hole).unwrap();
+            assert_eq!(
+                m.add_to_physmap(SPACE_SHARED_INFO, 0, Gfn(hole.0 + 1)),
+                Err(e(Errno::EBUSY))
+            );
+            m.remove_from_physmap(hole).unwrap();
+            m.add_to_physmap(SPACE_SHARED_INFO, 0, Gfn(hole.0 + 1))
+                .unwrap();
+            // Loopback pending bit at Arm's offset: evtchn_pending at 48.
+            let p = m.evtchn_alloc_unbound(DomId::SELF).unwrap();
+            let l = m.evtchn_bind_interdomain(DomId::SELF, p).unwrap();
+            let mut w = [0u8; 8];
+            assert!(m.read_guest(DomId(1), Gfn(hole.0 + 1), 48, &mut w));
+            assert_eq!(u64::from_le_bytes(w), 1 << l, "the bind's own pending bit");
+        }
+
+        #[test]
+        fn a_destroyed_peers_ports_close() {
+            let m = XenModel::new(1 << 14);
+            m.add_domain(DomainConfig::pvh_dom0(1024)).unwrap();
+            m.add_domain(DomainConfig::pvh_domu(DomId(1), 256)).unwrap();
+            let p = m.evtchn_alloc_unbound(DomId(1)).unwrap();
+            let l = as_dom(&m, 1, || m.evtchn_bind_interdomain(DomId(0), p)).unwrap();
+            assert_eq!(l, 1);
+            m.domctl_destroydomain(DomId(1)).unwrap();
+            assert_eq!(
+                m.evtchn_state(DomId(0), p),
+                Some(Chan::Unbound { remote: DomId(1) })
+            );
+            m.evtchn_send(p).unwrap();
         }
     }
 }
