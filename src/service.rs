@@ -28,8 +28,8 @@
 use alloc::string::String;
 
 use crate::addr::PageCount;
-use crate::reservation::{Engine, ReservationError};
 use crate::region::{RegionKind, RegionTable, ReservedUse};
+use crate::reservation::{Engine, ReservationError};
 use crate::xen::Hypervisor;
 
 /// The most pages one balloon step moves (32 MiB: 16 order-9 extents), so
@@ -202,7 +202,11 @@ pub fn serve<H: Hypervisor>(
     if let Err(err) = ctl.watch() {
         return broken(&err);
     }
-    xm_info!("report: service watching target={=str} shutdown={=str}", TARGET_KEY, SHUTDOWN_KEY);
+    xm_info!(
+        "report: service watching target={=str} shutdown={=str}",
+        TARGET_KEY,
+        SHUTDOWN_KEY
+    );
     loop {
         // Take every event there is before moving memory.
         loop {
@@ -349,7 +353,11 @@ fn handle<H: Hypervisor>(
             let v = match ctl.read(SHUTDOWN_KEY) {
                 Ok(v) => v.unwrap_or_default(),
                 Err(ControlError::Store(err)) => {
-                    xm_warn!("service: reading {=str}: {=str}", SHUTDOWN_KEY, err.as_str());
+                    xm_warn!(
+                        "service: reading {=str}: {=str}",
+                        SHUTDOWN_KEY,
+                        err.as_str()
+                    );
                     return None;
                 }
                 Err(err) => return Some(broken(&err)),
@@ -360,7 +368,11 @@ fn handle<H: Hypervisor>(
             }
             // Acknowledge, as Linux does, so the toolstack sees it taken.
             if let Err(err) = ctl.write(SHUTDOWN_KEY, "") {
-                xm_warn!("service: acknowledging {=str}: {}", SHUTDOWN_KEY, defmt_display(&err));
+                xm_warn!(
+                    "service: acknowledging {=str}: {}",
+                    SHUTDOWN_KEY,
+                    defmt_display(&err)
+                );
             }
             match req {
                 Request::Poweroff => {
@@ -575,7 +587,10 @@ mod tests {
         assert_eq!(end, Ended::Reboot);
         // Two steps down were taken, then the new target turned it round.
         assert!(seen.contains(&(pages(256) - 2 * STEP)), "{seen:?}");
-        assert!(!seen.contains(&pages(64)), "the old target was reached: {seen:?}");
+        assert!(
+            !seen.contains(&pages(64)),
+            "the old target was reached: {seen:?}"
+        );
         assert_eq!(m.current_reservation(DomId::SELF).unwrap().0, pages(200));
     }
 
@@ -588,7 +603,11 @@ mod tests {
             (None, Watched::Target, Some((TARGET_KEY, "abc"))),
             (None, Watched::Target, Some((TARGET_KEY, "-5"))),
             (None, Watched::Target, Some((TARGET_KEY, ""))),
-            (None, Watched::Target, Some((TARGET_KEY, "99999999999999999999999"))),
+            (
+                None,
+                Watched::Target,
+                Some((TARGET_KEY, "99999999999999999999999")),
+            ),
             (None, Watched::Shutdown, Some((SHUTDOWN_KEY, "suspend"))),
             (None, Watched::Shutdown, Some((SHUTDOWN_KEY, ""))),
         ]);
@@ -614,7 +633,16 @@ mod tests {
     fn values() {
         assert_eq!(parse_target_kib("65536"), Some(65536));
         assert_eq!(parse_target_kib("65536\0"), Some(65536));
-        for bad in ["", "abc", "-5", "1.5", " 5", "5 ", "99999999999999999999999", "0x10"] {
+        for bad in [
+            "",
+            "abc",
+            "-5",
+            "1.5",
+            " 5",
+            "5 ",
+            "99999999999999999999999",
+            "0x10",
+        ] {
             assert_eq!(parse_target_kib(bad), None, "{bad:?}");
         }
         assert_eq!(parse_target_kib("2000000000000"), None);
