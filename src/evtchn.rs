@@ -473,3 +473,329 @@ impl EventChannels {
         w >> (8 * (off % 8)) & 0xff != 0
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::addr::DomId;
+    use crate::xen::model::{evt::PollRecord, DomainConfig, Op, XenModel};
+    use crate::xen::Errno;
+    use alloc::boxed::Box;
+    use alloc::rc::Rc;
+    use alloc::vec::Vec;
+    use core::cell::{Cell, RefCell};
+    use proptest::prelude::*;
+
+    fn heap_page() -> Box<SharedInfoPage> {
+        Box::new(SharedInfoPage([0; 512]))
+    }
+
+    fn on(page: &mut SharedInfoPage, layout: SharedInfoLayout) -> EventChannels {
+        // SAFETY: the page outlives the handle in every test, and is only
+        // read through the handle while it is used.
+        unsafe { EventChannels::new(NonNull::from(page), layout) }
+    }
+
+    #[test]
+    fn bits_sit_where_each_architecture_has_them() {
+        for (layout, pending_word, mask_word) in [
+            (SharedInfoLayout::X86_64, 2048 / 8, 2560 / 8),
+            (SharedInfoLayout::ARM, 48 / 8, 560 / 8),
+        ] {
+            let mut page = heap_page();
+            let ptr = NonNull::from(&mut *page);
+            // Every access below goes through `ptr`, as the handle's do.
+            let raw = ptr.as_ptr().cast::<u64>();
+            // SAFETY: the page outlives the handle.
+            let ev = unsafe { EventChannels::new(ptr, layout) };
+            // Xen sets port 67 pending: word 1 of evtchn_pending, bit 3.
+            // SAFETY: a word of the test's page.
+            unsafe { *raw.add(pending_word + 1) = 1 << 3 };
+            assert_eq!(ev.is_pending(67), Ok(true));
+            assert_eq!(ev.is_pending(66), Ok(false));
+            assert_eq!(ev.clear(67), Ok(true));
+            assert_eq!(ev.clear(67), Ok(false), "taken once");
+            // SAFETY: as above.
+            assert_eq!(unsafe { *raw.add(pending_word + 1) }, 0);
+            ev.mask(130).unwrap();
+            // SAFETY: as above.
+            assert_eq!(unsafe { *raw.add(mask_word + 2) }, 1 << 2);
+            assert_eq!(ev.is_masked(130), Ok(true));
+            ev.mask_all();
+            // SAFETY: as above.
+            assert!((0..64).all(|i| unsafe { *raw.add(mask_word + i) } == u64::MAX));
+            // The bitmaps' neighbours are untouched.
+            // SAFETY: as above.
+            assert_eq!(unsafe { *raw.add(mask_word + 64) }, 0);
+            // SAFETY: as above.
+            assert_eq!(unsafe { *raw.add(pending_word - 1) }, 0);
+        }
+    }
+
+    #[test]
+    fn out_of_range_ports_are_errors() {
+        let mut page = heap_page();
+        let ev = on(&mut page, SharedInfoLayout::NATIVE);
+        assert_eq!(ev.is_pending(NR_PORTS), Err(EvtchnError::BadPort(4096)));
+        assert_eq!(ev.clear(u32::MAX), Err(EvtchnError::BadPort(u32::MAX)));
+        assert_eq!(
+            ev.mask_all_known(&[1, 2, 9999]),
+            Err(EvtchnError::BadPort(9999))
+        );
+        assert_eq!(ev.is_masked(1), Ok(false), "nothing masked on error");
+        ev.mask_all_known(&[1, 4095]).unwrap();
+        assert_eq!(ev.is_masked(4095), Ok(true));
+        assert_eq!(
+            ev.take_pending(&[1; 129]),
+            Err(EvtchnError::TooManyPorts(129))
+        );
+    }
+
+    #[test]
+    fn pvclock_time() {
+        let t = VcpuTimeInfo {
+            version: 2,
+            tsc_timestamp: 1000,
+            system_time: 5_000,
+            // 0.5 ns per (tick << 1) = 1 ns per tick.
+            tsc_to_system_mul: 1 << 31,
+            tsc_shift: 1,
+            ..Default::default()
+        };
+        assert_eq!(xen_time_at(&t, 1000), 5_000);
+        assert_eq!(xen_time_at(&t, 3000), 7_000);
+        assert_eq!(xen_time_at(&t, 10), 5_000, "before the stamp");
+        let mut page = heap_page();
+        // vcpu_info[0].time at byte 32: version, stamp, time, mul|shift.
+        page.0[4] = 2;
+        page.0[5] = 1000;
+        page.0[6] = 5000;
+        page.0[7] = (1 << 31) | (1 << 32);
+        let ev = on(&mut page, SharedInfoLayout::X86_64);
+        assert_eq!(ev.vcpu0_time(), Some(t));
+        page.0[4] = 3;
+        let ev = on(&mut page, SharedInfoLayout::X86_64);
+        assert_eq!(ev.vcpu0_time(), None, "Xen mid-update every time");
+        let ev = on(&mut page, SharedInfoLayout::ARM);
+        assert_eq!(ev.vcpu0_time(), None, "Arm keeps no time there");
+    }
+
+    /// The agent (domU 1) and a peer (domU 2) with `n` channels between
+    /// them: the agent's ports and the peer's.
+    fn linked(n: usize) -> (XenModel, EventChannels, Vec<u32>, Vec<u32>) {
+        let m = XenModel::new(1 << 12);
+        m.add_domain(DomainConfig::pvh_domu(DomId(1), 256)).unwrap();
+        m.add_domain(DomainConfig::pvh_domu(DomId(2), 256)).unwrap();
+        let mut mine = Vec::new();
+        let mut theirs = Vec::new();
+        for _ in 0..n {
+            let p = m.evtchn_alloc_unbound(DomId(2)).unwrap();
+            m.set_current(DomId(2)).unwrap();
+            let l = m.evtchn_bind_interdomain(DomId(1), p).unwrap();
+            m.set_current(DomId(1)).unwrap();
+            mine.push(p);
+            theirs.push(l);
+        }
+        let page = m.shared_info_page(DomId(1)).unwrap();
+        let layout = m.shared_info_layout(DomId(1)).unwrap();
+        // SAFETY: the model keeps the page while domain 1 lives (the whole
+        // test), and reaches it only through atomics.
+        let ev = unsafe { EventChannels::new(page, layout) };
+        ev.mask_all();
+        (m, ev, mine, theirs)
+    }
+
+    fn peer_send(m: &XenModel, port: u32) {
+        let back = m.current().unwrap();
+        m.set_current(DomId(2)).unwrap();
+        m.evtchn_send(port).unwrap();
+        m.set_current(back).unwrap();
+    }
+
+    #[test]
+    fn a_pending_event_is_taken_without_polling() {
+        let (m, ev, mine, theirs) = linked(2);
+        peer_send(&m, theirs[1]);
+        let f = ev
+            .wait(&m, &mine, WaitLimit::FOREVER, &mut NoClock)
+            .unwrap();
+        assert_eq!(f.ports(&mine).collect::<Vec<_>>(), [mine[1]]);
+        assert_eq!(m.calls(Op::SchedPoll), 0, "looked at the bits first");
+        assert_eq!(ev.is_pending(mine[1]), Ok(false), "taken");
+        // Masked all along: no upcall was asked for.
+        assert!(!ev.upcall_pending());
+    }
+
+    #[test]
+    fn blocks_until_the_peer_sends_and_rides_out_spurious_wake_ups() {
+        let (m, ev, mine, theirs) = linked(3);
+        let wakes = Rc::new(Cell::new(0u32));
+        let w = wakes.clone();
+        let peer_port = theirs[2];
+        m.set_poll_hook(Some(Box::new(move |m: &XenModel, r: &PollRecord| {
+            assert_eq!(r.timeout, 0);
+            w.set(w.get() + 1);
+            // Two spurious wake-ups, then the peer's event.
+            if w.get() == 3 {
+                peer_send(m, peer_port);
+            }
+        })));
+        let f = ev
+            .wait(&m, &mine, WaitLimit::FOREVER, &mut NoClock)
+            .unwrap();
+        assert_eq!(f.ports(&mine).collect::<Vec<_>>(), [mine[2]]);
+        assert_eq!(wakes.get(), 3);
+        assert_eq!(m.blocked_polls(), 3);
+        let polls = m.polls();
+        assert!(polls.iter().all(|p| p.ports == mine));
+    }
+
+    #[test]
+    fn bounded_waits_end_without_hanging() {
+        let (m, ev, mine, _) = linked(1);
+        // No hook: every poll "returns" with nothing pending.
+        assert_eq!(
+            ev.wait(&m, &mine, WaitLimit::polls(5), &mut NoClock),
+            Err(EvtchnError::TimedOut { polls: 5 })
+        );
+        assert_eq!(
+            ev.wait(&m, &mine, WaitLimit::polls(0), &mut NoClock),
+            Err(EvtchnError::TimedOut { polls: 0 })
+        );
+        assert_eq!(m.blocked_polls(), 5);
+        // A deadline with a clock: polls until the clock passes it.
+        let now = Cell::new(100u64);
+        let mut clock = || {
+            now.set(now.get() + 10);
+            now.get()
+        };
+        assert_eq!(
+            ev.wait(&m, &mine, WaitLimit::until(150, None), &mut clock),
+            Err(EvtchnError::TimedOut { polls: 5 })
+        );
+        assert!(m.polls().iter().skip(5).all(|p| p.timeout == 150));
+        // A deadline without a clock: the first empty wake-up ends it.
+        assert_eq!(
+            ev.wait(&m, &mine, WaitLimit::until(150, None), &mut NoClock),
+            Err(EvtchnError::TimedOut { polls: 1 })
+        );
+        assert_eq!(
+            ev.wait(&m, &[], WaitLimit::FOREVER, &mut NoClock),
+            Err(EvtchnError::NothingToWaitFor)
+        );
+        // Xen's refusal of a port not in use comes back typed.
+        assert_eq!(
+            ev.wait(&m, &[mine[0], 9], WaitLimit::polls(3), &mut NoClock),
+            Err(EvtchnError::Xen(XenError::Errno(Errno::EINVAL)))
+        );
+    }
+
+    #[test]
+    fn send_and_unmask_go_to_xen() {
+        let (m, ev, mine, theirs) = linked(1);
+        ev.send(&m, mine[0]).unwrap();
+        assert_eq!(m.evtchn_is_pending(DomId(2), theirs[0]), Some(true));
+        assert_eq!(send(&m, 5000), Err(EvtchnError::BadPort(5000)));
+        assert_eq!(
+            send(&m, 7),
+            Err(EvtchnError::Xen(XenError::Errno(Errno::EINVAL)))
+        );
+        assert_eq!(ev.is_masked(mine[0]), Ok(true));
+        ev.unmask(&m, mine[0]).unwrap();
+        assert_eq!(ev.is_masked(mine[0]), Ok(false));
+        assert_eq!(ev.unmask(&m, 4096), Err(EvtchnError::BadPort(4096)));
+    }
+
+    #[test]
+    fn shared_info_is_placed_at_the_callers_frame() {
+        let m = XenModel::new(1 << 12);
+        m.add_domain(DomainConfig::pvh_domu(DomId(1), 256)).unwrap();
+        let hole = crate::addr::Gfn(0x20_0000);
+        map_shared_info(&m, hole).unwrap();
+        let p = m.page_ptr(DomId(1), hole).unwrap();
+        assert_eq!(
+            Some(p),
+            m.shared_info_page(DomId(1))
+                .map(|p| p.as_ptr().cast::<u8>())
+        );
+    }
+
+    #[derive(Clone, Debug)]
+    enum Act {
+        /// The peer sends on channel `k`.
+        Send(usize),
+        /// Wait on every channel with one poll allowed; during a block the
+        /// peer sends on `wake` if given.
+        Wait { wake: Option<usize> },
+        /// Take channel `k`'s event directly.
+        Clear(usize),
+        /// Mask or unmask channel `k` (through Xen).
+        Mask(usize, bool),
+    }
+
+    const N: usize = 3;
+
+    fn act() -> impl Strategy<Value = Act> {
+        prop_oneof![
+            (0..N).prop_map(Act::Send),
+            proptest::option::of(0..N).prop_map(|wake| Act::Wait { wake }),
+            (0..N).prop_map(Act::Clear),
+            ((0..N), any::<bool>()).prop_map(|(k, b)| Act::Mask(k, b)),
+        ]
+    }
+
+    proptest! {
+        /// Every event is reported exactly once: sends before a take
+        /// coalesce into one report, nothing is lost across masks, polls or
+        /// direct clears, and a wait reports nothing that was not sent.
+        #[test]
+        fn no_event_is_lost_or_reported_twice(acts in proptest::collection::vec(act(), 1..60)) {
+            let (m, ev, mine, theirs) = linked(N);
+            let wake: Rc<RefCell<Option<u32>>> = Rc::new(RefCell::new(None));
+            let w = wake.clone();
+            m.set_poll_hook(Some(Box::new(move |m: &XenModel, _: &PollRecord| {
+                if let Some(p) = w.borrow_mut().take() {
+                    peer_send(m, p);
+                }
+            })));
+            let mut outstanding = [false; N];
+            for a in &acts {
+                match *a {
+                    Act::Send(k) => {
+                        peer_send(&m, theirs[k]);
+                        outstanding[k] = true;
+                    }
+                    Act::Clear(k) => {
+                        prop_assert_eq!(ev.clear(mine[k]), Ok(outstanding[k]));
+                        outstanding[k] = false;
+                    }
+                    Act::Mask(k, true) => ev.mask(mine[k]).unwrap(),
+                    Act::Mask(k, false) => ev.unmask(&m, mine[k]).unwrap(),
+                    Act::Wait { wake: wk } => {
+                        *wake.borrow_mut() = wk.map(|k| theirs[k]);
+                        let before = m.calls(Op::SchedPoll);
+                        let r = ev.wait(&m, &mine, WaitLimit::polls(1), &mut NoClock);
+                        let polled = m.calls(Op::SchedPoll) - before;
+                        let expect: Vec<u32> = (0..N).filter(|&k| outstanding[k]).map(|k| mine[k]).collect();
+                        if !expect.is_empty() {
+                            let got: Vec<u32> = r.unwrap().ports(&mine).collect();
+                            prop_assert_eq!(got, expect);
+                            prop_assert_eq!(polled, 0);
+                            outstanding = [false; N];
+                        } else if let Some(k) = wk {
+                            let got: Vec<u32> = r.unwrap().ports(&mine).collect();
+                            prop_assert_eq!(got, alloc::vec![mine[k]]);
+                            prop_assert_eq!(polled, 1);
+                        } else {
+                            prop_assert_eq!(r, Err(EvtchnError::TimedOut { polls: 1 }));
+                        }
+                        *wake.borrow_mut() = None;
+                    }
+                }
+                for k in 0..N {
+                    prop_assert_eq!(ev.is_pending(mine[k]), Ok(outstanding[k]));
+                }
+            }
+        }
+    }
+}
