@@ -4590,7 +4590,8 @@ pub mod evt {
         },
         /// `ECS_INTERDOMAIN` with a peer outside the model (a toolstack
         /// daemon): sends are only recorded, [`XenModel::evtchn_raise`]
-        /// stands for the peer's.
+        /// stands for the peer's. `EVTCHNOP_status` gives the local port
+        /// number as the peer's (the model does not know it).
         External {
             /// The peer's domain.
             remote: DomId,
