@@ -27,6 +27,7 @@
 //! the next request's.
 
 use alloc::collections::VecDeque;
+use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
@@ -416,6 +417,19 @@ where
             Ok(d) if d < DomId::SELF.0 => Ok(DomId(d)),
             _ => Err(XsError::Malformed("domid beyond the real domain ids")),
         }
+    }
+
+    /// The home of domain `domid` (`/local/domain/<domid>`), as xenstored
+    /// names it.
+    pub fn domain_path(&mut self, domid: DomId) -> Result<String, XsError> {
+        let id = format!("{}", domid.0);
+        let p = payload(&[id.as_bytes()], true);
+        let r = self.request(TxId::NONE, msg_type::GET_DOMAIN_PATH, &p)?;
+        let path = r.strip_suffix(&[0]).unwrap_or(&r);
+        if path.is_empty() || path.contains(&0) {
+            return Err(XsError::Malformed("domain path"));
+        }
+        utf8(path.to_vec(), "domain path is not UTF-8")
     }
 
     /// Watch `path` and everything below it; events carry `token`. xenstored

@@ -157,6 +157,7 @@ fn read_write_directory_rm() {
     let e = env(5, 0);
     let mut c = client(&e, 10);
     assert_eq!(c.domid(), Ok(DomId(5)));
+    assert_eq!(c.domain_path(DomId(5)).unwrap(), "/local/domain/5");
     assert_eq!(c.read_u64("memory/target"), Ok(65536));
     assert_eq!(
         c.read_string("/local/domain/5/name").unwrap(),
