@@ -5,8 +5,9 @@
 //!   [--timeout SECS] [-- agent options...]`: build, boot, show the decoded log,
 //!   exit 0 iff the agent passed.
 //! - `cargo xtask run --toolstack xl [--arch ...] [--memory MiB] [--maxmem MiB]
-//!   [--quiet] [--timeout SECS] [-- agent options...]`: the same with the agent
-//!   as a domU made by `xl create` in a Linux dom0 (the xl rig, `rig.rs`).
+//!   [--step STEP]... [--quiet] [--timeout SECS] [-- agent options...]`: the
+//!   same with the agent as a domU made by `xl create` in a Linux dom0 (the xl
+//!   rig, `rig.rs`), optionally driven by toolstack steps.
 //! - `cargo xtask test [--only NAME]... [--no-host-tests] [--verbose]
 //!   [--timeout SECS]`: host tests, then every boot scenario.
 //! - `cargo xtask bench [--only NAME]... [--out FILE] [--verbose]
@@ -57,6 +58,22 @@ commands:
                             powered off and the agent's verdict is pass
       --memory MiB          with --toolstack xl: the domU's memory (default 64)
       --maxmem MiB          with --toolstack xl: its maxmem (default: = memory)
+      --step STEP           with --toolstack xl: a toolstack step dom0 runs while the
+                            domain exists, in order (repeatable); each prints an
+                            `xmrig: KIND step=K ...` record:
+                              mem-set=MIB          xl mem-set (memory/target, max_pages)
+                              wait-mib=MIB[:SECS]  poll xl list until Mem is MIB (20 s)
+                              pages                Xen's page count now (debug key q)
+                              cpu                  the domain's CPU seconds (xl list)
+                              sleep=SECS           wait (0.1 s resolution)
+                              xs-read=PATH         xenstore-read /local/domain/N/PATH
+                              xs-write=PATH=VALUE  xenstore-write (VALUE may be empty)
+                              shutdown, reboot     xl shutdown / xl reboot (no wait)
+                              destroy              xl destroy now (the run then fails)
+                              unpause              xl unpause: the steps before it see
+                                                   the domain still paused (without it
+                                                   the domain is unpaused first)
+                            the domain's bound (60 s) grows by the steps' waits and sleeps
   test [options]            cargo test --workspace --features xenmem/model, then every boot scenario
       --only NAME           run only scenarios whose name contains NAME (repeatable)
       --no-host-tests       skip cargo test --workspace
@@ -165,6 +182,8 @@ struct RunArgs {
     xl: bool,
     memory_mib: u64,
     maxmem_mib: Option<u64>,
+    /// `--step`s, in order.
+    steps: Vec<rig::XlStep>,
 }
 
 impl RunArgs {
@@ -177,10 +196,17 @@ impl RunArgs {
         }
         opts.push("exit=shutdown".to_string());
         opts.extend(self.opts.iter().cloned());
-        rig::XlJob {
+        let mut job = rig::XlJob {
             maxmem_mib: self.maxmem_mib,
+            steps: self.steps.clone(),
             ..rig::XlJob::new("xenmem-agent", self.memory_mib, opts)
+        };
+        if !job.steps.is_empty() {
+            // The steps' waits on top of the usual bound, within the boot's.
+            let boot = self.timeout.unwrap_or(rig::DEFAULT_TIMEOUT);
+            job.timeout = Some((rig::DEFAULT_JOB_TIMEOUT + job.step_time()).min(boot));
         }
+        job
     }
 }
 
@@ -201,9 +227,10 @@ fn parse_run(args: &[String]) -> Result<RunArgs> {
         xl: false,
         memory_mib: 64,
         maxmem_mib: None,
+        steps: Vec::new(),
     };
     let mut mode_given = false;
-    let mut mem_given = false;
+    let mut xl_only_given = false;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         if a == "--" {
@@ -225,10 +252,13 @@ fn parse_run(args: &[String]) -> Result<RunArgs> {
             }
         } else if let Some(v) = value("--memory", a, &mut it)? {
             r.memory_mib = parse_mib("--memory", v)?;
-            mem_given = true;
+            xl_only_given = true;
         } else if let Some(v) = value("--maxmem", a, &mut it)? {
             r.maxmem_mib = Some(parse_mib("--maxmem", v)?);
-            mem_given = true;
+            xl_only_given = true;
+        } else if let Some(v) = value("--step", a, &mut it)? {
+            r.steps.push(rig::XlStep::parse(v).context("--step")?);
+            xl_only_given = true;
         } else {
             bail!("run: unknown option `{a}` (agent options go after `--`)\n\n{USAGE}");
         }
@@ -240,8 +270,8 @@ fn parse_run(args: &[String]) -> Result<RunArgs> {
         }
         rig::render_jobs(&[r.xl_job()], rig::DEFAULT_JOB_TIMEOUT, false)?;
     } else {
-        if mem_given {
-            bail!("--memory and --maxmem go with --toolstack xl only");
+        if xl_only_given {
+            bail!("--memory, --maxmem and --step go with --toolstack xl only");
         }
         boot::agent_cmdlines(r.arch, r.mode, &r.opts)?;
     }
@@ -315,6 +345,23 @@ fn run_xl(r: &RunArgs) -> Result<ExitCode> {
         show(&job.xl_list_shutdown)
     );
     eprintln!("xtask: Xen's pages:            {}", show(&job.xen_pages));
+    for (k, st) in r.steps.iter().enumerate() {
+        let k = k.to_string();
+        let recs: Vec<String> = job
+            .steps
+            .iter()
+            .filter(|x| x.get("step") == Some(k.as_str()))
+            .map(|x| x.to_string())
+            .collect();
+        eprintln!(
+            "xtask: step {k} {st}: {}",
+            if recs.is_empty() {
+                "no record".to_string()
+            } else {
+                recs.join(" / ")
+            }
+        );
+    }
     let secs =
         |d: Option<Duration>| d.map_or("-".to_string(), |d| format!("{:.1} s", d.as_secs_f64()));
     eprintln!(
@@ -741,6 +788,46 @@ mod tests {
         ]))
         .is_err());
         assert!(parse_run(&s(&["--toolstack", "xl", "--", "a\"b"])).is_err());
+    }
+
+    #[test]
+    fn run_options_xl_steps() {
+        let r = parse_run(&s(&[
+            "--toolstack",
+            "xl",
+            "--step",
+            "mem-set=48",
+            "--step=wait-mib=48:5",
+            "--step",
+            "unpause",
+        ]))
+        .unwrap();
+        let j = r.xl_job();
+        assert_eq!(
+            j.steps,
+            [
+                rig::XlStep::MemSet(48),
+                rig::XlStep::WaitMib {
+                    mib: 48,
+                    timeout: Duration::from_secs(5)
+                },
+                rig::XlStep::Unpause
+            ]
+        );
+        assert_eq!(
+            j.timeout,
+            Some(rig::DEFAULT_JOB_TIMEOUT + Duration::from_secs(5))
+        );
+        // Within the boot's bound.
+        let r = parse_run(&s(&["--toolstack=xl", "--timeout=30", "--step=sleep=100"])).unwrap();
+        assert_eq!(r.xl_job().timeout, Some(Duration::from_secs(30)));
+        // No steps: no bound of its own.
+        let r = parse_run(&s(&["--toolstack=xl"])).unwrap();
+        assert_eq!(r.xl_job().timeout, None);
+        assert!(parse_run(&s(&["--step", "pages"])).is_err()); // xl only
+        assert!(parse_run(&s(&["--toolstack=xl", "--step", "bogus"])).is_err());
+        assert!(parse_run(&s(&["--toolstack=xl", "--step", "xs-read=/abs"])).is_err());
+        assert!(parse_run(&s(&["--toolstack=xl", "--step=unpause", "--step=unpause"])).is_err());
     }
 
     #[test]

@@ -88,6 +88,20 @@ const MODULES: [&str; 5] = [
 const XEN_BIN_DIR: &str = "usr/lib/xen-4.17/bin";
 const XEN_BINS: [&str; 4] = ["xl", "xenstored", "xenconsoled", "xen-init-dom0"];
 
+/// xenstore-utils: one program (`/usr/bin/xenstore`) that acts by the
+/// name it is called by; these names are links to it (the package has
+/// them as hard links).
+const XENSTORE_BIN: &str = "usr/bin/xenstore";
+const XENSTORE_TOOLS: [&str; 7] = [
+    "xenstore-read",
+    "xenstore-write",
+    "xenstore-ls",
+    "xenstore-list",
+    "xenstore-exists",
+    "xenstore-rm",
+    "xenstore-chmod",
+];
+
 /// Libraries loaded with dlopen, which no `DT_NEEDED` names: glibc loads
 /// libgcc_s.so.1 for pthread_cancel, and xl aborts half-way through
 /// `xl create` without it ("libgcc_s.so.1 must be installed for
@@ -98,7 +112,7 @@ const DLOPENED: &[&str] = &["libgcc_s.so.1"];
 const APPLETS: &[&str] = &[
     "sh", "mount", "insmod", "mkdir", "sleep", "cat", "echo", "tail", "awk", "sed", "rm",
     "poweroff", "sync", "printf", "ls", "grep", "cut", "head", "dmesg", "ps", "kill", "uname",
-    "touch", "test", "[",
+    "touch", "test", "[", "tr", "timeout",
 ];
 
 /// Whether the cached base archive is gzip-compressed. Measured under TCG:
@@ -222,7 +236,7 @@ fn stamp(arch: Arch, manifest_with_sizes: &str, init: &str) -> String {
     let builder = fnv1a(&BUILDER_SOURCES.concat());
     let inputs = format!(
         "rig {RIG_VERSION} {builder}\narch {arch}\ngzip {GZIP_BASE}\nmodules {MODULES:?}\n\
-         bins {XEN_BINS:?} {DLOPENED:?}\napplets {APPLETS:?}\n--debs\n{manifest_with_sizes}--init\n{init}\
+         bins {XEN_BINS:?} {DLOPENED:?} {XENSTORE_BIN} {XENSTORE_TOOLS:?}\napplets {APPLETS:?}\n--debs\n{manifest_with_sizes}--init\n{init}\
          --q.awk\n{Q_AWK}"
     );
     fnv1a(&inputs)
@@ -724,6 +738,10 @@ fn base_archive(a: &ArchInfo, root: &Path, init: &str) -> Result<Vec<u8>> {
         .iter()
         .map(|b| format!("{XEN_BIN_DIR}/{b}"))
         .collect();
+    bins.push(XENSTORE_BIN.to_string());
+    for t in XENSTORE_TOOLS {
+        w.symlink(&format!("usr/bin/{t}"), "xenstore")?;
+    }
     for l in DLOPENED {
         bins.push(
             find_lib(root, a.triplet, l)
@@ -747,7 +765,7 @@ fn base_archive(a: &ArchInfo, root: &Path, init: &str) -> Result<Vec<u8>> {
 // Jobs and the per-run archive.
 
 /// One domU to create.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct XlJob {
     /// The domain's name (letters, digits, `-`, `_`, `.`).
     pub name: String,
@@ -761,6 +779,26 @@ pub struct XlJob {
     /// More xl config lines (`key=value`, no whitespace), e.g.
     /// `vuart="sbsa_uart"`.
     pub extra_cfg: Vec<String>,
+    /// Toolstack steps dom0 runs, in order, once the domain is made (see
+    /// [`XlStep`]); each prints records with `step=K` (its index), which
+    /// [`XlJobResult::steps`] collects. Empty: the job is as it always
+    /// was (create paused, list, unpause, wait for the shutdown).
+    ///
+    /// Without an [`XlStep::Unpause`] the domain is unpaused before the
+    /// first step; with one it stays paused until that step (and is
+    /// unpaused after the last step if that has not happened: `unpaused
+    /// when=after-steps`, not a step record; not if the steps used up the
+    /// job's time, which then ends in `job-timeout`). A step that would
+    /// start after the job's time is up is skipped (`step-skipped
+    /// why=job-timeout`), as are those after an [`XlStep::Destroy`]
+    /// (`why=destroyed`); every `xl`/xenstore command of a step is killed
+    /// at the job's bound, so no step can hold up the boot.
+    pub steps: Vec<XlStep>,
+    /// This job's bound, from the domain's unpause (or, with an
+    /// [`XlStep::Unpause`], from before the first step) to its shutdown,
+    /// steps included. None: the boot's [`XlSpec::job_timeout`]. Whole
+    /// seconds (rounded up).
+    pub timeout: Option<Duration>,
 }
 
 impl XlJob {
@@ -769,9 +807,223 @@ impl XlJob {
         XlJob {
             name: name.to_string(),
             memory_mib,
-            maxmem_mib: None,
             agent_opts,
-            extra_cfg: Vec::new(),
+            ..XlJob::default()
+        }
+    }
+
+    /// How long the steps wait and sleep at most (the rest of each step is
+    /// a toolstack command, well under a second each).
+    pub fn step_time(&self) -> Duration {
+        self.steps
+            .iter()
+            .map(|s| match s {
+                XlStep::WaitMib { timeout, .. } => *timeout,
+                XlStep::Sleep(d) => *d,
+                _ => Duration::ZERO,
+            })
+            .sum()
+    }
+}
+
+/// One toolstack step of a job, run by dom0 while the domain exists (see
+/// [`XlJob::steps`]). Every step prints one record (two for a failing
+/// `xl` command: its `xl: ...` output lines come first) with `step=K`,
+/// `name=` and `domid=`; `uptime=` is dom0's `/proc/uptime`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum XlStep {
+    /// `xl mem-set NAME <n>m`: `mem-set target_mib= uptime= took_s=`
+    /// (`uptime` when the command was issued), or `mem-set-failed
+    /// target_mib=` after its `xl:` lines.
+    MemSet(u64),
+    /// Poll `xl list NAME` (its Mem column) every 0.2 s until it shows
+    /// `mib`: `reached mib= after_s= from=mem-set|wait`, or `not-reached
+    /// mib= got_mib= after_s= from= why=timeout|shutdown|vanished|job-timeout`.
+    /// `after_s` (0.1 s resolution) counts from the last `MemSet` step's
+    /// command (`from=mem-set`), or from this step's start if there was
+    /// none (`from=wait`). A domain that has shut down (or crashed) ends
+    /// the wait (`why=shutdown`, `state=`) unless it shows `mib`.
+    WaitMib {
+        /// The Mem column to wait for, MiB.
+        mib: u64,
+        /// How long at most (0.1 s resolution; also bounded by the job's).
+        timeout: Duration,
+    },
+    /// Xen's own page count of the domain now (debug key `q`), as the
+    /// final one: `xen-pages step=K domid= nr_pages= max_pages= ...
+    /// pod_entries= pod_cachesize=` (no `name=`).
+    Pages,
+    /// The domain's CPU time from `xl list` (Time(s)): `cpu time_s= state=
+    /// uptime=`.
+    CpuTime,
+    /// Sleep (0.1 s resolution; bounded by the job's time): `slept s=
+    /// uptime=`.
+    Sleep(Duration),
+    /// `xenstore-read /local/domain/N/PATH`: `xs path= value="..."` (as
+    /// xenstore-read prints it: non-printable bytes and `\` escaped as
+    /// `\ooo` and `\\`; a `"` is shown as `\042`), or `xs-error path=
+    /// what="..."`.
+    XsRead(String),
+    /// `xenstore-write /local/domain/N/PATH VALUE`: `xs-write path=
+    /// value="..." ok=yes|no` (after `xl:` lines with its output, if any).
+    XsWrite {
+        /// Relative to `/local/domain/N`.
+        path: String,
+        /// Any text without control characters, `"` or `\` (may be empty).
+        value: String,
+    },
+    /// `xl shutdown NAME`: `shutdown-requested ok=yes|no|pending took_s=
+    /// uptime=` (after `xl:` lines with its output). xl writes
+    /// `control/shutdown` (`poweroff`) and then waits for the guest to
+    /// acknowledge the request by clearing it (libxl's PV control
+    /// protocol; it always does for PVH): the step gives it 5 s, then
+    /// leaves it waiting (`ok=pending`) and goes on; it is stopped when the
+    /// job ends (`request-stopped`, no step). The domain's shutdown is
+    /// what the job then waits for as usual. A suspend request is `XsWrite`
+    /// of `control/shutdown`.
+    Shutdown,
+    /// `xl reboot NAME`, as [`XlStep::Shutdown`] (`reboot-requested`,
+    /// `control/shutdown` = `reboot`); with `on_reboot="preserve"` the
+    /// domain then shows as shut down with reason reboot.
+    Reboot,
+    /// `xl destroy NAME` now: `destroyed-early ok=yes|no uptime=`. Once
+    /// destroyed, later steps are skipped (`step-skipped why=destroyed`)
+    /// and so are the shutdown wait, `xl-list when=shutdown`, the final
+    /// `xen-pages` and the destroy; `free-memory when=after-destroy` is
+    /// still printed.
+    Destroy,
+    /// `xl unpause NAME`: `unpaused ok=yes|no uptime=`. At most one; with
+    /// it, the domain is still paused (as `xl create -p` made it) during
+    /// the steps before it.
+    Unpause,
+}
+
+impl XlStep {
+    /// Its line in the jobs file (after `+ `): a kind word and its
+    /// arguments, durations in tenths of a second.
+    fn jobs_line(&self) -> String {
+        let tenths = |d: &Duration| d.as_millis().div_ceil(100);
+        match self {
+            XlStep::MemSet(m) => format!("mem-set {m}"),
+            XlStep::WaitMib { mib, timeout } => format!("wait-mib {mib} {}", tenths(timeout)),
+            XlStep::Pages => "pages".into(),
+            XlStep::CpuTime => "cpu".into(),
+            XlStep::Sleep(d) => format!("sleep {}", tenths(d)),
+            XlStep::XsRead(p) => format!("xs-read {p}"),
+            XlStep::XsWrite { path, value } => format!("xs-write {path}={value}"),
+            XlStep::Shutdown => "shutdown".into(),
+            XlStep::Reboot => "reboot".into(),
+            XlStep::Destroy => "destroy".into(),
+            XlStep::Unpause => "unpause".into(),
+        }
+    }
+
+    /// Parse the command line form (`--step` of `run --toolstack xl`):
+    /// `mem-set=MIB`, `wait-mib=MIB[:SECS]` (20 s by default), `pages`,
+    /// `cpu`, `sleep=SECS`, `xs-read=PATH`, `xs-write=PATH=VALUE`,
+    /// `shutdown`, `reboot`, `destroy`, `unpause`. Seconds may have a
+    /// fraction (0.1 s resolution).
+    pub fn parse(s: &str) -> Result<XlStep> {
+        let (kind, arg) = match s.split_once('=') {
+            Some((k, a)) => (k, Some(a)),
+            None => (s, None),
+        };
+        let mib = |v: &str| -> Result<u64> {
+            v.parse()
+                .with_context(|| format!("step `{s}`: `{v}` is not a number of MiB"))
+        };
+        let secs = |v: &str| -> Result<Duration> {
+            match v.parse::<f64>() {
+                Ok(f) if f.is_finite() && (0.0..=86400.0).contains(&f) => {
+                    Ok(Duration::from_millis((f * 1000.0).round() as u64))
+                }
+                _ => bail!("step `{s}`: `{v}` is not a number of seconds (0 to 86400)"),
+            }
+        };
+        let step = match (kind, arg) {
+            ("mem-set", Some(a)) => XlStep::MemSet(mib(a)?),
+            ("wait-mib", Some(a)) => {
+                let (m, t) = a.split_once(':').unwrap_or((a, "20"));
+                XlStep::WaitMib {
+                    mib: mib(m)?,
+                    timeout: secs(t)?,
+                }
+            }
+            ("pages", None) => XlStep::Pages,
+            ("cpu", None) => XlStep::CpuTime,
+            ("sleep", Some(a)) => XlStep::Sleep(secs(a)?),
+            ("xs-read", Some(a)) => XlStep::XsRead(a.to_string()),
+            ("xs-write", Some(a)) => {
+                let (path, value) = a.split_once('=').with_context(|| {
+                    format!("step `{s}`: xs-write needs PATH=VALUE (VALUE may be empty)")
+                })?;
+                XlStep::XsWrite {
+                    path: path.to_string(),
+                    value: value.to_string(),
+                }
+            }
+            ("shutdown", None) => XlStep::Shutdown,
+            ("reboot", None) => XlStep::Reboot,
+            ("destroy", None) => XlStep::Destroy,
+            ("unpause", None) => XlStep::Unpause,
+            _ => bail!(
+                "step `{s}`: use mem-set=MIB, wait-mib=MIB[:SECS], pages, cpu, sleep=SECS, \
+                 xs-read=PATH, xs-write=PATH=VALUE, shutdown, reboot, destroy or unpause"
+            ),
+        };
+        check_step(&step).with_context(|| format!("step `{s}`"))?;
+        Ok(step)
+    }
+}
+
+/// Whether dom0's script can take a step as it is (see [`check_job`]).
+fn check_step(step: &XlStep) -> Result<()> {
+    // What xenstored accepts in a path, relative to the domain's home.
+    let path_ok = |p: &str| {
+        !p.is_empty()
+            && !p.starts_with('/')
+            && !p.ends_with('/')
+            && !p.contains("//")
+            && p.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-/_@".contains(c))
+    };
+    match step {
+        XlStep::XsRead(p) | XlStep::XsWrite { path: p, .. } if !path_ok(p) => bail!(
+            "xenstore path `{p}`: relative to /local/domain/N, letters, digits, `-`, `_`, \
+             `@` and single `/` between them"
+        ),
+        XlStep::XsWrite { value, .. }
+            if value
+                .chars()
+                .any(|c| c.is_control() || matches!(c, '"' | '\\')) =>
+        {
+            bail!("xenstore value `{value}`: no control characters, `\"` or `\\`")
+        }
+        XlStep::WaitMib { timeout: d, .. } | XlStep::Sleep(d)
+            if *d > Duration::from_secs(86400) =>
+        {
+            bail!("a step waits {} s, more than a day", d.as_secs())
+        }
+        _ => Ok(()),
+    }
+}
+
+impl fmt::Display for XlStep {
+    /// The command line form [`XlStep::parse`] reads.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let secs = |d: &Duration| d.as_millis().div_ceil(100) as f64 / 10.0;
+        match self {
+            XlStep::MemSet(m) => write!(f, "mem-set={m}"),
+            XlStep::WaitMib { mib, timeout } => write!(f, "wait-mib={mib}:{}", secs(timeout)),
+            XlStep::Pages => f.write_str("pages"),
+            XlStep::CpuTime => f.write_str("cpu"),
+            XlStep::Sleep(d) => write!(f, "sleep={}", secs(d)),
+            XlStep::XsRead(p) => write!(f, "xs-read={p}"),
+            XlStep::XsWrite { path, value } => write!(f, "xs-write={path}={value}"),
+            XlStep::Shutdown => f.write_str("shutdown"),
+            XlStep::Reboot => f.write_str("reboot"),
+            XlStep::Destroy => f.write_str("destroy"),
+            XlStep::Unpause => f.write_str("unpause"),
         }
     }
 }
@@ -837,12 +1089,25 @@ pub fn check_job(j: &XlJob) -> Result<()> {
             );
         }
     }
+    for (k, s) in j.steps.iter().enumerate() {
+        check_step(s).with_context(|| format!("job {}: step {k} ({s})", j.name))?;
+    }
+    if j.steps.iter().filter(|s| **s == XlStep::Unpause).count() > 1 {
+        bail!("job {}: more than one unpause step", j.name);
+    }
+    if j.timeout.is_some_and(|t| t.is_zero()) {
+        bail!("job {}: a timeout of 0 s", j.name);
+    }
     Ok(())
 }
 
 /// The jobs file: one line per job,
-/// `NAME MEMORY MAXMEM|- TIMEOUT_S [CFG...] | CMDLINE`; `@selftest` first
-/// when asked.
+/// `NAME MEMORY MAXMEM|- TIMEOUT_S [CFG...] | CMDLINE`, each followed by its
+/// steps, one `+ KIND [ARGS]` line each (`mem-set MIB`, `wait-mib MIB
+/// TENTHS`, `pages`, `cpu`, `sleep TENTHS`, `xs-read PATH`, `xs-write
+/// PATH=VALUE` with VALUE the rest of the line, `shutdown`, `reboot`,
+/// `destroy`, `unpause`); `@selftest` first when asked. `job_timeout` is
+/// the bound of a job without its own [`XlJob::timeout`].
 pub fn render_jobs(jobs: &[XlJob], job_timeout: Duration, selftest: bool) -> Result<String> {
     let mut out = String::new();
     if selftest {
@@ -859,7 +1124,11 @@ pub fn render_jobs(jobs: &[XlJob], job_timeout: Duration, selftest: bool) -> Res
             j.name,
             j.memory_mib,
             j.maxmem_mib.map_or("-".to_string(), |m| m.to_string()),
-            job_timeout.as_secs().max(1)
+            j.timeout
+                .unwrap_or(job_timeout)
+                .as_millis()
+                .div_ceil(1000)
+                .max(1)
         ));
         for e in &j.extra_cfg {
             out.push(' ');
@@ -868,6 +1137,11 @@ pub fn render_jobs(jobs: &[XlJob], job_timeout: Duration, selftest: bool) -> Res
         out.push_str(" | ");
         out.push_str(&j.agent_opts.join(" "));
         out.push('\n');
+        for s in &j.steps {
+            out.push_str("+ ");
+            out.push_str(&s.jobs_line());
+            out.push('\n');
+        }
     }
     Ok(out)
 }
@@ -1100,8 +1374,12 @@ pub struct XlJobResult {
     pub xl_list_created: Option<Record>,
     /// See [`XlJobResult::xl_list_created`].
     pub xl_list_shutdown: Option<Record>,
-    /// `xen-pages`: Xen's own count (debug key q) before destroy.
+    /// `xen-pages` (without `step=`): Xen's own count (debug key q) at the
+    /// end, before destroy.
     pub xen_pages: Option<Record>,
+    /// The records of the job's [`XlJob::steps`] (every record with
+    /// `step=K`, `xen-pages step=K` included), in order.
+    pub steps: Vec<Record>,
     /// `free-memory when=after-destroy`, MiB.
     pub free_after_mib: Option<u64>,
     /// The domain's console lines dom0 forwarded (without `(dN) `).
@@ -1239,6 +1517,9 @@ struct Watcher {
     q: QDumpParser,
     console: BTreeMap<u32, Vec<String>>,
     first_tag_at: BTreeMap<u32, Duration>,
+    /// Per `xen-pages` record (its index in `records`): the domain's last
+    /// debug-key `q` block Xen had printed when the record came.
+    q_seen: BTreeMap<usize, XenDomainDump>,
     done: bool,
 }
 
@@ -1262,6 +1543,7 @@ impl Watcher {
             q: QDumpParser::default(),
             console: BTreeMap::new(),
             first_tag_at: BTreeMap::new(),
+            q_seen: BTreeMap::new(),
             done: false,
         }
     }
@@ -1299,6 +1581,23 @@ impl Watcher {
             }
         };
         let job = self.job_of(&r);
+        if r.topic == "xen-pages" {
+            let d = r.num("domid");
+            let seen = self
+                .q
+                .current
+                .iter()
+                .chain(self.q.dumps.iter().rev())
+                .find(|q| Some(u64::from(q.domid)) == d);
+            if let Some(q) = seen {
+                self.q_seen.insert(self.records.len(), q.clone());
+            }
+        }
+        if let (Some(_), Some(i)) = (r.get("step"), job) {
+            self.jobs[i].steps.push(r.clone());
+            self.records.push(r);
+            return Control::Continue;
+        }
         match (r.topic.as_str(), job) {
             ("creating", Some(i)) => {
                 self.creating_at.insert(i, at);
@@ -1327,6 +1626,7 @@ impl Watcher {
             ("destroyed", Some(_)) => self.running = None,
             ("free-memory", Some(i)) if r.get("when") == Some("after-destroy") => {
                 self.jobs[i].free_after_mib = r.num("mib");
+                self.running = None;
             }
             ("done", _) => self.done = true,
             _ => {}
@@ -1357,19 +1657,22 @@ impl Watcher {
     /// console.
     fn problems(&self, xen_q: &[XenDomainDump]) -> Vec<String> {
         let mut out = Vec::new();
-        for r in &self.records {
+        for (n, r) in self.records.iter().enumerate() {
             match r.topic.as_str() {
                 "fatal" | "job-error" | "destroy-failed" | "xen-pages-missing"
                 | "domid-mismatch" => out.push(format!("dom0 reported: {r}")),
                 "xen-pages" => {
                     let Some(d) = r.num("domid") else { continue };
                     // The last block for that domain Xen printed before the
-                    // record arrived.
-                    let seen = xen_q.iter().rev().find(|q| u64::from(q.domid) == d);
+                    // record arrived (else the last one at all).
+                    let seen = self
+                        .q_seen
+                        .get(&n)
+                        .or_else(|| xen_q.iter().rev().find(|q| u64::from(q.domid) == d));
                     match seen {
                         Some(q) => {
                             for (k, v) in &r.fields {
-                                if k != "domid" && q.fields.get(k) != Some(v) {
+                                if k != "domid" && k != "step" && q.fields.get(k) != Some(v) {
                                     out.push(format!(
                                         "xen-pages of d{d}: dom0 says {k}={v}, Xen's console {:?}",
                                         q.fields.get(k)
@@ -1524,6 +1827,445 @@ mod tests {
         ] {
             assert!(check_job(&bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn jobs_file_steps() {
+        let j = XlJob {
+            steps: vec![
+                XlStep::MemSet(48),
+                XlStep::WaitMib {
+                    mib: 48,
+                    timeout: Duration::from_millis(2_050),
+                },
+                XlStep::Pages,
+                XlStep::CpuTime,
+                XlStep::Sleep(Duration::from_millis(1500)),
+                XlStep::XsRead("memory/target".into()),
+                XlStep::XsWrite {
+                    path: "data/x".into(),
+                    value: " two words ".into(),
+                },
+                XlStep::XsWrite {
+                    path: "memory/target".into(),
+                    value: String::new(),
+                },
+                XlStep::Shutdown,
+                XlStep::Reboot,
+                XlStep::Destroy,
+                XlStep::Unpause,
+            ],
+            timeout: Some(Duration::from_millis(90_500)),
+            ..XlJob::new("s", 64, vec!["a=1".into()])
+        };
+        assert_eq!(
+            render_jobs(
+                &[j.clone(), XlJob::new("t", 32, vec![])],
+                Duration::from_secs(60),
+                false
+            )
+            .unwrap(),
+            "s 64 - 91 | a=1\n\
+             + mem-set 48\n\
+             + wait-mib 48 21\n\
+             + pages\n\
+             + cpu\n\
+             + sleep 15\n\
+             + xs-read memory/target\n\
+             + xs-write data/x= two words \n\
+             + xs-write memory/target=\n\
+             + shutdown\n\
+             + reboot\n\
+             + destroy\n\
+             + unpause\n\
+             t 32 - 60 | \n"
+        );
+        assert_eq!(j.step_time(), Duration::from_millis(3_550));
+        // The command line form reads back what it shows (to the tenth of
+        // a second the jobs file keeps).
+        for s in &j.steps {
+            let back = XlStep::parse(&s.to_string()).unwrap();
+            assert_eq!(back.jobs_line(), s.jobs_line(), "{s}");
+        }
+        let bad_steps = [
+            XlStep::XsRead(String::new()),
+            XlStep::XsRead("/local/domain/1/x".into()),
+            XlStep::XsRead("a//b".into()),
+            XlStep::XsRead("a/".into()),
+            XlStep::XsRead("a b".into()),
+            XlStep::XsRead("a;b".into()),
+            XlStep::XsRead("a|b".into()),
+            XlStep::XsRead("a=b".into()),
+            XlStep::XsRead("a\nb".into()),
+            XlStep::XsWrite {
+                path: "x".into(),
+                value: "q\"".into(),
+            },
+            XlStep::XsWrite {
+                path: "x".into(),
+                value: "a\nb".into(),
+            },
+            XlStep::XsWrite {
+                path: "x".into(),
+                value: "a\\b".into(),
+            },
+            XlStep::Sleep(Duration::from_secs(90_000)),
+        ];
+        for b in bad_steps {
+            let job = XlJob {
+                steps: vec![b.clone()],
+                ..XlJob::new("a", 64, vec![])
+            };
+            assert!(check_job(&job).is_err(), "{b:?}");
+        }
+        let two_unpauses = XlJob {
+            steps: vec![XlStep::Unpause, XlStep::Unpause],
+            ..XlJob::new("a", 64, vec![])
+        };
+        assert!(check_job(&two_unpauses).is_err());
+        let zero = XlJob {
+            timeout: Some(Duration::ZERO),
+            ..XlJob::new("a", 64, vec![])
+        };
+        assert!(check_job(&zero).is_err());
+        // Values with `;`, `|` and `=` are fine in xs-write: the rest of the
+        // line is the value.
+        assert!(check_step(&XlStep::XsWrite {
+            path: "x".into(),
+            value: "a;b|c=d".into()
+        })
+        .is_ok());
+    }
+
+    #[test]
+    fn step_command_lines() {
+        let p = |s: &str| XlStep::parse(s).unwrap();
+        assert_eq!(p("mem-set=32"), XlStep::MemSet(32));
+        assert_eq!(
+            p("wait-mib=32"),
+            XlStep::WaitMib {
+                mib: 32,
+                timeout: Duration::from_secs(20)
+            }
+        );
+        assert_eq!(
+            p("wait-mib=32:2.5"),
+            XlStep::WaitMib {
+                mib: 32,
+                timeout: Duration::from_millis(2500)
+            }
+        );
+        assert_eq!(p("sleep=0.3"), XlStep::Sleep(Duration::from_millis(300)));
+        assert_eq!(p("pages"), XlStep::Pages);
+        assert_eq!(p("cpu"), XlStep::CpuTime);
+        assert_eq!(
+            p("xs-read=memory/target"),
+            XlStep::XsRead("memory/target".into())
+        );
+        assert_eq!(
+            p("xs-write=memory/target=-5"),
+            XlStep::XsWrite {
+                path: "memory/target".into(),
+                value: "-5".into()
+            }
+        );
+        assert_eq!(
+            p("xs-write=control/shutdown=suspend").to_string(),
+            "xs-write=control/shutdown=suspend"
+        );
+        for s in ["shutdown", "reboot", "destroy", "unpause"] {
+            assert_eq!(p(s).to_string(), s);
+        }
+        for bad in [
+            "mem-set",
+            "mem-set=x",
+            "mem-set=-1",
+            "wait-mib=32:x",
+            "wait-mib=32:-1",
+            "sleep",
+            "sleep=nan",
+            "pages=1",
+            "xs-read=",
+            "xs-write=x",
+            "xs-write=x=\"",
+            "bogus",
+            "",
+        ] {
+            assert!(XlStep::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn watcher_sorts_step_records() {
+        let jobs = [XlJob::new("a", 64, vec![])];
+        let mut w = Watcher::new(Instant::now(), Show::Nothing, &jobs);
+        for l in [
+            "xmrig: creating name=a predicted_domid=1 uptime=5.69",
+            "xmrig: created name=a domid=1 uptime=10.65",
+            "xmrig: mem-set step=0 name=a domid=1 target_mib=32 uptime=10.70 took_s=0.21",
+            "(XEN) [   11.0] General information for domain 1:",
+            "(XEN) [   11.1]     nr_pages=16401 xenheap_pages=2 max_pages=8448",
+            "(XEN) [   11.2] NODE affinity for domain 1: [0]",
+            "xmrig: xen-pages step=1 domid=1 nr_pages=16401 xenheap_pages=2 max_pages=8448",
+            r#"xmrig: xs step=2 name=a domid=1 path=memory/target value="32768""#,
+            "xmrig: shutdown name=a domid=1 reason=poweroff code=0 uptime=12.0",
+            "(XEN) [   13.0] General information for domain 1:",
+            "(XEN) [   13.1]     nr_pages=8192 xenheap_pages=2 max_pages=8448",
+            "(XEN) [   13.2] NODE affinity for domain 1: [0]",
+            "xmrig: xen-pages domid=1 nr_pages=8192 xenheap_pages=2 max_pages=8448",
+            "xmrig: destroyed name=a domid=1",
+        ] {
+            w.line(l);
+        }
+        let a = &w.jobs[0];
+        let topics: Vec<&str> = a.steps.iter().map(|r| r.topic.as_str()).collect();
+        assert_eq!(topics, ["mem-set", "xen-pages", "xs"]);
+        assert_eq!(a.steps[2].get("value"), Some("32768"));
+        assert_eq!(a.steps[1].num("nr_pages"), Some(16401));
+        // The final count is the one without a step.
+        assert_eq!(
+            a.xen_pages.as_ref().and_then(|r| r.num("nr_pages")),
+            Some(8192)
+        );
+        // Each xen-pages record is checked against the block Xen printed
+        // just before it, not the last one.
+        let q = std::mem::take(&mut w.q).finish();
+        assert_eq!(w.problems(&q), Vec::<String>::new());
+    }
+
+    /// Every step in a real rig boot (slow: about a minute per
+    /// architecture): `cargo test -p xtask -- --ignored xl_steps_boot`
+    /// (`XENMEM_STEPS_ARCH=aarch64` for the other one). The agent exits at
+    /// once, so most steps run while the domain is still paused (before an
+    /// `Unpause` step) or after it has shut down.
+    #[test]
+    #[ignore]
+    fn xl_steps_boot() {
+        let arch = match std::env::var("XENMEM_STEPS_ARCH").as_deref() {
+            Ok("aarch64") => Arch::Aarch64,
+            _ => Arch::X86_64,
+        };
+        let env = setup::setup().unwrap();
+        let agent = crate::agent::build(arch).unwrap();
+        let table = crate::decode::load_table(&agent.elf).unwrap();
+        let secs = Duration::from_secs;
+        let tenths = |n: u64| Duration::from_millis(n * 100);
+        let opts = |extra: &[&str]| {
+            let mut o: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+            o.push("exit=shutdown".into());
+            if arch == Arch::Aarch64 {
+                o.push(format!("domid={DOMID_PLACEHOLDER}"));
+            }
+            o
+        };
+        let xs_write = |p: &str, v: &str| XlStep::XsWrite {
+            path: p.into(),
+            value: v.into(),
+        };
+        let jobs = vec![
+            // Paused: pages, cpu, xenstore, a mem-set the paused agent
+            // cannot follow; then unpaused, the agent balloons to 32 MiB.
+            XlJob {
+                steps: vec![
+                    XlStep::Pages,
+                    XlStep::CpuTime,
+                    XlStep::XsRead("memory/target".into()),
+                    xs_write("data/x", "two words"),
+                    XlStep::XsRead("data/x".into()),
+                    XlStep::XsRead("nope".into()),
+                    XlStep::MemSet(48),
+                    XlStep::WaitMib {
+                        mib: 48,
+                        timeout: secs(1),
+                    },
+                    XlStep::Pages,
+                    XlStep::Sleep(tenths(5)),
+                    XlStep::CpuTime,
+                    XlStep::Unpause,
+                    XlStep::WaitMib {
+                        mib: 32,
+                        timeout: secs(20),
+                    },
+                    XlStep::CpuTime,
+                    XlStep::Pages,
+                ],
+                ..XlJob::new("paused", 64, opts(&["balloon=32M"]))
+            },
+            // After the agent has shut down.
+            XlJob {
+                steps: vec![
+                    XlStep::Sleep(secs(3)),
+                    XlStep::CpuTime,
+                    XlStep::MemSet(16),
+                    XlStep::WaitMib {
+                        mib: 16,
+                        timeout: secs(5),
+                    },
+                    xs_write("memory/target", "abc"),
+                    XlStep::XsRead("memory/target".into()),
+                    xs_write("memory/target", ""),
+                    XlStep::XsRead("memory/target".into()),
+                    XlStep::Shutdown,
+                    XlStep::Reboot,
+                ],
+                ..XlJob::new("ended", 64, opts(&[]))
+            },
+            // Requests to a paused domain that has no PV control yet, then
+            // destroyed before it ever ran.
+            XlJob {
+                steps: vec![
+                    XlStep::Shutdown,
+                    XlStep::Reboot,
+                    xs_write("control/shutdown", "suspend"),
+                    XlStep::XsRead("control/shutdown".into()),
+                    XlStep::Destroy,
+                    XlStep::Pages,
+                    XlStep::Unpause,
+                ],
+                ..XlJob::new("destroyed", 64, opts(&[]))
+            },
+            // A wait longer than the job's bound: cut at the bound.
+            XlJob {
+                steps: vec![
+                    XlStep::WaitMib {
+                        mib: 1,
+                        timeout: secs(60),
+                    },
+                    XlStep::Unpause,
+                ],
+                timeout: Some(secs(4)),
+                ..XlJob::new("bounded", 64, opts(&[]))
+            },
+            // And a job without steps still runs as always.
+            XlJob::new("plain", 64, opts(&["balloon=32M"])),
+        ];
+        let name = format!("steps-{arch}");
+        let spec = XlSpec {
+            arch,
+            jobs,
+            job_timeout: DEFAULT_JOB_TIMEOUT,
+            timeout: DEFAULT_TIMEOUT,
+            show: Show::Nothing,
+            log_path: crate::logs_dir().join(format!("{name}.log")),
+            work_dir: crate::work_dir(&name),
+            forwarder_selftest: false,
+        };
+        let res = boot_xl(&env, &spec, &agent, &table).unwrap();
+        let log = res.log_path.display().to_string();
+        for j in &res.jobs {
+            let mut last = None;
+            for r in &j.steps {
+                let dt = last.map_or(String::new(), |l: Duration| {
+                    format!("+{:.2}s ", r.at.saturating_sub(l).as_secs_f64())
+                });
+                println!("{} {dt}{r}", j.name);
+                last = Some(r.at);
+            }
+        }
+        assert_eq!(res.end, XlEnd::Done, "{log}");
+        assert_eq!(res.problems, Vec::<String>::new(), "{log}");
+        let job = |n: &str| res.job(n).unwrap();
+        let topics = |n: &str| -> Vec<String> {
+            job(n)
+                .steps
+                .iter()
+                .map(|r| {
+                    format!(
+                        "{}{}",
+                        r.topic,
+                        r.get("why").map_or(String::new(), |w| format!(":{w}"))
+                    )
+                })
+                .collect()
+        };
+        let step = |n: &str, k: usize| -> Record {
+            let k = k.to_string();
+            job(n)
+                .steps
+                .iter()
+                .find(|r| r.get("step") == Some(k.as_str()))
+                .unwrap()
+                .clone()
+        };
+
+        assert_eq!(
+            topics("paused"),
+            [
+                "xen-pages",
+                "cpu",
+                "xs",
+                "xs-write",
+                "xs",
+                "xs-error",
+                "mem-set",
+                "not-reached:timeout",
+                "xen-pages",
+                "slept",
+                "cpu",
+                "unpaused",
+                "reached",
+                "cpu",
+                "xen-pages"
+            ],
+            "{log}"
+        );
+        let p = |k| step("paused", k);
+        assert_eq!(p(1).get("state"), Some("--p---"));
+        assert_eq!(p(2).get("value"), Some("65536"));
+        assert_eq!(p(3).get("ok"), Some("yes"));
+        assert_eq!(p(4).get("value"), Some("two words"));
+        assert_eq!(p(7).num("got_mib"), Some(64));
+        // mem-set lowers max_pages to the target + 1 MiB at once.
+        assert_eq!(p(8).num("max_pages"), Some(48 * 256 + 256));
+        assert_eq!(p(12).get("from"), Some("mem-set"));
+        assert_eq!(p(14).num("nr_pages"), Some(8192));
+        assert_eq!(job("paused").reason(), Some("poweroff"));
+        assert_eq!(
+            job("paused")
+                .xen_pages
+                .as_ref()
+                .and_then(|r| r.num("nr_pages")),
+            Some(8192)
+        );
+
+        let e = |k| step("ended", k);
+        assert!(e(1).get("state").unwrap().contains('s'), "{}", e(1));
+        assert_eq!(e(3).topic, "not-reached");
+        assert_eq!(e(3).get("why"), Some("shutdown"));
+        assert_eq!(e(4).get("ok"), Some("yes"));
+        assert_eq!(e(5).get("value"), Some("abc"));
+        assert_eq!(e(7).get("value"), Some(""));
+        // Nobody acknowledges control/shutdown: xl is left waiting.
+        assert_eq!(e(8).get("ok"), Some("pending"), "{}", e(8));
+        assert_eq!(e(9).get("ok"), Some("pending"), "{}", e(9));
+        assert_eq!(job("ended").reason(), Some("poweroff"));
+
+        assert_eq!(
+            topics("destroyed")[4..],
+            [
+                "destroyed-early",
+                "step-skipped:destroyed",
+                "step-skipped:destroyed"
+            ],
+            "{log}"
+        );
+        assert_eq!(step("destroyed", 3).get("value"), Some("suspend"));
+        assert_eq!(step("destroyed", 0).get("ok"), Some("pending"));
+        let d = job("destroyed");
+        assert!(d.shutdown.is_none() && d.xen_pages.is_none() && d.xl_list_shutdown.is_none());
+        assert!(d.free_after_mib.is_some());
+
+        assert_eq!(
+            topics("bounded"),
+            ["not-reached:job-timeout", "step-skipped:job-timeout"],
+            "{log}"
+        );
+        assert!(job("bounded").timed_out);
+
+        let plain = job("plain");
+        assert!(plain.steps.is_empty());
+        assert_eq!(plain.reason(), Some("poweroff"));
+        assert_eq!(plain.free_after_mib, res.free_at_start_mib(), "{log}");
     }
 
     #[test]

@@ -10,6 +10,12 @@ LOGDIR=/var/log/xen/console
 say() { echo "xmrig: $*"; }
 up() { read -r u _ < /proc/uptime; echo "$u"; }
 secs() { read -r u _ < /proc/uptime; echo "${u%.*}"; }
+# Centiseconds since boot (no leading zero, which $(( )) would read as octal).
+cs() { read -r u _ < /proc/uptime; echo $((${u%.*} * 100 + 1${u#*.} - 100)); }
+# Centiseconds as seconds with two decimals (as /proc/uptime), or tenths
+# as seconds with one.
+cs_s() { printf '%d.%02d' $(($1 / 100)) $(($1 % 100)); }
+tenths_s() { printf '%d.%d' $(($1 / 10)) $(($1 % 10)); }
 halt_dom0() { say done; sync; poweroff -f; while :; do sleep 60; done; }
 fatal() { say fatal "what=\"$*\""; halt_dom0; }
 # Run a command with both its streams in /tmp/out, shown as "xl: ..." lines;
@@ -72,15 +78,16 @@ forward() {
 }
 
 # Xen's own page counts of domain $1: debug key q, read back from xl dmesg.
+# $2: words to put first (a step's "step=K").
 xen_pages() {
     $XB/xl dmesg -c > /dev/null 2>&1
     $XB/xl debug-keys q
     $XB/xl dmesg -c > /tmp/q 2>&1
     f=$(awk -v d="$1" -f /etc/xmrig/q.awk /tmp/q)
     if [ -n "$f" ]; then
-        say xen-pages domid=$1 $f
+        say xen-pages ${2:+$2 }domid=$1 $f
     else
-        say xen-pages-missing domid=$1
+        say xen-pages-missing ${2:+$2 }domid=$1
     fi
 }
 
@@ -107,8 +114,160 @@ selftest() {
     say selftest domid=99 lines=4
 }
 
+# Run "$@" bounded by what is left of the job (deadline $dl, centiseconds),
+# at least 1 s.
+bounded() {
+    b=$(((dl - $(cs) + 99) / 100))
+    [ $b -lt 1 ] && b=1
+    timeout $b "$@"
+}
+
+# Text as the inside of a record's "..." value: one line, `"` as \042.
+quoted() {
+    q=$(printf '%s' "$1" | tr '\n\r\t' '   ')
+    echo "${q//\"/\\042}"
+}
+
+# One step ($1 the kind, $2 its arguments) of job $name, domain $id; $k
+# is its index. Sets ended=destroyed when the domain is gone and
+# unpaused=1 when it was unpaused; $mark is the last mem-set's time.
+step() {
+    w="step=$k name=$name domid=$id"
+    case "$1" in
+        mem-set)
+            t=$(cs)
+            mark=$t
+            if logged bounded $XB/xl mem-set $name "$2"m; then
+                say mem-set $w target_mib=$2 uptime=$(cs_s $t) took_s=$(cs_s $(($(cs) - t)))
+            else
+                say mem-set-failed $w target_mib=$2
+            fi
+            ;;
+        wait-mib)
+            set -- $2
+            t=$(cs)
+            m0=$mark
+            from=mem-set
+            [ -n "$m0" ] || { m0=$t; from=wait; }
+            end=$((t + $2 * 10))
+            why=timeout
+            [ $end -gt $dl ] && { end=$dl; why=job-timeout; }
+            while :; do
+                set -- $1 $($XB/xl list $name 2>/dev/null | tail -n +2)
+                now=$(cs)
+                after=$(tenths_s $(((now - m0) / 10)))
+                if [ "$4" = "$1" ]; then
+                    say reached $w mib=$1 after_s=$after from=$from
+                    break
+                fi
+                case "$6" in
+                    "") say not-reached $w mib=$1 got_mib=- after_s=$after from=$from why=vanished; break ;;
+                    *s* | *c*) say not-reached $w mib=$1 got_mib=$4 after_s=$after from=$from why=shutdown state=$6; break ;;
+                esac
+                if [ $now -ge $end ]; then
+                    say not-reached $w mib=$1 got_mib=$4 after_s=$after from=$from why=$why
+                    break
+                fi
+                sleep 0.2
+            done
+            ;;
+        pages) xen_pages $id "step=$k" ;;
+        cpu)
+            set -- $($XB/xl list $name 2>/dev/null | tail -n +2)
+            if [ -n "$6" ]; then
+                say cpu $w time_s=$6 state=$5 uptime=$(up)
+            else
+                say step-failed $w kind=cpu what=\"xl list $name showed nothing\"
+            fi
+            ;;
+        sleep)
+            t=$2
+            [ $((t * 10)) -gt $((dl - $(cs))) ] && t=$(((dl - $(cs)) / 10))
+            [ $t -gt 0 ] && sleep $(tenths_s $t)
+            say slept $w s=$(tenths_s $t) uptime=$(up)
+            ;;
+        xs-read)
+            if v=$(bounded xenstore-read "/local/domain/$id/$2" 2> /tmp/err); then
+                say xs $w path=$2 value=\"$(quoted "$v")\"
+            else
+                say xs-error $w path=$2 what=\"$(quoted "$(cat /tmp/err)")\"
+            fi
+            ;;
+        xs-write)
+            p=${2%%=*}
+            v=${2#*=}
+            ok=yes
+            logged bounded xenstore-write "/local/domain/$id/$p" "$v" || ok=no
+            say xs-write $w path=$p value=\"$v\" ok=$ok
+            ;;
+        shutdown | reboot)
+            # xl writes control/shutdown, then waits for the guest to
+            # acknowledge (clear it): up to 5 s here, then it is left
+            # running (ok=pending) and killed when the job ends.
+            t=$(cs)
+            $XB/xl $1 $name > /tmp/req.$k 2>&1 &
+            rp=$!
+            while kill -0 $rp 2> /dev/null && [ $(($(cs) - t)) -lt 500 ] && [ $(cs) -lt $dl ]; do
+                sleep 0.1
+            done
+            if kill -0 $rp 2> /dev/null; then
+                ok=pending
+                reqs="$reqs $rp"
+            else
+                ok=yes
+                wait $rp || ok=no
+                while IFS= read -r l; do echo "xl: $l"; done < /tmp/req.$k
+            fi
+            say $1-requested $w ok=$ok took_s=$(cs_s $(($(cs) - t))) uptime=$(cs_s $t)
+            ;;
+        destroy)
+            ok=yes
+            logged bounded $XB/xl destroy $name || ok=no
+            [ $ok = yes ] && ended=destroyed
+            say destroyed-early $w ok=$ok uptime=$(up)
+            ;;
+        unpause)
+            ok=yes
+            logged bounded $XB/xl unpause $name || ok=no
+            unpaused=1
+            say unpaused $w ok=$ok uptime=$(up)
+            ;;
+        *) say step-failed $w kind=$1 what=unknown ;;
+    esac
+}
+
+# Stop the shutdown/reboot requests still waiting for the guest.
+end_requests() {
+    [ -n "$reqs" ] || return
+    for p in $reqs; do
+        kill $p 2> /dev/null && say request-stopped name=$name domid=$id pid=$p
+        wait $p
+    done
+    reqs=
+}
+
+# The steps of job $name from file $1, one "KIND [ARGS]" line each.
+run_steps() {
+    k=0
+    mark=
+    while IFS= read -r st <&5; do
+        kind=${st%% *}
+        arg=
+        [ "$kind" = "$st" ] || arg=${st#* }
+        if [ -n "$ended" ]; then
+            say step-skipped step=$k name=$name domid=$id kind=$kind why=$ended
+        elif [ $(cs) -ge $dl ]; then
+            say step-skipped step=$k name=$name domid=$id kind=$kind why=job-timeout
+        else
+            step "$kind" "$arg"
+        fi
+        k=$((k + 1))
+    done 5< "$1"
+}
+
 next=1
-# One job: NAME MEMORY MAXMEM|- TIMEOUT_S [CFG...] | CMDLINE
+# One job: NAME MEMORY MAXMEM|- TIMEOUT_S [CFG...] | CMDLINE; its steps,
+# if any, in /tmp/steps.NAME.
 run_job() {
     head=${1%% | *}
     cmd=${1#* | }
@@ -152,8 +311,34 @@ run_job() {
     fwd=$!
     say created name=$name domid=$id uptime=$(up)
     say xl-list when=created $(xl_list $name)
-    logged $XB/xl unpause $name || say job-error name=$name domid=$id what=unpause
+    steps=/tmp/steps.$name
+    [ -f $steps ] || steps=
+    unpaused=
+    ended=
+    # With an unpause step, the steps before it see the domain paused.
+    if [ -z "$steps" ] || ! grep -qx unpause $steps; then
+        logged $XB/xl unpause $name || say job-error name=$name domid=$id what=unpause
+        unpaused=1
+    fi
     t0=$(secs)
+    dl=$(($(cs) + limit * 100))
+    reqs=
+    if [ -n "$steps" ]; then
+        run_steps $steps
+        # Not if the steps used up the job's time: it then times out.
+        if [ -z "$unpaused" ] && [ -z "$ended" ] && [ $(cs) -lt $dl ]; then
+            logged $XB/xl unpause $name || say job-error name=$name domid=$id what=unpause
+            say unpaused name=$name domid=$id when=after-steps uptime=$(up)
+        fi
+    fi
+    if [ -n "$ended" ]; then
+        end_requests
+        sleep 0.5
+        : > /tmp/stop.$id
+        wait $fwd
+        say free-memory mib=$(freemem) when=after-destroy name=$name domid=$id
+        return
+    fi
     timedout=
     code=-
     while :; do
@@ -177,15 +362,26 @@ run_job() {
     wait $fwd
     say xl-list when=shutdown $(xl_list $name)
     xen_pages $id
+    end_requests
     logged $XB/xl destroy $name || say destroy-failed name=$name domid=$id
     say destroyed name=$name domid=$id
     say free-memory mib=$(freemem) when=after-destroy name=$name domid=$id
 }
 
+# Each job's "+ STEP" lines (they follow its line) into /tmp/steps.NAME.
+job=
+while IFS= read -r line; do
+    case "$line" in
+        "+ "*) echo "${line#+ }" >> /tmp/steps.$job ;;
+        "" | @*) ;;
+        *) job=${line%% *} ;;
+    esac
+done < /jobs
+
 say free-memory mib=$(freemem) when=start
 while IFS= read -r line <&4; do
     case "$line" in
-        "") ;;
+        "" | "+ "*) ;;
         @selftest) selftest ;;
         *) run_job "$line" ;;
     esac

@@ -80,6 +80,7 @@ impl XlScenario {
             maxmem_mib: self.maxmem_mib,
             agent_opts: opts,
             extra_cfg: Vec::new(),
+            ..XlJob::default()
         }
     }
 }
