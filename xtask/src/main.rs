@@ -68,7 +68,8 @@ commands:
                               sleep=SECS           wait (0.1 s resolution)
                               xs-read=PATH         xenstore-read /local/domain/N/PATH
                               xs-write=PATH=VALUE  xenstore-write (VALUE may be empty)
-                              shutdown, reboot     xl shutdown / xl reboot (no wait)
+                              shutdown, reboot     xl shutdown / xl reboot: 5 s for the
+                                                   guest to acknowledge, then left pending
                               destroy              xl destroy now (the run then fails)
                               unpause              xl unpause: the steps before it see
                                                    the domain still paused (without it
