@@ -2161,8 +2161,10 @@ pub fn run(hv: &impl Hypervisor, boot: &BootInfo<'_>, heap: Option<PhysSpan>) ->
 }
 
 /// No xenstore here (the host build): every operation says so.
+#[cfg(not(target_os = "none"))]
 struct NoControl;
 
+#[cfg(not(target_os = "none"))]
 impl crate::service::Control for NoControl {
     fn read(
         &mut self,
@@ -2184,16 +2186,115 @@ impl crate::service::Control for NoControl {
     }
 }
 
+#[cfg(not(target_os = "none"))]
 fn no_store() -> crate::service::ControlError {
     crate::service::ControlError::Broken("no xenstore connection in this build".into())
 }
 
-/// The service's xenstore and event channels (being written: none yet).
+/// The host build has no xenstore ring to map.
+#[cfg(not(target_os = "none"))]
 fn control_for<H: Hypervisor>(
     _: &H,
     _: &mut RegionTable,
 ) -> Result<NoControl, crate::service::ControlError> {
     Err(no_store())
+}
+
+/// The service's xenstore connection: the ring named by the HVM parameters
+/// (a special page of the table), mapped Normal write-back at a pinned
+/// window page; shared_info placed in a hole and mapped the same way, for
+/// the event channel bits; requests notify xenstored with `EVTCHNOP_send`,
+/// and every wait blocks in `SCHEDOP_poll` on the xenstore port (no CPU
+/// while nothing comes; a xenstored that never answers leaves the agent
+/// blocked, not spinning). Reports `service-xenstore`.
+#[cfg(target_os = "none")]
+fn control_for<'a, H: Hypervisor>(
+    hv: &'a H,
+    t: &mut RegionTable,
+) -> Result<
+    crate::service::XsControl<
+        impl FnMut(u32) -> Result<(), XenError> + 'a,
+        impl FnMut(u32) -> Result<(), XenError> + 'a,
+    >,
+    crate::service::ControlError,
+> {
+    use crate::evtchn::{EventChannels, NoClock, WaitLimit};
+    use crate::paging::Attrs;
+    use crate::region::{Backing, Region, RegionFlags};
+    use crate::service::ControlError;
+    let broken = |what: &str, e: &dyn core::fmt::Display| {
+        ControlError::Broken(alloc::format!("{what}: {e}"))
+    };
+    let params = crate::xenstore::StoreParams::read(hv)
+        .map_err(|e| broken("HVM_PARAM_STORE_PFN/_EVTCHN", &e))?
+        .ok_or_else(|| ControlError::Broken("this domain has no xenstore ring".into()))?;
+    let ring_pa = params
+        .gfn
+        .addr()
+        .ok_or_else(|| ControlError::Broken("ring frame".into()))?;
+    if t.info(ring_pa).map(|r| r.kind) != Some(RegionKind::Reserved(ReservedUse::Special)) {
+        return Err(ControlError::Broken(alloc::format!(
+            "the xenstore ring at {ring_pa} is not a special page of the table"
+        )));
+    }
+    let mut pt = crate::arch::imp::paging::page_tables().map_err(|e| broken("page tables", &e))?;
+    let ring_va = pt
+        .map_pinned(ring_pa, Attrs::READ_WRITE, t)
+        .map_err(|e| broken("mapping the xenstore ring", &e))?;
+    // shared_info: a hole frame, recorded as a Xen page placed there (as
+    // the grant table's frames are), then mapped.
+    let hole = t
+        .find_hole(PageCount(1), crate::addr::Order::ZERO, Gfn(1))
+        .ok_or_else(|| ControlError::Broken("no hole for shared_info".into()))?;
+    t.add(Region {
+        range: hole,
+        kind: RegionKind::Grant,
+        flags: crate::region::RegionFlags::READ | RegionFlags::WRITE | RegionFlags::CACHEABLE,
+        backing: Backing::None,
+    })
+    .map_err(|e| broken("recording shared_info", &e))?;
+    crate::evtchn::map_shared_info(hv, hole.start())
+        .map_err(|e| broken("placing shared_info", &e))?;
+    let si_pa = hole.start_addr();
+    let si_va = pt
+        .map_pinned(si_pa, Attrs::READ_WRITE, t)
+        .map_err(|e| broken("mapping shared_info", &e))?;
+    drop(pt);
+    let si = core::ptr::NonNull::new(si_va.0 as usize as *mut crate::xen::abi::SharedInfoPage)
+        .ok_or_else(|| ControlError::Broken("shared_info address".into()))?;
+    // SAFETY: this domain's shared_info, placed at `hole` and mapped Normal
+    // read-write at `si_va` for as long as the page tables exist (pinned);
+    // leaked, so it outlives every user.
+    let ev: &'static EventChannels =
+        alloc::boxed::Box::leak(alloc::boxed::Box::new(unsafe { EventChannels::native(si) }));
+    ev.mask_all();
+    let port = params.port;
+    xm_info!(
+        "report: service-xenstore ring={} ring_va={} port={=u32} shared_info={} shared_info_va={}",
+        ring_pa,
+        ring_va,
+        port,
+        si_pa,
+        si_va
+    );
+    let notify = move |p: u32| hv.evtchn_send(p);
+    let wait = move |p: u32| {
+        ev.wait(hv, &[p], WaitLimit::FOREVER, &mut NoClock)
+            .map(drop)
+            .map_err(|e| match e {
+                crate::evtchn::EvtchnError::Xen(x) => x,
+                _ => XenError::Contract("event channel wait"),
+            })
+    };
+    let page = core::ptr::NonNull::new(
+        ring_va.0 as usize as *mut crate::xenstore::wire::XenstoreDomainInterface,
+    )
+    .ok_or_else(|| ControlError::Broken("ring address".into()))?;
+    // SAFETY: the xenstore ring page, mapped read-write at a pinned window
+    // page for as long as the page tables exist; the service's client is
+    // the only user of the ring in this domain.
+    let xs = unsafe { crate::xenstore::XsClient::new(page, port, notify, wait, 64) };
+    Ok(crate::service::XsControl { xs })
 }
 
 /// `mode=service`: serve the toolstack's targets and requests until it ends

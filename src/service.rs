@@ -87,6 +87,75 @@ pub trait Control {
     fn next(&mut self, wait: bool) -> Result<Option<Watched>, ControlError>;
 }
 
+/// [`Control`] over the real xenstore client: reads, writes and the two
+/// watches (tokens `target` and `shutdown`) through an
+/// [`XsClient`](crate::xenstore::XsClient), whose wait closure blocks in the
+/// event channel (no CPU while nothing comes).
+#[derive(Debug)]
+pub struct XsControl<N, W> {
+    /// The client.
+    pub xs: crate::xenstore::XsClient<N, W>,
+}
+
+const TARGET_TOKEN: &str = "target";
+const SHUTDOWN_TOKEN: &str = "shutdown";
+
+fn xs_error(e: crate::xenstore::XsError) -> ControlError {
+    use crate::xenstore::XsError;
+    match e {
+        XsError::Server(errno) => ControlError::Store(alloc::format!("{errno}")),
+        other => ControlError::Broken(alloc::format!("{other}")),
+    }
+}
+
+impl<N, W> Control for XsControl<N, W>
+where
+    N: FnMut(u32) -> Result<(), crate::xen::XenError>,
+    W: FnMut(u32) -> Result<(), crate::xen::XenError>,
+{
+    fn read(&mut self, path: &str) -> Result<Option<String>, ControlError> {
+        use crate::xenstore::{wire::XsErrno, XsError};
+        match self.xs.read(path) {
+            // A value that is not UTF-8 is malformed: pass it on lossily,
+            // the parser refuses it.
+            Ok(v) => Ok(Some(String::from_utf8_lossy(&v).into_owned())),
+            Err(XsError::Server(XsErrno::ENOENT)) => Ok(None),
+            Err(e) => Err(xs_error(e)),
+        }
+    }
+
+    fn write(&mut self, path: &str, value: &str) -> Result<(), ControlError> {
+        self.xs.write(path, value.as_bytes()).map_err(xs_error)
+    }
+
+    fn watch(&mut self) -> Result<(), ControlError> {
+        self.xs.watch(TARGET_KEY, TARGET_TOKEN).map_err(xs_error)?;
+        self.xs
+            .watch(SHUTDOWN_KEY, SHUTDOWN_TOKEN)
+            .map_err(xs_error)
+    }
+
+    fn next(&mut self, wait: bool) -> Result<Option<Watched>, ControlError> {
+        loop {
+            let ev = if wait {
+                self.xs.next_event()
+            } else {
+                self.xs.poll_event()
+            }
+            .map_err(xs_error)?;
+            let Some(ev) = ev else {
+                return Ok(None);
+            };
+            match ev.token.as_str() {
+                TARGET_TOKEN => return Ok(Some(Watched::Target)),
+                SHUTDOWN_TOKEN => return Ok(Some(Watched::Shutdown)),
+                // Not ours (a watch set before, by someone else): skip it.
+                _ => continue,
+            }
+        }
+    }
+}
+
 /// How the service ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Ended {
@@ -439,16 +508,20 @@ mod tests {
     /// toolstack acts once the service waits), or, with `Some(at)`, also by
     /// a non-blocking one once `next(false)` has been called `at` times (the
     /// toolstack acts mid-way); its write is applied just then.
+    /// A scripted event: when it may come, which watch, what the toolstack
+    /// wrote.
+    type Step = (Option<usize>, Watched, Option<(&'static str, &'static str)>);
+
     struct Script {
         store: BTreeMap<String, String>,
-        events: VecDeque<(Option<usize>, Watched, Option<(&'static str, &'static str)>)>,
+        events: VecDeque<Step>,
         polls: usize,
         writes: Vec<(String, String)>,
         refuse: Vec<&'static str>,
     }
 
     impl Script {
-        fn new(events: &[(Option<usize>, Watched, Option<(&'static str, &'static str)>)]) -> Self {
+        fn new(events: &[Step]) -> Self {
             let mut store = BTreeMap::new();
             store.insert(TARGET_KEY.to_string(), (256 * 1024).to_string());
             Script {
@@ -652,5 +725,77 @@ mod tests {
         assert_eq!(request("suspend"), Request::Unsupported);
         assert_eq!(request(""), Request::Nothing);
         assert_eq!(printable("a\"b"), "<unprintable>");
+    }
+
+    #[test]
+    fn the_real_xenstore_client_drives_it() {
+        use crate::xenstore::model::XsModel;
+        use crate::xenstore::XsClient;
+        use core::cell::RefCell;
+        let (m, mut t) = domu();
+        let xs = RefCell::new(XsModel::new(1, u32::MAX - 300));
+        xs.borrow_mut().external_write("memory/target", b"262144");
+        // What the toolstack does each time the service waits with nothing
+        // to do: xl mem-set 64, a malformed value, xl mem-set 128, xl
+        // shutdown.
+        let script: RefCell<VecDeque<(&str, &[u8])>> = RefCell::new(
+            [
+                ("memory/target", &b"65536"[..]),
+                ("memory/target", b"lots"),
+                ("memory/target", b"131072"),
+                ("control/shutdown", b"poweroff"),
+            ]
+            .into_iter()
+            .collect(),
+        );
+        let waits = core::cell::Cell::new(0u32);
+        let notify = |_| {
+            xs.borrow_mut().notify();
+            Ok(())
+        };
+        let wait = |_| {
+            waits.set(waits.get() + 1);
+            if waits.get() > 100_000 {
+                return Err(crate::xen::XenError::Contract("the test ran away"));
+            }
+            let mut x = xs.borrow_mut();
+            // The toolstack acts only while the service waits for an event
+            // (no request in the ring, no reply on its way).
+            let (req_cons, req_prod, rsp_cons, rsp_prod) = x.indices();
+            if x.queued() == 0 && req_cons == req_prod && rsp_cons == rsp_prod {
+                if let Some((k, v)) = script.borrow_mut().pop_front() {
+                    x.external_write(k, v);
+                }
+            }
+            x.step();
+            Ok(())
+        };
+        let page = xs.borrow().page();
+        // SAFETY: the model owns the page and outlives the client.
+        let client = unsafe { XsClient::new(page, 5, notify, wait, 8) };
+        let mut ctl = XsControl { xs: client };
+        let cur = m.current_reservation(DomId::SELF).unwrap();
+        let features = m.features().unwrap();
+        let mut e = Engine::new(&m, Strategy::xenmem(Order::new_const(9)), cur, features);
+        let mut verify = |e: &mut Engine<'_, XenModel>, _: &RegionTable| e.verify().ok();
+        let end = serve(
+            &m,
+            &mut e,
+            &mut t,
+            PageCount(MIB * 256),
+            &mut ctl,
+            &mut verify,
+        );
+        drop(ctl);
+        assert_eq!(end, Ended::Poweroff);
+        assert_eq!(m.current_reservation(DomId::SELF).unwrap().0, pages(128));
+        assert!(script.borrow().is_empty());
+        // Acknowledged; feature-balloon written (the model allows it).
+        let x = xs.borrow();
+        assert_eq!(x.value(&x.absolute("control/shutdown")), Some(&b""[..]));
+        assert_eq!(
+            x.value(&x.absolute("control/feature-balloon")),
+            Some(&b"1"[..])
+        );
     }
 }
