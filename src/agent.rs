@@ -2208,6 +2208,8 @@ fn control_for<H: Hypervisor>(
 /// while nothing comes; a xenstored that never answers leaves the agent
 /// blocked, not spinning). Reports `service-xenstore`.
 #[cfg(target_os = "none")]
+// The client's notify and wait closures have no names to alias.
+#[allow(clippy::type_complexity)]
 fn control_for<'a, H: Hypervisor>(
     hv: &'a H,
     t: &mut RegionTable,
