@@ -272,7 +272,7 @@ pub fn serve<H: Hypervisor>(
         return broken(&err);
     }
     xm_info!(
-        "report: service watching target={=str} shutdown={=str}",
+        "report: service-watch target={=str} shutdown={=str}",
         TARGET_KEY,
         SHUTDOWN_KEY
     );

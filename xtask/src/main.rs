@@ -447,7 +447,9 @@ fn xl_boot(
     tally: &mut Tally,
 ) {
     let name = format!("test-{arch}-xl");
-    let timeout = t.timeout.max(rig::DEFAULT_TIMEOUT);
+    // The rig's usual bound, plus what every scenario's steps may wait.
+    let timeout = t.timeout.max(rig::DEFAULT_TIMEOUT)
+        + these.iter().map(|s| s.steps_time()).sum::<Duration>();
     let spec = rig::XlSpec {
         arch,
         jobs: these.iter().map(|s| s.job()).collect(),

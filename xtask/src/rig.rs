@@ -1176,7 +1176,9 @@ fn qemu_command(env: &Env, arch: Arch, parts: &Parts, initramfs: &Path) -> Resul
     match arch {
         Arch::X86_64 => {
             let mut c = Command::new(&env.qemu_x86_64);
-            c.args(["-cpu", "qemu64,+npt", "-smp", "1", "-m", "512"])
+            // 1 GiB: dom0's 256 MiB and room for a 256 MiB domU (the
+            // balloon service's scenarios) beside it.
+            c.args(["-cpu", "qemu64,+npt", "-smp", "1", "-m", "1024"])
                 .args(["-nographic", "-no-reboot", "-monitor", "none"])
                 .args(["-serial", "stdio"])
                 .arg("-kernel")

@@ -197,7 +197,8 @@ step() {
             p=${2%%=*}
             v=${2#*=}
             ok=yes
-            logged bounded xenstore-write "/local/domain/$id/$p" "$v" || ok=no
+            # `--`: a value such as -5 is not an option.
+            logged bounded xenstore-write -- "/local/domain/$id/$p" "$v" || ok=no
             say xs-write $w path=$p value=\"$v\" ok=$ok
             ;;
         shutdown | reboot)

@@ -12,8 +12,9 @@
 use crate::boot::Arch;
 use crate::decode::Source;
 use crate::report::{parse_number, AgentLog, Logs, Verdict};
-use crate::rig::{XlJob, XlJobResult, XlResult};
+use crate::rig::{XlJob, XlJobResult, XlResult, XlStep};
 use crate::scenarios::{check_one, count, every, field, grant_self, verdict, Check, Is};
+use std::time::Duration;
 
 const D1: Source = Source::D1;
 
@@ -42,6 +43,41 @@ pub enum XlCheck {
     /// `xl info`'s free memory after `xl destroy` is what it was before the
     /// first domain was created: Xen lost nothing.
     NothingLost,
+    /// Xen's `nr_pages` at toolstack step `step` (a [`XlStep::Pages`]).
+    StepPages {
+        /// The step's index.
+        step: usize,
+        /// The count.
+        pages: u64,
+    },
+    /// Xen's `nr_pages` at step `step` equals the number in field `key` of
+    /// the agent's first `topic` report (the floor it stated).
+    StepPagesIsReport {
+        /// The step's index.
+        step: usize,
+        /// Report topic.
+        topic: &'static str,
+        /// Field.
+        key: &'static str,
+    },
+    /// `xl list` showed the step's memory (a [`XlStep::WaitMib`]) within
+    /// `within_s` seconds of the `xl mem-set`.
+    Reached {
+        /// The step's index.
+        step: usize,
+        /// The bound, seconds.
+        within_s: f64,
+    },
+    /// The domain's CPU time (`xl list`) did not grow between two
+    /// [`XlStep::CpuTime`] steps: it waited without spinning.
+    CpuFlat {
+        /// The first.
+        from: usize,
+        /// The second.
+        to: usize,
+    },
+    /// `xl destroy` was run mid-way (a [`XlStep::Destroy`]).
+    DestroyedEarly,
 }
 
 /// One xl-made domU and what it must show.
@@ -58,8 +94,11 @@ pub struct XlScenario {
     /// The agent's options (the rig adds `exit=shutdown`, and on aarch64
     /// the domid).
     pub agent_opts: &'static [&'static str],
-    /// The shutdown reason `xl list -v` must show.
-    pub shutdown: &'static str,
+    /// The shutdown reason `xl list -v` must show (`None`: destroyed, it
+    /// never shuts down).
+    pub shutdown: Option<&'static str>,
+    /// What the toolstack does while it runs.
+    pub steps: Vec<XlStep>,
     /// The agent's reports (source [`Source::D1`] stands for the domain).
     pub checks: Vec<Check>,
     /// The toolstack's and Xen's view.
@@ -67,6 +106,18 @@ pub struct XlScenario {
 }
 
 impl XlScenario {
+    /// The longest its steps may wait.
+    pub fn steps_time(&self) -> Duration {
+        self.steps
+            .iter()
+            .map(|s| match s {
+                XlStep::WaitMib { timeout, .. } => *timeout,
+                XlStep::Sleep(d) => *d,
+                _ => Duration::ZERO,
+            })
+            .sum()
+    }
+
     /// The rig job that runs it.
     pub fn job(&self) -> XlJob {
         let mut opts: Vec<String> = self.agent_opts.iter().map(|o| o.to_string()).collect();
@@ -80,6 +131,9 @@ impl XlScenario {
             maxmem_mib: self.maxmem_mib,
             agent_opts: opts,
             extra_cfg: Vec::new(),
+            steps: self.steps.clone(),
+            // The usual bound, plus what the steps may wait.
+            timeout: Some(crate::rig::DEFAULT_JOB_TIMEOUT + self.steps_time()),
             ..XlJob::default()
         }
     }
@@ -143,6 +197,328 @@ fn with(mut a: Vec<Check>, b: impl IntoIterator<Item = Check>) -> Vec<Check> {
     a
 }
 
+/// How long `xl list` may take to show a target after `xl mem-set`, as the
+/// service scenarios state it (measured under TCG: 192 MiB down in 1.5 s,
+/// 96 MiB up in 0.7 s).
+pub const REACH_BOUND_S: f64 = 20.0;
+
+/// Toolstack steps and the checks on what they saw, built together so that
+/// the checks name the right step.
+#[derive(Default)]
+struct Plan {
+    steps: Vec<XlStep>,
+    xl: Vec<XlCheck>,
+    special: u64,
+}
+
+impl Plan {
+    fn new(arch: Arch) -> Plan {
+        Plan {
+            special: special_pages(arch),
+            ..Plan::default()
+        }
+    }
+
+    fn step(&mut self, s: XlStep) -> usize {
+        self.steps.push(s);
+        self.steps.len() - 1
+    }
+
+    /// Xen's count now is `mib` MiB and the toolstack's pages.
+    fn pages(&mut self, mib: u64) -> &mut Self {
+        let step = self.step(XlStep::Pages);
+        self.xl.push(XlCheck::StepPages {
+            step,
+            pages: pages(mib) + self.special,
+        });
+        self
+    }
+
+    /// `xl mem-set` without waiting.
+    fn set(&mut self, mib: u64) -> &mut Self {
+        self.step(XlStep::MemSet(mib));
+        self
+    }
+
+    /// `xl list` shows `mib` within the bound, and Xen's count is exact.
+    fn wait(&mut self, mib: u64) -> &mut Self {
+        let step = self.step(XlStep::WaitMib {
+            mib,
+            timeout: Duration::from_secs_f64(REACH_BOUND_S + 10.0),
+        });
+        self.xl.push(XlCheck::Reached {
+            step,
+            within_s: REACH_BOUND_S,
+        });
+        self.pages(mib)
+    }
+
+    /// `xl mem-set` and [`Plan::wait`].
+    fn mem_set(&mut self, mib: u64) -> &mut Self {
+        self.set(mib).wait(mib)
+    }
+
+    /// The domain's CPU time stays flat over `secs` seconds.
+    fn idle(&mut self, secs: u64) -> &mut Self {
+        let from = self.step(XlStep::CpuTime);
+        self.step(XlStep::Sleep(Duration::from_secs(secs)));
+        let to = self.step(XlStep::CpuTime);
+        self.xl.push(XlCheck::CpuFlat { from, to });
+        self
+    }
+
+    fn then(&mut self, s: XlStep) -> &mut Self {
+        self.step(s);
+        self
+    }
+
+    fn done(&mut self) -> (Vec<XlStep>, Vec<XlCheck>) {
+        (
+            core::mem::take(&mut self.steps),
+            core::mem::take(&mut self.xl),
+        )
+    }
+}
+
+/// What every run of the balloon service shows: the floor it states, the
+/// watches set, and a passing verdict.
+fn service(arch: Arch, mib: u64) -> Vec<Check> {
+    with(
+        domu(arch, mib),
+        [
+            field(D1, "service", "floor", Is::AnyNum),
+            field(D1, "service", "special", Is::Num(special_pages(arch))),
+            field(D1, "service-watch", "target", Is::Text("memory/target")),
+            field(D1, "service-xenstore", "port", Is::AnyNum),
+        ],
+    )
+}
+
+/// The balloon service driven by `xl mem-set`, `xl shutdown` and the rest.
+fn service_scenarios(arch: Arch) -> Vec<XlScenario> {
+    let x86 = arch == Arch::X86_64;
+    let name = |x: &'static str, a: &'static str| if x86 { x } else { a };
+    let sp = special_pages(arch);
+    let mut v = Vec::new();
+    // 256 -> 64 -> 200 -> 128, each to the page; idle in between.
+    let (steps, mut xl) = Plan::new(arch)
+        .pages(256)
+        .idle(2)
+        .mem_set(64)
+        .idle(2)
+        .mem_set(200)
+        .mem_set(128)
+        .then(XlStep::XsRead("control/feature-balloon".into()))
+        .then(XlStep::Shutdown)
+        .done();
+    xl.extend([
+        XlCheck::ListMibAtStart(256),
+        XlCheck::ListMib(128),
+        XlCheck::XenPagesIsLast {
+            topic: "accounting",
+            key: "current",
+        },
+        XlCheck::NothingLost,
+    ]);
+    v.push(XlScenario {
+        name: name("x86_64-xl-mem-set", "aarch64-xl-mem-set"),
+        arch,
+        memory_mib: 256,
+        maxmem_mib: None,
+        agent_opts: &["mode=service"],
+        shutdown: Some("poweroff"),
+        steps,
+        checks: with(
+            service(arch, 256),
+            [
+                count(D1, "service-reached", ("target", leak(pages(64) + sp)), 1),
+                count(D1, "service-reached", ("target", leak(pages(200) + sp)), 1),
+                count(D1, "service-reached", ("target", leak(pages(128) + sp)), 1),
+                field(D1, "service-shutdown", "request", Is::Text("poweroff")),
+            ],
+        ),
+        xl,
+    });
+    // A target below the floor: the floor is reached (Xen's count equals
+    // the floor the agent stated at start).
+    let mut p = Plan::new(arch);
+    p.set(2).then(XlStep::Sleep(Duration::from_secs(4)));
+    let floor_step = p.step(XlStep::Pages);
+    let (steps, mut xl) = p.then(XlStep::Shutdown).done();
+    xl.push(XlCheck::StepPagesIsReport {
+        step: floor_step,
+        topic: "service",
+        key: "floor",
+    });
+    xl.push(XlCheck::NothingLost);
+    v.push(XlScenario {
+        name: name("x86_64-xl-mem-set-floor", "aarch64-xl-mem-set-floor"),
+        arch,
+        memory_mib: 64,
+        maxmem_mib: None,
+        agent_opts: &["mode=service"],
+        shutdown: Some("poweroff"),
+        steps,
+        checks: service(arch, 64),
+        xl,
+    });
+    // Two targets back to back: the second wins.
+    let (steps, mut xl) = Plan::new(arch)
+        .set(64)
+        .mem_set(200)
+        .then(XlStep::Shutdown)
+        .done();
+    xl.push(XlCheck::NothingLost);
+    v.push(XlScenario {
+        name: name(
+            "x86_64-xl-mem-set-back-to-back",
+            "aarch64-xl-mem-set-back-to-back",
+        ),
+        arch,
+        memory_mib: 256,
+        maxmem_mib: None,
+        agent_opts: &["mode=service"],
+        shutdown: Some("poweroff"),
+        steps,
+        checks: service(arch, 256),
+        xl,
+    });
+    // Malformed targets written by hand: each refused, the service goes on.
+    let (steps, mut xl) = Plan::new(arch)
+        .then(XlStep::XsWrite {
+            path: "memory/target".into(),
+            value: "abc".into(),
+        })
+        .then(XlStep::Sleep(Duration::from_secs(1)))
+        .then(XlStep::XsWrite {
+            path: "memory/target".into(),
+            value: "-5".into(),
+        })
+        .then(XlStep::Sleep(Duration::from_secs(1)))
+        .then(XlStep::XsWrite {
+            path: "memory/target".into(),
+            value: String::new(),
+        })
+        .then(XlStep::Sleep(Duration::from_secs(1)))
+        .pages(64)
+        .mem_set(32)
+        .then(XlStep::Shutdown)
+        .done();
+    xl.push(XlCheck::NothingLost);
+    v.push(XlScenario {
+        name: name("x86_64-xl-malformed-target", "aarch64-xl-malformed-target"),
+        arch,
+        memory_mib: 64,
+        maxmem_mib: None,
+        agent_opts: &["mode=service"],
+        shutdown: Some("poweroff"),
+        steps,
+        checks: with(
+            service(arch, 64),
+            [count(D1, "service-target", ("malformed", "yes"), 3)],
+        ),
+        xl,
+    });
+    // xl reboot: the reason says reboot.
+    let (steps, mut xl) = Plan::new(arch).then(XlStep::Reboot).done();
+    xl.push(XlCheck::NothingLost);
+    v.push(XlScenario {
+        name: name("x86_64-xl-reboot", "aarch64-xl-reboot"),
+        arch,
+        memory_mib: 64,
+        maxmem_mib: None,
+        agent_opts: &["mode=service"],
+        shutdown: Some("reboot"),
+        steps,
+        checks: with(
+            service(arch, 64),
+            [field(D1, "service-shutdown", "request", Is::Text("reboot"))],
+        ),
+        xl,
+    });
+    // Suspend is refused and the service goes on serving.
+    let (steps, mut xl) = Plan::new(arch)
+        .then(XlStep::XsWrite {
+            path: "control/shutdown".into(),
+            value: "suspend".into(),
+        })
+        .then(XlStep::Sleep(Duration::from_secs(2)))
+        .mem_set(32)
+        .then(XlStep::Shutdown)
+        .done();
+    xl.push(XlCheck::NothingLost);
+    v.push(XlScenario {
+        name: name("x86_64-xl-suspend-refused", "aarch64-xl-suspend-refused"),
+        arch,
+        memory_mib: 64,
+        maxmem_mib: None,
+        agent_opts: &["mode=service"],
+        shutdown: Some("poweroff"),
+        steps,
+        checks: with(
+            service(arch, 64),
+            [
+                field(D1, "service-shutdown", "request", Is::Text("refused")),
+                count(D1, "service-shutdown", ("request", "poweroff"), 1),
+            ],
+        ),
+        xl,
+    });
+    // xl destroy while it balloons: Xen loses nothing.
+    let (steps, _) = Plan::new(arch).set(16).then(XlStep::Destroy).done();
+    // 512 MiB down to 16 takes some seconds: xl destroy lands in it.
+    v.push(XlScenario {
+        name: name(
+            "x86_64-xl-destroy-mid-balloon",
+            "aarch64-xl-destroy-mid-balloon",
+        ),
+        arch,
+        memory_mib: 512,
+        maxmem_mib: None,
+        agent_opts: &["mode=service"],
+        shutdown: None,
+        steps,
+        // It had started ballooning.
+        checks: vec![count(
+            D1,
+            "service-step",
+            ("target", leak(pages(16) + sp)),
+            1,
+        )],
+        xl: vec![XlCheck::DestroyedEarly, XlCheck::NothingLost],
+    });
+    if x86 {
+        // A populate-on-demand start, then served like any other.
+        let (steps, mut xl) = Plan::new(arch)
+            .pages(128)
+            .mem_set(200)
+            .mem_set(96)
+            .then(XlStep::Shutdown)
+            .done();
+        xl.extend([XlCheck::NothingLost]);
+        v.push(XlScenario {
+            name: "x86_64-xl-mem-set-pod",
+            arch,
+            memory_mib: 128,
+            maxmem_mib: Some(256),
+            agent_opts: &["mode=service"],
+            shutdown: Some("poweroff"),
+            steps,
+            checks: with(
+                domu_map(arch, 256),
+                [field(D1, "pod", "surplus", Is::Num(pages(128)))],
+            ),
+            xl,
+        });
+    }
+    v
+}
+
+/// A number as the `&'static str` that [`Check::Count`] compares.
+fn leak(n: u64) -> &'static str {
+    Box::leak(n.to_string().into_boxed_str())
+}
+
 /// The xl scenarios of one architecture.
 fn for_arch(arch: Arch) -> Vec<XlScenario> {
     let x86 = arch == Arch::X86_64;
@@ -159,7 +535,8 @@ fn for_arch(arch: Arch) -> Vec<XlScenario> {
             memory_mib: 64,
             maxmem_mib: None,
             agent_opts: &[],
-            shutdown: "poweroff",
+            shutdown: Some("poweroff"),
+            steps: Vec::new(),
             checks: with(
                 domu(arch, 64),
                 [field(D1, "reservation", "current", Is::Num(pages(64) + sp))],
@@ -178,7 +555,8 @@ fn for_arch(arch: Arch) -> Vec<XlScenario> {
             memory_mib: 64,
             maxmem_mib: None,
             agent_opts: &["balloon=32M"],
-            shutdown: "poweroff",
+            shutdown: Some("poweroff"),
+            steps: Vec::new(),
             checks: with(
                 domu(arch, 64),
                 [
@@ -205,7 +583,8 @@ fn for_arch(arch: Arch) -> Vec<XlScenario> {
             memory_mib: 64,
             maxmem_mib: None,
             agent_opts: &["balloon=32M", "balloon-then=48M"],
-            shutdown: "poweroff",
+            shutdown: Some("poweroff"),
+            steps: Vec::new(),
             checks: with(
                 domu(arch, 64),
                 [
@@ -236,7 +615,8 @@ fn for_arch(arch: Arch) -> Vec<XlScenario> {
             memory_mib: 64,
             maxmem_mib: None,
             agent_opts: &["grant=self"],
-            shutdown: "poweroff",
+            shutdown: Some("poweroff"),
+            steps: Vec::new(),
             checks: with(domu(arch, 64), grant_self(D1, x86)),
             xl: vec![agent_is_xen(), XlCheck::NothingLost],
         },
@@ -246,7 +626,8 @@ fn for_arch(arch: Arch) -> Vec<XlScenario> {
             memory_mib: 64,
             maxmem_mib: None,
             agent_opts: &["contig=2M"],
-            shutdown: "poweroff",
+            shutdown: Some("poweroff"),
+            steps: Vec::new(),
             checks: with(
                 domu(arch, 64),
                 [
@@ -270,7 +651,8 @@ fn for_arch(arch: Arch) -> Vec<XlScenario> {
             memory_mib: 64,
             maxmem_mib: None,
             agent_opts: &["probe=0"],
-            shutdown: "poweroff",
+            shutdown: Some("poweroff"),
+            steps: Vec::new(),
             checks: with(
                 domu(arch, 64),
                 [
@@ -297,7 +679,8 @@ fn for_arch(arch: Arch) -> Vec<XlScenario> {
             maxmem_mib: None,
             agent_opts: &["bogus=1"],
             // A failed agent ends its domain as crashed; dom0 reads it.
-            shutdown: "crash",
+            shutdown: Some("crash"),
+            steps: Vec::new(),
             checks: vec![
                 Check::ErrorMentions(D1, "bogus"),
                 verdict(D1, Verdict::Fail),
@@ -311,11 +694,13 @@ fn for_arch(arch: Arch) -> Vec<XlScenario> {
             maxmem_mib: None,
             agent_opts: &["fault=unmapped"],
             // The exception handler ends a domU through Xen too.
-            shutdown: "crash",
+            shutdown: Some("crash"),
+            steps: Vec::new(),
             checks: vec![Check::Exception(D1), verdict(D1, Verdict::Fail)],
             xl: vec![XlCheck::NothingLost],
         },
     ];
+    v.extend(service_scenarios(arch));
     if x86 {
         // memory < maxmem: populate-on-demand (x86 only: Xen 4.17 refuses it
         // on Arm at build time).
@@ -327,7 +712,8 @@ fn for_arch(arch: Arch) -> Vec<XlScenario> {
                 memory_mib: 64,
                 maxmem_mib: Some(128),
                 agent_opts: &[],
-                shutdown: "poweroff",
+                shutdown: Some("poweroff"),
+                steps: Vec::new(),
                 checks: with(
                     domu_map(arch, 128),
                     [
@@ -368,6 +754,14 @@ fn last_number(l: &AgentLog, topic: &str, key: &str) -> Option<u64> {
         .filter_map(|r| r.get(key))
         .last()
         .and_then(parse_number)
+}
+
+/// The record of toolstack step `step`.
+fn step_record<'a>(job: &'a XlJobResult, step: usize) -> Option<&'a crate::rig::Record> {
+    let want = step.to_string();
+    job.steps
+        .iter()
+        .find(|r| r.get("step") == Some(want.as_str()))
 }
 
 fn list_mib(r: &Option<crate::rig::Record>, want: u64, when: &str) -> Option<String> {
@@ -411,6 +805,57 @@ fn check_xl(c: &XlCheck, job: &XlJobResult, log: &AgentLog, res: &XlResult) -> O
                 )),
             }
         }
+        XlCheck::StepPages { step, pages } => {
+            let got = step_record(job, step)
+                .filter(|r| r.topic == "xen-pages")
+                .and_then(|r| r.num("nr_pages"));
+            (got != Some(pages))
+                .then(|| format!("step {step}: Xen's nr_pages is {got:?}, expected {pages}"))
+        }
+        XlCheck::StepPagesIsReport { step, topic, key } => {
+            let got = step_record(job, step)
+                .filter(|r| r.topic == "xen-pages")
+                .and_then(|r| r.num("nr_pages"));
+            let agent = log
+                .topic(topic)
+                .find_map(|r| r.get(key))
+                .and_then(parse_number);
+            match (got, agent) {
+                (Some(g), Some(a)) if g == a => None,
+                _ => Some(format!(
+                    "step {step}: Xen's nr_pages is {got:?}, the agent's `report: {topic}` {key}= is {agent:?}"
+                )),
+            }
+        }
+        XlCheck::Reached { step, within_s } => match step_record(job, step) {
+            Some(r) if r.topic == "reached" => {
+                let after: f64 = r
+                    .get("after_s")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(f64::MAX);
+                (after > within_s).then(|| {
+                    format!("step {step}: reached after {after} s, the bound is {within_s} s")
+                })
+            }
+            Some(r) => Some(format!("step {step}: {}", r.line)),
+            None => Some(format!("step {step}: no record")),
+        },
+        XlCheck::CpuFlat { from, to } => {
+            let cpu = |k| {
+                step_record(job, k)
+                    .filter(|r| r.topic == "cpu")
+                    .and_then(|r| r.get("time_s"))
+                    .and_then(|v| v.parse::<f64>().ok())
+            };
+            match (cpu(from), cpu(to)) {
+                (Some(a), Some(b)) if b - a < 0.05 => None,
+                (a, b) => Some(format!(
+                    "CPU time went from {a:?} s (step {from}) to {b:?} s (step {to}) while the agent waited"
+                )),
+            }
+        }
+        XlCheck::DestroyedEarly => (!job.steps.iter().any(|r| r.topic == "destroyed-early"))
+            .then(|| "no `destroyed-early` record: xl destroy was not run mid-way".into()),
         XlCheck::NothingLost => {
             let (before, after) = (res.free_at_start_mib(), job.free_after_mib);
             match (before, after) {
@@ -441,12 +886,12 @@ pub fn evaluate(s: &XlScenario, res: &XlResult) -> Vec<String> {
         out.push("no domid for the job".into());
         return out;
     };
-    match job.reason() {
-        Some(r) if r == s.shutdown => {}
-        r => out.push(format!(
-            "shutdown reason (xl list -v) {r:?}, expected {}",
+    if job.reason() != s.shutdown {
+        out.push(format!(
+            "shutdown reason (xl list -v) {:?}, expected {:?}",
+            job.reason(),
             s.shutdown
-        )),
+        ));
     }
     let source = Source(domid as u16);
     let log = res.logs.get(source).clone();
