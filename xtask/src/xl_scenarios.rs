@@ -134,7 +134,6 @@ impl XlScenario {
             steps: self.steps.clone(),
             // The usual bound, plus what the steps may wait.
             timeout: Some(crate::rig::DEFAULT_JOB_TIMEOUT + self.steps_time()),
-            ..XlJob::default()
         }
     }
 }
@@ -757,7 +756,7 @@ fn last_number(l: &AgentLog, topic: &str, key: &str) -> Option<u64> {
 }
 
 /// The record of toolstack step `step`.
-fn step_record<'a>(job: &'a XlJobResult, step: usize) -> Option<&'a crate::rig::Record> {
+fn step_record(job: &XlJobResult, step: usize) -> Option<&crate::rig::Record> {
     let want = step.to_string();
     job.steps
         .iter()
