@@ -2227,7 +2227,7 @@ fn control_for<'a, H: Hypervisor>(
     let broken = |what: &str, e: &dyn core::fmt::Display| {
         ControlError::Broken(alloc::format!("{what}: {e}"))
     };
-    let params = crate::xenstore::StoreParams::read(hv)
+    let params = crate::xen::RingParams::xenstore(hv)
         .map_err(|e| broken("HVM_PARAM_STORE_PFN/_EVTCHN", &e))?
         .ok_or_else(|| ControlError::Broken("this domain has no xenstore ring".into()))?;
     let ring_pa = params

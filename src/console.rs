@@ -20,47 +20,11 @@ use core::fmt;
 use core::ptr::{addr_of, addr_of_mut, NonNull};
 use core::sync::atomic::{fence, Ordering};
 
-use crate::addr::Gfn;
-use crate::xen::abi::{hvm_param, XenconsInterface};
-use crate::xen::{Hypervisor, XenError};
+use crate::xen::abi::XenconsInterface;
+use crate::xen::XenError;
 
 /// Size of the output ring, bytes.
 pub const OUT_SIZE: u32 = 2048;
-
-/// Where the toolstack put this domain's console.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[cfg_attr(feature = "defmt", derive(defmt::Format))]
-pub struct ConsoleParams {
-    /// The ring page's frame.
-    pub gfn: Gfn,
-    /// The local event channel port to notify.
-    pub port: u32,
-}
-
-impl ConsoleParams {
-    /// Read `HVM_PARAM_CONSOLE_PFN` and `HVM_PARAM_CONSOLE_EVTCHN`. `None`
-    /// when the domain has no PV console (the frame is 0: dom0, dom0less
-    /// domUs); an error when Xen refuses the parameters.
-    pub fn read(hv: &impl Hypervisor) -> Result<Option<ConsoleParams>, XenError> {
-        Self::from_values(
-            hv.hvm_get_param(hvm_param::CONSOLE_PFN)?,
-            hv.hvm_get_param(hvm_param::CONSOLE_EVTCHN)?,
-        )
-    }
-
-    /// The parameters from the two raw values (see [`ConsoleParams::read`]).
-    pub fn from_values(pfn: u64, evtchn: u64) -> Result<Option<ConsoleParams>, XenError> {
-        if pfn == 0 {
-            return Ok(None);
-        }
-        let port = u32::try_from(evtchn)
-            .map_err(|_| XenError::Contract("console event channel beyond 32 bits"))?;
-        Ok(Some(ConsoleParams {
-            gfn: Gfn(pfn),
-            port,
-        }))
-    }
-}
 
 /// Why console output could not be written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -293,15 +257,17 @@ mod tests {
 
     #[test]
     fn params_from_values() {
-        assert_eq!(ConsoleParams::from_values(0, 3), Ok(None));
+        use crate::addr::Gfn;
+        use crate::xen::RingParams;
+        assert_eq!(RingParams::from_values(0, 3), Ok(None));
         assert_eq!(
-            ConsoleParams::from_values(0xfefff, 2),
-            Ok(Some(ConsoleParams {
+            RingParams::from_values(0xfefff, 2),
+            Ok(Some(RingParams {
                 gfn: Gfn(0xfefff),
                 port: 2
             }))
         );
-        assert!(ConsoleParams::from_values(1, 1 << 32).is_err());
+        assert!(RingParams::from_values(1, 1 << 32).is_err());
     }
 
     #[test]

@@ -219,7 +219,7 @@ fn ring_wait() -> Result<(), xen::XenError> {
 /// GiB as device memory; the start-up trim keeps it because the region table
 /// records it as a populated special page).
 fn find_ring() -> Option<crate::console::ConsoleRing> {
-    let params = crate::console::ConsoleParams::read(&xen::RealXen::new()).ok()??;
+    let params = xen::RingParams::console(&xen::RealXen::new()).ok()??;
     let addr = usize::try_from(params.gfn.0.checked_mul(crate::addr::PAGE_SIZE)?).ok()?;
     if addr >= imp::paging::IDENTITY.end.0 as usize {
         return None;

@@ -332,6 +332,58 @@ impl ChannelStatus {
     }
 }
 
+/// A ring page the toolstack gave this domain and the event channel that
+/// goes with it, named by two HVM parameters (console:
+/// `HVM_PARAM_CONSOLE_PFN`/`_EVTCHN`; xenstore: `HVM_PARAM_STORE_PFN`/
+/// `_EVTCHN`; the same on x86 and Arm).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct RingParams {
+    /// The ring page's frame.
+    pub gfn: Gfn,
+    /// The local event channel port to notify.
+    pub port: u32,
+}
+
+impl RingParams {
+    /// The PV console's ring ([`RingParams::read`]).
+    pub fn console(hv: &impl Hypervisor) -> Result<Option<RingParams>, XenError> {
+        Self::read(
+            hv,
+            abi::hvm_param::CONSOLE_PFN,
+            abi::hvm_param::CONSOLE_EVTCHN,
+        )
+    }
+
+    /// The xenstore ring ([`RingParams::read`]).
+    pub fn xenstore(hv: &impl Hypervisor) -> Result<Option<RingParams>, XenError> {
+        Self::read(hv, abi::hvm_param::STORE_PFN, abi::hvm_param::STORE_EVTCHN)
+    }
+
+    /// Read the two parameters. `None` when the domain has no such ring (the
+    /// frame is 0: dom0, dom0less domUs); an error when Xen refuses them.
+    pub fn read(
+        hv: &impl Hypervisor,
+        pfn: u32,
+        evtchn: u32,
+    ) -> Result<Option<RingParams>, XenError> {
+        Self::from_values(hv.hvm_get_param(pfn)?, hv.hvm_get_param(evtchn)?)
+    }
+
+    /// The parameters from the two raw values (see [`RingParams::read`]).
+    pub fn from_values(pfn: u64, evtchn: u64) -> Result<Option<RingParams>, XenError> {
+        if pfn == 0 {
+            return Ok(None);
+        }
+        let port = u32::try_from(evtchn)
+            .map_err(|_| XenError::Contract("event channel beyond 32 bits"))?;
+        Ok(Some(RingParams {
+            gfn: Gfn(pfn),
+            port,
+        }))
+    }
+}
+
 /// The typed operations the agent asks of Xen.
 ///
 /// Implemented by `RealXen` (real hypercalls, bare-metal targets) and by host

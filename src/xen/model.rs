@@ -4540,7 +4540,7 @@ pub mod dctl {
 /// * **`SCHEDOP_poll`** (`do_poll`): EINVAL for more than 128 ports, a port
 ///   beyond `valid_evtchns` or one not in use; returns at once when a polled
 ///   port is pending. Otherwise the real vCPU would block: the model records
-///   the poll as [`PollOutcome::Blocked`], runs the hook of
+///   the poll as [`PollOutcome::Blocked`](evt::PollOutcome::Blocked), runs the hook of
 ///   [`XenModel::set_poll_hook`] (which may make something pending, as a
 ///   peer would, or do nothing: a timeout or a spurious wake-up) and
 ///   returns `Ok(())` — it never hangs. The interrupts of the guest are

@@ -2,7 +2,7 @@
 //!
 //! A domain made by a toolstack talks to xenstored (in dom0) through one page
 //! shared with it, named by `HVM_PARAM_STORE_PFN` and notified through the
-//! event channel `HVM_PARAM_STORE_EVTCHN` ([`StoreParams`]). The page holds
+//! event channel `HVM_PARAM_STORE_EVTCHN` ([`RingParams::xenstore`](crate::xen::RingParams::xenstore)). The page holds
 //! two byte rings ([`wire::XenstoreDomainInterface`]); requests go out on one,
 //! replies and watch events come back on the other, each message a
 //! [`wire::XsdSockmsg`] header and up to [`wire::XENSTORE_PAYLOAD_MAX`] bytes
@@ -33,9 +33,8 @@ use alloc::vec::Vec;
 use core::fmt;
 use core::ptr::NonNull;
 
-use crate::addr::{DomId, Gfn};
-use crate::xen::abi::hvm_param;
-use crate::xen::{Hypervisor, XenError};
+use crate::addr::DomId;
+use crate::xen::XenError;
 
 #[cfg(any(test, feature = "model"))]
 pub mod model;
@@ -46,41 +45,6 @@ pub mod wire;
 
 pub use ring::{CorruptIndices, Ring, XsRing};
 use wire::{msg_type, XenstoreDomainInterface, XsErrno, XsdSockmsg, XENSTORE_PAYLOAD_MAX};
-
-/// Where the toolstack put this domain's xenstore ring.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[cfg_attr(feature = "defmt", derive(defmt::Format))]
-pub struct StoreParams {
-    /// The ring page's frame.
-    pub gfn: Gfn,
-    /// The local event channel port to notify.
-    pub port: u32,
-}
-
-impl StoreParams {
-    /// Read `HVM_PARAM_STORE_PFN` and `HVM_PARAM_STORE_EVTCHN`. `None` when
-    /// the domain has no xenstore ring (the frame is 0); an error when Xen
-    /// refuses the parameters.
-    pub fn read(hv: &impl Hypervisor) -> Result<Option<StoreParams>, XenError> {
-        Self::from_values(
-            hv.hvm_get_param(hvm_param::STORE_PFN)?,
-            hv.hvm_get_param(hvm_param::STORE_EVTCHN)?,
-        )
-    }
-
-    /// The parameters from the two raw values (see [`StoreParams::read`]).
-    pub fn from_values(pfn: u64, evtchn: u64) -> Result<Option<StoreParams>, XenError> {
-        if pfn == 0 {
-            return Ok(None);
-        }
-        let port = u32::try_from(evtchn)
-            .map_err(|_| XenError::Contract("xenstore event channel beyond 32 bits"))?;
-        Ok(Some(StoreParams {
-            gfn: Gfn(pfn),
-            port,
-        }))
-    }
-}
 
 /// Why a decimal value was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

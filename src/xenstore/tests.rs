@@ -139,15 +139,15 @@ fn decimal_values() {
 
 #[test]
 fn store_params() {
-    assert_eq!(StoreParams::from_values(0, 1), Ok(None));
+    assert_eq!(crate::xen::RingParams::from_values(0, 1), Ok(None));
     assert_eq!(
-        StoreParams::from_values(0xfeffc, 1),
-        Ok(Some(StoreParams {
-            gfn: Gfn(0xfeffc),
+        crate::xen::RingParams::from_values(0xfeffc, 1),
+        Ok(Some(crate::xen::RingParams {
+            gfn: crate::addr::Gfn(0xfeffc),
             port: 1
         }))
     );
-    assert!(StoreParams::from_values(1, 1 << 32).is_err());
+    assert!(crate::xen::RingParams::from_values(1, 1 << 32).is_err());
 }
 
 // ---------------------------------------------------------------- basics

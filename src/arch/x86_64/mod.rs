@@ -97,7 +97,7 @@ pub fn own_domid() -> Option<DomId> {
     u16::try_from(domid).ok().map(DomId)
 }
 
-/// The guest's physical address width (CPUID leaf 0x8000_0008, EAX[7:0]),
+/// The guest's physical address width (CPUID leaf 0x8000_0008, EAX bits 7..0),
 /// or `None` where the CPU does not report it.
 pub fn phys_addr_bits() -> Option<u8> {
     let [max, ..] = cpuid(0x8000_0000, 0);
