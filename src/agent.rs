@@ -2184,6 +2184,9 @@ impl crate::service::Control for NoControl {
     ) -> Result<Option<crate::service::Watched>, crate::service::ControlError> {
         Err(no_store())
     }
+    fn park(&mut self) -> bool {
+        false
+    }
 }
 
 #[cfg(not(target_os = "none"))]
@@ -2217,6 +2220,7 @@ fn control_for<'a, H: Hypervisor>(
     crate::service::XsControl<
         impl FnMut(u32) -> Result<(), XenError> + 'a,
         impl FnMut(u32) -> Result<(), XenError> + 'a,
+        impl FnMut() -> bool + 'a,
     >,
     crate::service::ControlError,
 > {
@@ -2296,7 +2300,12 @@ fn control_for<'a, H: Hypervisor>(
     // page for as long as the page tables exist; the service's client is
     // the only user of the ring in this domain.
     let xs = unsafe { crate::xenstore::XsClient::new(page, port, notify, wait, 64) };
-    Ok(crate::service::XsControl { xs })
+    // Parked: blocked until xenstored notifies the port again.
+    let park = move || {
+        ev.wait(hv, &[port], WaitLimit::FOREVER, &mut NoClock)
+            .is_ok()
+    };
+    Ok(crate::service::XsControl { xs, park })
 }
 
 /// `mode=service`: serve the toolstack's targets and requests until it ends

@@ -16,7 +16,11 @@
 //!   (`maximum_reservation`) or what the memory map holds: a target outside
 //!   is clamped, with one log line;
 //! - keeps its last good target when `memory/target` is malformed (empty,
-//!   not a number, negative, absurdly large), with one log line;
+//!   not a number, negative, absurdly large) or cannot be read, with one
+//!   log line; when the xenstore connection breaks (xenstored gone, a
+//!   corrupt ring) it says so, keeps the reservation it has, and waits
+//!   without using the CPU until xenstored signals again
+//!   ([`Control::park`]), then watches again and goes on;
 //! - ends on `control/shutdown` = `poweroff`/`halt` (shutdown reason
 //!   poweroff) or `reboot` (reboot), acknowledging by writing the key back
 //!   empty, as Linux does; `suspend` is refused (not supported) and the
@@ -85,16 +89,29 @@ pub trait Control {
     /// The next watch event: without blocking (`wait == false`: `None` if
     /// there is none), or waiting for one without using the CPU.
     fn next(&mut self, wait: bool) -> Result<Option<Watched>, ControlError>;
+    /// The connection broke: wait, without using the CPU, until xenstored
+    /// may be back (its event channel fires). `false`: it never will; give
+    /// up.
+    fn park(&mut self) -> bool;
 }
 
 /// [`Control`] over the real xenstore client: reads, writes and the two
 /// watches (tokens `target` and `shutdown`) through an
 /// [`XsClient`](crate::xenstore::XsClient), whose wait closure blocks in the
 /// event channel (no CPU while nothing comes).
-#[derive(Debug)]
-pub struct XsControl<N, W> {
+pub struct XsControl<N, W, P> {
     /// The client.
     pub xs: crate::xenstore::XsClient<N, W>,
+    /// [`Control::park`]: block until the xenstore event channel fires.
+    pub park: P,
+}
+
+impl<N, W, P> core::fmt::Debug for XsControl<N, W, P> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("XsControl")
+            .field("xs", &self.xs)
+            .finish_non_exhaustive()
+    }
 }
 
 const TARGET_TOKEN: &str = "target";
@@ -108,11 +125,16 @@ fn xs_error(e: crate::xenstore::XsError) -> ControlError {
     }
 }
 
-impl<N, W> Control for XsControl<N, W>
+impl<N, W, P> Control for XsControl<N, W, P>
 where
     N: FnMut(u32) -> Result<(), crate::xen::XenError>,
     W: FnMut(u32) -> Result<(), crate::xen::XenError>,
+    P: FnMut() -> bool,
 {
+    fn park(&mut self) -> bool {
+        (self.park)()
+    }
+
     fn read(&mut self, path: &str) -> Result<Option<String>, ControlError> {
         use crate::xenstore::{wire::XsErrno, XsError};
         match self.xs.read(path) {
@@ -266,11 +288,37 @@ pub fn serve<H: Hypervisor>(
             );
             xm_info!("report: service feature_balloon=refused");
         }
-        Err(err) => return broken(&err),
+        Err(err) => broken(&err),
     }
-    if let Err(err) = ctl.watch() {
-        return broken(&err);
+    loop {
+        match connected(hv, e, t, ctl, verify, &mut st) {
+            Ok(end) => return end,
+            Err(err) => {
+                broken(&err);
+                xm_warn!(
+                    "service: keeping {} pages; waiting for xenstored",
+                    e.expected()
+                );
+                xm_info!("report: service-parked current={}", e.expected());
+                if !ctl.park() {
+                    return Ended::Failed;
+                }
+                xm_info!("report: service-unparked current={}", e.expected());
+            }
+        }
     }
+}
+
+/// The service while xenstore answers: `Err` when the connection breaks.
+fn connected<H: Hypervisor>(
+    hv: &H,
+    e: &mut Engine<'_, H>,
+    t: &mut RegionTable,
+    ctl: &mut impl Control,
+    verify: &mut impl FnMut(&mut Engine<'_, H>, &RegionTable) -> Option<PageCount>,
+    st: &mut State,
+) -> Result<Ended, ControlError> {
+    ctl.watch()?;
     xm_info!(
         "report: service-watch target={=str} shutdown={=str}",
         TARGET_KEY,
@@ -278,15 +326,9 @@ pub fn serve<H: Hypervisor>(
     );
     loop {
         // Take every event there is before moving memory.
-        loop {
-            match ctl.next(false) {
-                Ok(Some(w)) => {
-                    if let Some(end) = handle(hv, w, ctl, &mut st) {
-                        return end;
-                    }
-                }
-                Ok(None) => break,
-                Err(err) => return broken(&err),
+        while let Some(w) = ctl.next(false)? {
+            if let Some(end) = handle(hv, w, ctl, st)? {
+                return Ok(end);
             }
         }
         let now = e.expected();
@@ -297,10 +339,10 @@ pub fn serve<H: Hypervisor>(
                 PageCount(st.target.0.min(now.0 + STEP))
             };
             if let Err(err) = e.balloon_to(t, next) {
-                return step_failed(&err);
+                return Ok(step_failed(&err));
             }
             let Some(cur) = verify(e, t) else {
-                return Ended::Failed;
+                return Ok(Ended::Failed);
             };
             xm_info!(
                 "report: service-step target={} current={} released={=u64} populated={=u64} hypercalls={=u64}",
@@ -323,21 +365,16 @@ pub fn serve<H: Hypervisor>(
                 e.stats.hypercalls
             );
         }
-        match ctl.next(true) {
-            Ok(Some(w)) => {
-                if let Some(end) = handle(hv, w, ctl, &mut st) {
-                    return end;
-                }
+        if let Some(w) = ctl.next(true)? {
+            if let Some(end) = handle(hv, w, ctl, st)? {
+                return Ok(end);
             }
-            Ok(None) => {}
-            Err(err) => return broken(&err),
         }
     }
 }
 
-fn broken(err: &ControlError) -> Ended {
+fn broken(err: &ControlError) {
     xm_error!("service: {}", defmt_display(err));
-    Ended::Failed
 }
 
 fn step_failed(err: &ReservationError) -> Ended {
@@ -345,20 +382,21 @@ fn step_failed(err: &ReservationError) -> Ended {
     Ended::Failed
 }
 
-/// React to one watch event; `Some` ends the service.
+/// React to one watch event; `Some` ends the service, `Err` is a broken
+/// connection.
 fn handle<H: Hypervisor>(
     hv: &H,
     w: Watched,
     ctl: &mut impl Control,
     st: &mut State,
-) -> Option<Ended> {
+) -> Result<Option<Ended>, ControlError> {
     match w {
         Watched::Target => {
             let v = match ctl.read(TARGET_KEY) {
                 Ok(Some(v)) => v,
                 Ok(None) => {
                     xm_info!("report: service-target none=yes kept={}", st.target);
-                    return None;
+                    return Ok(None);
                 }
                 Err(ControlError::Store(err)) => {
                     xm_warn!(
@@ -367,9 +405,9 @@ fn handle<H: Hypervisor>(
                         err.as_str(),
                         st.target
                     );
-                    return None;
+                    return Ok(None);
                 }
-                Err(err) => return Some(broken(&err)),
+                Err(err) => return Err(err),
             };
             let Some(kib) = parse_target_kib(&v) else {
                 xm_error!(
@@ -379,7 +417,7 @@ fn handle<H: Hypervisor>(
                     st.target
                 );
                 xm_info!("report: service-target malformed=yes kept={}", st.target);
-                return None;
+                return Ok(None);
             };
             let wanted = PageCount((kib / 4).saturating_add(st.special.0));
             // What Xen allows now (xl mem-set raises max_pages first).
@@ -416,7 +454,7 @@ fn handle<H: Hypervisor>(
             }
             st.target = target;
             st.reached = false;
-            None
+            Ok(None)
         }
         Watched::Shutdown => {
             let v = match ctl.read(SHUTDOWN_KEY) {
@@ -427,13 +465,13 @@ fn handle<H: Hypervisor>(
                         SHUTDOWN_KEY,
                         err.as_str()
                     );
-                    return None;
+                    return Ok(None);
                 }
-                Err(err) => return Some(broken(&err)),
+                Err(err) => return Err(err),
             };
             let req = request(&v);
             if req == Request::Nothing {
-                return None;
+                return Ok(None);
             }
             // Acknowledge, as Linux does, so the toolstack sees it taken.
             if let Err(err) = ctl.write(SHUTDOWN_KEY, "") {
@@ -446,11 +484,11 @@ fn handle<H: Hypervisor>(
             match req {
                 Request::Poweroff => {
                     xm_info!("report: service-shutdown request=poweroff");
-                    Some(Ended::Poweroff)
+                    Ok(Some(Ended::Poweroff))
                 }
                 Request::Reboot => {
                     xm_info!("report: service-shutdown request=reboot");
-                    Some(Ended::Reboot)
+                    Ok(Some(Ended::Reboot))
                 }
                 Request::Unsupported => {
                     xm_warn!(
@@ -458,9 +496,9 @@ fn handle<H: Hypervisor>(
                         printable(&v)
                     );
                     xm_info!("report: service-shutdown request=refused");
-                    None
+                    Ok(None)
                 }
-                Request::Nothing => None,
+                Request::Nothing => Ok(None),
             }
         }
     }
@@ -518,6 +556,13 @@ mod tests {
         polls: usize,
         writes: Vec<(String, String)>,
         refuse: Vec<&'static str>,
+        /// Reads of these keys fail with EIO.
+        fail_reads: Vec<&'static str>,
+        /// The connection breaks once `next(false)` was called this often.
+        break_after: Option<usize>,
+        /// Whether it comes back after the first park.
+        recover: bool,
+        parks: u32,
     }
 
     impl Script {
@@ -530,6 +575,10 @@ mod tests {
                 polls: 0,
                 writes: Vec::new(),
                 refuse: alloc::vec![FEATURE_BALLOON_KEY],
+                fail_reads: Vec::new(),
+                break_after: None,
+                recover: false,
+                parks: 0,
             }
         }
 
@@ -544,6 +593,9 @@ mod tests {
 
     impl Control for Script {
         fn read(&mut self, path: &str) -> Result<Option<String>, ControlError> {
+            if self.fail_reads.contains(&path) {
+                return Err(ControlError::Store("EIO".into()));
+            }
             Ok(self.store.get(path).cloned())
         }
 
@@ -563,7 +615,18 @@ mod tests {
             Ok(())
         }
 
+        fn park(&mut self) -> bool {
+            self.parks += 1;
+            // xenstored "comes back" once.
+            self.parks == 1 && self.recover
+        }
+
         fn next(&mut self, wait: bool) -> Result<Option<Watched>, ControlError> {
+            if let Some(n) = self.break_after {
+                if self.polls >= n && self.parks == 0 {
+                    return Err(ControlError::Broken("the ring is corrupt".into()));
+                }
+            }
             if wait {
                 return match self.deliver() {
                     Some(w) => Ok(Some(w)),
@@ -773,7 +836,10 @@ mod tests {
         let page = xs.borrow().page();
         // SAFETY: the model owns the page and outlives the client.
         let client = unsafe { XsClient::new(page, 5, notify, wait, 8) };
-        let mut ctl = XsControl { xs: client };
+        let mut ctl = XsControl {
+            xs: client,
+            park: || false,
+        };
         let cur = m.current_reservation(DomId::SELF).unwrap();
         let features = m.features().unwrap();
         let mut e = Engine::new(&m, Strategy::xenmem(Order::new_const(9)), cur, features);
@@ -797,5 +863,46 @@ mod tests {
             x.value(&x.absolute("control/feature-balloon")),
             Some(&b"1"[..])
         );
+    }
+
+    #[test]
+    fn a_read_error_keeps_the_target_and_a_broken_connection_parks() {
+        // EIO reading memory/target: the target is kept, the service runs on.
+        let (m, mut t) = domu();
+        let mut ctl = Script::new(&[
+            (None, Watched::Target, Some((TARGET_KEY, "65536"))),
+            (None, Watched::Shutdown, Some((SHUTDOWN_KEY, "poweroff"))),
+        ]);
+        ctl.fail_reads.push(TARGET_KEY);
+        let (end, _) = run(&m, &mut t, &mut ctl);
+        assert_eq!(end, Ended::Poweroff);
+        assert_eq!(m.current_reservation(DomId::SELF).unwrap().0, pages(256));
+        // The connection breaks mid-way down to 64 MiB: the reservation is
+        // kept where it is (Xen and the table agree), the service parks;
+        // xenstored comes back, the watches are set again and the target
+        // (read again at once) is reached.
+        let (m, mut t) = domu();
+        let mut ctl = Script::new(&[
+            (None, Watched::Target, Some((TARGET_KEY, "65536"))),
+            (None, Watched::Shutdown, Some((SHUTDOWN_KEY, "poweroff"))),
+        ]);
+        ctl.break_after = Some(5);
+        ctl.recover = true;
+        let (end, seen) = run(&m, &mut t, &mut ctl);
+        assert_eq!(end, Ended::Poweroff);
+        assert_eq!(ctl.parks, 1);
+        assert!(seen.contains(&(pages(256) - 2 * STEP)), "{seen:?}");
+        assert_eq!(m.current_reservation(DomId::SELF).unwrap().0, pages(64));
+        // It never comes back: the run ends failed, the reservation as it
+        // was when the connection broke.
+        let (m, mut t) = domu();
+        let mut ctl = Script::new(&[(None, Watched::Target, Some((TARGET_KEY, "65536")))]);
+        ctl.break_after = Some(5);
+        let (end, seen) = run(&m, &mut t, &mut ctl);
+        assert_eq!(end, Ended::Failed);
+        let now = m.current_reservation(DomId::SELF).unwrap().0;
+        assert_eq!(Some(&now), seen.last());
+        assert!(now > pages(64));
+        m.check_conservation().unwrap();
     }
 }
