@@ -2226,7 +2226,6 @@ fn control_for<'a, H: Hypervisor>(
 > {
     use crate::evtchn::{EventChannels, NoClock, WaitLimit};
     use crate::paging::Attrs;
-    use crate::region::{Backing, Region, RegionFlags};
     use crate::service::ControlError;
     let broken = |what: &str, e: &dyn core::fmt::Display| {
         ControlError::Broken(alloc::format!("{what}: {e}"))
@@ -2247,21 +2246,11 @@ fn control_for<'a, H: Hypervisor>(
     let ring_va = pt
         .map_pinned(ring_pa, Attrs::READ_WRITE, t)
         .map_err(|e| broken("mapping the xenstore ring", &e))?;
-    // shared_info: a hole frame, recorded as a Xen page placed there (as
-    // the grant table's frames are), then mapped.
-    let hole = t
-        .find_hole(PageCount(1), crate::addr::Order::ZERO, Gfn(1))
-        .ok_or_else(|| ControlError::Broken("no hole for shared_info".into()))?;
-    t.add(Region {
-        range: hole,
-        kind: RegionKind::Grant,
-        flags: crate::region::RegionFlags::READ | RegionFlags::WRITE | RegionFlags::CACHEABLE,
-        backing: Backing::None,
-    })
-    .map_err(|e| broken("recording shared_info", &e))?;
-    crate::evtchn::map_shared_info(hv, hole.start())
-        .map_err(|e| broken("placing shared_info", &e))?;
-    let si_pa = hole.start_addr();
+    // shared_info: in a hole frame of the table, then mapped.
+    let si_gfn = crate::evtchn::place_shared_info(hv, t).map_err(|e| broken("shared_info", &e))?;
+    let si_pa = si_gfn
+        .addr()
+        .ok_or_else(|| ControlError::Broken("shared_info frame".into()))?;
     let si_va = pt
         .map_pinned(si_pa, Attrs::READ_WRITE, t)
         .map_err(|e| broken("mapping shared_info", &e))?;

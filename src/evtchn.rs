@@ -210,8 +210,71 @@ impl<F: FnMut() -> u64> XenClock for F {
 /// 4. **Wrap it**: [`EventChannels::native`] with the mapped address, then
 ///    [`EventChannels::mask_all`] before binding or waiting, so that no event
 ///    asks for an upcall the agent never takes.
-pub fn map_shared_info(hv: &impl Hypervisor, gfn: Gfn) -> Result<(), XenError> {
+///
+/// # Safety
+/// Nothing in this domain may be using the memory at `gfn` (Xen takes it
+/// away); [`place_shared_info`] picks and records a hole itself.
+pub unsafe fn map_shared_info(hv: &impl Hypervisor, gfn: Gfn) -> Result<(), XenError> {
     hv.add_to_physmap(physmap::SPACE_SHARED_INFO, 0, gfn)
+}
+
+/// Why [`place_shared_info`] failed; the table is as it was.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PlaceError {
+    /// The region table has no hole frame.
+    NoHole,
+    /// Recording the frame failed.
+    Table(crate::region::RegionError),
+    /// Xen refused to place it.
+    Xen(XenError),
+}
+
+impl fmt::Display for PlaceError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PlaceError::NoHole => f.write_str("no hole frame for shared_info"),
+            PlaceError::Table(e) => write!(f, "recording shared_info: {e}"),
+            PlaceError::Xen(e) => write!(f, "placing shared_info: {e}"),
+        }
+    }
+}
+
+/// Steps 1 and 2 of [`map_shared_info`], safely: take a frame from the
+/// table's holes, record it as a page of Xen's placed there (kind
+/// [`RegionKind::Grant`](crate::region::RegionKind::Grant), as the grant
+/// table's own frames), and put shared_info there. Returns the frame; on
+/// error the table is as it was.
+pub fn place_shared_info(
+    hv: &impl Hypervisor,
+    t: &mut crate::region::RegionTable,
+) -> Result<Gfn, PlaceError> {
+    use crate::region::{Backing, Region, RegionFlags, RegionKind};
+    let hole = t
+        .find_hole(crate::addr::PageCount(1), crate::addr::Order::ZERO, Gfn(1))
+        .ok_or(PlaceError::NoHole)?;
+    t.add(Region {
+        range: hole,
+        kind: RegionKind::Grant,
+        flags: RegionFlags::READ | RegionFlags::WRITE | RegionFlags::CACHEABLE,
+        backing: Backing::None,
+    })
+    .map_err(PlaceError::Table)?;
+    // SAFETY: `hole` was a hole of the table (free guest-physical space:
+    // nothing uses it) and is now recorded as shared_info's frame.
+    if let Err(e) = unsafe { map_shared_info(hv, hole.start()) } {
+        let _ = t.modify(
+            hole,
+            crate::region::Change {
+                kind: Some(RegionKind::Hole),
+                clear: RegionFlags::all(),
+                backing: Some(Backing::None),
+                expect: Some(RegionKind::Grant),
+                ..crate::region::Change::default()
+            },
+        );
+        return Err(PlaceError::Xen(e));
+    }
+    Ok(hole.start())
 }
 
 /// `EVTCHNOP_send` on local `port`: notify its other end.
@@ -711,13 +774,54 @@ mod tests {
         let m = XenModel::new(1 << 12);
         m.add_domain(DomainConfig::pvh_domu(DomId(1), 256)).unwrap();
         let hole = crate::addr::Gfn(0x20_0000);
-        map_shared_info(&m, hole).unwrap();
+        // SAFETY: a frame beyond the domain's RAM: nothing uses it.
+        unsafe { map_shared_info(&m, hole) }.unwrap();
         let p = m.page_ptr(DomId(1), hole).unwrap();
         assert_eq!(
             Some(p),
             m.shared_info_page(DomId(1))
                 .map(|p| p.as_ptr().cast::<u8>())
         );
+    }
+
+    #[test]
+    fn shared_info_is_placed_in_a_hole_of_the_table() {
+        use crate::region::{FrameRange, Region, RegionFlags, RegionKind, RegionTable};
+        let m = XenModel::new(1 << 12);
+        m.add_domain(DomainConfig::pvh_domu(DomId(1), 256)).unwrap();
+        let mut t = RegionTable::new();
+        t.add(Region::new(
+            FrameRange::from_frames(crate::addr::Gfn(0), crate::addr::Gfn(256)).unwrap(),
+            RegionKind::Ram,
+            RegionFlags::empty(),
+        ))
+        .unwrap();
+        // No hole: refused, nothing changed.
+        let before: Vec<_> = t.iter().copied().collect();
+        assert_eq!(place_shared_info(&m, &mut t), Err(PlaceError::NoHole));
+        assert_eq!(t.iter().copied().collect::<Vec<_>>(), before);
+        t.add(Region::new(
+            FrameRange::from_frames(crate::addr::Gfn(0x100000), crate::addr::Gfn(0x100010))
+                .unwrap(),
+            RegionKind::Hole,
+            RegionFlags::empty(),
+        ))
+        .unwrap();
+        let g = place_shared_info(&m, &mut t).unwrap();
+        assert_eq!(g, crate::addr::Gfn(0x100000));
+        assert_eq!(
+            t.info(g.addr().unwrap()).map(|r| r.kind),
+            Some(RegionKind::Grant)
+        );
+        assert!(m.shared_info_page(DomId(1)).is_some());
+        // Xen refuses (a fault): the frame goes back to the holes.
+        m.gnttab_inject(crate::xen::model::GntFault::Errno {
+            op: crate::xen::model::GntOp::AddToPhysmap,
+            errno: Errno::EINVAL,
+        });
+        let holes = t.count(RegionKind::Hole);
+        assert!(place_shared_info(&m, &mut t).is_err());
+        assert_eq!(t.count(RegionKind::Hole), holes);
     }
 
     #[derive(Clone, Debug)]
