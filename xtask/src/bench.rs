@@ -21,6 +21,7 @@ use crate::agent;
 use crate::boot::{self, Arch, BootResult, BootSpec, Machine, Mode, Show};
 use crate::decode::{self, Source};
 use crate::report::Report;
+use crate::rig;
 
 /// One benchmark boot.
 #[derive(Clone, Debug)]
@@ -130,13 +131,15 @@ pub fn run(args: &[String]) -> Result<ExitCode> {
     let all = boots();
     let chosen: Vec<&BenchBoot> = all.iter().filter(|b| selected(&a.only, b.name)).collect();
     let host = selected(&a.only, HOST);
-    if chosen.is_empty() && !host {
+    let xlb = selected(&a.only, XL_BALLOON);
+    if chosen.is_empty() && !host && !xlb {
         bail!(
-            "no benchmark matches {:?} (boots: {}, and `{HOST}`)",
+            "no benchmark matches {:?} (boots: {}, `{XL_BALLOON}` and `{HOST}`)",
             a.only,
             all.iter().map(|b| b.name).collect::<Vec<_>>().join(", ")
         );
     }
+    let chosen_any = !chosen.is_empty();
     let mut failed = Vec::new();
     let mut results: Vec<(&BenchBoot, BootResult, Files)> = Vec::new();
     if !chosen.is_empty() {
@@ -198,7 +201,31 @@ pub fn run(args: &[String]) -> Result<ExitCode> {
     } else {
         None
     };
-    let md = render(&results, host_out.as_ref(), started.elapsed());
+    let xlb_md = if xlb {
+        let r = crate::setup::setup().and_then(|env| xl_balloon(&env, &a, Arch::X86_64));
+        match r {
+            Ok((md, ok)) => {
+                if !ok {
+                    failed.push(format!(
+                        "{XL_BALLOON}: a target was not reached (see its table)"
+                    ));
+                }
+                md
+            }
+            Err(e) => {
+                failed.push(format!("{XL_BALLOON}: {e:#}"));
+                String::new()
+            }
+        }
+    } else {
+        String::new()
+    };
+    let mut md = if chosen_any || host {
+        render(&results, host_out.as_ref(), started.elapsed())
+    } else {
+        String::new()
+    };
+    md.push_str(&xlb_md);
     println!("{md}");
     if let Some(p) = &a.out {
         std::fs::write(p, &md).with_context(|| format!("writing {}", p.display()))?;
@@ -212,6 +239,297 @@ pub fn run(args: &[String]) -> Result<ExitCode> {
         }
         Ok(ExitCode::FAILURE)
     }
+}
+
+/// The `--only` name of the balloon service against Linux's driver.
+pub const XL_BALLOON: &str = "xl-balloon";
+/// Its domains' size and the low target, MiB.
+const XLB_HIGH: u64 = 512;
+const XLB_LOW: u64 = 128;
+/// Idle time measured after each target.
+const XLB_IDLE: Duration = Duration::from_secs(5);
+/// Goal: Linux's time to each target over the agent's.
+const XLB_RATIO_GOAL: f64 = 10.0;
+
+/// The steps of one guest: wait for its balloon driver, then down to
+/// `XLB_LOW` and back up to `XLB_HIGH`, each followed by an idle period
+/// between two CPU-time readings. `cpu` steps are 2, 4, 5, 8, 9.
+fn xlb_steps(ready: rig::XlStep) -> Vec<rig::XlStep> {
+    use rig::XlStep as S;
+    let reach = |mib| S::XenReach {
+        mib,
+        timeout: Duration::from_secs(120),
+    };
+    vec![
+        ready,
+        S::Sleep(Duration::from_secs(3)),
+        S::CpuTime,
+        S::MemSet(XLB_LOW),
+        reach(XLB_LOW),
+        S::CpuTime,
+        S::Sleep(XLB_IDLE),
+        S::CpuTime,
+        S::MemSet(XLB_HIGH),
+        reach(XLB_HIGH),
+        S::CpuTime,
+        S::Sleep(XLB_IDLE),
+        S::CpuTime,
+        S::Pages,
+    ]
+}
+
+/// The two jobs: the agent's balloon service and Linux's driver.
+fn xlb_jobs() -> Vec<rig::XlJob> {
+    let mut agent = rig::XlJob::new(
+        "xmb-agent",
+        XLB_HIGH,
+        vec!["exit=shutdown".into(), "mode=service".into()],
+    );
+    // The service waits within about a second of the unpause.
+    agent.steps = xlb_steps(rig::XlStep::Sleep(Duration::from_secs(2)));
+    agent.steps.push(rig::XlStep::Shutdown);
+    agent.timeout = Some(Duration::from_secs(300));
+    let mut linux = rig::XlJob::linux(
+        "xmb-linux",
+        XLB_HIGH,
+        vec!["console=hvc0".into(), "rdinit=/init".into(), "quiet".into()],
+    );
+    linux.steps = xlb_steps(rig::XlStep::WaitLog {
+        text: "xmguest-ready".into(),
+        timeout: Duration::from_secs(120),
+    });
+    linux.steps.push(rig::XlStep::Destroy);
+    linux.timeout = Some(Duration::from_secs(400));
+    vec![agent, linux]
+}
+
+/// One guest's figures.
+#[derive(Clone, Debug, Default)]
+struct XlbGuest {
+    /// Seconds from `xl mem-set` to Xen's count within 1 MiB: down, up.
+    reach_s: [Option<f64>; 2],
+    /// xentop polls in each wait.
+    polls: [Option<u64>; 2],
+    /// How long each `xl mem-set` command took, seconds.
+    mem_set_s: [Option<f64>; 2],
+    /// Xen's count when each wait ended, KiB.
+    kib: [Option<u64>; 2],
+    /// CPU seconds (xl list Time(s)) at the cpu steps.
+    cpu: Vec<Option<f64>>,
+    /// The agent's `service-reached ... hypercalls=` values, in order.
+    hypercalls: Vec<u64>,
+    /// Xen's count at the end, pages.
+    nr_pages: Option<u64>,
+}
+
+fn xlb_guest(res: &rig::XlResult, name: &str) -> XlbGuest {
+    let mut g = XlbGuest::default();
+    let Some(j) = res.job(name) else {
+        return g;
+    };
+    let mut k = 0;
+    let mut m = 0;
+    for r in &j.steps {
+        match r.topic.as_str() {
+            "mem-set" if m < 2 => {
+                g.mem_set_s[m] = r.get("took_s").and_then(|v| v.parse().ok());
+                m += 1;
+            }
+            "xen-reached" if k < 2 => {
+                g.reach_s[k] = r.get("after_s").and_then(|v| v.parse().ok());
+                g.polls[k] = r.num("polls");
+                g.kib[k] = r.num("kib");
+                k += 1;
+            }
+            "xen-not-reached" if k < 2 => {
+                g.polls[k] = r.num("polls");
+                g.kib[k] = r.num("kib");
+                k += 1;
+            }
+            "cpu" => g.cpu.push(r.get("time_s").and_then(|v| v.parse().ok())),
+            "xen-pages" => g.nr_pages = r.num("nr_pages"),
+            _ => {}
+        }
+    }
+    // The service's count is cumulative, with one `service-reached` at
+    // its start (the boot's own target) and one per target: each
+    // direction is the difference of two.
+    let total: Vec<u64> = j
+        .domid
+        .and_then(|d| u16::try_from(d).ok())
+        .map(|d| {
+            res.logs
+                .get(Source(d))
+                .topic("service-reached")
+                .filter_map(|r| r.get("hypercalls")?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    g.hypercalls = total.windows(2).map(|w| w[1] - w[0]).collect();
+    if g.hypercalls.len() > 2 {
+        g.hypercalls.drain(..g.hypercalls.len() - 2);
+    }
+    g
+}
+
+/// Run the balloon service against Linux's driver in one rig boot and
+/// render its table.
+fn xl_balloon(env: &crate::setup::Env, a: &BenchArgs, arch: Arch) -> Result<(String, bool)> {
+    let ag = agent::build(arch)?;
+    let table = decode::load_table(&ag.elf)
+        .with_context(|| format!("decoding needs {}", ag.elf_path.display()))?;
+    let name = format!("{XL_BALLOON}-{arch}");
+    let spec = rig::XlSpec {
+        arch,
+        jobs: xlb_jobs(),
+        job_timeout: Duration::from_secs(400),
+        timeout: a.timeout.max(Duration::from_secs(900)),
+        show: if a.verbose { Show::All } else { Show::Nothing },
+        log_path: agent::target_dir()
+            .join("xenmem-logs")
+            .join(format!("bench-{name}.log")),
+        work_dir: agent::target_dir()
+            .join("xenmem-work")
+            .join(format!("bench-{name}")),
+        forwarder_selftest: false,
+    };
+    eprintln!("xtask: bench {name} ...");
+    let started = Instant::now();
+    let res = rig::boot_xl(env, &spec, &ag, &table)?;
+    let ag_g = xlb_guest(&res, "xmb-agent");
+    let lx_g = xlb_guest(&res, "xmb-linux");
+    let ok = ag_g.reach_s.iter().all(Option::is_some) && lx_g.reach_s.iter().all(Option::is_some);
+    eprintln!(
+        "xtask: bench {name}: {} in {:.0} s (log: {})",
+        if ok { "done" } else { "FAILED" },
+        started.elapsed().as_secs_f64(),
+        res.log_path.display()
+    );
+    Ok((render_xl_balloon(arch, &ag_g, &lx_g, &res), ok))
+}
+
+fn render_xl_balloon(arch: Arch, ag: &XlbGuest, lx: &XlbGuest, res: &rig::XlResult) -> String {
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "\n## 7. Balloon service vs Linux's balloon driver ({arch}, xl mem-set {XLB_HIGH}→{XLB_LOW}→{XLB_HIGH} MiB)\n"
+    );
+    let _ = writeln!(
+        o,
+        "One rig boot (Linux dom0 with 512 MiB, `xl`, QEMU `-smp 1`: dom0 and the guest share \
+         one CPU), one run of each guest, one after the other (memory=maxmem={XLB_HIGH}M): the \
+         agent (`mode=service`) and Debian's Linux 6.1 as a PVH domU (its built-in xen-balloon \
+         driver, a busybox initramfs that sleeps). {XLB_LOW} MiB, not 64: Linux's driver does \
+         not get below about 80 MiB. Time: from before `xl mem-set` (whose own time is shown) \
+         until Xen's count (`xentop -b -i 1`, MEM(k) = tot_pages × 4) is within 1 MiB of the \
+         target, the same poller for both; its resolution is one xentop run (the poll period \
+         column: time / polls). Hypercalls: the agent's own count (`service-reached`); Linux's \
+         are not visible from dom0. CPU: `xl list` Time(s) (0.1 s resolution) at the start and \
+         end of {} s idle after the target.\n",
+        XLB_IDLE.as_secs()
+    );
+    header(
+        &mut o,
+        &[
+            "direction",
+            "guest",
+            "time to target",
+            "of it xl mem-set",
+            "Xen's count",
+            "MiB/s",
+            "poll period",
+            "hypercalls",
+            "CPU while idle",
+        ],
+        2,
+    );
+    let moved = (XLB_HIGH - XLB_LOW) as f64;
+    let fmt_s = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2} s"));
+    let idle = |g: &XlbGuest, i: usize| -> Option<f64> {
+        // cpu steps: [before, after-down, idle-end, after-up, idle-end]
+        Some(g.cpu.get(i + 1).copied()?? - g.cpu.get(i).copied()??)
+    };
+    let mut goals = Vec::new();
+    for (d, dir) in ["down", "up"].iter().enumerate() {
+        for (gname, g) in [("agent", ag), ("Linux", lx)] {
+            let t = g.reach_s[d];
+            let period = match (t, g.polls[d]) {
+                (Some(t), Some(p)) if p > 0 => format!("{:.2} s", t / p as f64),
+                _ => "-".into(),
+            };
+            let hc = if gname == "agent" {
+                g.hypercalls
+                    .get(d)
+                    .map_or("-".to_string(), |h| h.to_string())
+            } else {
+                "-".into()
+            };
+            row(
+                &mut o,
+                &[
+                    format!("{dir} to {} MiB", if d == 0 { XLB_LOW } else { XLB_HIGH }),
+                    gname.into(),
+                    if t.is_some() {
+                        fmt_s(t)
+                    } else {
+                        "not reached".into()
+                    },
+                    fmt_s(g.mem_set_s[d]),
+                    g.kib[d].map_or("-".into(), |k| format!("{k} KiB")),
+                    t.map_or("-".into(), |t| format!("{:.0}", moved / t)),
+                    period,
+                    hc,
+                    idle(g, 1 + 2 * d).map_or("-".into(), |c| format!("{c:.1} s")),
+                ],
+            );
+        }
+        let ratio = match (lx.reach_s[d], ag.reach_s[d]) {
+            (Some(l), Some(a)) if a > 0.0 => Some(l / a),
+            _ => None,
+        };
+        goals.push((
+            format!("{dir}: Linux's time / the agent's"),
+            format!("≥ {XLB_RATIO_GOAL:.0}x"),
+            ratio.map_or("-".into(), |r| format!("{r:.1}x")),
+            match ratio {
+                Some(r) if r >= XLB_RATIO_GOAL => {
+                    format!("PASS (x{:.2} to spare)", r / XLB_RATIO_GOAL)
+                }
+                Some(r) => format!("MISS (off by x{:.2})", XLB_RATIO_GOAL / r),
+                None => "MISS (not measured)".into(),
+            },
+        ));
+    }
+    let agent_idle: Vec<Option<f64>> = (0..2).map(|d| idle(ag, 1 + 2 * d)).collect();
+    let idle_ok = agent_idle.iter().all(|c| c.is_some_and(|c| c == 0.0));
+    goals.push((
+        "agent's CPU between targets".into(),
+        "0.0 s (resolution 0.1 s)".into(),
+        agent_idle
+            .iter()
+            .map(|c| c.map_or("-".into(), |c| format!("{c:.1} s")))
+            .collect::<Vec<_>>()
+            .join(", "),
+        if idle_ok {
+            "PASS".into()
+        } else {
+            "MISS".into()
+        },
+    ));
+    let _ = writeln!(o);
+    header(&mut o, &["goal", "target", "measured", "status"], 1);
+    for (g, t, m, s) in goals {
+        row(&mut o, &[g, t, m, s]);
+    }
+    let _ = writeln!(
+        o,
+        "\nXen's count at the end (debug key q): agent {} pages, Linux {} pages. \
+         Boot log: `{}`.",
+        ag.nr_pages.map_or("-".into(), |n| n.to_string()),
+        lx.nr_pages.map_or("-".into(), |n| n.to_string()),
+        res.log_path.display()
+    );
+    o
 }
 
 /// The agent's files, for the footprint table.

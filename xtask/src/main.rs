@@ -83,7 +83,7 @@ commands:
   bench [options]           boot the agent in benchmark mode (x86_64 dom0, aarch64 domU,
                             aarch64 dom0 + domU) and run the host region-table benchmark;
                             print markdown tables and goals; exit non-zero only if a boot fails
-      --only NAME           only boots whose name contains NAME, or `host` (repeatable)
+      --only NAME           only boots whose name contains NAME, `xl-balloon` or `host` (repeatable)
       --out FILE            also write the markdown to FILE
       --verbose             stream every boot's console
       --timeout SECS        per boot (default 300)

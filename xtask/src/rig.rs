@@ -86,7 +86,7 @@ const MODULES: [&str; 5] = [
 
 /// The Xen programs dom0 runs (in `/usr/lib/xen-4.17/bin`).
 const XEN_BIN_DIR: &str = "usr/lib/xen-4.17/bin";
-const XEN_BINS: [&str; 4] = ["xl", "xenstored", "xenconsoled", "xen-init-dom0"];
+const XEN_BINS: [&str; 5] = ["xl", "xenstored", "xenconsoled", "xen-init-dom0", "xentop"];
 
 /// xenstore-utils: one program (`/usr/bin/xenstore`) that acts by the
 /// name it is called by; these names are links to it (the package has
@@ -135,6 +135,8 @@ struct ArchInfo {
     agent_path: &'static str,
     /// The xl config lines that name the kernel (shell `echo`s).
     cfg_kernel: &'static str,
+    /// The same for a Linux domU ([`LINUX_GUEST`]).
+    cfg_linux: &'static str,
 }
 
 fn arch_info(arch: Arch) -> ArchInfo {
@@ -145,6 +147,7 @@ fn arch_info(arch: Arch) -> ArchInfo {
             kernel_meta: "linux-image-amd64",
             agent_path: "agent.elf",
             cfg_kernel: r#"echo 'type="pvh"'; echo 'kernel="/agent.elf"'"#,
+            cfg_linux: r#"echo 'type="pvh"'; echo 'kernel="/linux.kernel"'; echo 'ramdisk="/linux.cpio"'"#,
         },
         Arch::Aarch64 => ArchInfo {
             deb_arch: "arm64",
@@ -153,6 +156,7 @@ fn arch_info(arch: Arch) -> ArchInfo {
             agent_path: "agent.Image",
             // acpi=0: without it `xl mem-set` aborts in libxl 4.17 on Arm.
             cfg_kernel: r#"echo 'kernel="/agent.Image"'; echo 'acpi=0'"#,
+            cfg_linux: r#"echo 'kernel="/linux.kernel"'; echo 'ramdisk="/linux.cpio"'; echo 'acpi=0'"#,
         },
     }
 }
@@ -163,6 +167,7 @@ pub fn init_script(arch: Arch) -> String {
     INIT_TEMPLATE
         .replace("@TRIPLET@", a.triplet)
         .replace("@CFG_KERNEL@", a.cfg_kernel)
+        .replace("@CFG_LINUX@", a.cfg_linux)
 }
 
 // ---------------------------------------------------------------------------
@@ -177,6 +182,14 @@ pub struct Parts {
     pub kernel: PathBuf,
     /// dom0's initramfs without the per-run part.
     pub base: PathBuf,
+    /// The initramfs of a Linux domU ([`LINUX_GUEST`]; the kernel is
+    /// dom0's): busybox and an `/init` that mounts proc and sys, prints
+    /// `xmguest: ready` and sleeps.
+    pub linux_initrd: PathBuf,
+    /// The Linux domU's kernel: the package's compressed `vmlinuz` as is
+    /// (libxc unpacks it in dom0; dom0's uncompressed 62 MiB ELF does not
+    /// fit beside its initramfs in 256 MiB).
+    pub linux_kernel: PathBuf,
     /// The cache directory (`rig-ARCH`).
     pub dir: PathBuf,
 }
@@ -288,10 +301,17 @@ pub fn prepare(arch: Arch) -> Result<Parts> {
     let parts = Parts {
         kernel: dir.join("kernel"),
         base: dir.join("base.cpio"),
+        linux_initrd: dir.join("linux-domu.cpio"),
+        linux_kernel: dir.join("linux-domu.kernel"),
         dir: dir.clone(),
     };
     let have = std::fs::read_to_string(dir.join("stamp")).unwrap_or_default();
-    if have.trim() == want && parts.kernel.is_file() && parts.base.is_file() {
+    if have.trim() == want
+        && parts.kernel.is_file()
+        && parts.base.is_file()
+        && parts.linux_initrd.is_file()
+        && parts.linux_kernel.is_file()
+    {
         return Ok(parts);
     }
     eprintln!(
@@ -378,6 +398,11 @@ fn build(
         // appended to it is silently ignored.
         base.resize(base.len().next_multiple_of(4), 0);
         setup::write_atomic(&parts.base, &base)?;
+        setup::write_atomic(&parts.linux_initrd, &linux_domu_archive(&root)?)?;
+        let vmlinuz = vmlinuz(&root)?;
+        let data =
+            std::fs::read(&vmlinuz).with_context(|| format!("reading {}", vmlinuz.display()))?;
+        setup::write_atomic(&parts.linux_kernel, &data)?;
         eprintln!(
             "xtask: rig: kernel {} ({} MiB), initramfs {} ({:.1} MiB)",
             parts.kernel.display(),
@@ -761,8 +786,41 @@ fn base_archive(a: &ArchInfo, root: &Path, init: &str) -> Result<Vec<u8>> {
     Ok(w.finish())
 }
 
+/// `/init` of a Linux domU: no daemons, no modules (Debian's kernel has
+/// the balloon driver, xenbus and hvc built in); it sleeps so that the
+/// domain is idle but for the kernel itself.
+const LINUX_DOMU_INIT: &str = "#!/bin/sh\n\
+export PATH=/bin\n\
+mount -t proc proc /proc\n\
+mount -t sysfs sysfs /sys\n\
+echo \"xmguest-ready uptime=$(cut -d' ' -f1 /proc/uptime)\"\n\
+while :; do sleep 3600; done\n";
+
+/// The initramfs of a Linux domU (uncompressed): busybox-static, a few
+/// links, `/init`.
+fn linux_domu_archive(root: &Path) -> Result<Vec<u8>> {
+    let mut w = cpio::Writer::new();
+    for d in ["proc", "sys", "dev", "tmp"] {
+        w.dir(d, 0o755)?;
+    }
+    w.char_device("dev/console", 0o600, 5, 1)?;
+    add_from_root(&mut w, root, "bin/busybox")?;
+    for applet in ["sh", "mount", "sleep", "cut", "cat", "echo"] {
+        w.symlink(&format!("bin/{applet}"), "busybox")?;
+    }
+    w.file("init", 0o755, LINUX_DOMU_INIT.as_bytes())?;
+    Ok(w.finish())
+}
+
 // ---------------------------------------------------------------------------
 // Jobs and the per-run archive.
+
+/// The [`XlJob::extra_cfg`] word that makes a job's domain Linux instead
+/// of the agent (not an xl key: dom0 replaces it by the kernel lines):
+/// dom0's own kernel with [`Parts::linux_initrd`] (x86_64 PVH; arm64
+/// `Image`); the job's `agent_opts` are then the kernel's command line
+/// words (e.g. `console=hvc0`). See [`XlJob::linux`].
+pub const LINUX_GUEST: &str = "guest=linux";
 
 /// One domU to create.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -812,13 +870,30 @@ impl XlJob {
         }
     }
 
+    /// A Linux domU ([`LINUX_GUEST`]) with `cmdline` as its kernel's
+    /// command line words.
+    pub fn linux(name: &str, memory_mib: u64, cmdline: Vec<String>) -> XlJob {
+        XlJob {
+            extra_cfg: vec![LINUX_GUEST.to_string()],
+            ..XlJob::new(name, memory_mib, cmdline)
+        }
+    }
+
+    /// Whether the domain runs Linux ([`LINUX_GUEST`]).
+    pub fn is_linux(&self) -> bool {
+        self.extra_cfg.iter().any(|e| e == LINUX_GUEST)
+    }
+
     /// How long the steps wait and sleep at most (the rest of each step is
     /// a toolstack command, well under a second each).
     pub fn step_time(&self) -> Duration {
         self.steps
             .iter()
             .map(|s| match s {
-                XlStep::WaitMib { timeout, .. } => *timeout,
+                XlStep::WaitMib { timeout, .. }
+                | XlStep::XenReach { timeout, .. }
+                | XlStep::WaitXs { timeout, .. }
+                | XlStep::WaitLog { timeout, .. } => *timeout,
                 XlStep::Sleep(d) => *d,
                 _ => Duration::ZERO,
             })
@@ -859,6 +934,36 @@ pub enum XlStep {
     /// Sleep (0.1 s resolution; bounded by the job's time): `slept s=
     /// uptime=`.
     Sleep(Duration),
+    /// Poll `xentop -b -i 1` (Xen's page count of the domain, in KiB, as
+    /// libxenstat reads it with one getdomaininfo) until it is within
+    /// 1 MiB of `mib`: `xen-reached mib= kib= after_s= polls= from=`
+    /// (centiseconds; `after_s` from the last `MemSet`'s command as in
+    /// [`XlStep::WaitMib`]), or `xen-not-reached mib= kib= after_s= polls=
+    /// why=timeout|job-timeout|vanished`. One poll is one process run.
+    XenReach {
+        /// The target, MiB.
+        mib: u64,
+        /// How long at most.
+        timeout: Duration,
+    },
+    /// Poll `xenstore-read /local/domain/N/PATH` every 0.1 s until it
+    /// exists: `xs-appeared path= after_s=`, or `xs-absent path= after_s=`.
+    WaitXs {
+        /// Relative to `/local/domain/N`.
+        path: String,
+        /// How long at most.
+        timeout: Duration,
+    },
+    /// Poll the domain's console log in dom0 (xenconsoled's guest log)
+    /// every 0.2 s until it holds `text` (a Linux guest's text; the
+    /// agent's log is defmt-encoded): `log-seen text= after_s=` or
+    /// `log-unseen text= after_s=`.
+    WaitLog {
+        /// Letters, digits, `-`, `_`, `.`, `:`, `=`.
+        text: String,
+        /// How long at most.
+        timeout: Duration,
+    },
     /// `xenstore-read /local/domain/N/PATH`: `xs path= value="..."` (as
     /// xenstore-read prints it: non-printable bytes and `\` escaped as
     /// `\ooo` and `\\`; a `"` is shown as `\042`), or `xs-error path=
@@ -906,6 +1011,9 @@ impl XlStep {
         match self {
             XlStep::MemSet(m) => format!("mem-set {m}"),
             XlStep::WaitMib { mib, timeout } => format!("wait-mib {mib} {}", tenths(timeout)),
+            XlStep::XenReach { mib, timeout } => format!("xen-reach {mib} {}", tenths(timeout)),
+            XlStep::WaitXs { path, timeout } => format!("wait-xs {path} {}", tenths(timeout)),
+            XlStep::WaitLog { text, timeout } => format!("wait-log {text} {}", tenths(timeout)),
             XlStep::Pages => "pages".into(),
             XlStep::CpuTime => "cpu".into(),
             XlStep::Sleep(d) => format!("sleep {}", tenths(d)),
@@ -949,6 +1057,27 @@ impl XlStep {
                     timeout: secs(t)?,
                 }
             }
+            ("xen-reach", Some(a)) => {
+                let (m, t) = a.split_once(':').unwrap_or((a, "20"));
+                XlStep::XenReach {
+                    mib: mib(m)?,
+                    timeout: secs(t)?,
+                }
+            }
+            ("wait-xs", Some(a)) => {
+                let (p, t) = a.split_once(':').unwrap_or((a, "20"));
+                XlStep::WaitXs {
+                    path: p.to_string(),
+                    timeout: secs(t)?,
+                }
+            }
+            ("wait-log", Some(a)) => {
+                let (p, t) = a.rsplit_once(':').unwrap_or((a, "20"));
+                XlStep::WaitLog {
+                    text: p.to_string(),
+                    timeout: secs(t)?,
+                }
+            }
             ("pages", None) => XlStep::Pages,
             ("cpu", None) => XlStep::CpuTime,
             ("sleep", Some(a)) => XlStep::Sleep(secs(a)?),
@@ -967,7 +1096,8 @@ impl XlStep {
             ("destroy", None) => XlStep::Destroy,
             ("unpause", None) => XlStep::Unpause,
             _ => bail!(
-                "step `{s}`: use mem-set=MIB, wait-mib=MIB[:SECS], pages, cpu, sleep=SECS, \
+                "step `{s}`: use mem-set=MIB, wait-mib=MIB[:SECS], xen-reach=MIB[:SECS], \
+                 wait-xs=PATH[:SECS], wait-log=TEXT:SECS, pages, cpu, sleep=SECS, \
                  xs-read=PATH, xs-write=PATH=VALUE, shutdown, reboot, destroy or unpause"
             ),
         };
@@ -988,10 +1118,14 @@ fn check_step(step: &XlStep) -> Result<()> {
                 .all(|c| c.is_ascii_alphanumeric() || "-/_@".contains(c))
     };
     match step {
-        XlStep::XsRead(p) | XlStep::XsWrite { path: p, .. } if !path_ok(p) => bail!(
-            "xenstore path `{p}`: relative to /local/domain/N, letters, digits, `-`, `_`, \
+        XlStep::XsRead(p) | XlStep::XsWrite { path: p, .. } | XlStep::WaitXs { path: p, .. }
+            if !path_ok(p) =>
+        {
+            bail!(
+                "xenstore path `{p}`: relative to /local/domain/N, letters, digits, `-`, `_`, \
              `@` and single `/` between them"
-        ),
+            )
+        }
         XlStep::XsWrite { value, .. }
             if value
                 .chars()
@@ -999,7 +1133,19 @@ fn check_step(step: &XlStep) -> Result<()> {
         {
             bail!("xenstore value `{value}`: no control characters, `\"` or `\\`")
         }
-        XlStep::WaitMib { timeout: d, .. } | XlStep::Sleep(d)
+        XlStep::WaitLog { text, .. }
+            if text.is_empty()
+                || !text
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.:=".contains(c)) =>
+        {
+            bail!("log text `{text}`: letters, digits, `-`, `_`, `.`, `:` and `=` only")
+        }
+        XlStep::WaitMib { timeout: d, .. }
+        | XlStep::WaitLog { timeout: d, .. }
+        | XlStep::XenReach { timeout: d, .. }
+        | XlStep::WaitXs { timeout: d, .. }
+        | XlStep::Sleep(d)
             if *d > Duration::from_secs(86400) =>
         {
             bail!("a step waits {} s, more than a day", d.as_secs())
@@ -1015,6 +1161,11 @@ impl fmt::Display for XlStep {
         match self {
             XlStep::MemSet(m) => write!(f, "mem-set={m}"),
             XlStep::WaitMib { mib, timeout } => write!(f, "wait-mib={mib}:{}", secs(timeout)),
+            XlStep::XenReach { mib, timeout } => {
+                write!(f, "xen-reach={mib}:{}", secs(timeout))
+            }
+            XlStep::WaitXs { path, timeout } => write!(f, "wait-xs={path}:{}", secs(timeout)),
+            XlStep::WaitLog { text, timeout } => write!(f, "wait-log={text}:{}", secs(timeout)),
             XlStep::Pages => f.write_str("pages"),
             XlStep::CpuTime => f.write_str("cpu"),
             XlStep::Sleep(d) => write!(f, "sleep={}", secs(d)),
@@ -1146,13 +1297,23 @@ pub fn render_jobs(jobs: &[XlJob], job_timeout: Duration, selftest: bool) -> Res
     Ok(out)
 }
 
-/// The per-run archive: the agent and the jobs file.
-fn run_archive(arch: Arch, agent: &Agent, jobs: &str) -> Result<Vec<u8>> {
-    let image = std::fs::read(&agent.boot_image)
-        .with_context(|| format!("reading {}", agent.boot_image.display()))?;
+/// The per-run archive: the agent and the jobs file, and with a
+/// [`LINUX_GUEST`] job the kernel and the domU's initramfs.
+fn run_archive(
+    arch: Arch,
+    agent: &Agent,
+    jobs: &str,
+    parts: &Parts,
+    linux: bool,
+) -> Result<Vec<u8>> {
+    let read = |p: &Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
     let mut w = cpio::Writer::new();
-    w.file(arch_info(arch).agent_path, 0o644, &image)?;
+    w.file(arch_info(arch).agent_path, 0o644, &read(&agent.boot_image)?)?;
     w.file("jobs", 0o644, jobs.as_bytes())?;
+    if linux {
+        w.file("linux.kernel", 0o644, &read(&parts.linux_kernel)?)?;
+        w.file("linux.cpio", 0o644, &read(&parts.linux_initrd)?)?;
+    }
     Ok(w.finish())
 }
 
@@ -1170,7 +1331,18 @@ pub const DOM0_CMDLINE: &str = "console=hvc0 quiet rdinit=/init";
 /// aarch64: where QEMU's guest-loader puts dom0's kernel.
 const ARM_KERNEL_ADDR: u64 = 0x4200_0000;
 
-fn qemu_command(env: &Env, arch: Arch, parts: &Parts, initramfs: &Path) -> Result<Command> {
+/// With a [`LINUX_GUEST`] job (x86_64): dom0's memory, and what QEMU gets
+/// on top of the usual 1 GiB. libxc unpacks the domU's 8 MiB bzImage to a
+/// 62 MiB ELF in dom0, and `xl create` was OOM-killed with 256 MiB.
+const LINUX_DOM0_MIB: u64 = 512;
+
+fn qemu_command(
+    env: &Env,
+    arch: Arch,
+    parts: &Parts,
+    initramfs: &Path,
+    linux: bool,
+) -> Result<Command> {
     let kernel = boot::no_comma(&parts.kernel, "the dom0 kernel")?;
     let initrd = boot::no_comma(initramfs, "the initramfs")?;
     match arch {
@@ -1178,7 +1350,18 @@ fn qemu_command(env: &Env, arch: Arch, parts: &Parts, initramfs: &Path) -> Resul
             let mut c = Command::new(&env.qemu_x86_64);
             // 1 GiB: dom0's 256 MiB and room for a 256 MiB domU (the
             // balloon service's scenarios) beside it.
-            c.args(["-cpu", "qemu64,+npt", "-smp", "1", "-m", "1024"])
+            let (mem, xen_cmdline) = if linux {
+                (
+                    (1024 + LINUX_DOM0_MIB - 256).to_string(),
+                    XEN_X86_64_CMDLINE.replace(
+                        "dom0_mem=256M,max:256M",
+                        &format!("dom0_mem={LINUX_DOM0_MIB}M,max:{LINUX_DOM0_MIB}M"),
+                    ),
+                )
+            } else {
+                ("1024".to_string(), XEN_X86_64_CMDLINE.to_string())
+            };
+            c.args(["-cpu", "qemu64,+npt", "-smp", "1", "-m", &mem])
                 .args(["-nographic", "-no-reboot", "-monitor", "none"])
                 .args(["-serial", "stdio"])
                 .arg("-kernel")
@@ -1186,7 +1369,7 @@ fn qemu_command(env: &Env, arch: Arch, parts: &Parts, initramfs: &Path) -> Resul
                 .arg("-initrd")
                 .arg(format!("{kernel} {DOM0_CMDLINE},{initrd}"))
                 .arg("-append")
-                .arg(XEN_X86_64_CMDLINE);
+                .arg(xen_cmdline);
             Ok(c)
         }
         Arch::Aarch64 => {
@@ -1712,11 +1895,12 @@ pub fn boot_xl(env: &Env, spec: &XlSpec, agent: &Agent, table: &Table) -> Result
     let initramfs = spec.work_dir.join("initramfs.cpio");
     let mut data =
         std::fs::read(&parts.base).with_context(|| format!("reading {}", parts.base.display()))?;
-    data.extend(run_archive(spec.arch, agent, &jobs)?);
+    let linux = spec.jobs.iter().any(XlJob::is_linux);
+    data.extend(run_archive(spec.arch, agent, &jobs, &parts, linux)?);
     std::fs::write(&initramfs, &data)
         .with_context(|| format!("writing {}", initramfs.display()))?;
 
-    let mut cmd = qemu_command(env, spec.arch, &parts, &initramfs)?;
+    let mut cmd = qemu_command(env, spec.arch, &parts, &initramfs, linux)?;
     let mut sink = Sink::create(&spec.log_path, spec.show)?;
     sink.note(&format!("{} xl rig boot: {}", spec.arch, describe(&cmd)))?;
     for l in jobs.lines() {
@@ -1805,6 +1989,12 @@ mod tests {
             "@selftest\n\
              agent 64 128 45 vuart=\"sbsa_uart\" | exit=shutdown domid=@DOMID@\n\
              b.2 32 - 45 | \n"
+        );
+        let l = XlJob::linux("lx", 512, vec!["console=hvc0".into()]);
+        assert!(l.is_linux() && !a.is_linux());
+        assert_eq!(
+            render_jobs(&[l], Duration::from_secs(45), false).unwrap(),
+            "lx 512 - 45 guest=linux | console=hvc0\n"
         );
         assert!(render_jobs(&[b.clone(), b.clone()], Duration::from_secs(1), false).is_err());
         for bad in [
@@ -1978,6 +2168,23 @@ mod tests {
         for s in ["shutdown", "reboot", "destroy", "unpause"] {
             assert_eq!(p(s).to_string(), s);
         }
+        for s in [
+            "xen-reach=64:120",
+            "wait-xs=control/feature-balloon:2.5",
+            "wait-log=xmguest-ready:30",
+        ] {
+            assert_eq!(p(s).to_string(), s);
+        }
+        assert_eq!(
+            p("xen-reach=64").jobs_line(),
+            "xen-reach 64 200",
+            "20 s by default, in tenths"
+        );
+        assert_eq!(
+            p("wait-log=a:b=c:1").jobs_line(),
+            "wait-log a:b=c 10",
+            "the last `:` starts the seconds"
+        );
         for bad in [
             "mem-set",
             "mem-set=x",
@@ -1990,6 +2197,10 @@ mod tests {
             "xs-read=",
             "xs-write=x",
             "xs-write=x=\"",
+            "xen-reach=x",
+            "wait-xs=/abs:1",
+            "wait-log=two words:1",
+            "wait-log=:1",
             "bogus",
             "",
         ] {
@@ -2282,14 +2493,31 @@ mod tests {
             elf: vec![],
             boot_image: img,
         };
-        let b = run_archive(Arch::Aarch64, &agent, "j 1 - 2 | \n").unwrap();
+        let parts = Parts {
+            kernel: dir.join("none"),
+            base: dir.join("none"),
+            linux_initrd: dir.join("lx.cpio"),
+            linux_kernel: dir.join("lx.kernel"),
+            dir: dir.clone(),
+        };
+        let b = run_archive(Arch::Aarch64, &agent, "j 1 - 2 | \n", &parts, false).unwrap();
         let e = crate::cpio::tests::parse(&b);
+        assert_eq!(e.len(), 2);
         assert_eq!(e[0].name, "agent.Image");
         assert_eq!(e[0].data, b"IMAGE");
         assert_eq!(
             (e[1].name.as_str(), e[1].data.as_slice()),
             ("jobs", &b"j 1 - 2 | \n"[..])
         );
+        // With a Linux job: the kernel and its initramfs too.
+        assert!(run_archive(Arch::Aarch64, &agent, "", &parts, true).is_err());
+        std::fs::write(&parts.linux_kernel, b"BZ").unwrap();
+        std::fs::write(&parts.linux_initrd, b"CPIO").unwrap();
+        let b = run_archive(Arch::Aarch64, &agent, "", &parts, true).unwrap();
+        let e = crate::cpio::tests::parse(&b);
+        let names: Vec<&str> = e.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(names, ["agent.Image", "jobs", "linux.kernel", "linux.cpio"]);
+        assert_eq!(e[2].data, b"BZ");
         std::fs::remove_dir_all(&dir).ok();
     }
 
@@ -2301,7 +2529,12 @@ mod tests {
         let a = init_script(Arch::Aarch64);
         assert!(a.contains(r#"echo 'kernel="/agent.Image"'; echo 'acpi=0'"#));
         for s in [&x, &a] {
-            assert!(!s.contains("@TRIPLET@") && !s.contains("@CFG_KERNEL@"));
+            assert!(
+                !s.contains("@TRIPLET@")
+                    && !s.contains("@CFG_KERNEL@")
+                    && !s.contains("@CFG_LINUX@")
+            );
+            assert!(s.contains(r#"echo 'kernel="/linux.kernel"'; echo 'ramdisk="/linux.cpio"'"#));
             // The modules in the required order.
             assert!(s.contains("for m in xen-evtchn xen-privcmd xenfs xen-gntdev xen-gntalloc;"));
         }

@@ -171,6 +171,74 @@ step() {
                 sleep 0.2
             done
             ;;
+        xen-reach)
+            # Xen's count from xentop (MEM(k): tot_pages x 4), polled as
+            # fast as the process runs.
+            set -- $2
+            t=$(cs)
+            m0=$mark
+            from=mem-set
+            [ -n "$m0" ] || { m0=$t; from=wait; }
+            end=$((t + $2 * 10))
+            why=timeout
+            [ $end -gt $dl ] && { end=$dl; why=job-timeout; }
+            want=$(($1 * 1024))
+            polls=0
+            while :; do
+                kib=$($XB/xentop -b -i 1 2> /dev/null | awk -v n="$name" '$1 == n { print $5 }')
+                now=$(cs)
+                polls=$((polls + 1))
+                after=$(cs_s $((now - m0)))
+                if [ -z "$kib" ]; then
+                    say xen-not-reached $w mib=$1 kib=- after_s=$after polls=$polls from=$from why=vanished
+                    break
+                fi
+                d=$((kib - want))
+                [ $d -lt 0 ] && d=$((-d))
+                if [ $d -lt 1024 ]; then
+                    say xen-reached $w mib=$1 kib=$kib after_s=$after polls=$polls from=$from
+                    break
+                fi
+                if [ $now -ge $end ]; then
+                    say xen-not-reached $w mib=$1 kib=$kib after_s=$after polls=$polls from=$from why=$why
+                    break
+                fi
+            done
+            ;;
+        wait-xs)
+            set -- $2
+            t=$(cs)
+            end=$((t + $2 * 10))
+            [ $end -gt $dl ] && end=$dl
+            while :; do
+                if xenstore-read "/local/domain/$id/$1" > /dev/null 2>&1; then
+                    say xs-appeared $w path=$1 after_s=$(cs_s $(($(cs) - t)))
+                    break
+                fi
+                if [ $(cs) -ge $end ]; then
+                    say xs-absent $w path=$1 after_s=$(cs_s $(($(cs) - t)))
+                    break
+                fi
+                sleep 0.1
+            done
+            ;;
+        wait-log)
+            set -- $2
+            t=$(cs)
+            end=$((t + $2 * 10))
+            [ $end -gt $dl ] && end=$dl
+            while :; do
+                if grep -qF -- "$1" $LOGDIR/guest-$name.log 2> /dev/null; then
+                    say log-seen $w text=$1 after_s=$(cs_s $(($(cs) - t)))
+                    break
+                fi
+                if [ $(cs) -ge $end ]; then
+                    say log-unseen $w text=$1 after_s=$(cs_s $(($(cs) - t)))
+                    break
+                fi
+                sleep 0.2
+            done
+            ;;
         pages) xen_pages $id "step=$k" ;;
         cpu)
             set -- $($XB/xl list $name 2>/dev/null | tail -n +2)
@@ -279,7 +347,13 @@ run_job() {
     cfg=/tmp/$name.cfg
     {
         echo "name=\"$name\""
-        @CFG_KERNEL@
+        linux=
+        for e in "$@"; do [ "$e" = guest=linux ] && linux=1; done
+        if [ -n "$linux" ]; then
+            @CFG_LINUX@
+        else
+            @CFG_KERNEL@
+        fi
         echo "memory=$mem"
         [ "$maxmem" = - ] || echo "maxmem=$maxmem"
         echo "vcpus=1"
@@ -287,7 +361,7 @@ run_job() {
         echo 'on_poweroff="preserve"'
         echo 'on_crash="preserve"'
         echo 'on_reboot="preserve"'
-        for e in "$@"; do echo "$e"; done
+        for e in "$@"; do [ "$e" = guest=linux ] || echo "$e"; done
     } > $cfg
     say creating name=$name predicted_domid=$next uptime=$(up)
     # Created paused, so that the toolstack's view before the guest runs
