@@ -127,6 +127,22 @@ impl ConsoleRing {
     /// ring is full, `wait` (at most `max_waits` times in all) and try again.
     pub fn write(
         &mut self,
+        bytes: &[u8],
+        notify: &mut impl FnMut(u32) -> Result<(), XenError>,
+        wait: &mut impl FnMut() -> Result<(), XenError>,
+        max_waits: u32,
+    ) -> Result<(), ConsoleError> {
+        self.push(bytes, notify, wait, max_waits)?;
+        notify(self.port).map_err(ConsoleError::Xen)
+    }
+
+    /// [`write`](Self::write) without the closing notification: the bytes
+    /// are published, and the daemon is notified only when the ring is full
+    /// (before each wait). Call [`kick`](Self::kick) when done: one
+    /// notification for many writes (each one can switch the CPU to the
+    /// daemon's domain).
+    pub fn push(
+        &mut self,
         mut bytes: &[u8],
         notify: &mut impl FnMut(u32) -> Result<(), XenError>,
         wait: &mut impl FnMut() -> Result<(), XenError>,
@@ -162,9 +178,16 @@ impl ConsoleRing {
             // SAFETY: as above; only this producer writes `out_prod`.
             unsafe { addr_of_mut!((*p).out_prod).write_volatile(prod.wrapping_add(n as u32)) };
             bytes = &bytes[n..];
-            notify(self.port).map_err(ConsoleError::Xen)?;
         }
         Ok(())
+    }
+
+    /// Notify the daemon of what [`push`](Self::push) published.
+    pub fn kick(
+        &self,
+        notify: &mut impl FnMut(u32) -> Result<(), XenError>,
+    ) -> Result<(), ConsoleError> {
+        notify(self.port).map_err(ConsoleError::Xen)
     }
 
     /// Wait (at most `max_waits` times) until the daemon has consumed
@@ -341,6 +364,40 @@ mod tests {
         );
         assert_eq!(page.out_prod, 5000);
         assert!(page.output.iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn push_notifies_only_when_full_and_kick_once() {
+        let mut page = blank();
+        let d = RefCell::new(Daemon {
+            page: &mut *page,
+            per_wait: 4096,
+            got: Vec::new(),
+            notified: 0,
+            waits: 0,
+        });
+        let mut r = ring(&mut page);
+        let mut notify = |_| {
+            d.borrow_mut().notified += 1;
+            Ok(())
+        };
+        let mut wait = || {
+            d.borrow_mut().consume(usize::MAX);
+            Ok(())
+        };
+        for _ in 0..10 {
+            r.push(&[7; 100], &mut notify, &mut wait, 10).unwrap();
+        }
+        // 1000 bytes fit: no notification yet.
+        assert_eq!(d.borrow().notified, 0);
+        r.kick(&mut notify).unwrap();
+        assert_eq!(d.borrow().notified, 1);
+        // 3000 more do not fit: notified before the wait, then kicked.
+        r.push(&[8; 3000], &mut notify, &mut wait, 10).unwrap();
+        assert_eq!(d.borrow().notified, 2);
+        r.kick(&mut notify).unwrap();
+        d.borrow_mut().consume(usize::MAX);
+        assert_eq!(d.borrow().got.len(), 4000);
     }
 
     #[test]

@@ -248,7 +248,8 @@ fn emit(channel: &mut Channel, line: &[u8]) {
     }
     match channel {
         Channel::Ring(r) => {
-            if let Err(e) = r.write(line, &mut ring_notify, &mut ring_wait, RING_WAITS) {
+            // Notified once per log frame, in `release` (see `kick`).
+            if let Err(e) = r.push(line, &mut ring_notify, &mut ring_wait, RING_WAITS) {
                 let lost = match e {
                     crate::console::ConsoleError::Stalled { lost, .. } => lost,
                     _ => line.len(),
@@ -375,6 +376,10 @@ unsafe impl defmt::Logger for ConsoleLogger {
         let mut sink = |l: &[u8]| emit(channel, l);
         encoder.end_frame(|b| lines.push(b, &mut sink));
         lines.flush(&mut sink);
+        // One notification for the whole frame.
+        if let Channel::Ring(r) = channel {
+            let _ = r.kick(&mut ring_notify);
+        }
         TAKEN.store(false, Ordering::Release);
     }
 
