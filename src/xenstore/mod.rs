@@ -438,14 +438,10 @@ where
             if let Some(e) = self.poll_event()? {
                 return Ok(Some(e));
             }
-            if self.progress {
-                idle = 0;
-                continue;
+            match self.idle_wait(&mut idle) {
+                Err(XsError::Stalled { .. }) => return Ok(None),
+                r => r?,
             }
-            if idle == self.max_waits {
-                return Ok(None);
-            }
-            idle = if self.wait_once()? { 0 } else { idle + 1 };
         }
     }
 
@@ -555,15 +551,23 @@ where
                     type_: h.type_,
                 });
             }
-            if self.progress {
-                idle = 0;
-                continue;
-            }
-            if idle == self.max_waits {
-                return Err(XsError::Stalled { waits: idle });
-            }
-            idle = if self.wait_once()? { 0 } else { idle + 1 };
+            self.idle_wait(&mut idle)?;
         }
+        Ok(())
+    }
+
+    /// After a look at the ring that found nothing to return: go on at once
+    /// if xenstored moved something (`idle` starts again), else wait once;
+    /// [`XsError::Stalled`] once `max_waits` waits in a row moved nothing.
+    fn idle_wait(&mut self, idle: &mut u32) -> Result<(), XsError> {
+        if self.progress {
+            *idle = 0;
+            return Ok(());
+        }
+        if *idle == self.max_waits {
+            return Err(XsError::Stalled { waits: *idle });
+        }
+        *idle = if self.wait_once()? { 0 } else { *idle + 1 };
         Ok(())
     }
 
@@ -598,14 +602,7 @@ where
                     return Err(e);
                 }
             }
-            if self.progress {
-                idle = 0;
-                continue;
-            }
-            if idle == self.max_waits {
-                return Err(XsError::Stalled { waits: idle });
-            }
-            idle = if self.wait_once()? { 0 } else { idle + 1 };
+            self.idle_wait(&mut idle)?;
         }
     }
 
