@@ -14,6 +14,8 @@ use core::mem::{offset_of, size_of};
 pub mod op {
     /// `__HYPERVISOR_memory_op`.
     pub const MEMORY_OP: usize = 12;
+    /// `__HYPERVISOR_multicall`: a list of [`super::MulticallEntry`].
+    pub const MULTICALL: usize = 13;
     /// `__HYPERVISOR_xen_version`.
     pub const XEN_VERSION: usize = 17;
     /// `__HYPERVISOR_console_io`.
@@ -202,7 +204,7 @@ const _: () = {
 
 /// `struct xen_remove_from_physmap`.
 #[repr(C)]
-#[derive(Debug)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct XenRemoveFromPhysmap {
     /// The domain whose physmap changes.
     pub domid: u16,
@@ -213,6 +215,42 @@ pub struct XenRemoveFromPhysmap {
 const _: () = {
     assert!(size_of::<XenRemoveFromPhysmap>() == 16);
     assert!(offset_of!(XenRemoveFromPhysmap, gpfn) == 8);
+};
+
+/// `struct multicall_entry` (`public/xen.h`): one hypercall of a
+/// `__HYPERVISOR_multicall` list. `xen_ulong_t` is 64 bits on both targets
+/// (`unsigned long` on x86_64, `uint64_t` on Arm), so the layout is the
+/// same: 64 bytes.
+///
+/// Xen reads `op` and `args` and writes `result` of each entry it carries
+/// out; it may also rewrite the entry with a sub-call's continuation, and a
+/// debug build scribbles over everything but `result` afterwards: only
+/// `result` is to be read back.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MulticallEntry {
+    /// The hypercall number (`__HYPERVISOR_*`, [`op`]).
+    pub op: u64,
+    /// OUT: what the hypercall returned (`long`: `-errno` or a value).
+    pub result: u64,
+    /// Its arguments; unused ones are ignored. A 32-bit Arm guest must keep
+    /// the upper halves zero (Xen crashes it otherwise); a 64-bit one need
+    /// not.
+    pub args: [u64; 6],
+}
+
+impl MulticallEntry {
+    /// What the caller puts in `result` to tell the entries Xen did not
+    /// reach: no hypercall returns it (`-errno` is at most 4095 below zero;
+    /// `remove_from_physmap` returns 0 or `-errno`).
+    pub const NOT_REACHED: u64 = 0x8000_0000_0000_0000;
+}
+
+const _: () = {
+    assert!(size_of::<MulticallEntry>() == 64);
+    assert!(offset_of!(MulticallEntry, op) == 0);
+    assert!(offset_of!(MulticallEntry, result) == 8);
+    assert!(offset_of!(MulticallEntry, args) == 16);
 };
 
 /// `struct xen_mem_acquire_resource`.

@@ -1,13 +1,13 @@
 //! Typed hypercalls over the architecture's instruction (bare-metal targets).
 
 use super::abi::{
-    self, op, physmap, xenmem, xenver, Domctl, GuestHandle, XenAddToPhysmapBatch, XenFeatureInfo,
-    XenMachphysMfnList, XenMemoryExchange, XenMemoryMap, XenMemoryReservation,
+    self, op, physmap, xenmem, xenver, Domctl, GuestHandle, MulticallEntry, XenAddToPhysmapBatch,
+    XenFeatureInfo, XenMachphysMfnList, XenMemoryExchange, XenMemoryMap, XenMemoryReservation,
     XenRemoveFromPhysmap,
 };
 use super::{
     ChannelStatus, DomainInfo, ExchangeOutcome, ExchangeRequest, Features, Hypervisor, MemFlags,
-    ShutdownReason, XenError, XenStatus, XenVersion,
+    MulticallOutcome, ShutdownReason, XenError, XenStatus, XenVersion, MULTICALL_MAX,
 };
 use crate::addr::{DomId, Gfn, Mfn, Order, PageCount};
 use crate::arch::imp::hypercall::raw;
@@ -396,6 +396,54 @@ impl Hypervisor for RealXen {
             gpfn: gfn.0,
         };
         Self::physmap(physmap::REMOVE_FROM_PHYSMAP, &mut r).map(|_| ())
+    }
+
+    fn multicall_remove_from_physmap(
+        &self,
+        gfns: &[Gfn],
+        results: &mut [Result<(), XenError>],
+    ) -> MulticallOutcome {
+        let refuse = |e| MulticallOutcome {
+            reached: 0,
+            result: Err(XenError::Errno(e)),
+        };
+        let n = gfns.len();
+        if results.len() != n {
+            return refuse(super::Errno::EINVAL);
+        }
+        if n > MULTICALL_MAX {
+            return refuse(super::Errno::E2BIG);
+        }
+        // The argument blocks and the entries pointing at them live here
+        // for the whole call (Xen reads each block while it carries out
+        // its entry, possibly after a continuation).
+        let mut args = [XenRemoveFromPhysmap::default(); MULTICALL_MAX];
+        let mut calls = [MulticallEntry::default(); MULTICALL_MAX];
+        for ((g, a), c) in gfns.iter().zip(args.iter_mut()).zip(calls.iter_mut()) {
+            *a = XenRemoveFromPhysmap {
+                domid: DomId::SELF.raw(),
+                gpfn: g.0,
+            };
+            *c = MulticallEntry {
+                op: op::MEMORY_OP as u64,
+                result: MulticallEntry::NOT_REACHED,
+                args: [
+                    physmap::REMOVE_FROM_PHYSMAP as u64,
+                    a as *mut XenRemoveFromPhysmap as u64,
+                    0,
+                    0,
+                    0,
+                    0,
+                ],
+            };
+        }
+        // SAFETY: Xen reads and writes `n` entries of `calls`, a live local
+        // array, and through each entry reads one xen_remove_from_physmap
+        // of `args`, also live and not otherwise borrowed until the call
+        // returns. Removing a foreign or hole frame from the physmap touches
+        // no memory Rust uses (the callers unmap such frames first).
+        let r = unsafe { call(op::MULTICALL, [calls.as_mut_ptr() as usize, n, 0, 0, 0]) };
+        super::multicall_results(&calls[..n], r, results)
     }
 
     fn exchange(&self, req: &mut ExchangeRequest<'_>) -> ExchangeOutcome {

@@ -248,6 +248,78 @@ impl XenStatus {
     }
 }
 
+/// The most entries one `__HYPERVISOR_multicall` carries
+/// ([`Hypervisor::multicall_remove_from_physmap`]). `RealXen` keeps the
+/// entries and their argument blocks on the stack: 80 bytes each, 10 KiB.
+pub const MULTICALL_MAX: usize = 128;
+
+/// What one multicall did: `reached` entries were carried out (a prefix of
+/// the list; each has its own result), even when `result`, the multicall's
+/// own return, is an error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MulticallOutcome {
+    /// Entries Xen carried out, from the first.
+    pub reached: usize,
+    /// The multicall hypercall's return.
+    pub result: Result<(), XenError>,
+}
+
+/// Read back a multicall of `calls` (each `result` preset to
+/// [`abi::MulticallEntry::NOT_REACHED`]) whose hypercall returned `ret`:
+/// Xen writes the results in order as it goes, so the entries reached are
+/// those before the first still holding the marker. `results[i]` gets entry
+/// `i`'s result for each of them: `Ok` for 0, the error for `-errno`, a
+/// contract error for anything else (a sub-call that returns a value is not
+/// one of these).
+pub fn multicall_results(
+    calls: &[abi::MulticallEntry],
+    ret: Result<u64, XenError>,
+    results: &mut [Result<(), XenError>],
+) -> MulticallOutcome {
+    let reached = calls
+        .iter()
+        .position(|c| c.result == abi::MulticallEntry::NOT_REACHED)
+        .unwrap_or(calls.len())
+        .min(results.len());
+    for (c, res) in calls[..reached].iter().zip(results.iter_mut()) {
+        *res = match XenError::check(c.result as i64) {
+            Ok(0) => Ok(()),
+            Ok(_) => Err(XenError::Contract("a multicall entry returned a value")),
+            Err(e) => Err(e),
+        };
+    }
+    MulticallOutcome {
+        reached,
+        result: match ret {
+            Ok(0) => Ok(()),
+            Ok(_) => Err(XenError::Contract("multicall returned a positive value")),
+            Err(e) => Err(e),
+        },
+    }
+}
+
+/// What [`Hypervisor::remove_from_physmap_batch`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RemoveBatch {
+    /// Multicalls issued (a refused one included).
+    pub multicalls: usize,
+    /// Single `XENMEM_remove_from_physmap` hypercalls: the frames no
+    /// multicall reached.
+    pub single_calls: usize,
+    /// Frames whose removal failed (their results are errors).
+    pub failed: usize,
+    /// The first error of a multicall itself, if one failed; the frames it
+    /// did not reach, and every later one, went one call each.
+    pub multicall_error: Option<XenError>,
+}
+
+impl RemoveBatch {
+    /// Hypercalls made in all.
+    pub fn hypercalls(&self) -> usize {
+        self.multicalls + self.single_calls
+    }
+}
+
 /// What `EVTCHNOP_status` says an event channel port is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
@@ -510,6 +582,69 @@ pub trait Hypervisor {
     /// `XENMEM_remove_from_physmap` of the caller's frame `gfn`.
     fn remove_from_physmap(&self, gfn: Gfn) -> Result<(), XenError>;
 
+    /// One `__HYPERVISOR_multicall` of a `XENMEM_remove_from_physmap` of
+    /// the caller's frame `gfns[i]` per entry, in order (at most
+    /// [`MULTICALL_MAX`]; more is E2BIG, a `results` of another length
+    /// EINVAL, and nothing is done). Xen carries out every entry whatever
+    /// the entries before it returned, and writes each result: `results[i]`
+    /// for `i < reached` of the outcome. A multicall Xen refuses or stops
+    /// (`EFAULT`) reaches fewer; Xen's own preemption of a long list is
+    /// invisible (it re-enters the call where it stopped).
+    ///
+    /// The default has no multicall: ENOSYS, nothing reached — so that
+    /// [`remove_from_physmap_batch`](Self::remove_from_physmap_batch) falls
+    /// back to one call per frame.
+    fn multicall_remove_from_physmap(
+        &self,
+        gfns: &[Gfn],
+        results: &mut [Result<(), XenError>],
+    ) -> MulticallOutcome {
+        let _ = (gfns, results);
+        MulticallOutcome {
+            reached: 0,
+            result: Err(XenError::Errno(Errno::ENOSYS)),
+        }
+    }
+
+    /// `XENMEM_remove_from_physmap` of each of the caller's frames `gfns`,
+    /// [`MULTICALL_MAX`] per multicall: `results[i]` is frame `gfns[i]`'s
+    /// outcome. Every frame is tried: the entries a multicall did not reach
+    /// (Xen refused or stopped it), and all frames after that, go one
+    /// `remove_from_physmap` each. `Err` only for a `results` of another
+    /// length (EINVAL; nothing done).
+    fn remove_from_physmap_batch(
+        &self,
+        gfns: &[Gfn],
+        results: &mut [Result<(), XenError>],
+    ) -> Result<RemoveBatch, XenError> {
+        if results.len() != gfns.len() {
+            return Err(XenError::Errno(Errno::EINVAL));
+        }
+        let mut out = RemoveBatch::default();
+        for (chunk, res) in gfns
+            .chunks(MULTICALL_MAX)
+            .zip(results.chunks_mut(MULTICALL_MAX))
+        {
+            let mut reached = 0;
+            if out.multicall_error.is_none() {
+                out.multicalls += 1;
+                let o = self.multicall_remove_from_physmap(chunk, res);
+                reached = o.reached.min(chunk.len());
+                if let Err(e) = o.result {
+                    out.multicall_error = Some(e);
+                } else if reached < chunk.len() {
+                    out.multicall_error = Some(XenError::Contract("multicall left entries undone"));
+                }
+            }
+            for (g, r) in chunk.iter().zip(res.iter_mut()).skip(reached) {
+                out.single_calls += 1;
+                *r = self.remove_from_physmap(*g);
+            }
+        }
+        out.failed = results.iter().filter(|r| r.is_err()).count();
+        Ok(out)
+    }
+
     /// `XENMEM_add_to_physmap` for the caller: put frame `idx` of map space
     /// `space` (`abi::physmap::SPACE_*`; the agent uses
     /// `SPACE_GRANT_TABLE`, whose index is a grant-table frame, which Xen
@@ -595,6 +730,50 @@ mod tests {
             XenError::Errno(Errno::EPERM).to_string(),
             "EPERM (Operation not permitted)"
         );
+    }
+
+    #[test]
+    fn multicall_results_are_read_entry_by_entry() {
+        let entry = |result: u64| abi::MulticallEntry {
+            result,
+            ..Default::default()
+        };
+        let enoent = (-2i64) as u64;
+        let not = abi::MulticallEntry::NOT_REACHED;
+        let mut r = [Ok(()); 5];
+        // All reached; entry 1 refused, entry 3 a value no remove returns.
+        let calls = [entry(0), entry(enoent), entry(0), entry(7), entry(0)];
+        let o = multicall_results(&calls, Ok(0), &mut r);
+        assert_eq!(
+            o,
+            MulticallOutcome {
+                reached: 5,
+                result: Ok(())
+            }
+        );
+        assert_eq!(r[1], Err(XenError::Errno(Errno::ENOENT)));
+        assert!(matches!(r[3], Err(XenError::Contract(_))));
+        assert!(r[0].is_ok() && r[2].is_ok() && r[4].is_ok());
+        // Stopped after two: the rest untouched, the call's error kept.
+        let mut r = [Err(XenError::Unknown(-1)); 5];
+        let calls = [entry(0), entry(enoent), entry(not), entry(not), entry(not)];
+        let o = multicall_results(&calls, Err(XenError::Errno(Errno::EFAULT)), &mut r);
+        assert_eq!(o.reached, 2);
+        assert_eq!(o.result, Err(XenError::Errno(Errno::EFAULT)));
+        assert_eq!(r[..2], [Ok(()), Err(XenError::Errno(Errno::ENOENT))]);
+        assert!(r[2..].iter().all(|r| *r == Err(XenError::Unknown(-1))));
+        // Refused whole.
+        let calls = [entry(not); 5];
+        assert_eq!(
+            multicall_results(&calls, Err(XenError::Errno(Errno::ENOSYS)), &mut r).reached,
+            0
+        );
+        // A positive return of the multicall itself is Xen's breach.
+        let calls = [entry(0); 5];
+        assert!(matches!(
+            multicall_results(&calls, Ok(1), &mut r).result,
+            Err(XenError::Contract(_))
+        ));
     }
 
     #[test]

@@ -206,9 +206,13 @@ pub enum Op {
     EvtchnStatus,
     /// [`Hypervisor::sched_poll`].
     SchedPoll,
+    /// [`Hypervisor::multicall_remove_from_physmap`]: the multicall itself;
+    /// each entry is also a call of [`Op::RemoveFromPhysmap`], as in Xen,
+    /// where it is a `memory_op` sub-call.
+    Multicall,
 }
 
-const OP_COUNT: usize = 28;
+const OP_COUNT: usize = 29;
 
 impl Op {
     const fn index(self) -> usize {
@@ -220,15 +224,19 @@ impl Op {
 ///
 /// `ShortAt`, `PartialExtent`, `MapFailAt` and `Errno` are queued and consumed
 /// by the next call of their operation (whether or not that call reaches the
-/// extent named); `ExchangeUnsupported` stays until
-/// [`XenModel::clear_faults`]; `ExhaustPool` acts at once.
+/// extent named); `ErrnoOnCall` lets `nth` calls pass first;
+/// `ExchangeUnsupported` stays until [`XenModel::clear_faults`];
+/// `ExhaustPool` acts at once. Only the first queued fault of an operation
+/// is looked at per call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Fault {
     /// The next call of `op` stops at extent index `after_extents`, as when
     /// the allocator finds no chunk (increase, populate; exchange: ENOMEM for
     /// the chunk holding that input extent, so `exchanged` is rounded down to
     /// a chunk) or when `guest_remove_page` fails on the extent's first page
-    /// (decrease). Nothing of that extent is done.
+    /// (decrease). Nothing of that extent is done. For [`Op::Multicall`]:
+    /// the first `after_extents` entries are carried out, then the multicall
+    /// fails with EFAULT, as when Xen cannot read the next entry.
     ShortAt {
         /// The operation.
         op: Op,
@@ -258,6 +266,19 @@ pub enum Fault {
         /// The error.
         errno: Errno,
     },
+    /// The next `nth` calls of `op` pass; the one after fails with `errno`
+    /// and does nothing (as [`Fault::Errno`]). With
+    /// [`Op::RemoveFromPhysmap`] this fails one entry in the middle of a
+    /// multicall: entry `nth` of the next one (when nothing else removes a
+    /// frame in between).
+    ErrnoOnCall {
+        /// The operation.
+        op: Op,
+        /// Calls that pass first.
+        nth: u32,
+        /// The error.
+        errno: Errno,
+    },
     /// Every exchange fails with EOPNOTSUPP at its first page, as for a
     /// translated domain, even for PV domains.
     ExchangeUnsupported,
@@ -272,7 +293,9 @@ pub enum Fault {
 impl Fault {
     fn op(&self) -> Option<Op> {
         match *self {
-            Fault::ShortAt { op, .. } | Fault::Errno { op, .. } => Some(op),
+            Fault::ShortAt { op, .. } | Fault::Errno { op, .. } | Fault::ErrnoOnCall { op, .. } => {
+                Some(op)
+            }
             Fault::PartialExtent { .. } => Some(Op::DecreaseReservation),
             Fault::MapFailAt { .. } => Some(Op::PopulatePhysmap),
             Fault::ExchangeUnsupported | Fault::ExhaustPool { .. } => None,
@@ -782,6 +805,15 @@ impl State {
     fn enter(&mut self, op: Op) -> Option<Fault> {
         self.calls[op.index()] += 1;
         let i = self.faults.iter().position(|f| f.op() == Some(op))?;
+        if let Fault::ErrnoOnCall { nth, errno, .. } = &mut self.faults[i] {
+            if *nth > 0 {
+                *nth -= 1;
+                return None;
+            }
+            let errno = *errno;
+            self.faults.remove(i);
+            return Some(Fault::Errno { op, errno });
+        }
         Some(self.faults.remove(i))
     }
 
@@ -1536,6 +1568,37 @@ impl XenModel {
         s.exchange_unsupported = false;
     }
 
+    /// One `XENMEM_remove_from_physmap` (a hypercall of its own or a
+    /// multicall entry).
+    fn remove_one(&self, gfn: Gfn) -> Result<(), XenError> {
+        let mut s = self.state.borrow_mut();
+        if let Some(Fault::Errno { errno, .. }) = s.enter(Op::RemoveFromPhysmap) {
+            return Err(err(errno));
+        }
+        let caller = s.current.ok_or(err(Errno::ESRCH))?;
+        let c = s.domains.get_mut(&caller).ok_or(err(Errno::ESRCH))?;
+        if c.foreign.remove(&gfn).is_some() || c.acquired.remove(&gfn).is_some() {
+            drop(s);
+            // A dying domain whose last referenced page this was goes now
+            // (see `dctl`).
+            self.dctl_reap();
+            return Ok(());
+        }
+        if c.p2m.contains_key(&gfn) {
+            return s.guest_remove_page(caller, gfn.0).map_err(err);
+        }
+        // The shared_info page is unhooked (see `evt`).
+        if s.evt.shared_info_gfn(caller) == Some(gfn) {
+            s.evt.unhook_shared_info(caller);
+            return Ok(());
+        }
+        // Grant-table frames and (x86) grant mappings (see `gnt`).
+        if self.gnt.borrow_mut().remove_from_physmap(&s, caller, gfn) {
+            return Ok(());
+        }
+        Err(err(Errno::ENOENT))
+    }
+
     /// Faults queued and not consumed yet.
     pub fn pending_faults(&self) -> Vec<Fault> {
         self.state.borrow().faults.clone()
@@ -2020,32 +2083,41 @@ impl Hypervisor for XenModel {
     /// `XENMEM_remove_from_physmap`: a foreign entry goes; a RAM page is
     /// removed as by `guest_remove_page`; nothing there is ENOENT.
     fn remove_from_physmap(&self, gfn: Gfn) -> Result<(), XenError> {
-        let mut s = self.state.borrow_mut();
-        if let Some(Fault::Errno { errno, .. }) = s.enter(Op::RemoveFromPhysmap) {
-            return Err(err(errno));
+        self.remove_one(gfn)
+    }
+
+    /// `__HYPERVISOR_multicall` of `XENMEM_remove_from_physmap` entries
+    /// (`do_multicall`): each entry is one [`Hypervisor::remove_from_physmap`]
+    /// (counted and faulted as [`Op::RemoveFromPhysmap`]), carried out in
+    /// order whatever the others returned. The guest-side limits of the
+    /// trait (E2BIG, EINVAL) come first; [`Fault::Errno`] of
+    /// [`Op::Multicall`] refuses the whole call, [`Fault::ShortAt`] stops it
+    /// with EFAULT after some entries. Xen's preemption of a long list is
+    /// invisible to the guest and not modelled.
+    fn multicall_remove_from_physmap(
+        &self,
+        gfns: &[Gfn],
+        results: &mut [Result<(), XenError>],
+    ) -> super::MulticallOutcome {
+        let out = |reached, result| super::MulticallOutcome { reached, result };
+        if results.len() != gfns.len() {
+            return out(0, Err(err(Errno::EINVAL)));
         }
-        let caller = s.current.ok_or(err(Errno::ESRCH))?;
-        let c = s.domains.get_mut(&caller).ok_or(err(Errno::ESRCH))?;
-        if c.foreign.remove(&gfn).is_some() || c.acquired.remove(&gfn).is_some() {
-            drop(s);
-            // A dying domain whose last referenced page this was goes now
-            // (see `dctl`).
-            self.dctl_reap();
-            return Ok(());
+        if gfns.len() > super::MULTICALL_MAX {
+            return out(0, Err(err(Errno::E2BIG)));
         }
-        if c.p2m.contains_key(&gfn) {
-            return s.guest_remove_page(caller, gfn.0).map_err(err);
+        let stop = match self.state.borrow_mut().enter(Op::Multicall) {
+            Some(Fault::Errno { errno, .. }) => return out(0, Err(err(errno))),
+            Some(Fault::ShortAt { after_extents, .. }) => Some(after_extents),
+            _ => None,
+        };
+        for (i, (g, r)) in gfns.iter().zip(results.iter_mut()).enumerate() {
+            if stop == Some(i) {
+                return out(i, Err(err(Errno::EFAULT)));
+            }
+            *r = self.remove_one(*g);
         }
-        // The shared_info page is unhooked (see `evt`).
-        if s.evt.shared_info_gfn(caller) == Some(gfn) {
-            s.evt.unhook_shared_info(caller);
-            return Ok(());
-        }
-        // Grant-table frames and (x86) grant mappings (see `gnt`).
-        if self.gnt.borrow_mut().remove_from_physmap(&s, caller, gfn) {
-            return Ok(());
-        }
-        Err(err(Errno::ENOENT))
+        out(gfns.len(), Ok(()))
     }
 
     /// `XENMEM_add_to_physmap` for the caller; `XENMAPSPACE_grant_table`
@@ -5490,6 +5562,156 @@ mod tests {
         assert_eq!(g, gfns(10..14));
         assert!((10..14).all(|i| x.p2m(D1).contains_key(&Gfn(i))));
         assert_eq!(x.current_reservation(D1), Ok(PageCount(1024)));
+        ok(&x);
+    }
+
+    /// A PVH dom0 (current) that has foreign-mapped `n` frames of a domU at
+    /// hole frames from 0x100000.
+    fn foreign_mapped(n: u64) -> (XenModel, Vec<Gfn>) {
+        let x = XenModel::new(1 << 16);
+        x.add_domain(DomainConfig::pvh_dom0(1024)).unwrap();
+        x.add_domain(DomainConfig::pvh_domu(D1, 1024)).unwrap();
+        x.set_current(D0).unwrap();
+        let at = gfns(0x100000..0x100000 + n);
+        let mut st = vec![crate::xen::XenStatus(0); n as usize];
+        x.map_foreign_batch(D1, &gfns(0..n), &at, &mut st).unwrap();
+        assert!(st.iter().all(|s| s.0 == 0));
+        (x, at)
+    }
+
+    #[test]
+    fn multicall_removes_entry_by_entry() {
+        let (x, at) = foreign_mapped(8);
+        let mut r = [Ok(()); 8];
+        // Entry 5 names a frame with nothing mapped: ENOENT for it alone.
+        let mut list = at.clone();
+        list[5] = Gfn(0x200000);
+        let o = x.multicall_remove_from_physmap(&list, &mut r);
+        assert_eq!(
+            o,
+            crate::xen::MulticallOutcome {
+                reached: 8,
+                result: Ok(())
+            }
+        );
+        assert_eq!(r[5], Err(errno(Errno::ENOENT)));
+        assert!(r.iter().enumerate().all(|(i, r)| i == 5 || r.is_ok()));
+        assert_eq!(x.foreign(D0).keys().copied().collect::<Vec<_>>(), [at[5]]);
+        assert_eq!(x.calls(Op::Multicall), 1);
+        assert_eq!(
+            x.calls(Op::RemoveFromPhysmap),
+            8,
+            "each entry is a sub-call"
+        );
+        // The guest-side limits: nothing done.
+        let mut r9 = [Ok(()); 9];
+        let big = gfns(0..super::super::MULTICALL_MAX as u64 + 1);
+        let mut rbig = vec![Ok(()); big.len()];
+        assert_eq!(
+            x.multicall_remove_from_physmap(&big, &mut rbig).result,
+            Err(errno(Errno::E2BIG))
+        );
+        assert_eq!(
+            x.multicall_remove_from_physmap(&at, &mut r9).result,
+            Err(errno(Errno::EINVAL))
+        );
+        assert_eq!(x.foreign(D0).len(), 1);
+        ok(&x);
+    }
+
+    #[test]
+    fn multicall_faults() {
+        let (x, at) = foreign_mapped(8);
+        let mut r = [Ok(()); 8];
+        // Refused whole: nothing reached, nothing removed.
+        x.inject(Fault::Errno {
+            op: Op::Multicall,
+            errno: Errno::ENOSYS,
+        });
+        assert_eq!(
+            x.multicall_remove_from_physmap(&at, &mut r),
+            crate::xen::MulticallOutcome {
+                reached: 0,
+                result: Err(errno(Errno::ENOSYS))
+            }
+        );
+        assert_eq!(x.foreign(D0).len(), 8);
+        // Stopped after 3 entries: those are done.
+        x.inject(Fault::ShortAt {
+            op: Op::Multicall,
+            after_extents: 3,
+        });
+        let o = x.multicall_remove_from_physmap(&at, &mut r);
+        assert_eq!((o.reached, o.result), (3, Err(errno(Errno::EFAULT))));
+        assert_eq!(x.foreign(D0).len(), 5);
+        // Entry 2 of the next one fails; the others go on.
+        x.inject(Fault::ErrnoOnCall {
+            op: Op::RemoveFromPhysmap,
+            nth: 2,
+            errno: Errno::EBUSY,
+        });
+        let o = x.multicall_remove_from_physmap(&at[3..], &mut r[..5]);
+        assert_eq!((o.reached, o.result), (5, Ok(())));
+        assert_eq!(
+            r[..5],
+            [Ok(()), Ok(()), Err(errno(Errno::EBUSY)), Ok(()), Ok(())]
+        );
+        assert_eq!(x.foreign(D0).keys().copied().collect::<Vec<_>>(), [at[5]]);
+        assert!(x.pending_faults().is_empty());
+        ok(&x);
+    }
+
+    #[test]
+    fn batch_removal_falls_back_to_single_calls() {
+        use crate::xen::{RemoveBatch, MULTICALL_MAX};
+        let n = MULTICALL_MAX as u64 * 2 + 10;
+        let (x, at) = foreign_mapped(n);
+        let mut r = vec![Ok(()); at.len()];
+        assert_eq!(
+            x.remove_from_physmap_batch(&at, &mut r[1..]),
+            Err(errno(Errno::EINVAL))
+        );
+        // The second multicall stops after 7 entries: the rest of it, and
+        // the third chunk, go one call each.
+        x.inject(Fault::ShortAt {
+            op: Op::Multicall,
+            after_extents: 7,
+        });
+        // ... once the first multicall has passed.
+        let first = x.pending_faults();
+        x.clear_faults();
+        let _ = first;
+        let b = x.remove_from_physmap_batch(&at[..MULTICALL_MAX], &mut r[..MULTICALL_MAX]);
+        assert_eq!(
+            b,
+            Ok(RemoveBatch {
+                multicalls: 1,
+                single_calls: 0,
+                failed: 0,
+                multicall_error: None
+            })
+        );
+        x.inject(Fault::ShortAt {
+            op: Op::Multicall,
+            after_extents: 7,
+        });
+        let rest = &at[MULTICALL_MAX..];
+        let b = x
+            .remove_from_physmap_batch(rest, &mut r[MULTICALL_MAX..])
+            .unwrap();
+        assert_eq!(
+            b,
+            RemoveBatch {
+                multicalls: 1,
+                single_calls: rest.len() - 7,
+                failed: 0,
+                multicall_error: Some(errno(Errno::EFAULT))
+            }
+        );
+        assert_eq!(b.hypercalls(), 1 + rest.len() - 7);
+        assert!(r.iter().all(|r| r.is_ok()));
+        assert!(x.foreign(D0).is_empty());
+        assert_eq!(x.calls(Op::RemoveFromPhysmap), n);
         ok(&x);
     }
 
