@@ -127,6 +127,11 @@ pub struct Stats {
     /// p2m update failed keeps the pages assigned with no GFN): they count in
     /// the reservation and no guest frame reaches them.
     pub leaked_by_xen: u64,
+    /// Timer ticks ([`crate::timer::now`]) spent inside the hypercalls that
+    /// move memory (decrease, populate, exchange): Xen's share of the work.
+    pub xen_ticks: u64,
+    /// Timer ticks spent changing the identity map (unmap and map).
+    pub identity_ticks: u64,
 }
 
 /// Why the engine stopped.
@@ -344,7 +349,10 @@ impl<'h, H: Hypervisor> Engine<'h, H> {
         count: u64,
     ) -> Result<(), ReservationError> {
         let range = FrameRange::new(start, PageCount(count))?;
-        if let Err(e) = self.identity.unmap(t, range) {
+        let t0 = crate::timer::now();
+        let r = self.identity.unmap(t, range);
+        self.stats.identity_ticks += crate::timer::now().wrapping_sub(t0);
+        if let Err(e) = r {
             self.identity_failed(e);
         }
         Ok(())
@@ -360,7 +368,10 @@ impl<'h, H: Hypervisor> Engine<'h, H> {
         count: u64,
     ) -> Result<(), ReservationError> {
         let range = FrameRange::new(start, PageCount(count))?;
-        let pin = match self.identity.map(t, range) {
+        let t0 = crate::timer::now();
+        let r = self.identity.map(t, range);
+        self.stats.identity_ticks += crate::timer::now().wrapping_sub(t0);
+        let pin = match r {
             Ok(()) => RegionFlags::empty(),
             Err(e) => {
                 self.identity_failed(e);
@@ -513,13 +524,13 @@ impl<'h, H: Hypervisor> Engine<'h, H> {
             }
             let batch = &batch[..];
             self.stats.hypercalls += 1;
-            let done = self
-                .hv
-                .decrease_reservation(SELF, order, batch)
-                .map_err(|err| ReservationError::Xen {
-                    op: "decrease_reservation",
-                    err,
-                })?;
+            let t0 = crate::timer::now();
+            let done = self.hv.decrease_reservation(SELF, order, batch);
+            self.stats.xen_ticks += crate::timer::now().wrapping_sub(t0);
+            let done = done.map_err(|err| ReservationError::Xen {
+                op: "decrease_reservation",
+                err,
+            })?;
             for g in &batch[..done] {
                 mark(t, *g, n, RegionKind::Ram, RegionKind::Ballooned)?;
             }
@@ -646,13 +657,15 @@ impl<'h, H: Hypervisor> Engine<'h, H> {
         for chunk in extents.chunks(self.strategy.batch.max(1)) {
             let mut gfns: Vec<Gfn> = chunk.iter().map(|r| r.start()).collect();
             self.stats.hypercalls += 1;
+            let t0 = crate::timer::now();
             let done = self
                 .hv
-                .populate_physmap(SELF, order, MemFlags::NONE, &mut gfns)
-                .map_err(|err| ReservationError::Xen {
-                    op: "populate_physmap",
-                    err,
-                })?;
+                .populate_physmap(SELF, order, MemFlags::NONE, &mut gfns);
+            self.stats.xen_ticks += crate::timer::now().wrapping_sub(t0);
+            let done = done.map_err(|err| ReservationError::Xen {
+                op: "populate_physmap",
+                err,
+            })?;
             for r in &chunk[..done] {
                 self.map_and_mark(t, r.start(), n)?;
             }

@@ -268,13 +268,16 @@ pub fn serve<H: Hypervisor>(
         since: crate::timer::now(),
         reached: true,
     };
+    // The clock's frequency turns the reports' ticks into time (0: none).
+    let hz = crate::timer::system().map_or(0, |c| c.frequency());
     xm_info!(
-        "report: service floor={} special={} ceiling={} current={} step={=u64}",
+        "report: service floor={} special={} ceiling={} current={} step={=u64} hz={=u64}",
         st.floor,
         st.special,
         st.ceiling,
         e.expected(),
-        STEP
+        STEP,
+        hz
     );
     match ctl.write(FEATURE_BALLOON_KEY, "1") {
         Ok(()) => xm_info!("report: service feature_balloon=written"),
@@ -338,19 +341,26 @@ fn connected<H: Hypervisor>(
             } else {
                 PageCount(st.target.0.min(now.0 + STEP))
             };
+            let t0 = crate::timer::now();
             if let Err(err) = e.balloon_to(t, next) {
                 return Ok(step_failed(&err));
             }
+            let t1 = crate::timer::now();
             let Some(cur) = verify(e, t) else {
                 return Ok(Ended::Failed);
             };
+            let t2 = crate::timer::now();
             xm_info!(
-                "report: service-step target={} current={} released={=u64} populated={=u64} hypercalls={=u64}",
+                "report: service-step target={} current={} released={=u64} populated={=u64} hypercalls={=u64} engine_ticks={=u64} xen_ticks={=u64} identity_ticks={=u64} verify_ticks={=u64}",
                 st.target,
                 cur,
                 e.stats.released,
                 e.stats.populated,
-                e.stats.hypercalls
+                e.stats.hypercalls,
+                t1.wrapping_sub(t0),
+                e.stats.xen_ticks,
+                e.stats.identity_ticks,
+                t2.wrapping_sub(t1)
             );
             continue;
         }
@@ -358,11 +368,13 @@ fn connected<H: Hypervisor>(
             st.reached = true;
             let ticks = crate::timer::now().wrapping_sub(st.since);
             xm_info!(
-                "report: service-reached target={} current={} ticks={=u64} hypercalls={=u64}",
+                "report: service-reached target={} current={} ticks={=u64} hypercalls={=u64} xen_ticks={=u64} identity_ticks={=u64}",
                 st.target,
                 e.expected(),
                 ticks,
-                e.stats.hypercalls
+                e.stats.hypercalls,
+                e.stats.xen_ticks,
+                e.stats.identity_ticks
             );
         }
         if let Some(w) = ctl.next(true)? {

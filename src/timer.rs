@@ -67,6 +67,11 @@ impl SystemClock {
             Some(SystemClock { hz })
         }
     }
+
+    /// Its frequency, ticks per second.
+    pub const fn frequency(&self) -> u64 {
+        self.hz
+    }
 }
 
 #[cfg(target_os = "none")]
