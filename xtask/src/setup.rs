@@ -87,12 +87,19 @@ fn check_multiboot_elf(b: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// The bare-metal targets the agent is built for (also listed in
-/// `rust-toolchain.toml`, which rustup only honours when it installs the
-/// toolchain itself, not for a toolchain that is already there).
-pub const TARGETS: [&str; 2] = ["x86_64-unknown-none", "aarch64-unknown-none"];
+/// The targets xtask builds for (also listed in `rust-toolchain.toml`,
+/// which rustup only honours when it installs the toolchain itself, not
+/// for a toolchain that is already there): the agent's two bare-metal
+/// targets and the rig's dom0 peer's two static Linux ones.
+pub const TARGETS: [&str; 4] = [
+    "x86_64-unknown-none",
+    "aarch64-unknown-none",
+    "x86_64-unknown-linux-musl",
+    "aarch64-unknown-linux-musl",
+];
 
-/// Make sure rustup has both bare-metal targets for the toolchain in use.
+/// Make sure rustup has every target of [`TARGETS`] for the toolchain in
+/// use.
 fn rust_targets() -> Result<()> {
     let Some(rustup) = which("rustup") else {
         // Not a rustup toolchain: cargo will say so if a target is missing.
