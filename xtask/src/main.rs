@@ -21,6 +21,7 @@ mod cpio;
 mod decode;
 mod dtb;
 mod image;
+mod peer;
 mod report;
 mod rig;
 mod scenarios;
@@ -58,6 +59,8 @@ commands:
                             powered off and the agent's verdict is pass
       --memory MiB          with --toolstack xl: the domU's memory (default 64)
       --maxmem MiB          with --toolstack xl: its maxmem (default: = memory)
+      --cpus 1|2            with --toolstack xl: QEMU's CPUs (default 1); with 2, dom0
+                            is pinned to CPU 0 and the domU gets CPU 1 (cpus=\"1\")
       --step STEP           with --toolstack xl: a toolstack step dom0 runs while the
                             domain exists, in order (repeatable); each prints an
                             `xmrig: KIND step=K ...` record:
@@ -185,6 +188,8 @@ struct RunArgs {
     maxmem_mib: Option<u64>,
     /// `--step`s, in order.
     steps: Vec<rig::XlStep>,
+    /// `--cpus`: the rig's physical CPUs (see [`rig::XlSpec::cpus`]).
+    cpus: u32,
 }
 
 impl RunArgs {
@@ -202,6 +207,9 @@ impl RunArgs {
             steps: self.steps.clone(),
             ..rig::XlJob::new("xenmem-agent", self.memory_mib, opts)
         };
+        if self.cpus > 1 {
+            job.extra_cfg.push(rig::OWN_CPU_CFG.to_string());
+        }
         if !job.steps.is_empty() {
             // The steps' waits on top of the usual bound, within the boot's.
             let boot = self.timeout.unwrap_or(rig::DEFAULT_TIMEOUT);
@@ -229,6 +237,7 @@ fn parse_run(args: &[String]) -> Result<RunArgs> {
         memory_mib: 64,
         maxmem_mib: None,
         steps: Vec::new(),
+        cpus: 1,
     };
     let mut mode_given = false;
     let mut xl_only_given = false;
@@ -256,6 +265,13 @@ fn parse_run(args: &[String]) -> Result<RunArgs> {
             xl_only_given = true;
         } else if let Some(v) = value("--maxmem", a, &mut it)? {
             r.maxmem_mib = Some(parse_mib("--maxmem", v)?);
+            xl_only_given = true;
+        } else if let Some(v) = value("--cpus", a, &mut it)? {
+            r.cpus = match v {
+                "1" => 1,
+                "2" => 2,
+                _ => bail!("--cpus {v}: 1 or 2"),
+            };
             xl_only_given = true;
         } else if let Some(v) = value("--step", a, &mut it)? {
             r.steps.push(rig::XlStep::parse(v).context("--step")?);
@@ -331,6 +347,7 @@ fn run_xl(r: &RunArgs) -> Result<ExitCode> {
         log_path: logs_dir().join(format!("{name}.log")),
         work_dir: work_dir(&name),
         forwarder_selftest: std::env::var_os("XENMEM_RIG_SELFTEST").is_some_and(|v| v == "1"),
+        cpus: r.cpus,
     };
     let res = rig::boot_xl(&env, &spec, &agent, &table)?;
     let job = res
@@ -459,6 +476,7 @@ fn xl_boot(
         log_path: logs_dir().join(format!("{name}.log")),
         work_dir: work_dir(&name),
         forwarder_selftest: false,
+        cpus: 1,
     };
     if t.verbose {
         println!("xtask: xl rig for {arch}: {} domU(s)", these.len());

@@ -822,6 +822,10 @@ fn linux_domu_archive(root: &Path) -> Result<Vec<u8>> {
 /// words (e.g. `console=hvc0`). See [`XlJob::linux`].
 pub const LINUX_GUEST: &str = "guest=linux";
 
+/// The config line that gives a domU CPU 1 alone, in a rig boot with
+/// [`XlSpec::cpus`] 2 (dom0 is pinned to CPU 0).
+pub const OWN_CPU_CFG: &str = "cpus=\"1\"";
+
 /// One domU to create.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct XlJob {
@@ -934,12 +938,13 @@ pub enum XlStep {
     /// Sleep (0.1 s resolution; bounded by the job's time): `slept s=
     /// uptime=`.
     Sleep(Duration),
-    /// Poll `xentop -b -i 1` (Xen's page count of the domain, in KiB, as
-    /// libxenstat reads it with one getdomaininfo) until it is within
-    /// 1 MiB of `mib`: `xen-reached mib= kib= after_s= polls= from=`
-    /// (centiseconds; `after_s` from the last `MemSet`'s command as in
+    /// Poll Xen's page count of the domain (`XEN_DOMCTL_getdomaininfo`'s
+    /// `tot_pages` × 4 KiB, asked every 10 ms by `xenmem-peer reach`
+    /// through dom0's privcmd driver) until it is within 1 MiB of `mib`:
+    /// `xen-reached mib= kib= after_s= polls= from=` (milliseconds;
+    /// `after_s` from the last `MemSet`'s command as in
     /// [`XlStep::WaitMib`]), or `xen-not-reached mib= kib= after_s= polls=
-    /// why=timeout|job-timeout|vanished`. One poll is one process run.
+    /// why=timeout|job-timeout|vanished|peer-failed`.
     XenReach {
         /// The target, MiB.
         mib: u64,
@@ -1297,11 +1302,13 @@ pub fn render_jobs(jobs: &[XlJob], job_timeout: Duration, selftest: bool) -> Res
     Ok(out)
 }
 
-/// The per-run archive: the agent and the jobs file, and with a
-/// [`LINUX_GUEST`] job the kernel and the domU's initramfs.
+/// The per-run archive: the agent, the dom0 peer (`/bin/xenmem-peer`)
+/// and the jobs file, and with a [`LINUX_GUEST`] job the kernel and the
+/// domU's initramfs.
 fn run_archive(
     arch: Arch,
     agent: &Agent,
+    peer: &Path,
     jobs: &str,
     parts: &Parts,
     linux: bool,
@@ -1309,6 +1316,7 @@ fn run_archive(
     let read = |p: &Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
     let mut w = cpio::Writer::new();
     w.file(arch_info(arch).agent_path, 0o644, &read(&agent.boot_image)?)?;
+    w.file(&format!("bin/{}", crate::peer::BIN), 0o755, &read(peer)?)?;
     w.file("jobs", 0o644, jobs.as_bytes())?;
     if linux {
         w.file("linux.kernel", 0o644, &read(&parts.linux_kernel)?)?;
@@ -1342,7 +1350,14 @@ fn qemu_command(
     parts: &Parts,
     initramfs: &Path,
     linux: bool,
+    cpus: u32,
 ) -> Result<Command> {
+    let smp = cpus.to_string();
+    let pin = if cpus > 1 {
+        " dom0_max_vcpus=1 dom0_vcpus_pin"
+    } else {
+        ""
+    };
     let kernel = boot::no_comma(&parts.kernel, "the dom0 kernel")?;
     let initrd = boot::no_comma(initramfs, "the initramfs")?;
     match arch {
@@ -1361,7 +1376,7 @@ fn qemu_command(
             } else {
                 ("1024".to_string(), XEN_X86_64_CMDLINE.to_string())
             };
-            c.args(["-cpu", "qemu64,+npt", "-smp", "1", "-m", &mem])
+            c.args(["-cpu", "qemu64,+npt", "-smp", &smp, "-m", &mem])
                 .args(["-nographic", "-no-reboot", "-monitor", "none"])
                 .args(["-serial", "stdio"])
                 .arg("-kernel")
@@ -1369,7 +1384,7 @@ fn qemu_command(
                 .arg("-initrd")
                 .arg(format!("{kernel} {DOM0_CMDLINE},{initrd}"))
                 .arg("-append")
-                .arg(xen_cmdline);
+                .arg(format!("{xen_cmdline}{pin}"));
             Ok(c)
         }
         Arch::Aarch64 => {
@@ -1377,13 +1392,13 @@ fn qemu_command(
             let initrd_addr = (ARM_KERNEL_ADDR + size + (4 << 20)).next_multiple_of(2 << 20);
             let mut c = Command::new(&env.qemu_aarch64);
             c.args(["-machine", "virt,virtualization=on,gic-version=3"])
-                .args(["-cpu", "cortex-a57", "-smp", "1", "-m", "1024"])
+                .args(["-cpu", "cortex-a57", "-smp", &smp, "-m", "1024"])
                 .args(["-nographic", "-no-reboot", "-monitor", "none"])
                 .args(["-serial", "stdio"])
                 .arg("-kernel")
                 .arg(&env.xen_aarch64)
                 .arg("-append")
-                .arg(XEN_AARCH64_CMDLINE)
+                .arg(format!("{XEN_AARCH64_CMDLINE}{pin}"))
                 .arg("-device")
                 .arg(format!(
                     "guest-loader,addr={ARM_KERNEL_ADDR:#x},kernel={kernel},bootargs={DOM0_CMDLINE}"
@@ -1686,6 +1701,12 @@ pub struct XlSpec {
     pub work_dir: PathBuf,
     /// Also run the console forwarder's self-test (fake domain 99).
     pub forwarder_selftest: bool,
+    /// Physical CPUs QEMU gives Xen: 1 (dom0 and the domUs share it, the
+    /// default), or 2, with dom0's one vCPU pinned to CPU 0
+    /// (`dom0_max_vcpus=1 dom0_vcpus_pin`) so that a job with `cpus="1"`
+    /// in its config has CPU 1 to itself (benchmarks: dom0's poller then
+    /// takes no time from the guest it measures).
+    pub cpus: u32,
 }
 
 /// Sorts the console of a rig boot into an [`XlResult`] as it arrives.
@@ -1890,17 +1911,21 @@ pub fn boot_xl(env: &Env, spec: &XlSpec, agent: &Agent, table: &Table) -> Result
     }
     let jobs = render_jobs(&spec.jobs, spec.job_timeout, spec.forwarder_selftest)?;
     let parts = prepare(spec.arch)?;
+    let peer = crate::peer::build(spec.arch)?;
     std::fs::create_dir_all(&spec.work_dir)
         .with_context(|| format!("creating {}", spec.work_dir.display()))?;
     let initramfs = spec.work_dir.join("initramfs.cpio");
     let mut data =
         std::fs::read(&parts.base).with_context(|| format!("reading {}", parts.base.display()))?;
     let linux = spec.jobs.iter().any(XlJob::is_linux);
-    data.extend(run_archive(spec.arch, agent, &jobs, &parts, linux)?);
+    data.extend(run_archive(spec.arch, agent, &peer, &jobs, &parts, linux)?);
     std::fs::write(&initramfs, &data)
         .with_context(|| format!("writing {}", initramfs.display()))?;
 
-    let mut cmd = qemu_command(env, spec.arch, &parts, &initramfs, linux)?;
+    if !(1..=2).contains(&spec.cpus) {
+        bail!("internal error: a rig boot with {} CPUs", spec.cpus);
+    }
+    let mut cmd = qemu_command(env, spec.arch, &parts, &initramfs, linux, spec.cpus)?;
     let mut sink = Sink::create(&spec.log_path, spec.show)?;
     sink.note(&format!("{} xl rig boot: {}", spec.arch, describe(&cmd)))?;
     for l in jobs.lines() {
@@ -2362,6 +2387,7 @@ mod tests {
             log_path: crate::logs_dir().join(format!("{name}.log")),
             work_dir: crate::work_dir(&name),
             forwarder_selftest: false,
+            cpus: 1,
         };
         let res = boot_xl(&env, &spec, &agent, &table).unwrap();
         let log = res.log_path.display().to_string();
@@ -2500,24 +2526,42 @@ mod tests {
             linux_kernel: dir.join("lx.kernel"),
             dir: dir.clone(),
         };
-        let b = run_archive(Arch::Aarch64, &agent, "j 1 - 2 | \n", &parts, false).unwrap();
+        let peer = dir.join("peer");
+        std::fs::write(&peer, b"PEER").unwrap();
+        let b = run_archive(Arch::Aarch64, &agent, &peer, "j 1 - 2 | \n", &parts, false).unwrap();
         let e = crate::cpio::tests::parse(&b);
-        assert_eq!(e.len(), 2);
+        assert_eq!(e.len(), 4);
         assert_eq!(e[0].name, "agent.Image");
         assert_eq!(e[0].data, b"IMAGE");
+        // `bin` (already in the base archive; unpacking it again is harmless).
+        assert_eq!(e[1].name, "bin");
         assert_eq!(
-            (e[1].name.as_str(), e[1].data.as_slice()),
+            (e[2].name.as_str(), e[2].data.as_slice()),
+            ("bin/xenmem-peer", &b"PEER"[..])
+        );
+        assert_eq!(
+            (e[3].name.as_str(), e[3].data.as_slice()),
             ("jobs", &b"j 1 - 2 | \n"[..])
         );
         // With a Linux job: the kernel and its initramfs too.
-        assert!(run_archive(Arch::Aarch64, &agent, "", &parts, true).is_err());
+        assert!(run_archive(Arch::Aarch64, &agent, &peer, "", &parts, true).is_err());
         std::fs::write(&parts.linux_kernel, b"BZ").unwrap();
         std::fs::write(&parts.linux_initrd, b"CPIO").unwrap();
-        let b = run_archive(Arch::Aarch64, &agent, "", &parts, true).unwrap();
+        let b = run_archive(Arch::Aarch64, &agent, &peer, "", &parts, true).unwrap();
         let e = crate::cpio::tests::parse(&b);
         let names: Vec<&str> = e.iter().map(|e| e.name.as_str()).collect();
-        assert_eq!(names, ["agent.Image", "jobs", "linux.kernel", "linux.cpio"]);
-        assert_eq!(e[2].data, b"BZ");
+        assert_eq!(
+            names,
+            [
+                "agent.Image",
+                "bin",
+                "bin/xenmem-peer",
+                "jobs",
+                "linux.kernel",
+                "linux.cpio"
+            ]
+        );
+        assert_eq!(e[4].data, b"BZ");
         std::fs::remove_dir_all(&dir).ok();
     }
 

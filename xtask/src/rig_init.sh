@@ -172,8 +172,8 @@ step() {
             done
             ;;
         xen-reach)
-            # Xen's count from xentop (MEM(k): tot_pages x 4), polled as
-            # fast as the process runs.
+            # Xen's count (tot_pages x 4 KiB) from XEN_DOMCTL_getdomaininfo,
+            # asked every 10 ms by xenmem-peer through privcmd.
             set -- $2
             t=$(cs)
             m0=$mark
@@ -182,28 +182,18 @@ step() {
             end=$((t + $2 * 10))
             why=timeout
             [ $end -gt $dl ] && { end=$dl; why=job-timeout; }
-            want=$(($1 * 1024))
-            polls=0
-            while :; do
-                kib=$($XB/xentop -b -i 1 2> /dev/null | awk -v n="$name" '$1 == n { print $5 }')
-                now=$(cs)
-                polls=$((polls + 1))
-                after=$(cs_s $((now - m0)))
-                if [ -z "$kib" ]; then
-                    say xen-not-reached $w mib=$1 kib=- after_s=$after polls=$polls from=$from why=vanished
-                    break
-                fi
-                d=$((kib - want))
-                [ $d -lt 0 ] && d=$((-d))
-                if [ $d -lt 1024 ]; then
-                    say xen-reached $w mib=$1 kib=$kib after_s=$after polls=$polls from=$from
-                    break
-                fi
-                if [ $now -ge $end ]; then
-                    say xen-not-reached $w mib=$1 kib=$kib after_s=$after polls=$polls from=$from why=$why
-                    break
-                fi
-            done
+            if r=$(xenmem-peer reach $id $(($1 * 1024)) 1024 $((end - t)) $m0 2> /tmp/err); then
+                set -- $1 $r
+                case $2 in
+                    reached) say xen-reached $w mib=$1 kib=$3 after_s=$4 polls=$5 from=$from ;;
+                    *)
+                        [ "$6" = timeout ] || why=$6
+                        say xen-not-reached $w mib=$1 kib=$3 after_s=$4 polls=$5 from=$from why=$why
+                        ;;
+                esac
+            else
+                say xen-not-reached $w mib=$1 kib=- after_s=- polls=0 from=$from why=peer-failed "what=\"$(head -n 1 /tmp/err)\""
+            fi
             ;;
         wait-xs)
             set -- $2
