@@ -289,6 +289,7 @@ fn xlb_jobs() -> Vec<rig::XlJob> {
     agent.steps = xlb_steps(rig::XlStep::Sleep(Duration::from_secs(2)));
     agent.steps.push(rig::XlStep::Shutdown);
     agent.timeout = Some(Duration::from_secs(300));
+    agent.extra_cfg.push(rig::OWN_CPU_CFG.to_string());
     let mut linux = rig::XlJob::linux(
         "xmb-linux",
         XLB_HIGH,
@@ -300,6 +301,7 @@ fn xlb_jobs() -> Vec<rig::XlJob> {
     });
     linux.steps.push(rig::XlStep::Destroy);
     linux.timeout = Some(Duration::from_secs(400));
+    linux.extra_cfg.push(rig::OWN_CPU_CFG.to_string());
     vec![agent, linux]
 }
 
@@ -308,7 +310,7 @@ fn xlb_jobs() -> Vec<rig::XlJob> {
 struct XlbGuest {
     /// Seconds from `xl mem-set` to Xen's count within 1 MiB: down, up.
     reach_s: [Option<f64>; 2],
-    /// xentop polls in each wait.
+    /// Polls (getdomaininfo, by `xenmem-peer reach`) in each wait.
     polls: [Option<u64>; 2],
     /// How long each `xl mem-set` command took, seconds.
     mem_set_s: [Option<f64>; 2],
@@ -318,6 +320,12 @@ struct XlbGuest {
     cpu: Vec<Option<f64>>,
     /// The agent's `service-reached ... hypercalls=` values, in order.
     hypercalls: Vec<u64>,
+    /// The agent's own time from seeing each target to reaching it
+    /// (`service-reached ticks=` over `service hz=`), seconds.
+    own_s: Vec<f64>,
+    /// Of it, the time inside the hypercalls that move memory
+    /// (`xen_ticks=`, cumulative in the reports), seconds.
+    xen_s: Vec<f64>,
     /// Xen's count at the end, pages.
     nr_pages: Option<u64>,
 }
@@ -354,20 +362,42 @@ fn xlb_guest(res: &rig::XlResult, name: &str) -> XlbGuest {
     // The service's count is cumulative, with one `service-reached` at
     // its start (the boot's own target) and one per target: each
     // direction is the difference of two.
-    let total: Vec<u64> = j
+    let logs = j
         .domid
         .and_then(|d| u16::try_from(d).ok())
-        .map(|d| {
-            res.logs
-                .get(Source(d))
-                .topic("service-reached")
-                .filter_map(|r| r.get("hypercalls")?.parse().ok())
+        .map(|d| res.logs.get(Source(d)));
+    let reached = |key: &str| -> Vec<u64> {
+        logs.as_ref().map_or(Vec::new(), |l| {
+            l.topic("service-reached")
+                .filter_map(|r| r.get(key)?.parse().ok())
                 .collect()
         })
-        .unwrap_or_default();
-    g.hypercalls = total.windows(2).map(|w| w[1] - w[0]).collect();
-    if g.hypercalls.len() > 2 {
-        g.hypercalls.drain(..g.hypercalls.len() - 2);
+    };
+    let last_two = |mut v: Vec<u64>| {
+        if v.len() > 2 {
+            v.drain(..v.len() - 2);
+        }
+        v
+    };
+    g.hypercalls = last_two(
+        reached("hypercalls")
+            .windows(2)
+            .map(|w| w[1] - w[0])
+            .collect(),
+    );
+    let hz = logs
+        .as_ref()
+        .and_then(|l| l.topic("service").find_map(|r| r.get("hz")?.parse().ok()))
+        .filter(|&h: &u64| h > 0);
+    if let Some(hz) = hz {
+        let secs = |v: Vec<u64>| v.into_iter().map(|t| t as f64 / hz as f64).collect();
+        g.own_s = secs(last_two(reached("ticks")));
+        g.xen_s = secs(last_two(
+            reached("xen_ticks")
+                .windows(2)
+                .map(|w| w[1] - w[0])
+                .collect(),
+        ));
     }
     g
 }
@@ -392,6 +422,9 @@ fn xl_balloon(env: &crate::setup::Env, a: &BenchArgs, arch: Arch) -> Result<(Str
             .join("xenmem-work")
             .join(format!("bench-{name}")),
         forwarder_selftest: false,
+        // dom0 (its poller, xenconsoled, xl) on CPU 0, each guest alone on
+        // CPU 1: dom0's work takes no time from the guest it measures.
+        cpus: 2,
     };
     eprintln!("xtask: bench {name} ...");
     let started = Instant::now();
@@ -416,16 +449,19 @@ fn render_xl_balloon(arch: Arch, ag: &XlbGuest, lx: &XlbGuest, res: &rig::XlResu
     );
     let _ = writeln!(
         o,
-        "One rig boot (Linux dom0 with 512 MiB, `xl`, QEMU `-smp 1`: dom0 and the guest share \
-         one CPU), one run of each guest, one after the other (memory=maxmem={XLB_HIGH}M): the \
-         agent (`mode=service`) and Debian's Linux 6.1 as a PVH domU (its built-in xen-balloon \
-         driver, a busybox initramfs that sleeps). {XLB_LOW} MiB, not 64: Linux's driver does \
-         not get below about 80 MiB. Time: from before `xl mem-set` (whose own time is shown) \
-         until Xen's count (`xentop -b -i 1`, MEM(k) = tot_pages × 4) is within 1 MiB of the \
-         target, the same poller for both; its resolution is one xentop run (the poll period \
-         column: time / polls). Hypercalls: the agent's own count (`service-reached`); Linux's \
-         are not visible from dom0. CPU: `xl list` Time(s) (0.1 s resolution) at the start and \
-         end of {} s idle after the target.\n",
+        "One rig boot (Linux dom0 with 512 MiB, `xl`; QEMU `-smp 2`: dom0 pinned to CPU 0, \
+         each guest alone on CPU 1, so dom0's poller takes no time from the guest it \
+         measures), one run of each guest, one after the other (memory=maxmem={XLB_HIGH}M): \
+         the agent (`mode=service`) and Debian's Linux 6.1 as a PVH domU (its built-in \
+         xen-balloon driver, a busybox initramfs that sleeps). {XLB_LOW} MiB, not 64: Linux's \
+         driver does not get below about 80 MiB. Time: from before `xl mem-set` (whose own \
+         time is shown) until Xen's count (`XEN_DOMCTL_getdomaininfo`'s tot_pages × 4, asked \
+         every 10 ms through dom0's privcmd by `xenmem-peer reach`) is within 1 MiB of the \
+         target, the same poller for both. \"seen→reached\" is the agent's own clock from the \
+         watch event to the target (`service-reached ticks=`), \"in Xen\" the part of it inside \
+         its decrease/populate hypercalls (`xen_ticks=`). Hypercalls: the agent's own count; \
+         Linux's are not visible from dom0. CPU: `xl list` Time(s) (0.1 s resolution) at the \
+         start and end of {} s idle after the target.\n",
         XLB_IDLE.as_secs()
     );
     header(
@@ -435,9 +471,11 @@ fn render_xl_balloon(arch: Arch, ag: &XlbGuest, lx: &XlbGuest, res: &rig::XlResu
             "guest",
             "time to target",
             "of it xl mem-set",
+            "seen→reached",
+            "in Xen",
             "Xen's count",
             "MiB/s",
-            "poll period",
+            "polls",
             "hypercalls",
             "CPU while idle",
         ],
@@ -450,14 +488,19 @@ fn render_xl_balloon(arch: Arch, ag: &XlbGuest, lx: &XlbGuest, res: &rig::XlResu
         Some(g.cpu.get(i + 1).copied()?? - g.cpu.get(i).copied()??)
     };
     let mut goals = Vec::new();
+    let mut ceilings = Vec::new();
     for (d, dir) in ["down", "up"].iter().enumerate() {
         for (gname, g) in [("agent", ag), ("Linux", lx)] {
             let t = g.reach_s[d];
-            let period = match (t, g.polls[d]) {
-                (Some(t), Some(p)) if p > 0 => format!("{:.2} s", t / p as f64),
-                _ => "-".into(),
+            let agent = gname == "agent";
+            let own = |v: &Vec<f64>| {
+                if agent {
+                    fmt_s(v.get(d).copied())
+                } else {
+                    "-".into()
+                }
             };
-            let hc = if gname == "agent" {
+            let hc = if agent {
                 g.hypercalls
                     .get(d)
                     .map_or("-".to_string(), |h| h.to_string())
@@ -475,9 +518,11 @@ fn render_xl_balloon(arch: Arch, ag: &XlbGuest, lx: &XlbGuest, res: &rig::XlResu
                         "not reached".into()
                     },
                     fmt_s(g.mem_set_s[d]),
+                    own(&g.own_s),
+                    own(&g.xen_s),
                     g.kib[d].map_or("-".into(), |k| format!("{k} KiB")),
                     t.map_or("-".into(), |t| format!("{:.0}", moved / t)),
-                    period,
+                    g.polls[d].map_or("-".into(), |p| p.to_string()),
                     hc,
                     idle(g, 1 + 2 * d).map_or("-".into(), |c| format!("{c:.1} s")),
                 ],
@@ -487,16 +532,32 @@ fn render_xl_balloon(arch: Arch, ag: &XlbGuest, lx: &XlbGuest, res: &rig::XlResu
             (Some(l), Some(a)) if a > 0.0 => Some(l / a),
             _ => None,
         };
+        // The best any guest could do that must make these hypercalls:
+        // the toolstack's own command, then Xen's time for the memory
+        // (the agent's superpage calls: Xen's cheapest way to move it).
+        let floor = match (ag.mem_set_s[d], ag.xen_s.get(d)) {
+            (Some(m), Some(x)) => Some(m + x),
+            _ => None,
+        };
+        let ceiling = match (lx.reach_s[d], floor) {
+            (Some(l), Some(f)) if f > 0.0 => Some(l / f),
+            _ => None,
+        };
+        ceilings.push((dir, floor, ceiling, ratio));
         goals.push((
             format!("{dir}: Linux's time / the agent's"),
             format!("≥ {XLB_RATIO_GOAL:.0}x"),
             ratio.map_or("-".into(), |r| format!("{r:.1}x")),
-            match ratio {
-                Some(r) if r >= XLB_RATIO_GOAL => {
+            match (ratio, ceiling) {
+                (Some(r), _) if r >= XLB_RATIO_GOAL => {
                     format!("PASS (x{:.2} to spare)", r / XLB_RATIO_GOAL)
                 }
-                Some(r) => format!("MISS (off by x{:.2})", XLB_RATIO_GOAL / r),
-                None => "MISS (not measured)".into(),
+                (Some(r), Some(c)) if c < XLB_RATIO_GOAL => format!(
+                    "MISS (off by x{:.2}; the goal is above this run's ceiling of {c:.1}x, below)",
+                    XLB_RATIO_GOAL / r
+                ),
+                (Some(r), _) => format!("MISS (off by x{:.2})", XLB_RATIO_GOAL / r),
+                (None, _) => "MISS (not measured)".into(),
             },
         ));
     }
@@ -520,6 +581,39 @@ fn render_xl_balloon(arch: Arch, ag: &XlbGuest, lx: &XlbGuest, res: &rig::XlResu
     header(&mut o, &["goal", "target", "measured", "status"], 1);
     for (g, t, m, s) in goals {
         row(&mut o, &[g, t, m, s]);
+    }
+    let _ = writeln!(
+        o,
+        "\nThe ceiling: no guest reaches a target before `xl mem-set` has run and Xen has \
+         moved the memory. Xen's time is the agent's `in Xen` (order-9 extents, 4096 per \
+         call: the cheapest way Xen offers a domU); so Linux's time ÷ (xl mem-set + Xen's \
+         time) is the best ratio any guest could show here.\n"
+    );
+    header(
+        &mut o,
+        &[
+            "direction",
+            "xl mem-set + Xen",
+            "ceiling: Linux ÷ that",
+            "agent's ratio",
+            "of the ceiling",
+        ],
+        1,
+    );
+    for (dir, floor, ceiling, ratio) in ceilings {
+        row(
+            &mut o,
+            &[
+                dir.to_string(),
+                fmt_s(floor),
+                ceiling.map_or("-".into(), |c| format!("{c:.1}x")),
+                ratio.map_or("-".into(), |r| format!("{r:.1}x")),
+                match (ratio, ceiling) {
+                    (Some(r), Some(c)) if c > 0.0 => format!("{:.0}%", 100.0 * r / c),
+                    _ => "-".into(),
+                },
+            ],
+        );
     }
     let _ = writeln!(
         o,
