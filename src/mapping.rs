@@ -13,6 +13,13 @@
 //! [`ForeignMap::release`]; dropping it unreleased is logged as a leak (the
 //! mapping cannot be torn down without the hypervisor, the table and the page
 //! tables, which a `Drop` does not have).
+//!
+//! Unmapping (a release or an unwind) removes the entries with
+//! `XENMEM_remove_from_physmap` batched in multicalls
+//! ([`Hypervisor::remove_from_physmap_batch`], [`MULTICALL_MAX`] per
+//! hypercall, one call per frame where Xen refuses multicalls). Every frame
+//! is tried; a frame Xen does not let go stays recorded as foreign, out of
+//! the table's holes, and is reported by index; the others go back.
 
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
@@ -23,7 +30,7 @@ use crate::paging::{self, Attrs, FrameSource, PagingError};
 use crate::region::{
     Backing, Change, FrameRange, Op, Region, RegionError, RegionFlags, RegionKind, RegionTable,
 };
-use crate::xen::{Hypervisor, XenError, XenStatus};
+use crate::xen::{Hypervisor, XenError, XenStatus, MULTICALL_MAX};
 
 /// The most entries one `add_to_physmap_batch` carries (its `size` is 16
 /// bits; a smaller batch keeps the status list on the stack small).
@@ -156,9 +163,27 @@ pub enum MapError {
     Paging(PagingError),
     /// The region table refused (a bug: the frames came from it).
     Table(RegionError),
-    /// Undoing a failed mapping failed too: these hole frames may still hold
-    /// foreign entries; they are kept out of the table's holes.
+    /// Undoing a failed mapping failed too: the frames whose removal failed
+    /// may still hold foreign entries; they are kept out of the table's
+    /// holes (the others went back).
     Unwind(XenError),
+    /// Giving a mapping back failed for some frames (every frame was tried):
+    /// they may still hold foreign entries and stay out of the table's holes,
+    /// marked foreign; the others went back.
+    Unmap(UnmapFailure),
+}
+
+/// Which frames of a mapping could not be removed from the physmap.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UnmapFailure {
+    /// Index in the mapping (as in the request) of the first that failed.
+    pub index: u64,
+    /// Its frame in the agent's physmap.
+    pub gfn: Gfn,
+    /// What Xen said for it.
+    pub err: XenError,
+    /// How many failed in all.
+    pub failed: u64,
 }
 
 impl fmt::Display for MapError {
@@ -177,6 +202,11 @@ impl fmt::Display for MapError {
             MapError::Paging(e) => write!(f, "page tables: {e:?}"),
             MapError::Table(e) => write!(f, "region table: {e}"),
             MapError::Unwind(e) => write!(f, "could not undo a failed mapping: {e}"),
+            MapError::Unmap(u) => write!(
+                f,
+                "could not remove {} frame(s) from the physmap; the first is entry {} (frame {}): {}",
+                u.failed, u.index, u.gfn, u.err
+            ),
         }
     }
 }
@@ -232,7 +262,10 @@ impl ForeignMap {
     }
 
     /// Give the mapping back: unmap it from the window, remove the foreign
-    /// entries from the physmap, and return the hole to the table.
+    /// entries from the physmap ([`MULTICALL_MAX`] per multicall), and
+    /// return the hole to the table. Every frame is tried; those Xen does
+    /// not remove stay marked foreign (out of the holes) and are reported by
+    /// index ([`MapError::Unmap`]). The handle is gone either way.
     pub fn release(
         mut self,
         hv: &impl Hypervisor,
@@ -245,12 +278,7 @@ impl ForeignMap {
             .map_err(MapError::Paging)?;
         vas.free(self.va);
         // Every frame was mapped: here even ENOENT is an error.
-        if let Some(e) = remove_each(hv, self.gfns, |_| false) {
-            // Keep the frames marked foreign: they may still hold entries.
-            return Err(MapError::Unwind(e));
-        }
-        table.modify(self.gfns, back_to_hole())?;
-        Ok(())
+        remove_to_holes(hv, table, self.gfns, |_| false)
     }
 }
 
@@ -266,31 +294,110 @@ impl Drop for ForeignMap {
     }
 }
 
+/// `ENOENT`: Xen mapped nothing there, as an unwind expects of entries
+/// that were never mapped.
+fn not_mapped(e: &XenError) -> bool {
+    *e == XenError::Errno(crate::xen::Errno::ENOENT)
+}
+
 /// Remove every frame of `gfns` from the physmap, as an unwind does:
 /// `ENOENT` (Xen mapped nothing there) is expected. The first other error,
 /// if any.
 pub(crate) fn remove_all(hv: &impl Hypervisor, gfns: FrameRange) -> Option<XenError> {
-    remove_each(hv, gfns, |e| {
-        *e == XenError::Errno(crate::xen::Errno::ENOENT)
-    })
+    remove_each(hv, gfns, not_mapped, |_| {}).map(|f| f.err)
 }
 
-/// `XENMEM_remove_from_physmap` for every frame of `gfns` (all are tried);
-/// the first error that is not `expected`, if any.
+/// `XENMEM_remove_from_physmap` for every frame of `gfns`, batched
+/// ([`Hypervisor::remove_from_physmap_batch`], one multicall per
+/// [`MULTICALL_MAX`] frames, from a buffer on the stack; after a multicall
+/// that failed as a whole, one call per frame); all are tried. `failed(i)`
+/// is told the index of every frame whose error is not `expected`, in
+/// order; the first of them and the count are returned.
 fn remove_each(
     hv: &impl Hypervisor,
     gfns: FrameRange,
     expected: impl Fn(&XenError) -> bool,
-) -> Option<XenError> {
-    let mut first = None;
-    for g in gfns.start().0..gfns.end().0 {
-        if let Err(e) = hv.remove_from_physmap(Gfn(g)) {
-            if !expected(&e) {
-                first.get_or_insert(e);
+    mut failed: impl FnMut(u64),
+) -> Option<UnmapFailure> {
+    let mut first: Option<UnmapFailure> = None;
+    let mut count = 0u64;
+    let mut list = [Gfn(0); MULTICALL_MAX];
+    let mut results = [Ok(()); MULTICALL_MAX];
+    let mut at = gfns.start().0;
+    let mut batched = true;
+    while at < gfns.end().0 {
+        let n = (gfns.end().0 - at).min(MULTICALL_MAX as u64) as usize;
+        for (i, g) in list[..n].iter_mut().enumerate() {
+            *g = Gfn(at + i as u64);
+        }
+        let results = &mut results[..n];
+        if batched {
+            match hv.remove_from_physmap_batch(&list[..n], results) {
+                // Once a multicall failed, the rest go one call each, as
+                // the batch call itself does after one.
+                Ok(b) => batched = b.multicall_error.is_none(),
+                // Lengths agree: this cannot happen, but stay total: count
+                // every frame of the chunk as failed then.
+                Err(e) => results.fill(Err(e)),
+            }
+        } else {
+            for (g, r) in list[..n].iter().zip(results.iter_mut()) {
+                *r = hv.remove_from_physmap(*g);
             }
         }
+        for (i, r) in results.iter().enumerate() {
+            let Err(e) = r else { continue };
+            if expected(e) {
+                continue;
+            }
+            let index = at - gfns.start().0 + i as u64;
+            count += 1;
+            failed(index);
+            first.get_or_insert(UnmapFailure {
+                index,
+                gfn: Gfn(at + i as u64),
+                err: *e,
+                failed: 0,
+            });
+        }
+        at += n as u64;
     }
-    first
+    first.map(|f| UnmapFailure { failed: count, ..f })
+}
+
+/// Remove every frame of `gfns` (recorded as foreign in `table`) from the
+/// physmap and give the frames Xen let go back to the holes; those whose
+/// removal failed with an error that is not `expected` stay foreign and
+/// are reported ([`MapError::Unmap`], the first by index).
+fn remove_to_holes(
+    hv: &impl Hypervisor,
+    table: &mut RegionTable,
+    gfns: FrameRange,
+    expected: impl Fn(&XenError) -> bool,
+) -> Result<(), MapError> {
+    // Runs of frames that went, given back between the failed ones (which
+    // come in order).
+    let mut run_start = 0u64;
+    let mut table_err = None;
+    let mut give_back = |table: &mut RegionTable, from: u64, to: u64| {
+        if to > from {
+            let r = FrameRange::new(Gfn(gfns.start().0 + from), PageCount(to - from))
+                .and_then(|r| table.modify(r, back_to_hole()));
+            if let Err(e) = r {
+                table_err.get_or_insert(e);
+            }
+        }
+    };
+    let failure = remove_each(hv, gfns, expected, |i| {
+        give_back(table, run_start, i);
+        run_start = i + 1;
+    });
+    give_back(table, run_start, gfns.len().0);
+    match (failure, table_err) {
+        (Some(f), _) => Err(MapError::Unmap(f)),
+        (None, Some(e)) => Err(MapError::Table(e)),
+        (None, None) => Ok(()),
+    }
 }
 
 /// The change that gives frames recorded as `Foreign` back to the holes.
@@ -354,9 +461,6 @@ pub fn map_foreign(
         vas.free(va);
         return Err(MapError::Table(e));
     }
-    let undo_table = |table: &mut RegionTable| {
-        let _ = table.modify(hole, back_to_hole());
-    };
     // Ask Xen, batch by batch; on any refusal take back what was mapped.
     let gfns: Vec<Gfn> = (hole.start().0..hole.end().0).map(Gfn).collect();
     let mut mapped = 0usize;
@@ -391,16 +495,26 @@ pub fn map_foreign(
             }
         }
     }
-    let unwind_xen = |upto: usize| -> Option<XenError> {
-        let done = FrameRange::new(hole.start(), PageCount(upto as u64)).ok()?;
-        remove_all(hv, done)
+    // Take out what Xen was asked to map (ENOENT where it mapped nothing)
+    // and give the hole back, but for frames whose removal failed.
+    let unwind = |table: &mut RegionTable, upto: usize| -> Result<(), XenError> {
+        let upto = (upto as u64).min(n.0);
+        let asked = FrameRange::new(hole.start(), PageCount(upto));
+        let r = match asked {
+            Ok(asked) => remove_to_holes(hv, table, asked, not_mapped),
+            Err(_) => Ok(()),
+        };
+        if let Ok(rest) = FrameRange::new(Gfn(hole.start().0 + upto), PageCount(n.0 - upto)) {
+            let _ = table.modify(rest, back_to_hole());
+        }
+        match r {
+            Err(MapError::Unmap(f)) => Err(f.err),
+            _ => Ok(()),
+        }
     };
     if let Some(f) = failure {
         vas.free(va);
-        if let Some(e) = unwind_xen(mapped) {
-            return Err(MapError::Unwind(e));
-        }
-        undo_table(table);
+        unwind(table, mapped).map_err(MapError::Unwind)?;
         return Err(f);
     }
     let attrs = if writable {
@@ -410,10 +524,7 @@ pub fn map_foreign(
     };
     if let Err(e) = pt.map(va, hole.start_addr(), n, attrs, table) {
         vas.free(va);
-        if let Some(e) = unwind_xen(frames.len()) {
-            return Err(MapError::Unwind(e));
-        }
-        undo_table(table);
+        unwind(table, frames.len()).map_err(MapError::Unwind)?;
         return Err(MapError::Paging(e));
     }
     Ok(ForeignMap {
@@ -628,6 +739,174 @@ mod tests {
             MapError::NoHole(PageCount(0x1001))
         );
         let _ = Mfn(0);
+    }
+
+    /// Frames 0..n of the domU mapped read-only; the table before.
+    fn mapped(
+        n: u64,
+    ) -> (
+        XenModel,
+        RegionTable,
+        FakeTables,
+        VaSpace,
+        RegionTable,
+        ForeignMap,
+    ) {
+        let (m, mut t, mut pt, mut vas) = setup();
+        let before = t.clone();
+        let frames: Vec<Gfn> = (0..n).map(Gfn).collect();
+        let fm = map_foreign(&m, &mut t, &mut pt, &mut vas, DU, &frames, false).unwrap();
+        assert_eq!(m.foreign(D0).len() as u64, n);
+        (m, t, pt, vas, before, fm)
+    }
+
+    /// Frames over several multicalls, and a partial last one.
+    const N: u64 = 2 * MULTICALL_MAX as u64 + 44;
+
+    #[test]
+    fn release_removes_every_frame_in_multicalls() {
+        let (m, mut t, mut pt, mut vas, before, fm) = mapped(N);
+        let singles = m.calls(XOp::RemoveFromPhysmap);
+        fm.release(&m, &mut t, &mut pt, &mut vas).unwrap();
+        assert_eq!(t, before);
+        assert!(m.foreign(D0).is_empty() && pt.map.is_empty() && vas.used() == 0);
+        assert_eq!(
+            m.calls(XOp::Multicall),
+            3,
+            "one multicall per MULTICALL_MAX frames"
+        );
+        assert_eq!(
+            m.calls(XOp::RemoveFromPhysmap) - singles,
+            N,
+            "each frame once"
+        );
+        m.check_conservation().unwrap();
+    }
+
+    #[test]
+    fn a_failed_entry_is_reported_by_index_and_the_rest_go() {
+        let (m, mut t, mut pt, mut vas, before, fm) = mapped(N);
+        let hole = fm.gfns();
+        // Entry 150 (in the second multicall) fails; the others go on.
+        m.inject(Fault::ErrnoOnCall {
+            op: XOp::RemoveFromPhysmap,
+            nth: 150,
+            errno: Errno::EBUSY,
+        });
+        let bad = Gfn(hole.start().0 + 150);
+        assert_eq!(
+            fm.release(&m, &mut t, &mut pt, &mut vas).unwrap_err(),
+            MapError::Unmap(UnmapFailure {
+                index: 150,
+                gfn: bad,
+                err: XenError::Errno(Errno::EBUSY),
+                failed: 1,
+            })
+        );
+        // Xen kept that entry alone; the table says so: that frame is still
+        // foreign (with its own backing), every other one is a hole again.
+        assert_eq!(m.foreign(D0).keys().copied().collect::<Vec<_>>(), [bad]);
+        assert_eq!(t.count(RegionKind::Foreign), PageCount(1));
+        let r = t.info(bad.addr().unwrap()).unwrap();
+        assert_eq!(r.range, FrameRange::new(bad, PageCount(1)).unwrap());
+        assert_eq!(
+            r.backing,
+            Backing::Foreign {
+                dom: DU,
+                gfn: Gfn(150)
+            }
+        );
+        assert!(pt.map.is_empty() && vas.used() == 0);
+        // Removing the last entry by hand makes everything as before.
+        m.remove_from_physmap(bad).unwrap();
+        t.modify(r.range, back_to_hole()).unwrap();
+        assert_eq!(t, before);
+        m.check_conservation().unwrap();
+    }
+
+    #[test]
+    fn entries_taken_away_behind_the_handle_are_each_reported() {
+        let (m, mut t, mut pt, mut vas, _, fm) = mapped(N);
+        let hole = fm.gfns().start().0;
+        // Something removed frames 3 and N - 1 already: ENOENT for them.
+        m.remove_from_physmap(Gfn(hole + 3)).unwrap();
+        m.remove_from_physmap(Gfn(hole + N - 1)).unwrap();
+        assert_eq!(
+            fm.release(&m, &mut t, &mut pt, &mut vas).unwrap_err(),
+            MapError::Unmap(UnmapFailure {
+                index: 3,
+                gfn: Gfn(hole + 3),
+                err: XenError::Errno(Errno::ENOENT),
+                failed: 2,
+            })
+        );
+        assert!(m.foreign(D0).is_empty());
+        assert_eq!(t.count(RegionKind::Foreign), PageCount(2));
+        for g in [hole + 3, hole + N - 1] {
+            assert_eq!(
+                t.info(Gfn(g).addr().unwrap()).unwrap().kind,
+                RegionKind::Foreign
+            );
+        }
+    }
+
+    #[test]
+    fn a_refused_multicall_falls_back_to_one_call_per_frame() {
+        // Refused whole (a Xen without multicalls): every frame one call.
+        let (m, mut t, mut pt, mut vas, before, fm) = mapped(N);
+        let singles = m.calls(XOp::RemoveFromPhysmap);
+        m.inject(Fault::Errno {
+            op: XOp::Multicall,
+            errno: Errno::ENOSYS,
+        });
+        fm.release(&m, &mut t, &mut pt, &mut vas).unwrap();
+        assert_eq!(t, before);
+        assert!(m.foreign(D0).is_empty());
+        assert_eq!(m.calls(XOp::Multicall), 1, "not tried again");
+        assert_eq!(m.calls(XOp::RemoveFromPhysmap) - singles, N);
+        // Stopped half-way (EFAULT after 40 entries of the second): the
+        // rest one call each, each frame once.
+        let (m, mut t, mut pt, mut vas, before, fm) = mapped(N);
+        let singles = m.calls(XOp::RemoveFromPhysmap);
+        m.inject(Fault::ErrnoOnCall {
+            op: XOp::Multicall,
+            nth: 1,
+            errno: Errno::EFAULT,
+        });
+        fm.release(&m, &mut t, &mut pt, &mut vas).unwrap();
+        assert_eq!(t, before);
+        assert!(m.foreign(D0).is_empty());
+        assert_eq!(m.calls(XOp::Multicall), 2);
+        assert_eq!(m.calls(XOp::RemoveFromPhysmap) - singles, N);
+        m.check_conservation().unwrap();
+    }
+
+    #[test]
+    fn an_unwind_keeps_only_the_frames_xen_kept() {
+        let (m, mut t, mut pt, mut vas) = setup();
+        let before = t.clone();
+        // The page tables refuse after Xen mapped 200 frames, and the
+        // unwind's removal of entry 70 fails: only that frame stays out of
+        // the holes.
+        pt.fail_map = true;
+        m.inject(Fault::ErrnoOnCall {
+            op: XOp::RemoveFromPhysmap,
+            nth: 70,
+            errno: Errno::EBUSY,
+        });
+        let frames: Vec<Gfn> = (0..200).map(Gfn).collect();
+        assert_eq!(
+            map_foreign(&m, &mut t, &mut pt, &mut vas, DU, &frames, false).unwrap_err(),
+            MapError::Unwind(XenError::Errno(Errno::EBUSY))
+        );
+        assert_eq!(m.foreign(D0).len(), 1);
+        assert_eq!(t.count(RegionKind::Foreign), PageCount(1));
+        assert_eq!(vas.used(), 0);
+        let g = *m.foreign(D0).keys().next().unwrap();
+        m.remove_from_physmap(g).unwrap();
+        t.modify(FrameRange::new(g, PageCount(1)).unwrap(), back_to_hole())
+            .unwrap();
+        assert_eq!(t, before);
     }
 
     #[test]
