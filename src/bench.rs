@@ -15,7 +15,7 @@
 //! | `balloon` | `bench-balloon`, `bench-balloon-profile`, `bench-balloon-scale` | 256 MiB out and back in with xenmem's strategy, Linux's and Mini-OS's, all on the same arena of frames; the profile replays each strategy's hypercalls without the engine, to split the time between Xen and the guest; the scale row repeats xenmem's round trip over as much free RAM as there is (up to 1 GiB) for hypercalls per GiB |
 //! | `floor` | `bench-floor` | writing every byte of the same arena through the identity map, beside xenmem's populate time |
 //! | `grant` | `bench-grant`, `bench-grant-profile`, `bench-helper` | 1024 grants of a helper domain mapped with the grant library one op per hypercall, 64 and 1024 per hypercall (see [`GrantMapper`]); the profile maps them with the hypercalls alone |
-//! | `foreign` | `bench-foreign` | 4096 foreign frames (the helper domain's, or Arm's dom0less domU) with `add_to_physmap_batch` at batch sizes 1, 64, 512 and 4096 |
+//! | `foreign` | `bench-foreign`, `bench-foreign-unmap` | 4096 foreign frames (the helper domain's, or Arm's dom0less domU) mapped with `add_to_physmap_batch` at batch sizes 1, 64, 512 and 4096, and unmapped one `remove_from_physmap` per frame and in multicalls ([`Hypervisor::remove_from_physmap_batch`]); the unmap profile times multicalls of 1, 16 and [`MULTICALL_MAX`] entries to split the hypercall's cost from Xen's per entry |
 //! | `footprint` | `bench-footprint` | image, heap, region sizes, boot stamps |
 //!
 //! Besides the rows: `bench-context` (clock, role, reservation) first,
@@ -58,7 +58,7 @@ use crate::region::{
 use crate::reservation::{self, Engine, ReservationError, Stats, Strategy};
 use crate::timer::{self, Clock, Stamp};
 use crate::xen::abi::gnttab::{MapGrantRef, UnmapGrantRef};
-use crate::xen::{Features, Hypervisor, MemFlags, XenError, XenStatus};
+use crate::xen::{Features, Hypervisor, MemFlags, XenError, XenStatus, MULTICALL_MAX};
 
 /// The most repetitions a row can hold.
 pub const MAX_REPS: usize = 9;
@@ -549,6 +549,9 @@ struct Goals {
     populate_vs_floor: Option<Fixed2>,
     /// Batched grant mapping's speed-up over one op per hypercall.
     grant_batched: Option<Fixed2>,
+    /// Foreign frames unmapped in multicalls, time ÷ mapping them at the
+    /// largest batch (paired median).
+    foreign_unmap_vs_map: Option<Fixed2>,
 }
 
 /// One goal: `measured op target`.
@@ -566,7 +569,7 @@ struct Goal {
 }
 
 impl Goals {
-    fn list(&self) -> [Goal; 5] {
+    fn list(&self) -> [Goal; 6] {
         [
             Goal {
                 name: "balloon-vs-linux",
@@ -606,6 +609,14 @@ impl Goals {
                 target: Fixed2::whole(5),
                 measured: self.grant_batched,
                 set: BenchSet::GRANT,
+                basis_mib: 0,
+            },
+            Goal {
+                name: "foreign-unmap-vs-map",
+                at_least: false,
+                target: Fixed2(120),
+                measured: self.foreign_unmap_vs_map,
+                set: BenchSet::FOREIGN,
                 basis_mib: 0,
             },
         ]
@@ -1778,7 +1789,7 @@ fn mapping_tables<H: Hypervisor, C: Clock, M: Memory, P: MapTarget>(
     match peer {
         Some((peer, Some(quiet))) => {
             let kind = if peer.runs { "domu" } else { "peer" };
-            let f = foreign_table(ctx, t, peer, kind, quiet);
+            let f = foreign_table(ctx, t, peer, kind, quiet, goals);
             if let (Err(e), Err(_)) = (&f, &r) {
                 xm_error!("bench: foreign: {}", shown(e));
             }
@@ -1917,7 +1928,7 @@ fn helper_measure<H: Hypervisor, C: Clock, M: Memory, P: MapTarget>(
             first: HELPER_FOREIGN_GFN,
             runs: false,
         };
-        foreign_table(ctx, t, peer, "helper", true)?;
+        foreign_table(ctx, t, peer, "helper", true, goals)?;
     }
     Ok(())
 }
@@ -2066,15 +2077,17 @@ fn wait_quiet<H: Hypervisor, C: Clock, M: Memory>(
     Ok(Some(false))
 }
 
-/// Table 4: map `peer`'s frames into a hole at every batch size. `kind`
-/// names the peer in the rows (`helper`, `domu`); `quiet`: it does not run
-/// while measured.
+/// Table 4: map `peer`'s frames into a hole at every batch size, unmap
+/// them one call per frame and in multicalls, and profile the multicalls.
+/// `kind` names the peer in the rows (`helper`, `domu`); `quiet`: it does
+/// not run while measured.
 fn foreign_table<H: Hypervisor, C: Clock, M: Memory>(
     ctx: &Ctx<'_, H, C, M>,
     t: &mut RegionTable,
     peer: ForeignPeer,
     kind: &'static str,
     quiet: bool,
+    goals: &mut Goals,
 ) -> Result<(), BenchError> {
     let n = ctx.p.foreign_frames;
     let hole = t
@@ -2089,14 +2102,8 @@ fn foreign_table<H: Hypervisor, C: Clock, M: Memory>(
             gfn: peer.first,
         },
     })?;
-    let r = foreign_rows(ctx, peer, hole, quiet, kind);
-    if matches!(
-        r,
-        Err(BenchError::Xen {
-            op: "remove_from_physmap",
-            ..
-        })
-    ) {
+    let r = foreign_rows(ctx, peer, hole, quiet, kind, goals);
+    if matches!(r, Err(BenchError::Xen { op: UNMAP_OP, .. })) {
         // Some frames may still hold foreign entries: keep them out of
         // every later choice (as `mapping` does).
         return r;
@@ -2105,89 +2112,267 @@ fn foreign_table<H: Hypervisor, C: Clock, M: Memory>(
     r
 }
 
+/// The error op of a failed removal: the frames may hold entries.
+const UNMAP_OP: &str = "remove_from_physmap";
+/// The error op of a multicall that failed as a whole; its frames were
+/// then removed one call each (else the error is [`UNMAP_OP`]'s).
+const UNMAP_MULTICALL_OP: &str = "multicall of remove_from_physmap";
+
+/// Entries per multicall in the unmap profile (`bench-foreign-unmap`):
+/// with the hypercall's own cost spread over more entries, what is left is
+/// Xen's cost per entry.
+const UNMAP_PROFILE: [usize; 3] = [1, 16, MULTICALL_MAX];
+
+/// Map all of `frames` at `gfns`, `b` per `add_to_physmap_batch`: the
+/// ticks it took, how many frames were asked for, and whether Xen mapped
+/// every one.
+fn foreign_map_all<H: Hypervisor, C: Clock, M: Memory>(
+    ctx: &Ctx<'_, H, C, M>,
+    dom: DomId,
+    frames: &[Gfn],
+    gfns: &[Gfn],
+    errs: &mut [XenStatus],
+    b: usize,
+) -> (u64, usize, Result<(), BenchError>) {
+    let c = ctx.clock;
+    errs.fill(XenStatus::default());
+    let t0 = c.now();
+    let mut res = Ok(());
+    let mut mapped = 0;
+    for ((f, g), e) in frames.chunks(b).zip(gfns.chunks(b)).zip(errs.chunks_mut(b)) {
+        res = ctx.hv.map_foreign_batch(dom, f, g, e);
+        mapped += f.len();
+        if res.is_err() {
+            break;
+        }
+    }
+    let t1 = c.now();
+    let res = res.map_err(xen_err("add_to_physmap_batch")).and_then(|()| {
+        match errs[..mapped].iter().find_map(|s| s.result().err()) {
+            Some(err) => Err(BenchError::Xen {
+                op: "add_to_physmap_batch entry",
+                err,
+            }),
+            None => Ok(()),
+        }
+    });
+    (t1.wrapping_sub(t0), mapped, res)
+}
+
+/// Remove `gfns` one `remove_from_physmap` per frame: the ticks, and the
+/// first error but ENOENT (nothing mapped there).
+fn foreign_unmap_single<H: Hypervisor, C: Clock, M: Memory>(
+    ctx: &Ctx<'_, H, C, M>,
+    gfns: &[Gfn],
+) -> (u64, Result<(), BenchError>) {
+    let t0 = ctx.clock.now();
+    let mut first = None;
+    for g in gfns {
+        match ctx.hv.remove_from_physmap(*g) {
+            Ok(()) | Err(XenError::Errno(crate::xen::Errno::ENOENT)) => {}
+            Err(e) => {
+                first.get_or_insert(e);
+            }
+        }
+    }
+    let t1 = ctx.clock.now();
+    let r = match first {
+        Some(err) => Err(BenchError::Xen { op: UNMAP_OP, err }),
+        None => Ok(()),
+    };
+    (t1.wrapping_sub(t0), r)
+}
+
+/// After a failure with `gfns` mapped or partly mapped: take out what is
+/// there, one call per frame (ENOENT expected), and return `err` (or the
+/// removal's error, which says frames may hold entries).
+fn foreign_cleanup<H: Hypervisor, C: Clock, M: Memory>(
+    ctx: &Ctx<'_, H, C, M>,
+    gfns: &[Gfn],
+    err: BenchError,
+) -> BenchError {
+    match foreign_unmap_single(ctx, gfns).1 {
+        Err(e) => e,
+        Ok(()) => err,
+    }
+}
+
+/// Remove every frame of `gfns`, which are all mapped, with the batch call
+/// (multicalls of [`MULTICALL_MAX`]): the ticks and the hypercalls made.
+/// Any failed entry or multicall is an error (after a clean-up).
+fn foreign_unmap_batched<H: Hypervisor, C: Clock, M: Memory>(
+    ctx: &Ctx<'_, H, C, M>,
+    gfns: &[Gfn],
+    results: &mut [Result<(), XenError>],
+) -> Result<(u64, usize), BenchError> {
+    let results = &mut results[..gfns.len()];
+    let t0 = ctx.clock.now();
+    let b = ctx.hv.remove_from_physmap_batch(gfns, results);
+    let t1 = ctx.clock.now();
+    let b = match b {
+        Ok(b) => b,
+        Err(err) => {
+            let e = BenchError::Xen {
+                op: UNMAP_MULTICALL_OP,
+                err,
+            };
+            return Err(foreign_cleanup(ctx, gfns, e));
+        }
+    };
+    if let Some(err) = results.iter().find_map(|r| r.err()) {
+        return Err(foreign_cleanup(
+            ctx,
+            gfns,
+            BenchError::Xen { op: UNMAP_OP, err },
+        ));
+    }
+    if let Some(err) = b.multicall_error {
+        // Every frame went (one call each where the multicall did not
+        // reach), but this is not the batched time.
+        return Err(BenchError::Xen {
+            op: UNMAP_MULTICALL_OP,
+            err,
+        });
+    }
+    Ok((t1.wrapping_sub(t0), b.hypercalls()))
+}
+
+/// Remove every frame of `gfns`, which are all mapped, `per` to a
+/// multicall ([`Hypervisor::multicall_remove_from_physmap`] alone): the
+/// ticks. Anything not removed is an error (after a clean-up).
+fn foreign_unmap_multicalls<H: Hypervisor, C: Clock, M: Memory>(
+    ctx: &Ctx<'_, H, C, M>,
+    gfns: &[Gfn],
+    results: &mut [Result<(), XenError>],
+    per: usize,
+) -> Result<u64, BenchError> {
+    let results = &mut results[..gfns.len()];
+    let t0 = ctx.clock.now();
+    let mut failed = None;
+    for (g, r) in gfns.chunks(per).zip(results.chunks_mut(per)) {
+        let o = ctx.hv.multicall_remove_from_physmap(g, r);
+        if let Err(err) = o.result {
+            failed = Some(BenchError::Xen {
+                op: UNMAP_MULTICALL_OP,
+                err,
+            });
+            break;
+        }
+        if o.reached < g.len() {
+            failed = Some(BenchError::Check("a multicall left entries undone"));
+            break;
+        }
+    }
+    let t1 = ctx.clock.now();
+    if let Some(e) = failed {
+        return Err(foreign_cleanup(ctx, gfns, e));
+    }
+    if let Some(err) = results.iter().find_map(|r| r.err()) {
+        return Err(foreign_cleanup(
+            ctx,
+            gfns,
+            BenchError::Xen { op: UNMAP_OP, err },
+        ));
+    }
+    Ok(t1.wrapping_sub(t0))
+}
+
 fn foreign_rows<H: Hypervisor, C: Clock, M: Memory>(
     ctx: &Ctx<'_, H, C, M>,
     peer: ForeignPeer,
     hole: FrameRange,
     quiet: bool,
     kind: &'static str,
+    goals: &mut Goals,
 ) -> Result<(), BenchError> {
     let n = ctx.p.foreign_frames;
     let frames: Vec<Gfn> = (peer.first.0..peer.first.0 + n as u64).map(Gfn).collect();
     let gfns: Vec<Gfn> = (hole.start().0..hole.end().0).map(Gfn).collect();
     let mut errs: Vec<XenStatus> = alloc::vec![XenStatus::default(); n];
-    let batches = ctx.p.foreign_batches;
+    let mut results: Vec<Result<(), XenError>> = alloc::vec![Ok(()); n];
+    let batches = ctx.p.foreign_batches.map(|b| b.clamp(1, u16::MAX as usize));
+    let largest = batches.iter().copied().max().unwrap_or(1);
     let mut map = [Samples::default(); 4];
     let mut unmap = [Samples::default(); 4];
+    let mut batched = [Samples::default(); 4];
+    let mut ratio = [Samples::default(); 4];
+    let mut unmap_calls = [0usize; 4];
     let mut vs = [Samples::default(); 4];
-    let c = ctx.clock;
+    let mut profile = [Samples::default(); UNMAP_PROFILE.len()];
+    // Map everything, `b` per call, or fail with nothing left mapped.
+    let map_all = |errs: &mut [XenStatus], b: usize| -> Result<u64, BenchError> {
+        let (ticks, mapped, r) = foreign_map_all(ctx, peer.dom, &frames, &gfns, errs, b);
+        match r {
+            Ok(()) => Ok(ticks),
+            Err(e) => Err(foreign_cleanup(ctx, &gfns[..mapped], e)),
+        }
+    };
     for _ in 0..ctx.p.reps {
-        for (i, b) in batches.iter().enumerate() {
-            let b = (*b).clamp(1, u16::MAX as usize);
-            errs.fill(XenStatus::default());
-            let t0 = c.now();
-            let mut res = Ok(());
-            let mut mapped = 0;
-            for ((f, g), e) in frames.chunks(b).zip(gfns.chunks(b)).zip(errs.chunks_mut(b)) {
-                res = ctx.hv.map_foreign_batch(peer.dom, f, g, e);
-                mapped += f.len();
-                if res.is_err() {
-                    break;
-                }
-            }
-            let t1 = c.now();
-            let refused = errs[..mapped].iter().find_map(|s| s.result().err());
-            // Take everything out again (ENOENT where nothing was mapped).
-            let t2 = c.now();
-            let mut unmap_err = None;
-            for g in &gfns[..mapped] {
-                match ctx.hv.remove_from_physmap(*g) {
-                    Ok(()) | Err(XenError::Errno(crate::xen::Errno::ENOENT)) => {}
-                    Err(e) => {
-                        unmap_err.get_or_insert(e);
-                    }
-                }
-            }
-            let t3 = c.now();
-            res.map_err(xen_err("add_to_physmap_batch"))?;
-            if let Some(err) = refused {
-                return Err(BenchError::Xen {
-                    op: "add_to_physmap_batch entry",
-                    err,
-                });
-            }
-            if let Some(err) = unmap_err {
-                return Err(BenchError::Xen {
-                    op: "remove_from_physmap",
-                    err,
-                });
-            }
-            map[i].push(ctx.us(t1.wrapping_sub(t0)));
-            unmap[i].push(ctx.us(t3.wrapping_sub(t2)));
+        for (i, &b) in batches.iter().enumerate() {
+            // Map, and take everything out one call per frame ...
+            let m = map_all(&mut errs, b)?;
+            let (u, r) = foreign_unmap_single(ctx, &gfns);
+            r?;
+            // ... then again, taken out in multicalls.
+            map_all(&mut errs, b)?;
+            let (ub, calls) = foreign_unmap_batched(ctx, &gfns, &mut results)?;
+            map[i].push(ctx.us(m));
+            unmap[i].push(ctx.us(u));
+            batched[i].push(ctx.us(ub));
+            ratio[i].push(Fixed2::ratio(ub, m).map_or(0, |f| f.0));
+            unmap_calls[i] = calls;
         }
         let last = map[0].len() - 1;
         let base = map[0].v[last];
         for (i, s) in vs.iter_mut().enumerate() {
             s.push(Fixed2::ratio(base, map[i].v[last]).map_or(0, |f| f.0));
         }
+        // The profile: multicalls of 1, 16 and MULTICALL_MAX entries.
+        for (k, &per) in UNMAP_PROFILE.iter().enumerate() {
+            map_all(&mut errs, largest)?;
+            let t = foreign_unmap_multicalls(ctx, &gfns, &mut results, per)?;
+            profile[k].push(ctx.us(t));
+        }
     }
     for (i, b) in batches.iter().enumerate() {
         let us = map[i].median();
         xm_info!(
-            "report: bench-foreign batch={=usize} frames={=usize} dom={} peer_kind={=str} hypercalls={=usize} map_us={=u64} spread={} ns_per_frame={=u64} speedup={} speedup_spread={} unmap_us={=u64} peer_quiet={=str}",
+            "report: bench-foreign batch={=usize} frames={=usize} dom={} peer_kind={=str} hypercalls={=usize} map_us={=u64} spread={} ns_per_frame={=u64} speedup={} speedup_spread={} unmap_us={=u64} unmap_batched_us={=u64} unmap_batched_spread={} unmap_hypercalls={=usize} per_multicall={=usize} unmap_vs_map={} unmap_vs_map_spread={} peer_quiet={=str}",
             b,
             n,
             peer.dom,
             kind,
-            n.div_ceil((*b).max(1)),
+            n.div_ceil(*b),
             us,
             Maybe(map[i].spread()),
             us * 1000 / n.max(1) as u64,
             Fixed2(vs[i].median()),
             Maybe(vs[i].spread()),
             unmap[i].median(),
+            batched[i].median(),
+            Maybe(batched[i].spread()),
+            unmap_calls[i],
+            MULTICALL_MAX,
+            Fixed2(ratio[i].median()),
+            Maybe(ratio[i].spread()),
             if quiet { "yes" } else { "no" }
         );
+    }
+    for (k, per) in UNMAP_PROFILE.iter().enumerate() {
+        let us = profile[k].median();
+        xm_info!(
+            "report: bench-foreign-unmap per_multicall={=usize} multicalls={=usize} frames={=usize} unmap_us={=u64} spread={} ns_per_frame={=u64}",
+            per,
+            n.div_ceil(*per),
+            n,
+            us,
+            Maybe(profile[k].spread()),
+            us * 1000 / n.max(1) as u64
+        );
+    }
+    // The goal: at the largest batch, multicalls against the map.
+    if let Some(i) = batches.iter().position(|&b| b == largest) {
+        goals.foreign_unmap_vs_map = Some(Fixed2(ratio[i].median()));
     }
     Ok(())
 }
@@ -2435,8 +2620,31 @@ mod tests {
         assert_eq!(v, Verdict::Pass);
         assert_eq!(t, before);
         assert!(m.foreign(DomId(0)).is_empty(), "everything unmapped");
-        // 64 + 8 + 2 + 1 batches per repetition.
-        assert_eq!(m.calls(Op::MapForeignBatch), 3 * (64 + 8 + 2 + 1));
+        // 64 + 8 + 2 + 1 batches per repetition, twice (one unmap per
+        // frame, one in multicalls), and 3 maps of one batch for the
+        // multicall profile.
+        assert_eq!(m.calls(Op::MapForeignBatch), 3 * (2 * (64 + 8 + 2 + 1) + 3));
+        // One multicall per row (64 frames), then 64 + 4 + 1 in the profile.
+        assert_eq!(m.calls(Op::Multicall), 3 * (4 + 64 + 4 + 1));
+        // A multicall Xen refuses fails the run, with nothing left mapped.
+        m.inject(crate::xen::model::Fault::ErrnoOnCall {
+            op: Op::Multicall,
+            nth: 2,
+            errno: crate::xen::Errno::ENOSYS,
+        });
+        let v = run_with(
+            &m,
+            &clock,
+            &FakeMemory::default(),
+            &mut t,
+            &s,
+            BenchSet::FOREIGN,
+            &p,
+            no_maps(),
+        );
+        assert_eq!(v, Verdict::Fail);
+        assert_eq!(t, before);
+        assert!(m.foreign(DomId(0)).is_empty());
         // Without a peer and without a helper the tables are skipped, not
         // failed; with a helper but no page tables the run fails.
         p.foreign_peer = None;
@@ -2590,10 +2798,12 @@ mod tests {
         let mut goals = Goals::default();
         helper_measure(&ctx, &mut t, &mut pt, &mut vas, &h, true, true, &mut goals).unwrap();
         assert!(goals.grant_batched.is_some());
-        // 64 + 8 + 2 + 1 batches per repetition, of the helper's frames.
+        assert!(goals.foreign_unmap_vs_map.is_some());
+        // 64 + 8 + 2 + 1 batches per repetition, twice, and 3 for the
+        // multicall profile, of the helper's frames.
         assert_eq!(
             m.calls(Op::MapForeignBatch) - foreign_before,
-            3 * (64 + 8 + 2 + 1)
+            3 * (2 * (64 + 8 + 2 + 1) + 3)
         );
         // Nothing of the measurements is left mapped.
         let g0 = h.cd.seeded()[0].gref;

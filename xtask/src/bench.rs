@@ -1324,18 +1324,27 @@ fn render_helper(o: &mut String, results: &[(&BenchBoot, BootResult, Files)]) {
     }
 }
 
-/// Table 4 and its fit.
+/// Table 4, its fit, and the unmap profile with its fit and ceiling.
 fn render_foreign(o: &mut String, results: &[(&BenchBoot, BootResult, Files)]) {
     let _ = writeln!(
         o,
-        "\n## 4. Foreign mapping: add_to_physmap_batch at several batch sizes\n"
+        "\n## 4. Foreign mapping: add_to_physmap_batch at several batch sizes\n\n\
+         Each repetition maps the 4096 frames at every batch size twice: once taken out \
+         with one `remove_from_physmap` per frame, once in multicalls \
+         (`Hypervisor::remove_from_physmap_batch`). Unmap ÷ map: the median over \
+         repetitions of the batched unmap time divided by the map time of the same \
+         repetition.\n"
     );
     let mut pending = Vec::new();
     let mut rows = Vec::new();
     let mut fits = Vec::new();
+    let mut prof_rows = Vec::new();
+    let mut prof_fits = Vec::new();
     for (b, res, _) in results {
         let mut pts = Vec::new();
         let mut frames = 0;
+        // (map µs, batched unmap µs) at the largest batch.
+        let mut largest: Option<(u64, f64, f64)> = None;
         for r in reports(res, b, "bench-foreign") {
             if let Some(s) = r.get("status") {
                 pending.push(format!("- {}: {s} ({})", b.name, get(r, "reason")));
@@ -1355,13 +1364,72 @@ fn render_foreign(o: &mut String, results: &[(&BenchBoot, BootResult, Files)]) {
                 get(r, "ns_per_frame").into(),
                 with_spread(get(r, "speedup").into(), get(r, "speedup_spread")),
                 ms(get(r, "unmap_us")),
+                match r.get("unmap_batched_us") {
+                    Some(u) => format!(
+                        "{} ({} calls)",
+                        with_spread(ms(u), get(r, "unmap_batched_spread")),
+                        get(r, "unmap_hypercalls")
+                    ),
+                    None => "-".into(),
+                },
+                match r.get("unmap_vs_map") {
+                    Some(v) => with_spread(v.into(), get(r, "unmap_vs_map_spread")),
+                    None => "-".into(),
+                },
             ]);
             frames = num(r, "frames").unwrap_or(0.0) as u64;
             if let (Some(c), Some(t)) = (num(r, "hypercalls"), num(r, "map_us")) {
                 pts.push((c as u64, t));
             }
+            if let (Some(bt), Some(m), Some(u)) = (
+                num(r, "batch"),
+                num(r, "map_us"),
+                num(r, "unmap_batched_us"),
+            ) {
+                if largest.is_none_or(|(l, _, _)| bt as u64 >= l) {
+                    largest = Some((bt as u64, m, u));
+                }
+            }
         }
+        let map_fit = fit(&pts, frames);
         fits.extend(fit_line(b.name, "map time", &pts, frames, "frame"));
+        let mut ppts = Vec::new();
+        for r in reports(res, b, "bench-foreign-unmap") {
+            prof_rows.push(vec![
+                b.name.to_string(),
+                get(r, "per_multicall").into(),
+                get(r, "multicalls").into(),
+                with_spread(ms(get(r, "unmap_us")), get(r, "spread")),
+                get(r, "ns_per_frame").into(),
+            ]);
+            if let (Some(c), Some(t)) = (num(r, "multicalls"), num(r, "unmap_us")) {
+                ppts.push((c as u64, t));
+            }
+        }
+        if let Some((h, p)) = fit(&ppts, frames) {
+            let mut line = format!(
+                "- {}: unmap time ≈ {h:.1} µs per multicall + {p:.1} µs per frame",
+                b.name
+            );
+            if let Some((_, pm)) = map_fit {
+                let _ = write!(
+                    line,
+                    "; add_to_physmap_batch: {pm:.1} µs per frame, so Xen's own work per \
+                     frame is {:.2}x as much to remove as to map",
+                    p / pm
+                );
+            }
+            if let Some((_, m, u)) = largest {
+                let _ = write!(
+                    line,
+                    ". Even with the multicall's own cost gone, unmap ÷ map at the largest \
+                     batch would be ≥ {:.2} (measured {:.2})",
+                    p * frames as f64 / m,
+                    u / m
+                );
+            }
+            prof_fits.push(line);
+        }
     }
     if !rows.is_empty() {
         header(
@@ -1376,6 +1444,8 @@ fn render_foreign(o: &mut String, results: &[(&BenchBoot, BootResult, Files)]) {
                 "ns/frame",
                 "speed-up vs batch 1",
                 "unmap ms (1 per call)",
+                "unmap ms (multicalls)",
+                "unmap (multicalls) ÷ map",
             ],
             2,
         );
@@ -1388,6 +1458,33 @@ fn render_foreign(o: &mut String, results: &[(&BenchBoot, BootResult, Files)]) {
         let _ = writeln!(o, "\nFit through batch 1 and the largest batch:\n");
         for f in fits {
             let _ = writeln!(o, "{f}");
+        }
+    }
+    if !prof_rows.is_empty() {
+        let _ = writeln!(
+            o,
+            "\nUnmap profile: the same frames removed with `multicall_remove_from_physmap` \
+             alone, at several entries per multicall (fit through the first and last row):\n"
+        );
+        header(
+            o,
+            &[
+                "boot",
+                "entries per multicall",
+                "multicalls",
+                "unmap ms",
+                "ns/frame",
+            ],
+            1,
+        );
+        for r in &prof_rows {
+            row(o, r);
+        }
+        if !prof_fits.is_empty() {
+            let _ = writeln!(o);
+            for f in prof_fits {
+                let _ = writeln!(o, "{f}");
+            }
         }
     }
 }
@@ -1542,11 +1639,15 @@ mod tests {
             "report: bench-grant-profile per_call=1 hypercalls=1024 xen_map_us=82484 xen_unmap_us=91107 lib_map_us=75837 lib_unmap_us=81773 guest_map_us=0 guest_map_pct=0.00 xen_speedup=1.00",
             "report: bench-grant-profile per_call=1024 hypercalls=1 xen_map_us=15826 xen_unmap_us=16520 lib_map_us=16873 lib_unmap_us=20713 guest_map_us=1047 guest_map_pct=6.21 xen_speedup=4.76",
             "report: bench-helper domid=1 grant_pages=1024 grants=1024 gnttab_frames=3 foreign_pages=4096 order=9 setup_us=186209 bench_us=11765046 teardown_us=84157 destroyed=yes table_restored=yes window_restored=yes reservation_restored=yes",
-            "report: bench-foreign batch=1 frames=4096 dom=1 peer_kind=helper hypercalls=4096 map_us=371118 spread=1.41 ns_per_frame=90604 speedup=1.00 speedup_spread=1.00 unmap_us=303111 peer_quiet=yes",
-            "report: bench-foreign batch=4096 frames=4096 dom=1 peer_kind=helper hypercalls=1 map_us=87527 spread=1.52 ns_per_frame=21368 speedup=3.86 speedup_spread=1.78 unmap_us=255819 peer_quiet=yes",
+            "report: bench-foreign batch=1 frames=4096 dom=1 peer_kind=helper hypercalls=4096 map_us=371118 spread=1.41 ns_per_frame=90604 speedup=1.00 speedup_spread=1.00 unmap_us=303111 unmap_batched_us=98000 unmap_batched_spread=1.05 unmap_hypercalls=32 per_multicall=128 unmap_vs_map=0.26 unmap_vs_map_spread=1.10 peer_quiet=yes",
+            "report: bench-foreign batch=4096 frames=4096 dom=1 peer_kind=helper hypercalls=1 map_us=87527 spread=1.52 ns_per_frame=21368 speedup=3.86 speedup_spread=1.78 unmap_us=255819 unmap_batched_us=96290 unmap_batched_spread=1.04 unmap_hypercalls=32 per_multicall=128 unmap_vs_map=1.10 unmap_vs_map_spread=1.20 peer_quiet=yes",
+            "report: bench-foreign-unmap per_multicall=1 multicalls=4096 frames=4096 unmap_us=327680 spread=1.02 ns_per_frame=80000",
+            "report: bench-foreign-unmap per_multicall=16 multicalls=256 frames=4096 unmap_us=96000 spread=1.02 ns_per_frame=23437",
+            "report: bench-foreign-unmap per_multicall=128 multicalls=32 frames=4096 unmap_us=83840 spread=1.01 ns_per_frame=20468",
             "report: bench-footprint item=heap-size value=4194304 unit=bytes",
             "report: bench-footprint item=heap-used value=1048576 unit=bytes",
             "report: bench-goal name=hypercalls-per-gib op=le target=2.00 measured=4.00 status=MISS factor=0.50 off_by=2.00 basis_mib=256",
+            "report: bench-goal name=foreign-unmap-vs-map op=le target=1.20 measured=1.10 status=PASS factor=1.09 off_by=1.00 basis_mib=0",
         ];
         for l in lines {
             logs.by_source
@@ -1590,7 +1691,22 @@ mod tests {
         assert!(md.contains("= 5.23x over one grant per hypercall"), "{md}");
         assert!(md.contains("- x86_64-dom0: domain 1, 1024 granted pages + 4096 pages for table 4 (order 9 extents), 3 grant-table frames; set-up 186.2 ms, teardown 84.2 ms; destroyed: yes, region table restored: yes"), "{md}");
         assert!(
-            md.contains("| x86_64-dom0 | 1 (helper) | 4096 | 4096 | 1 | 87.5 (x1.52) | 21368 | 3.86 (x1.78) | 255.8 |"),
+            md.contains("| x86_64-dom0 | 1 (helper) | 4096 | 4096 | 1 | 87.5 (x1.52) | 21368 | 3.86 (x1.78) | 255.8 | 96.3 (x1.04) (32 calls) | 1.10 (x1.20) |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| x86_64-dom0 | 16 | 256 | 96.0 (x1.02) | 23437 |"),
+            "{md}"
+        );
+        // 80 µs a frame one per multicall, 20 µs a frame 128 per multicall:
+        // 60 µs per multicall + 20 µs per frame.
+        assert!(
+            md.contains("unmap time ≈ 60.0 µs per multicall + 20.0 µs per frame; add_to_physmap_batch: 21.4 µs per frame"),
+            "{md}"
+        );
+        assert!(md.contains("would be ≥ 0.94 (measured 1.10)"), "{md}");
+        assert!(
+            md.contains("| x86_64-dom0 | foreign-unmap-vs-map | - | ≤ 1.20 | 1.10 | PASS (x1.09 to spare) |"),
             "{md}"
         );
         assert!(
