@@ -1582,6 +1582,261 @@ fn grant_offer<H: Hypervisor>(
     }
 }
 
+/// `dom0-peer=grant`: the rounds' sizes.
+#[cfg(target_os = "none")]
+const DOM0_PEER_ROUNDS: [u64; 3] = [1, 64, 1024];
+/// Where the agent and the dom0 peer talk (relative: the agent's own
+/// `/local/domain/<domid>/data/xenmem/`, writable by both).
+#[cfg(target_os = "none")]
+const DOM0_PEER_DIR: &str = "data/xenmem";
+
+/// The pattern word `i` of page `j` of a round (`seed` is
+/// [`GRANT_OFFER_SEED`] or [`GRANT_ANSWER_SEED`]); `xenmem-peer grant`
+/// computes the same.
+#[cfg(target_os = "none")]
+fn round_seed(seed: u64, j: u64) -> u64 {
+    seed ^ (j << 20)
+}
+
+/// Wait (blocked in the xenstore client, no CPU) until `key` under
+/// [`DOM0_PEER_DIR`] holds a value starting with `prefix`; returns it.
+#[cfg(target_os = "none")]
+fn dom0_peer_wait<N, W>(
+    xs: &mut crate::xenstore::XsClient<N, W>,
+    key: &str,
+    prefix: &str,
+) -> Result<alloc::string::String, crate::xenstore::XsError>
+where
+    N: FnMut(u32) -> Result<(), XenError>,
+    W: FnMut(u32) -> Result<(), XenError>,
+{
+    use crate::xenstore::{wire::XsErrno, XsError};
+    let path = alloc::format!("{DOM0_PEER_DIR}/{key}");
+    loop {
+        match xs.read_string(&path) {
+            Ok(v) if v.starts_with(prefix) => return Ok(v),
+            Ok(_) | Err(XsError::Server(XsErrno::ENOENT)) => {}
+            Err(e) => return Err(e),
+        }
+        // Any change under the watched key wakes us; read it again.
+        xs.next_event()?;
+    }
+}
+
+/// `dom0-peer=grant`: rounds of 1, 64 and 1024 pages granted to dom0,
+/// where `xenmem-peer grant` (Linux's gntdev through rust-vmm's
+/// vm-memory) maps them. Per round: fill the pages with a pattern, grant
+/// them (consecutive references, as vm-memory maps them), publish
+/// `grant` = `ROUND PAGES FIRST_REF`; when dom0 says `mapped`, check its
+/// write-back and try `end_access` (refused while mapped), say `checked`;
+/// when dom0 says `unmapped`, end every grant (must work now), say `ended`;
+/// dom0 then tries to map the first reference again (must fail) and says
+/// how it went. Reports `dom0-peer-grant` per round.
+#[cfg(target_os = "none")]
+fn dom0_peer_grant<H: Hypervisor>(hv: &H, t: &mut RegionTable, s: &Survey) -> Verdict {
+    use crate::grant::GrantTable;
+    use crate::mapping::{MapTarget, VaSpace};
+    let mut ctl = match control_for(hv, t) {
+        Ok(c) => c,
+        Err(e) => {
+            xm_error!("dom0-peer: {}", defmt_display(&e));
+            return Verdict::Fail;
+        }
+    };
+    let xs = &mut ctl.xs;
+    let Some(mut pt) = page_tables_for("dom0-peer") else {
+        return Verdict::Fail;
+    };
+    let mut vas = VaSpace::new(MapTarget::window(&*pt));
+    // 1024 v1 entries and the 8 reserved ones: 3 frames.
+    let mut gt = match GrantTable::setup(hv, t, &mut *pt, &mut vas, 3) {
+        Ok(g) => g,
+        Err(e) => return grant_fail("table set-up", e),
+    };
+    let v = dom0_peer_rounds(xs, &mut gt, t, s);
+    // The peer stops at `done` or `failed`.
+    let end = if v == Verdict::Pass { "done" } else { "failed" };
+    if let Err(e) = xs.write(&alloc::format!("{DOM0_PEER_DIR}/agent"), end.as_bytes()) {
+        xm_warn!("dom0-peer: telling the peer {=str}: {}", end, e);
+    }
+    let active = gt.active();
+    if active == 0 {
+        if let Err(e) = gt.release(hv, t, &mut *pt, &mut vas) {
+            return grant_fail("table release", e);
+        }
+    } else {
+        // Grants the peer may still hold stay, and so does the table
+        // (reported below).
+        core::mem::forget(gt);
+    }
+    xm_info!(
+        "report: dom0-peer-done grants_active={=usize} window_pages={=u64}",
+        active,
+        vas.used()
+    );
+    v
+}
+
+/// The rounds of [`dom0_peer_grant`] (its grant table set up, its
+/// xenstore connection made).
+#[cfg(target_os = "none")]
+fn dom0_peer_rounds<N, W>(
+    xs: &mut crate::xenstore::XsClient<N, W>,
+    gt: &mut crate::grant::GrantTable,
+    t: &mut RegionTable,
+    s: &Survey,
+) -> Verdict
+where
+    N: FnMut(u32) -> Result<(), XenError>,
+    W: FnMut(u32) -> Result<(), XenError>,
+{
+    use crate::grant::{GrantError, GrantRef};
+    let key = |k: &str| alloc::format!("{DOM0_PEER_DIR}/{k}");
+    if let Err(e) = xs.watch(&key("peer"), "dom0-peer") {
+        xm_error!("dom0-peer: watching {=str}/peer: {}", DOM0_PEER_DIR, e);
+        return Verdict::Fail;
+    }
+    let me = s.domid.map_or(DomId::SELF, |(d, _)| d);
+    xm_info!(
+        "report: dom0-peer-ready dom={} dir={=str}",
+        me,
+        DOM0_PEER_DIR
+    );
+    let mut ok = true;
+    for (round, &n) in DOM0_PEER_ROUNDS.iter().enumerate() {
+        let round = round as u64 + 1;
+        // One frame more than needed: the first free frame may be frame 0,
+        // which is no pointer; the pages used start after it.
+        let held = match t.alloc_frames(
+            PageCount(n + 1),
+            crate::addr::Order::ZERO,
+            ReservedUse::Allocated,
+        ) {
+            Ok(p) => p,
+            Err(e) => return grant_fail("pages", GrantError::Table(e)),
+        };
+        let Ok(pages) = FrameRange::new(Gfn(held.start().0 + 1), PageCount(n)) else {
+            return Verdict::Fail;
+        };
+        let mut words = Vec::new();
+        for j in 0..n {
+            let Some(p) = FrameRange::new(Gfn(pages.start().0 + j), PageCount(1))
+                .ok()
+                .and_then(page_words)
+            else {
+                xm_error!("dom0-peer: page not identity-mapped");
+                return Verdict::Fail;
+            };
+            fill_page(p, round_seed(GRANT_OFFER_SEED, j));
+            words.push(p);
+        }
+        let mut refs: Vec<GrantRef> = Vec::new();
+        for j in 0..n {
+            match gt.grant_access(t, DomId(0), Gfn(pages.start().0 + j), false) {
+                Ok(r) => refs.push(r),
+                Err(e) => return grant_fail("grant_access", e),
+            }
+        }
+        let first = refs[0];
+        if refs
+            .iter()
+            .enumerate()
+            .any(|(j, r)| r.0 != first.0 + j as u32)
+        {
+            xm_error!("dom0-peer: the references are not consecutive");
+            return Verdict::Fail;
+        }
+        let step = |xs: &mut crate::xenstore::XsClient<_, _>, k: &str, v: &str, wait: &str| {
+            xs.write(&key(k), v.as_bytes())?;
+            if wait.is_empty() {
+                return Ok(alloc::string::String::new());
+            }
+            dom0_peer_wait(xs, "peer", wait)
+        };
+        let r = (|| {
+            let mapped = step(
+                xs,
+                "grant",
+                &alloc::format!("{round} {n} {}", first.0),
+                &alloc::format!("{round} mapped"),
+            )?;
+            let bad: usize = words
+                .iter()
+                .enumerate()
+                .map(|(j, &p)| page_mismatches(p, round_seed(GRANT_ANSWER_SEED, j as u64), 0))
+                .sum();
+            let while_mapped = gt.end_access(first);
+            let unmapped = step(
+                xs,
+                "agent",
+                &alloc::format!("{round} checked"),
+                &alloc::format!("{round} unmapped"),
+            )?;
+            let mut failed_ends = 0usize;
+            for &r in &refs {
+                if matches!(while_mapped, Ok(())) && r == first {
+                    continue;
+                }
+                if gt.end_access(r).is_err() {
+                    failed_ends += 1;
+                }
+            }
+            let remap = step(
+                xs,
+                "agent",
+                &alloc::format!("{round} ended"),
+                &alloc::format!("{round} remap-"),
+            )?;
+            Ok::<_, crate::xenstore::XsError>((
+                mapped,
+                bad,
+                while_mapped,
+                unmapped,
+                failed_ends,
+                remap,
+            ))
+        })();
+        let (mapped, bad, while_mapped, _unmapped, failed_ends, remap) = match r {
+            Ok(v) => v,
+            Err(e) => {
+                xm_error!("dom0-peer: xenstore: {}", e);
+                return Verdict::Fail;
+            }
+        };
+        // The peer's own verdict on our pattern: `ROUND mapped bad=K`.
+        let peer_bad = mapped
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("bad="))
+            .and_then(|v| v.parse::<u64>().ok());
+        let refused = matches!(while_mapped, Err(GrantError::InUse(_)));
+        let remap_refused = remap.split_whitespace().nth(1) == Some("remap-refused");
+        xm_info!(
+            "report: dom0-peer-grant round={=u64} pages={=u64} first_ref={=u32} gfn={} peer_bad_words={=str} agent_bad_words={=usize} end_while_mapped={=str} ends_failed_after_unmap={=usize} remap={=str}",
+            round,
+            n,
+            first.0,
+            pages.start(),
+            peer_bad.map_or(alloc::string::String::from("?"), |b| alloc::format!("{b}")).as_str(),
+            bad,
+            if refused { "refused" } else if while_mapped.is_ok() { "ended" } else { "error" },
+            failed_ends,
+            if remap_refused { "refused" } else { "mapped" }
+        );
+        ok &= peer_bad == Some(0) && bad == 0 && refused && failed_ends == 0 && remap_refused;
+        if failed_ends == 0 && gt.active() == 0 {
+            if let Err(e) = t.free_frames(held, ReservedUse::Allocated) {
+                xm_error!("dom0-peer: freeing the pages: {}", defmt_display(&e));
+                return Verdict::Fail;
+            }
+        }
+    }
+    if ok {
+        Verdict::Pass
+    } else {
+        Verdict::Fail
+    }
+}
+
 /// Dom0: map the peer's grant `r` (retrying until the peer has issued it),
 /// check its pattern, acquire the peer's grant table and read entry `r`
 /// (permitted to dom0, in use, the frame granted), foreign-map that frame
@@ -2110,6 +2365,12 @@ pub fn run(hv: &impl Hypervisor, boot: &BootInfo<'_>, heap: Option<PhysSpan>) ->
         }
         if let Some(mode) = opts.helper {
             if helper_run(hv, &mut table, mode) == Verdict::Fail {
+                return Verdict::Fail;
+            }
+        }
+        if opts.dom0_peer == Some(cmdline::Dom0Peer::Grant) {
+            #[cfg(target_os = "none")]
+            if dom0_peer_grant(hv, &mut table, &s) == Verdict::Fail {
                 return Verdict::Fail;
             }
         }

@@ -75,6 +75,17 @@ pub enum RunMode {
     Service,
 }
 
+/// What the agent exchanges with a program in dom0 (`dom0-peer=`), over
+/// xenstore keys under its own `data/xenmem/`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dom0Peer {
+    /// Grant 1, 64 and 1024 pages to dom0 with a pattern, one round each:
+    /// dom0 maps them, checks and writes back; `end_access` is refused
+    /// while dom0 holds them and works once it has unmapped; a new map of
+    /// an ended reference fails.
+    Grant,
+}
+
 /// The options the agent understands.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Options {
@@ -119,6 +130,9 @@ pub struct Options {
     /// acquire_resource of domain N's grant table: both must be refused
     /// with EPERM and leave nothing behind.
     pub probe: Option<DomId>,
+    /// `dom0-peer=grant`: exchange pages with a program in dom0 (see
+    /// [`Dom0Peer`]).
+    pub dom0_peer: Option<Dom0Peer>,
 }
 
 /// What was wrong with the command line.
@@ -324,6 +338,12 @@ impl Options {
                 },
                 "`survey` or `service`"
             ),
+            "dom0-peer" => set!(
+                dom0_peer,
+                "dom0-peer",
+                (value == "grant").then_some(Dom0Peer::Grant),
+                "`grant`"
+            ),
             "probe" => set!(
                 probe,
                 "probe",
@@ -412,6 +432,11 @@ mod tests {
         assert!(parse("fault=sometimes").is_err());
         assert_eq!(parse("exit=host").unwrap().exit, Some(ExitPath::Host));
         assert_eq!(parse("mode=service").unwrap().mode, Some(RunMode::Service));
+        assert_eq!(
+            parse("dom0-peer=grant").unwrap().dom0_peer,
+            Some(Dom0Peer::Grant)
+        );
+        assert!(parse("dom0-peer=x").is_err());
         assert_eq!(parse("mode=survey").unwrap().mode, Some(RunMode::Survey));
         assert!(matches!(
             parse("mode=daemon"),

@@ -13,10 +13,23 @@
 //! (WHY: `timeout` or `vanished`), AFTER_S counted from SINCE_CS, a
 //! `/proc/uptime` reading in centiseconds (the clock of the rig's script).
 //! Errors go to stderr with exit status 2.
+//!
+//! ```text
+//! xenmem-peer grant DOMID TIMEOUT_S
+//! ```
+//! the dom0 side of the agent's `dom0-peer=grant`: for each round the agent
+//! publishes (`data/xenmem/grant` = `ROUND PAGES FIRST_REF`), map the
+//! grants as a rust-vmm vm-memory GRANT region (Linux's gntdev), check the
+//! agent's pattern and write the answer, say `mapped`; unmap when the agent
+//! has checked, say `unmapped`; once the agent has ended the grants, map
+//! the first one again (must fail) and say how it went. One
+//! `peer-grant ...` line per round on stdout.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
+mod grant;
 mod privcmd;
+mod xenbus;
 
 use std::io;
 use std::process::ExitCode;
@@ -162,6 +175,7 @@ fn reach(r: Reach) -> io::Result<String> {
 fn usage() -> ExitCode {
     eprintln!(
         "usage: xenmem-peer reach DOMID KIB TOLERANCE_KIB TIMEOUT_CS SINCE_CS [EVERY_MS]\n\
+         \x20      xenmem-peer grant DOMID TIMEOUT_S\n\
          \x20      xenmem-peer uptime-cs"
     );
     ExitCode::from(2)
@@ -186,6 +200,23 @@ fn main() -> ExitCode {
                 usage()
             }
         },
+        Some("grant") => {
+            let n = |i: usize| args.get(i).and_then(|a| a.parse::<u64>().ok());
+            let (Some(domid), Some(timeout)) = (n(1), n(2)) else {
+                return usage();
+            };
+            let Ok(domid) = u16::try_from(domid) else {
+                return usage();
+            };
+            match grant::run(domid, Duration::from_secs(timeout)) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::from(1),
+                Err(e) => {
+                    eprintln!("xenmem-peer: grant: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
         Some("uptime-cs") => {
             println!("{}", uptime_cs());
             ExitCode::SUCCESS

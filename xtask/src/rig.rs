@@ -896,6 +896,7 @@ impl XlJob {
             .map(|s| match s {
                 XlStep::WaitMib { timeout, .. }
                 | XlStep::XenReach { timeout, .. }
+                | XlStep::Peer { timeout, .. }
                 | XlStep::WaitXs { timeout, .. }
                 | XlStep::WaitLog { timeout, .. } => *timeout,
                 XlStep::Sleep(d) => *d,
@@ -938,6 +939,17 @@ pub enum XlStep {
     /// Sleep (0.1 s resolution; bounded by the job's time): `slept s=
     /// uptime=`.
     Sleep(Duration),
+    /// Run `xenmem-peer COMMAND DOMID SECS` in dom0 (the peer's side of an
+    /// exchange with the agent, e.g. `grant`: see `peer/`), bounded by
+    /// `timeout` and the job's time; every line it prints becomes a record
+    /// of its first word's kind with `step=K name= domid=` added, then
+    /// `peer-exit status=`.
+    Peer {
+        /// The peer's command (`grant`).
+        command: String,
+        /// How long at most.
+        timeout: Duration,
+    },
     /// Poll Xen's page count of the domain (`XEN_DOMCTL_getdomaininfo`'s
     /// `tot_pages` × 4 KiB, asked every 10 ms by `xenmem-peer reach`
     /// through dom0's privcmd driver) until it is within 1 MiB of `mib`:
@@ -1017,6 +1029,7 @@ impl XlStep {
             XlStep::MemSet(m) => format!("mem-set {m}"),
             XlStep::WaitMib { mib, timeout } => format!("wait-mib {mib} {}", tenths(timeout)),
             XlStep::XenReach { mib, timeout } => format!("xen-reach {mib} {}", tenths(timeout)),
+            XlStep::Peer { command, timeout } => format!("peer {command} {}", tenths(timeout)),
             XlStep::WaitXs { path, timeout } => format!("wait-xs {path} {}", tenths(timeout)),
             XlStep::WaitLog { text, timeout } => format!("wait-log {text} {}", tenths(timeout)),
             XlStep::Pages => "pages".into(),
@@ -1069,6 +1082,13 @@ impl XlStep {
                     timeout: secs(t)?,
                 }
             }
+            ("peer", Some(a)) => {
+                let (c, t) = a.split_once(':').unwrap_or((a, "60"));
+                XlStep::Peer {
+                    command: c.to_string(),
+                    timeout: secs(t)?,
+                }
+            }
             ("wait-xs", Some(a)) => {
                 let (p, t) = a.split_once(':').unwrap_or((a, "20"));
                 XlStep::WaitXs {
@@ -1102,7 +1122,7 @@ impl XlStep {
             ("unpause", None) => XlStep::Unpause,
             _ => bail!(
                 "step `{s}`: use mem-set=MIB, wait-mib=MIB[:SECS], xen-reach=MIB[:SECS], \
-                 wait-xs=PATH[:SECS], wait-log=TEXT:SECS, pages, cpu, sleep=SECS, \
+                 wait-xs=PATH[:SECS], wait-log=TEXT:SECS, peer=grant[:SECS], pages, cpu, sleep=SECS, \
                  xs-read=PATH, xs-write=PATH=VALUE, shutdown, reboot, destroy or unpause"
             ),
         };
@@ -1146,8 +1166,12 @@ fn check_step(step: &XlStep) -> Result<()> {
         {
             bail!("log text `{text}`: letters, digits, `-`, `_`, `.`, `:` and `=` only")
         }
+        XlStep::Peer { command, .. } if command != "grant" => {
+            bail!("peer command `{command}`: `grant`")
+        }
         XlStep::WaitMib { timeout: d, .. }
         | XlStep::WaitLog { timeout: d, .. }
+        | XlStep::Peer { timeout: d, .. }
         | XlStep::XenReach { timeout: d, .. }
         | XlStep::WaitXs { timeout: d, .. }
         | XlStep::Sleep(d)
@@ -1170,6 +1194,7 @@ impl fmt::Display for XlStep {
                 write!(f, "xen-reach={mib}:{}", secs(timeout))
             }
             XlStep::WaitXs { path, timeout } => write!(f, "wait-xs={path}:{}", secs(timeout)),
+            XlStep::Peer { command, timeout } => write!(f, "peer={command}:{}", secs(timeout)),
             XlStep::WaitLog { text, timeout } => write!(f, "wait-log={text}:{}", secs(timeout)),
             XlStep::Pages => f.write_str("pages"),
             XlStep::CpuTime => f.write_str("cpu"),

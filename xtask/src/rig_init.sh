@@ -244,6 +244,22 @@ step() {
             [ $t -gt 0 ] && sleep $(tenths_s $t)
             say slept $w s=$(tenths_s $t) uptime=$(up)
             ;;
+        peer)
+            # The peer's side of an exchange: each line it prints is a
+            # record (its first word the kind).
+            set -- $2
+            t=$(cs)
+            end=$((t + $2 * 10))
+            [ $end -gt $dl ] && end=$dl
+            b=$(((end - t + 99) / 100))
+            [ $b -lt 1 ] && b=1
+            timeout $b xenmem-peer $1 $id $b > /tmp/peer.out 2> /tmp/err
+            st=$?
+            while read -r kind rest; do
+                say $kind $w $rest
+            done < /tmp/peer.out
+            say peer-exit $w command=$1 status=$st took_s=$(cs_s $(($(cs) - t))) what=\"$(quoted "$(head -n 3 /tmp/err)")\"
+            ;;
         xs-read)
             if v=$(bounded xenstore-read "/local/domain/$id/$2" 2> /tmp/err); then
                 say xs $w path=$2 value=\"$(quoted "$v")\"

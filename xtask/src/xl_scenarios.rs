@@ -78,6 +78,13 @@ pub enum XlCheck {
     },
     /// `xl destroy` was run mid-way (a [`XlStep::Destroy`]).
     DestroyedEarly,
+    /// The dom0 peer (`xenmem-peer grant`, Linux's gntdev through rust-vmm
+    /// vm-memory) read the agent's pattern in every round of these sizes
+    /// with no bad word, mapping the references the agent reported; the
+    /// agent had checked and ended them; mapping the first again was
+    /// refused; and the peer exited 0. What the peer read is not what the
+    /// agent says.
+    PeerGrant(&'static [u64]),
 }
 
 /// One xl-made domU and what it must show.
@@ -111,7 +118,7 @@ impl XlScenario {
         self.steps
             .iter()
             .map(|s| match s {
-                XlStep::WaitMib { timeout, .. } => *timeout,
+                XlStep::WaitMib { timeout, .. } | XlStep::Peer { timeout, .. } => *timeout,
                 XlStep::Sleep(d) => *d,
                 _ => Duration::ZERO,
             })
@@ -620,6 +627,35 @@ fn for_arch(arch: Arch) -> Vec<XlScenario> {
             xl: vec![agent_is_xen(), XlCheck::NothingLost],
         },
         XlScenario {
+            // Linux's gntdev (through rust-vmm's vm-memory, in xenmem-peer)
+            // maps the agent's grants: 1, 64 and 1024 pages.
+            name: name("x86_64-xl-peer-grant", "aarch64-xl-peer-grant"),
+            arch,
+            memory_mib: 64,
+            maxmem_mib: None,
+            agent_opts: &["dom0-peer=grant"],
+            shutdown: Some("poweroff"),
+            steps: vec![XlStep::Peer {
+                command: "grant".into(),
+                timeout: Duration::from_secs(60),
+            }],
+            checks: with(
+                domu(arch, 64),
+                [
+                    count(D1, "dom0-peer-grant", ("agent_bad_words", "0"), 3),
+                    count(D1, "dom0-peer-grant", ("end_while_mapped", "refused"), 3),
+                    count(D1, "dom0-peer-grant", ("ends_failed_after_unmap", "0"), 3),
+                    field(D1, "dom0-peer-done", "grants_active", Is::Num(0)),
+                    field(D1, "dom0-peer-done", "window_pages", Is::Num(0)),
+                ],
+            ),
+            xl: vec![
+                XlCheck::PeerGrant(&[1, 64, 1024]),
+                agent_is_xen(),
+                XlCheck::NothingLost,
+            ],
+        },
+        XlScenario {
             name: name("x86_64-xl-contig", "aarch64-xl-contig"),
             arch,
             memory_mib: 64,
@@ -852,6 +888,57 @@ fn check_xl(c: &XlCheck, job: &XlJobResult, log: &AgentLog, res: &XlResult) -> O
                     "CPU time went from {a:?} s (step {from}) to {b:?} s (step {to}) while the agent waited"
                 )),
             }
+        }
+        XlCheck::PeerGrant(sizes) => {
+            let peer: Vec<_> = job
+                .steps
+                .iter()
+                .filter(|r| r.topic == "peer-grant")
+                .collect();
+            let agent: Vec<_> = log.topic("dom0-peer-grant").collect();
+            if peer.len() != sizes.len() || agent.len() != sizes.len() {
+                return Some(format!(
+                    "{} peer-grant records and {} dom0-peer-grant reports, expected {} rounds",
+                    peer.len(),
+                    agent.len(),
+                    sizes.len()
+                ));
+            }
+            for (i, (&n, (p, a))) in sizes.iter().zip(peer.iter().zip(&agent)).enumerate() {
+                let want = [
+                    ("pages", n.to_string()),
+                    ("bad_words", "0".to_string()),
+                    ("agent_checked", "yes".into()),
+                    ("agent_ended", "yes".into()),
+                    ("remap", "refused".into()),
+                ];
+                for (k, v) in want {
+                    if p.get(k) != Some(v.as_str()) {
+                        return Some(format!(
+                            "round {}: the peer's {k}= is {:?}, expected {v}",
+                            i + 1,
+                            p.get(k)
+                        ));
+                    }
+                }
+                if p.get("first_ref") != a.get("first_ref") || a.get("pages") != p.get("pages") {
+                    return Some(format!(
+                        "round {}: the peer mapped ref {:?} x {:?}, the agent granted {:?} x {:?}",
+                        i + 1,
+                        p.get("first_ref"),
+                        p.get("pages"),
+                        a.get("first_ref"),
+                        a.get("pages")
+                    ));
+                }
+            }
+            let exit = job.steps.iter().find(|r| r.topic == "peer-exit");
+            (exit.and_then(|r| r.get("status")) != Some("0")).then(|| {
+                format!(
+                    "the peer did not exit 0: {}",
+                    exit.map_or("no peer-exit record".into(), |r| r.to_string())
+                )
+            })
         }
         XlCheck::DestroyedEarly => (!job.steps.iter().any(|r| r.topic == "destroyed-early"))
             .then(|| "no `destroyed-early` record: xl destroy was not run mid-way".into()),
