@@ -15,7 +15,7 @@
 //! | `balloon` | `bench-balloon`, `bench-balloon-profile`, `bench-balloon-scale` | 256 MiB out and back in with xenmem's strategy, Linux's and Mini-OS's, all on the same arena of frames; the profile replays each strategy's hypercalls without the engine, to split the time between Xen and the guest; the scale row repeats xenmem's round trip over as much free RAM as there is (up to 1 GiB) for hypercalls per GiB |
 //! | `floor` | `bench-floor` | writing every byte of the same arena through the identity map, beside xenmem's populate time |
 //! | `grant` | `bench-grant`, `bench-grant-profile`, `bench-helper` | 1024 grants of a helper domain mapped with the grant library one op per hypercall, 64 and 1024 per hypercall (see [`GrantMapper`]); the profile maps them with the hypercalls alone |
-//! | `foreign` | `bench-foreign`, `bench-foreign-unmap` | 4096 foreign frames (the helper domain's, or Arm's dom0less domU) mapped with `add_to_physmap_batch` at batch sizes 1, 64, 512 and 4096, and unmapped one `remove_from_physmap` per frame and in multicalls ([`Hypervisor::remove_from_physmap_batch`]); the unmap profile times multicalls of 1, 16 and [`MULTICALL_MAX`] entries to split the hypercall's cost from Xen's per entry |
+//! | `foreign` | `bench-foreign`, `bench-foreign-unmap`, `bench-foreign-unmap-nothing` | 4096 foreign frames (the helper domain's, or Arm's dom0less domU) mapped with `add_to_physmap_batch` at batch sizes 1, 64, 512 and 4096, and unmapped one `remove_from_physmap` per frame and in multicalls ([`Hypervisor::remove_from_physmap_batch`]); the unmap profile times multicalls of 1, 16 and [`MULTICALL_MAX`] entries to split the hypercall's cost from Xen's per entry, and multicalls of frames with nothing mapped (`bench-foreign-unmap-nothing`: each entry ENOENT) for the cost per entry without the p2m change |
 //! | `footprint` | `bench-footprint` | image, heap, region sizes, boot stamps |
 //!
 //! Besides the rows: `bench-context` (clock, role, reservation) first,
@@ -2277,6 +2277,41 @@ fn foreign_unmap_multicalls<H: Hypervisor, C: Clock, M: Memory>(
     Ok(t1.wrapping_sub(t0))
 }
 
+/// Multicalls of [`MULTICALL_MAX`] removals of frames where nothing is
+/// mapped: the ticks. Each entry must come back ENOENT: Xen looked the
+/// frame up and changed nothing, so this is the multicall's and the
+/// sub-call's own cost per entry without the p2m change.
+fn foreign_unmap_nothing<H: Hypervisor, C: Clock, M: Memory>(
+    ctx: &Ctx<'_, H, C, M>,
+    gfns: &[Gfn],
+    results: &mut [Result<(), XenError>],
+) -> Result<u64, BenchError> {
+    let results = &mut results[..gfns.len()];
+    let t0 = ctx.clock.now();
+    for (g, r) in gfns
+        .chunks(MULTICALL_MAX)
+        .zip(results.chunks_mut(MULTICALL_MAX))
+    {
+        let o = ctx.hv.multicall_remove_from_physmap(g, r);
+        o.result.map_err(xen_err(UNMAP_MULTICALL_OP))?;
+        if o.reached < g.len() {
+            return Err(BenchError::Check("a multicall left entries undone"));
+        }
+    }
+    let t1 = ctx.clock.now();
+    let enoent = Err(XenError::Errno(crate::xen::Errno::ENOENT));
+    match results.iter().find(|r| **r != enoent) {
+        Some(Ok(())) => Err(BenchError::Check(
+            "a frame that should hold nothing was removed",
+        )),
+        Some(Err(err)) => Err(BenchError::Xen {
+            op: UNMAP_OP,
+            err: *err,
+        }),
+        None => Ok(t1.wrapping_sub(t0)),
+    }
+}
+
 fn foreign_rows<H: Hypervisor, C: Clock, M: Memory>(
     ctx: &Ctx<'_, H, C, M>,
     peer: ForeignPeer,
@@ -2299,6 +2334,7 @@ fn foreign_rows<H: Hypervisor, C: Clock, M: Memory>(
     let mut unmap_calls = [0usize; 4];
     let mut vs = [Samples::default(); 4];
     let mut profile = [Samples::default(); UNMAP_PROFILE.len()];
+    let mut nothing = Samples::default();
     // Map everything, `b` per call, or fail with nothing left mapped.
     let map_all = |errs: &mut [XenStatus], b: usize| -> Result<u64, BenchError> {
         let (ticks, mapped, r) = foreign_map_all(ctx, peer.dom, &frames, &gfns, errs, b);
@@ -2333,6 +2369,8 @@ fn foreign_rows<H: Hypervisor, C: Clock, M: Memory>(
             let t = foreign_unmap_multicalls(ctx, &gfns, &mut results, per)?;
             profile[k].push(ctx.us(t));
         }
+        // And once more with nothing mapped (all ENOENT).
+        nothing.push(ctx.us(foreign_unmap_nothing(ctx, &gfns, &mut results)?));
     }
     for (i, b) in batches.iter().enumerate() {
         let us = map[i].median();
@@ -2370,6 +2408,16 @@ fn foreign_rows<H: Hypervisor, C: Clock, M: Memory>(
             us * 1000 / n.max(1) as u64
         );
     }
+    let us = nothing.median();
+    xm_info!(
+        "report: bench-foreign-unmap-nothing per_multicall={=usize} multicalls={=usize} frames={=usize} unmap_us={=u64} spread={} ns_per_frame={=u64}",
+        MULTICALL_MAX,
+        n.div_ceil(MULTICALL_MAX),
+        n,
+        us,
+        Maybe(nothing.spread()),
+        us * 1000 / n.max(1) as u64
+    );
     // The goal: at the largest batch, multicalls against the map.
     if let Some(i) = batches.iter().position(|&b| b == largest) {
         goals.foreign_unmap_vs_map = Some(Fixed2(ratio[i].median()));
@@ -2624,8 +2672,9 @@ mod tests {
         // frame, one in multicalls), and 3 maps of one batch for the
         // multicall profile.
         assert_eq!(m.calls(Op::MapForeignBatch), 3 * (2 * (64 + 8 + 2 + 1) + 3));
-        // One multicall per row (64 frames), then 64 + 4 + 1 in the profile.
-        assert_eq!(m.calls(Op::Multicall), 3 * (4 + 64 + 4 + 1));
+        // One multicall per row (64 frames), then 64 + 4 + 1 in the profile
+        // and 1 with nothing mapped.
+        assert_eq!(m.calls(Op::Multicall), 3 * (4 + 64 + 4 + 1 + 1));
         // A multicall Xen refuses fails the run, with nothing left mapped.
         m.inject(crate::xen::model::Fault::ErrnoOnCall {
             op: Op::Multicall,

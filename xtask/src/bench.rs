@@ -1343,9 +1343,8 @@ fn render_foreign(o: &mut String, results: &[(&BenchBoot, BootResult, Files)]) {
     for (b, res, _) in results {
         let mut pts = Vec::new();
         let mut frames = 0;
-        // (batch, map µs, batched unmap µs, one-per-call unmap µs) at the
-        // largest batch.
-        let mut largest: Option<(u64, f64, f64, f64)> = None;
+        // (batch, map µs, batched unmap µs) at the largest batch.
+        let mut largest: Option<(u64, f64, f64)> = None;
         for r in reports(res, b, "bench-foreign") {
             if let Some(s) = r.get("status") {
                 pending.push(format!("- {}: {s} ({})", b.name, get(r, "reason")));
@@ -1382,30 +1381,43 @@ fn render_foreign(o: &mut String, results: &[(&BenchBoot, BootResult, Files)]) {
             if let (Some(c), Some(t)) = (num(r, "hypercalls"), num(r, "map_us")) {
                 pts.push((c as u64, t));
             }
-            if let (Some(bt), Some(m), Some(u), Some(u1)) = (
+            if let (Some(bt), Some(m), Some(u)) = (
                 num(r, "batch"),
                 num(r, "map_us"),
                 num(r, "unmap_batched_us"),
-                num(r, "unmap_us"),
             ) {
                 if largest.is_none_or(|(l, ..)| bt as u64 >= l) {
-                    largest = Some((bt as u64, m, u, u1));
+                    largest = Some((bt as u64, m, u));
                 }
             }
         }
         let map_fit = fit(&pts, frames);
         fits.extend(fit_line(b.name, "map time", &pts, frames, "frame"));
         let mut ppts = Vec::new();
-        for r in reports(res, b, "bench-foreign-unmap") {
-            prof_rows.push(vec![
+        let prof_row = |r: &Report, what: &str| {
+            vec![
                 b.name.to_string(),
                 get(r, "per_multicall").into(),
                 get(r, "multicalls").into(),
+                what.to_string(),
                 with_spread(ms(get(r, "unmap_us")), get(r, "spread")),
                 get(r, "ns_per_frame").into(),
-            ]);
+            ]
+        };
+        // The largest multicalls' time, mapped frames.
+        let mut full = None;
+        for r in reports(res, b, "bench-foreign-unmap") {
+            prof_rows.push(prof_row(r, "mapped"));
             if let (Some(c), Some(t)) = (num(r, "multicalls"), num(r, "unmap_us")) {
                 ppts.push((c as u64, t));
+                full = Some((c as u64, t));
+            }
+        }
+        let mut nothing = None;
+        for r in reports(res, b, "bench-foreign-unmap-nothing") {
+            prof_rows.push(prof_row(r, "nothing (ENOENT)"));
+            if let (Some(c), Some(t)) = (num(r, "multicalls"), num(r, "unmap_us")) {
+                nothing = Some((c as u64, t));
             }
         }
         if let Some((h, p)) = fit(&ppts, frames) {
@@ -1414,25 +1426,29 @@ fn render_foreign(o: &mut String, results: &[(&BenchBoot, BootResult, Files)]) {
                  removal and the multicall's own work per entry)",
                 b.name
             );
-            if let Some((hm, pm)) = map_fit {
+            if let Some((_, pm)) = map_fit {
                 let _ = write!(
                     line,
                     "; add_to_physmap_batch: {pm:.1} µs per frame ({:.2}x)",
                     p / pm
                 );
-                if let Some((_, _, _, u1)) = largest.filter(|_| frames > 0) {
-                    let per = u1 / frames as f64;
+            }
+            // The same multicalls with nothing to remove: what is left is
+            // the p2m change itself.
+            if let (Some((c, t)), Some((c0, t0))) = (full, nothing) {
+                if c == c0 && frames > 0 {
                     let _ = write!(
                         line,
-                        ". One remove_from_physmap per hypercall: {per:.1} µs per frame; less \
-                         the {hm:.1} µs a hypercall costs (map fit), Xen's removal alone ≈ \
-                         {:.1} µs per frame, {:.2}x the map's",
-                        per - hm,
-                        (per - hm) / pm
+                        ". The same multicalls with nothing mapped (each entry ENOENT: \
+                         looked up, nothing changed) take {:.1} µs per frame, so taking the \
+                         entry out of the p2m is {:.1} µs per frame of the {:.1}",
+                        t0 / frames as f64,
+                        (t - t0) / frames as f64,
+                        t / frames as f64
                     );
                 }
             }
-            if let Some((_, m, u, _)) = largest {
+            if let Some((_, m, u)) = largest {
                 let _ = write!(
                     line,
                     ". However few the multicalls, unmap ÷ map at the largest batch is \
@@ -1485,6 +1501,7 @@ fn render_foreign(o: &mut String, results: &[(&BenchBoot, BootResult, Files)]) {
                 "boot",
                 "entries per multicall",
                 "multicalls",
+                "frames hold",
                 "unmap ms",
                 "ns/frame",
             ],
@@ -1657,6 +1674,7 @@ mod tests {
             "report: bench-foreign-unmap per_multicall=1 multicalls=4096 frames=4096 unmap_us=327680 spread=1.02 ns_per_frame=80000",
             "report: bench-foreign-unmap per_multicall=16 multicalls=256 frames=4096 unmap_us=96000 spread=1.02 ns_per_frame=23437",
             "report: bench-foreign-unmap per_multicall=128 multicalls=32 frames=4096 unmap_us=83840 spread=1.01 ns_per_frame=20468",
+            "report: bench-foreign-unmap-nothing per_multicall=128 multicalls=32 frames=4096 unmap_us=41000 spread=1.01 ns_per_frame=10009",
             "report: bench-footprint item=heap-size value=4194304 unit=bytes",
             "report: bench-footprint item=heap-used value=1048576 unit=bytes",
             "report: bench-goal name=hypercalls-per-gib op=le target=2.00 measured=4.00 status=MISS factor=0.50 off_by=2.00 basis_mib=256",
@@ -1708,7 +1726,7 @@ mod tests {
             "{md}"
         );
         assert!(
-            md.contains("| x86_64-dom0 | 16 | 256 | 96.0 (x1.02) | 23437 |"),
+            md.contains("| x86_64-dom0 | 16 | 256 | mapped | 96.0 (x1.02) | 23437 |"),
             "{md}"
         );
         // 80 µs a frame one per multicall, 20 µs a frame 128 per multicall:
@@ -1717,12 +1735,13 @@ mod tests {
             md.contains("unmap time ≈ 60.0 µs per multicall + 20.0 µs per frame (Xen's removal and the multicall's own work per entry); add_to_physmap_batch: 21.4 µs per frame (0.94x)"),
             "{md}"
         );
-        // 255.8 ms / 4096 = 62.5 µs per call, less 69.3 µs a hypercall:
-        // these made-up rows leave nothing for Xen.
+        // (83.84 - 41.0) ms / 4096 frames.
         assert!(
-            md.contains(
-                "One remove_from_physmap per hypercall: 62.5 µs per frame; less the 69.3 µs"
-            ),
+            md.contains("take 10.0 µs per frame, so taking the entry out of the p2m is 10.5 µs per frame of the 20.5"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| x86_64-dom0 | 128 | 32 | nothing (ENOENT) | 41.0 (x1.01) | 10009 |"),
             "{md}"
         );
         assert!(md.contains("is ≥ 0.94 (measured 1.10)"), "{md}");
