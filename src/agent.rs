@@ -1633,7 +1633,12 @@ where
 /// dom0 then tries to map the first reference again (must fail) and says
 /// how it went. Reports `dom0-peer-grant` per round.
 #[cfg(target_os = "none")]
-fn dom0_peer_grant<H: Hypervisor>(hv: &H, t: &mut RegionTable, s: &Survey) -> Verdict {
+fn dom0_peer_run<H: Hypervisor>(
+    hv: &H,
+    t: &mut RegionTable,
+    s: &Survey,
+    what: cmdline::Dom0Peer,
+) -> Verdict {
     use crate::grant::GrantTable;
     use crate::mapping::{MapTarget, VaSpace};
     let mut ctl = match control_for(hv, t) {
@@ -1648,6 +1653,18 @@ fn dom0_peer_grant<H: Hypervisor>(hv: &H, t: &mut RegionTable, s: &Survey) -> Ve
         return Verdict::Fail;
     };
     let mut vas = VaSpace::new(MapTarget::window(&*pt));
+    if what == cmdline::Dom0Peer::Gntalloc {
+        let v = dom0_peer_gntalloc(hv, xs, t, &mut *pt, &mut vas);
+        let end = if v == Verdict::Pass { "done" } else { "failed" };
+        if let Err(e) = xs.write(&alloc::format!("{DOM0_PEER_DIR}/agent"), end.as_bytes()) {
+            xm_warn!("dom0-peer: telling the peer {=str}: {}", end, e);
+        }
+        xm_info!(
+            "report: dom0-peer-done grants_active=0 window_pages={=u64}",
+            vas.used()
+        );
+        return v;
+    }
     // 1024 v1 entries and the 8 reserved ones: 3 frames.
     let mut gt = match GrantTable::setup(hv, t, &mut *pt, &mut vas, 3) {
         Ok(g) => g,
@@ -1675,6 +1692,158 @@ fn dom0_peer_grant<H: Hypervisor>(hv: &H, t: &mut RegionTable, s: &Survey) -> Ve
         vas.used()
     );
     v
+}
+
+/// What `xenmem-peer gntalloc` writes in the pages it allocates (word `i`
+/// of page `j`: `seed ^ (j << 20) ^ i`), and the agent's answer.
+#[cfg(target_os = "none")]
+const GNTALLOC_SEED: u64 = 0x676e_7461_6c6c_6f63;
+/// See [`GNTALLOC_SEED`].
+#[cfg(target_os = "none")]
+const GNTALLOC_ANSWER_SEED: u64 = 0x676e_7461_6e73_7772;
+
+/// `dom0-peer=gntalloc`: wait for dom0's `alloc` = `1 PAGES RANGES`
+/// (references as `a-b,c,...`), map them all in one batch, count the words
+/// that differ from dom0's pattern, write the answer, release the mapping,
+/// say `1 released bad=K`, and wait for dom0's `1 freed ...`. Reports
+/// `dom0-peer-gntalloc`.
+#[cfg(target_os = "none")]
+fn dom0_peer_gntalloc<H: Hypervisor, N, W>(
+    hv: &H,
+    xs: &mut crate::xenstore::XsClient<N, W>,
+    t: &mut RegionTable,
+    pt: &mut impl crate::mapping::MapTarget,
+    vas: &mut crate::mapping::VaSpace,
+) -> Verdict
+where
+    N: FnMut(u32) -> Result<(), XenError>,
+    W: FnMut(u32) -> Result<(), XenError>,
+{
+    use crate::grant::{self, Bytes, GrantRef};
+    let key = |k: &str| alloc::format!("{DOM0_PEER_DIR}/{k}");
+    if let Err(e) = xs.watch(&key("peer"), "dom0-peer") {
+        xm_error!("dom0-peer: watching {=str}/peer: {}", DOM0_PEER_DIR, e);
+        return Verdict::Fail;
+    }
+    if let Err(e) = xs.watch(&key("alloc"), "dom0-peer-alloc") {
+        xm_error!("dom0-peer: watching {=str}/alloc: {}", DOM0_PEER_DIR, e);
+        return Verdict::Fail;
+    }
+    xm_info!("report: dom0-peer-ready dir={=str}", DOM0_PEER_DIR);
+    let v = match dom0_peer_wait(xs, "alloc", "1 ") {
+        Ok(v) => v,
+        Err(e) => {
+            xm_error!("dom0-peer: xenstore: {}", e);
+            return Verdict::Fail;
+        }
+    };
+    let refs = match parse_ref_ranges(&v) {
+        Some(r) => r,
+        None => {
+            xm_error!(
+                "dom0-peer: alloc = \"{=str}\" is not `1 PAGES RANGES`",
+                printable_value(&v)
+            );
+            return Verdict::Fail;
+        }
+    };
+    let n = refs.len() as u64;
+    let before = vas.used();
+    let gm = match grant::map_grants(hv, t, pt, vas, DomId(0), &refs, false) {
+        Ok(m) => m,
+        Err(e) => return grant_fail("mapping dom0's gntalloc pages", e),
+    };
+    let mut bad = 0u64;
+    let mut page = [0u8; PAGE_SIZE as usize];
+    for j in 0..n {
+        if gm.read(j * PAGE_SIZE, &mut page).is_err() {
+            bad += PAGE_SIZE / 8;
+            continue;
+        }
+        for (i, w) in page.chunks_exact(8).enumerate() {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(w);
+            if u64::from_le_bytes(b) != round_seed(GNTALLOC_SEED, j) ^ i as u64 {
+                bad += 1;
+            }
+        }
+        for (i, w) in page.chunks_exact_mut(8).enumerate() {
+            w.copy_from_slice(&(round_seed(GNTALLOC_ANSWER_SEED, j) ^ i as u64).to_le_bytes());
+        }
+        if let Err(e) = gm.write(j * PAGE_SIZE, &page) {
+            xm_error!("dom0-peer: writing the answer: {}", defmt_display(&e));
+            bad += PAGE_SIZE / 8;
+        }
+    }
+    let first: GrantRef = refs[0];
+    let released = gm.release(hv, t, pt, vas);
+    let released_ok = released.is_ok();
+    if let Err(e) = released {
+        xm_error!("dom0-peer: releasing the mapping: {}", defmt_display(&e));
+    }
+    let freed = xs
+        .write(
+            &key("agent"),
+            alloc::format!("1 released bad={bad}").as_bytes(),
+        )
+        .and_then(|()| dom0_peer_wait(xs, "peer", "1 freed"));
+    let freed = match freed {
+        Ok(v) => v,
+        Err(e) => {
+            xm_error!("dom0-peer: xenstore: {}", e);
+            return Verdict::Fail;
+        }
+    };
+    let peer_bad = freed
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("bad="))
+        .and_then(|v| v.parse::<u64>().ok());
+    xm_info!(
+        "report: dom0-peer-gntalloc pages={=u64} first_ref={=u32} bad_words={=u64} peer_bad_words={=str} released={=str} window_pages_before={=u64} window_pages_after={=u64}",
+        n,
+        first.0,
+        bad,
+        peer_bad.map_or(alloc::string::String::from("?"), |b| alloc::format!("{b}")).as_str(),
+        if released_ok { "ok" } else { "failed" },
+        before,
+        vas.used()
+    );
+    if bad == 0 && peer_bad == Some(0) && released_ok && vas.used() == before {
+        Verdict::Pass
+    } else {
+        Verdict::Fail
+    }
+}
+
+/// `1 PAGES a-b,c,...` as references (`None` if malformed or the count
+/// disagrees).
+#[cfg(target_os = "none")]
+fn parse_ref_ranges(v: &str) -> Option<Vec<crate::grant::GrantRef>> {
+    let mut w = v.split_whitespace();
+    let (_round, n, ranges) = (w.next()?, w.next()?.parse::<usize>().ok()?, w.next()?);
+    if w.next().is_some() || n == 0 || n > 4096 {
+        return None;
+    }
+    let mut refs = Vec::new();
+    for r in ranges.split(',') {
+        let (a, b) = r.split_once('-').unwrap_or((r, r));
+        let (a, b) = (a.parse::<u32>().ok()?, b.parse::<u32>().ok()?);
+        if b < a || refs.len() + (b - a) as usize >= n {
+            return None;
+        }
+        refs.extend((a..=b).map(crate::grant::GrantRef));
+    }
+    (refs.len() == n).then_some(refs)
+}
+
+/// `v` for a log line: itself if short and plain, else a placeholder.
+#[cfg(target_os = "none")]
+fn printable_value(v: &str) -> &str {
+    if v.len() <= 64 && v.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b'"') {
+        v
+    } else {
+        "(long or unprintable)"
+    }
 }
 
 /// The rounds of [`dom0_peer_grant`] (its grant table set up, its
@@ -2368,11 +2537,13 @@ pub fn run(hv: &impl Hypervisor, boot: &BootInfo<'_>, heap: Option<PhysSpan>) ->
                 return Verdict::Fail;
             }
         }
-        if opts.dom0_peer == Some(cmdline::Dom0Peer::Grant) {
+        if let Some(p) = opts.dom0_peer {
             #[cfg(target_os = "none")]
-            if dom0_peer_grant(hv, &mut table, &s) == Verdict::Fail {
+            if dom0_peer_run(hv, &mut table, &s, p) == Verdict::Fail {
                 return Verdict::Fail;
             }
+            #[cfg(not(target_os = "none"))]
+            let _ = p;
         }
         if let Some(target) = opts.probe {
             if probe_run(hv, &mut table, target, s.privileged) == Verdict::Fail {

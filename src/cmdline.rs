@@ -84,6 +84,12 @@ pub enum Dom0Peer {
     /// while dom0 holds them and works once it has unmapped; a new map of
     /// an ended reference fails.
     Grant,
+    /// dom0 allocates 1024 pages with Linux's gntalloc, granted to this
+    /// domain, and publishes their references; the agent maps them in one
+    /// batch, checks dom0's pattern, writes its answer and releases them;
+    /// dom0 then sees the answer and frees them (Xen's own count of dom0's
+    /// active grants, debug key `g`, shows none left mapped).
+    Gntalloc,
 }
 
 /// The options the agent understands.
@@ -341,8 +347,12 @@ impl Options {
             "dom0-peer" => set!(
                 dom0_peer,
                 "dom0-peer",
-                (value == "grant").then_some(Dom0Peer::Grant),
-                "`grant`"
+                match value {
+                    "grant" => Some(Dom0Peer::Grant),
+                    "gntalloc" => Some(Dom0Peer::Gntalloc),
+                    _ => None,
+                },
+                "`grant` or `gntalloc`"
             ),
             "probe" => set!(
                 probe,
@@ -435,6 +445,10 @@ mod tests {
         assert_eq!(
             parse("dom0-peer=grant").unwrap().dom0_peer,
             Some(Dom0Peer::Grant)
+        );
+        assert_eq!(
+            parse("dom0-peer=gntalloc").unwrap().dom0_peer,
+            Some(Dom0Peer::Gntalloc)
         );
         assert!(parse("dom0-peer=x").is_err());
         assert_eq!(parse("mode=survey").unwrap().mode, Some(RunMode::Survey));

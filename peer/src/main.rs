@@ -27,6 +27,7 @@
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
+mod gntalloc;
 mod grant;
 mod privcmd;
 mod xenbus;
@@ -176,6 +177,7 @@ fn usage() -> ExitCode {
     eprintln!(
         "usage: xenmem-peer reach DOMID KIB TOLERANCE_KIB TIMEOUT_CS SINCE_CS [EVERY_MS]\n\
          \x20      xenmem-peer grant DOMID TIMEOUT_S\n\
+         \x20      xenmem-peer gntalloc DOMID TIMEOUT_S\n\
          \x20      xenmem-peer uptime-cs"
     );
     ExitCode::from(2)
@@ -213,6 +215,23 @@ fn main() -> ExitCode {
                 Ok(false) => ExitCode::from(1),
                 Err(e) => {
                     eprintln!("xenmem-peer: grant: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Some("gntalloc") => {
+            let n = |i: usize| args.get(i).and_then(|a| a.parse::<u64>().ok());
+            let (Some(domid), Some(timeout)) = (n(1), n(2)) else {
+                return usage();
+            };
+            let Ok(domid) = u16::try_from(domid) else {
+                return usage();
+            };
+            match gntalloc::run(domid, Duration::from_secs(timeout)) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::from(1),
+                Err(e) => {
+                    eprintln!("xenmem-peer: gntalloc: {e}");
                     ExitCode::from(2)
                 }
             }

@@ -939,13 +939,18 @@ pub enum XlStep {
     /// Sleep (0.1 s resolution; bounded by the job's time): `slept s=
     /// uptime=`.
     Sleep(Duration),
+    /// Xen's active grant entries (pinned: mapped or being copied by some
+    /// domain), per granting domain, from debug key `g`, leaving out the 8
+    /// reserved references (the toolstack's console and xenstore rings):
+    /// `gnttab-active dN=COUNT ...` (every domain whose table Xen printed).
+    Grants,
     /// Run `xenmem-peer COMMAND DOMID SECS` in dom0 (the peer's side of an
     /// exchange with the agent, e.g. `grant`: see `peer/`), bounded by
     /// `timeout` and the job's time; every line it prints becomes a record
     /// of its first word's kind with `step=K name= domid=` added, then
     /// `peer-exit status=`.
     Peer {
-        /// The peer's command (`grant`).
+        /// The peer's command (`grant` or `gntalloc`).
         command: String,
         /// How long at most.
         timeout: Duration,
@@ -1033,6 +1038,7 @@ impl XlStep {
             XlStep::WaitXs { path, timeout } => format!("wait-xs {path} {}", tenths(timeout)),
             XlStep::WaitLog { text, timeout } => format!("wait-log {text} {}", tenths(timeout)),
             XlStep::Pages => "pages".into(),
+            XlStep::Grants => "grants".into(),
             XlStep::CpuTime => "cpu".into(),
             XlStep::Sleep(d) => format!("sleep {}", tenths(d)),
             XlStep::XsRead(p) => format!("xs-read {p}"),
@@ -1104,6 +1110,7 @@ impl XlStep {
                 }
             }
             ("pages", None) => XlStep::Pages,
+            ("grants", None) => XlStep::Grants,
             ("cpu", None) => XlStep::CpuTime,
             ("sleep", Some(a)) => XlStep::Sleep(secs(a)?),
             ("xs-read", Some(a)) => XlStep::XsRead(a.to_string()),
@@ -1122,7 +1129,7 @@ impl XlStep {
             ("unpause", None) => XlStep::Unpause,
             _ => bail!(
                 "step `{s}`: use mem-set=MIB, wait-mib=MIB[:SECS], xen-reach=MIB[:SECS], \
-                 wait-xs=PATH[:SECS], wait-log=TEXT:SECS, peer=grant[:SECS], pages, cpu, sleep=SECS, \
+                 wait-xs=PATH[:SECS], wait-log=TEXT:SECS, peer=grant|gntalloc[:SECS], pages, grants, cpu, sleep=SECS, \
                  xs-read=PATH, xs-write=PATH=VALUE, shutdown, reboot, destroy or unpause"
             ),
         };
@@ -1166,8 +1173,8 @@ fn check_step(step: &XlStep) -> Result<()> {
         {
             bail!("log text `{text}`: letters, digits, `-`, `_`, `.`, `:` and `=` only")
         }
-        XlStep::Peer { command, .. } if command != "grant" => {
-            bail!("peer command `{command}`: `grant`")
+        XlStep::Peer { command, .. } if !matches!(command.as_str(), "grant" | "gntalloc") => {
+            bail!("peer command `{command}`: `grant` or `gntalloc`")
         }
         XlStep::WaitMib { timeout: d, .. }
         | XlStep::WaitLog { timeout: d, .. }
@@ -1197,6 +1204,7 @@ impl fmt::Display for XlStep {
             XlStep::Peer { command, timeout } => write!(f, "peer={command}:{}", secs(timeout)),
             XlStep::WaitLog { text, timeout } => write!(f, "wait-log={text}:{}", secs(timeout)),
             XlStep::Pages => f.write_str("pages"),
+            XlStep::Grants => f.write_str("grants"),
             XlStep::CpuTime => f.write_str("cpu"),
             XlStep::Sleep(d) => write!(f, "sleep={}", secs(d)),
             XlStep::XsRead(p) => write!(f, "xs-read={p}"),
@@ -1353,12 +1361,14 @@ fn run_archive(
 // ---------------------------------------------------------------------------
 // QEMU.
 
-/// Xen's command line on x86_64 (dom0 is PV).
+/// Xen's command line on x86_64 (dom0 is PV). `conring_size=1M`: debug
+/// keys read back with `xl dmesg` (`g` prints a line per active grant)
+/// must fit in Xen's console ring.
 pub const XEN_X86_64_CMDLINE: &str = "console=com1 loglvl=all guest_loglvl=all noreboot \
-     console_timestamps=boot dom0_mem=256M,max:256M dom0-iommu=none bootscrub=0";
+     console_timestamps=boot dom0_mem=256M,max:256M dom0-iommu=none bootscrub=0 conring_size=1M";
 /// Xen's command line on aarch64.
 pub const XEN_AARCH64_CMDLINE: &str = "console=dtuart dtuart=/pl011@9000000 dom0_mem=256M \
-     bootscrub=0 loglvl=all guest_loglvl=all console_timestamps=boot";
+     bootscrub=0 loglvl=all guest_loglvl=all console_timestamps=boot conring_size=1M";
 /// dom0's kernel command line (no commas: QEMU splits `-initrd` on them).
 pub const DOM0_CMDLINE: &str = "console=hvc0 quiet rdinit=/init";
 /// aarch64: where QEMU's guest-loader puts dom0's kernel.

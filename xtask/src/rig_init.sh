@@ -91,6 +91,22 @@ xen_pages() {
     fi
 }
 
+# Xen's active grant entries per granting domain (debug key g, read back
+# from xl dmesg), not counting the 8 reserved ones (the toolstack's console
+# and xenstore rings): `gnttab-active d0=N d1=M ...` for every table Xen
+# printed. $1: words to put first.
+xen_grants() {
+    $XB/xl dmesg -c > /dev/null 2>&1
+    $XB/xl debug-keys g
+    $XB/xl dmesg -c > /tmp/g 2>&1
+    f=$(awk '
+        /grant-table for remote d[0-9]+/ { match($0, /remote d[0-9]+/); cur = substr($0, RSTART + 8, RLENGTH - 8); seen[cur] = 1; next }
+        cur != "" && /\[0x[0-9a-f]+\] / && !/\[0x00[0-7]\] / { n[cur]++ }
+        END { for (d in seen) printf "d%s=%d ", d, n[d] + 0 }
+    ' /tmp/g)
+    say gnttab-active ${1:+$1 }$f
+}
+
 reason_name() {
     case "$1" in
         0) echo poweroff ;; 1) echo reboot ;; 2) echo suspend ;; 3) echo crash ;;
@@ -230,6 +246,7 @@ step() {
             done
             ;;
         pages) xen_pages $id "step=$k" ;;
+        grants) xen_grants "$w" ;;
         cpu)
             set -- $($XB/xl list $name 2>/dev/null | tail -n +2)
             if [ -n "$6" ]; then

@@ -85,6 +85,22 @@ pub enum XlCheck {
     /// refused; and the peer exited 0. What the peer read is not what the
     /// agent says.
     PeerGrant(&'static [u64]),
+    /// The dom0 peer (`xenmem-peer gntalloc`, Linux's gntalloc) found the
+    /// agent's answer in every word of the pages it had granted, saw the
+    /// agent release them, and allocated as many again afterwards; its
+    /// first reference is the agent's; it exited 0.
+    PeerGntalloc(u64),
+    /// Xen's own count of active (pinned) grant entries of domain `dom`
+    /// (0: dom0, 1: the job's domain) at step `step` (a
+    /// [`XlStep::Grants`]), the reserved ones left out, is `count`.
+    StepGrantsActive {
+        /// The step's index.
+        step: usize,
+        /// The granting domain.
+        dom: u32,
+        /// The count.
+        count: u64,
+    },
 }
 
 /// One xl-made domU and what it must show.
@@ -635,10 +651,13 @@ fn for_arch(arch: Arch) -> Vec<XlScenario> {
             maxmem_mib: None,
             agent_opts: &["dom0-peer=grant"],
             shutdown: Some("poweroff"),
-            steps: vec![XlStep::Peer {
-                command: "grant".into(),
-                timeout: Duration::from_secs(60),
-            }],
+            steps: vec![
+                XlStep::Peer {
+                    command: "grant".into(),
+                    timeout: Duration::from_secs(60),
+                },
+                XlStep::Grants,
+            ],
             checks: with(
                 domu(arch, 64),
                 [
@@ -651,6 +670,50 @@ fn for_arch(arch: Arch) -> Vec<XlScenario> {
             ),
             xl: vec![
                 XlCheck::PeerGrant(&[1, 64, 1024]),
+                // None of the agent's grants is still mapped by dom0.
+                XlCheck::StepGrantsActive {
+                    step: 1,
+                    dom: 1,
+                    count: 0,
+                },
+                agent_is_xen(),
+                XlCheck::NothingLost,
+            ],
+        },
+        XlScenario {
+            // Linux's gntalloc grants 1024 pages of dom0 to the agent,
+            // which maps them in one batch.
+            name: name("x86_64-xl-peer-gntalloc", "aarch64-xl-peer-gntalloc"),
+            arch,
+            memory_mib: 64,
+            maxmem_mib: None,
+            agent_opts: &["dom0-peer=gntalloc"],
+            shutdown: Some("poweroff"),
+            steps: vec![
+                XlStep::Peer {
+                    command: "gntalloc".into(),
+                    timeout: Duration::from_secs(60),
+                },
+                XlStep::Grants,
+            ],
+            checks: with(
+                domu(arch, 64),
+                [
+                    field(D1, "dom0-peer-gntalloc", "pages", Is::Num(1024)),
+                    field(D1, "dom0-peer-gntalloc", "bad_words", Is::Num(0)),
+                    field(D1, "dom0-peer-gntalloc", "released", Is::Text("ok")),
+                    field(D1, "dom0-peer-gntalloc", "window_pages_after", Is::Num(0)),
+                ],
+            ),
+            xl: vec![
+                XlCheck::PeerGntalloc(1024),
+                // None of dom0's pages is still mapped by the agent: Xen's
+                // own count (gntalloc's second allocation does not show it).
+                XlCheck::StepGrantsActive {
+                    step: 1,
+                    dom: 0,
+                    count: 0,
+                },
                 agent_is_xen(),
                 XlCheck::NothingLost,
             ],
@@ -939,6 +1002,47 @@ fn check_xl(c: &XlCheck, job: &XlJobResult, log: &AgentLog, res: &XlResult) -> O
                     exit.map_or("no peer-exit record".into(), |r| r.to_string())
                 )
             })
+        }
+        XlCheck::StepGrantsActive { step, dom, count } => {
+            let r = job.steps.iter().find(|r| {
+                r.topic == "gnttab-active" && r.get("step") == Some(step.to_string().as_str())
+            });
+            let got = r
+                .and_then(|r| r.get(&format!("d{dom}")))
+                .and_then(parse_number);
+            (got != Some(count)).then(|| {
+                format!(
+                    "Xen's active grant entries of d{dom} at step {step} (debug key g): {got:?}, expected {count}"
+                )
+            })
+        }
+        XlCheck::PeerGntalloc(n) => {
+            let p = job.steps.iter().find(|r| r.topic == "peer-gntalloc");
+            let a = log.topic("dom0-peer-gntalloc").next();
+            let (Some(p), Some(a)) = (p, a) else {
+                return Some("no peer-gntalloc record or no dom0-peer-gntalloc report".into());
+            };
+            let want = [
+                ("pages", n.to_string()),
+                ("bad_words", "0".to_string()),
+                ("agent_released", "yes".into()),
+                ("realloc", "ok".into()),
+            ];
+            for (k, v) in want {
+                if p.get(k) != Some(v.as_str()) {
+                    return Some(format!("the peer's {k}= is {:?}, expected {v}", p.get(k)));
+                }
+            }
+            if p.get("first_ref") != a.get("first_ref") {
+                return Some(format!(
+                    "the peer granted from ref {:?}, the agent mapped from {:?}",
+                    p.get("first_ref"),
+                    a.get("first_ref")
+                ));
+            }
+            let exit = job.steps.iter().find(|r| r.topic == "peer-exit");
+            (exit.and_then(|r| r.get("status")) != Some("0"))
+                .then(|| "the peer did not exit 0".to_string())
         }
         XlCheck::DestroyedEarly => (!job.steps.iter().any(|r| r.topic == "destroyed-early"))
             .then(|| "no `destroyed-early` record: xl destroy was not run mid-way".into()),
