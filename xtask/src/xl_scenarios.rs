@@ -91,13 +91,14 @@ pub enum XlCheck {
     /// first reference is the agent's; it exited 0.
     PeerGntalloc(u64),
     /// Xen's own count of active (pinned) grant entries of domain `dom`
-    /// (0: dom0, 1: the job's domain) at step `step` (a
-    /// [`XlStep::Grants`]), the reserved ones left out, is `count`.
+    /// (`Some(0)`: dom0; `None`: the job's own domain, whatever its domid)
+    /// at step `step` (a [`XlStep::Grants`]), the reserved ones left out,
+    /// is `count`.
     StepGrantsActive {
         /// The step's index.
         step: usize,
         /// The granting domain.
-        dom: u32,
+        dom: Option<u32>,
         /// The count.
         count: u64,
     },
@@ -673,7 +674,7 @@ fn for_arch(arch: Arch) -> Vec<XlScenario> {
                 // None of the agent's grants is still mapped by dom0.
                 XlCheck::StepGrantsActive {
                     step: 1,
-                    dom: 1,
+                    dom: None,
                     count: 0,
                 },
                 agent_is_xen(),
@@ -711,7 +712,7 @@ fn for_arch(arch: Arch) -> Vec<XlScenario> {
                 // own count (gntalloc's second allocation does not show it).
                 XlCheck::StepGrantsActive {
                     step: 1,
-                    dom: 0,
+                    dom: Some(0),
                     count: 0,
                 },
                 agent_is_xen(),
@@ -1007,6 +1008,9 @@ fn check_xl(c: &XlCheck, job: &XlJobResult, log: &AgentLog, res: &XlResult) -> O
             let r = job.steps.iter().find(|r| {
                 r.topic == "gnttab-active" && r.get("step") == Some(step.to_string().as_str())
             });
+            let Some(dom) = dom.or(job.domid) else {
+                return Some("the job's domain has no domid".into());
+            };
             let got = r
                 .and_then(|r| r.get(&format!("d{dom}")))
                 .and_then(parse_number);
