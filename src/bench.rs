@@ -19,8 +19,9 @@
 //! | `footprint` | `bench-footprint` | image, heap, region sizes, boot stamps |
 //!
 //! Besides the rows: `bench-context` (clock, role, reservation) first,
-//! `bench-balloon-rep` / `bench-floor-rep` per repetition (for profiling;
-//! the runner does not render them), `bench-goal` per goal and `bench-done`
+//! `bench-balloon-rep` / `bench-floor-rep` / `bench-foreign-rep` per
+//! repetition (for profiling; the runner does not render them),
+//! `bench-goal` per goal and `bench-done`
 //! with the whole run's time on the guest's clock (the runner puts it beside
 //! its wall clock, a check of the clock's calibration).
 //!
@@ -2352,6 +2353,14 @@ fn foreign_rows<H: Hypervisor, C: Clock, M: Memory>(
             // ... then again, taken out in multicalls.
             map_all(&mut errs, b)?;
             let (ub, calls) = foreign_unmap_batched(ctx, &gfns, &mut results)?;
+            xm_info!(
+                "report: bench-foreign-rep rep={=usize} batch={=usize} map_us={=u64} unmap_us={=u64} unmap_batched_us={=u64}",
+                map[i].len(),
+                b,
+                ctx.us(m),
+                ctx.us(u),
+                ctx.us(ub)
+            );
             map[i].push(ctx.us(m));
             unmap[i].push(ctx.us(u));
             batched[i].push(ctx.us(ub));
