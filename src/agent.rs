@@ -1653,8 +1653,14 @@ fn dom0_peer_run<H: Hypervisor>(
         return Verdict::Fail;
     };
     let mut vas = VaSpace::new(MapTarget::window(&*pt));
-    if what == cmdline::Dom0Peer::Gntalloc {
-        let v = dom0_peer_gntalloc(hv, xs, t, &mut *pt, &mut vas);
+    if what != cmdline::Dom0Peer::Grant {
+        let v = if what == cmdline::Dom0Peer::Gntalloc {
+            dom0_peer_gntalloc(hv, xs, t, &mut *pt, &mut vas)
+        } else {
+            // The engine's identity map takes the page tables itself.
+            drop(pt);
+            dom0_peer_foreign(hv, xs, t, s)
+        };
         let end = if v == Verdict::Pass { "done" } else { "failed" };
         if let Err(e) = xs.write(&alloc::format!("{DOM0_PEER_DIR}/agent"), end.as_bytes()) {
             xm_warn!("dom0-peer: telling the peer {=str}: {}", end, e);
@@ -1809,6 +1815,128 @@ where
         vas.used()
     );
     if bad == 0 && peer_bad == Some(0) && released_ok && vas.used() == before {
+        Verdict::Pass
+    } else {
+        Verdict::Fail
+    }
+}
+
+/// What the agent writes in the frames dom0 maps as foreign memory (word
+/// `i` of page `j`: `seed ^ (j << 20) ^ i`); `xenmem-peer foreign` knows it.
+#[cfg(target_os = "none")]
+const FOREIGN_SEED: u64 = 0x666f_7265_6967_6e21;
+/// `dom0-peer=foreign`: frames dom0 maps.
+#[cfg(target_os = "none")]
+const FOREIGN_PAGES: u64 = 64;
+
+/// `dom0-peer=foreign`: fill [`FOREIGN_PAGES`] frames with a pattern,
+/// publish `foreign` = `1 PAGES FIRST_GFN`, wait for dom0's `1 read bad=K`
+/// (it has mapped, read and unmapped them), balloon exactly those frames
+/// out ([`Engine::release_frames`], checked against Xen's count), say
+/// `1 released`, and wait for dom0's `1 remap-refused|remap-mapped`.
+/// Reports `dom0-peer-foreign`.
+#[cfg(target_os = "none")]
+fn dom0_peer_foreign<H: Hypervisor, N, W>(
+    hv: &H,
+    xs: &mut crate::xenstore::XsClient<N, W>,
+    t: &mut RegionTable,
+    s: &Survey,
+) -> Verdict
+where
+    N: FnMut(u32) -> Result<(), XenError>,
+    W: FnMut(u32) -> Result<(), XenError>,
+{
+    let key = |k: &str| alloc::format!("{DOM0_PEER_DIR}/{k}");
+    if let Err(e) = xs.watch(&key("peer"), "dom0-peer") {
+        xm_error!("dom0-peer: watching {=str}/peer: {}", DOM0_PEER_DIR, e);
+        return Verdict::Fail;
+    }
+    let n = FOREIGN_PAGES;
+    // One frame more: the first free frame may be frame 0.
+    let held = match t.alloc_frames(
+        PageCount(n + 1),
+        crate::addr::Order::ZERO,
+        ReservedUse::Allocated,
+    ) {
+        Ok(p) => p,
+        Err(e) => {
+            xm_error!("dom0-peer: pages: {}", defmt_display(&e));
+            return Verdict::Fail;
+        }
+    };
+    let Ok(pages) = FrameRange::new(Gfn(held.start().0 + 1), PageCount(n)) else {
+        return Verdict::Fail;
+    };
+    for j in 0..n {
+        let Some(p) = FrameRange::new(Gfn(pages.start().0 + j), PageCount(1))
+            .ok()
+            .and_then(page_words)
+        else {
+            xm_error!("dom0-peer: page not identity-mapped");
+            return Verdict::Fail;
+        };
+        fill_page(p, round_seed(FOREIGN_SEED, j));
+    }
+    xm_info!("report: dom0-peer-ready dir={=str}", DOM0_PEER_DIR);
+    let read = xs
+        .write(
+            &key("foreign"),
+            alloc::format!("1 {n} {}", pages.start().0).as_bytes(),
+        )
+        .and_then(|()| dom0_peer_wait(xs, "peer", "1 read"));
+    let read = match read {
+        Ok(v) => v,
+        Err(e) => {
+            xm_error!("dom0-peer: xenstore: {}", e);
+            return Verdict::Fail;
+        }
+    };
+    let peer_bad = read
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("bad="))
+        .and_then(|v| v.parse::<u64>().ok());
+    // dom0 has unmapped them: back to the table as free RAM, then out.
+    if let Err(e) = t.free_frames(held, ReservedUse::Allocated) {
+        xm_error!("dom0-peer: freeing the pages: {}", defmt_display(&e));
+        return Verdict::Fail;
+    }
+    let cur = match hv.current_reservation(DomId::SELF) {
+        Ok(c) => c,
+        Err(e) => {
+            xm_error!("dom0-peer: current_reservation: {}", e);
+            return Verdict::Fail;
+        }
+    };
+    let mut e = engine_for(hv, s, cur);
+    let released = e.release_frames(t, pages);
+    if let Err(err) = &released {
+        xm_error!("dom0-peer: releasing the frames: {}", defmt_display(err));
+    }
+    let Some(after) = verified("dom0-peer", &mut e, t, s) else {
+        return Verdict::Fail;
+    };
+    let remap = xs
+        .write(&key("agent"), b"1 released")
+        .and_then(|()| dom0_peer_wait(xs, "peer", "1 remap-"));
+    let remap = match remap {
+        Ok(v) => v,
+        Err(e) => {
+            xm_error!("dom0-peer: xenstore: {}", e);
+            return Verdict::Fail;
+        }
+    };
+    let refused = remap.split_whitespace().nth(1) == Some("remap-refused");
+    xm_info!(
+        "report: dom0-peer-foreign pages={=u64} first_gfn={} peer_bad_words={=str} released={=str} current_before={} current_after={} remap={=str}",
+        n,
+        pages.start(),
+        peer_bad.map_or(alloc::string::String::from("?"), |b| alloc::format!("{b}")).as_str(),
+        if released.is_ok() { "ok" } else { "failed" },
+        cur,
+        after,
+        if refused { "refused" } else { "mapped" }
+    );
+    if peer_bad == Some(0) && released.is_ok() && refused && after.0 + n == cur.0 {
         Verdict::Pass
     } else {
         Verdict::Fail

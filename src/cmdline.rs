@@ -90,6 +90,11 @@ pub enum Dom0Peer {
     /// dom0 then sees the answer and frees them (Xen's own count of dom0's
     /// active grants, debug key `g`, shows none left mapped).
     Gntalloc,
+    /// dom0 maps 64 of the agent's frames, whose GFNs the agent publishes,
+    /// as foreign memory (privcmd) and reads the agent's pattern; once
+    /// dom0 has unmapped, the agent balloons exactly those frames out, and
+    /// dom0's new foreign map of them fails instead of reading stale data.
+    Foreign,
 }
 
 /// The options the agent understands.
@@ -350,9 +355,10 @@ impl Options {
                 match value {
                     "grant" => Some(Dom0Peer::Grant),
                     "gntalloc" => Some(Dom0Peer::Gntalloc),
+                    "foreign" => Some(Dom0Peer::Foreign),
                     _ => None,
                 },
-                "`grant` or `gntalloc`"
+                "`grant`, `gntalloc` or `foreign`"
             ),
             "probe" => set!(
                 probe,

@@ -190,6 +190,9 @@ pub enum ReservationError {
         /// The least that could work.
         needed: u8,
     },
+    /// [`Engine::release_frames`]: this frame is not free RAM (reserved,
+    /// pinned, a hole, already ballooned): nothing was released.
+    NotFree(Gfn),
 }
 
 impl From<RegionError> for ReservationError {
@@ -242,6 +245,9 @@ impl fmt::Display for ReservationError {
                 f,
                 "address_bits={bits} cannot hold the buffer (at least {needed} needed, at most 64)"
             ),
+            ReservationError::NotFree(g) => {
+                write!(f, "frame {g} is not free RAM: nothing released")
+            }
         }
     }
 }
@@ -454,6 +460,39 @@ impl<'h, H: Hypervisor> Engine<'h, H> {
         pages: PageCount,
     ) -> Result<(), ReservationError> {
         let r = self.decrease_frames(t, pages);
+        self.with_identity_result(r)
+    }
+
+    /// Release exactly the frames of `range` to Xen (one order-0 extent
+    /// each, batched), e.g. frames a caller shared and has just given back
+    /// to the table with [`RegionTable::free_frames`]. Every frame must be
+    /// free RAM, not pinned: otherwise [`ReservationError::NotFree`] names
+    /// the first that is not, before any hypercall. Frames Xen refuses are
+    /// pinned and the call ends in [`ReservationError::Shortfall`].
+    pub fn release_frames(
+        &mut self,
+        t: &mut RegionTable,
+        range: FrameRange,
+    ) -> Result<(), ReservationError> {
+        if self.direct_mapped {
+            return Err(ReservationError::DirectMapped);
+        }
+        if let Some(g) = (range.start().0..range.end().0)
+            .map(Gfn)
+            .find(|&g| !still_free(t, g, 1))
+        {
+            return Err(ReservationError::NotFree(g));
+        }
+        let frames: Vec<FrameRange> = (range.start().0..range.end().0)
+            .filter_map(|g| FrameRange::new(Gfn(g), PageCount(1)).ok())
+            .collect();
+        let r = self.release(t, Order::ZERO, &frames).and_then(|done| {
+            if done == range.len().0 {
+                Ok(())
+            } else {
+                Err(ReservationError::short(range.len(), range.len().0 - done))
+            }
+        });
         self.with_identity_result(r)
     }
 
@@ -1095,6 +1134,40 @@ mod tests {
         assert_eq!(e.stats.hypercalls, 2);
         consistent(&m, &t, &e);
         assert_eq!(e.verify(), Ok(PageCount(1 << 14)));
+    }
+
+    #[test]
+    fn release_frames_gives_back_exactly_those_frames_or_none() {
+        let (m, mut t) = domu(1 << 16, 1024);
+        let mut e = engine(&m, Strategy::xenmem(O9));
+        // Frames shared for a while, then back in the table as free RAM.
+        let shared = t
+            .alloc_frames(PageCount(64), Order::ZERO, ReservedUse::Allocated)
+            .unwrap();
+        // Still allocated: refused, naming the first, nothing done.
+        let before = t.clone();
+        assert_eq!(
+            e.release_frames(&mut t, shared),
+            Err(ReservationError::NotFree(shared.start()))
+        );
+        assert_eq!((&t, e.stats.hypercalls), (&before, 0));
+        t.free_frames(shared, ReservedUse::Allocated).unwrap();
+        e.release_frames(&mut t, shared).unwrap();
+        for g in shared.start().0..shared.end().0 {
+            assert_eq!(
+                t.region_at(Gfn(g)).map(|r| r.kind),
+                Some(RegionKind::Ballooned),
+                "frame {g:#x}"
+            );
+        }
+        assert_eq!(t.count(RegionKind::Ballooned), PageCount(64));
+        assert_eq!(e.stats.hypercalls, 1, "one batch");
+        consistent(&m, &t, &e);
+        // Already ballooned: refused.
+        assert_eq!(
+            e.release_frames(&mut t, shared),
+            Err(ReservationError::NotFree(shared.start()))
+        );
     }
 
     #[test]

@@ -27,6 +27,7 @@
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
+mod foreign;
 mod gntalloc;
 mod grant;
 mod privcmd;
@@ -178,6 +179,7 @@ fn usage() -> ExitCode {
         "usage: xenmem-peer reach DOMID KIB TOLERANCE_KIB TIMEOUT_CS SINCE_CS [EVERY_MS]\n\
          \x20      xenmem-peer grant DOMID TIMEOUT_S\n\
          \x20      xenmem-peer gntalloc DOMID TIMEOUT_S\n\
+         \x20      xenmem-peer foreign DOMID TIMEOUT_S\n\
          \x20      xenmem-peer uptime-cs"
     );
     ExitCode::from(2)
@@ -215,6 +217,23 @@ fn main() -> ExitCode {
                 Ok(false) => ExitCode::from(1),
                 Err(e) => {
                     eprintln!("xenmem-peer: grant: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Some("foreign") => {
+            let n = |i: usize| args.get(i).and_then(|a| a.parse::<u64>().ok());
+            let (Some(domid), Some(timeout)) = (n(1), n(2)) else {
+                return usage();
+            };
+            let Ok(domid) = u16::try_from(domid) else {
+                return usage();
+            };
+            match foreign::run(domid, Duration::from_secs(timeout)) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::from(1),
+                Err(e) => {
+                    eprintln!("xenmem-peer: foreign: {e}");
                     ExitCode::from(2)
                 }
             }
@@ -289,5 +308,7 @@ mod tests {
     fn ioctl_number_is_linuxs() {
         // 0x305000: _IOC(_IOC_NONE, 'P', 0, 48), as Linux's privcmd.h.
         assert_eq!(super::privcmd::IOCTL_PRIVCMD_HYPERCALL, 0x0030_5000);
+        // 0x205004: _IOC(_IOC_NONE, 'P', 4, 32), privcmd_mmapbatch_v2.
+        assert_eq!(super::privcmd::IOCTL_PRIVCMD_MMAPBATCH_V2, 0x0020_5004);
     }
 }

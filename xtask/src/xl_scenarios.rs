@@ -90,6 +90,12 @@ pub enum XlCheck {
     /// agent release them, and allocated as many again afterwards; its
     /// first reference is the agent's; it exited 0.
     PeerGntalloc(u64),
+    /// The dom0 peer (`xenmem-peer foreign`: a vm-memory FOREIGN region
+    /// through Linux's privcmd) read the agent's pattern in `n` frames at
+    /// the GFNs the agent reported, and once the agent had ballooned them
+    /// out Xen refused every one of them to a new map (per-frame errors of
+    /// the same ioctl; vm-memory itself reports success); exit 0.
+    PeerForeign(u64),
     /// Xen's own count of active (pinned) grant entries of domain `dom`
     /// (`Some(0)`: dom0; `None`: the job's own domain, whatever its domid)
     /// at step `step` (a [`XlStep::Grants`]), the reserved ones left out,
@@ -720,6 +726,40 @@ fn for_arch(arch: Arch) -> Vec<XlScenario> {
             ],
         },
         XlScenario {
+            // Linux's privcmd (a vm-memory FOREIGN region) maps the agent's
+            // frames, then cannot once the agent has ballooned them out.
+            name: name("x86_64-xl-peer-foreign", "aarch64-xl-peer-foreign"),
+            arch,
+            memory_mib: 64,
+            maxmem_mib: None,
+            agent_opts: &["dom0-peer=foreign"],
+            shutdown: Some("poweroff"),
+            steps: vec![XlStep::Peer {
+                command: "foreign".into(),
+                timeout: Duration::from_secs(60),
+            }],
+            checks: with(
+                domu(arch, 64),
+                [
+                    field(D1, "dom0-peer-foreign", "pages", Is::Num(64)),
+                    field(D1, "dom0-peer-foreign", "released", Is::Text("ok")),
+                    field(
+                        D1,
+                        "dom0-peer-foreign",
+                        "current_after",
+                        Is::Num(pages(64) + sp - 64),
+                    ),
+                ],
+            ),
+            xl: vec![
+                XlCheck::PeerForeign(64),
+                // Xen's count is the agent's last, 64 pages below the start.
+                agent_is_xen(),
+                XlCheck::XenPages(pages(64) + sp - 64),
+                XlCheck::NothingLost,
+            ],
+        },
+        XlScenario {
             name: name("x86_64-xl-contig", "aarch64-xl-contig"),
             arch,
             memory_mib: 64,
@@ -1019,6 +1059,35 @@ fn check_xl(c: &XlCheck, job: &XlJobResult, log: &AgentLog, res: &XlResult) -> O
                     "Xen's active grant entries of d{dom} at step {step} (debug key g): {got:?}, expected {count}"
                 )
             })
+        }
+        XlCheck::PeerForeign(n) => {
+            let p = job.steps.iter().find(|r| r.topic == "peer-foreign");
+            let a = log.topic("dom0-peer-foreign").next();
+            let (Some(p), Some(a)) = (p, a) else {
+                return Some("no peer-foreign record or no dom0-peer-foreign report".into());
+            };
+            let want = [
+                ("pages", n.to_string()),
+                ("bad_words", "0".to_string()),
+                ("agent_released", "yes".into()),
+                ("frames_refused", n.to_string()),
+                ("remap", "refused".into()),
+            ];
+            for (k, v) in want {
+                if p.get(k) != Some(v.as_str()) {
+                    return Some(format!("the peer's {k}= is {:?}, expected {v}", p.get(k)));
+                }
+            }
+            if p.get("first_gfn") != a.get("first_gfn") {
+                return Some(format!(
+                    "the peer mapped from GFN {:?}, the agent filled from {:?}",
+                    p.get("first_gfn"),
+                    a.get("first_gfn")
+                ));
+            }
+            let exit = job.steps.iter().find(|r| r.topic == "peer-exit");
+            (exit.and_then(|r| r.get("status")) != Some("0"))
+                .then(|| "the peer did not exit 0".to_string())
         }
         XlCheck::PeerGntalloc(n) => {
             let p = job.steps.iter().find(|r| r.topic == "peer-gntalloc");
