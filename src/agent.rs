@@ -1627,7 +1627,7 @@ where
 /// where `xenmem-peer grant` (Linux's gntdev through rust-vmm's
 /// vm-memory) maps them. Per round: fill the pages with a pattern, grant
 /// them (consecutive references, as vm-memory maps them), publish
-/// `grant` = `ROUND PAGES FIRST_REF`; when dom0 says `mapped`, check its
+/// `grant` = `ROUND PAGES FIRST_REF FIRST_GFN`; when dom0 says `mapped`, check its
 /// write-back and try `end_access` (refused while mapped), say `checked`;
 /// when dom0 says `unmapped`, end every grant (must work now), say `ended`;
 /// dom0 then tries to map the first reference again (must fail) and says
@@ -2054,7 +2054,7 @@ where
             let mapped = step(
                 xs,
                 "grant",
-                &alloc::format!("{round} {n} {}", first.0),
+                &alloc::format!("{round} {n} {} {}", first.0, pages.start().0),
                 &alloc::format!("{round} mapped"),
             )?;
             let bad: usize = words

@@ -10,7 +10,48 @@ use vm_memory::{
     MmapXenFlags,
 };
 
+use crate::privcmd::Privcmd;
 use crate::xenbus::Xenbus;
+
+/// `GTF_permit_access`, `GTF_readonly`, `GTF_reading`, `GTF_writing` of a
+/// v1 grant entry's flags.
+const GTF_PERMIT_ACCESS: u16 = 1;
+const GTF_READONLY: u16 = 1 << 2;
+const GTF_READING: u16 = 1 << 3;
+const GTF_WRITING: u16 = 1 << 4;
+
+/// A v1 grant entry (`struct grant_entry_v1`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Entry {
+    /// `flags`.
+    pub flags: u16,
+    /// `domid`: who may use it.
+    pub domid: u16,
+    /// `frame`: the granted frame.
+    pub frame: u32,
+}
+
+/// A copy of the first frames of a domain's grant table, as Xen has it.
+struct Table(Vec<u8>);
+
+impl Table {
+    /// The frames holding references up to `first + n` (512 v1 entries a
+    /// frame), acquired through privcmd.
+    fn of(pc: &Privcmd, domid: u16, first: u32, n: u64) -> io::Result<Table> {
+        let last = u64::from(first) + n.max(1) - 1;
+        pc.grant_table(domid, last / 512 + 1).map(Table)
+    }
+
+    fn entry(&self, r: u32) -> Entry {
+        let o = r as usize * 8;
+        let b = |i: usize| self.0.get(o + i).copied().unwrap_or(0);
+        Entry {
+            flags: u16::from_le_bytes([b(0), b(1)]),
+            domid: u16::from_le_bytes([b(2), b(3)]),
+            frame: u32::from_le_bytes([b(4), b(5), b(6), b(7)]),
+        }
+    }
+}
 
 /// What the agent writes in the pages it grants, and what dom0 writes
 /// back: word `i` of page `j` is `seed ^ (j << 20) ^ i` (the agent's
@@ -87,6 +128,7 @@ pub fn run(domid: u16, timeout: Duration) -> io::Result<bool> {
     let deadline = Instant::now() + timeout;
     let dir = format!("/local/domain/{domid}/data/xenmem");
     let mut xs = Xenbus::open()?;
+    let pc = Privcmd::open()?;
     xs.watch(&format!("{dir}/grant"), "grant")?;
     xs.watch(&format!("{dir}/agent"), "agent")?;
     let mut all_ok = true;
@@ -117,14 +159,27 @@ pub fn run(domid: u16, timeout: Duration) -> io::Result<bool> {
             .split_whitespace()
             .filter_map(|w| w.parse().ok())
             .collect();
-        let (n, first) = match f[..] {
-            [_, n, first] if n > 0 && first <= u64::from(u32::MAX) => (n, first as u32),
+        let (n, first, gfn) = match f[..] {
+            [_, n, first, gfn] if n > 0 && n <= 4096 && first <= u64::from(u32::MAX) => {
+                (n, first as u32, gfn)
+            }
             _ => {
                 println!("peer-grant-malformed round={round} value=\"{v}\"");
                 return Ok(false);
             }
         };
         let base = GuestAddress(GRANT_ADDR | (u64::from(first) * PAGE));
+        // Xen's copy of the agent's table (acquire_resource): the entries
+        // say what the agent said it granted.
+        let table = Table::of(&pc, domid, first, n)?;
+        let table_bad = (0..n)
+            .filter(|&j| {
+                let e = table.entry(first + j as u32);
+                e.flags & (GTF_PERMIT_ACCESS | GTF_READONLY) != GTF_PERMIT_ACCESS
+                    || e.domid != 0
+                    || u64::from(e.frame) != gfn + j
+            })
+            .count();
         let t0 = Instant::now();
         let gm = match map(domid, first, n) {
             Ok(g) => g,
@@ -137,6 +192,11 @@ pub fn run(domid: u16, timeout: Duration) -> io::Result<bool> {
             }
         };
         let map_us = t0.elapsed().as_micros();
+        // While mapped: Xen marks every entry in use.
+        let busy = Table::of(&pc, domid, first, n)?;
+        let in_use = (0..n)
+            .filter(|&j| busy.entry(first + j as u32).flags & (GTF_READING | GTF_WRITING) != 0)
+            .count();
         let bad = mismatches(&gm, base, n, OFFER_SEED)?;
         fill(&gm, base, n, ANSWER_SEED)?;
         xs.write(&format!("{dir}/peer"), &format!("{round} mapped bad={bad}"))?;
@@ -160,16 +220,28 @@ pub fn run(domid: u16, timeout: Duration) -> io::Result<bool> {
                 deadline,
             )?
             .filter(|v| !AGENT_ENDS.contains(&v.as_str()));
+        // Ended: the entries are free again in the table.
+        let after = Table::of(&pc, domid, first, n)?;
+        let freed = (0..n)
+            .filter(|&j| after.entry(first + j as u32).flags == 0)
+            .count();
         // The first reference again, now that the agent has ended it.
         let remap = match map(domid, first, 1) {
             Ok(_) => "mapped",
             Err(_) => "refused",
         };
         xs.write(&format!("{dir}/peer"), &format!("{round} remap-{remap}"))?;
-        let ok = bad == 0 && checked.is_some() && ended.is_some() && remap == "refused";
+        let n_us = n as usize;
+        let ok = bad == 0
+            && checked.is_some()
+            && ended.is_some()
+            && remap == "refused"
+            && table_bad == 0
+            && in_use == n_us
+            && freed == n_us;
         all_ok &= ok;
         println!(
-            "peer-grant round={round} pages={n} first_ref={first} bad_words={bad} map_us={map_us} unmap_us={unmap_us} agent_checked={} agent_ended={} remap={remap}",
+            "peer-grant round={round} pages={n} first_ref={first} bad_words={bad} map_us={map_us} unmap_us={unmap_us} agent_checked={} agent_ended={} remap={remap} table_bad={table_bad} table_in_use={in_use} table_freed={freed}",
             if checked.is_some() { "yes" } else { "no" },
             if ended.is_some() { "yes" } else { "no" },
         );

@@ -310,5 +310,7 @@ mod tests {
         assert_eq!(super::privcmd::IOCTL_PRIVCMD_HYPERCALL, 0x0030_5000);
         // 0x205004: _IOC(_IOC_NONE, 'P', 4, 32), privcmd_mmapbatch_v2.
         assert_eq!(super::privcmd::IOCTL_PRIVCMD_MMAPBATCH_V2, 0x0020_5004);
+        // 0x205007: _IOC(_IOC_NONE, 'P', 7, 32), privcmd_mmap_resource.
+        assert_eq!(super::privcmd::IOCTL_PRIVCMD_MMAP_RESOURCE, 0x0020_5007);
     }
 }

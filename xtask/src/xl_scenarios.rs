@@ -82,8 +82,10 @@ pub enum XlCheck {
     /// vm-memory) read the agent's pattern in every round of these sizes
     /// with no bad word, mapping the references the agent reported; the
     /// agent had checked and ended them; mapping the first again was
-    /// refused; and the peer exited 0. What the peer read is not what the
-    /// agent says.
+    /// refused; the agent's grant table as dom0 acquired it from Xen
+    /// (privcmd's resource map) named the agent's frames for dom0, showed
+    /// every entry in use while mapped and free once ended; and the peer
+    /// exited 0. What the peer read is not what the agent says.
     PeerGrant(&'static [u64]),
     /// The dom0 peer (`xenmem-peer gntalloc`, Linux's gntalloc) found the
     /// agent's answer in every word of the pages it had granted, saw the
@@ -1015,6 +1017,10 @@ fn check_xl(c: &XlCheck, job: &XlJobResult, log: &AgentLog, res: &XlResult) -> O
                     ("agent_checked", "yes".into()),
                     ("agent_ended", "yes".into()),
                     ("remap", "refused".into()),
+                    // Xen's copy of the agent's table, acquired by dom0.
+                    ("table_bad", "0".into()),
+                    ("table_in_use", n.to_string()),
+                    ("table_freed", n.to_string()),
                 ];
                 for (k, v) in want {
                     if p.get(k) != Some(v.as_str()) {
