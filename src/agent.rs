@@ -1598,11 +1598,70 @@ fn round_seed(seed: u64, j: u64) -> u64 {
     seed ^ (j << 20)
 }
 
-/// Wait (blocked in the xenstore client, no CPU) until `key` under
-/// [`DOM0_PEER_DIR`] holds a value starting with `prefix`; returns it.
+/// The agent's side of the hand-overs with the dom0 peer: values in
+/// xenstore under [`DOM0_PEER_DIR`], each one followed by an event on an
+/// interdomain channel the agent offered dom0 (`port`, published there);
+/// the agent waits for the peer's values blocked on that port
+/// (`SCHEDOP_poll`, no CPU), not on xenstore watches.
 #[cfg(target_os = "none")]
-fn dom0_peer_wait<N, W>(
-    xs: &mut crate::xenstore::XsClient<N, W>,
+struct Handover<'a, H: Hypervisor, N, W> {
+    hv: &'a H,
+    xs: &'a mut crate::xenstore::XsClient<N, W>,
+    ev: &'static crate::evtchn::EventChannels,
+    port: u32,
+    /// Events sent and received.
+    sent: u64,
+    received: u64,
+}
+
+#[cfg(target_os = "none")]
+impl<H: Hypervisor, N, W> Handover<'_, H, N, W>
+where
+    N: FnMut(u32) -> Result<(), XenError>,
+    W: FnMut(u32) -> Result<(), XenError>,
+{
+    /// Write `value` at `path` and notify the peer.
+    fn write(&mut self, path: &str, value: &[u8]) -> Result<(), crate::xenstore::XsError> {
+        self.xs.write(path, value)?;
+        self.hv
+            .evtchn_send(self.port)
+            .map_err(crate::xenstore::XsError::Xen)?;
+        self.sent += 1;
+        Ok(())
+    }
+
+    /// Block on the channel until `key` under [`DOM0_PEER_DIR`] holds a
+    /// value starting with `prefix`; returns it.
+    fn wait(
+        &mut self,
+        key: &str,
+        prefix: &str,
+    ) -> Result<alloc::string::String, crate::xenstore::XsError> {
+        use crate::evtchn::{EvtchnError, NoClock, WaitLimit};
+        use crate::xenstore::{wire::XsErrno, XsError};
+        let path = alloc::format!("{DOM0_PEER_DIR}/{key}");
+        loop {
+            match self.xs.read_string(&path) {
+                Ok(v) if v.starts_with(prefix) => return Ok(v),
+                Ok(_) | Err(XsError::Server(XsErrno::ENOENT)) => {}
+                Err(e) => return Err(e),
+            }
+            match self
+                .ev
+                .wait(self.hv, &[self.port], WaitLimit::FOREVER, &mut NoClock)
+            {
+                Ok(_) => self.received += 1,
+                Err(EvtchnError::Xen(x)) => return Err(XsError::Xen(x)),
+                Err(_) => return Err(XsError::Xen(XenError::Contract("event channel wait"))),
+            }
+        }
+    }
+}
+
+/// [`Handover::wait`] (the name the exchanges use).
+#[cfg(target_os = "none")]
+fn dom0_peer_wait<H: Hypervisor, N, W>(
+    h: &mut Handover<'_, H, N, W>,
     key: &str,
     prefix: &str,
 ) -> Result<alloc::string::String, crate::xenstore::XsError>
@@ -1610,17 +1669,7 @@ where
     N: FnMut(u32) -> Result<(), XenError>,
     W: FnMut(u32) -> Result<(), XenError>,
 {
-    use crate::xenstore::{wire::XsErrno, XsError};
-    let path = alloc::format!("{DOM0_PEER_DIR}/{key}");
-    loop {
-        match xs.read_string(&path) {
-            Ok(v) if v.starts_with(prefix) => return Ok(v),
-            Ok(_) | Err(XsError::Server(XsErrno::ENOENT)) => {}
-            Err(e) => return Err(e),
-        }
-        // Any change under the watched key wakes us; read it again.
-        xs.next_event()?;
-    }
+    h.wait(key, prefix)
 }
 
 /// `dom0-peer=grant`: rounds of 1, 64 and 1024 pages granted to dom0,
@@ -1648,7 +1697,32 @@ fn dom0_peer_run<H: Hypervisor>(
             return Verdict::Fail;
         }
     };
-    let xs = &mut ctl.xs;
+    let (ctl, ev) = &mut ctl;
+    // The channel every hand-over signals on, offered to dom0.
+    let port = match hv.evtchn_alloc_unbound(DomId(0)) {
+        Ok(p) => p,
+        Err(e) => {
+            xm_error!("dom0-peer: EVTCHNOP_alloc_unbound: {}", e);
+            return Verdict::Fail;
+        }
+    };
+    if let Err(e) = ctl.xs.write(
+        &alloc::format!("{DOM0_PEER_DIR}/port"),
+        alloc::format!("{port}").as_bytes(),
+    ) {
+        xm_error!("dom0-peer: publishing the port: {}", e);
+        return Verdict::Fail;
+    }
+    xm_info!("report: dom0-peer-channel port={=u32} remote=0", port);
+    let mut h = Handover {
+        hv,
+        xs: &mut ctl.xs,
+        ev,
+        port,
+        sent: 0,
+        received: 0,
+    };
+    let xs = &mut h;
     let Some(mut pt) = page_tables_for("dom0-peer") else {
         return Verdict::Fail;
     };
@@ -1665,6 +1739,12 @@ fn dom0_peer_run<H: Hypervisor>(
         if let Err(e) = xs.write(&alloc::format!("{DOM0_PEER_DIR}/agent"), end.as_bytes()) {
             xm_warn!("dom0-peer: telling the peer {=str}: {}", end, e);
         }
+        xm_info!(
+            "report: dom0-peer-events port={=u32} sent={=u64} received={=u64}",
+            xs.port,
+            xs.sent,
+            xs.received
+        );
         xm_info!(
             "report: dom0-peer-done grants_active=0 window_pages={=u64}",
             vas.used()
@@ -1693,6 +1773,12 @@ fn dom0_peer_run<H: Hypervisor>(
         core::mem::forget(gt);
     }
     xm_info!(
+        "report: dom0-peer-events port={=u32} sent={=u64} received={=u64}",
+        xs.port,
+        xs.sent,
+        xs.received
+    );
+    xm_info!(
         "report: dom0-peer-done grants_active={=usize} window_pages={=u64}",
         active,
         vas.used()
@@ -1716,7 +1802,7 @@ const GNTALLOC_ANSWER_SEED: u64 = 0x676e_7461_6e73_7772;
 #[cfg(target_os = "none")]
 fn dom0_peer_gntalloc<H: Hypervisor, N, W>(
     hv: &H,
-    xs: &mut crate::xenstore::XsClient<N, W>,
+    xs: &mut Handover<'_, H, N, W>,
     t: &mut RegionTable,
     pt: &mut impl crate::mapping::MapTarget,
     vas: &mut crate::mapping::VaSpace,
@@ -1727,14 +1813,6 @@ where
 {
     use crate::grant::{self, Bytes, GrantRef};
     let key = |k: &str| alloc::format!("{DOM0_PEER_DIR}/{k}");
-    if let Err(e) = xs.watch(&key("peer"), "dom0-peer") {
-        xm_error!("dom0-peer: watching {=str}/peer: {}", DOM0_PEER_DIR, e);
-        return Verdict::Fail;
-    }
-    if let Err(e) = xs.watch(&key("alloc"), "dom0-peer-alloc") {
-        xm_error!("dom0-peer: watching {=str}/alloc: {}", DOM0_PEER_DIR, e);
-        return Verdict::Fail;
-    }
     xm_info!("report: dom0-peer-ready dir={=str}", DOM0_PEER_DIR);
     let v = match dom0_peer_wait(xs, "alloc", "1 ") {
         Ok(v) => v,
@@ -1838,7 +1916,7 @@ const FOREIGN_PAGES: u64 = 64;
 #[cfg(target_os = "none")]
 fn dom0_peer_foreign<H: Hypervisor, N, W>(
     hv: &H,
-    xs: &mut crate::xenstore::XsClient<N, W>,
+    xs: &mut Handover<'_, H, N, W>,
     t: &mut RegionTable,
     s: &Survey,
 ) -> Verdict
@@ -1847,10 +1925,6 @@ where
     W: FnMut(u32) -> Result<(), XenError>,
 {
     let key = |k: &str| alloc::format!("{DOM0_PEER_DIR}/{k}");
-    if let Err(e) = xs.watch(&key("peer"), "dom0-peer") {
-        xm_error!("dom0-peer: watching {=str}/peer: {}", DOM0_PEER_DIR, e);
-        return Verdict::Fail;
-    }
     let n = FOREIGN_PAGES;
     // One frame more: the first free frame may be frame 0.
     let held = match t.alloc_frames(
@@ -1977,8 +2051,8 @@ fn printable_value(v: &str) -> &str {
 /// The rounds of [`dom0_peer_grant`] (its grant table set up, its
 /// xenstore connection made).
 #[cfg(target_os = "none")]
-fn dom0_peer_rounds<N, W>(
-    xs: &mut crate::xenstore::XsClient<N, W>,
+fn dom0_peer_rounds<H: Hypervisor, N, W>(
+    xs: &mut Handover<'_, H, N, W>,
     gt: &mut crate::grant::GrantTable,
     t: &mut RegionTable,
     s: &Survey,
@@ -1989,10 +2063,6 @@ where
 {
     use crate::grant::{GrantError, GrantRef};
     let key = |k: &str| alloc::format!("{DOM0_PEER_DIR}/{k}");
-    if let Err(e) = xs.watch(&key("peer"), "dom0-peer") {
-        xm_error!("dom0-peer: watching {=str}/peer: {}", DOM0_PEER_DIR, e);
-        return Verdict::Fail;
-    }
     let me = s.domid.map_or(DomId::SELF, |(d, _)| d);
     xm_info!(
         "report: dom0-peer-ready dom={} dir={=str}",
@@ -2043,7 +2113,7 @@ where
             xm_error!("dom0-peer: the references are not consecutive");
             return Verdict::Fail;
         }
-        let step = |xs: &mut crate::xenstore::XsClient<_, _>, k: &str, v: &str, wait: &str| {
+        let step = |xs: &mut Handover<'_, H, N, W>, k: &str, v: &str, wait: &str| {
             xs.write(&key(k), v.as_bytes())?;
             if wait.is_empty() {
                 return Ok(alloc::string::String::new());
@@ -2759,7 +2829,7 @@ fn no_store() -> crate::service::ControlError {
 fn control_for<H: Hypervisor>(
     _: &H,
     _: &mut RegionTable,
-) -> Result<NoControl, crate::service::ControlError> {
+) -> Result<(NoControl, ()), crate::service::ControlError> {
     Err(no_store())
 }
 
@@ -2777,11 +2847,14 @@ fn control_for<'a, H: Hypervisor>(
     hv: &'a H,
     t: &mut RegionTable,
 ) -> Result<
-    crate::service::XsControl<
-        impl FnMut(u32) -> Result<(), XenError> + 'a,
-        impl FnMut(u32) -> Result<(), XenError> + 'a,
-        impl FnMut() -> bool + 'a,
-    >,
+    (
+        crate::service::XsControl<
+            impl FnMut(u32) -> Result<(), XenError> + 'a,
+            impl FnMut(u32) -> Result<(), XenError> + 'a,
+            impl FnMut() -> bool + 'a,
+        >,
+        &'static crate::evtchn::EventChannels,
+    ),
     crate::service::ControlError,
 > {
     use crate::evtchn::{EventChannels, NoClock, WaitLimit};
@@ -2854,14 +2927,14 @@ fn control_for<'a, H: Hypervisor>(
         ev.wait(hv, &[port], WaitLimit::FOREVER, &mut NoClock)
             .is_ok()
     };
-    Ok(crate::service::XsControl { xs, park })
+    Ok((crate::service::XsControl { xs, park }, ev))
 }
 
 /// `mode=service`: serve the toolstack's targets and requests until it ends
 /// the domain (see [`crate::service`]).
 fn service_run<H: Hypervisor>(hv: &H, t: &mut RegionTable, s: &Survey) -> crate::service::Ended {
     let mut ctl = match control_for(hv, t) {
-        Ok(c) => c,
+        Ok((c, _)) => c,
         Err(e) => {
             xm_error!("service: {}", defmt_display(&e));
             return crate::service::Ended::Failed;

@@ -10,9 +10,9 @@ use vm_memory::{
     MmapXenFlags,
 };
 
+use crate::evtchn::Handover;
 use crate::grant::word;
 use crate::privcmd::Privcmd;
-use crate::xenbus::Xenbus;
 
 /// What the agent writes in the frames (its `FOREIGN_SEED`, src/agent.rs).
 pub const SEED: u64 = 0x666f_7265_6967_6e21;
@@ -61,9 +61,10 @@ pub fn run(domid: u16, timeout: Duration) -> io::Result<bool> {
     let deadline = Instant::now() + timeout;
     let dir = format!("/local/domain/{domid}/data/xenmem");
     let ends: &[&str] = &["done", "failed"];
-    let mut xs = Xenbus::open()?;
-    xs.watch(&format!("{dir}/foreign"), "foreign")?;
-    xs.watch(&format!("{dir}/agent"), "agent")?;
+    let Some(mut xs) = Handover::connect(domid, &dir, deadline)? else {
+        println!("peer-no-channel");
+        return Ok(false);
+    };
     let Some(v) = xs.wait_for(&format!("{dir}/foreign"), "1 ", &[], deadline)? else {
         println!("peer-foreign-timeout");
         return Ok(false);
@@ -119,5 +120,7 @@ pub fn run(domid: u16, timeout: Duration) -> io::Result<bool> {
         "peer-foreign pages={n} first_gfn={gfn:#x} bad_words={bad} map_us={map_us} agent_released={} vm_memory_remap={vm} frames_refused={refused} errno={errno} remap={remap}",
         if released.is_some() { "yes" } else { "no" },
     );
+    let _ = xs.wait_for(&format!("{dir}/agent"), "done", &["failed"], deadline)?;
+    println!("{}", xs.record());
     Ok(bad == 0 && released.is_some() && remap == "refused")
 }

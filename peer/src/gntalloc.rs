@@ -7,8 +7,8 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
+use crate::evtchn::Handover;
 use crate::grant::word;
-use crate::xenbus::Xenbus;
 
 /// What dom0 writes (the agent's `GNTALLOC_SEED`) and what the agent
 /// answers (`GNTALLOC_ANSWER_SEED`), src/agent.rs.
@@ -173,8 +173,10 @@ pub fn run(domid: u16, timeout: Duration) -> io::Result<bool> {
         .read(true)
         .write(true)
         .open("/dev/xen/gntalloc")?;
-    let mut xs = Xenbus::open()?;
-    xs.watch(&format!("{dir}/agent"), "agent")?;
+    let Some(mut xs) = Handover::connect(domid, &dir, deadline)? else {
+        println!("peer-no-channel");
+        return Ok(false);
+    };
     let a = Alloc::new(&file, domid, PAGES)?;
     let n = a.refs.len();
     for j in 0..n {
@@ -225,6 +227,9 @@ pub fn run(domid: u16, timeout: Duration) -> io::Result<bool> {
         "peer-gntalloc pages={n} first_ref={first} bad_words={bad} agent_released={} realloc={realloc}",
         if released.is_some() { "yes" } else { "no" }
     );
+    // The agent's `done`: its last word, after which it only ends.
+    let _ = xs.wait_for(&format!("{dir}/agent"), "done", &["failed"], deadline)?;
+    println!("{}", xs.record());
     Ok(ok)
 }
 

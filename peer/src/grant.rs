@@ -10,8 +10,8 @@ use vm_memory::{
     MmapXenFlags,
 };
 
+use crate::evtchn::Handover;
 use crate::privcmd::Privcmd;
-use crate::xenbus::Xenbus;
 
 /// `GTF_permit_access`, `GTF_readonly`, `GTF_reading`, `GTF_writing` of a
 /// v1 grant entry's flags.
@@ -127,16 +127,18 @@ fn fill(gm: &GuestMemoryMmap, base: GuestAddress, n: u64, seed: u64) -> io::Resu
 pub fn run(domid: u16, timeout: Duration) -> io::Result<bool> {
     let deadline = Instant::now() + timeout;
     let dir = format!("/local/domain/{domid}/data/xenmem");
-    let mut xs = Xenbus::open()?;
+    let Some(mut xs) = Handover::connect(domid, &dir, deadline)? else {
+        println!("peer-no-channel");
+        return Ok(false);
+    };
     let pc = Privcmd::open()?;
-    xs.watch(&format!("{dir}/grant"), "grant")?;
-    xs.watch(&format!("{dir}/agent"), "agent")?;
     let mut all_ok = true;
     for round in 1u64.. {
         // The agent's next round, or its end.
         let v = loop {
             if let Some(v) = xs.read(&format!("{dir}/agent"))? {
                 if v == "done" {
+                    println!("{}", xs.record());
                     return Ok(all_ok);
                 }
                 if v == "failed" {
@@ -153,7 +155,7 @@ pub fn run(domid: u16, timeout: Duration) -> io::Result<bool> {
                 println!("peer-grant-timeout round={round}");
                 return Ok(false);
             }
-            xs.next_event()?;
+            xs.next(deadline)?;
         };
         let f: Vec<u64> = v
             .split_whitespace()

@@ -27,6 +27,7 @@
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
+mod evtchn;
 mod foreign;
 mod gntalloc;
 mod grant;

@@ -137,27 +137,4 @@ impl Xenbus {
             }
         }
     }
-
-    /// Block until `path` holds a value starting with `prefix` or one of
-    /// `ends` (watched beforehand), and return it; `None` once `deadline`
-    /// has passed at a wake-up.
-    pub fn wait_for(
-        &mut self,
-        path: &str,
-        prefix: &str,
-        ends: &[&str],
-        deadline: std::time::Instant,
-    ) -> io::Result<Option<String>> {
-        loop {
-            if let Some(v) = self.read(path)? {
-                if v.starts_with(prefix) || ends.contains(&v.as_str()) {
-                    return Ok(Some(v));
-                }
-            }
-            if std::time::Instant::now() >= deadline {
-                return Ok(None);
-            }
-            self.next_event()?;
-        }
-    }
 }

@@ -98,6 +98,11 @@ pub enum XlCheck {
     /// out Xen refused every one of them to a new map (per-frame errors of
     /// the same ioctl; vm-memory itself reports success); exit 0.
     PeerForeign(u64),
+    /// Every hand-over with the dom0 peer was signalled on an interdomain
+    /// event channel: the peer bound the port the agent offered (its
+    /// `peer-channel remote_port=` is the agent's `dom0-peer-channel
+    /// port=`), and both sides sent and received events.
+    PeerChannel,
     /// Xen's own count of active (pinned) grant entries of domain `dom`
     /// (`Some(0)`: dom0; `None`: the job's own domain, whatever its domid)
     /// at step `step` (a [`XlStep::Grants`]), the reserved ones left out,
@@ -679,6 +684,7 @@ fn for_arch(arch: Arch) -> Vec<XlScenario> {
             ),
             xl: vec![
                 XlCheck::PeerGrant(&[1, 64, 1024]),
+                XlCheck::PeerChannel,
                 // None of the agent's grants is still mapped by dom0.
                 XlCheck::StepGrantsActive {
                     step: 1,
@@ -716,6 +722,7 @@ fn for_arch(arch: Arch) -> Vec<XlScenario> {
             ),
             xl: vec![
                 XlCheck::PeerGntalloc(1024),
+                XlCheck::PeerChannel,
                 // None of dom0's pages is still mapped by the agent: Xen's
                 // own count (gntalloc's second allocation does not show it).
                 XlCheck::StepGrantsActive {
@@ -755,6 +762,7 @@ fn for_arch(arch: Arch) -> Vec<XlScenario> {
             ),
             xl: vec![
                 XlCheck::PeerForeign(64),
+                XlCheck::PeerChannel,
                 // Xen's count is the agent's last, 64 pages below the start.
                 agent_is_xen(),
                 XlCheck::XenPages(pages(64) + sp - 64),
@@ -1065,6 +1073,36 @@ fn check_xl(c: &XlCheck, job: &XlJobResult, log: &AgentLog, res: &XlResult) -> O
                     "Xen's active grant entries of d{dom} at step {step} (debug key g): {got:?}, expected {count}"
                 )
             })
+        }
+        XlCheck::PeerChannel => {
+            let p = job.steps.iter().find(|r| r.topic == "peer-channel");
+            let a = log.topic("dom0-peer-channel").next();
+            let ev = log.topic("dom0-peer-events").next();
+            let (Some(p), Some(a), Some(ev)) = (p, a, ev) else {
+                return Some(
+                    "no peer-channel record, dom0-peer-channel or dom0-peer-events report".into(),
+                );
+            };
+            let n = |r: Option<&str>| r.and_then(parse_number).unwrap_or(0);
+            if p.get("remote_port") != a.get("port") {
+                Some(format!(
+                    "the peer bound port {:?}, the agent offered {:?}",
+                    p.get("remote_port"),
+                    a.get("port")
+                ))
+            } else if n(p.get("events_sent")) == 0
+                || n(p.get("events_received")) == 0
+                || n(ev.get("sent")) == 0
+                || n(ev.get("received")) == 0
+            {
+                Some(format!(
+                    "events not both ways: peer {p}, agent sent={:?} received={:?}",
+                    ev.get("sent"),
+                    ev.get("received")
+                ))
+            } else {
+                None
+            }
         }
         XlCheck::PeerForeign(n) => {
             let p = job.steps.iter().find(|r| r.topic == "peer-foreign");
