@@ -1833,10 +1833,12 @@ where
     };
     let n = refs.len() as u64;
     let before = vas.used();
+    let t0 = crate::timer::now();
     let gm = match grant::map_grants(hv, t, pt, vas, DomId(0), &refs, false) {
         Ok(m) => m,
         Err(e) => return grant_fail("mapping dom0's gntalloc pages", e),
     };
+    let map_ticks = crate::timer::now().wrapping_sub(t0);
     let mut bad = 0u64;
     let mut page = [0u8; PAGE_SIZE as usize];
     for j in 0..n {
@@ -1860,7 +1862,10 @@ where
         }
     }
     let first: GrantRef = refs[0];
+    let t1 = crate::timer::now();
     let released = gm.release(hv, t, pt, vas);
+    let unmap_ticks = crate::timer::now().wrapping_sub(t1);
+    let hz = crate::timer::system().map_or(0, |c| c.frequency());
     let released_ok = released.is_ok();
     if let Err(e) = released {
         xm_error!("dom0-peer: releasing the mapping: {}", defmt_display(&e));
@@ -1883,14 +1888,17 @@ where
         .find_map(|w| w.strip_prefix("bad="))
         .and_then(|v| v.parse::<u64>().ok());
     xm_info!(
-        "report: dom0-peer-gntalloc pages={=u64} first_ref={=u32} bad_words={=u64} peer_bad_words={=str} released={=str} window_pages_before={=u64} window_pages_after={=u64}",
+        "report: dom0-peer-gntalloc pages={=u64} first_ref={=u32} bad_words={=u64} peer_bad_words={=str} released={=str} window_pages_before={=u64} window_pages_after={=u64} map_ticks={=u64} unmap_ticks={=u64} hz={=u64}",
         n,
         first.0,
         bad,
         peer_bad.map_or(alloc::string::String::from("?"), |b| alloc::format!("{b}")).as_str(),
         if released_ok { "ok" } else { "failed" },
         before,
-        vas.used()
+        vas.used(),
+        map_ticks,
+        unmap_ticks,
+        hz
     );
     if bad == 0 && peer_bad == Some(0) && released_ok && vas.used() == before {
         Verdict::Pass

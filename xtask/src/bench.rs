@@ -132,9 +132,10 @@ pub fn run(args: &[String]) -> Result<ExitCode> {
     let chosen: Vec<&BenchBoot> = all.iter().filter(|b| selected(&a.only, b.name)).collect();
     let host = selected(&a.only, HOST);
     let xlb = selected(&a.only, XL_BALLOON);
-    if chosen.is_empty() && !host && !xlb {
+    let xlg = selected(&a.only, crate::bench_grants::XL_GRANTS);
+    if chosen.is_empty() && !host && !xlb && !xlg {
         bail!(
-            "no benchmark matches {:?} (boots: {}, `{XL_BALLOON}` and `{HOST}`)",
+            "no benchmark matches {:?} (boots: {}, `{XL_BALLOON}`, `xl-grants` and `{HOST}`)",
             a.only,
             all.iter().map(|b| b.name).collect::<Vec<_>>().join(", ")
         );
@@ -226,6 +227,19 @@ pub fn run(args: &[String]) -> Result<ExitCode> {
         String::new()
     };
     md.push_str(&xlb_md);
+    if xlg {
+        let r = crate::setup::setup()
+            .and_then(|env| crate::bench_grants::run(&env, a.verbose, a.timeout));
+        match r {
+            Ok((g, ok)) => {
+                if !ok {
+                    failed.push("xl-grants: a figure is missing (see its table)".into());
+                }
+                md.push_str(&g);
+            }
+            Err(e) => failed.push(format!("xl-grants: {e:#}")),
+        }
+    }
     println!("{md}");
     if let Some(p) = &a.out {
         std::fs::write(p, &md).with_context(|| format!("writing {}", p.display()))?;

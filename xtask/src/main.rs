@@ -16,6 +16,7 @@
 
 mod agent;
 mod bench;
+mod bench_grants;
 mod boot;
 mod cpio;
 mod decode;
