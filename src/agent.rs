@@ -1833,6 +1833,40 @@ where
     };
     let n = refs.len() as u64;
     let before = vas.used();
+    let holes = t.count(RegionKind::Hole);
+    // Bad input first, each refused by Xen with a typed error and nothing
+    // left behind: a reference dom0 never granted (beside a good one: the
+    // batch is refused by reference, the good one undone), and a domain
+    // that does not exist.
+    let never = GrantRef(refs.iter().map(|r| r.0).max().unwrap_or(0) + 1000);
+    let bad_ref = match grant::map_grants(hv, t, pt, vas, DomId(0), &[refs[0], never], false) {
+        Err(crate::grant::GrantError::Refused(f)) => f
+            .first()
+            .filter(|x| x.index == 1 && x.gref == never)
+            .map_or("refused-wrong-entry", |x| x.status.name()),
+        Err(_) => "other-error",
+        Ok(m) => {
+            let _ = m.release(hv, t, pt, vas);
+            "mapped"
+        }
+    };
+    let no_dom = match grant::map_grants(hv, t, pt, vas, DomId(0x7ff0 - 1), &refs[..1], false) {
+        Err(crate::grant::GrantError::Refused(f)) => f.first().map_or("?", |x| x.status.name()),
+        Err(_) => "other-error",
+        Ok(m) => {
+            let _ = m.release(hv, t, pt, vas);
+            "mapped"
+        }
+    };
+    let clean = vas.used() == before && t.count(RegionKind::Hole) == holes;
+    xm_info!(
+        "report: dom0-peer-bad-input never_granted_ref={=u32} ref_status={=str} no_such_domain={} domain_status={=str} nothing_left={=str}",
+        never.0,
+        bad_ref,
+        DomId(0x7ff0 - 1),
+        no_dom,
+        yes(clean)
+    );
     let t0 = crate::timer::now();
     let gm = match grant::map_grants(hv, t, pt, vas, DomId(0), &refs, false) {
         Ok(m) => m,
@@ -1900,7 +1934,14 @@ where
         unmap_ticks,
         hz
     );
-    if bad == 0 && peer_bad == Some(0) && released_ok && vas.used() == before {
+    if bad == 0
+        && peer_bad == Some(0)
+        && released_ok
+        && vas.used() == before
+        && clean
+        && bad_ref != "mapped"
+        && no_dom != "mapped"
+    {
         Verdict::Pass
     } else {
         Verdict::Fail

@@ -718,6 +718,21 @@ fn for_arch(arch: Arch) -> Vec<XlScenario> {
                     field(D1, "dom0-peer-gntalloc", "bad_words", Is::Num(0)),
                     field(D1, "dom0-peer-gntalloc", "released", Is::Text("ok")),
                     field(D1, "dom0-peer-gntalloc", "window_pages_after", Is::Num(0)),
+                    // Bad input, refused by Xen with typed errors, nothing
+                    // left mapped.
+                    field(
+                        D1,
+                        "dom0-peer-bad-input",
+                        "ref_status",
+                        Is::Text("GNTST_bad_gntref"),
+                    ),
+                    field(
+                        D1,
+                        "dom0-peer-bad-input",
+                        "domain_status",
+                        Is::Text("GNTST_bad_domain"),
+                    ),
+                    field(D1, "dom0-peer-bad-input", "nothing_left", Is::Text("yes")),
                 ],
             ),
             xl: vec![
