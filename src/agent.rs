@@ -1730,6 +1730,8 @@ fn dom0_peer_run<H: Hypervisor>(
     if what != cmdline::Dom0Peer::Grant {
         let v = if what == cmdline::Dom0Peer::Gntalloc {
             dom0_peer_gntalloc(hv, xs, t, &mut *pt, &mut vas)
+        } else if what == cmdline::Dom0Peer::PeerDies {
+            dom0_peer_dies(hv, xs, t, &mut *pt, &mut vas)
         } else {
             // The engine's identity map takes the page tables itself.
             drop(pt);
@@ -2060,6 +2062,131 @@ where
         if refused { "refused" } else { "mapped" }
     );
     if peer_bad == Some(0) && released.is_ok() && refused && after.0 + n == cur.0 {
+        Verdict::Pass
+    } else {
+        Verdict::Fail
+    }
+}
+
+/// `dom0-peer=peer-dies`: grant 64 pages to dom0 (`grant` = `1 PAGES
+/// FIRST_REF FIRST_GFN`, as a round of `dom0-peer=grant`); `xenmem-peer
+/// grant-die` maps them, says `1 mapped bad=K` and kills itself with them
+/// mapped. `end_access` is refused while the dead process's mappings
+/// last; the agent retries (yielding the CPU, bounded) until every grant
+/// has ended, then gives the pages back to the table, takes them again and
+/// writes them (reused). Reports `dom0-peer-dies`.
+#[cfg(target_os = "none")]
+fn dom0_peer_dies<H: Hypervisor, N, W>(
+    hv: &H,
+    xs: &mut Handover<'_, H, N, W>,
+    t: &mut RegionTable,
+    pt: &mut impl crate::mapping::MapTarget,
+    vas: &mut crate::mapping::VaSpace,
+) -> Verdict
+where
+    N: FnMut(u32) -> Result<(), XenError>,
+    W: FnMut(u32) -> Result<(), XenError>,
+{
+    use crate::grant::{GrantError, GrantRef, GrantTable};
+    let n = FOREIGN_PAGES;
+    let mut gt = match GrantTable::setup(hv, t, pt, vas, 1) {
+        Ok(g) => g,
+        Err(e) => return grant_fail("table set-up", e),
+    };
+    let held = match t.alloc_frames(
+        PageCount(n + 1),
+        crate::addr::Order::ZERO,
+        ReservedUse::Allocated,
+    ) {
+        Ok(p) => p,
+        Err(e) => return grant_fail("pages", GrantError::Table(e)),
+    };
+    let Ok(pages) = FrameRange::new(Gfn(held.start().0 + 1), PageCount(n)) else {
+        return Verdict::Fail;
+    };
+    let mut refs: Vec<GrantRef> = Vec::new();
+    for j in 0..n {
+        let g = Gfn(pages.start().0 + j);
+        let Some(p) = FrameRange::new(g, PageCount(1)).ok().and_then(page_words) else {
+            return Verdict::Fail;
+        };
+        fill_page(p, round_seed(GRANT_OFFER_SEED, j));
+        match gt.grant_access(t, DomId(0), g, false) {
+            Ok(r) => refs.push(r),
+            Err(e) => return grant_fail("grant_access", e),
+        }
+    }
+    let first = refs[0];
+    xm_info!("report: dom0-peer-ready dir={=str}", DOM0_PEER_DIR);
+    let mapped = xs
+        .write(
+            &alloc::format!("{DOM0_PEER_DIR}/grant"),
+            alloc::format!("1 {n} {} {}", first.0, pages.start().0).as_bytes(),
+        )
+        .and_then(|()| dom0_peer_wait(xs, "peer", "1 mapped"));
+    if let Err(e) = mapped {
+        xm_error!("dom0-peer: xenstore: {}", e);
+        return Verdict::Fail;
+    }
+    let while_mapped = gt.end_access(first);
+    let refused = matches!(while_mapped, Err(GrantError::InUse(_)));
+    // The peer kills itself on this, its mapping in place.
+    if let Err(e) = xs.write(&alloc::format!("{DOM0_PEER_DIR}/agent"), b"1 checked") {
+        xm_error!("dom0-peer: xenstore: {}", e);
+        return Verdict::Fail;
+    }
+    let mut left: Vec<GrantRef> = refs
+        .iter()
+        .copied()
+        .filter(|&r| !(r == first && while_mapped.is_ok()))
+        .collect();
+    let mut polls = 0u32;
+    while !left.is_empty() && polls < GRANT_POLLS {
+        left.retain(|&r| gt.end_access(r).is_err());
+        if !left.is_empty() {
+            let _ = hv.yield_cpu();
+            polls += 1;
+        }
+    }
+    let ended = left.is_empty();
+    // Every page back to the table, then taken again and written.
+    let mut reused = false;
+    if ended && t.free_frames(held, ReservedUse::Allocated).is_ok() {
+        if let Ok(again) = t.alloc_frames(
+            PageCount(n + 1),
+            crate::addr::Order::ZERO,
+            ReservedUse::Allocated,
+        ) {
+            reused = again == held;
+            for j in 1..=n {
+                if let Some(p) = FrameRange::new(Gfn(again.start().0 + j), PageCount(1))
+                    .ok()
+                    .and_then(page_words)
+                {
+                    fill_page(p, round_seed(GRANT_ANSWER_SEED, j));
+                    reused &= page_mismatches(p, round_seed(GRANT_ANSWER_SEED, j), 0) == 0;
+                }
+            }
+            reused &= t.free_frames(again, ReservedUse::Allocated).is_ok();
+        }
+    }
+    if ended {
+        if let Err(e) = gt.release(hv, t, pt, vas) {
+            return grant_fail("table release", e);
+        }
+    } else {
+        core::mem::forget(gt);
+    }
+    xm_info!(
+        "report: dom0-peer-dies pages={=u64} first_ref={=u32} end_while_mapped={=str} ended_after_death={=str} polls={=u32} reused={=str}",
+        n,
+        first.0,
+        if refused { "refused" } else { "ended" },
+        yes(ended),
+        polls,
+        yes(reused)
+    );
+    if refused && ended && reused {
         Verdict::Pass
     } else {
         Verdict::Fail

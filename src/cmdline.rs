@@ -95,6 +95,10 @@ pub enum Dom0Peer {
     /// dom0 has unmapped, the agent balloons exactly those frames out, and
     /// dom0's new foreign map of them fails instead of reading stale data.
     Foreign,
+    /// dom0 maps 64 granted pages and is killed with them mapped: the
+    /// agent's `end_access` is refused until the dead process's mappings
+    /// are gone, then every grant ends and every page is reused.
+    PeerDies,
 }
 
 /// The options the agent understands.
@@ -356,9 +360,10 @@ impl Options {
                     "grant" => Some(Dom0Peer::Grant),
                     "gntalloc" => Some(Dom0Peer::Gntalloc),
                     "foreign" => Some(Dom0Peer::Foreign),
+                    "peer-dies" => Some(Dom0Peer::PeerDies),
                     _ => None,
                 },
-                "`grant`, `gntalloc` or `foreign`"
+                "`grant`, `gntalloc`, `foreign` or `peer-dies`"
             ),
             "probe" => set!(
                 probe,

@@ -251,6 +251,49 @@ pub fn run(domid: u16, timeout: Duration) -> io::Result<bool> {
     Ok(all_ok)
 }
 
+/// `xenmem-peer grant-die`: map the agent's one round of grants, check
+/// them, say `1 mapped bad=K`, and die by SIGKILL with them mapped (no
+/// destructor runs; Linux tears the gntdev mappings down with the process).
+pub fn die(domid: u16, timeout: Duration) -> io::Result<bool> {
+    let deadline = Instant::now() + timeout;
+    let dir = format!("/local/domain/{domid}/data/xenmem");
+    let Some(mut xs) = Handover::connect(domid, &dir, deadline)? else {
+        println!("peer-no-channel");
+        return Ok(false);
+    };
+    let Some(v) = xs.wait_for(&format!("{dir}/grant"), "1 ", AGENT_ENDS, deadline)? else {
+        println!("peer-grant-die-timeout");
+        return Ok(false);
+    };
+    let f: Vec<u64> = v
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    let (n, first) = match f[..] {
+        [1, n, first, _] if n > 0 && n <= 4096 && first <= u64::from(u32::MAX) => (n, first as u32),
+        _ => {
+            println!("peer-grant-die-malformed value=\"{v}\"");
+            return Ok(false);
+        }
+    };
+    let gm = map(domid, first, n).map_err(io::Error::other)?;
+    let base = GuestAddress(GRANT_ADDR | (u64::from(first) * PAGE));
+    let bad = mismatches(&gm, base, n, OFFER_SEED)?;
+    xs.write(&format!("{dir}/peer"), &format!("1 mapped bad={bad}"))?;
+    // Dies only once the agent has tried to end a grant under the mapping.
+    let checked = xs
+        .wait_for(&format!("{dir}/agent"), "1 checked", AGENT_ENDS, deadline)?
+        .filter(|v| !AGENT_ENDS.contains(&v.as_str()));
+    println!(
+        "peer-grant-die pages={n} first_ref={first} bad_words={bad} agent_checked={} then=sigkill",
+        if checked.is_some() { "yes" } else { "no" }
+    );
+    // SAFETY: raise has no memory effects; the process ends here.
+    unsafe { libc::raise(libc::SIGKILL) };
+    drop(gm);
+    Ok(false)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -181,6 +181,7 @@ fn usage() -> ExitCode {
          \x20      xenmem-peer grant DOMID TIMEOUT_S\n\
          \x20      xenmem-peer gntalloc DOMID TIMEOUT_S\n\
          \x20      xenmem-peer foreign DOMID TIMEOUT_S\n\
+         \x20      xenmem-peer grant-die DOMID TIMEOUT_S\n\
          \x20      xenmem-peer uptime-cs"
     );
     ExitCode::from(2)
@@ -218,6 +219,22 @@ fn main() -> ExitCode {
                 Ok(false) => ExitCode::from(1),
                 Err(e) => {
                     eprintln!("xenmem-peer: grant: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Some("grant-die") => {
+            let n = |i: usize| args.get(i).and_then(|a| a.parse::<u64>().ok());
+            let (Some(domid), Some(timeout)) = (n(1), n(2)) else {
+                return usage();
+            };
+            let Ok(domid) = u16::try_from(domid) else {
+                return usage();
+            };
+            match grant::die(domid, Duration::from_secs(timeout)) {
+                Ok(_) => ExitCode::from(1),
+                Err(e) => {
+                    eprintln!("xenmem-peer: grant-die: {e}");
                     ExitCode::from(2)
                 }
             }

@@ -1129,7 +1129,7 @@ impl XlStep {
             ("unpause", None) => XlStep::Unpause,
             _ => bail!(
                 "step `{s}`: use mem-set=MIB, wait-mib=MIB[:SECS], xen-reach=MIB[:SECS], \
-                 wait-xs=PATH[:SECS], wait-log=TEXT:SECS, peer=grant|gntalloc|foreign[:SECS], pages, grants, cpu, sleep=SECS, \
+                 wait-xs=PATH[:SECS], wait-log=TEXT:SECS, peer=grant|gntalloc|foreign|grant-die[:SECS], pages, grants, cpu, sleep=SECS, \
                  xs-read=PATH, xs-write=PATH=VALUE, shutdown, reboot, destroy or unpause"
             ),
         };
@@ -1174,9 +1174,12 @@ fn check_step(step: &XlStep) -> Result<()> {
             bail!("log text `{text}`: letters, digits, `-`, `_`, `.`, `:` and `=` only")
         }
         XlStep::Peer { command, .. }
-            if !matches!(command.as_str(), "grant" | "gntalloc" | "foreign") =>
+            if !matches!(
+                command.as_str(),
+                "grant" | "gntalloc" | "foreign" | "grant-die"
+            ) =>
         {
-            bail!("peer command `{command}`: `grant`, `gntalloc` or `foreign`")
+            bail!("peer command `{command}`: `grant`, `gntalloc`, `foreign` or `grant-die`")
         }
         XlStep::WaitMib { timeout: d, .. }
         | XlStep::WaitLog { timeout: d, .. }

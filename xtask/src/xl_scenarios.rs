@@ -103,6 +103,10 @@ pub enum XlCheck {
     /// `peer-channel remote_port=` is the agent's `dom0-peer-channel
     /// port=`), and both sides sent and received events.
     PeerChannel,
+    /// The dom0 peer (`xenmem-peer grant-die`) mapped and checked the
+    /// agent's grants and was killed (SIGKILL, exit status 137) with them
+    /// mapped.
+    PeerKilled,
     /// Xen's own count of active (pinned) grant entries of domain `dom`
     /// (`Some(0)`: dom0; `None`: the job's own domain, whatever its domid)
     /// at step `step` (a [`XlStep::Grants`]), the reserved ones left out,
@@ -785,6 +789,46 @@ fn for_arch(arch: Arch) -> Vec<XlScenario> {
             ],
         },
         XlScenario {
+            // The peer is killed with the agent's grants mapped.
+            name: name("x86_64-xl-peer-killed", "aarch64-xl-peer-killed"),
+            arch,
+            memory_mib: 64,
+            maxmem_mib: None,
+            agent_opts: &["dom0-peer=peer-dies"],
+            shutdown: Some("poweroff"),
+            steps: vec![
+                XlStep::Peer {
+                    command: "grant-die".into(),
+                    timeout: Duration::from_secs(60),
+                },
+                XlStep::Grants,
+            ],
+            checks: with(
+                domu(arch, 64),
+                [
+                    field(
+                        D1,
+                        "dom0-peer-dies",
+                        "end_while_mapped",
+                        Is::Text("refused"),
+                    ),
+                    field(D1, "dom0-peer-dies", "ended_after_death", Is::Text("yes")),
+                    field(D1, "dom0-peer-dies", "reused", Is::Text("yes")),
+                ],
+            ),
+            xl: vec![
+                XlCheck::PeerKilled,
+                // Nothing of the dead process's mappings is left in Xen.
+                XlCheck::StepGrantsActive {
+                    step: 1,
+                    dom: None,
+                    count: 0,
+                },
+                agent_is_xen(),
+                XlCheck::NothingLost,
+            ],
+        },
+        XlScenario {
             name: name("x86_64-xl-contig", "aarch64-xl-contig"),
             arch,
             memory_mib: 64,
@@ -1088,6 +1132,24 @@ fn check_xl(c: &XlCheck, job: &XlJobResult, log: &AgentLog, res: &XlResult) -> O
                     "Xen's active grant entries of d{dom} at step {step} (debug key g): {got:?}, expected {count}"
                 )
             })
+        }
+        XlCheck::PeerKilled => {
+            let p = job.steps.iter().find(|r| r.topic == "peer-grant-die");
+            let exit = job.steps.iter().find(|r| r.topic == "peer-exit");
+            match (p, exit) {
+                (Some(p), Some(e))
+                    if p.get("bad_words") == Some("0")
+                        && p.get("agent_checked") == Some("yes")
+                        && e.get("status") == Some("137") =>
+                {
+                    None
+                }
+                _ => Some(format!(
+                    "the peer did not map, check and die by SIGKILL: {:?} / {:?}",
+                    p.map(|r| r.to_string()),
+                    exit.map(|r| r.to_string())
+                )),
+            }
         }
         XlCheck::PeerChannel => {
             let p = job.steps.iter().find(|r| r.topic == "peer-channel");
