@@ -1732,6 +1732,8 @@ fn dom0_peer_run<H: Hypervisor>(
             dom0_peer_gntalloc(hv, xs, t, &mut *pt, &mut vas)
         } else if what == cmdline::Dom0Peer::PeerDies {
             dom0_peer_dies(hv, xs, t, &mut *pt, &mut vas)
+        } else if what == cmdline::Dom0Peer::EndedMidUse {
+            dom0_peer_ended_mid_use(hv, xs, t, &mut *pt, &mut vas)
         } else {
             // The engine's identity map takes the page tables itself.
             drop(pt);
@@ -2187,6 +2189,96 @@ where
         yes(reused)
     );
     if refused && ended && reused {
+        Verdict::Pass
+    } else {
+        Verdict::Fail
+    }
+}
+
+/// `dom0-peer=ended-mid-use`: map dom0's gntalloc grants (`alloc` = `1
+/// PAGES RANGES`) in one batch, check them, say `1 mapped`; dom0 ends
+/// them under the mapping and says `1 ended`; the pages must still read
+/// the same through the mapping and take writes, and the release must
+/// work. Reports `dom0-peer-ended-mid-use`.
+#[cfg(target_os = "none")]
+fn dom0_peer_ended_mid_use<H: Hypervisor, N, W>(
+    hv: &H,
+    xs: &mut Handover<'_, H, N, W>,
+    t: &mut RegionTable,
+    pt: &mut impl crate::mapping::MapTarget,
+    vas: &mut crate::mapping::VaSpace,
+) -> Verdict
+where
+    N: FnMut(u32) -> Result<(), XenError>,
+    W: FnMut(u32) -> Result<(), XenError>,
+{
+    use crate::grant::{self, Bytes};
+    xm_info!("report: dom0-peer-ready dir={=str}", DOM0_PEER_DIR);
+    let v = match dom0_peer_wait(xs, "alloc", "1 ") {
+        Ok(v) => v,
+        Err(e) => {
+            xm_error!("dom0-peer: xenstore: {}", e);
+            return Verdict::Fail;
+        }
+    };
+    let Some(refs) = parse_ref_ranges(&v) else {
+        xm_error!(
+            "dom0-peer: alloc = \"{=str}\" is not `1 PAGES RANGES`",
+            printable_value(&v)
+        );
+        return Verdict::Fail;
+    };
+    let n = refs.len() as u64;
+    let before = vas.used();
+    let gm = match grant::map_grants(hv, t, pt, vas, DomId(0), &refs, false) {
+        Ok(m) => m,
+        Err(e) => return grant_fail("mapping dom0's gntalloc pages", e),
+    };
+    let count_bad = |gm: &crate::grant::GrantMap| -> u64 {
+        let mut bad = 0u64;
+        let mut page = [0u8; PAGE_SIZE as usize];
+        for j in 0..n {
+            if gm.read(j * PAGE_SIZE, &mut page).is_err() {
+                bad += PAGE_SIZE / 8;
+                continue;
+            }
+            for (i, w) in page.chunks_exact(8).enumerate() {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(w);
+                if u64::from_le_bytes(b) != round_seed(GNTALLOC_SEED, j) ^ i as u64 {
+                    bad += 1;
+                }
+            }
+        }
+        bad
+    };
+    let bad_before = count_bad(&gm);
+    let ended = xs
+        .write(&alloc::format!("{DOM0_PEER_DIR}/agent"), b"1 mapped")
+        .and_then(|()| dom0_peer_wait(xs, "peer", "1 ended"));
+    if let Err(e) = ended {
+        xm_error!("dom0-peer: xenstore: {}", e);
+        let _ = gm.release(hv, t, pt, vas);
+        return Verdict::Fail;
+    }
+    // Ended by dom0 under the mapping: still the same pages.
+    let bad_after = count_bad(&gm);
+    let wrote = gm.write(0, &[0x5a; 8]).is_ok();
+    let released = gm.release(hv, t, pt, vas);
+    if let Err(e) = &released {
+        xm_error!("dom0-peer: releasing the mapping: {}", defmt_display(e));
+    }
+    let _ = xs.write(&alloc::format!("{DOM0_PEER_DIR}/agent"), b"1 released");
+    xm_info!(
+        "report: dom0-peer-ended-mid-use pages={=u64} bad_words_before={=u64} bad_words_after_end={=u64} wrote_after_end={=str} released={=str} window_pages_after={=u64}",
+        n,
+        bad_before,
+        bad_after,
+        yes(wrote),
+        if released.is_ok() { "ok" } else { "failed" },
+        vas.used()
+    );
+    if bad_before == 0 && bad_after == 0 && wrote && released.is_ok() && vas.used() == before {
         Verdict::Pass
     } else {
         Verdict::Fail

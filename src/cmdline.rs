@@ -99,6 +99,10 @@ pub enum Dom0Peer {
     /// agent's `end_access` is refused until the dead process's mappings
     /// are gone, then every grant ends and every page is reused.
     PeerDies,
+    /// dom0 grants 64 pages through gntalloc and ends the grants while the
+    /// agent maps them: the agent's mapping stays good (Xen keeps the
+    /// pages while mapped) and its release works.
+    EndedMidUse,
 }
 
 /// The options the agent understands.
@@ -361,9 +365,10 @@ impl Options {
                     "gntalloc" => Some(Dom0Peer::Gntalloc),
                     "foreign" => Some(Dom0Peer::Foreign),
                     "peer-dies" => Some(Dom0Peer::PeerDies),
+                    "ended-mid-use" => Some(Dom0Peer::EndedMidUse),
                     _ => None,
                 },
-                "`grant`, `gntalloc`, `foreign` or `peer-dies`"
+                "`grant`, `gntalloc`, `foreign`, `peer-dies` or `ended-mid-use`"
             ),
             "probe" => set!(
                 probe,

@@ -233,6 +233,63 @@ pub fn run(domid: u16, timeout: Duration) -> io::Result<bool> {
     Ok(ok)
 }
 
+/// `xenmem-peer gntalloc-end`: grant 64 pages to the agent, and once it
+/// has mapped them end the grants under it (munmap and
+/// `IOCTL_GNTALLOC_DEALLOC_GREF` while the agent still maps them); say
+/// `1 ended` and wait for the agent to release them.
+pub fn end_mid_use(domid: u16, timeout: Duration) -> io::Result<bool> {
+    let deadline = Instant::now() + timeout;
+    let dir = format!("/local/domain/{domid}/data/xenmem");
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/xen/gntalloc")?;
+    let Some(mut xs) = Handover::connect(domid, &dir, deadline)? else {
+        println!("peer-no-channel");
+        return Ok(false);
+    };
+    let a = Alloc::new(&file, domid, 64)?;
+    let n = a.refs.len();
+    for j in 0..n {
+        for i in 0..PAGE / 8 {
+            a.set_word(j, i, word(SEED, j as u64, i as u64));
+        }
+    }
+    xs.write(
+        &format!("{dir}/alloc"),
+        &format!("1 {n} {}", ranges(&a.refs)),
+    )?;
+    let mapped = xs
+        .wait_for(
+            &format!("{dir}/agent"),
+            "1 mapped",
+            &["done", "failed"],
+            deadline,
+        )?
+        .filter(|v| v.starts_with("1 mapped"));
+    let first = a.refs[0];
+    // Ended under the agent's mapping.
+    drop(a);
+    xs.write(&format!("{dir}/peer"), "1 ended")?;
+    // `done` comes right after `1 released` and may overwrite it first.
+    let released = xs
+        .wait_for(
+            &format!("{dir}/agent"),
+            "1 released",
+            &["done", "failed"],
+            deadline,
+        )?
+        .filter(|v| v.starts_with("1 released") || v == "done");
+    println!(
+        "peer-gntalloc-end pages={n} first_ref={first} agent_mapped={} ended=yes agent_released={}",
+        if mapped.is_some() { "yes" } else { "no" },
+        if released.is_some() { "yes" } else { "no" }
+    );
+    let _ = xs.wait_for(&format!("{dir}/agent"), "done", &["failed"], deadline)?;
+    println!("{}", xs.record());
+    Ok(mapped.is_some() && released.is_some())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -180,6 +180,7 @@ fn usage() -> ExitCode {
         "usage: xenmem-peer reach DOMID KIB TOLERANCE_KIB TIMEOUT_CS SINCE_CS [EVERY_MS]\n\
          \x20      xenmem-peer grant DOMID TIMEOUT_S\n\
          \x20      xenmem-peer gntalloc DOMID TIMEOUT_S\n\
+         \x20      xenmem-peer gntalloc-end DOMID TIMEOUT_S\n\
          \x20      xenmem-peer foreign DOMID TIMEOUT_S\n\
          \x20      xenmem-peer grant-die DOMID TIMEOUT_S\n\
          \x20      xenmem-peer uptime-cs"
@@ -252,6 +253,23 @@ fn main() -> ExitCode {
                 Ok(false) => ExitCode::from(1),
                 Err(e) => {
                     eprintln!("xenmem-peer: foreign: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Some("gntalloc-end") => {
+            let n = |i: usize| args.get(i).and_then(|a| a.parse::<u64>().ok());
+            let (Some(domid), Some(timeout)) = (n(1), n(2)) else {
+                return usage();
+            };
+            let Ok(domid) = u16::try_from(domid) else {
+                return usage();
+            };
+            match gntalloc::end_mid_use(domid, Duration::from_secs(timeout)) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::from(1),
+                Err(e) => {
+                    eprintln!("xenmem-peer: gntalloc-end: {e}");
                     ExitCode::from(2)
                 }
             }

@@ -107,6 +107,9 @@ pub enum XlCheck {
     /// agent's grants and was killed (SIGKILL, exit status 137) with them
     /// mapped.
     PeerKilled,
+    /// The dom0 peer (`xenmem-peer gntalloc-end`) ended its grants while
+    /// the agent mapped them, and saw the agent map and release them.
+    PeerEndedMidUse,
     /// Xen's own count of active (pinned) grant entries of domain `dom`
     /// (`Some(0)`: dom0; `None`: the job's own domain, whatever its domid)
     /// at step `step` (a [`XlStep::Grants`]), the reserved ones left out,
@@ -789,6 +792,56 @@ fn for_arch(arch: Arch) -> Vec<XlScenario> {
             ],
         },
         XlScenario {
+            // dom0 ends its gntalloc grants while the agent maps them.
+            name: name(
+                "x86_64-xl-peer-ended-mid-use",
+                "aarch64-xl-peer-ended-mid-use",
+            ),
+            arch,
+            memory_mib: 64,
+            maxmem_mib: None,
+            agent_opts: &["dom0-peer=ended-mid-use"],
+            shutdown: Some("poweroff"),
+            steps: vec![
+                XlStep::Peer {
+                    command: "gntalloc-end".into(),
+                    timeout: Duration::from_secs(60),
+                },
+                XlStep::Grants,
+            ],
+            checks: with(
+                domu(arch, 64),
+                [
+                    field(D1, "dom0-peer-ended-mid-use", "pages", Is::Num(64)),
+                    field(
+                        D1,
+                        "dom0-peer-ended-mid-use",
+                        "bad_words_after_end",
+                        Is::Num(0),
+                    ),
+                    field(D1, "dom0-peer-ended-mid-use", "released", Is::Text("ok")),
+                    field(
+                        D1,
+                        "dom0-peer-ended-mid-use",
+                        "window_pages_after",
+                        Is::Num(0),
+                    ),
+                ],
+            ),
+            xl: vec![
+                XlCheck::PeerEndedMidUse,
+                XlCheck::PeerChannel,
+                // dom0's ended grants are no longer pinned once released.
+                XlCheck::StepGrantsActive {
+                    step: 1,
+                    dom: Some(0),
+                    count: 0,
+                },
+                agent_is_xen(),
+                XlCheck::NothingLost,
+            ],
+        },
+        XlScenario {
             // The peer is killed with the agent's grants mapped.
             name: name("x86_64-xl-peer-killed", "aarch64-xl-peer-killed"),
             arch,
@@ -1132,6 +1185,22 @@ fn check_xl(c: &XlCheck, job: &XlJobResult, log: &AgentLog, res: &XlResult) -> O
                     "Xen's active grant entries of d{dom} at step {step} (debug key g): {got:?}, expected {count}"
                 )
             })
+        }
+        XlCheck::PeerEndedMidUse => {
+            let p = job.steps.iter().find(|r| r.topic == "peer-gntalloc-end");
+            match p {
+                Some(p)
+                    if p.get("agent_mapped") == Some("yes")
+                        && p.get("ended") == Some("yes")
+                        && p.get("agent_released") == Some("yes") =>
+                {
+                    None
+                }
+                _ => Some(format!(
+                    "the peer did not end its grants under the agent's mapping: {:?}",
+                    p.map(|r| r.to_string())
+                )),
+            }
         }
         XlCheck::PeerKilled => {
             let p = job.steps.iter().find(|r| r.topic == "peer-grant-die");
