@@ -1598,6 +1598,58 @@ fn round_seed(seed: u64, j: u64) -> u64 {
     seed ^ (j << 20)
 }
 
+/// Frames for an exchange with dom0: `n` frames of free RAM, each filled
+/// with `seed`'s pattern ([`round_seed`]); returns what the table holds
+/// (one frame more than `n`: the first free frame may be frame 0, which is
+/// no pointer), the `n` frames used, and their words. Logged and `None` if
+/// there is no room or a frame is not identity-mapped.
+#[cfg(target_os = "none")]
+fn pattern_pages(
+    t: &mut RegionTable,
+    n: u64,
+    seed: u64,
+) -> Option<(FrameRange, FrameRange, Vec<*mut u64>)> {
+    let held = match t.alloc_frames(
+        PageCount(n + 1),
+        crate::addr::Order::ZERO,
+        ReservedUse::Allocated,
+    ) {
+        Ok(p) => p,
+        Err(e) => {
+            xm_error!("dom0-peer: pages: {}", defmt_display(&e));
+            return None;
+        }
+    };
+    let pages = FrameRange::new(Gfn(held.start().0 + 1), PageCount(n)).ok()?;
+    let mut words = Vec::new();
+    for j in 0..n {
+        let Some(p) = FrameRange::new(Gfn(pages.start().0 + j), PageCount(1))
+            .ok()
+            .and_then(page_words)
+        else {
+            xm_error!("dom0-peer: page not identity-mapped");
+            return None;
+        };
+        fill_page(p, round_seed(seed, j));
+        words.push(p);
+    }
+    Some((held, pages, words))
+}
+
+/// The peer's count in a value such as `1 read bad=K`.
+#[cfg(target_os = "none")]
+fn peer_bad_words(v: &str) -> Option<u64> {
+    v.split_whitespace()
+        .find_map(|w| w.strip_prefix("bad="))
+        .and_then(|v| v.parse::<u64>().ok())
+}
+
+/// A count for a report, `?` if there is none.
+#[cfg(target_os = "none")]
+fn or_unknown(v: Option<u64>) -> alloc::string::String {
+    v.map_or(alloc::string::String::from("?"), |b| alloc::format!("{b}"))
+}
+
 /// The agent's side of the hand-overs with the dom0 peer: values in
 /// xenstore under [`DOM0_PEER_DIR`], each one followed by an event on an
 /// interdomain channel the agent offered dom0 (`port`, published there);
@@ -1921,16 +1973,13 @@ where
             return Verdict::Fail;
         }
     };
-    let peer_bad = freed
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("bad="))
-        .and_then(|v| v.parse::<u64>().ok());
+    let peer_bad = peer_bad_words(&freed);
     xm_info!(
         "report: dom0-peer-gntalloc pages={=u64} first_ref={=u32} bad_words={=u64} peer_bad_words={=str} released={=str} window_pages_before={=u64} window_pages_after={=u64} map_ticks={=u64} unmap_ticks={=u64} hz={=u64}",
         n,
         first.0,
         bad,
-        peer_bad.map_or(alloc::string::String::from("?"), |b| alloc::format!("{b}")).as_str(),
+        or_unknown(peer_bad).as_str(),
         if released_ok { "ok" } else { "failed" },
         before,
         vas.used(),
@@ -1979,31 +2028,9 @@ where
 {
     let key = |k: &str| alloc::format!("{DOM0_PEER_DIR}/{k}");
     let n = FOREIGN_PAGES;
-    // One frame more: the first free frame may be frame 0.
-    let held = match t.alloc_frames(
-        PageCount(n + 1),
-        crate::addr::Order::ZERO,
-        ReservedUse::Allocated,
-    ) {
-        Ok(p) => p,
-        Err(e) => {
-            xm_error!("dom0-peer: pages: {}", defmt_display(&e));
-            return Verdict::Fail;
-        }
-    };
-    let Ok(pages) = FrameRange::new(Gfn(held.start().0 + 1), PageCount(n)) else {
+    let Some((held, pages, _)) = pattern_pages(t, n, FOREIGN_SEED) else {
         return Verdict::Fail;
     };
-    for j in 0..n {
-        let Some(p) = FrameRange::new(Gfn(pages.start().0 + j), PageCount(1))
-            .ok()
-            .and_then(page_words)
-        else {
-            xm_error!("dom0-peer: page not identity-mapped");
-            return Verdict::Fail;
-        };
-        fill_page(p, round_seed(FOREIGN_SEED, j));
-    }
     xm_info!("report: dom0-peer-ready dir={=str}", DOM0_PEER_DIR);
     let read = xs
         .write(
@@ -2018,10 +2045,7 @@ where
             return Verdict::Fail;
         }
     };
-    let peer_bad = read
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("bad="))
-        .and_then(|v| v.parse::<u64>().ok());
+    let peer_bad = peer_bad_words(&read);
     // dom0 has unmapped them: back to the table as free RAM, then out.
     if let Err(e) = t.free_frames(held, ReservedUse::Allocated) {
         xm_error!("dom0-peer: freeing the pages: {}", defmt_display(&e));
@@ -2057,7 +2081,7 @@ where
         "report: dom0-peer-foreign pages={=u64} first_gfn={} peer_bad_words={=str} released={=str} current_before={} current_after={} remap={=str}",
         n,
         pages.start(),
-        peer_bad.map_or(alloc::string::String::from("?"), |b| alloc::format!("{b}")).as_str(),
+        or_unknown(peer_bad).as_str(),
         if released.is_ok() { "ok" } else { "failed" },
         cur,
         after,
@@ -2095,24 +2119,12 @@ where
         Ok(g) => g,
         Err(e) => return grant_fail("table set-up", e),
     };
-    let held = match t.alloc_frames(
-        PageCount(n + 1),
-        crate::addr::Order::ZERO,
-        ReservedUse::Allocated,
-    ) {
-        Ok(p) => p,
-        Err(e) => return grant_fail("pages", GrantError::Table(e)),
-    };
-    let Ok(pages) = FrameRange::new(Gfn(held.start().0 + 1), PageCount(n)) else {
+    let Some((held, pages, _)) = pattern_pages(t, n, GRANT_OFFER_SEED) else {
         return Verdict::Fail;
     };
     let mut refs: Vec<GrantRef> = Vec::new();
     for j in 0..n {
         let g = Gfn(pages.start().0 + j);
-        let Some(p) = FrameRange::new(g, PageCount(1)).ok().and_then(page_words) else {
-            return Verdict::Fail;
-        };
-        fill_page(p, round_seed(GRANT_OFFER_SEED, j));
         match gt.grant_access(t, DomId(0), g, false) {
             Ok(r) => refs.push(r),
             Err(e) => return grant_fail("grant_access", e),
@@ -2340,31 +2352,9 @@ where
     let mut ok = true;
     for (round, &n) in DOM0_PEER_ROUNDS.iter().enumerate() {
         let round = round as u64 + 1;
-        // One frame more than needed: the first free frame may be frame 0,
-        // which is no pointer; the pages used start after it.
-        let held = match t.alloc_frames(
-            PageCount(n + 1),
-            crate::addr::Order::ZERO,
-            ReservedUse::Allocated,
-        ) {
-            Ok(p) => p,
-            Err(e) => return grant_fail("pages", GrantError::Table(e)),
-        };
-        let Ok(pages) = FrameRange::new(Gfn(held.start().0 + 1), PageCount(n)) else {
+        let Some((held, pages, words)) = pattern_pages(t, n, GRANT_OFFER_SEED) else {
             return Verdict::Fail;
         };
-        let mut words = Vec::new();
-        for j in 0..n {
-            let Some(p) = FrameRange::new(Gfn(pages.start().0 + j), PageCount(1))
-                .ok()
-                .and_then(page_words)
-            else {
-                xm_error!("dom0-peer: page not identity-mapped");
-                return Verdict::Fail;
-            };
-            fill_page(p, round_seed(GRANT_OFFER_SEED, j));
-            words.push(p);
-        }
         let mut refs: Vec<GrantRef> = Vec::new();
         for j in 0..n {
             match gt.grant_access(t, DomId(0), Gfn(pages.start().0 + j), false) {
@@ -2439,10 +2429,7 @@ where
             }
         };
         // The peer's own verdict on our pattern: `ROUND mapped bad=K`.
-        let peer_bad = mapped
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("bad="))
-            .and_then(|v| v.parse::<u64>().ok());
+        let peer_bad = peer_bad_words(&mapped);
         let refused = matches!(while_mapped, Err(GrantError::InUse(_)));
         let remap_refused = remap.split_whitespace().nth(1) == Some("remap-refused");
         xm_info!(
@@ -2451,7 +2438,7 @@ where
             n,
             first.0,
             pages.start(),
-            peer_bad.map_or(alloc::string::String::from("?"), |b| alloc::format!("{b}")).as_str(),
+            or_unknown(peer_bad).as_str(),
             bad,
             if refused { "refused" } else if while_mapped.is_ok() { "ended" } else { "error" },
             failed_ends,

@@ -1,17 +1,13 @@
 //! `xenmem-peer foreign`: the agent's frames mapped as a rust-vmm
 //! vm-memory FOREIGN region (Linux's privcmd, `IOCTL_PRIVCMD_MMAPBATCH_V2`).
 
-use std::fs::OpenOptions;
 use std::io;
 use std::time::{Duration, Instant};
 
-use vm_memory::{
-    Bytes, FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap, MmapRange, MmapRegion,
-    MmapXenFlags,
-};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap, MmapXenFlags};
 
 use crate::evtchn::Handover;
-use crate::grant::word;
+use crate::grant::{word, xen_region};
 use crate::privcmd::Privcmd;
 
 /// What the agent writes in the frames (its `FOREIGN_SEED`, src/agent.rs).
@@ -20,23 +16,13 @@ const PAGE: u64 = 4096;
 
 /// Map `n` frames of `domid` from `gfn` as one vm-memory region.
 fn map(domid: u16, gfn: u64, n: u64) -> Result<GuestMemoryMmap, String> {
-    let f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/xen/privcmd")
-        .map_err(|e| format!("/dev/xen/privcmd: {e}"))?;
-    let addr = GuestAddress(gfn * PAGE);
-    let size = usize::try_from(n * PAGE).map_err(|_| "size".to_string())?;
-    let range = MmapRange::new(
-        size,
-        Some(FileOffset::new(f, 0)),
-        addr,
-        MmapXenFlags::FOREIGN.bits(),
-        u32::from(domid),
-    );
-    let region = MmapRegion::<()>::from_range(range).map_err(|e| format!("{e}"))?;
-    let r = GuestRegionMmap::new(region, addr).map_err(|e| format!("{e}"))?;
-    GuestMemoryMmap::from_regions(vec![r]).map_err(|e| format!("{e}"))
+    xen_region(
+        "/dev/xen/privcmd",
+        MmapXenFlags::FOREIGN,
+        domid,
+        GuestAddress(gfn * PAGE),
+        n,
+    )
 }
 
 fn mismatches(gm: &GuestMemoryMmap, gfn: u64, n: u64) -> io::Result<u64> {

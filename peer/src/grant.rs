@@ -74,18 +74,31 @@ pub fn word(seed: u64, j: u64, i: u64) -> u64 {
 /// Map `n` consecutive grant references of `domid` from `first` as one
 /// vm-memory region.
 fn map(domid: u16, first: u32, n: u64) -> Result<GuestMemoryMmap, String> {
+    let addr = GuestAddress(GRANT_ADDR | (u64::from(first) * PAGE));
+    xen_region("/dev/xen/gntdev", MmapXenFlags::GRANT, domid, addr, n)
+}
+
+/// One vm-memory region of `n` pages at `addr` of `domid`, of Xen kind
+/// `flags` (GRANT through gntdev, FOREIGN through privcmd: `dev`), as
+/// vm-memory's own documentation builds one.
+pub fn xen_region(
+    dev: &str,
+    flags: MmapXenFlags,
+    domid: u16,
+    addr: GuestAddress,
+    n: u64,
+) -> Result<GuestMemoryMmap, String> {
     let f = OpenOptions::new()
         .read(true)
         .write(true)
-        .open("/dev/xen/gntdev")
-        .map_err(|e| format!("/dev/xen/gntdev: {e}"))?;
-    let addr = GuestAddress(GRANT_ADDR | (u64::from(first) * PAGE));
+        .open(dev)
+        .map_err(|e| format!("{dev}: {e}"))?;
     let size = usize::try_from(n * PAGE).map_err(|_| "size".to_string())?;
     let range = MmapRange::new(
         size,
         Some(FileOffset::new(f, 0)),
         addr,
-        MmapXenFlags::GRANT.bits(),
+        flags.bits(),
         u32::from(domid),
     );
     let region = MmapRegion::<()>::from_range(range).map_err(|e| format!("{e}"))?;

@@ -175,6 +175,17 @@ fn reach(r: Reach) -> io::Result<String> {
     }
 }
 
+/// The exchanges with the agent: `xenmem-peer CMD DOMID TIMEOUT_S`; each
+/// prints its records and says whether everything went as it must.
+type Exchange = fn(u16, Duration) -> std::io::Result<bool>;
+const EXCHANGES: &[(&str, Exchange)] = &[
+    ("grant", grant::run),
+    ("grant-die", grant::die),
+    ("gntalloc", gntalloc::run),
+    ("gntalloc-end", gntalloc::end_mid_use),
+    ("foreign", foreign::run),
+];
+
 fn usage() -> ExitCode {
     eprintln!(
         "usage: xenmem-peer reach DOMID KIB TOLERANCE_KIB TIMEOUT_CS SINCE_CS [EVERY_MS]\n\
@@ -207,7 +218,7 @@ fn main() -> ExitCode {
                 usage()
             }
         },
-        Some("grant") => {
+        Some(cmd) if EXCHANGES.iter().any(|(c, _)| *c == cmd) => {
             let n = |i: usize| args.get(i).and_then(|a| a.parse::<u64>().ok());
             let (Some(domid), Some(timeout)) = (n(1), n(2)) else {
                 return usage();
@@ -215,78 +226,14 @@ fn main() -> ExitCode {
             let Ok(domid) = u16::try_from(domid) else {
                 return usage();
             };
-            match grant::run(domid, Duration::from_secs(timeout)) {
+            let Some((_, run)) = EXCHANGES.iter().find(|(c, _)| *c == cmd) else {
+                return usage();
+            };
+            match run(domid, Duration::from_secs(timeout)) {
                 Ok(true) => ExitCode::SUCCESS,
                 Ok(false) => ExitCode::from(1),
                 Err(e) => {
-                    eprintln!("xenmem-peer: grant: {e}");
-                    ExitCode::from(2)
-                }
-            }
-        }
-        Some("grant-die") => {
-            let n = |i: usize| args.get(i).and_then(|a| a.parse::<u64>().ok());
-            let (Some(domid), Some(timeout)) = (n(1), n(2)) else {
-                return usage();
-            };
-            let Ok(domid) = u16::try_from(domid) else {
-                return usage();
-            };
-            match grant::die(domid, Duration::from_secs(timeout)) {
-                Ok(_) => ExitCode::from(1),
-                Err(e) => {
-                    eprintln!("xenmem-peer: grant-die: {e}");
-                    ExitCode::from(2)
-                }
-            }
-        }
-        Some("foreign") => {
-            let n = |i: usize| args.get(i).and_then(|a| a.parse::<u64>().ok());
-            let (Some(domid), Some(timeout)) = (n(1), n(2)) else {
-                return usage();
-            };
-            let Ok(domid) = u16::try_from(domid) else {
-                return usage();
-            };
-            match foreign::run(domid, Duration::from_secs(timeout)) {
-                Ok(true) => ExitCode::SUCCESS,
-                Ok(false) => ExitCode::from(1),
-                Err(e) => {
-                    eprintln!("xenmem-peer: foreign: {e}");
-                    ExitCode::from(2)
-                }
-            }
-        }
-        Some("gntalloc-end") => {
-            let n = |i: usize| args.get(i).and_then(|a| a.parse::<u64>().ok());
-            let (Some(domid), Some(timeout)) = (n(1), n(2)) else {
-                return usage();
-            };
-            let Ok(domid) = u16::try_from(domid) else {
-                return usage();
-            };
-            match gntalloc::end_mid_use(domid, Duration::from_secs(timeout)) {
-                Ok(true) => ExitCode::SUCCESS,
-                Ok(false) => ExitCode::from(1),
-                Err(e) => {
-                    eprintln!("xenmem-peer: gntalloc-end: {e}");
-                    ExitCode::from(2)
-                }
-            }
-        }
-        Some("gntalloc") => {
-            let n = |i: usize| args.get(i).and_then(|a| a.parse::<u64>().ok());
-            let (Some(domid), Some(timeout)) = (n(1), n(2)) else {
-                return usage();
-            };
-            let Ok(domid) = u16::try_from(domid) else {
-                return usage();
-            };
-            match gntalloc::run(domid, Duration::from_secs(timeout)) {
-                Ok(true) => ExitCode::SUCCESS,
-                Ok(false) => ExitCode::from(1),
-                Err(e) => {
-                    eprintln!("xenmem-peer: gntalloc: {e}");
+                    eprintln!("xenmem-peer: {cmd}: {e}");
                     ExitCode::from(2)
                 }
             }
