@@ -90,7 +90,7 @@ commands:
       --only NAME           only boots whose name contains NAME, `xl-balloon` or `host` (repeatable)
       --out FILE            also write the markdown to FILE
       --verbose             stream every boot's console
-      --timeout SECS        per boot (default 300)
+      --timeout SECS        per boot (default 900)
 
 environment: XENMEM_QEMU_X86_64, XENMEM_QEMU_AARCH64, XENMEM_DTC (tool paths),
   XENMEM_XEN_X86_64, XENMEM_XEN_AARCH64 (Xen images), XENMEM_CACHE (download cache,
