@@ -245,18 +245,25 @@ pub fn run(domid: u16, timeout: Duration) -> io::Result<bool> {
             Ok(_) => "mapped",
             Err(_) => "refused",
         };
+        // And a reference the agent never granted (past this round's).
+        let never = first.saturating_add(n as u32 + 100);
+        let never_granted = match map(domid, never, 1) {
+            Ok(_) => "mapped",
+            Err(_) => "refused",
+        };
         xs.write(&format!("{dir}/peer"), &format!("{round} remap-{remap}"))?;
         let n_us = n as usize;
         let ok = bad == 0
             && checked.is_some()
             && ended.is_some()
             && remap == "refused"
+            && never_granted == "refused"
             && table_bad == 0
             && in_use == n_us
             && freed == n_us;
         all_ok &= ok;
         println!(
-            "peer-grant round={round} pages={n} first_ref={first} bad_words={bad} map_us={map_us} unmap_us={unmap_us} agent_checked={} agent_ended={} remap={remap} table_bad={table_bad} table_in_use={in_use} table_freed={freed}",
+            "peer-grant round={round} pages={n} first_ref={first} bad_words={bad} map_us={map_us} unmap_us={unmap_us} agent_checked={} agent_ended={} remap={remap} never_granted_ref={never} never_granted={never_granted} table_bad={table_bad} table_in_use={in_use} table_freed={freed}",
             if checked.is_some() { "yes" } else { "no" },
             if ended.is_some() { "yes" } else { "no" },
         );

@@ -1137,6 +1137,7 @@ fn check_xl(c: &XlCheck, job: &XlJobResult, log: &AgentLog, res: &XlResult) -> O
                     ("agent_checked", "yes".into()),
                     ("agent_ended", "yes".into()),
                     ("remap", "refused".into()),
+                    ("never_granted", "refused".into()),
                     // Xen's copy of the agent's table, acquired by dom0.
                     ("table_bad", "0".into()),
                     ("table_in_use", n.to_string()),
