@@ -184,6 +184,7 @@ const EXCHANGES: &[(&str, Exchange)] = &[
     ("gntalloc", gntalloc::run),
     ("gntalloc-end", gntalloc::end_mid_use),
     ("foreign", foreign::run),
+    ("table", grant::table),
 ];
 
 fn usage() -> ExitCode {
@@ -194,6 +195,7 @@ fn usage() -> ExitCode {
          \x20      xenmem-peer gntalloc-end DOMID TIMEOUT_S\n\
          \x20      xenmem-peer foreign DOMID TIMEOUT_S\n\
          \x20      xenmem-peer grant-die DOMID TIMEOUT_S\n\
+         \x20      xenmem-peer table DOMID TIMEOUT_S\n\
          \x20      xenmem-peer uptime-cs"
     );
     ExitCode::from(2)

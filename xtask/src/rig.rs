@@ -1129,7 +1129,7 @@ impl XlStep {
             ("unpause", None) => XlStep::Unpause,
             _ => bail!(
                 "step `{s}`: use mem-set=MIB, wait-mib=MIB[:SECS], xen-reach=MIB[:SECS], \
-                 wait-xs=PATH[:SECS], wait-log=TEXT:SECS, peer=grant|gntalloc|gntalloc-end|foreign|grant-die[:SECS], pages, grants, cpu, sleep=SECS, \
+                 wait-xs=PATH[:SECS], wait-log=TEXT:SECS, peer=grant|gntalloc|gntalloc-end|foreign|grant-die|table[:SECS], pages, grants, cpu, sleep=SECS, \
                  xs-read=PATH, xs-write=PATH=VALUE, shutdown, reboot, destroy or unpause"
             ),
         };
@@ -1176,10 +1176,10 @@ fn check_step(step: &XlStep) -> Result<()> {
         XlStep::Peer { command, .. }
             if !matches!(
                 command.as_str(),
-                "grant" | "gntalloc" | "gntalloc-end" | "foreign" | "grant-die"
+                "grant" | "gntalloc" | "gntalloc-end" | "foreign" | "grant-die" | "table"
             ) =>
         {
-            bail!("peer command `{command}`: `grant`, `gntalloc`, `foreign`, `grant-die` or `gntalloc-end`")
+            bail!("peer command `{command}`: `grant`, `gntalloc`, `gntalloc-end`, `foreign`, `grant-die` or `table`")
         }
         XlStep::WaitMib { timeout: d, .. }
         | XlStep::WaitLog { timeout: d, .. }

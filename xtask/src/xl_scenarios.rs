@@ -105,7 +105,8 @@ pub enum XlCheck {
     PeerChannel,
     /// The dom0 peer (`xenmem-peer grant-die`) mapped and checked the
     /// agent's grants and was killed (SIGKILL, exit status 137) with them
-    /// mapped.
+    /// mapped; afterwards the agent's grant table, read by dom0 from Xen
+    /// (`xenmem-peer table`), grants nothing past the reserved entries.
     PeerKilled,
     /// The dom0 peer (`xenmem-peer gntalloc-end`) ended its grants while
     /// the agent mapped them, and saw the agent map and release them.
@@ -855,6 +856,11 @@ fn for_arch(arch: Arch) -> Vec<XlScenario> {
                     timeout: Duration::from_secs(60),
                 },
                 XlStep::Grants,
+                // The agent's table as Xen has it once it is done.
+                XlStep::Peer {
+                    command: "table".into(),
+                    timeout: Duration::from_secs(20),
+                },
             ],
             checks: with(
                 domu(arch, 64),
@@ -1204,6 +1210,13 @@ fn check_xl(c: &XlCheck, job: &XlJobResult, log: &AgentLog, res: &XlResult) -> O
             }
         }
         XlCheck::PeerKilled => {
+            let table = job.steps.iter().find(|r| r.topic == "peer-table");
+            if table.and_then(|r| r.get("granted_entries")) != Some("0") {
+                return Some(format!(
+                    "after the peer died, the agent's grant table (acquired by dom0) still grants: {:?}",
+                    table.map(|r| r.to_string())
+                ));
+            }
             let p = job.steps.iter().find(|r| r.topic == "peer-grant-die");
             let exit = job.steps.iter().find(|r| r.topic == "peer-exit");
             match (p, exit) {
