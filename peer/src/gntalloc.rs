@@ -164,26 +164,41 @@ pub fn ranges(refs: &[u32]) -> String {
     out.join(",")
 }
 
+/// What both gntalloc exchanges start with: the device and the channel
+/// the agent offers (`None`, said, if it never comes).
+fn start(domid: u16, dir: &str, deadline: Instant) -> io::Result<Option<(File, Handover)>> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/xen/gntalloc")?;
+    let Some(xs) = Handover::connect(domid, dir, deadline)? else {
+        println!("peer-no-channel");
+        return Ok(None);
+    };
+    Ok(Some((file, xs)))
+}
+
+/// `pages` pages granted to `domid` and filled with [`SEED`]'s pattern.
+fn granted(file: &File, domid: u16, pages: u32) -> io::Result<Alloc<'_>> {
+    let a = Alloc::new(file, domid, pages)?;
+    for j in 0..a.refs.len() {
+        for i in 0..PAGE / 8 {
+            a.set_word(j, i, word(SEED, j as u64, i as u64));
+        }
+    }
+    Ok(a)
+}
+
 /// Allocate, publish, wait for the agent's answer, check it, free, and
 /// allocate as many again (`realloc=`).
 pub fn run(domid: u16, timeout: Duration) -> io::Result<bool> {
     let deadline = Instant::now() + timeout;
     let dir = format!("/local/domain/{domid}/data/xenmem");
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/xen/gntalloc")?;
-    let Some(mut xs) = Handover::connect(domid, &dir, deadline)? else {
-        println!("peer-no-channel");
+    let Some((file, mut xs)) = start(domid, &dir, deadline)? else {
         return Ok(false);
     };
-    let a = Alloc::new(&file, domid, PAGES)?;
+    let a = granted(&file, domid, PAGES)?;
     let n = a.refs.len();
-    for j in 0..n {
-        for i in 0..PAGE / 8 {
-            a.set_word(j, i, word(SEED, j as u64, i as u64));
-        }
-    }
     let published = ranges(&a.refs);
     if published.len() > 3000 {
         println!("peer-gntalloc-refs-too-scattered refs={n}");
@@ -240,21 +255,11 @@ pub fn run(domid: u16, timeout: Duration) -> io::Result<bool> {
 pub fn end_mid_use(domid: u16, timeout: Duration) -> io::Result<bool> {
     let deadline = Instant::now() + timeout;
     let dir = format!("/local/domain/{domid}/data/xenmem");
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/xen/gntalloc")?;
-    let Some(mut xs) = Handover::connect(domid, &dir, deadline)? else {
-        println!("peer-no-channel");
+    let Some((file, mut xs)) = start(domid, &dir, deadline)? else {
         return Ok(false);
     };
-    let a = Alloc::new(&file, domid, 64)?;
+    let a = granted(&file, domid, 64)?;
     let n = a.refs.len();
-    for j in 0..n {
-        for i in 0..PAGE / 8 {
-            a.set_word(j, i, word(SEED, j as u64, i as u64));
-        }
-    }
     xs.write(
         &format!("{dir}/alloc"),
         &format!("1 {n} {}", ranges(&a.refs)),
