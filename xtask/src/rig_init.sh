@@ -77,6 +77,19 @@ forward() {
     done | awk -v p="(d$1) " '{ sub(/\r$/, ""); print p $0; fflush() }'
 }
 
+# A wait for a target from the last mem-set (or from now, without one):
+# sets t (now), m0 and from (where after_s counts from), end (centiseconds,
+# $1 tenths from now, within the job's bound) and why (what stops it at end).
+reach_window() {
+    t=$(cs)
+    m0=$mark
+    from=mem-set
+    [ -n "$m0" ] || { m0=$t; from=wait; }
+    end=$((t + $1 * 10))
+    why=timeout
+    [ $end -gt $dl ] && { end=$dl; why=job-timeout; }
+}
+
 # Xen's own page counts of domain $1: debug key q, read back from xl dmesg.
 # $2: words to put first (a step's "step=K").
 xen_pages() {
@@ -161,13 +174,7 @@ step() {
             ;;
         wait-mib)
             set -- $2
-            t=$(cs)
-            m0=$mark
-            from=mem-set
-            [ -n "$m0" ] || { m0=$t; from=wait; }
-            end=$((t + $2 * 10))
-            why=timeout
-            [ $end -gt $dl ] && { end=$dl; why=job-timeout; }
+            reach_window $2
             while :; do
                 set -- $1 $($XB/xl list $name 2>/dev/null | tail -n +2)
                 now=$(cs)
@@ -191,13 +198,7 @@ step() {
             # Xen's count (tot_pages x 4 KiB) from XEN_DOMCTL_getdomaininfo,
             # asked every 10 ms by xenmem-peer through privcmd.
             set -- $2
-            t=$(cs)
-            m0=$mark
-            from=mem-set
-            [ -n "$m0" ] || { m0=$t; from=wait; }
-            end=$((t + $2 * 10))
-            why=timeout
-            [ $end -gt $dl ] && { end=$dl; why=job-timeout; }
+            reach_window $2
             if r=$(xenmem-peer reach $id $(($1 * 1024)) 1024 $((end - t)) $m0 2> /tmp/err); then
                 set -- $1 $r
                 case $2 in
