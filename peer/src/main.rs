@@ -72,25 +72,19 @@ fn domain_info(pc: &Privcmd, buf: &mut LockedPage, domid: u16) -> io::Result<Opt
     }))
 }
 
-/// Centiseconds since boot, as `/proc/uptime` counts them
-/// (`CLOCK_BOOTTIME`).
+/// Centiseconds since boot, as `/proc/uptime` counts them.
 fn uptime_cs() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a live timespec for the kernel to fill.
-    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
-    ts.tv_sec as u64 * 100 + ts.tv_nsec as u64 / 10_000_000
+    uptime_ms() / 10
 }
 
-/// Milliseconds since boot (finer, for the reported time).
+/// Milliseconds since boot (`CLOCK_BOOTTIME`, the clock of
+/// `/proc/uptime`).
 fn uptime_ms() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
-    // SAFETY: as in `uptime_cs`.
+    // SAFETY: a live timespec for the kernel to fill.
     unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
     ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
 }

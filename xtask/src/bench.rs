@@ -425,21 +425,17 @@ fn xl_balloon(env: &crate::setup::Env, a: &BenchArgs, arch: Arch) -> Result<(Str
         .with_context(|| format!("decoding needs {}", ag.elf_path.display()))?;
     let name = format!("{XL_BALLOON}-{arch}");
     let spec = rig::XlSpec {
-        arch,
-        jobs: xlb_jobs(),
         job_timeout: Duration::from_secs(400),
-        timeout: a.timeout.max(Duration::from_secs(900)),
-        show: if a.verbose { Show::All } else { Show::Nothing },
-        log_path: agent::target_dir()
-            .join("xenmem-logs")
-            .join(format!("bench-{name}.log")),
-        work_dir: agent::target_dir()
-            .join("xenmem-work")
-            .join(format!("bench-{name}")),
-        forwarder_selftest: false,
         // dom0 (its poller, xenconsoled, xl) on CPU 0, each guest alone on
         // CPU 1: dom0's work takes no time from the guest it measures.
         cpus: 2,
+        ..rig_spec(
+            &name,
+            arch,
+            xlb_jobs(),
+            a.timeout.max(Duration::from_secs(900)),
+            a.verbose,
+        )
     };
     eprintln!("xtask: bench {name} ...");
     let started = Instant::now();
@@ -454,6 +450,32 @@ fn xl_balloon(env: &crate::setup::Env, a: &BenchArgs, arch: Arch) -> Result<(Str
         res.log_path.display()
     );
     Ok((render_xl_balloon(arch, &ag_g, &lx_g, &res), ok))
+}
+
+/// An xl rig boot of a benchmark: its log and scratch directory named
+/// after `name`, one CPU, the default bound per job.
+pub fn rig_spec(
+    name: &str,
+    arch: Arch,
+    jobs: Vec<rig::XlJob>,
+    timeout: Duration,
+    verbose: bool,
+) -> rig::XlSpec {
+    rig::XlSpec {
+        arch,
+        jobs,
+        job_timeout: rig::DEFAULT_JOB_TIMEOUT,
+        timeout,
+        show: if verbose { Show::All } else { Show::Nothing },
+        log_path: agent::target_dir()
+            .join("xenmem-logs")
+            .join(format!("bench-{name}.log")),
+        work_dir: agent::target_dir()
+            .join("xenmem-work")
+            .join(format!("bench-{name}")),
+        forwarder_selftest: false,
+        cpus: 1,
+    }
 }
 
 fn render_xl_balloon(arch: Arch, ag: &XlbGuest, lx: &XlbGuest, res: &rig::XlResult) -> String {

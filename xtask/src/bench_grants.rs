@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 
 use crate::agent;
-use crate::boot::{Arch, Show};
+use crate::boot::Arch;
 use crate::decode::{self, Source};
 use crate::rig;
 
@@ -48,21 +48,13 @@ fn measure(
         .map(|s| s.job())
         .collect();
     let name = format!("{XL_GRANTS}-{arch}");
-    let spec = rig::XlSpec {
+    let spec = crate::bench::rig_spec(
+        &name,
         arch,
         jobs,
-        job_timeout: rig::DEFAULT_JOB_TIMEOUT,
-        timeout: timeout.max(Duration::from_secs(300)),
-        show: if verbose { Show::All } else { Show::Nothing },
-        log_path: agent::target_dir()
-            .join("xenmem-logs")
-            .join(format!("bench-{name}.log")),
-        work_dir: agent::target_dir()
-            .join("xenmem-work")
-            .join(format!("bench-{name}")),
-        forwarder_selftest: false,
-        cpus: 1,
-    };
+        timeout.max(Duration::from_secs(300)),
+        verbose,
+    );
     eprintln!("xtask: bench {name} ...");
     let started = Instant::now();
     let res = rig::boot_xl(env, &spec, &ag, &table)?;

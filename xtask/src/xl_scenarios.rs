@@ -1015,6 +1015,26 @@ pub fn all() -> Vec<XlScenario> {
     v
 }
 
+/// `None` if the peer's record `p` has every field of `want`, else the
+/// first that differs.
+fn peer_fields(p: &crate::rig::Record, want: &[(&str, String)]) -> Option<String> {
+    want.iter()
+        .find(|(k, v)| p.get(k) != Some(v.as_str()))
+        .map(|(k, v)| format!("the peer's {k}= is {:?}, expected {v}", p.get(k)))
+}
+
+/// `None` if the job's (first) `xenmem-peer` run exited 0, else what it
+/// did.
+fn peer_exited_0(job: &XlJobResult) -> Option<String> {
+    let exit = job.steps.iter().find(|r| r.topic == "peer-exit");
+    (exit.and_then(|r| r.get("status")) != Some("0")).then(|| {
+        format!(
+            "the peer did not exit 0: {}",
+            exit.map_or("no peer-exit record".into(), |r| r.to_string())
+        )
+    })
+}
+
 /// The last `topic` report's `key`, as a number.
 fn last_number(l: &AgentLog, topic: &str, key: &str) -> Option<u64> {
     l.topic(topic)
@@ -1149,14 +1169,8 @@ fn check_xl(c: &XlCheck, job: &XlJobResult, log: &AgentLog, res: &XlResult) -> O
                     ("table_in_use", n.to_string()),
                     ("table_freed", n.to_string()),
                 ];
-                for (k, v) in want {
-                    if p.get(k) != Some(v.as_str()) {
-                        return Some(format!(
-                            "round {}: the peer's {k}= is {:?}, expected {v}",
-                            i + 1,
-                            p.get(k)
-                        ));
-                    }
+                if let Some(e) = peer_fields(p, &want) {
+                    return Some(format!("round {}: {e}", i + 1));
                 }
                 if p.get("first_ref") != a.get("first_ref") || a.get("pages") != p.get("pages") {
                     return Some(format!(
@@ -1169,13 +1183,7 @@ fn check_xl(c: &XlCheck, job: &XlJobResult, log: &AgentLog, res: &XlResult) -> O
                     ));
                 }
             }
-            let exit = job.steps.iter().find(|r| r.topic == "peer-exit");
-            (exit.and_then(|r| r.get("status")) != Some("0")).then(|| {
-                format!(
-                    "the peer did not exit 0: {}",
-                    exit.map_or("no peer-exit record".into(), |r| r.to_string())
-                )
-            })
+            peer_exited_0(job)
         }
         XlCheck::StepGrantsActive { step, dom, count } => {
             let r = job.steps.iter().find(|r| {
@@ -1277,10 +1285,8 @@ fn check_xl(c: &XlCheck, job: &XlJobResult, log: &AgentLog, res: &XlResult) -> O
                 ("frames_refused", n.to_string()),
                 ("remap", "refused".into()),
             ];
-            for (k, v) in want {
-                if p.get(k) != Some(v.as_str()) {
-                    return Some(format!("the peer's {k}= is {:?}, expected {v}", p.get(k)));
-                }
+            if let Some(e) = peer_fields(p, &want) {
+                return Some(e);
             }
             if p.get("first_gfn") != a.get("first_gfn") {
                 return Some(format!(
@@ -1289,9 +1295,7 @@ fn check_xl(c: &XlCheck, job: &XlJobResult, log: &AgentLog, res: &XlResult) -> O
                     a.get("first_gfn")
                 ));
             }
-            let exit = job.steps.iter().find(|r| r.topic == "peer-exit");
-            (exit.and_then(|r| r.get("status")) != Some("0"))
-                .then(|| "the peer did not exit 0".to_string())
+            peer_exited_0(job)
         }
         XlCheck::PeerGntalloc(n) => {
             let p = job.steps.iter().find(|r| r.topic == "peer-gntalloc");
@@ -1305,10 +1309,8 @@ fn check_xl(c: &XlCheck, job: &XlJobResult, log: &AgentLog, res: &XlResult) -> O
                 ("agent_released", "yes".into()),
                 ("realloc", "ok".into()),
             ];
-            for (k, v) in want {
-                if p.get(k) != Some(v.as_str()) {
-                    return Some(format!("the peer's {k}= is {:?}, expected {v}", p.get(k)));
-                }
+            if let Some(e) = peer_fields(p, &want) {
+                return Some(e);
             }
             if p.get("first_ref") != a.get("first_ref") {
                 return Some(format!(
@@ -1317,9 +1319,7 @@ fn check_xl(c: &XlCheck, job: &XlJobResult, log: &AgentLog, res: &XlResult) -> O
                     a.get("first_ref")
                 ));
             }
-            let exit = job.steps.iter().find(|r| r.topic == "peer-exit");
-            (exit.and_then(|r| r.get("status")) != Some("0"))
-                .then(|| "the peer did not exit 0".to_string())
+            peer_exited_0(job)
         }
         XlCheck::DestroyedEarly => (!job.steps.iter().any(|r| r.topic == "destroyed-early"))
             .then(|| "no `destroyed-early` record: xl destroy was not run mid-way".into()),
