@@ -57,7 +57,7 @@ pub fn build(arch: Arch) -> Result<Agent> {
     eprintln!("xtask: building {BIN} for {}", arch.triple());
     let mut cmd = cargo();
     cmd.args(["build", "--release", "--target", arch.triple()])
-        .args(["--features", "rt", "--bin", BIN])
+        .args(["-p", "xenmem-agent", "--features", "rt", "--bin", BIN])
         .arg("--message-format=json-render-diagnostics")
         .stdin(Stdio::null())
         .stderr(Stdio::inherit());

@@ -79,7 +79,7 @@ commands:
                                                    the domain still paused (without it
                                                    the domain is unpaused first)
                             the domain's bound (60 s) grows by the steps' waits and sleeps
-  test [options]            cargo test --workspace --features xenmem/model, then every boot scenario
+  test [options]            cargo test --workspace, then every boot scenario
       --only NAME           run only scenarios whose name contains NAME (repeatable)
       --no-host-tests       skip cargo test --workspace
       --verbose             stream every boot's console
@@ -615,8 +615,7 @@ fn test(args: &[String]) -> Result<ExitCode> {
     if t.host_tests {
         println!("xtask: cargo test --workspace");
         let status = agent::cargo()
-            // The model feature adds the model's public-API tests (tests/xen_model.rs).
-            .args(["test", "--workspace", "--features", "xenmem/model"])
+            .args(["test", "--workspace"])
             .stdin(std::process::Stdio::null())
             .status()
             .context("running cargo test --workspace")?;

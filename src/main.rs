@@ -1,7 +1,0 @@
-//! The xenmem agent: a unikernel that boots under Xen and runs
-//! [`xenmem::agent::run`]. All of it lives in the library (feature `rt`); this
-//! file only makes the linker pull it in.
-#![no_std]
-#![no_main]
-
-extern crate xenmem;
