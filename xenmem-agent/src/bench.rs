@@ -144,7 +144,28 @@ impl Params {
 pub trait Memory {
     /// Write `byte` over every byte of `range`. `false` (nothing written) if
     /// the range cannot be reached.
-    fn fill(&self, range: FrameRange, byte: u8) -> bool;
+    ///
+    /// # Safety
+    ///
+    /// `range` is populated RAM that nothing else uses while it is written
+    /// (free RAM of the caller's region table). Calling it outside `unsafe`
+    /// does not compile:
+    ///
+    /// ```compile_fail
+    /// use xenmem_agent::bench::{IdentityMemory, Memory};
+    /// fn clobber(r: xenmem::region::FrameRange) -> bool {
+    ///     IdentityMemory.fill(r, 0)
+    /// }
+    /// ```
+    /// ```
+    /// use xenmem_agent::bench::{IdentityMemory, Memory};
+    /// /// # Safety: as `Memory::fill`'s.
+    /// unsafe fn clobber(r: xenmem::region::FrameRange) -> bool {
+    ///     // SAFETY: forwarded from the caller.
+    ///     unsafe { IdentityMemory.fill(r, 0) }
+    /// }
+    /// ```
+    unsafe fn fill(&self, range: FrameRange, byte: u8) -> bool;
     /// Whether the first and the last byte of every page of `range` hold
     /// `byte`; `None` if the range cannot be reached.
     fn holds(&self, range: FrameRange, byte: u8) -> Option<bool>;
@@ -163,16 +184,16 @@ impl IdentityMemory {
 }
 
 impl Memory for IdentityMemory {
-    fn fill(&self, range: FrameRange, byte: u8) -> bool {
+    unsafe fn fill(&self, range: FrameRange, byte: u8) -> bool {
         #[cfg(target_os = "none")]
         {
             if !Self::reachable(range) {
                 return false;
             }
             let len = (range.len().0 * PAGE_SIZE) as usize;
-            // SAFETY: the caller hands over free RAM of its region table
-            // (populated, used by no one), identity-mapped below
-            // IDENTITY_MAP_END and not at address 0 (checked above).
+            // SAFETY: the caller hands over RAM used by no one (the
+            // contract), identity-mapped below IDENTITY_MAP_END and not at
+            // address 0 (checked above).
             unsafe { core::ptr::write_bytes(range.start_addr().0 as usize as *mut u8, byte, len) };
             true
         }
@@ -1197,7 +1218,10 @@ fn measure<H: Hypervisor, C: Clock, M: Memory>(
             let c = ctx.clock;
             let t0 = c.now();
             for r in &arena.runs {
-                floor_reached &= ctx.mem.fill(*r, byte);
+                // SAFETY: the arena's runs are free RAM of the agent's table
+                // (aligned extents `arena_setup` took), populated again
+                // above, and nothing else uses them while the benchmark runs.
+                floor_reached &= unsafe { ctx.mem.fill(*r, byte) };
             }
             let t1 = c.now();
             if !floor_reached {
@@ -2481,7 +2505,7 @@ mod tests {
     struct FakeMemory(std::cell::RefCell<std::collections::HashMap<u64, u8>>);
 
     impl Memory for FakeMemory {
-        fn fill(&self, range: FrameRange, byte: u8) -> bool {
+        unsafe fn fill(&self, range: FrameRange, byte: u8) -> bool {
             self.0.borrow_mut().insert(range.start().0, byte);
             true
         }

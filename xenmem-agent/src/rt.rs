@@ -59,7 +59,11 @@ pub fn start(boot: &BootInfo<'_>) -> ! {
         let exit = crate::cmdline::Options::exit_path(line);
         EXIT_BY_SHUTDOWN.store(exit == Some(ExitPath::XenShutdown), Ordering::Relaxed);
     }
-    let hv = xen::RealXen::new();
+    // SAFETY: the boot glue set up the hypercall interface; the agent hands
+    // the library only region tables built by `agent::build_table`, which
+    // record the image, heap, stacks, boot page tables and Xen's special
+    // pages as reserved, so nothing it gives back or maps over is in use.
+    let hv = unsafe { xen::RealXen::new() };
     let outcome = crate::agent::run(&hv, boot, Some(heap_span()));
     finish(&hv, outcome)
 }
@@ -75,7 +79,9 @@ fn fail_exit() -> ! {
         ExitPath::Host
     };
     finish(
-        &xen::RealXen::new(),
+        // SAFETY: used for the shutdown and exit calls only (nothing is
+        // given back or mapped); the hypercall interface is set up.
+        &unsafe { xen::RealXen::new() },
         Outcome {
             verdict: Verdict::Fail,
             exit,
@@ -211,7 +217,8 @@ fn ring_notify(port: u32) -> Result<(), xen::XenError> {
 }
 
 fn ring_wait() -> Result<(), xen::XenError> {
-    xen::RealXen::new().yield_cpu()
+    // SAFETY: only SCHEDOP_yield (nothing given back or mapped).
+    unsafe { xen::RealXen::new() }.yield_cpu()
 }
 
 /// The console ring named by the HVM parameters, reached through the boot
@@ -219,7 +226,8 @@ fn ring_wait() -> Result<(), xen::XenError> {
 /// GiB as device memory; the start-up trim keeps it because the region table
 /// records it as a populated special page).
 fn find_ring() -> Option<xenmem::console::ConsoleRing> {
-    let params = xen::RingParams::console(&xen::RealXen::new()).ok()??;
+    // SAFETY: only HVMOP_get_param (nothing given back or mapped).
+    let params = xen::RingParams::console(&unsafe { xen::RealXen::new() }).ok()??;
     let addr = usize::try_from(params.gfn.0.checked_mul(xenmem::addr::PAGE_SIZE)?).ok()?;
     if addr >= imp::paging::IDENTITY.end.0 as usize {
         return None;

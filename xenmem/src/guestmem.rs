@@ -21,7 +21,26 @@ use crate::region::{FrameRange, RegionKind, RegionTable, ReservedUse};
 /// A live mapping of other memory at guest frames of the agent: what
 /// [`crate::grant::GrantMap`], [`crate::mapping::ForeignMap`] and
 /// [`crate::acquire::ResourceMap`] are.
-pub trait Mapped {
+///
+/// # Safety
+///
+/// For as long as the value lives, [`va`](Mapped::va) is the start of
+/// `gfns().len()` pages mapped in the program's address space (page tables
+/// in use), readable, and writable when [`writable`](Mapped::writable)
+/// says so: [`GuestMemory`] reads and writes through that address. A safe
+/// implementation could name any address, so implementing it is the
+/// promise:
+///
+/// ```compile_fail
+/// use xenmem::{addr::VirtAddr, region::FrameRange};
+/// struct Anywhere(FrameRange);
+/// impl xenmem::guestmem::Mapped for Anywhere {
+///     fn gfns(&self) -> FrameRange { self.0 }
+///     fn va(&self) -> VirtAddr { VirtAddr(0xdead_0000) }
+///     fn writable(&self) -> bool { true }
+/// }
+/// ```
+pub unsafe trait Mapped {
     /// The guest frames it occupies.
     fn gfns(&self) -> FrameRange;
     /// Where those frames are mapped in the agent's address space.
@@ -30,7 +49,8 @@ pub trait Mapped {
     fn writable(&self) -> bool;
 }
 
-impl Mapped for crate::grant::GrantMap {
+// SAFETY: a live grant map owns its window pages until it is unmapped.
+unsafe impl Mapped for crate::grant::GrantMap {
     fn gfns(&self) -> FrameRange {
         crate::grant::GrantMap::gfns(self)
     }
@@ -42,7 +62,8 @@ impl Mapped for crate::grant::GrantMap {
     }
 }
 
-impl Mapped for crate::mapping::ForeignMap {
+// SAFETY: a live foreign map owns its window pages until it is unmapped.
+unsafe impl Mapped for crate::mapping::ForeignMap {
     fn gfns(&self) -> FrameRange {
         crate::mapping::ForeignMap::gfns(self)
     }
@@ -54,7 +75,8 @@ impl Mapped for crate::mapping::ForeignMap {
     }
 }
 
-impl Mapped for crate::acquire::ResourceMap {
+// SAFETY: a live resource map owns its window pages until it is unmapped.
+unsafe impl Mapped for crate::acquire::ResourceMap {
     fn gfns(&self) -> FrameRange {
         crate::acquire::ResourceMap::gfns(self)
     }
@@ -318,7 +340,8 @@ mod tests {
         writable: bool,
     }
 
-    impl Mapped for FakeMap {
+    // SAFETY: the fake's pages are host memory it owns for its whole life.
+    unsafe impl Mapped for FakeMap {
         fn gfns(&self) -> FrameRange {
             self.gfns
         }

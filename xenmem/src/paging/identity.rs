@@ -592,7 +592,12 @@ impl<F: Format, M: TableMemory, T: Tlb> PageTable<F, M, T> {
         }
         match plan.copies.get(&self.root()) {
             Some(&n) => {
-                T::switch_root(got[n]);
+                // SAFETY: the copy is complete and published (every table
+                // of it written and `publish_table` done above) and maps
+                // what the current tree maps with the same attributes (the
+                // plan only splits blocks and drops ranges that are not
+                // memory in use: ballooned frames).
+                unsafe { T::switch_root(got[n]) };
                 self.set_root(got[n]);
                 for &old in plan.copies.keys() {
                     if frames.is_table_frame(old) {

@@ -283,7 +283,26 @@ pub unsafe trait TableMemory {
 }
 
 /// Where new table frames come from, and where freed ones go.
-pub trait FrameSource {
+///
+/// # Safety
+///
+/// Every frame [`alloc_frame`](FrameSource::alloc_frame) returns is RAM
+/// (populated, reachable through the [`TableMemory`] in use) that nothing
+/// else uses until it is given back with
+/// [`free_frame`](FrameSource::free_frame): the walker zeroes it and writes
+/// page tables into it. As `x86_64`'s `FrameAllocator`, implementing it is
+/// the promise:
+///
+/// ```compile_fail
+/// struct Any;
+/// impl xenmem::paging::FrameSource for Any {
+///     fn alloc_frame(&mut self) -> Option<xenmem::addr::GuestPhysAddr> {
+///         Some(xenmem::addr::GuestPhysAddr(0x1000))
+///     }
+///     fn free_frame(&mut self, _: xenmem::addr::GuestPhysAddr) {}
+/// }
+/// ```
+pub unsafe trait FrameSource {
     /// One free 4 KiB frame (contents undefined: the walker zeroes it), or
     /// `None` if there are none left.
     fn alloc_frame(&mut self) -> Option<GuestPhysAddr>;
@@ -294,7 +313,13 @@ pub trait FrameSource {
 
 /// The architecture's TLB maintenance (static: the flush handles carry no
 /// reference).
-pub trait Tlb {
+///
+/// # Safety
+///
+/// An implementation's invalidations take effect as documented: the page
+/// tables rely on them before they reuse a frame or hand one back, and a
+/// stale translation would reach memory the program no longer owns.
+pub unsafe trait Tlb {
     /// Make all table writes so far visible to the table walker and drop any
     /// cached translation of the page at `va`, at every level of the walk.
     fn invalidate_page(va: VirtAddr);
@@ -319,7 +344,29 @@ pub trait Tlb {
     /// around the `TTBR0_EL1` write and a full TLB invalidation). The new
     /// tree must translate the code, stack and data in use as the old one
     /// does (only block sizes may differ), and be complete and published.
-    fn switch_root(root: GuestPhysAddr);
+    ///
+    /// # Safety
+    ///
+    /// `root` is the root frame of such a tree: complete, published (its
+    /// writes visible to the walker) and translating everything the program
+    /// uses exactly as the current tree does, for as long as it stays the
+    /// root. Calling it outside `unsafe` does not compile:
+    ///
+    /// ```compile_fail
+    /// use xenmem::{addr::GuestPhysAddr, paging::Tlb};
+    /// fn switch<T: Tlb>(root: GuestPhysAddr) {
+    ///     T::switch_root(root)
+    /// }
+    /// ```
+    /// ```
+    /// use xenmem::{addr::GuestPhysAddr, paging::Tlb};
+    /// /// # Safety: as `Tlb::switch_root`'s.
+    /// unsafe fn switch<T: Tlb>(root: GuestPhysAddr) {
+    ///     // SAFETY: forwarded from the caller.
+    ///     unsafe { T::switch_root(root) }
+    /// }
+    /// ```
+    unsafe fn switch_root(root: GuestPhysAddr);
 }
 
 /// A page-aligned range of virtual addresses `[start, end)` in which a

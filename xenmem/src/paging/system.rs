@@ -78,7 +78,12 @@ unsafe impl TableMemory for IdentityMemory {
 /// The region table as the source of table frames: one free RAM frame at a
 /// time (the lowest, never frame 0), recorded as
 /// `Reserved(PageTables)`, pinned.
-impl FrameSource for RegionTable {
+// SAFETY: a frame is handed out only while the table records it as free RAM
+// (and is recorded as page tables from then on): free RAM of the table is
+// what its maker vouched nothing uses (see `RealXen::new`: a table passed to
+// the library records everything the program uses as reserved), and a frame
+// comes back to the pool only through `free_frame`.
+unsafe impl FrameSource for RegionTable {
     fn alloc_frame(&mut self) -> Option<GuestPhysAddr> {
         let range = self.find_free(RegionKind::Ram, PageCount(1), Order::new(0)?, Gfn(1))?;
         self.modify(

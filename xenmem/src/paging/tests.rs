@@ -78,7 +78,8 @@ fn take_events() -> Vec<Event> {
 
 struct RecordingTlb;
 
-impl Tlb for RecordingTlb {
+// SAFETY: a test double: no real translation is cached.
+unsafe impl Tlb for RecordingTlb {
     fn invalidate_page(va: VirtAddr) {
         record(Event::Invalidate(va.0));
     }
@@ -89,7 +90,7 @@ impl Tlb for RecordingTlb {
         record(Event::Publish);
     }
     const SPLIT_IN_PLACE: bool = true;
-    fn switch_root(root: GuestPhysAddr) {
+    unsafe fn switch_root(root: GuestPhysAddr) {
         record(Event::SwitchRoot(root.0));
     }
 }
@@ -97,7 +98,8 @@ impl Tlb for RecordingTlb {
 /// The same, for an architecture that needs break-before-make (Arm).
 struct BbmTlb;
 
-impl Tlb for BbmTlb {
+// SAFETY: a test double: no real translation is cached.
+unsafe impl Tlb for BbmTlb {
     fn invalidate_page(va: VirtAddr) {
         RecordingTlb::invalidate_page(va);
     }
@@ -108,8 +110,9 @@ impl Tlb for BbmTlb {
         RecordingTlb::publish_table();
     }
     const SPLIT_IN_PLACE: bool = false;
-    fn switch_root(root: GuestPhysAddr) {
-        RecordingTlb::switch_root(root);
+    unsafe fn switch_root(root: GuestPhysAddr) {
+        // SAFETY: forwarded.
+        unsafe { RecordingTlb::switch_root(root) };
     }
 }
 
@@ -149,7 +152,8 @@ struct FakeFrames {
     bogus: Option<u64>,
 }
 
-impl FrameSource for FakeFrames {
+// SAFETY: frames of the test arena, used by nothing else.
+unsafe impl FrameSource for FakeFrames {
     fn alloc_frame(&mut self) -> Option<GuestPhysAddr> {
         if let Some(b) = self.bogus.take() {
             self.live.insert(b);

@@ -1,4 +1,6 @@
-//! Typed hypercalls over the architecture's instruction (bare-metal targets).
+//! Typed hypercalls over the architecture's instruction (bare-metal targets;
+//! on a host build every hypercall fails with `ENOSYS`, so that the types and
+//! their signatures are the same everywhere).
 
 use super::abi::{
     self, op, physmap, xenmem, xenver, Domctl, GuestHandle, MulticallEntry, XenAddToPhysmapBatch,
@@ -10,7 +12,17 @@ use super::{
     MulticallOutcome, ShutdownReason, XenError, XenStatus, XenVersion, MULTICALL_MAX,
 };
 use crate::addr::{DomId, Gfn, Mfn, Order, PageCount};
+#[cfg(target_os = "none")]
 use crate::arch::imp::hypercall::raw;
+
+/// A host build has no hypervisor: every hypercall fails with `ENOSYS`.
+///
+/// # Safety
+/// None needed (nothing is read or written); `unsafe` to match the target's.
+#[cfg(not(target_os = "none"))]
+unsafe fn raw(_op: usize, _args: [usize; 5]) -> isize {
+    -(super::Errno::ENOSYS as isize)
+}
 
 /// Issue hypercall `op` with up to five arguments and classify its return.
 ///
@@ -84,12 +96,42 @@ pub fn evtchn_send(port: u32) -> Result<(), XenError> {
 }
 
 /// The real hypervisor: every operation is a hypercall.
-#[derive(Debug, Default)]
+///
+/// It is the capability to change what this domain's memory is: give frames
+/// back ([`Hypervisor::decrease_reservation`]), change the physmap
+/// ([`Hypervisor::add_to_physmap`], [`Hypervisor::remove_from_physmap`]),
+/// map grants over frames ([`Hypervisor::gnttab_map`]). Those methods are
+/// safe to call on a `RealXen` only because making one is not: see
+/// [`RealXen::new`]. (A model of Xen implements the same trait safely: its
+/// memory is not the program's.)
+#[derive(Debug)]
 pub struct RealXen(());
 
 impl RealXen {
     /// The hypervisor this code runs on.
-    pub const fn new() -> Self {
+    ///
+    /// # Safety
+    ///
+    /// The caller runs as a Xen guest whose hypercall interface is set up
+    /// (x86: [`crate::arch`]'s hypercall init has run), and vouches for every
+    /// use of the value, and of every copy of it, for as long as any lives:
+    /// no frame it gives back, no physmap slot it replaces or removes, no
+    /// frame a grant or foreign mapping goes over is memory that the program
+    /// (its image, stacks, heap, live references) or a mapping it holds
+    /// still uses. The library's own operations keep that promise for the
+    /// caller as long as the region tables handed to them record every byte
+    /// the program uses as something other than free RAM or a hole.
+    ///
+    /// Calling it outside `unsafe` does not compile:
+    ///
+    /// ```compile_fail
+    /// let hv = xenmem::xen::RealXen::new();
+    /// ```
+    /// ```
+    /// // SAFETY: (a host build: every hypercall fails with ENOSYS.)
+    /// let hv = unsafe { xenmem::xen::RealXen::new() };
+    /// ```
+    pub const unsafe fn new() -> Self {
         RealXen(())
     }
 
@@ -220,7 +262,10 @@ impl Hypervisor for RealXen {
     }
 
     fn own_domid(&self) -> Option<DomId> {
-        crate::arch::imp::own_domid()
+        #[cfg(target_os = "none")]
+        return crate::arch::imp::own_domid();
+        #[cfg(not(target_os = "none"))]
+        None
     }
 
     fn evtchn_alloc_unbound(&self, remote: DomId) -> Result<u32, XenError> {

@@ -1,13 +1,13 @@
 //! Xen: ABI structures, error numbers and typed operations.
 //!
-//! [`Hypervisor`] is the seam between the agent's logic and Xen. `RealXen`
-//! implements it with real hypercalls on the bare-metal targets; host tests
-//! implement it with a model of Xen.
+//! [`Hypervisor`] is the seam between the agent's logic and Xen. [`RealXen`]
+//! implements it with real hypercalls on the bare-metal targets (on a host
+//! build every hypercall fails with `ENOSYS`); host tests implement it with
+//! a model of Xen (crate `xenmem-model`).
 
 pub mod abi;
 pub mod domctl;
 pub mod errno;
-#[cfg(target_os = "none")]
 mod hypercall;
 
 /// The model of Xen (crate `xenmem-model`), compiled into the unit tests.
@@ -20,7 +20,6 @@ use core::fmt;
 use crate::addr::{DomId, Gfn, Mfn, Order, PageCount};
 pub use errno::Errno;
 
-#[cfg(target_os = "none")]
 pub use hypercall::{console_write, evtchn_send, hvm_get_param, RealXen};
 
 /// A failed hypercall.

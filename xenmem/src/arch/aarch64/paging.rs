@@ -67,7 +67,8 @@ const _: () = {
 #[derive(Clone, Copy, Debug)]
 pub struct Aarch64Tlb;
 
-impl Tlb for Aarch64Tlb {
+// SAFETY: each invalidation is complete (dsb ish; isb) when it returns.
+unsafe impl Tlb for Aarch64Tlb {
     fn invalidate_page(va: VirtAddr) {
         // TLBI VAAE1IS takes VA[55:12] in bits 43:0, any ASID, and drops
         // cached entries of every level of the walk.
@@ -111,7 +112,7 @@ impl Tlb for Aarch64Tlb {
     // D8.16.1) unless FEAT_BBM level 2; the Cortex-A57 has no FEAT_BBM.
     const SPLIT_IN_PLACE: bool = false;
 
-    fn switch_root(root: GuestPhysAddr) {
+    unsafe fn switch_root(root: GuestPhysAddr) {
         // The MMU is off (and interrupts masked) while TTBR0_EL1 changes:
         // the TLB is invalidated with no translation in use, so entries of
         // the old tree (a 1 GiB block) and of the new (2 MiB blocks, pages)

@@ -47,7 +47,8 @@ const _: () = {
 #[derive(Clone, Copy, Debug)]
 pub struct X86Tlb;
 
-impl Tlb for X86Tlb {
+// SAFETY: `invlpg` and CR3 reloads take effect when they return.
+unsafe impl Tlb for X86Tlb {
     fn invalidate_page(va: VirtAddr) {
         // `invlpg` (its `asm!` is not `nomem`: the entry stores before it
         // stay before it). Window addresses are canonical; anything else is
@@ -75,7 +76,7 @@ impl Tlb for X86Tlb {
     // (SDM Vol. 3A, 4.10.4.2: the TLB may hold either until invalidated).
     const SPLIT_IN_PLACE: bool = true;
 
-    fn switch_root(root: GuestPhysAddr) {
+    unsafe fn switch_root(root: GuestPhysAddr) {
         let frame = x86_64::PhysAddr::try_new(root.0)
             .ok()
             .and_then(|a| PhysFrame::from_start_address(a).ok());

@@ -15,7 +15,8 @@ struct Ballooned<'a> {
     gfns: BTreeSet<u64>,
 }
 
-impl FrameSource for Ballooned<'_> {
+// SAFETY: forwards to the region table's frames (free RAM of the test).
+unsafe impl FrameSource for Ballooned<'_> {
     fn alloc_frame(&mut self) -> Option<GuestPhysAddr> {
         self.frames.alloc_frame()
     }
