@@ -3,7 +3,9 @@
 //! Guest frames, machine frames, guest-physical and virtual addresses, page
 //! counts and extent orders are distinct types, so that a frame number is never
 //! passed where an address is expected. Nothing crosses a module boundary as a
-//! bare `u64`.
+//! bare `u64`. Their arithmetic is checked (`checked_add`, `checked_sub`,
+//! `frames_since`: `None` at the edges of the 64-bit space, never a wrap);
+//! there are no operators that could panic or wrap.
 
 use core::fmt;
 
@@ -93,7 +95,67 @@ impl Gfn {
     }
 }
 
+impl Gfn {
+    /// The frame `n` frames after this one, or `None` past the last frame.
+    #[inline]
+    pub const fn checked_add(self, n: PageCount) -> Option<Gfn> {
+        match self.0.checked_add(n.0) {
+            Some(g) => Some(Gfn(g)),
+            None => None,
+        }
+    }
+
+    /// The frame `n` frames before this one, or `None` before frame 0.
+    #[inline]
+    pub const fn checked_sub(self, n: PageCount) -> Option<Gfn> {
+        match self.0.checked_sub(n.0) {
+            Some(g) => Some(Gfn(g)),
+            None => None,
+        }
+    }
+
+    /// How many frames `self` lies after `earlier`, or `None` if it lies
+    /// before it.
+    #[inline]
+    pub const fn frames_since(self, earlier: Gfn) -> Option<PageCount> {
+        match self.0.checked_sub(earlier.0) {
+            Some(n) => Some(PageCount(n)),
+            None => None,
+        }
+    }
+}
+
+impl Mfn {
+    /// The frame `n` frames after this one, or `None` past the last frame.
+    #[inline]
+    pub const fn checked_add(self, n: PageCount) -> Option<Mfn> {
+        match self.0.checked_add(n.0) {
+            Some(m) => Some(Mfn(m)),
+            None => None,
+        }
+    }
+}
+
 impl GuestPhysAddr {
+    /// The address `bytes` further on, or `None` past the end of the 64-bit
+    /// space.
+    #[inline]
+    pub const fn checked_add(self, bytes: u64) -> Option<GuestPhysAddr> {
+        match self.0.checked_add(bytes) {
+            Some(a) => Some(GuestPhysAddr(a)),
+            None => None,
+        }
+    }
+
+    /// The address `bytes` before this one, or `None` below 0.
+    #[inline]
+    pub const fn checked_sub(self, bytes: u64) -> Option<GuestPhysAddr> {
+        match self.0.checked_sub(bytes) {
+            Some(a) => Some(GuestPhysAddr(a)),
+            None => None,
+        }
+    }
+
     /// The frame that contains this address.
     pub const fn frame(self) -> Gfn {
         Gfn(self.0 >> PAGE_SHIFT)
@@ -105,7 +167,61 @@ impl GuestPhysAddr {
     }
 }
 
+impl VirtAddr {
+    /// The address `bytes` further on, or `None` past the end of the 64-bit
+    /// space.
+    #[inline]
+    pub const fn checked_add(self, bytes: u64) -> Option<VirtAddr> {
+        match self.0.checked_add(bytes) {
+            Some(a) => Some(VirtAddr(a)),
+            None => None,
+        }
+    }
+
+    /// The address `bytes` before this one, or `None` below 0.
+    #[inline]
+    pub const fn checked_sub(self, bytes: u64) -> Option<VirtAddr> {
+        match self.0.checked_sub(bytes) {
+            Some(a) => Some(VirtAddr(a)),
+            None => None,
+        }
+    }
+}
+
 impl PageCount {
+    /// The sum, or `None` on overflow.
+    #[inline]
+    pub const fn checked_add(self, other: PageCount) -> Option<PageCount> {
+        match self.0.checked_add(other.0) {
+            Some(n) => Some(PageCount(n)),
+            None => None,
+        }
+    }
+
+    /// The difference, or `None` if `other` is larger.
+    #[inline]
+    pub const fn checked_sub(self, other: PageCount) -> Option<PageCount> {
+        match self.0.checked_sub(other.0) {
+            Some(n) => Some(PageCount(n)),
+            None => None,
+        }
+    }
+
+    /// The difference, or zero if `other` is larger.
+    #[inline]
+    pub const fn saturating_sub(self, other: PageCount) -> PageCount {
+        PageCount(self.0.saturating_sub(other.0))
+    }
+
+    /// `n` times as many pages, or `None` on overflow.
+    #[inline]
+    pub const fn checked_mul(self, n: u64) -> Option<PageCount> {
+        match self.0.checked_mul(n) {
+            Some(p) => Some(PageCount(p)),
+            None => None,
+        }
+    }
+
     /// The size in bytes, or `None` on overflow.
     pub const fn bytes(self) -> Option<u64> {
         self.0.checked_mul(PAGE_SIZE)
@@ -180,5 +296,28 @@ mod tests {
         assert_eq!(PageCount::from_bytes_floor(8191), PageCount(1));
         assert_eq!(format!("{:?}", Gfn(16)), "Gfn(0x10)");
         assert_eq!(format!("{}", DomId(3)), "3");
+    }
+
+    #[test]
+    fn checked_arithmetic_stops_at_the_edges() {
+        let n = PageCount;
+        assert_eq!(Gfn(10).checked_add(n(5)), Some(Gfn(15)));
+        assert_eq!(Gfn(u64::MAX).checked_add(n(1)), None);
+        assert_eq!(Gfn(10).checked_sub(n(10)), Some(Gfn(0)));
+        assert_eq!(Gfn(10).checked_sub(n(11)), None);
+        assert_eq!(Gfn(15).frames_since(Gfn(10)), Some(n(5)));
+        assert_eq!(Gfn(9).frames_since(Gfn(10)), None);
+        assert_eq!(Mfn(u64::MAX - 1).checked_add(n(1)), Some(Mfn(u64::MAX)));
+        assert_eq!(Mfn(u64::MAX).checked_add(n(1)), None);
+        assert_eq!(GuestPhysAddr(u64::MAX).checked_add(1), None);
+        assert_eq!(GuestPhysAddr(0x1000).checked_sub(0x1001), None);
+        assert_eq!(GuestPhysAddr(0x1000).checked_sub(0x1000), Some(GuestPhysAddr(0)));
+        assert_eq!(VirtAddr(u64::MAX - 4095).checked_add(4096), None);
+        assert_eq!(VirtAddr(0x2000).checked_sub(0x1000), Some(VirtAddr(0x1000)));
+        assert_eq!(n(u64::MAX).checked_add(n(1)), None);
+        assert_eq!(n(3).checked_sub(n(4)), None);
+        assert_eq!(n(3).saturating_sub(n(4)), n(0));
+        assert_eq!(n(u64::MAX / 2 + 1).checked_mul(2), None);
+        assert_eq!(n(512).checked_mul(4), Some(n(2048)));
     }
 }
