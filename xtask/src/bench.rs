@@ -134,9 +134,11 @@ pub fn run(args: &[String]) -> Result<ExitCode> {
     let host = selected(&a.only, HOST);
     let xlb = selected(&a.only, XL_BALLOON);
     let xlg = selected(&a.only, crate::bench_grants::XL_GRANTS);
-    if chosen.is_empty() && !host && !xlb && !xlg {
+    let sizes = selected(&a.only, crate::stub::IMAGE_SIZE);
+    if chosen.is_empty() && !host && !xlb && !xlg && !sizes {
         bail!(
-            "no benchmark matches {:?} (boots: {}, `{XL_BALLOON}`, `xl-grants` and `{HOST}`)",
+            "no benchmark matches {:?} (boots: {}, `{XL_BALLOON}`, `xl-grants`, `image-size` and \
+             `{HOST}`)",
             a.only,
             all.iter().map(|b| b.name).collect::<Vec<_>>().join(", ")
         );
@@ -239,6 +241,13 @@ pub fn run(args: &[String]) -> Result<ExitCode> {
                 md.push_str(&g);
             }
             Err(e) => failed.push(format!("xl-grants: {e:#}")),
+        }
+    }
+    if sizes {
+        // A missed size goal is printed in the table, not an error.
+        match crate::stub::size_report() {
+            Ok(table) => md.push_str(&table),
+            Err(e) => failed.push(format!("{}: {e:#}", crate::stub::IMAGE_SIZE)),
         }
     }
     println!("{md}");

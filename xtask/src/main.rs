@@ -27,6 +27,7 @@ mod report;
 mod rig;
 mod scenarios;
 mod setup;
+mod stub;
 mod util;
 mod xl_scenarios;
 
@@ -79,7 +80,8 @@ commands:
                                                    the domain still paused (without it
                                                    the domain is unpaused first)
                             the domain's bound (60 s) grows by the steps' waits and sleeps
-  test [options]            cargo test --workspace, then every boot scenario
+  test [options]            cargo test --workspace, then every boot scenario (the agent's,
+                            the xl rig's, and x86_64-stub / aarch64-stub: examples/stub)
       --only NAME           run only scenarios whose name contains NAME (repeatable)
       --no-host-tests       skip cargo test --workspace
       --verbose             stream every boot's console
@@ -87,7 +89,9 @@ commands:
   bench [options]           boot the agent in benchmark mode (x86_64 dom0, aarch64 domU,
                             aarch64 dom0 + domU) and run the host region-table benchmark;
                             print markdown tables and goals; exit non-zero only if a boot fails
-      --only NAME           only boots whose name contains NAME, `xl-balloon` or `host` (repeatable)
+      --only NAME           only boots whose name contains NAME, `xl-balloon`, `xl-grants`,
+                            `image-size` (the stub's and the agent's images against their
+                            size goals) or `host` (repeatable)
       --out FILE            also write the markdown to FILE
       --verbose             stream every boot's console
       --timeout SECS        per boot (default 900)
@@ -599,7 +603,11 @@ fn test(args: &[String]) -> Result<ExitCode> {
         .into_iter()
         .filter(|s| wanted(s.name))
         .collect();
-    if scenarios.is_empty() && xl.is_empty() {
+    let stubs: Vec<_> = stub::scenarios()
+        .into_iter()
+        .filter(|s| wanted(s.name))
+        .collect();
+    if scenarios.is_empty() && xl.is_empty() && stubs.is_empty() {
         bail!("no scenario matches {:?}", t.only);
     }
     let mut tally = Tally::default();
@@ -686,6 +694,26 @@ fn test(args: &[String]) -> Result<ExitCode> {
         }
     }
 
+    // The firmware-like stub (examples/stub): plain text lines, its own checks.
+    match &env {
+        Some(env) => {
+            for (name, r) in stub::test_all(env, &stubs, t.timeout, t.verbose) {
+                match r {
+                    Ok(o) if o.failures.is_empty() => {
+                        tally.pass(name, &format!(" ({:.1} s)", o.elapsed.as_secs_f64()))
+                    }
+                    Ok(o) => tally.fail(name, &o.failures, Some(&o.log_path)),
+                    Err(e) => tally.fail(name, &[format!("{e:#}")], None),
+                }
+            }
+        }
+        None => {
+            for s in &stubs {
+                tally.fail(s.name, &["set-up failed (see above)".into()], None);
+            }
+        }
+    }
+
     for arch in [Arch::X86_64, Arch::Aarch64] {
         let these: Vec<&xl_scenarios::XlScenario> = xl.iter().filter(|s| s.arch == arch).collect();
         if these.is_empty() {
@@ -716,7 +744,7 @@ fn test(args: &[String]) -> Result<ExitCode> {
 
     println!(
         "xtask: counted {} scenario(s){}{}",
-        scenarios.len() + xl.len(),
+        scenarios.len() + xl.len() + stubs.len(),
         if t.host_tests {
             " + the host test run"
         } else {
