@@ -19,7 +19,8 @@ pub struct Agent {
     pub elf_path: PathBuf,
     /// The ELF's bytes.
     pub elf: Vec<u8>,
-    /// What QEMU loads: the ELF itself on x86_64, a flat Image on aarch64.
+    /// What QEMU loads: the ELF stripped to its segments on x86_64, a flat
+    /// Image on aarch64.
     pub boot_image: PathBuf,
 }
 
@@ -75,9 +76,14 @@ pub fn build(arch: Arch) -> Result<Agent> {
         .with_context(|| format!("reading the agent ELF {}", elf_path.display()))?;
     let boot_image = match arch {
         Arch::X86_64 => {
-            image::check_x86_64(&elf)
+            // Xen loads a copy without debug info, symbols or .defmt (which
+            // only the decoder reads, from `elf`).
+            let stripped = crate::stub::stripped_elf(&elf)
+                .and_then(|s| image::check_x86_64(&s).map(|()| s))
                 .with_context(|| format!("checking {}", elf_path.display()))?;
-            elf_path.clone()
+            let p = elf_path.with_file_name(format!("{BIN}.stripped"));
+            std::fs::write(&p, stripped).with_context(|| format!("writing {}", p.display()))?;
+            p
         }
         Arch::Aarch64 => {
             let img = image::arm64_image(&elf)
