@@ -39,6 +39,8 @@ pub struct BufTables<'a> {
     pub map: HashMap<u64, (u64, Attrs)>,
     /// Refuse the next maps.
     pub fail_map: bool,
+    /// Refuse the next unmaps (nothing is unmapped).
+    pub fail_unmap: bool,
 }
 
 impl<'a> BufTables<'a> {
@@ -67,6 +69,7 @@ impl<'a> BufTables<'a> {
             backed: HashMap::new(),
             map: HashMap::new(),
             fail_map: false,
+            fail_unmap: false,
         }
     }
 }
@@ -151,11 +154,16 @@ impl MapTarget for BufTables<'_> {
         pages: PageCount,
         _: &mut RegionTable,
     ) -> Result<(), PagingError> {
-        for i in 0..pages.0 {
-            let v = va.0 + i * PAGE_SIZE;
-            self.map
-                .remove(&v)
-                .ok_or(PagingError::NotMapped(VirtAddr(v)))?;
+        if self.fail_unmap {
+            return Err(PagingError::OutOfFrames);
+        }
+        // All or nothing, as the real page tables.
+        let pages = (0..pages.0).map(|i| va.0 + i * PAGE_SIZE);
+        if let Some(v) = pages.clone().find(|v| !self.map.contains_key(v)) {
+            return Err(PagingError::NotMapped(VirtAddr(v)));
+        }
+        for v in pages {
+            self.map.remove(&v);
             testmem::unmap(v);
             self.backed.retain(|_, w| *w != v);
         }
