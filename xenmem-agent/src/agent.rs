@@ -9,12 +9,14 @@
 //! (`cargo xtask`) parses them and checks them against what it configured.
 
 use alloc::vec::Vec;
+use core::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::arch::Verdict;
 use crate::cmdline::{self, FaultKind, Options};
 use xenmem::addr::{DomId, Gfn, PageCount, PAGE_SIZE};
 use xenmem::boot::{BootInfo, Firmware, PhysSpan};
 use xenmem::layout::{self, GapPolicy, LayoutError, Reservation, ReserveRule};
+use xenmem::leak::ReleaseError;
 use xenmem::m2p::{self, M2pError};
 use xenmem::memmap::{MemMapError, MemoryMap};
 use xenmem::region::{FrameRange, RegionKind, RegionTable, ReservedUse};
@@ -811,11 +813,11 @@ fn reservation_steps<H: Hypervisor>(
         }
         match made {
             Ok(buf) => {
-                let check = pattern_check(buf.range);
+                let check = pattern_check(buf.range());
                 let mut buf = buf;
-                if buf.machine.is_none() && s.privileged {
+                if buf.machine().is_none() && s.privileged {
                     // A privileged agent can read Xen's machine-to-phys table.
-                    match lookup_machine(hv, t, buf.range) {
+                    match lookup_machine(hv, t, buf.range()) {
                         Ok(mfns) => {
                             let first = m2p::contiguous(&mfns);
                             let end = mfns.iter().map(|m| m.0 + 1).max().unwrap_or(0) * PAGE_SIZE;
@@ -827,58 +829,48 @@ fn reservation_steps<H: Hypervisor>(
                                 yes(end <= 1 << 32)
                             );
                             match first {
+                                // The buffer and its region learn it (and
+                                // whether it lies below 4 GiB).
                                 Some(m) => {
-                                    buf.machine = Some(m);
-                                    let below = if end <= 1 << 32 {
-                                        xenmem::region::RegionFlags::BELOW_4G
-                                    } else {
-                                        xenmem::region::RegionFlags::empty()
-                                    };
-                                    let change = xenmem::region::Change {
-                                        set: below,
-                                        backing: Some(xenmem::region::Backing::Machine(m)),
-                                        expect: Some(RegionKind::Contiguous),
-                                        ..xenmem::region::Change::default()
-                                    };
-                                    if let Err(err) = t.modify(buf.range, change) {
+                                    if let Err(err) = buf.set_machine(t, m) {
                                         xm_error!("contiguous: {}", defmt_display(&err));
-                                        return Verdict::Fail;
+                                        return free_then_fail(e, t, buf);
                                     }
                                 }
                                 None => {
                                     xm_error!("contiguous: Xen's M2P says the buffer is not machine-contiguous");
-                                    return Verdict::Fail;
+                                    return free_then_fail(e, t, buf);
                                 }
                             }
                         }
                         Err(err) => {
                             xm_error!("contiguous: M2P lookup: {}", defmt_display(&err));
-                            return Verdict::Fail;
+                            return free_then_fail(e, t, buf);
                         }
                     }
                 }
-                match buf.machine {
+                match buf.machine() {
                     Some(m) => xm_info!(
                         "report: contiguous gpa={} size={=u64:#x} order={=u8} machine={=u64:#x} method={=str} bits={=u8} pattern={=str}",
-                        buf.range.start_addr(),
-                        buf.range.len().0 * PAGE_SIZE,
-                        buf.order.get(),
+                        buf.range().start_addr(),
+                        buf.range().len().0 * PAGE_SIZE,
+                        buf.order().get(),
                         m.0 * PAGE_SIZE,
-                        buf.method.name(),
+                        buf.method().name(),
                         bits.unwrap_or(0),
                         if check.is_some_and(|c| c.1) { "ok" } else { "unchecked" }
                     ),
                     None => xm_info!(
                         "report: contiguous gpa={} size={=u64:#x} order={=u8} machine=unknown method={=str} bits={=u8} pattern={=str}",
-                        buf.range.start_addr(),
-                        buf.range.len().0 * PAGE_SIZE,
-                        buf.order.get(),
-                        buf.method.name(),
+                        buf.range().start_addr(),
+                        buf.range().len().0 * PAGE_SIZE,
+                        buf.order().get(),
+                        buf.method().name(),
                         bits.unwrap_or(0),
                         if check.is_some_and(|c| c.1) { "ok" } else { "unchecked" }
                     ),
                 }
-                if let Err(err) = e.free_contiguous(t, &buf) {
+                if let Err(err) = retry_release(buf, |b| e.free_contiguous(t, b)) {
                     return fail("contiguous", err);
                 }
             }
@@ -886,6 +878,55 @@ fn reservation_steps<H: Hypervisor>(
         }
     }
     Verdict::Pass
+}
+
+/// Give `buf` back (trying twice) and fail: the
+/// buffer is not left behind on a failed run.
+fn free_then_fail<H: Hypervisor>(
+    e: &mut Engine<'_, H>,
+    t: &mut RegionTable,
+    buf: reservation::ContiguousBuffer,
+) -> Verdict {
+    if let Err(err) = retry_release(buf, |b| e.free_contiguous(t, b)) {
+        xm_error!("contiguous: free: {}", defmt_display(&err));
+    }
+    Verdict::Fail
+}
+
+/// Release a handle with `release`, and once more if the first attempt
+/// stopped part-way (the handle comes back knowing where: the second
+/// attempt continues there). A handle refused twice is dropped, and the
+/// leak hook reports what it still held.
+fn retry_release<M, E: core::fmt::Display>(
+    handle: M,
+    mut release: impl FnMut(M) -> Result<(), ReleaseError<M, E>>,
+) -> Result<(), E> {
+    match release(handle) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let (handle, first) = e.into_parts();
+            xm_warn!("release stopped ({}): trying again", defmt_display(&first));
+            release(handle).map_err(ReleaseError::into_error)
+        }
+    }
+}
+
+/// [`retry_release`] for the agent's own grant table (released in place).
+#[cfg(target_os = "none")]
+fn table_released<H: Hypervisor>(
+    gt: &mut xenmem::grant::GrantTable,
+    hv: &H,
+    t: &mut RegionTable,
+    pt: &mut impl xenmem::mapping::MapTarget,
+    vas: &mut xenmem::mapping::VaSpace,
+) -> Result<(), xenmem::grant::GrantError> {
+    gt.release(hv, t, pt, vas).or_else(|first| {
+        xm_warn!(
+            "grant table release stopped ({}): trying again",
+            defmt_display(&first)
+        );
+        gt.release(hv, t, pt, vas)
+    })
 }
 
 /// The agent's page tables for `what`, or `None` with the reason logged.
@@ -1401,7 +1442,7 @@ fn grant_self<H: Hypervisor>(
     let self_status = match grant::map_grants(hv, t, pt, vas, DomId::SELF, &[r], true) {
         Err(GrantError::Refused(f)) => f.first().map_or("?", |x| x.status.name()),
         Ok(m) => {
-            let _ = m.release(hv, t, pt, vas);
+            let _ = retry_release(m, |m| m.release(hv, t, pt, vas));
             "okay"
         }
         Err(_) => "error",
@@ -1441,7 +1482,7 @@ fn grant_self<H: Hypervisor>(
         Err(_) => "error",
     };
     let bus = gm.bus_addrs().first().copied().unwrap_or(0);
-    if let Err(e) = gm.release(hv, t, pt, vas) {
+    if let Err(e) = retry_release(gm, |m| m.release(hv, t, pt, vas)) {
         return grant_fail("release", e);
     }
     // SAFETY: as in `fill_page`.
@@ -1473,7 +1514,7 @@ fn grant_self<H: Hypervisor>(
             return grant_fail("end_access", e);
         }
     }
-    if let Err(e) = gt.release(hv, t, pt, vas) {
+    if let Err(e) = table_released(&mut gt, hv, t, pt, vas) {
         return grant_fail("table release", e);
     }
     // The granted page stays reserved (on x86 it has no GFN any more); the
@@ -1569,7 +1610,7 @@ fn grant_offer<H: Hypervisor>(
         tries
     );
     if ended {
-        if let Err(e) = gt.release(hv, t, pt, vas) {
+        if let Err(e) = table_released(&mut gt, hv, t, pt, vas) {
             return grant_fail("table release", e);
         }
         for (i, &(g, va)) in own.iter().enumerate() {
@@ -1823,7 +1864,7 @@ fn dom0_peer_run<H: Hypervisor>(
     }
     let active = gt.active();
     if active == 0 {
-        if let Err(e) = gt.release(hv, t, &mut *pt, &mut vas) {
+        if let Err(e) = table_released(&mut gt, hv, t, &mut *pt, &mut vas) {
             return grant_fail("table release", e);
         }
     } else {
@@ -1905,7 +1946,7 @@ where
             .map_or("refused-wrong-entry", |x| x.status.name()),
         Err(_) => "other-error",
         Ok(m) => {
-            let _ = m.release(hv, t, pt, vas);
+            let _ = retry_release(m, |m| m.release(hv, t, pt, vas));
             "mapped"
         }
     };
@@ -1913,7 +1954,7 @@ where
         Err(xenmem::grant::GrantError::Refused(f)) => f.first().map_or("?", |x| x.status.name()),
         Err(_) => "other-error",
         Ok(m) => {
-            let _ = m.release(hv, t, pt, vas);
+            let _ = retry_release(m, |m| m.release(hv, t, pt, vas));
             "mapped"
         }
     };
@@ -1956,7 +1997,7 @@ where
     }
     let first: GrantRef = refs[0];
     let t1 = xenmem::timer::now();
-    let released = gm.release(hv, t, pt, vas);
+    let released = retry_release(gm, |m| m.release(hv, t, pt, vas));
     let unmap_ticks = xenmem::timer::now().wrapping_sub(t1);
     let hz = xenmem::timer::system().map_or(0, |c| c.frequency());
     let released_ok = released.is_ok();
@@ -2188,7 +2229,7 @@ where
         }
     }
     if ended {
-        if let Err(e) = gt.release(hv, t, pt, vas) {
+        if let Err(e) = table_released(&mut gt, hv, t, pt, vas) {
             return grant_fail("table release", e);
         }
     } else {
@@ -2273,13 +2314,13 @@ where
         .and_then(|()| dom0_peer_wait(xs, "peer", "1 ended"));
     if let Err(e) = ended {
         xm_error!("dom0-peer: xenstore: {}", e);
-        let _ = gm.release(hv, t, pt, vas);
+        let _ = retry_release(gm, |m| m.release(hv, t, pt, vas));
         return Verdict::Fail;
     }
     // Ended by dom0 under the mapping: still the same pages.
     let bad_after = count_bad(&gm);
     let wrote = gm.write(0, &[0x5a; 8]).is_ok();
-    let released = gm.release(hv, t, pt, vas);
+    let released = retry_release(gm, |m| m.release(hv, t, pt, vas));
     if let Err(e) = &released {
         xm_error!("dom0-peer: releasing the mapping: {}", defmt_display(e));
     }
@@ -2524,7 +2565,7 @@ fn grant_map_peer<H: Hypervisor>(
         }
         Ok(m) => {
             xm_error!("grant: a batch with bad references was mapped");
-            let _ = m.release(hv, t, pt, vas);
+            let _ = retry_release(m, |m| m.release(hv, t, pt, vas));
             return Verdict::Fail;
         }
         Err(e) => return grant_fail("bad batch", e),
@@ -2571,7 +2612,7 @@ fn grant_map_peer<H: Hypervisor>(
     let foreign_released = match fm {
         Some(f) => {
             let (gfns, va) = (f.gfns(), f.va());
-            match f.release(hv, t, pt, vas) {
+            match retry_release(f, |m| m.release(hv, t, pt, vas)) {
                 Ok(()) => {
                     let frame = entry.map_or(0, |e| u64::from(e.frame));
                     report_mapping("foreign", peer, gfns, va, frame, "released");
@@ -2656,7 +2697,7 @@ fn grant_map_peer<H: Hypervisor>(
     let bus = gm.bus_addrs().first().copied().unwrap_or(0);
     let (gfns, va) = (gm.gfns(), gm.va());
     let gfn = gfns.start();
-    if let Err(e) = gm.release(hv, t, pt, vas) {
+    if let Err(e) = retry_release(gm, |m| m.release(hv, t, pt, vas)) {
         return grant_fail("release", e);
     }
     report_mapping("grant", peer, gfns, va, u64::from(r.0), "released");
@@ -2742,7 +2783,7 @@ fn peer_gnttab_entry<H: Hypervisor>(
     let (gfns, va) = (m.gfns(), m.va());
     report_mapping("gnttab", peer, gfns, va, u64::from(index), "made");
     let entry = m.grant_entry_v1(r.0);
-    if let Err(e) = m.release(hv, t, pt, vas) {
+    if let Err(e) = retry_release(m, |m| m.release(hv, t, pt, vas)) {
         xm_error!("peer-gnttab: release: {}", e);
         return None;
     }
@@ -2861,7 +2902,7 @@ fn helper_run<H: Hypervisor>(hv: &H, t: &mut RegionTable, mode: cmdline::HelperM
                 if wb { "ok" } else { "bad" },
                 yes(in_use)
             );
-            if let Err(e) = gm.release(hv, t, pt, vas) {
+            if let Err(e) = retry_release(gm, |m| m.release(hv, t, pt, vas)) {
                 xm_error!("helper: grant release: {}", defmt_display(&e));
                 return false;
             }
@@ -2918,6 +2959,9 @@ fn probe_run<H: Hypervisor>(
 /// Run the agent. `heap` is the heap's span, when the agent's heap lies in
 /// its image (the runtime's), so that the table records it.
 pub fn run(hv: &impl Hypervisor, boot: &BootInfo<'_>, heap: Option<PhysSpan>) -> Outcome {
+    // Every handle dropped unreleased (the library logs each) fails the run.
+    xenmem::leak::set_leak_hook(count_leak);
+    let leaks_before = LEAKS.load(Ordering::Relaxed);
     let mut exit = ExitPath::Host;
     let mut reboot = false;
     // The peer (`peer=`) not waited for yet.
@@ -3033,6 +3077,16 @@ pub fn run(hv: &impl Hypervisor, boot: &BootInfo<'_>, heap: Option<PhysSpan>) ->
             None => Verdict::Pass,
         }
     })();
+    let leaks = LEAKS.load(Ordering::Relaxed).wrapping_sub(leaks_before);
+    let verdict = if leaks == 0 {
+        verdict
+    } else {
+        xm_error!(
+            "leak: {=usize} handles were dropped without release: leaked",
+            leaks
+        );
+        Verdict::Fail
+    };
     match verdict {
         Verdict::Pass => xm_info!("verdict: PASS"),
         Verdict::Fail => xm_error!("verdict: FAIL"),
@@ -3048,6 +3102,15 @@ pub fn run(hv: &impl Hypervisor, boot: &BootInfo<'_>, heap: Option<PhysSpan>) ->
         exit,
         reboot,
     }
+}
+
+/// Handles the library reported dropped unreleased (see [`count_leak`]).
+static LEAKS: AtomicUsize = AtomicUsize::new(0);
+
+/// The agent's leak hook: the library has logged the leak already (defmt);
+/// count it, so that the run fails.
+fn count_leak(_: &xenmem::leak::Leak) {
+    LEAKS.fetch_add(1, Ordering::Relaxed);
 }
 
 /// No xenstore here (the host build): every operation says so.

@@ -1424,8 +1424,12 @@ impl<H: Hypervisor, P: MapTarget> GrantMapper for LibGrants<'_, H, P> {
             return Ok(0);
         };
         let n = m.refs().len();
-        m.release_per_call(self.hv, self.t, self.pt, self.vas, per_call)
-            .map_err(BenchError::Grant)?;
+        if let Err(e) = m.release_per_call(self.hv, self.t, self.pt, self.vas, per_call) {
+            // Kept, knowing what is left: the next unmap finishes it.
+            let (m, e) = e.into_parts();
+            self.mapped = Some(m);
+            return Err(BenchError::Grant(e));
+        }
         Ok(n.div_ceil(per_call.max(1)) as u64)
     }
 

@@ -23,14 +23,17 @@
 //! backing ([`Backing::None`](crate::region::Backing::None)): a grant-table frame is no frame of the other
 //! domain's physmap, which [`Backing::Foreign`](crate::region::Backing::Foreign) would claim. The handle,
 //! [`ResourceMap`], knows what the frames are, and must be given back with
-//! [`ResourceMap::release`]; dropping it unreleased is logged as a leak.
+//! [`ResourceMap::release`]; a release that fails part-way gives it back
+//! ([`ReleaseError`]) to be released again, and dropping it unreleased
+//! reports a [`Leak`](crate::leak::Leak) (see [`crate::leak`]).
 
 use alloc::vec::Vec;
 use core::fmt;
 
 use crate::addr::{DomId, Gfn, Order, PageCount, VirtAddr, PAGE_SIZE};
 use crate::grant::Bytes;
-use crate::mapping::{back_to_hole, remove_all, MapTarget, VaSpace};
+use crate::leak::{self, LeakKind, Outstanding, ReleaseError};
+use crate::mapping::{back_to_hole, remove_all, MapTarget, Teardown, UnmapFailure, VaSpace};
 use crate::paging::{Attrs, PagingError};
 use crate::region::{FrameRange, Region, RegionError, RegionFlags, RegionKind, RegionTable};
 use crate::xen::abi::gnttab::{self, GrantEntryV1};
@@ -121,6 +124,10 @@ pub enum AcquireError {
     /// Undoing a mapping failed: these hole frames may still hold the
     /// resource's frames; they are kept out of the table's holes.
     Unwind(XenError),
+    /// Giving a mapping back failed for some frames (every frame was
+    /// tried): they may still hold the resource's frames and stay out of
+    /// the table's holes; the others went back. Release the handle again.
+    Unmap(UnmapFailure),
 }
 
 impl fmt::Display for AcquireError {
@@ -160,6 +167,11 @@ impl fmt::Display for AcquireError {
             AcquireError::Paging(e) => write!(f, "page tables: {e:?}"),
             AcquireError::Table(e) => write!(f, "region table: {e}"),
             AcquireError::Unwind(e) => write!(f, "could not undo a failed mapping: {e}"),
+            AcquireError::Unmap(u) => write!(
+                f,
+                "could not remove {} frame(s) from the physmap; the first is entry {} (frame {}): {}",
+                u.failed, u.index, u.gfn, u.err
+            ),
         }
     }
 }
@@ -212,24 +224,28 @@ pub const fn grant_v1_frame(gref: u32) -> u32 {
 #[must_use = "a mapping must be given back with ResourceMap::release"]
 #[derive(Debug)]
 pub struct ResourceMap {
-    va: VirtAddr,
-    gfns: FrameRange,
+    undo: Teardown,
     dom: DomId,
     res: Resource,
     frame: u64,
     writable: bool,
-    released: bool,
 }
 
 impl ResourceMap {
-    /// Where it is mapped.
+    /// Where it is (or was) mapped in the window.
     pub fn va(&self) -> VirtAddr {
-        self.va
+        self.undo.va()
+    }
+
+    /// Where it is mapped in the window; `None` once a release that
+    /// stopped part-way has unmapped it there (no byte access then).
+    pub fn window(&self) -> Option<VirtAddr> {
+        self.undo.window()
     }
 
     /// The hole frames it occupies in the agent's physmap.
     pub fn gfns(&self) -> FrameRange {
-        self.gfns
+        self.undo.gfns()
     }
 
     /// The domain the resource belongs to.
@@ -249,12 +265,12 @@ impl ResourceMap {
 
     /// Frames mapped.
     pub fn frames(&self) -> PageCount {
-        self.gfns.len()
+        self.gfns().len()
     }
 
     /// Size in bytes.
     pub fn len(&self) -> u64 {
-        self.gfns.len().0 * PAGE_SIZE
+        self.gfns().len().0 * PAGE_SIZE
     }
 
     /// Never: a mapping has at least one page.
@@ -265,6 +281,11 @@ impl ResourceMap {
     /// Whether writes are allowed.
     pub fn writable(&self) -> bool {
         self.writable
+    }
+
+    /// What is still to be undone (all of it until a release starts).
+    pub fn outstanding(&self) -> Outstanding {
+        self.undo.outstanding()
     }
 
     /// Version-1 grant entry `gref` of the grant table this maps (shared
@@ -288,36 +309,40 @@ impl ResourceMap {
     }
 
     /// Give the mapping back: unmap it from the window, remove the frames
-    /// from the physmap, and return the hole to the table.
+    /// from the physmap (every one tried; `ENOENT`, nothing mapped there,
+    /// counts as removed), and return the hole to the table.
+    ///
+    /// On a failure the handle comes back with the error, recording what
+    /// is left, and a second release continues from there (each step is
+    /// done once): the page tables refused ([`AcquireError::Paging`]:
+    /// nothing changed), Xen kept some frames ([`AcquireError::Unmap`]:
+    /// they stay out of the holes and are tried again; the others went
+    /// back), or the table refused to take frames back
+    /// ([`AcquireError::Table`]).
     pub fn release(
         mut self,
         hv: &impl Hypervisor,
         table: &mut RegionTable,
         pt: &mut impl MapTarget,
         vas: &mut VaSpace,
-    ) -> Result<(), AcquireError> {
-        self.released = true;
-        pt.unmap(self.va, self.gfns.len(), table)
-            .map_err(AcquireError::Paging)?;
-        vas.free(self.va);
-        if let Some(e) = remove_all(hv, self.gfns) {
-            // Keep the frames marked foreign: they may still hold entries.
-            return Err(AcquireError::Unwind(e));
+    ) -> Result<(), ReleaseError<ResourceMap, AcquireError>> {
+        if let Err(e) = self.undo.unmap_window(table, pt, vas) {
+            return Err(ReleaseError::new(self, AcquireError::Paging(e)));
         }
-        table.modify(self.gfns, back_to_hole())?;
-        Ok(())
+        let failure = self.undo.remove_mapped(hv, true);
+        let table_err = self.undo.give_back(table, back_to_hole()).err();
+        match (failure, table_err) {
+            (Some(f), _) => Err(ReleaseError::new(self, AcquireError::Unmap(f))),
+            (None, Some(e)) => Err(ReleaseError::new(self, AcquireError::Table(e))),
+            (None, None) => Ok(()),
+        }
     }
 }
 
 impl Drop for ResourceMap {
     fn drop(&mut self) {
-        if !self.released {
-            xm_error!(
-                "acquire: {=u64} resource frames of domain {} at {} dropped without release: leaked",
-                self.gfns.len().0,
-                self.dom,
-                self.va
-            );
+        if !self.undo.is_done() {
+            leak::report(&self.undo.leak(LeakKind::ResourceMap, Some(self.dom)));
         }
     }
 }
@@ -389,13 +414,11 @@ pub fn acquire(
         return Err(undo(table, vas, AcquireError::Paging(e)));
     }
     Ok(ResourceMap {
-        va,
-        gfns: hole,
+        undo: Teardown::new(va, hole),
         dom,
         res,
         frame: first,
         writable,
-        released: false,
     })
 }
 
@@ -796,6 +819,139 @@ mod tests {
         let r = t.info(GuestPhysAddr(0x100000 << 12)).unwrap();
         assert_eq!(r.kind, RegionKind::Foreign);
         assert_eq!(vas.used(), 0);
+    }
+
+    /// A release stopped at each of its steps in turn: the error, the
+    /// handle given back with exactly what is left, and a second release
+    /// that finishes, each frame removed from the physmap once; then
+    /// nothing is left (page tables, window, holes, Xen's acquired frames)
+    /// and no leak is reported.
+    #[test]
+    fn every_step_of_a_release_fails_once_and_the_retry_finishes() {
+        use crate::leak::{test_hook::take, Outstanding};
+        let (m, h) = model();
+        let (mut t, mut pt, mut vas) = agent(&m);
+        let before = t.clone();
+        take();
+        let all = Outstanding {
+            window_pages: 3,
+            in_xen: 3,
+            held: 3,
+        };
+        let removes = || m.calls(XOp::RemoveFromPhysmap);
+        let map = |t: &mut RegionTable, pt: &mut BufTables<'_>, vas: &mut VaSpace| {
+            acquire_grant_table(&m, t, pt, vas, h, 0, 3).unwrap().1
+        };
+
+        // 1. The page tables refuse: nothing changed, it still reads.
+        let rm = map(&mut t, &mut pt, &mut vas);
+        pt.fail_unmap = true;
+        let calls = removes();
+        let (rm, e) = rm
+            .release(&m, &mut t, &mut pt, &mut vas)
+            .unwrap_err()
+            .into_parts();
+        assert_eq!(e, AcquireError::Paging(PagingError::OutOfFrames));
+        assert_eq!(rm.outstanding(), all);
+        assert_eq!(removes(), calls, "Xen was not asked");
+        assert!(rm.grant_entry_v1(8).is_some());
+        pt.fail_unmap = false;
+        rm.release(&m, &mut t, &mut pt, &mut vas).unwrap();
+        nothing_left(&m, &t, &before, &pt, &vas);
+
+        // 2. Xen removes the first frame and refuses the second: the window
+        // is gone (no byte access), the first and third frames are holes
+        // again, and the retry removes the second alone.
+        let rm = map(&mut t, &mut pt, &mut vas);
+        m.inject(Fault::ErrnoOnCall {
+            op: XOp::RemoveFromPhysmap,
+            nth: 1,
+            errno: Errno::EBUSY,
+        });
+        let (rm, e) = rm
+            .release(&m, &mut t, &mut pt, &mut vas)
+            .unwrap_err()
+            .into_parts();
+        let second = Gfn(rm.gfns().start().0 + 1);
+        assert_eq!(
+            e,
+            AcquireError::Unmap(UnmapFailure {
+                index: 1,
+                gfn: second,
+                err: XenError::Errno(Errno::EBUSY),
+                failed: 1
+            })
+        );
+        assert_eq!(
+            rm.outstanding(),
+            Outstanding {
+                window_pages: 0,
+                in_xen: 1,
+                held: 1
+            }
+        );
+        assert_eq!(rm.window(), None);
+        assert_eq!(rm.grant_entry_v1(8), None);
+        assert_eq!(
+            rm.read_obj::<u64>(0),
+            Err(AccessError::NotMapped),
+            "no access once unmapped from the window"
+        );
+        assert_eq!(m.acquired(D0).keys().copied().collect::<Vec<_>>(), [second]);
+        assert_eq!(t.count(RegionKind::Foreign), PageCount(1));
+        let calls = removes();
+        rm.release(&m, &mut t, &mut pt, &mut vas).unwrap();
+        assert_eq!(removes() - calls, 1);
+        nothing_left(&m, &t, &before, &pt, &vas);
+
+        // 3. The table refuses the holes back: Xen let go of everything;
+        // the retry asks Xen nothing.
+        let rm = map(&mut t, &mut pt, &mut vas);
+        let at = FrameRange::new(Gfn(rm.gfns().start().0 + 2), PageCount(1)).unwrap();
+        let swap = |t: &mut RegionTable, from, to| {
+            t.modify(
+                at,
+                crate::region::Change {
+                    kind: Some(to),
+                    expect: Some(from),
+                    ..crate::region::Change::default()
+                },
+            )
+            .unwrap()
+        };
+        swap(&mut t, RegionKind::Foreign, RegionKind::Grant);
+        let (rm, e) = rm
+            .release(&m, &mut t, &mut pt, &mut vas)
+            .unwrap_err()
+            .into_parts();
+        assert!(matches!(e, AcquireError::Table(_)), "{e:?}");
+        assert_eq!(
+            rm.outstanding(),
+            Outstanding {
+                window_pages: 0,
+                in_xen: 0,
+                held: 3
+            }
+        );
+        assert!(m.acquired(D0).is_empty());
+        swap(&mut t, RegionKind::Grant, RegionKind::Foreign);
+        let calls = removes();
+        rm.release(&m, &mut t, &mut pt, &mut vas).unwrap();
+        assert_eq!(removes(), calls);
+        nothing_left(&m, &t, &before, &pt, &vas);
+
+        assert_eq!(take(), [], "nothing leaked");
+        // Dropped unreleased: reported.
+        let rm = map(&mut t, &mut pt, &mut vas);
+        let gfns = rm.gfns();
+        drop(rm);
+        let leaks = take();
+        assert_eq!(leaks.len(), 1);
+        assert_eq!(
+            (leaks[0].kind, leaks[0].domain, leaks[0].frames),
+            (crate::leak::LeakKind::ResourceMap, Some(h), Some(gfns))
+        );
+        assert_eq!(leaks[0].outstanding, all);
     }
 
     #[test]

@@ -591,7 +591,9 @@ impl CrossDomain {
         let ro = mapping::map_foreign(hv, table, pt, vas, domid, &frames, false)
             .map_err(FlowError::Map)?;
         let second = check(&ro);
-        ro.release(hv, table, pt, vas).map_err(FlowError::Map)?;
+        // A failed release drops the handle given back: reported as a leak.
+        ro.release(hv, table, pt, vas)
+            .map_err(|e| FlowError::Map(e.into_error()))?;
         second?;
         xm_info!(
             "report: foreign-map domid={} frames={=u64} writable=yes pattern=ok reread=ok",
@@ -751,13 +753,19 @@ impl CrossDomain {
     ) -> Result<Destroyed, FlowError> {
         let hv = ctl.hv;
         let mut first = None;
+        // A mapping whose release failed is kept (given back with what is
+        // left to undo): reported as a leak if it is never released.
         if let Some(m) = self.gnttab.take() {
             if let Err(e) = m.release(hv, table, pt, vas) {
+                let (m, e) = e.into_parts();
+                self.gnttab = Some(m);
                 first.get_or_insert(FlowError::Acquire(e));
             }
         }
         if let Some(m) = self.foreign.take() {
             if let Err(e) = m.release(hv, table, pt, vas) {
+                let (m, e) = e.into_parts();
+                self.foreign = Some(m);
                 first.get_or_insert(FlowError::Map(e));
             }
         }
@@ -874,6 +882,7 @@ pub fn unprivileged_probe(
         Ok(m) => {
             xm_error!("unprivileged: foreign map of domain {} was allowed", target);
             m.release(hv, table, pt, vas)
+                .map_err(crate::leak::ReleaseError::into_error)
         }
         Err(e) => Err(e),
     };
@@ -884,6 +893,7 @@ pub fn unprivileged_probe(
                 target
             );
             m.release(hv, table, pt, vas)
+                .map_err(crate::leak::ReleaseError::into_error)
         }
         Err(e) => Err(e),
     };

@@ -24,64 +24,69 @@ use crate::region::{FrameRange, RegionKind, RegionTable, ReservedUse};
 ///
 /// # Safety
 ///
-/// For as long as the value lives, [`va`](Mapped::va) is the start of
-/// `gfns().len()` pages mapped in the program's address space (page tables
-/// in use), readable, and writable when [`writable`](Mapped::writable)
-/// says so: [`GuestMemory`] reads and writes through that address. A safe
-/// implementation could name any address, so implementing it is the
-/// promise:
+/// For as long as the value lives and [`va`](Mapped::va) returns
+/// `Some(va)`, `va` is the start of `gfns().len()` pages mapped in the
+/// program's address space (page tables in use), readable, and writable
+/// when [`writable`](Mapped::writable) says so: [`GuestMemory`] reads and
+/// writes through that address. A safe implementation could name any
+/// address, so implementing it is the promise:
 ///
 /// ```compile_fail
 /// use xenmem::{addr::VirtAddr, region::FrameRange};
 /// struct Anywhere(FrameRange);
 /// impl xenmem::guestmem::Mapped for Anywhere {
 ///     fn gfns(&self) -> FrameRange { self.0 }
-///     fn va(&self) -> VirtAddr { VirtAddr(0xdead_0000) }
+///     fn va(&self) -> Option<VirtAddr> { Some(VirtAddr(0xdead_0000)) }
 ///     fn writable(&self) -> bool { true }
 /// }
 /// ```
 pub unsafe trait Mapped {
     /// The guest frames it occupies.
     fn gfns(&self) -> FrameRange;
-    /// Where those frames are mapped in the agent's address space.
-    fn va(&self) -> VirtAddr;
+    /// Where those frames are mapped in the agent's address space; `None`
+    /// when they are not (a handle whose release stopped after unmapping
+    /// it from the window).
+    fn va(&self) -> Option<VirtAddr>;
     /// Whether writes are allowed.
     fn writable(&self) -> bool;
 }
 
-// SAFETY: a live grant map owns its window pages until it is unmapped.
+// SAFETY: a grant map owns its window pages while `window()` says it has
+// them mapped.
 unsafe impl Mapped for crate::grant::GrantMap {
     fn gfns(&self) -> FrameRange {
         crate::grant::GrantMap::gfns(self)
     }
-    fn va(&self) -> VirtAddr {
-        crate::grant::GrantMap::va(self)
+    fn va(&self) -> Option<VirtAddr> {
+        crate::grant::GrantMap::window(self)
     }
     fn writable(&self) -> bool {
         crate::grant::GrantMap::writable(self)
     }
 }
 
-// SAFETY: a live foreign map owns its window pages until it is unmapped.
+// SAFETY: a foreign map owns its window pages while `window()` says it has
+// them mapped.
 unsafe impl Mapped for crate::mapping::ForeignMap {
     fn gfns(&self) -> FrameRange {
         crate::mapping::ForeignMap::gfns(self)
     }
-    fn va(&self) -> VirtAddr {
-        crate::mapping::ForeignMap::va(self)
+    fn va(&self) -> Option<VirtAddr> {
+        crate::mapping::ForeignMap::window(self)
     }
     fn writable(&self) -> bool {
         crate::mapping::ForeignMap::writable(self)
     }
 }
 
-// SAFETY: a live resource map owns its window pages until it is unmapped.
+// SAFETY: a resource map owns its window pages while `window()` says it
+// has them mapped.
 unsafe impl Mapped for crate::acquire::ResourceMap {
     fn gfns(&self) -> FrameRange {
         crate::acquire::ResourceMap::gfns(self)
     }
-    fn va(&self) -> VirtAddr {
-        crate::acquire::ResourceMap::va(self)
+    fn va(&self) -> Option<VirtAddr> {
+        crate::acquire::ResourceMap::window(self)
     }
     fn writable(&self) -> bool {
         crate::acquire::ResourceMap::writable(self)
@@ -139,7 +144,8 @@ pub enum GuestMemError {
         /// What the region is.
         kind: RegionKind,
     },
-    /// A grant or foreign region with no live mapping handle here.
+    /// A grant or foreign region with no live mapping handle here, or
+    /// with one no longer mapped in the window (a release under way).
     NotMapped(GuestPhysAddr),
     /// A write to a read-only mapping, or to the agent's own image, heap,
     /// stacks, page tables or boot data.
@@ -199,9 +205,10 @@ impl<'a> GuestMemory<'a> {
                 if write && !m.writable() {
                     return Err(GuestMemError::ReadOnly(addr));
                 }
+                let va = m.va().ok_or(GuestMemError::NotMapped(addr))?;
                 let off = gpa - m.gfns().start_addr().0;
                 Ok(Piece {
-                    va: m.va().0 + off,
+                    va: va.0 + off,
                     len: in_page,
                 })
             }
@@ -338,6 +345,9 @@ mod tests {
         gfns: FrameRange,
         buf: Buf,
         writable: bool,
+        /// Still mapped (a handle whose release stopped after the window
+        /// unmap says no).
+        mapped: bool,
     }
 
     // SAFETY: the fake's pages are host memory it owns for its whole life.
@@ -345,8 +355,10 @@ mod tests {
         fn gfns(&self) -> FrameRange {
             self.gfns
         }
-        fn va(&self) -> VirtAddr {
-            self.buf.addr(self.buf.base * PAGE_SIZE).unwrap()
+        fn va(&self) -> Option<VirtAddr> {
+            self.buf
+                .addr(self.buf.base * PAGE_SIZE)
+                .filter(|_| self.mapped)
         }
         fn writable(&self) -> bool {
             self.writable
@@ -396,11 +408,13 @@ mod tests {
             gfns: fr(0x14, 2),
             buf: Buf::new(0x14, 2),
             writable: true,
+            mapped: true,
         };
         let foreign = FakeMap {
             gfns: fr(0x16, 1),
             buf: Buf::new(0x16, 1),
             writable: false,
+            mapped: true,
         };
         (t, ram, grant, foreign)
     }
@@ -464,5 +478,24 @@ mod tests {
             gm.read(GuestPhysAddr(u64::MAX - 3), &mut b),
             Err(GuestMemError::Overflow)
         );
+    }
+
+    #[test]
+    fn a_handle_no_longer_in_the_window_is_not_reached() {
+        let (t, ram, mut grant, foreign) = setup();
+        grant.mapped = false;
+        let maps: [&dyn Mapped; 2] = [&grant, &foreign];
+        let gm = GuestMemory::new(&t, &ram, &maps);
+        let mut b = [0u8; 8];
+        // Its frames are refused whole, even where the access starts in RAM.
+        assert_eq!(
+            gm.read(GuestPhysAddr(0x13ffc), &mut b),
+            Err(GuestMemError::NotMapped(GuestPhysAddr(0x14000)))
+        );
+        assert_eq!(
+            gm.write(GuestPhysAddr(0x14008), &[1]),
+            Err(GuestMemError::NotMapped(GuestPhysAddr(0x14008)))
+        );
+        gm.read(GuestPhysAddr(0x16000), &mut b).unwrap();
     }
 }

@@ -78,6 +78,7 @@ pub mod fdt;
 pub mod grant;
 pub mod guestmem;
 pub mod layout;
+pub mod leak;
 pub mod logframe;
 pub mod m2p;
 pub mod mapping;

@@ -101,7 +101,9 @@ pub fn machine_frames(
             found[(gfn - range.start().0) as usize] = Some(Mfn(mfn));
         }
     }
-    m2p.release(hv, table, pt, vas).map_err(M2pError::Map)?;
+    // A failed release drops the handle given back: reported as a leak.
+    m2p.release(hv, table, pt, vas)
+        .map_err(|e| M2pError::Map(e.into_error()))?;
     found
         .into_iter()
         .enumerate()

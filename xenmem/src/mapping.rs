@@ -10,9 +10,12 @@
 //! back, and nothing is half-mapped.
 //!
 //! The handle, [`ForeignMap`], must be given back with
-//! [`ForeignMap::release`]; dropping it unreleased is logged as a leak (the
-//! mapping cannot be torn down without the hypervisor, the table and the page
-//! tables, which a `Drop` does not have).
+//! [`ForeignMap::release`] (the mapping cannot be torn down without the
+//! hypervisor, the table and the page tables, which a `Drop` does not have).
+//! A release that fails part-way gives the handle back
+//! ([`ReleaseError`]) recording what is still to
+//! be undone, so that releasing it again finishes the job; dropping it
+//! unreleased reports a [`Leak`] (see [`crate::leak`]).
 //!
 //! Unmapping (a release or an unwind) removes the entries with
 //! `XENMEM_remove_from_physmap` batched in multicalls
@@ -23,9 +26,11 @@
 
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
+use core::cell::Cell;
 use core::fmt;
 
 use crate::addr::{DomId, Gfn, PageCount, VirtAddr, PAGE_SIZE};
+use crate::leak::{self, Leak, LeakKind, Outstanding, ReleaseError};
 use crate::paging::{self, Attrs, FrameSource, PagingError};
 use crate::region::{
     Backing, Change, FrameRange, Op, Region, RegionError, RegionFlags, RegionKind, RegionTable,
@@ -37,8 +42,8 @@ use crate::xen::{Hypervisor, XenError, XenStatus, MULTICALL_MAX};
 pub const BATCH: usize = 512;
 
 /// What the page tables offer this module: map and unmap runs of 4 KiB pages
-/// in the mapping window. Implemented by [`paging::PageTable`]; host tests
-/// use a fake.
+/// in the mapping window, each all or nothing. Implemented by
+/// [`paging::PageTable`]; host tests use a fake.
 pub trait MapTarget {
     /// Map `pages` pages from `pa` at `va`, flushed.
     fn map(
@@ -49,7 +54,8 @@ pub trait MapTarget {
         attrs: Attrs,
         frames: &mut RegionTable,
     ) -> Result<(), PagingError>;
-    /// Unmap `pages` pages at `va`, flushed.
+    /// Unmap `pages` pages at `va`, flushed; on an error nothing was
+    /// unmapped (a release that stops there can be tried again).
     fn unmap(
         &mut self,
         va: VirtAddr,
@@ -223,22 +229,26 @@ impl From<RegionError> for MapError {
 #[must_use = "a mapping must be given back with ForeignMap::release"]
 #[derive(Debug)]
 pub struct ForeignMap {
-    va: VirtAddr,
-    gfns: FrameRange,
+    undo: Teardown,
     dom: DomId,
     writable: bool,
-    released: bool,
 }
 
 impl ForeignMap {
-    /// Where it is mapped.
+    /// Where it is (or was) mapped in the window.
     pub fn va(&self) -> VirtAddr {
-        self.va
+        self.undo.va()
+    }
+
+    /// Where it is mapped in the window; `None` once a release that
+    /// stopped part-way has unmapped it there (no byte access then).
+    pub fn window(&self) -> Option<VirtAddr> {
+        self.undo.window()
     }
 
     /// The hole frames it occupies in the agent's physmap.
     pub fn gfns(&self) -> FrameRange {
-        self.gfns
+        self.undo.gfns()
     }
 
     /// The domain the frames belong to.
@@ -248,7 +258,7 @@ impl ForeignMap {
 
     /// Size in bytes.
     pub fn len(&self) -> u64 {
-        self.gfns.len().0 * PAGE_SIZE
+        self.gfns().len().0 * PAGE_SIZE
     }
 
     /// Never: a mapping has at least one page.
@@ -261,36 +271,248 @@ impl ForeignMap {
         self.writable
     }
 
+    /// What is still to be undone (all of it until a release starts).
+    pub fn outstanding(&self) -> Outstanding {
+        self.undo.outstanding()
+    }
+
     /// Give the mapping back: unmap it from the window, remove the foreign
     /// entries from the physmap ([`MULTICALL_MAX`] per multicall), and
-    /// return the hole to the table. Every frame is tried; those Xen does
-    /// not remove stay marked foreign (out of the holes) and are reported by
-    /// index ([`MapError::Unmap`]). The handle is gone either way.
+    /// return the hole to the table. Every frame is tried; the frames Xen
+    /// let go go back to the holes.
+    ///
+    /// On a failure the handle comes back with the error, recording what
+    /// is left, and a second release continues from there (each step is
+    /// done once): the page tables refused ([`MapError::Paging`]: nothing
+    /// changed), Xen kept some frames ([`MapError::Unmap`], the first by
+    /// index: they stay marked foreign, out of the holes, and are tried
+    /// again), or the table refused to take frames back
+    /// ([`MapError::Table`]). A frame whose entry was already gone
+    /// (`ENOENT`: something removed it behind the handle) is reported too;
+    /// Xen holds nothing there, so the next release only gives it back.
     pub fn release(
         mut self,
         hv: &impl Hypervisor,
         table: &mut RegionTable,
         pt: &mut impl MapTarget,
         vas: &mut VaSpace,
-    ) -> Result<(), MapError> {
-        self.released = true;
-        pt.unmap(self.va, self.gfns.len(), table)
-            .map_err(MapError::Paging)?;
-        vas.free(self.va);
+    ) -> Result<(), ReleaseError<ForeignMap, MapError>> {
+        if let Err(e) = self.undo.unmap_window(table, pt, vas) {
+            return Err(ReleaseError::new(self, MapError::Paging(e)));
+        }
         // Every frame was mapped: here even ENOENT is an error.
-        remove_to_holes(hv, table, self.gfns, |_| false)
+        let failure = self.undo.remove_mapped(hv, false);
+        let table_err = self.undo.give_back(table, back_to_hole()).err();
+        match (failure, table_err) {
+            (Some(f), _) => Err(ReleaseError::new(self, MapError::Unmap(f))),
+            (None, Some(e)) => Err(ReleaseError::new(self, MapError::Table(e))),
+            (None, None) => Ok(()),
+        }
     }
 }
 
 impl Drop for ForeignMap {
     fn drop(&mut self) {
-        if !self.released {
-            xm_error!(
-                "mapping: {=u64} foreign frames at {} dropped without release: leaked",
-                self.gfns.len().0,
-                self.va
-            );
+        if !self.undo.is_done() {
+            leak::report(&self.undo.leak(LeakKind::ForeignMap, Some(self.dom)));
         }
+    }
+}
+
+/// Where a frame of a mapping is in its teardown.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Step {
+    /// Xen maps something there; the table records it.
+    Mapped,
+    /// Xen said in this release that nothing is there (`ENOENT`:
+    /// something took it away behind the handle): reported, and given back
+    /// by the next release.
+    Vanished,
+    /// Xen let go; the table still records it.
+    Unmapped,
+    /// Back in the holes.
+    Done,
+}
+
+/// What of a mapping in hole frames and the window is still to be undone,
+/// frame by frame: the record a handle keeps so that a release that failed
+/// part-way can be continued and never undoes a step twice. Shared by
+/// [`ForeignMap`], [`crate::grant::GrantMap`] and
+/// [`crate::acquire::ResourceMap`].
+#[derive(Debug)]
+pub(crate) struct Teardown {
+    va: VirtAddr,
+    gfns: FrameRange,
+    /// Still mapped in the window.
+    window: bool,
+    steps: Vec<Step>,
+}
+
+impl Teardown {
+    /// All of `gfns` mapped by Xen, recorded in the table and mapped at
+    /// `va`.
+    pub(crate) fn new(va: VirtAddr, gfns: FrameRange) -> Self {
+        Teardown {
+            va,
+            gfns,
+            window: true,
+            steps: alloc::vec![Step::Mapped; gfns.len().0 as usize],
+        }
+    }
+
+    pub(crate) fn va(&self) -> VirtAddr {
+        self.va
+    }
+
+    pub(crate) fn gfns(&self) -> FrameRange {
+        self.gfns
+    }
+
+    /// The window address while mapped there.
+    pub(crate) fn window(&self) -> Option<VirtAddr> {
+        self.window.then_some(self.va)
+    }
+
+    pub(crate) fn steps(&self) -> &[Step] {
+        &self.steps
+    }
+
+    pub(crate) fn set(&mut self, i: usize, step: Step) {
+        if let Some(s) = self.steps.get_mut(i) {
+            *s = step;
+        }
+    }
+
+    /// Frame `i`.
+    pub(crate) fn frame(&self, i: usize) -> Gfn {
+        Gfn(self.gfns.start().0 + i as u64)
+    }
+
+    /// Everything undone.
+    pub(crate) fn is_done(&self) -> bool {
+        !self.window && self.steps.iter().all(|s| *s == Step::Done)
+    }
+
+    pub(crate) fn outstanding(&self) -> Outstanding {
+        let count = |f: fn(&Step) -> bool| self.steps.iter().filter(|s| f(s)).count() as u64;
+        Outstanding {
+            window_pages: if self.window { self.gfns.len().0 } else { 0 },
+            in_xen: count(|s| *s == Step::Mapped),
+            held: count(|s| *s != Step::Done),
+        }
+    }
+
+    /// What a drop now leaks.
+    pub(crate) fn leak(&self, kind: LeakKind, domain: Option<DomId>) -> Leak {
+        Leak {
+            kind,
+            domain,
+            frames: Some(self.gfns),
+            va: self.window(),
+            outstanding: self.outstanding(),
+            grants: 0,
+        }
+    }
+
+    /// Step 1: unmap the window (once).
+    pub(crate) fn unmap_window(
+        &mut self,
+        table: &mut RegionTable,
+        pt: &mut impl MapTarget,
+        vas: &mut VaSpace,
+    ) -> Result<(), PagingError> {
+        if self.window {
+            pt.unmap(self.va, self.gfns.len(), table)?;
+            vas.free(self.va);
+            self.window = false;
+        }
+        Ok(())
+    }
+
+    /// Step 2 for physmap entries: remove the frames Xen still maps (all of
+    /// them tried, batched). `ENOENT` counts as removed when `enoent_ok`,
+    /// else the frame is [`Step::Vanished`] and reported. The first
+    /// failure (by index) and how many failed.
+    pub(crate) fn remove_mapped(
+        &mut self,
+        hv: &impl Hypervisor,
+        enoent_ok: bool,
+    ) -> Option<UnmapFailure> {
+        let mut first: Option<UnmapFailure> = None;
+        let mut count = 0u64;
+        let gfns = self.gfns;
+        // Read by one closure, written by the other (each frame is asked
+        // about before its result comes).
+        let steps = Cell::from_mut(&mut self.steps[..]).as_slice_of_cells();
+        remove_each(
+            hv,
+            gfns,
+            |i| {
+                steps
+                    .get(i as usize)
+                    .is_some_and(|s| s.get() == Step::Mapped)
+            },
+            |i, r| {
+                let step = match r {
+                    Ok(()) => Step::Unmapped,
+                    Err(e) if not_mapped(&e) && enoent_ok => Step::Unmapped,
+                    Err(e) => {
+                        count += 1;
+                        first.get_or_insert(UnmapFailure {
+                            index: i,
+                            gfn: Gfn(gfns.start().0 + i),
+                            err: e,
+                            failed: 0,
+                        });
+                        if not_mapped(&e) {
+                            Step::Vanished
+                        } else {
+                            Step::Mapped
+                        }
+                    }
+                };
+                if let Some(s) = steps.get(i as usize) {
+                    s.set(step);
+                }
+            },
+        );
+        first.map(|f| UnmapFailure { failed: count, ..f })
+    }
+
+    /// Step 3: give every frame Xen let go back to the table with
+    /// `change` (one change per run of them); the frames that vanished in
+    /// this release go back in the next one. The first refusal; the runs
+    /// before and after it are still tried.
+    pub(crate) fn give_back(
+        &mut self,
+        table: &mut RegionTable,
+        change: Change,
+    ) -> Result<(), RegionError> {
+        let mut first = Ok(());
+        let mut i = 0usize;
+        while i < self.steps.len() {
+            if self.steps[i] != Step::Unmapped {
+                i += 1;
+                continue;
+            }
+            let run = self.steps[i..]
+                .iter()
+                .take_while(|s| **s == Step::Unmapped)
+                .count();
+            let r = FrameRange::new(self.frame(i), PageCount(run as u64))
+                .and_then(|r| table.modify(r, change));
+            match r {
+                Ok(()) => self.steps[i..i + run].fill(Step::Done),
+                Err(e) => first = first.and(Err(e)),
+            }
+            i += run;
+        }
+        for s in &mut self.steps {
+            if *s == Step::Vanished {
+                *s = Step::Unmapped;
+            }
+        }
+        first
     }
 }
 
@@ -304,31 +526,51 @@ fn not_mapped(e: &XenError) -> bool {
 /// `ENOENT` (Xen mapped nothing there) is expected. The first other error,
 /// if any.
 pub(crate) fn remove_all(hv: &impl Hypervisor, gfns: FrameRange) -> Option<XenError> {
-    remove_each(hv, gfns, not_mapped, |_| {}).map(|f| f.err)
+    let mut first = None;
+    remove_each(
+        hv,
+        gfns,
+        |_| true,
+        |_, r| {
+            if let Err(e) = r {
+                if !not_mapped(&e) {
+                    first.get_or_insert(e);
+                }
+            }
+        },
+    );
+    first
 }
 
-/// `XENMEM_remove_from_physmap` for every frame of `gfns`, batched
-/// ([`Hypervisor::remove_from_physmap_batch`], one multicall per
-/// [`MULTICALL_MAX`] frames, from a buffer on the stack; after a multicall
-/// that failed as a whole, one call per frame); all are tried. `failed(i)`
-/// is told the index of every frame whose error is not `expected`, in
-/// order; the first of them and the count are returned.
+/// `XENMEM_remove_from_physmap` for every frame `i` of `gfns` that `todo(i)`
+/// names, in order, batched ([`Hypervisor::remove_from_physmap_batch`], one
+/// multicall per [`MULTICALL_MAX`] of them, from a buffer on the stack;
+/// after a multicall that failed as a whole, one call per frame); all are
+/// tried. `each(i, result)` is told every result, in order, after the
+/// hypercall that carried it (so `todo` of later frames is asked after
+/// `each` of earlier ones).
 fn remove_each(
     hv: &impl Hypervisor,
     gfns: FrameRange,
-    expected: impl Fn(&XenError) -> bool,
-    mut failed: impl FnMut(u64),
-) -> Option<UnmapFailure> {
-    let mut first: Option<UnmapFailure> = None;
-    let mut count = 0u64;
+    todo: impl Fn(u64) -> bool,
+    mut each: impl FnMut(u64, Result<(), XenError>),
+) {
     let mut list = [Gfn(0); MULTICALL_MAX];
     let mut results = [Ok(()); MULTICALL_MAX];
-    let mut at = gfns.start().0;
+    let mut next = 0u64;
+    let len = gfns.len().0;
     let mut batched = true;
-    while at < gfns.end().0 {
-        let n = (gfns.end().0 - at).min(MULTICALL_MAX as u64) as usize;
-        for (i, g) in list[..n].iter_mut().enumerate() {
-            *g = Gfn(at + i as u64);
+    loop {
+        let mut n = 0usize;
+        while next < len && n < MULTICALL_MAX {
+            if todo(next) {
+                list[n] = Gfn(gfns.start().0 + next);
+                n += 1;
+            }
+            next += 1;
+        }
+        if n == 0 {
+            return;
         }
         let results = &mut results[..n];
         if batched {
@@ -345,40 +587,28 @@ fn remove_each(
                 *r = hv.remove_from_physmap(*g);
             }
         }
-        for (i, r) in results.iter().enumerate() {
-            let Err(e) = r else { continue };
-            if expected(e) {
-                continue;
-            }
-            let index = at - gfns.start().0 + i as u64;
-            count += 1;
-            failed(index);
-            first.get_or_insert(UnmapFailure {
-                index,
-                gfn: Gfn(at + i as u64),
-                err: *e,
-                failed: 0,
-            });
+        for (g, r) in list[..n].iter().zip(results.iter()) {
+            each(g.0 - gfns.start().0, *r);
         }
-        at += n as u64;
     }
-    first.map(|f| UnmapFailure { failed: count, ..f })
 }
 
 /// Remove every frame of `gfns` (recorded as foreign in `table`) from the
-/// physmap and give the frames Xen let go back to the holes; those whose
-/// removal failed with an error that is not `expected` stay foreign and
-/// are reported ([`MapError::Unmap`], the first by index).
+/// physmap, as an unwind does (`ENOENT`: Xen mapped nothing there, as
+/// expected), and give the frames Xen let go back to the holes; those whose
+/// removal failed otherwise stay foreign and are reported
+/// ([`MapError::Unmap`], the first by index).
 fn remove_to_holes(
     hv: &impl Hypervisor,
     table: &mut RegionTable,
     gfns: FrameRange,
-    expected: impl Fn(&XenError) -> bool,
 ) -> Result<(), MapError> {
     // Runs of frames that went, given back between the failed ones (which
     // come in order).
     let mut run_start = 0u64;
     let mut table_err = None;
+    let mut first: Option<UnmapFailure> = None;
+    let mut count = 0u64;
     let mut give_back = |table: &mut RegionTable, from: u64, to: u64| {
         if to > from {
             let r = FrameRange::new(Gfn(gfns.start().0 + from), PageCount(to - from))
@@ -388,13 +618,28 @@ fn remove_to_holes(
             }
         }
     };
-    let failure = remove_each(hv, gfns, expected, |i| {
-        give_back(table, run_start, i);
-        run_start = i + 1;
-    });
+    remove_each(
+        hv,
+        gfns,
+        |_| true,
+        |i, r| match r {
+            Err(e) if !not_mapped(&e) => {
+                give_back(table, run_start, i);
+                run_start = i + 1;
+                count += 1;
+                first.get_or_insert(UnmapFailure {
+                    index: i,
+                    gfn: Gfn(gfns.start().0 + i),
+                    err: e,
+                    failed: 0,
+                });
+            }
+            _ => {}
+        },
+    );
     give_back(table, run_start, gfns.len().0);
-    match (failure, table_err) {
-        (Some(f), _) => Err(MapError::Unmap(f)),
+    match (first, table_err) {
+        (Some(f), _) => Err(MapError::Unmap(UnmapFailure { failed: count, ..f })),
         (None, Some(e)) => Err(MapError::Table(e)),
         (None, None) => Ok(()),
     }
@@ -501,7 +746,7 @@ pub fn map_foreign(
         let upto = (upto as u64).min(n.0);
         let asked = FrameRange::new(hole.start(), PageCount(upto));
         let r = match asked {
-            Ok(asked) => remove_to_holes(hv, table, asked, not_mapped),
+            Ok(asked) => remove_to_holes(hv, table, asked),
             Err(_) => Ok(()),
         };
         if let Ok(rest) = FrameRange::new(Gfn(hole.start().0 + upto), PageCount(n.0 - upto)) {
@@ -528,11 +773,9 @@ pub fn map_foreign(
         return Err(MapError::Paging(e));
     }
     Ok(ForeignMap {
-        va,
-        gfns: hole,
+        undo: Teardown::new(va, hole),
         dom,
         writable,
-        released: false,
     })
 }
 
@@ -549,6 +792,8 @@ mod tests {
     struct FakeTables {
         map: HashMap<u64, (u64, Attrs)>,
         fail_map: bool,
+        /// Refuse unmaps (nothing is unmapped).
+        fail_unmap: bool,
     }
 
     impl MapTarget for FakeTables {
@@ -581,10 +826,15 @@ mod tests {
             pages: PageCount,
             _: &mut RegionTable,
         ) -> Result<(), PagingError> {
-            for i in 0..pages.0 {
-                self.map
-                    .remove(&(va.0 + i * PAGE_SIZE))
-                    .ok_or(PagingError::NotMapped(VirtAddr(va.0 + i * PAGE_SIZE)))?;
+            if self.fail_unmap {
+                return Err(PagingError::OutOfFrames);
+            }
+            let pages = (0..pages.0).map(|i| va.0 + i * PAGE_SIZE);
+            if let Some(v) = pages.clone().find(|v| !self.map.contains_key(v)) {
+                return Err(PagingError::NotMapped(VirtAddr(v)));
+            }
+            for v in pages {
+                self.map.remove(&v);
             }
             Ok(())
         }
@@ -794,8 +1044,12 @@ mod tests {
             errno: Errno::EBUSY,
         });
         let bad = Gfn(hole.start().0 + 150);
+        let (fm, e) = fm
+            .release(&m, &mut t, &mut pt, &mut vas)
+            .unwrap_err()
+            .into_parts();
         assert_eq!(
-            fm.release(&m, &mut t, &mut pt, &mut vas).unwrap_err(),
+            e,
             MapError::Unmap(UnmapFailure {
                 index: 150,
                 gfn: bad,
@@ -817,22 +1071,37 @@ mod tests {
             }
         );
         assert!(pt.map.is_empty() && vas.used() == 0);
-        // Removing the last entry by hand makes everything as before.
-        m.remove_from_physmap(bad).unwrap();
-        t.modify(r.range, back_to_hole()).unwrap();
+        // The handle came back knowing that frame alone is left: releasing
+        // it again removes that one entry and makes everything as before.
+        assert_eq!(
+            fm.outstanding(),
+            Outstanding {
+                window_pages: 0,
+                in_xen: 1,
+                held: 1
+            }
+        );
+        let singles = m.calls(XOp::RemoveFromPhysmap);
+        fm.release(&m, &mut t, &mut pt, &mut vas).unwrap();
+        assert_eq!(m.calls(XOp::RemoveFromPhysmap) - singles, 1);
         assert_eq!(t, before);
+        assert!(m.foreign(D0).is_empty());
         m.check_conservation().unwrap();
     }
 
     #[test]
     fn entries_taken_away_behind_the_handle_are_each_reported() {
-        let (m, mut t, mut pt, mut vas, _, fm) = mapped(N);
+        let (m, mut t, mut pt, mut vas, before, fm) = mapped(N);
         let hole = fm.gfns().start().0;
         // Something removed frames 3 and N - 1 already: ENOENT for them.
         m.remove_from_physmap(Gfn(hole + 3)).unwrap();
         m.remove_from_physmap(Gfn(hole + N - 1)).unwrap();
+        let (fm, e) = fm
+            .release(&m, &mut t, &mut pt, &mut vas)
+            .unwrap_err()
+            .into_parts();
         assert_eq!(
-            fm.release(&m, &mut t, &mut pt, &mut vas).unwrap_err(),
+            e,
             MapError::Unmap(UnmapFailure {
                 index: 3,
                 gfn: Gfn(hole + 3),
@@ -848,6 +1117,19 @@ mod tests {
                 RegionKind::Foreign
             );
         }
+        // Xen holds nothing there: the next release only gives them back.
+        assert_eq!(
+            fm.outstanding(),
+            Outstanding {
+                window_pages: 0,
+                in_xen: 0,
+                held: 2
+            }
+        );
+        let singles = m.calls(XOp::RemoveFromPhysmap);
+        fm.release(&m, &mut t, &mut pt, &mut vas).unwrap();
+        assert_eq!(m.calls(XOp::RemoveFromPhysmap), singles, "no removal again");
+        assert_eq!(t, before);
     }
 
     #[test]
@@ -907,6 +1189,152 @@ mod tests {
         t.modify(FrameRange::new(g, PageCount(1)).unwrap(), back_to_hole())
             .unwrap();
         assert_eq!(t, before);
+    }
+
+    /// Make the table refuse to give `gfn` back (a release expects
+    /// `Foreign` there), or accept it again.
+    fn tamper(t: &mut RegionTable, gfn: Gfn, refuse: bool) {
+        let (from, to) = if refuse {
+            (RegionKind::Foreign, RegionKind::Grant)
+        } else {
+            (RegionKind::Grant, RegionKind::Foreign)
+        };
+        t.modify(
+            FrameRange::new(gfn, PageCount(1)).unwrap(),
+            Change {
+                kind: Some(to),
+                expect: Some(from),
+                ..Change::default()
+            },
+        )
+        .unwrap();
+    }
+
+    /// A release stopped at each of its steps in turn: the error, the
+    /// handle given back with exactly what is left, and a second release
+    /// that finishes, each frame removed from the physmap once. Nothing is
+    /// left: page tables, window, holes, Xen's foreign entries; no leak.
+    #[test]
+    fn every_step_of_a_release_fails_once_and_the_retry_finishes() {
+        use crate::grant::{AccessError, Bytes};
+        use crate::leak::test_hook::take;
+        let n = 200u64;
+        let all = Outstanding {
+            window_pages: n,
+            in_xen: n,
+            held: n,
+        };
+        let clean = |m: &XenModel,
+                     t: &RegionTable,
+                     before: &RegionTable,
+                     pt: &FakeTables,
+                     vas: &VaSpace| {
+            assert_eq!(t, before);
+            assert!(m.foreign(D0).is_empty());
+            assert!(pt.map.is_empty());
+            assert_eq!(vas.used(), 0);
+            m.check_conservation().unwrap();
+        };
+        take();
+
+        // 1. The page tables refuse: nothing changed, it still reads.
+        let (m, mut t, mut pt, mut vas, before, fm) = mapped(n);
+        pt.fail_unmap = true;
+        let (fm, e) = fm
+            .release(&m, &mut t, &mut pt, &mut vas)
+            .unwrap_err()
+            .into_parts();
+        assert_eq!(e, MapError::Paging(PagingError::OutOfFrames));
+        assert_eq!(fm.outstanding(), all);
+        assert_eq!(m.calls(XOp::Multicall), 0, "Xen was not asked");
+        assert!(fm.window().is_some());
+        pt.fail_unmap = false;
+        fm.release(&m, &mut t, &mut pt, &mut vas).unwrap();
+        clean(&m, &t, &before, &pt, &vas);
+
+        // 2. Xen refuses the first frame of the second multicall: the
+        // window is gone (no byte access), every other frame is a hole
+        // again, and the retry removes that one alone.
+        let (m, mut t, mut pt, mut vas, before, fm) = mapped(n);
+        m.inject(Fault::ErrnoOnCall {
+            op: XOp::RemoveFromPhysmap,
+            nth: MULTICALL_MAX as u32,
+            errno: Errno::EBUSY,
+        });
+        let (fm, e) = fm
+            .release(&m, &mut t, &mut pt, &mut vas)
+            .unwrap_err()
+            .into_parts();
+        assert!(
+            matches!(e, MapError::Unmap(UnmapFailure { index, failed: 1, .. }) if index == MULTICALL_MAX as u64),
+            "{e:?}"
+        );
+        assert_eq!(
+            fm.outstanding(),
+            Outstanding {
+                window_pages: 0,
+                in_xen: 1,
+                held: 1
+            }
+        );
+        assert_eq!(fm.read_obj::<u64>(0), Err(AccessError::NotMapped));
+        let singles = m.calls(XOp::RemoveFromPhysmap);
+        fm.release(&m, &mut t, &mut pt, &mut vas).unwrap();
+        assert_eq!(m.calls(XOp::RemoveFromPhysmap) - singles, 1);
+        clean(&m, &t, &before, &pt, &vas);
+
+        // 3. The table refuses the holes back: Xen let go of everything;
+        // the retry asks Xen nothing.
+        let (m, mut t, mut pt, mut vas, before, fm) = mapped(n);
+        let at = Gfn(fm.gfns().start().0 + 7);
+        tamper(&mut t, at, true);
+        let (fm, e) = fm
+            .release(&m, &mut t, &mut pt, &mut vas)
+            .unwrap_err()
+            .into_parts();
+        assert!(matches!(e, MapError::Table(_)), "{e:?}");
+        assert_eq!(
+            fm.outstanding(),
+            Outstanding {
+                window_pages: 0,
+                in_xen: 0,
+                held: n
+            }
+        );
+        assert!(m.foreign(D0).is_empty());
+        tamper(&mut t, at, false);
+        let singles = m.calls(XOp::RemoveFromPhysmap);
+        fm.release(&m, &mut t, &mut pt, &mut vas).unwrap();
+        assert_eq!(m.calls(XOp::RemoveFromPhysmap), singles);
+        clean(&m, &t, &before, &pt, &vas);
+
+        assert_eq!(take(), [], "nothing leaked");
+    }
+
+    #[test]
+    fn a_dropped_foreign_map_is_reported_to_the_hook() {
+        use crate::leak::{test_hook::take, LeakKind};
+        let (m, mut t, mut pt, mut vas, _, fm) = mapped(3);
+        take();
+        let (gfns, va) = (fm.gfns(), fm.va());
+        drop(fm);
+        let leaks = take();
+        assert_eq!(leaks.len(), 1);
+        assert_eq!(
+            (leaks[0].kind, leaks[0].domain, leaks[0].frames, leaks[0].va),
+            (LeakKind::ForeignMap, Some(DU), Some(gfns), Some(va))
+        );
+        assert_eq!(
+            leaks[0].outstanding,
+            Outstanding {
+                window_pages: 3,
+                in_xen: 3,
+                held: 3
+            }
+        );
+        let fm = map_foreign(&m, &mut t, &mut pt, &mut vas, DU, &[Gfn(9)], false).unwrap();
+        fm.release(&m, &mut t, &mut pt, &mut vas).unwrap();
+        assert_eq!(take(), []);
     }
 
     #[test]

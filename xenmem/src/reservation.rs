@@ -30,6 +30,7 @@ use alloc::vec::Vec;
 use core::fmt;
 
 use crate::addr::{DomId, Gfn, GuestPhysAddr, Mfn, Order, PageCount, PAGE_SHIFT};
+use crate::leak::{self, Leak, LeakKind, Outstanding, ReleaseError};
 use crate::paging::PagingError;
 use crate::region::{
     Backing, Change, FrameRange, RegionError, RegionFlags, RegionKind, RegionTable,
@@ -252,19 +253,101 @@ impl fmt::Display for ReservationError {
     }
 }
 
-/// A machine-contiguous buffer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// A machine-contiguous buffer: a handle to frames the region table records
+/// as [`RegionKind::Contiguous`], from [`Engine::alloc_contiguous`].
+///
+/// Give it back with [`Engine::free_contiguous`]; a free that fails gives
+/// it back ([`ReleaseError`]) to be freed again. Dropped unfreed, it
+/// reports a [`Leak`] (see [`crate::leak`]); a buffer
+/// meant to live as long as the program is kept with
+/// [`core::mem::forget`].
+#[must_use = "a contiguous buffer must be given back with Engine::free_contiguous"]
+#[derive(Debug, PartialEq, Eq)]
 pub struct ContiguousBuffer {
+    range: FrameRange,
+    order: Order,
+    machine: Option<Mfn>,
+    method: ContiguousMethod,
+    /// Given back to the table.
+    freed: bool,
+}
+
+impl ContiguousBuffer {
     /// Its guest frames (naturally aligned).
-    pub range: FrameRange,
+    pub fn range(&self) -> FrameRange {
+        self.range
+    }
+
     /// Its order.
-    pub order: Order,
+    pub fn order(&self) -> Order {
+        self.order
+    }
+
     /// Its machine (bus) address, where Xen makes it knowable: a PV guest
     /// gets MFNs from populate; a direct-mapped domain (Arm dom0) has
-    /// GPA == MA. `None` otherwise — never a guess.
-    pub machine: Option<Mfn>,
+    /// GPA == MA. `None` otherwise — never a guess (but see
+    /// [`ContiguousBuffer::set_machine`]).
+    pub fn machine(&self) -> Option<Mfn> {
+        self.machine
+    }
+
     /// How it was made.
-    pub method: ContiguousMethod,
+    pub fn method(&self) -> ContiguousMethod {
+        self.method
+    }
+
+    /// Record the machine frame the buffer starts at, learnt otherwise (a
+    /// privileged x86 agent reads Xen's machine-to-phys table, see
+    /// [`crate::m2p`], and must have checked the frames are contiguous):
+    /// the handle and the table's region get it as backing, and the region
+    /// is marked below 4 GiB if the whole buffer is. Nothing changes if the
+    /// table refuses.
+    pub fn set_machine(&mut self, t: &mut RegionTable, machine: Mfn) -> Result<(), RegionError> {
+        t.modify(
+            self.range,
+            Change {
+                set: below_4g(Some(machine), self.order),
+                backing: Some(Backing::Machine(machine)),
+                expect: Some(RegionKind::Contiguous),
+                ..Change::default()
+            },
+        )?;
+        self.machine = Some(machine);
+        Ok(())
+    }
+}
+
+impl Drop for ContiguousBuffer {
+    fn drop(&mut self) {
+        if !self.freed {
+            leak::report(&Leak {
+                kind: LeakKind::ContiguousBuffer,
+                domain: None,
+                frames: Some(self.range),
+                va: None,
+                outstanding: Outstanding {
+                    window_pages: 0,
+                    in_xen: 0,
+                    held: self.range.len().0,
+                },
+                grants: 0,
+            });
+        }
+    }
+}
+
+/// [`RegionFlags::BELOW_4G`] if a buffer of `order` at `machine` lies
+/// wholly below 4 GiB.
+fn below_4g(machine: Option<Mfn>, order: Order) -> RegionFlags {
+    let below = machine.is_some_and(|m| {
+        m.0.checked_add(order.pages().0)
+            .is_some_and(|end| end <= 1 << (32 - PAGE_SHIFT))
+    });
+    if below {
+        RegionFlags::BELOW_4G
+    } else {
+        RegionFlags::empty()
+    }
 }
 
 /// How a contiguous buffer was made.
@@ -804,14 +887,13 @@ impl<'h, H: Hypervisor> Engine<'h, H> {
                 .filter(|r| r.end_addr().0 <= limit)
                 .last()
                 .ok_or(ReservationError::none_of(order.pages()))?;
-            let buf = ContiguousBuffer {
+            return self.record_contiguous(
+                t,
                 range,
                 order,
-                machine: Some(Mfn(range.start().0)),
-                method: ContiguousMethod::DirectMapped,
-            };
-            self.record_contiguous(t, &buf)?;
-            return Ok(buf);
+                Some(Mfn(range.start().0)),
+                ContiguousMethod::DirectMapped,
+            );
         }
         let range = t
             .aligned_ram_extents(order)
@@ -837,7 +919,10 @@ impl<'h, H: Hypervisor> Engine<'h, H> {
         let range = FrameRange::new(page, PageCount(1))?;
         match self.try_exchange(t, range, Order::ZERO, MemFlags::NONE)? {
             Some(buf) => {
-                self.free_contiguous(t, &buf)?;
+                // A refusal drops the buffer given back: reported as a
+                // leak (the page stays recorded as a buffer, not RAM).
+                self.free_contiguous(t, buf)
+                    .map_err(ReleaseError::into_error)?;
                 Ok(true)
             }
             None => Ok(false),
@@ -869,14 +954,11 @@ impl<'h, H: Hypervisor> Engine<'h, H> {
         match out.result {
             Ok(()) if out.exchanged == input.len() => {
                 self.exchange_works = Some(true);
-                let machine = (!self.translated).then_some(Mfn(output[0].0));
-                let buf = ContiguousBuffer {
-                    range,
-                    order,
-                    machine: machine.or_else(|| self.direct_mapped.then_some(Mfn(range.start().0))),
-                    method: ContiguousMethod::Exchange,
-                };
-                self.record_contiguous(t, &buf)?;
+                let machine = (!self.translated)
+                    .then_some(Mfn(output[0].0))
+                    .or_else(|| self.direct_mapped.then_some(Mfn(range.start().0)));
+                let buf =
+                    self.record_contiguous(t, range, order, machine, ContiguousMethod::Exchange)?;
                 Ok(Some(buf))
             }
             Err(XenError::Errno(Errno::EOPNOTSUPP)) if out.exchanged == 0 => {
@@ -939,14 +1021,7 @@ impl<'h, H: Hypervisor> Engine<'h, H> {
                     None
                 };
                 self.map_and_mark(t, range.start(), order.pages().0)?;
-                let buf = ContiguousBuffer {
-                    range,
-                    order,
-                    machine,
-                    method: ContiguousMethod::Repopulate,
-                };
-                self.record_contiguous(t, &buf)?;
-                Ok(buf)
+                self.record_contiguous(t, range, order, machine, ContiguousMethod::Repopulate)
             }
             other => {
                 // No contiguous memory: put the frames back, page by page.
@@ -963,40 +1038,45 @@ impl<'h, H: Hypervisor> Engine<'h, H> {
         }
     }
 
+    /// Record `range` (free RAM) as a contiguous buffer in the table, and
+    /// make its handle (only once it is recorded: a handle always has
+    /// something to give back).
     fn record_contiguous(
         &mut self,
         t: &mut RegionTable,
-        buf: &ContiguousBuffer,
-    ) -> Result<(), ReservationError> {
-        let below_4g = buf
-            .machine
-            .is_some_and(|m| (m.0 + buf.order.pages().0) << PAGE_SHIFT <= 1 << 32);
+        range: FrameRange,
+        order: Order,
+        machine: Option<Mfn>,
+        method: ContiguousMethod,
+    ) -> Result<ContiguousBuffer, ReservationError> {
         t.modify(
-            buf.range,
+            range,
             Change {
                 kind: Some(RegionKind::Contiguous),
-                set: RegionFlags::PINNED
-                    | if below_4g {
-                        RegionFlags::BELOW_4G
-                    } else {
-                        RegionFlags::empty()
-                    },
-                backing: Some(buf.machine.map_or(Backing::None, Backing::Machine)),
+                set: RegionFlags::PINNED | below_4g(machine, order),
+                backing: Some(machine.map_or(Backing::None, Backing::Machine)),
                 expect: Some(RegionKind::Ram),
                 ..Change::default()
             },
         )?;
-        Ok(())
+        Ok(ContiguousBuffer {
+            range,
+            order,
+            machine,
+            method,
+            freed: false,
+        })
     }
 
     /// Free a buffer from [`Engine::alloc_contiguous`]: its frames become
-    /// free RAM again (they stay populated).
+    /// free RAM again (they stay populated). If the table refuses (nothing
+    /// changes), the buffer comes back with the error, to be freed again.
     pub fn free_contiguous(
         &mut self,
         t: &mut RegionTable,
-        buf: &ContiguousBuffer,
-    ) -> Result<(), ReservationError> {
-        t.modify(
+        mut buf: ContiguousBuffer,
+    ) -> Result<(), ReleaseError<ContiguousBuffer, ReservationError>> {
+        let r = t.modify(
             buf.range,
             Change {
                 kind: Some(RegionKind::Ram),
@@ -1005,8 +1085,14 @@ impl<'h, H: Hypervisor> Engine<'h, H> {
                 expect: Some(RegionKind::Contiguous),
                 ..Change::default()
             },
-        )?;
-        Ok(())
+        );
+        match r {
+            Ok(()) => {
+                buf.freed = true;
+                Ok(())
+            }
+            Err(e) => Err(ReleaseError::new(buf, e.into())),
+        }
     }
 }
 
@@ -1049,7 +1135,7 @@ fn mark(
 
 /// The guest-physical address of a buffer, for reports.
 pub fn buffer_addr(buf: &ContiguousBuffer) -> GuestPhysAddr {
-    buf.range.start_addr()
+    buf.range().start_addr()
 }
 
 #[cfg(test)]
@@ -1298,33 +1384,115 @@ mod tests {
         let buf = e
             .alloc_contiguous(&mut t, 2 << 20, 2 << 20, Some(32))
             .unwrap();
-        assert_eq!(buf.method, ContiguousMethod::Repopulate);
+        assert_eq!(buf.method(), ContiguousMethod::Repopulate);
         assert_eq!(
             e.exchange_works(),
             Some(false),
             "EOPNOTSUPP for a translated guest"
         );
-        assert_eq!(buf.machine, None, "a PVH guest cannot know its MFNs");
+        assert_eq!(buf.machine(), None, "a PVH guest cannot know its MFNs");
         assert_eq!(
-            t.info(buf.range.start_addr()).unwrap().kind,
+            t.info(buf.range().start_addr()).unwrap().kind,
             RegionKind::Contiguous
         );
         // Xen's side: machine-contiguous, 2 MiB-aligned, below 4 GiB.
         let p2m = m.p2m(DOM);
-        let first = p2m[&buf.range.start()].0;
+        let first = p2m[&buf.range().start()].0;
         assert_eq!(first % 512, 0);
-        for (i, g) in (buf.range.start().0..buf.range.end().0).enumerate() {
+        for (i, g) in (buf.range().start().0..buf.range().end().0).enumerate() {
             assert_eq!(p2m[&Gfn(g)].0, first + i as u64);
         }
         assert!((first + 512) << PAGE_SHIFT <= 1 << 32);
         consistent(&m, &t, &e);
-        e.free_contiguous(&mut t, &buf).unwrap();
+        e.free_contiguous(&mut t, buf).unwrap();
         assert_eq!(t.count(RegionKind::Contiguous), PageCount(0));
         // The second buffer does not try exchange again.
         let calls = m.calls(Op::Exchange);
-        e.alloc_contiguous(&mut t, 4096, 4096, None).unwrap();
+        let small = e.alloc_contiguous(&mut t, 4096, 4096, None).unwrap();
         assert_eq!(m.calls(Op::Exchange), calls);
+        e.free_contiguous(&mut t, small).unwrap();
         consistent(&m, &t, &e);
+    }
+
+    /// A free the table refuses gives the buffer back unchanged; freed
+    /// again once the table accepts, nothing is left. Dropped unfreed, a
+    /// buffer is reported to the leak hook.
+    #[test]
+    fn a_refused_free_gives_the_buffer_back_and_the_retry_finishes() {
+        use crate::leak::{test_hook::take, LeakKind, Outstanding};
+        let (m, mut t) = domu(1 << 20, 1 << 14);
+        let mut e = engine(&m, Strategy::xenmem(O9));
+        take();
+        let buf = e.alloc_contiguous(&mut t, 1 << 16, 4096, None).unwrap();
+        let (range, order) = (buf.range(), buf.order());
+        // Something changed one of its frames behind the handle.
+        let one = FrameRange::new(range.start(), PageCount(1)).unwrap();
+        let swap = |t: &mut RegionTable, from, to| {
+            t.modify(
+                one,
+                Change {
+                    kind: Some(to),
+                    expect: Some(from),
+                    ..Change::default()
+                },
+            )
+            .unwrap()
+        };
+        swap(&mut t, RegionKind::Contiguous, RegionKind::Ram);
+        let (buf, err) = e.free_contiguous(&mut t, buf).unwrap_err().into_parts();
+        assert!(matches!(err, ReservationError::Table(_)), "{err:?}");
+        assert_eq!((buf.range(), buf.order()), (range, order));
+        assert_eq!(
+            t.count(RegionKind::Contiguous),
+            PageCount(range.len().0 - 1),
+            "nothing changed"
+        );
+        assert_eq!(take(), [], "given back, not leaked");
+        swap(&mut t, RegionKind::Ram, RegionKind::Contiguous);
+        e.free_contiguous(&mut t, buf).unwrap();
+        assert_eq!(t.count(RegionKind::Contiguous), PageCount(0));
+        assert_eq!(take(), []);
+        consistent(&m, &t, &e);
+        // Dropped unfreed: reported, frames and all.
+        let buf = e.alloc_contiguous(&mut t, 8192, 4096, None).unwrap();
+        let range = buf.range();
+        drop(buf);
+        let leaks = take();
+        assert_eq!(leaks.len(), 1);
+        assert_eq!(
+            (leaks[0].kind, leaks[0].domain, leaks[0].frames, leaks[0].va),
+            (LeakKind::ContiguousBuffer, None, Some(range), None)
+        );
+        assert_eq!(
+            leaks[0].outstanding,
+            Outstanding {
+                window_pages: 0,
+                in_xen: 0,
+                held: 2
+            }
+        );
+    }
+
+    #[test]
+    fn a_machine_address_learnt_later_is_recorded() {
+        let (m, mut t) = domu(1 << 20, 1 << 14);
+        let mut e = engine(&m, Strategy::xenmem(O9));
+        let mut buf = e.alloc_contiguous(&mut t, 8192, 4096, None).unwrap();
+        assert_eq!(buf.machine(), None);
+        let mfn = m.p2m(DOM)[&buf.range().start()];
+        buf.set_machine(&mut t, mfn).unwrap();
+        assert_eq!(buf.machine(), Some(mfn));
+        let r = t.info(buf.range().start_addr()).unwrap();
+        assert_eq!(r.backing, Backing::Machine(mfn));
+        assert_eq!(
+            r.flags.contains(RegionFlags::BELOW_4G),
+            (mfn.0 + 2) << PAGE_SHIFT <= 1 << 32
+        );
+        let start = buf.range().start_addr();
+        e.free_contiguous(&mut t, buf).unwrap();
+        let r = t.info(start).unwrap();
+        assert_eq!((r.kind, r.backing), (RegionKind::Ram, Backing::None));
+        assert!(!r.flags.contains(RegionFlags::BELOW_4G));
     }
 
     #[test]
@@ -1397,10 +1565,10 @@ mod tests {
         let buf = e
             .alloc_contiguous(&mut t, 2 << 20, 2 << 20, Some(32))
             .unwrap();
-        assert_eq!(buf.method, ContiguousMethod::DirectMapped);
+        assert_eq!(buf.method(), ContiguousMethod::DirectMapped);
         assert_eq!(
-            buf.machine,
-            Some(Mfn(buf.range.start().0)),
+            buf.machine(),
+            Some(Mfn(buf.range().start().0)),
             "bus address == guest-physical"
         );
         assert_eq!(e.stats.hypercalls, 0);
@@ -1529,7 +1697,7 @@ mod tests {
         let id = RecordingIdentity::default();
         let mut e = engine(&m, Strategy::xenmem(O9)).with_identity_map(&id);
         let buf = e.alloc_contiguous(&mut t, 2 << 20, 4096, None).unwrap();
-        assert_eq!(buf.method, ContiguousMethod::Repopulate);
+        assert_eq!(buf.method(), ContiguousMethod::Repopulate);
         assert_eq!(id.calls.get(), (1, 1));
         assert!(id.unmapped.borrow().is_empty());
         consistent(&m, &t, &e);
@@ -1626,7 +1794,7 @@ mod tests {
                         .alloc_contiguous(&mut t, 4096 << order, 4096, *bits)
                         .map(|b| bufs.push(b)),
                     Step::FreeContiguous => match bufs.pop() {
-                        Some(b) => e.free_contiguous(&mut t, &b),
+                        Some(b) => e.free_contiguous(&mut t, b).map_err(ReleaseError::into_error),
                         None => Ok(()),
                     },
                     Step::Fault(f) => {

@@ -51,6 +51,9 @@ pub enum AccessError {
         /// The alignment it needs.
         align: u64,
     },
+    /// The handle is no longer mapped in the window: a release that failed
+    /// part-way gave it back after unmapping it there.
+    NotMapped,
 }
 
 impl fmt::Display for AccessError {
@@ -64,6 +67,12 @@ impl fmt::Display for AccessError {
             AccessError::Misaligned { offset, align } => {
                 write!(f, "offset {offset:#x} is not {align}-byte aligned")
             }
+            AccessError::NotMapped => {
+                write!(
+                    f,
+                    "the mapping is no longer in the window (release under way)"
+                )
+            }
         }
     }
 }
@@ -73,13 +82,14 @@ impl fmt::Display for AccessError {
 /// # Safety
 /// An implementor guarantees that the [`Bytes::mapped_len`] bytes from
 /// [`Bytes::mapped_va`] are mapped readable in the agent's address space
-/// for as long as the value lives, and writable too when
+/// for as long as the value lives and says so, and writable too when
 /// [`Bytes::mapped_writable`] says so; the provided methods access nothing
-/// else.
+/// else. A length of 0 means nothing is mapped (every access is refused
+/// with [`AccessError::NotMapped`]).
 pub unsafe trait Bytes {
     /// Where the mapping starts.
     fn mapped_va(&self) -> VirtAddr;
-    /// Its size in bytes.
+    /// Its size in bytes (0: not mapped).
     fn mapped_len(&self) -> u64;
     /// Whether it may be written.
     fn mapped_writable(&self) -> bool;
@@ -156,6 +166,9 @@ pub unsafe trait Bytes {
 /// The address of `len` bytes at `offset`, if they lie inside the mapping.
 fn span<B: Bytes + ?Sized>(b: &B, offset: u64, len: u64) -> Result<u64, AccessError> {
     let size = b.mapped_len();
+    if size == 0 {
+        return Err(AccessError::NotMapped);
+    }
     match offset.checked_add(len) {
         Some(end) if end <= size => Ok(b.mapped_va().0 + offset),
         _ => Err(AccessError::OutOfBounds { offset, len, size }),
@@ -171,20 +184,26 @@ fn obj_span<T: Plain>(b: &(impl Bytes + ?Sized), offset: u64) -> Result<u64, Acc
     Ok(va)
 }
 
-/// [`Bytes`] for mapping handles that know their `va()`, `len()` and
+/// [`Bytes`] for mapping handles that know their `window()`, `len()` and
 /// `writable()`. Each invocation says why that handle's mapping lives as
-/// long as the handle.
+/// long as the handle says it does.
 macro_rules! handle_bytes {
     ($($ty:ty;)*) => {$(
-        // SAFETY: as the invocation's comment says: the handle's pages are
-        // mapped at `va()` for `len()` bytes, readable, writable iff
-        // `writable()`, until `release` consumes the handle.
+        // SAFETY: as the invocation's comment says: while `window()` is
+        // `Some(va)`, the handle's pages are mapped at `va` for `len()`
+        // bytes, readable, writable iff `writable()`; a release unmaps them
+        // only after (or as) it makes `window()` `None`, and consumes the
+        // handle when it returns it no more.
         unsafe impl Bytes for $ty {
             fn mapped_va(&self) -> VirtAddr {
                 self.va()
             }
             fn mapped_len(&self) -> u64 {
-                self.len()
+                if self.window().is_some() {
+                    self.len()
+                } else {
+                    0
+                }
             }
             fn mapped_writable(&self) -> bool {
                 self.writable()
@@ -195,11 +214,12 @@ macro_rules! handle_bytes {
 
 handle_bytes! {
     // Mapped by `map_grants` (writable unless read-only) until
-    // `GrantMap::release`.
+    // `GrantMap::release` unmaps the window.
     GrantMap;
-    // Mapped by `crate::mapping::map_foreign` until `ForeignMap::release`.
+    // Mapped by `crate::mapping::map_foreign` until `ForeignMap::release`
+    // unmaps the window.
     ForeignMap;
     // All its frames, mapped by `crate::acquire::acquire` until
-    // `ResourceMap::release`.
+    // `ResourceMap::release` unmaps the window.
     ResourceMap;
 }

@@ -1,11 +1,13 @@
 //! Other domains' grants mapped into holes of the physmap and into the
 //! agent's mapping window.
 
+use alloc::boxed::Box;
 use alloc::vec::Vec;
 
 use super::{host_addr, GrantError, GrantRef, Refusal, Refusals, Undo, GRANT_KIND};
 use crate::addr::{DomId, Gfn, Order, PageCount, VirtAddr, PAGE_SIZE};
-use crate::mapping::{MapTarget, VaSpace};
+use crate::leak::{self, LeakKind, Outstanding, ReleaseError};
+use crate::mapping::{MapTarget, Step, Teardown, VaSpace};
 use crate::paging::Attrs;
 use crate::region::{
     Backing, Change, FrameRange, Op, Region, RegionFlags, RegionKind, RegionTable,
@@ -17,51 +19,62 @@ use crate::xen::Hypervisor;
 #[must_use = "a grant mapping must be given back with GrantMap::release"]
 #[derive(Debug)]
 pub struct GrantMap {
-    va: VirtAddr,
-    gfns: FrameRange,
+    // Boxed: the handle travels back inside a `ReleaseError` beside a
+    // `GrantError` (large: it lists refusals), and stays small so.
+    inner: Box<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    undo: Teardown,
     dom: DomId,
     refs: Vec<GrantRef>,
     handles: Vec<u32>,
     bus: Vec<u64>,
     writable: bool,
-    released: bool,
 }
 
 impl GrantMap {
-    /// Where it is mapped.
+    /// Where it is (or was) mapped in the window.
     pub fn va(&self) -> VirtAddr {
-        self.va
+        self.inner.undo.va()
+    }
+
+    /// Where it is mapped in the window; `None` once a release that
+    /// stopped part-way has unmapped it there (no byte access then).
+    pub fn window(&self) -> Option<VirtAddr> {
+        self.inner.undo.window()
     }
 
     /// The hole frames it occupies in the agent's physmap (frame `i` holds
     /// reference `refs()[i]`).
     pub fn gfns(&self) -> FrameRange {
-        self.gfns
+        self.inner.undo.gfns()
     }
 
     /// The granting domain.
     pub fn domain(&self) -> DomId {
-        self.dom
+        self.inner.dom
     }
 
     /// The references mapped, in order.
     pub fn refs(&self) -> &[GrantRef] {
-        &self.refs
+        &self.inner.refs
     }
 
     /// Xen's handles of the mappings, in order.
     pub fn handles(&self) -> &[u32] {
-        &self.handles
+        &self.inner.handles
     }
 
     /// The bus (machine) address of each frame, as Xen reported it.
     pub fn bus_addrs(&self) -> &[u64] {
-        &self.bus
+        &self.inner.bus
     }
 
     /// Size in bytes.
     pub fn len(&self) -> u64 {
-        self.gfns.len().0 * PAGE_SIZE
+        self.gfns().len().0 * PAGE_SIZE
     }
 
     /// Never: a mapping has at least one page.
@@ -71,20 +84,45 @@ impl GrantMap {
 
     /// Whether it is mapped writable.
     pub fn writable(&self) -> bool {
-        self.writable
+        self.inner.writable
+    }
+
+    /// What is still to be undone (all of it until a release starts).
+    pub fn outstanding(&self) -> Outstanding {
+        self.inner.undo.outstanding()
+    }
+
+    /// The frames Xen still maps a grant at, with their references (all of
+    /// them until a release starts).
+    pub fn mapped_refs(&self) -> impl Iterator<Item = (Gfn, GrantRef)> + '_ {
+        self.inner
+            .undo
+            .steps()
+            .iter()
+            .zip(&self.inner.refs)
+            .enumerate()
+            .filter(|(_, (s, _))| **s == Step::Mapped)
+            .map(|(i, (_, r))| (self.inner.undo.frame(i), *r))
     }
 
     /// Give the mapping back: unmap it from the window, unmap the grants
-    /// (one hypercall) and return the holes to the table. Frames whose unmap
-    /// Xen refuses stay out of the holes ([`GrantError::Unwind`]).
+    /// (one hypercall) and return the holes to the table.
+    ///
+    /// On a failure the handle comes back with the error, recording what
+    /// is left, and a second release continues from there (each step is
+    /// done once): the page tables refused ([`GrantError::Paging`]:
+    /// nothing changed), Xen refused a hypercall or some unmaps
+    /// ([`GrantError::Unwind`]: those frames stay out of the holes and are
+    /// tried again; the frames Xen did unmap went back), or the table
+    /// refused to take frames back ([`GrantError::Table`]).
     pub fn release(
         self,
         hv: &impl Hypervisor,
         table: &mut RegionTable,
         pt: &mut impl MapTarget,
         vas: &mut VaSpace,
-    ) -> Result<(), GrantError> {
-        let n = self.handles.len();
+    ) -> Result<(), ReleaseError<GrantMap, GrantError>> {
+        let n = self.inner.handles.len();
         self.release_per_call(hv, table, pt, vas, n)
     }
 
@@ -97,16 +135,19 @@ impl GrantMap {
         pt: &mut impl MapTarget,
         vas: &mut VaSpace,
         per_call: usize,
-    ) -> Result<(), GrantError> {
-        self.released = true;
-        pt.unmap(self.va, self.gfns.len(), table)
-            .map_err(GrantError::Paging)?;
-        vas.free(self.va);
-        let mut ops: Vec<UnmapGrantRef> = self
-            .handles
+    ) -> Result<(), ReleaseError<GrantMap, GrantError>> {
+        if let Err(e) = self.inner.undo.unmap_window(table, pt, vas) {
+            return Err(ReleaseError::new(self, GrantError::Paging(e)));
+        }
+        // The grants Xen still maps.
+        let todo: Vec<usize> = (0..self.inner.handles.len())
+            .filter(|&i| self.inner.undo.steps().get(i) == Some(&Step::Mapped))
+            .collect();
+        let mut ops: Vec<UnmapGrantRef> = todo
             .iter()
-            .enumerate()
-            .map(|(i, &h)| UnmapGrantRef::host(host_addr(frame(self.gfns, i)), h))
+            .map(|&i| {
+                UnmapGrantRef::host(host_addr(self.inner.undo.frame(i)), self.inner.handles[i])
+            })
             .collect();
         // Every hypercall is tried (a refused one leaves its entries'
         // status "not done"); the first refusal is reported.
@@ -116,44 +157,34 @@ impl GrantMap {
                 called = called.and(Err(e));
             }
         }
-        let failed = ops.iter().position(|o| !o.status().is_ok());
-        // Holes back for every frame Xen did unmap: one table change per run
-        // of them (all of the mapping when nothing failed).
-        let mut back: Vec<Op> = Vec::new();
-        let mut i = 0;
-        while i < ops.len() {
-            if !ops[i].status().is_ok() {
-                i += 1;
-                continue;
+        let mut failed = None;
+        for (&i, o) in todo.iter().zip(&ops) {
+            if o.status().is_ok() {
+                self.inner.undo.set(i, Step::Unmapped);
+            } else if failed.is_none() {
+                failed = Some(Undo::Status(self.inner.refs[i], o.status()));
             }
-            let run = ops[i..].iter().take_while(|o| o.status().is_ok()).count();
-            if let Ok(r) = FrameRange::new(frame(self.gfns, i), PageCount(run as u64)) {
-                back.push(Op::Modify(r, to_hole()));
-            }
-            i += run;
         }
-        table.apply(&back).map_err(|(e, _)| GrantError::Table(e))?;
-        if let Err(e) = called {
-            return Err(GrantError::Unwind(Undo::Xen(e)));
-        }
-        match failed {
-            Some(i) => Err(GrantError::Unwind(Undo::Status(
-                self.refs[i],
-                ops[i].status(),
-            ))),
-            None => Ok(()),
-        }
+        // Holes back for every frame Xen unmapped, now or before.
+        let table_err = self.inner.undo.give_back(table, to_hole()).err();
+        let err = match (called, failed, table_err) {
+            (Err(e), _, _) => GrantError::Unwind(Undo::Xen(e)),
+            (Ok(()), Some(u), _) => GrantError::Unwind(u),
+            (Ok(()), None, Some(e)) => GrantError::Table(e),
+            (Ok(()), None, None) => return Ok(()),
+        };
+        Err(ReleaseError::new(self, err))
     }
 }
 
 impl Drop for GrantMap {
     fn drop(&mut self) {
-        if !self.released {
-            xm_error!(
-                "grant: {=u64} grant frames of domain {} at {} dropped without release: leaked",
-                self.gfns.len().0,
-                self.dom,
-                self.va
+        if !self.inner.undo.is_done() {
+            leak::report(
+                &self
+                    .inner
+                    .undo
+                    .leak(LeakKind::GrantMap, Some(self.inner.dom)),
             );
         }
     }
@@ -326,13 +357,13 @@ pub fn map_grants_per_call(
         return Err(GrantError::Paging(e));
     }
     Ok(GrantMap {
-        va,
-        gfns: hole,
-        dom,
-        refs: refs.to_vec(),
-        handles: map.iter().map(|o| o.handle).collect(),
-        bus: map.iter().map(|o| o.dev_bus_addr).collect(),
-        writable: !readonly,
-        released: false,
+        inner: Box::new(Inner {
+            undo: Teardown::new(va, hole),
+            dom,
+            refs: refs.to_vec(),
+            handles: map.iter().map(|o| o.handle).collect(),
+            bus: map.iter().map(|o| o.dev_bus_addr).collect(),
+            writable: !readonly,
+        }),
     })
 }

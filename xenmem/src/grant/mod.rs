@@ -20,7 +20,11 @@
 //! ([`GrantTable::end_access`]) clears the flags with a compare-and-swap only
 //! while Xen's `GTF_reading`/`GTF_writing` are clear (the other side has no
 //! mapping and no copy in progress), as Linux does; otherwise it fails with
-//! [`GrantError::InUse`] and the grant stays.
+//! [`GrantError::InUse`] and the grant stays. The table owns the grants it
+//! issued (a [`GrantRef`] only names one): a grant whose end was refused
+//! stays recorded in it, to be ended once the other side lets go, and the
+//! table refuses to be released while it has any, so no grant outlives it
+//! unnoticed.
 //!
 //! References 0..8 ([`NR_RESERVED_ENTRIES`](crate::xen::abi::gnttab::NR_RESERVED_ENTRIES)) are never handed
 //! out: Xen keeps them across version changes and toolstacks use them (0 for
@@ -39,7 +43,10 @@
 //! hypercall) and the error lists the refused references with their
 //! `GNTST_*` codes; every failure leaves the table, the holes and the window
 //! as they were. The handle must be given back with [`GrantMap::release`];
-//! dropping it unreleased is logged as a leak.
+//! a release that fails part-way gives it back
+//! ([`ReleaseError`](crate::leak::ReleaseError)) recording what is left, to
+//! be released again, and dropping it unreleased reports a
+//! [`Leak`](crate::leak::Leak) (see [`crate::leak`]).
 //!
 //! # Copies ([`copy_to_grant`], [`copy_from_grant`])
 //!
@@ -234,6 +241,9 @@ pub enum GrantError {
     InUse(GrantRef),
     /// The table still has this many grants: end them first.
     GrantsActive(usize),
+    /// A release of the table stopped part-way: finish it
+    /// ([`GrantTable::release`] again) before growing the table.
+    Releasing,
     /// A version-1 entry holds a 32-bit frame number.
     FrameTooLarge(Gfn),
     /// No domain can be granted access under this id (`DOMID_SELF`, or
@@ -287,6 +297,12 @@ impl fmt::Display for GrantError {
                 )
             }
             GrantError::GrantsActive(n) => write!(f, "{n} grants are still active"),
+            GrantError::Releasing => {
+                write!(
+                    f,
+                    "a release of the grant table is under way: finish it first"
+                )
+            }
             GrantError::FrameTooLarge(g) => {
                 write!(f, "frame {g} does not fit a version-1 grant entry")
             }

@@ -7,6 +7,7 @@ use core::sync::atomic::{fence, AtomicU16, Ordering};
 
 use super::{window_ptr, GrantError, GrantRef, Undo, DOMID_FIRST_RESERVED, TABLE_FRAME_KIND};
 use crate::addr::{DomId, Gfn, Order, PageCount, VirtAddr, PAGE_SIZE};
+use crate::leak::{self, Leak, LeakKind, Outstanding};
 use crate::mapping::{MapTarget, VaSpace};
 use crate::paging::Attrs;
 use crate::region::{
@@ -46,18 +47,28 @@ pub struct GrantState {
     pub writing: bool,
 }
 
-/// Frames added in one go: one hole range, one window allocation.
+/// Frames added in one go: one hole range, one window allocation, and how
+/// far a release got with them.
 #[derive(Clone, Copy, Debug)]
 struct Chunk {
     gfns: FrameRange,
     va: VirtAddr,
+    /// Still mapped in the window.
+    window: bool,
+    /// Frames (from the first) already removed from the physmap.
+    removed: u64,
 }
 
 /// The agent's own (version 1) grant table, mapped into its window.
 ///
 /// Set up with [`GrantTable::setup`], grown with [`GrantTable::grow`]; the
 /// frames stay until [`GrantTable::release`] (which needs every grant
-/// ended). A table dropped with frames still mapped is logged as leaked.
+/// ended). The table owns the grants it issues: a grant
+/// [`GrantTable::end_access`] refuses (the other side still uses it) stays
+/// recorded here and is ended by a later call, and the table cannot be
+/// released while it has any. A release that fails part-way keeps what is
+/// left recorded and the next one continues; a table dropped with frames
+/// still held reports a [`Leak`] (see [`crate::leak`]).
 #[derive(Debug)]
 pub struct GrantTable {
     chunks: Vec<Chunk>,
@@ -68,18 +79,20 @@ pub struct GrantTable {
     active: BTreeMap<u32, Grant>,
 }
 
+/// The change that gives table frames back to the holes.
+fn to_hole() -> Change {
+    Change {
+        kind: Some(RegionKind::Hole),
+        clear: RegionFlags::all(),
+        backing: Some(Backing::None),
+        expect: Some(TABLE_FRAME_KIND),
+        ..Change::default()
+    }
+}
+
 fn back_to_hole(table: &mut RegionTable, range: FrameRange) {
     // Cannot fail: the range was recorded as a grant region just before.
-    let _ = table.modify(
-        range,
-        Change {
-            kind: Some(RegionKind::Hole),
-            clear: RegionFlags::all(),
-            backing: Some(Backing::None),
-            expect: Some(TABLE_FRAME_KIND),
-            ..Change::default()
-        },
-    );
+    let _ = table.modify(range, to_hole());
 }
 
 impl GrantTable {
@@ -133,6 +146,9 @@ impl GrantTable {
         if more == 0 {
             return Err(GrantError::Empty);
         }
+        if self.chunks.iter().any(|c| !c.window) {
+            return Err(GrantError::Releasing);
+        }
         let first = self.frame_va.len() as u32;
         let total = first.saturating_add(more);
         if total > self.max_frames {
@@ -180,7 +196,12 @@ impl GrantTable {
             undo(table, more)?;
             return Err(GrantError::Paging(e));
         }
-        self.chunks.push(Chunk { gfns: hole, va });
+        self.chunks.push(Chunk {
+            gfns: hole,
+            va,
+            window: true,
+            removed: 0,
+        });
         for i in 0..more {
             self.frame_va
                 .push(VirtAddr(va.0 + u64::from(i) * PAGE_SIZE));
@@ -360,10 +381,34 @@ impl GrantTable {
         self.frame_va.iter().copied()
     }
 
+    /// What is still to be undone: the frames mapped in the window, in the
+    /// physmap, and held out of the holes.
+    pub fn outstanding(&self) -> Outstanding {
+        let mut o = Outstanding::default();
+        for c in &self.chunks {
+            let n = c.gfns.len().0;
+            if c.window {
+                o.window_pages += n;
+            }
+            o.in_xen += n - c.removed;
+            o.held += n;
+        }
+        o
+    }
+
     /// Unmap the table's frames from the window, remove them from the
     /// physmap and give the holes back. Refused while grants are active
     /// (nothing changes). Xen keeps the table itself; a later
     /// [`GrantTable::grow`] maps it again.
+    ///
+    /// The frames go back in groups (as they were added, the last first).
+    /// On a failure — the page tables refused ([`GrantError::Paging`]), Xen
+    /// refused to remove a frame ([`GrantError::Unwind`]), the table
+    /// refused the holes back ([`GrantError::Table`]) — the table keeps
+    /// what is left recorded (no grant can be issued in frames unmapped
+    /// from the window, and [`GrantTable::grow`] is refused until the
+    /// release is finished), and calling this again continues where it
+    /// stopped, each step done once.
     pub fn release(
         &mut self,
         hv: &impl Hypervisor,
@@ -374,19 +419,26 @@ impl GrantTable {
         if !self.active.is_empty() {
             return Err(GrantError::GrantsActive(self.active.len()));
         }
-        while let Some(c) = self.chunks.last().copied() {
-            pt.unmap(c.va, c.gfns.len(), table)
-                .map_err(GrantError::Paging)?;
-            vas.free(c.va);
-            self.chunks.pop();
-            let keep = self.frame_va.len() - c.gfns.len().0 as usize;
-            self.frame_va.truncate(keep);
-            self.free.retain(|&r| ((r / PER_FRAME) as usize) < keep);
-            for gfn in c.gfns.start().0..c.gfns.end().0 {
-                hv.remove_from_physmap(Gfn(gfn))
-                    .map_err(|e| GrantError::Unwind(Undo::Physmap(Gfn(gfn), e)))?;
+        while let Some(c) = self.chunks.last_mut() {
+            if c.window {
+                pt.unmap(c.va, c.gfns.len(), table)
+                    .map_err(GrantError::Paging)?;
+                vas.free(c.va);
+                c.window = false;
+                // Only the chunks mapped in the window are in `frame_va`,
+                // and they come first.
+                let keep = self.frame_va.len().saturating_sub(c.gfns.len().0 as usize);
+                self.frame_va.truncate(keep);
+                self.free.retain(|&r| ((r / PER_FRAME) as usize) < keep);
             }
-            back_to_hole(table, c.gfns);
+            while c.removed < c.gfns.len().0 {
+                let gfn = Gfn(c.gfns.start().0 + c.removed);
+                hv.remove_from_physmap(gfn)
+                    .map_err(|e| GrantError::Unwind(Undo::Physmap(gfn, e)))?;
+                c.removed += 1;
+            }
+            table.modify(c.gfns, to_hole())?;
+            self.chunks.pop();
         }
         Ok(())
     }
@@ -394,12 +446,15 @@ impl GrantTable {
 
 impl Drop for GrantTable {
     fn drop(&mut self) {
-        if !self.chunks.is_empty() {
-            xm_error!(
-                "grant: table of {=u32} frames with {=usize} grants dropped without release: leaked",
-                self.frame_va.len() as u32,
-                self.active.len()
-            );
+        if let Some(c) = self.chunks.first() {
+            leak::report(&Leak {
+                kind: LeakKind::GrantTable,
+                domain: None,
+                frames: Some(c.gfns),
+                va: c.window.then_some(c.va),
+                outstanding: self.outstanding(),
+                grants: self.active.len(),
+            });
         }
     }
 }
