@@ -183,24 +183,24 @@ fn steps(hv: &RealXen, boot: &BootInfo<'_>) -> Result<(), Failure> {
     let xen_now = e
         .verify()
         .map_err(|x| Failure::Reservation("contiguous buffer", x))?;
-    match buf.machine {
+    match buf.machine() {
         Some(m) => say!(
             "stub: contig gfn={} pages={} method={} mfn={m} xen={}",
-            buf.range.start(),
-            buf.range.len().0,
-            buf.method.name(),
+            buf.range().start(),
+            buf.range().len().0,
+            buf.method().name(),
             xen_now.0
         ),
         None => say!(
             "stub: contig gfn={} pages={} method={} mfn=unknown xen={}",
-            buf.range.start(),
-            buf.range.len().0,
-            buf.method.name(),
+            buf.range().start(),
+            buf.range().len().0,
+            buf.method().name(),
             xen_now.0
         ),
     }
     check(
-        buf.range.len().0 * PAGE_SIZE == CONTIG_BYTES && xen_now == current,
+        buf.range().len().0 * PAGE_SIZE == CONTIG_BYTES && xen_now == current,
         "the contiguous buffer is not 2 MiB, or Xen's count moved",
     )?;
 
@@ -212,11 +212,13 @@ fn steps(hv: &RealXen, boot: &BootInfo<'_>) -> Result<(), Failure> {
         .ok_or(Failure::Check(
             "no domid: Xen does not tell it here and the command line has no domid=",
         ))?;
-    grant_step(hv, &mut t, buf.range, me)?;
+    grant_step(hv, &mut t, buf.range(), me)?;
 
     // The buffer goes back to the table; the table still matches Xen.
-    e.free_contiguous(&mut t, &buf)
-        .map_err(|x| Failure::Reservation("free contiguous buffer", x))?;
+    // A failed free gives the buffer back with the error; the run ends
+    // here, so it is only reported.
+    e.free_contiguous(&mut t, buf)
+        .map_err(|x| Failure::Reservation("free contiguous buffer", x.into_error()))?;
     let end = xen("current_reservation", hv.current_reservation(DomId::SELF))?;
     let ram = populated(&t);
     say!(
