@@ -37,6 +37,7 @@ use core::fmt;
 
 use crate::acquire::{self, AcquireError, ResourceMap};
 use crate::addr::{DomId, Gfn, Order, PageCount, PAGE_SIZE};
+use crate::alloc_util::{try_collect, OutOfMemory, TryVec};
 use crate::grant::{AccessError, Bytes};
 use crate::mapping::{self, ForeignMap, MapError, MapTarget, VaSpace};
 use crate::region::{GrantRef, RegionTable};
@@ -99,6 +100,9 @@ pub enum DomctlError {
         /// Whether Xen says it is dying.
         dying: bool,
     },
+    /// The heap has no room for the list of extents (nothing was asked of
+    /// Xen).
+    OutOfMemory(OutOfMemory),
 }
 
 impl fmt::Display for DomctlError {
@@ -130,6 +134,7 @@ impl fmt::Display for DomctlError {
                 f,
                 "domain {domid} still exists after destroydomain (dying={dying})"
             ),
+            DomctlError::OutOfMemory(e) => write!(f, "{e}"),
         }
     }
 }
@@ -254,7 +259,11 @@ impl<'a, H: Hypervisor> DomainControl<'a, H> {
                 err: XenError::Errno(Errno::EINVAL),
             });
         }
-        let mut gfns: Vec<Gfn> = (0..pages / per).map(|i| Gfn(first.0 + i * per)).collect();
+        let mut gfns: Vec<Gfn> = try_collect(
+            (0..pages / per).map(|i| Gfn(first.0 + i * per)),
+            "populate extent list",
+        )
+        .map_err(DomctlError::OutOfMemory)?;
         let asked = gfns.len();
         let done = self
             .hv
@@ -400,6 +409,9 @@ pub enum FlowError {
     /// A read or write through one of the flow's mappings was refused
     /// (which mapping, and why; memory was not touched).
     Access(&'static str, AccessError),
+    /// The heap has no room for the flow's lists (everything done is
+    /// undone, as for any failure of the flow).
+    OutOfMemory(OutOfMemory),
 }
 
 impl fmt::Display for FlowError {
@@ -416,6 +428,7 @@ impl fmt::Display for FlowError {
             FlowError::Config(why) => write!(f, "flow configuration: {why}"),
             FlowError::GrantInUse(g) => write!(f, "grant {} is still mapped", g.0),
             FlowError::Access(what, e) => write!(f, "{what}: {e}"),
+            FlowError::OutOfMemory(e) => write!(f, "flow: {e}"),
         }
     }
 }
@@ -557,7 +570,14 @@ impl CrossDomain {
             info.tot_pages.0
         );
         // Step 3: foreign mapping, pattern, and a second look.
-        let frames: Vec<Gfn> = (0..cfg.pages).map(|i| Gfn(cfg.gfn.0 + i)).collect();
+        let frames: Vec<Gfn> = try_collect(
+            (0..cfg.pages).map(|i| Gfn(cfg.gfn.0 + i)),
+            "helper frame list",
+        )
+        .map_err(FlowError::OutOfMemory)?;
+        self.seeded
+            .try_room(cfg.grants as usize, "seeded grants")
+            .map_err(FlowError::OutOfMemory)?;
         let hv = ctl.hv;
         let fm = mapping::map_foreign(hv, table, pt, vas, domid, &frames, true)
             .map_err(FlowError::Map)?;
@@ -625,6 +645,7 @@ impl CrossDomain {
             core::sync::atomic::fence(core::sync::atomic::Ordering::Release);
             gm.write_obj::<u16>(off, gnttab::GTF_PERMIT_ACCESS)
                 .map_err(access)?;
+            // Within the room made above: no allocation.
             self.seeded.push(SeededGrant {
                 gref: GrantRef(gref),
                 gfn,
@@ -876,7 +897,8 @@ pub fn unprivileged_probe(
     target: DomId,
     gfn: Gfn,
 ) -> ProbeOutcome {
-    let before = table.clone();
+    // A digest, not a copy: the probe needs no memory of its own.
+    let before = table.digest();
     let used = vas.used();
     let foreign = match mapping::map_foreign(hv, table, pt, vas, target, &[gfn], false) {
         Ok(m) => {
@@ -897,7 +919,7 @@ pub fn unprivileged_probe(
         }
         Err(e) => Err(e),
     };
-    let untouched = *table == before && vas.used() == used;
+    let untouched = table.digest() == before && vas.used() == used;
     let out = ProbeOutcome {
         foreign,
         acquire,

@@ -13,6 +13,7 @@ use alloc::vec::Vec;
 use core::fmt;
 
 use crate::addr::{Gfn, PAGE_SHIFT, PAGE_SIZE};
+use crate::alloc_util::{try_collect, try_with_capacity, OutOfMemory, TryVec};
 use crate::memmap::{MemKind, MemoryMap};
 use crate::region::{
     Change, FrameRange, Region, RegionError, RegionFlags, RegionKind, RegionTable, ReservedUse,
@@ -40,10 +41,13 @@ pub enum LayoutError {
         /// Its first frame.
         start: Gfn,
     },
-    /// A table operation failed.
+    /// A table operation failed (running out of memory as the table
+    /// grows among them: [`RegionError::OutOfMemory`]).
     Table(RegionError),
     /// The map has no RAM.
     NoRam,
+    /// The heap has no room for the sanitised copy of the map.
+    OutOfMemory(OutOfMemory),
 }
 
 impl fmt::Display for LayoutError {
@@ -54,6 +58,7 @@ impl fmt::Display for LayoutError {
             }
             LayoutError::Table(e) => write!(f, "{e}"),
             LayoutError::NoRam => write!(f, "the memory map has no RAM"),
+            LayoutError::OutOfMemory(e) => write!(f, "{e}"),
         }
     }
 }
@@ -61,6 +66,12 @@ impl fmt::Display for LayoutError {
 impl From<RegionError> for LayoutError {
     fn from(e: RegionError) -> Self {
         LayoutError::Table(e)
+    }
+}
+
+impl From<OutOfMemory> for LayoutError {
+    fn from(e: OutOfMemory) -> Self {
+        LayoutError::OutOfMemory(e)
     }
 }
 
@@ -104,13 +115,13 @@ fn region_kind(k: MemKind) -> (RegionKind, RegionFlags) {
     }
 }
 
+const SANITISED: &str = "sanitised memory map";
+
 /// Sanitise `map` into sorted, non-overlapping, page-granular spans.
-fn sanitise(map: &MemoryMap) -> Vec<Span> {
+fn sanitise(map: &MemoryMap) -> Result<Vec<Span>, OutOfMemory> {
     // Page-granular spans: RAM inwards, the rest outwards.
-    let mut spans: Vec<Span> = map
-        .ranges()
-        .iter()
-        .filter_map(|r| {
+    let mut spans: Vec<Span> = try_collect(
+        map.ranges().iter().filter_map(|r| {
             let (s, e) = if r.kind == MemKind::Ram {
                 (r.start.0.div_ceil(PAGE_SIZE), r.end.0 / PAGE_SIZE)
             } else {
@@ -122,14 +133,20 @@ fn sanitise(map: &MemoryMap) -> Vec<Span> {
                 end: e,
                 kind: r.kind,
             })
-        })
-        .collect();
+        }),
+        SANITISED,
+    )?;
     // Sweep over the boundaries: between two consecutive boundaries the
     // highest-priority span covering the interval wins.
-    let mut points: Vec<u64> = spans.iter().flat_map(|s| [s.start, s.end]).collect();
+    let mut points: Vec<u64> = try_with_capacity(2 * spans.len(), SANITISED)?;
+    for s in &spans {
+        points.try_extend_from_slice(&[s.start, s.end], SANITISED)?;
+    }
     points.sort_unstable();
     points.dedup();
-    spans.sort_by_key(|s| s.start);
+    // Unstable (a stable sort allocates): spans that start together are
+    // told apart by priority below, which differs with the kind.
+    spans.sort_unstable_by_key(|s| s.start);
     let mut out: Vec<Span> = Vec::new();
     for w in points.windows(2) {
         let (a, b) = (w[0], w[1]);
@@ -141,15 +158,18 @@ fn sanitise(map: &MemoryMap) -> Vec<Span> {
         if let Some(s) = best {
             match out.last_mut() {
                 Some(l) if l.end == a && l.kind == s.kind => l.end = b,
-                _ => out.push(Span {
-                    start: a,
-                    end: b,
-                    kind: s.kind,
-                }),
+                _ => out.try_push(
+                    Span {
+                        start: a,
+                        end: b,
+                        kind: s.kind,
+                    },
+                    SANITISED,
+                )?,
             }
         }
     }
-    out
+    Ok(out)
 }
 
 /// How a range the agent keeps is marked reserved.
@@ -208,7 +228,7 @@ pub fn initial_table(
     limit: Gfn,
     reserve: &[Reservation],
 ) -> Result<RegionTable, LayoutError> {
-    let spans = sanitise(map);
+    let spans = sanitise(map)?;
     if !spans.iter().any(|s| s.kind == MemKind::Ram) {
         return Err(LayoutError::NoRam);
     }
@@ -280,22 +300,26 @@ fn reserve_one(t: &mut RegionTable, r: &Reservation) -> Result<(), LayoutError> 
             .modify(r.range, to(RegionKind::Reserved(from)))
             .map_err(outside),
         ReserveRule::RamParts => {
-            let parts: Vec<FrameRange> = t
-                .iter()
-                .filter(|x| x.kind == RegionKind::Ram)
-                .filter(|x| x.range.start() < r.range.end() && r.range.start() < x.range.end())
-                .filter_map(|x| {
-                    FrameRange::from_frames(
-                        x.range.start().max(r.range.start()),
-                        x.range.end().min(r.range.end()),
-                    )
-                    .ok()
-                })
-                .collect();
-            for p in parts {
+            // One RAM part at a time, found afresh: each change leaves the
+            // parts after it as they were.
+            let mut from = r.range.start();
+            loop {
+                let part = t
+                    .overlapping_regions(r.range)
+                    .filter(|x| x.kind == RegionKind::Ram && x.range.end() > from)
+                    .find_map(|x| {
+                        FrameRange::from_frames(
+                            x.range.start().max(from),
+                            x.range.end().min(r.range.end()),
+                        )
+                        .ok()
+                    });
+                let Some(p) = part else {
+                    return Ok(());
+                };
                 t.modify(p, to(RegionKind::Ram))?;
+                from = p.end();
             }
-            Ok(())
         }
     }
 }

@@ -68,6 +68,7 @@ pub mod log;
 
 pub mod acquire;
 pub mod addr;
+pub mod alloc_util;
 pub mod arch;
 pub mod boot;
 pub mod console;

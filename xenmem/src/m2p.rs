@@ -11,11 +11,11 @@
 //! dom0; where it cannot (unprivileged, Arm, a table too large), the answer
 //! is an error, never a guess.
 
-use alloc::vec;
 use alloc::vec::Vec;
 use core::fmt;
 
 use crate::addr::{DomId, Gfn, Mfn, PageCount, PAGE_SIZE};
+use crate::alloc_util::{try_with_capacity, OutOfMemory};
 use crate::grant::Bytes;
 use crate::mapping::{self, MapError, MapTarget, VaSpace};
 use crate::region::{FrameRange, RegionTable};
@@ -40,6 +40,8 @@ pub enum M2pError {
     NotFound(Gfn),
     /// Not possible here (no page tables on the host, say).
     Unsupported,
+    /// The heap has no room for the lists of frames (nothing is mapped).
+    OutOfMemory(OutOfMemory),
 }
 
 impl fmt::Display for M2pError {
@@ -52,6 +54,7 @@ impl fmt::Display for M2pError {
             }
             M2pError::NotFound(g) => write!(f, "no machine frame backs guest frame {g}"),
             M2pError::Unsupported => write!(f, "not supported here"),
+            M2pError::OutOfMemory(e) => write!(f, "M2P lookup: {e}"),
         }
     }
 }
@@ -76,20 +79,28 @@ pub fn machine_frames(
     let n = hv
         .machphys_mfn_list(&mut chunks)
         .map_err(|e| M2pError::Xen("machphys_mfn_list", e))?;
-    let frames: Vec<Gfn> = (0..pages)
-        .map(|p| {
-            let chunk = (p * PAGE_SIZE / 8 / FRAMES_PER_CHUNK) as usize;
-            let within = p % (FRAMES_PER_CHUNK * 8 / PAGE_SIZE);
-            chunks
-                .get(chunk)
-                .filter(|_| chunk < n)
-                .map(|c| Gfn(c.0 + within))
-        })
-        .collect::<Option<_>>()
-        .ok_or(M2pError::TooLarge(PageCount(pages)))?;
+    let mut frames: Vec<Gfn> =
+        try_with_capacity(pages as usize, "M2P frame list").map_err(M2pError::OutOfMemory)?;
+    for p in 0..pages {
+        let chunk = (p * PAGE_SIZE / 8 / FRAMES_PER_CHUNK) as usize;
+        let within = p % (FRAMES_PER_CHUNK * 8 / PAGE_SIZE);
+        let gfn = chunks
+            .get(chunk)
+            .filter(|_| chunk < n)
+            .map(|c| Gfn(c.0 + within))
+            .ok_or(M2pError::TooLarge(PageCount(pages)))?;
+        // Within the capacity made above: no allocation.
+        frames.push(gfn);
+    }
+    // Every list before the mapping: an error after it would have to undo it.
+    let len = usize::try_from(range.len().0)
+        .map_err(|_| M2pError::OutOfMemory(OutOfMemory::of::<Mfn>(FOUND, usize::MAX)))?;
+    let mut found: Vec<Option<Mfn>> =
+        try_with_capacity(len, FOUND).map_err(M2pError::OutOfMemory)?;
+    found.resize(len, None);
+    let mut out: Vec<Mfn> = try_with_capacity(len, FOUND).map_err(M2pError::OutOfMemory)?;
     let m2p = mapping::map_foreign(hv, table, pt, vas, DomId::XEN, &frames, false)
         .map_err(M2pError::Map)?;
-    let mut found: Vec<Option<Mfn>> = vec![None; range.len().0 as usize];
     for mfn in 0..entries {
         // The mapping covers all `entries` words (`pages` was rounded
         // up), so no read is refused; one that were would end the scan,
@@ -104,12 +115,14 @@ pub fn machine_frames(
     // A failed release drops the handle given back: reported as a leak.
     m2p.release(hv, table, pt, vas)
         .map_err(|e| M2pError::Map(e.into_error()))?;
-    found
-        .into_iter()
-        .enumerate()
-        .map(|(i, m)| m.ok_or(M2pError::NotFound(Gfn(range.start().0 + i as u64))))
-        .collect()
+    for (i, m) in found.into_iter().enumerate() {
+        // Within the capacity made above: no allocation.
+        out.push(m.ok_or(M2pError::NotFound(Gfn(range.start().0 + i as u64)))?);
+    }
+    Ok(out)
 }
+
+const FOUND: &str = "M2P lookup result";
 
 /// Whether `mfns` are consecutive, and the first one.
 pub fn contiguous(mfns: &[Mfn]) -> Option<Mfn> {

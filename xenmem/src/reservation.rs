@@ -884,8 +884,7 @@ impl<'h, H: Hypervisor> Engine<'h, H> {
                 address_bits.map_or(u64::MAX, |b| if b >= 64 { u64::MAX } else { 1u64 << b });
             let range = t
                 .aligned_ram_extents(order)
-                .filter(|r| r.end_addr().0 <= limit)
-                .last()
+                .rfind(|r| r.end_addr().0 <= limit)
                 .ok_or(ReservationError::none_of(order.pages()))?;
             return self.record_contiguous(
                 t,
@@ -897,7 +896,7 @@ impl<'h, H: Hypervisor> Engine<'h, H> {
         }
         let range = t
             .aligned_ram_extents(order)
-            .last()
+            .next_back()
             .ok_or(ReservationError::none_of(order.pages()))?;
         if self.exchange_works != Some(false) {
             if let Some(buf) = self.try_exchange(t, range, order, flags)? {

@@ -24,7 +24,8 @@ use alloc::vec::Vec;
 use core::fmt;
 
 use crate::addr::{DomId, Gfn, PAGE_SIZE};
-use crate::memmap::{MemKind, MemoryMap};
+use crate::alloc_util::{try_collect, try_with_capacity, FixedVec, OutOfMemory, TryVec};
+use crate::memmap::{MemKind, MemoryMap, MAX_RANGES};
 use crate::region::ReservedUse;
 use crate::region::{Change, FrameRange, RegionError, RegionFlags, RegionKind, RegionTable};
 use crate::xen::abi::gnttab::{CopyPtr, GntCopy, GntStatus};
@@ -39,6 +40,9 @@ pub const GROUP: u64 = 16;
 pub const MAX_CANDIDATES: u64 = 1 << 16;
 /// Copies per `GNTTABOP_copy` call.
 pub const BATCH: usize = 256;
+/// The most named frames [`candidates`] takes groups around (the groups of
+/// any further ones count as skipped).
+pub const MAX_NAMED: usize = 16;
 /// The HVM parameters whose frames start a group: the ones a guest may read
 /// of itself on both architectures (x86 refuses the others with EPERM).
 pub const PARAMS: [u32; 2] = [hvm_param::CONSOLE_PFN, hvm_param::STORE_PFN];
@@ -55,8 +59,12 @@ pub enum SpecialError {
         /// What Xen said.
         status: GntStatus,
     },
-    /// Recording a found frame in the table failed (nothing was recorded).
+    /// Recording a found frame in the table failed (nothing was recorded;
+    /// running out of memory as the table grows among the reasons).
     Table(RegionError),
+    /// The heap has no room for the list of found frames, or for the
+    /// batch that records them (nothing was recorded).
+    OutOfMemory(OutOfMemory),
     /// A populated frame lies where the table has something other than a
     /// firmware reservation or device space (RAM, a hole, a mapping).
     Unexpected {
@@ -75,6 +83,7 @@ impl fmt::Display for SpecialError {
                 write!(f, "probing frame {gfn}: GNTTABOP_copy said {status:?}")
             }
             SpecialError::Table(e) => write!(f, "recording special pages: {e}"),
+            SpecialError::OutOfMemory(e) => write!(f, "special pages: {e}"),
             SpecialError::Unexpected { gfn, kind } => write!(
                 f,
                 "populated frame {gfn} lies in a {} region of the table",
@@ -102,50 +111,82 @@ impl Found {
     }
 }
 
+/// Stands in the unused places of [`Candidates`].
+const NO_RANGE: FrameRange = match FrameRange::single(Gfn(0)) {
+    Some(r) => r,
+    None => panic!("frame 0 is a range"),
+};
+
+/// The frames [`PARAMS`] name, in that order (derefs to a slice).
+pub type ParamFrames = FixedVec<Gfn, { PARAMS.len() }>;
+
+/// The candidate runs of frames [`candidates`] finds (derefs to a slice):
+/// one per reserved, ACPI or NVS range of a map and per named group at
+/// most.
+pub type Candidates = FixedVec<FrameRange, { MAX_RANGES + MAX_NAMED }>;
+
 /// The frames named by [`PARAMS`] (0 and refused parameters left out).
-pub fn param_frames(hv: &impl Hypervisor) -> Vec<Gfn> {
-    PARAMS
+pub fn param_frames(hv: &impl Hypervisor) -> ParamFrames {
+    let mut out = ParamFrames::new(Gfn(0));
+    for v in PARAMS
         .iter()
         .filter_map(|&p| hv.hvm_get_param(p).ok())
         .filter(|&v| v != 0)
-        .map(Gfn)
-        .collect()
+    {
+        // Cannot be full: one place per parameter.
+        let _ = out.push(Gfn(v));
+    }
+    out
 }
 
 /// The candidate frames, sorted, without duplicates: every page of the map's
 /// reserved, ACPI and NVS ranges that holds no RAM (a page shared with RAM is
 /// counted as partial RAM elsewhere), and the [`GROUP`] around each of
-/// `named`; at most [`MAX_CANDIDATES`] (the count left out is returned).
-pub fn candidates(map: &MemoryMap, named: &[Gfn]) -> (Vec<FrameRange>, u64) {
+/// `named` (the first [`MAX_NAMED`] of them; the groups of the others count
+/// as skipped); at most [`MAX_CANDIDATES`] (the count left out is
+/// returned). Uses no heap.
+pub fn candidates(map: &MemoryMap, named: &[Gfn]) -> (Candidates, u64) {
     let ram_touches = |f: u64| {
         map.ranges().iter().any(|r| {
             r.kind == MemKind::Ram && r.start.0 < (f + 1) * PAGE_SIZE && f * PAGE_SIZE < r.end.0
         })
     };
-    let mut spans: Vec<(u64, u64)> = map
+    let mut skipped = 0;
+    let mut spans = FixedVec::<(u64, u64), { MAX_RANGES + MAX_NAMED }>::new((0, 0));
+    let groups = named.iter().enumerate().filter_map(|(i, g)| {
+        if i >= MAX_NAMED {
+            skipped += GROUP;
+            return None;
+        }
+        let s = g.0 / GROUP * GROUP;
+        Some((s, s.saturating_add(GROUP)))
+    });
+    for span in map
         .ranges()
         .iter()
         .filter(|r| matches!(r.kind, MemKind::Reserved | MemKind::Acpi | MemKind::Nvs))
         .map(|r| (r.start.0 / PAGE_SIZE, r.end.0.div_ceil(PAGE_SIZE)))
-        .chain(named.iter().map(|g| {
-            let s = g.0 / GROUP * GROUP;
-            (s, s.saturating_add(GROUP))
-        }))
+        .chain(groups)
         .filter(|(s, e)| s < e)
-        .collect();
+    {
+        // Cannot be full: a map has at most MAX_RANGES ranges.
+        let _ = spans.push(span);
+    }
     spans.sort_unstable();
-    let mut merged: Vec<(u64, u64)> = Vec::new();
-    for (s, e) in spans {
+    let mut merged = FixedVec::<(u64, u64), { MAX_RANGES + MAX_NAMED }>::new((0, 0));
+    for &(s, e) in spans.iter() {
         match merged.last_mut() {
             Some(l) if s <= l.1 => l.1 = l.1.max(e),
-            _ => merged.push((s, e)),
+            // Cannot be full: no more than the spans.
+            _ => {
+                let _ = merged.push((s, e));
+            }
         }
     }
     // Drop the pages shared with RAM at the ends of each span.
-    let mut out = Vec::new();
+    let mut out = Candidates::new(NO_RANGE);
     let mut budget = MAX_CANDIDATES;
-    let mut skipped = 0;
-    for (mut s, mut e) in merged {
+    for &(mut s, mut e) in merged.iter() {
         while s < e && ram_touches(s) {
             s += 1;
         }
@@ -164,7 +205,8 @@ pub fn candidates(map: &MemoryMap, named: &[Gfn]) -> (Vec<FrameRange>, u64) {
         budget -= take;
         if take > 0 {
             if let Ok(r) = FrameRange::from_frames(Gfn(s), Gfn(s + take)) {
-                out.push(r);
+                // Cannot be full: no more than the merged spans.
+                let _ = out.push(r);
             }
         }
     }
@@ -195,9 +237,11 @@ pub fn probe(
         });
     }
     let mut frames = candidates.iter().flat_map(|r| r.start().0..r.end().0);
-    let mut ops: Vec<GntCopy> = Vec::with_capacity(BATCH);
+    let mut ops: Vec<GntCopy> =
+        try_with_capacity(BATCH, "special-page probe").map_err(SpecialError::OutOfMemory)?;
     loop {
         ops.clear();
+        // Within the capacity made above: no allocation.
         ops.extend(frames.by_ref().take(BATCH).map(|f| copy_op(Gfn(f), sink)));
         if ops.is_empty() {
             break;
@@ -212,10 +256,14 @@ pub fn probe(
                         *r = FrameRange::from_frames(r.start(), Gfn(gfn.0 + 1))
                             .map_err(SpecialError::Table)?;
                     }
-                    _ => found.runs.push(
-                        FrameRange::from_frames(gfn, Gfn(gfn.0 + 1))
-                            .map_err(SpecialError::Table)?,
-                    ),
+                    _ => found
+                        .runs
+                        .try_push(
+                            FrameRange::from_frames(gfn, Gfn(gfn.0 + 1))
+                                .map_err(SpecialError::Table)?,
+                            "special-page runs",
+                        )
+                        .map_err(SpecialError::OutOfMemory)?,
                 },
                 GntStatus::BadPage => {}
                 status => return Err(SpecialError::Copy { gfn, status }),
@@ -267,10 +315,8 @@ pub fn record(t: &mut RegionTable, found: &Found) -> Result<(), SpecialError> {
             }
         }
     }
-    let ops: Vec<crate::region::Op> = found
-        .runs
-        .iter()
-        .map(|&range| {
+    let ops: Vec<crate::region::Op> = try_collect(
+        found.runs.iter().map(|&range| {
             crate::region::Op::Modify(
                 range,
                 Change {
@@ -279,8 +325,10 @@ pub fn record(t: &mut RegionTable, found: &Found) -> Result<(), SpecialError> {
                     ..Change::default()
                 },
             )
-        })
-        .collect();
+        }),
+        "special-page batch",
+    )
+    .map_err(SpecialError::OutOfMemory)?;
     t.apply(&ops).map_err(|(e, _)| SpecialError::Table(e))
 }
 

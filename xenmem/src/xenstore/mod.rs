@@ -27,13 +27,15 @@
 //! the next request's.
 
 use alloc::collections::VecDeque;
-use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
 use core::ptr::NonNull;
 
 use crate::addr::DomId;
+use crate::alloc_util::{
+    try_room_deque, try_string, try_with_capacity, FixedVec, OutOfMemory, TryVec,
+};
 use crate::xen::XenError;
 
 /// The xenstore model (crate `xenmem-model`), compiled into the unit tests.
@@ -134,6 +136,10 @@ pub enum XsError {
         /// Attempts made.
         attempts: u32,
     },
+    /// The heap has no room for a request, a reply or a result. A request
+    /// refused so is not sent; a reply that finds no room is skipped as it
+    /// arrives (its request fails with this).
+    OutOfMemory(OutOfMemory),
 }
 
 impl fmt::Display for XsError {
@@ -173,6 +179,7 @@ impl fmt::Display for XsError {
             XsError::Contended { attempts } => {
                 write!(f, "xenstore transaction conflicted {attempts} times")
             }
+            XsError::OutOfMemory(e) => write!(f, "xenstore: {e}"),
         }
     }
 }
@@ -180,6 +187,12 @@ impl fmt::Display for XsError {
 impl From<CorruptIndices> for XsError {
     fn from(c: CorruptIndices) -> Self {
         XsError::Corrupt(c)
+    }
+}
+
+impl From<OutOfMemory> for XsError {
+    fn from(e: OutOfMemory) -> Self {
+        XsError::OutOfMemory(e)
     }
 }
 
@@ -235,7 +248,7 @@ pub struct XsClient<N, W> {
     next_req_id: u32,
     /// The request whose reply is still to come.
     awaiting: Option<u32>,
-    abandoned: Vec<u32>,
+    abandoned: FixedVec<u32, MAX_ABANDONED>,
     /// Request bytes not yet in the ring (of a request given up half-way).
     backlog: VecDeque<u8>,
     rx: Rx,
@@ -277,16 +290,33 @@ fn check_value(value: &[u8]) -> Result<(), XsError> {
 
 /// `parts` joined, each followed by a NUL unless it is the last and
 /// `nul_last` is false.
-fn payload(parts: &[&[u8]], nul_last: bool) -> Vec<u8> {
-    let mut v = Vec::with_capacity(parts.iter().map(|p| p.len() + 1).sum());
+fn payload(parts: &[&[u8]], nul_last: bool) -> Result<Vec<u8>, XsError> {
+    let mut v = try_with_capacity(parts.iter().map(|p| p.len() + 1).sum(), "xenstore request")?;
     for (i, p) in parts.iter().enumerate() {
+        // Within the capacity made above: no allocation.
         v.extend_from_slice(p);
         if nul_last || i + 1 < parts.len() {
             v.push(0);
         }
     }
-    v
+    Ok(v)
 }
+
+/// `n` in decimal, in `buf`.
+fn decimal(mut n: u16, buf: &mut [u8; 5]) -> &[u8] {
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[at..];
+        }
+    }
+}
+
+/// Watch events' text on the heap.
+const EVENT: &str = "xenstore watch event";
 
 fn utf8(bytes: Vec<u8>, what: &'static str) -> Result<String, XsError> {
     String::from_utf8(bytes).map_err(|_| XsError::Malformed(what))
@@ -321,7 +351,7 @@ where
             max_waits,
             next_req_id: 1,
             awaiting: None,
-            abandoned: Vec::new(),
+            abandoned: FixedVec::new(0),
             backlog: VecDeque::new(),
             rx: Rx::default(),
             events: VecDeque::new(),
@@ -388,14 +418,16 @@ where
     /// The home of domain `domid` (`/local/domain/<domid>`), as xenstored
     /// names it.
     pub fn domain_path(&mut self, domid: DomId) -> Result<String, XsError> {
-        let id = format!("{}", domid.0);
-        let p = payload(&[id.as_bytes()], true);
-        let r = self.request(TxId::NONE, msg_type::GET_DOMAIN_PATH, &p)?;
-        let path = r.strip_suffix(&[0]).unwrap_or(&r);
-        if path.is_empty() || path.contains(&0) {
+        let mut digits = [0u8; 5];
+        let p = payload(&[decimal(domid.0, &mut digits)], true)?;
+        let mut r = self.request(TxId::NONE, msg_type::GET_DOMAIN_PATH, &p)?;
+        if r.last() == Some(&0) {
+            r.pop();
+        }
+        if r.is_empty() || r.contains(&0) {
             return Err(XsError::Malformed("domain path"));
         }
-        utf8(path.to_vec(), "domain path is not UTF-8")
+        utf8(r, "domain path is not UTF-8")
     }
 
     /// Watch `path` and everything below it; events carry `token`. xenstored
@@ -403,7 +435,7 @@ where
     pub fn watch(&mut self, path: &str, token: &str) -> Result<(), XsError> {
         check_path(path)?;
         check_value(token.as_bytes())?;
-        let p = payload(&[path.as_bytes(), token.as_bytes()], true);
+        let p = payload(&[path.as_bytes(), token.as_bytes()], true)?;
         self.request(TxId::NONE, msg_type::WATCH, &p).map(drop)
     }
 
@@ -412,7 +444,7 @@ where
     pub fn unwatch(&mut self, path: &str, token: &str) -> Result<(), XsError> {
         check_path(path)?;
         check_value(token.as_bytes())?;
-        let p = payload(&[path.as_bytes(), token.as_bytes()], true);
+        let p = payload(&[path.as_bytes(), token.as_bytes()], true)?;
         self.request(TxId::NONE, msg_type::UNWATCH, &p).map(drop)
     }
 
@@ -518,6 +550,12 @@ where
             tx_id: tx.0,
             len,
         };
+        try_room_deque(
+            &mut self.backlog,
+            XsdSockmsg::SIZE + payload.len(),
+            "xenstore request",
+        )?;
+        // Within the room made above: no allocation.
         self.backlog.extend(hdr.to_bytes());
         self.backlog.extend(payload);
         self.awaiting = Some(req_id);
@@ -527,7 +565,8 @@ where
             if self.abandoned.len() == MAX_ABANDONED {
                 self.abandoned.remove(0);
             }
-            self.abandoned.push(id);
+            // Cannot be full: the oldest made way.
+            let _ = self.abandoned.push(id);
         }
         r
     }
@@ -676,9 +715,32 @@ where
                     }
                     continue;
                 }
-                self.rx.hdr = Some(h);
                 self.rx.body.clear();
+                if self
+                    .rx
+                    .body
+                    .try_room(h.len as usize, "xenstore reply")
+                    .is_err()
+                {
+                    // No room: skip it as it arrives, as an oversized one.
+                    self.rx.skip = h.len;
+                    if h.type_ == msg_type::WATCH_EVENT {
+                        self.dropped_events += 1;
+                    } else if !self.forget_abandoned(h.req_id) {
+                        if self.awaiting == Some(h.req_id) {
+                            // Its request ends here: nothing to drop later.
+                            self.awaiting = None;
+                        }
+                        return Err(XsError::OutOfMemory(OutOfMemory::of::<u8>(
+                            "xenstore reply",
+                            h.len as usize,
+                        )));
+                    }
+                    continue;
+                }
+                // Within the room made above: no allocation.
                 self.rx.body.resize(h.len as usize, 0);
+                self.rx.hdr = Some(h);
                 self.rx.body_got = 0;
                 continue;
             };
@@ -718,10 +780,14 @@ where
         let event = match (parts.next(), parts.next()) {
             (Some(path), Some(token)) => {
                 match (core::str::from_utf8(path), core::str::from_utf8(token)) {
-                    (Ok(path), Ok(token)) if !path.is_empty() => Some(WatchEvent {
-                        path: path.into(),
-                        token: token.into(),
-                    }),
+                    // No room for it: dropped and counted, like one beyond
+                    // the queue's bound.
+                    (Ok(path), Ok(token)) if !path.is_empty() => {
+                        match (try_string(path, EVENT), try_string(token, EVENT)) {
+                            (Ok(path), Ok(token)) => Some(WatchEvent { path, token }),
+                            _ => None,
+                        }
+                    }
                     _ => None,
                 }
             }
@@ -739,6 +805,11 @@ where
             self.events.pop_front();
             self.dropped_events += 1;
         }
+        if try_room_deque(&mut self.events, 1, EVENT).is_err() {
+            self.dropped_events += 1;
+            return;
+        }
+        // Within the room made above: no allocation.
         self.events.push_back(event);
     }
 }
@@ -762,7 +833,7 @@ where
 
     fn path_request(&mut self, type_: u32, path: &str) -> Result<Vec<u8>, XsError> {
         check_path(path)?;
-        let p = payload(&[path.as_bytes()], true);
+        let p = payload(&[path.as_bytes()], true)?;
         self.client.request(self.tx, type_, &p)
     }
 
@@ -787,7 +858,7 @@ where
     pub fn write(&mut self, path: &str, value: &[u8]) -> Result<(), XsError> {
         check_path(path)?;
         check_value(value)?;
-        let p = payload(&[path.as_bytes(), value], false);
+        let p = payload(&[path.as_bytes(), value], false)?;
         self.client.request(self.tx, msg_type::WRITE, &p).map(drop)
     }
 
@@ -803,14 +874,14 @@ where
 
     /// See [`XsClient::directory`].
     pub fn directory(&mut self, path: &str) -> Result<Vec<String>, XsError> {
+        const NAMES: &str = "xenstore directory";
         let r = self.path_request(msg_type::DIRECTORY, path)?;
-        wire::split_strings(&r)
-            .filter(|n| !n.is_empty())
-            .map(|n| {
-                core::str::from_utf8(n)
-                    .map(String::from)
-                    .map_err(|_| XsError::Malformed("child name is not UTF-8"))
-            })
-            .collect()
+        let mut out = Vec::new();
+        for n in wire::split_strings(&r).filter(|n| !n.is_empty()) {
+            let name = core::str::from_utf8(n)
+                .map_err(|_| XsError::Malformed("child name is not UTF-8"))?;
+            out.try_push(try_string(name, NAMES)?, NAMES)?;
+        }
+        Ok(out)
     }
 }
