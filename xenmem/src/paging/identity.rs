@@ -59,7 +59,6 @@
 //! table frames, and only then writes; on any error nothing has changed.
 //! It ends with a full TLB flush ([`Tlb::invalidate_all`]) or the root switch.
 
-use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 
 use super::walk::{index, load, store};
@@ -67,6 +66,7 @@ use super::{
     level_size, Attrs, Entry, Format, FrameSource, PageTable, PagingError, TableMemory, Tlb,
 };
 use crate::addr::{GuestPhysAddr, VirtAddr, PAGE_SIZE};
+use crate::alloc_util::TryVec;
 use crate::region::FrameRange;
 
 /// A [`FrameSource`] that also knows what the frames are: which the identity
@@ -166,20 +166,32 @@ struct Plan {
     /// The changes, in no particular order (new tables are written first).
     writes: Vec<Write>,
     /// Live tables replaced by copies (break-before-make architectures), with
-    /// the copy's number; the root among them if any is.
-    copies: BTreeMap<GuestPhysAddr, usize>,
+    /// the copy's number; the root among them if any is. A handful at most:
+    /// the tables above a split, up to the root.
+    copies: Vec<(GuestPhysAddr, usize)>,
 }
 
+const PLAN: &str = "identity-map plan";
+
 impl Plan {
-    fn add(&mut self, fill: Fill) -> usize {
-        self.new.push(fill);
-        self.new.len() - 1
+    fn add(&mut self, fill: Fill) -> Result<usize, PagingError> {
+        self.new.try_push(fill, PLAN)?;
+        Ok(self.new.len() - 1)
+    }
+
+    fn write(&mut self, w: Write) -> Result<(), PagingError> {
+        Ok(self.writes.try_push(w, PLAN)?)
+    }
+
+    /// The copy of live table `t`, if it has one.
+    fn copy_of(&self, t: GuestPhysAddr) -> Option<usize> {
+        self.copies.iter().find(|c| c.0 == t).map(|c| c.1)
     }
 
     /// The table that writes aimed at `tab` go to: its copy if it has one.
     fn target(&self, tab: Tab) -> Tab {
         match tab {
-            Tab::Live(t) => self.copies.get(&t).map_or(tab, |&n| Tab::New(n)),
+            Tab::Live(t) => self.copy_of(t).map_or(tab, Tab::New),
             Tab::New(_) => tab,
         }
     }
@@ -187,23 +199,33 @@ impl Plan {
     /// Copy the live tables `path[level..=top]` (the tables that translate
     /// `va`, by level, `top` the root's) and link each copy from its
     /// parent's copy.
-    fn copy_chain(&mut self, path: &Path, level: usize, top: usize, va: u64) {
+    fn copy_chain(
+        &mut self,
+        path: &Path,
+        level: usize,
+        top: usize,
+        va: u64,
+    ) -> Result<(), PagingError> {
         for l in level..=top {
             let t = path[l];
-            if self.copies.contains_key(&t) {
+            if self.copy_of(t).is_some() {
                 // Its parents are copied and linked already.
-                return;
+                return Ok(());
             }
-            let n = self.add(Fill::Copy(t));
-            self.copies.insert(t, n);
+            self.copies.try_push((t, 0), PLAN)?;
+            let n = self.add(Fill::Copy(t))?;
+            if let Some(c) = self.copies.last_mut() {
+                c.1 = n;
+            }
             if l < top {
-                self.writes.push(Write::Link {
+                self.write(Write::Link {
                     table: Tab::Live(path[l + 1]),
                     index: index(va, l + 1),
                     to: Tab::New(n),
-                });
+                })?;
             }
         }
+        Ok(())
     }
 }
 
@@ -326,11 +348,11 @@ impl<F: Format, M: TableMemory, T: Tlb> PageTable<F, M, T> {
                     return Ok(());
                 }
                 if full {
-                    plan.writes.push(Write::Value {
+                    plan.write(Write::Value {
                         table: Tab::Live(l2),
                         index: slot,
                         value: 0,
-                    });
+                    })?;
                     return Ok(());
                 }
                 F::block(GuestPhysAddr(g), attrs, 1)
@@ -339,18 +361,18 @@ impl<F: Format, M: TableMemory, T: Tlb> PageTable<F, M, T> {
                     base: g,
                     attrs,
                     level: 1,
-                });
-                self.link_split(plan, &path, 2, g, n);
+                })?;
+                self.link_split(plan, &path, 2, g, n)?;
                 Tab::New(n)
             }
             Entry::Invalid if !present => return Ok(()),
             Entry::Invalid => {
-                let n = plan.add(Fill::Empty);
-                plan.writes.push(Write::Link {
+                let n = plan.add(Fill::Empty)?;
+                plan.write(Write::Link {
                     table: Tab::Live(l2),
                     index: slot,
                     to: Tab::New(n),
-                });
+                })?;
                 Tab::New(n)
             }
             Entry::Table { next, .. } => Tab::Live(next),
@@ -410,61 +432,61 @@ impl<F: Format, M: TableMemory, T: Tlb> PageTable<F, M, T> {
                     return Ok(());
                 }
                 if full {
-                    plan.writes.push(Write::Value {
+                    plan.write(Write::Value {
                         table: l1,
                         index: slot,
                         value: 0,
-                    });
+                    })?;
                     return Ok(());
                 }
                 let n = plan.add(Fill::Split {
                     base: b,
                     attrs,
                     level: 0,
-                });
-                plan.writes.push(Write::Pages {
+                })?;
+                plan.write(Write::Pages {
                     table: Tab::New(n),
                     lo,
                     hi,
                     attrs: None,
-                });
+                })?;
                 match l1 {
                     Tab::Live(t) => {
                         // A live block becomes a table: copies on Arm.
                         let mut path = path;
                         path[1] = t;
-                        self.link_split(plan, &path, 1, b, n);
+                        self.link_split(plan, &path, 1, b, n)?;
                     }
-                    Tab::New(_) => plan.writes.push(Write::Link {
+                    Tab::New(_) => plan.write(Write::Link {
                         table: l1,
                         index: slot,
                         to: Tab::New(n),
-                    }),
+                    })?,
                 }
             }
             Entry::Invalid if !present => {}
             Entry::Invalid if full => {
                 let value = F::block(GuestPhysAddr(b), spec.attrs, 1)
                     .ok_or(PagingError::Unsupported("no 2 MiB blocks"))?;
-                plan.writes.push(Write::Value {
+                plan.write(Write::Value {
                     table: l1,
                     index: slot,
                     value,
-                });
+                })?;
             }
             Entry::Invalid => {
-                let n = plan.add(Fill::Empty);
-                plan.writes.push(Write::Pages {
+                let n = plan.add(Fill::Empty)?;
+                plan.write(Write::Pages {
                     table: Tab::New(n),
                     lo,
                     hi,
                     attrs: Some(spec.attrs),
-                });
-                plan.writes.push(Write::Link {
+                })?;
+                plan.write(Write::Link {
                     table: l1,
                     index: slot,
                     to: Tab::New(n),
-                });
+                })?;
             }
             Entry::Table { next, .. } => {
                 // Every entry in the range must be empty or map its own
@@ -479,12 +501,12 @@ impl<F: Format, M: TableMemory, T: Tlb> PageTable<F, M, T> {
                     }
                     a += PAGE_SIZE;
                 }
-                plan.writes.push(Write::Pages {
+                plan.write(Write::Pages {
                     table: Tab::Live(next),
                     lo,
                     hi,
                     attrs: present.then_some(spec.attrs),
-                });
+                })?;
             }
             Entry::Unsupported => return Err(bad(b, 1)),
         }
@@ -494,15 +516,22 @@ impl<F: Format, M: TableMemory, T: Tlb> PageTable<F, M, T> {
     /// Link the split table `n` in place of the live block that the table
     /// `path[level]` holds for `va`: in place where the architecture allows
     /// it, else in copies of `path[level..]` (up to the root).
-    fn link_split(&self, plan: &mut Plan, path: &Path, level: usize, va: u64, n: usize) {
+    fn link_split(
+        &self,
+        plan: &mut Plan,
+        path: &Path,
+        level: usize,
+        va: u64,
+        n: usize,
+    ) -> Result<(), PagingError> {
         if !T::SPLIT_IN_PLACE {
-            plan.copy_chain(path, level, F::LEVELS - 1, va);
+            plan.copy_chain(path, level, F::LEVELS - 1, va)?;
         }
-        plan.writes.push(Write::Link {
+        plan.write(Write::Link {
             table: Tab::Live(path[level]),
             index: index(va, level),
             to: Tab::New(n),
-        });
+        })
     }
 
     fn table(&self, frame: GuestPhysAddr) -> Result<&super::Table, PagingError> {
@@ -517,19 +546,32 @@ impl<F: Format, M: TableMemory, T: Tlb> PageTable<F, M, T> {
             return Ok(());
         }
         let mut got: Vec<GuestPhysAddr> = Vec::new();
-        if got.try_reserve_exact(plan.new.len()).is_err() {
-            return Err(PagingError::OutOfFrames);
-        }
+        got.try_room(plan.new.len(), PLAN)?;
+        let mut taken = Ok(());
         for _ in &plan.new {
             match self.new_table(frames) {
+                // Cannot reallocate: the room was made above.
                 Ok(t) => got.push(t),
                 Err(e) => {
-                    for &t in &got {
-                        frames.free_frame(t);
-                    }
-                    return Err(e);
+                    taken = Err(e);
+                    break;
                 }
             }
+        }
+        // The replaced tables go back once the new tree is in use: make
+        // sure the source can take them then.
+        if taken.is_ok() {
+            let old = plan.copies.iter().filter(|c| frames.is_table_frame(c.0));
+            taken = frames.prepare_free(old.count());
+        }
+        if let Err(e) = taken {
+            // Latest first: each brings the source back to a state it was
+            // in, which a table that records its frames holds without
+            // needing memory.
+            for &t in got.iter().rev() {
+                frames.free_frame(t);
+            }
+            return Err(e);
         }
         // From here nothing fails: every table was reached while planning
         // (the live ones) or by `new_table` (the new ones).
@@ -590,8 +632,8 @@ impl<F: Format, M: TableMemory, T: Tlb> PageTable<F, M, T> {
                 }
             }
         }
-        match plan.copies.get(&self.root()) {
-            Some(&n) => {
+        match plan.copy_of(self.root()) {
+            Some(n) => {
                 // SAFETY: the copy is complete and published (every table
                 // of it written and `publish_table` done above) and maps
                 // what the current tree maps with the same attributes (the
@@ -599,7 +641,7 @@ impl<F: Format, M: TableMemory, T: Tlb> PageTable<F, M, T> {
                 // memory in use: ballooned frames).
                 unsafe { T::switch_root(got[n]) };
                 self.set_root(got[n]);
-                for &old in plan.copies.keys() {
+                for &(old, _) in &plan.copies {
                     if frames.is_table_frame(old) {
                         frames.free_frame(old);
                     }

@@ -48,6 +48,7 @@ use core::fmt;
 use core::sync::atomic::AtomicU64;
 
 use crate::addr::{GuestPhysAddr, VirtAddr, PAGE_SHIFT, PAGE_SIZE};
+use crate::alloc_util::OutOfMemory;
 
 pub mod aarch64;
 mod flush;
@@ -296,19 +297,27 @@ pub unsafe trait TableMemory {
 /// ```compile_fail
 /// struct Any;
 /// impl xenmem::paging::FrameSource for Any {
-///     fn alloc_frame(&mut self) -> Option<xenmem::addr::GuestPhysAddr> {
-///         Some(xenmem::addr::GuestPhysAddr(0x1000))
+///     fn alloc_frame(&mut self) -> Result<xenmem::addr::GuestPhysAddr, xenmem::paging::PagingError> {
+///         Ok(xenmem::addr::GuestPhysAddr(0x1000))
 ///     }
 ///     fn free_frame(&mut self, _: xenmem::addr::GuestPhysAddr) {}
 /// }
 /// ```
 pub unsafe trait FrameSource {
     /// One free 4 KiB frame (contents undefined: the walker zeroes it), or
-    /// `None` if there are none left.
-    fn alloc_frame(&mut self) -> Option<GuestPhysAddr>;
+    /// why there is none: [`PagingError::OutOfFrames`] when none is left,
+    /// [`PagingError::OutOfMemory`] when the source could not record it.
+    fn alloc_frame(&mut self) -> Result<GuestPhysAddr, PagingError>;
     /// Give back a frame that [`alloc_frame`](FrameSource::alloc_frame)
     /// returned and that is no longer used.
     fn free_frame(&mut self, frame: GuestPhysAddr);
+    /// Make sure that `frames` frames can be given back later without the
+    /// source needing memory it might not get (a source that records its
+    /// frames in a table that grows). Nothing by default.
+    fn prepare_free(&mut self, frames: usize) -> Result<(), PagingError> {
+        let _ = frames;
+        Ok(())
+    }
 }
 
 /// The architecture's TLB maintenance (static: the flush handles carry no
@@ -481,6 +490,15 @@ pub enum PagingError {
     /// An identity-map removal of frames among which some are memory the
     /// identity map must keep (RAM, the agent's own, firmware's).
     Backed(GuestPhysAddr),
+    /// The heap has no room for what the operation needed (an identity-map
+    /// plan, or the region table's record of a table frame).
+    OutOfMemory(OutOfMemory),
+}
+
+impl From<OutOfMemory> for PagingError {
+    fn from(e: OutOfMemory) -> Self {
+        PagingError::OutOfMemory(e)
+    }
 }
 
 impl fmt::Display for PagingError {
@@ -526,6 +544,7 @@ impl fmt::Display for PagingError {
                     "the frames from {pa} include memory the identity map keeps"
                 )
             }
+            PagingError::OutOfMemory(e) => write!(f, "{e}"),
         }
     }
 }

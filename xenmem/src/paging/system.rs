@@ -2,14 +2,14 @@
 //! table memory through the identity map, table frames from the region
 //! table, and the one adopted set of page tables.
 
-use alloc::vec::Vec;
-
 use super::{
     Format, FrameSource, IdentityFrames, IdentitySpec, PageTable, PagingError, Table, TableMemory,
     Tlb,
 };
 use crate::addr::{Gfn, GuestPhysAddr, Order, PageCount, PAGE_SIZE};
-use crate::region::{Change, FrameRange, RegionFlags, RegionKind, RegionTable, ReservedUse};
+use crate::region::{
+    Change, FrameRange, RegionError, RegionFlags, RegionKind, RegionTable, ReservedUse,
+};
 
 /// Table memory reached through an identity map (virtual address ==
 /// guest-physical address) of `[start, end)`.
@@ -84,8 +84,11 @@ unsafe impl TableMemory for IdentityMemory {
 // the library records everything the program uses as reserved), and a frame
 // comes back to the pool only through `free_frame`.
 unsafe impl FrameSource for RegionTable {
-    fn alloc_frame(&mut self) -> Option<GuestPhysAddr> {
-        let range = self.find_free(RegionKind::Ram, PageCount(1), Order::new(0)?, Gfn(1))?;
+    fn alloc_frame(&mut self) -> Result<GuestPhysAddr, PagingError> {
+        let range = self
+            .find_free(RegionKind::Ram, PageCount(1), Order::ZERO, Gfn(1))
+            .ok_or(PagingError::OutOfFrames)?;
+        let addr = range.start().addr().ok_or(PagingError::OutOfFrames)?;
         self.modify(
             range,
             Change {
@@ -95,16 +98,31 @@ unsafe impl FrameSource for RegionTable {
                 ..Change::default()
             },
         )
-        .ok()?;
-        range.start().addr()
+        .map_err(|e| match e {
+            RegionError::OutOfMemory(e) => PagingError::OutOfMemory(e),
+            // The frame was just found free: nothing else can refuse it.
+            _ => PagingError::OutOfFrames,
+        })?;
+        Ok(addr)
     }
 
     fn free_frame(&mut self, frame: GuestPhysAddr) {
         if let Ok(range) = FrameRange::new(frame.frame(), PageCount(1)) {
-            // Fails only for a frame `alloc_frame` did not hand out, which
-            // then is not the table's to take back.
+            // Fails for a frame `alloc_frame` did not hand out, which then
+            // is not the table's to take back; and for want of memory, if
+            // the frame splits a run of table frames and nothing made room
+            // (`prepare_free`, or giving back the latest frames first): the
+            // frame then stays recorded as a table frame, never handed out.
             let _ = self.free_frames(range, ReservedUse::PageTables);
         }
+    }
+
+    fn prepare_free(&mut self, frames: usize) -> Result<(), PagingError> {
+        // Each frame given back splits at most one region in three.
+        self.reserve(frames.saturating_mul(2)).map_err(|e| match e {
+            RegionError::OutOfMemory(e) => PagingError::OutOfMemory(e),
+            _ => PagingError::OutOfFrames,
+        })
     }
 }
 
@@ -158,30 +176,46 @@ pub fn trim_identity<F: Format, M: TableMemory, T: Tlb>(
     table: &mut RegionTable,
 ) -> Result<Trimmed, PagingError> {
     let end = spec.end.frame();
-    let mut runs: Vec<FrameRange> = Vec::new();
-    let mut next = Gfn(0);
+    let mut done = Trimmed::default();
+    let mut from = Gfn(0);
+    // One run at a time, found afresh in the table each time (the unmaps
+    // take table frames from free RAM, which stays identity-mapped: the
+    // runs do not move).
+    while let Some(r) = next_unkept(table, from, end)? {
+        pt.unmap_identity(r, spec, table)?;
+        done.ranges += 1;
+        done.frames = PageCount(done.frames.0 + r.len().0);
+        from = r.end();
+    }
+    Ok(done)
+}
+
+/// The first run of frames in `[from, end)` that no identity-mapped region
+/// covers.
+fn next_unkept(
+    table: &RegionTable,
+    from: Gfn,
+    end: Gfn,
+) -> Result<Option<FrameRange>, PagingError> {
+    let mut next = from;
     let kept = table
         .iter()
-        .filter(|r| r.kind.identity_mapped())
+        .filter(|r| r.kind.identity_mapped() && r.range.end() > from)
         .map(|r| (r.range.start(), r.range.end()))
         .chain([(end, end)]);
     for (start, stop) in kept {
         let stop_gap = start.min(end);
         if next < stop_gap {
-            runs.push(FrameRange::from_frames(next, stop_gap).map_err(|_| PagingError::Overflow)?);
+            return FrameRange::from_frames(next, stop_gap)
+                .map(Some)
+                .map_err(|_| PagingError::Overflow);
         }
         next = next.max(stop);
         if next >= end {
             break;
         }
     }
-    let mut done = Trimmed::default();
-    for r in runs {
-        pt.unmap_identity(r, spec, table)?;
-        done.ranges += 1;
-        done.frames = PageCount(done.frames.0 + r.len().0);
-    }
-    Ok(done)
+    Ok(None)
 }
 
 /// The reservation engine's hook for the boot identity map of either

@@ -154,19 +154,19 @@ struct FakeFrames {
 
 // SAFETY: frames of the test arena, used by nothing else.
 unsafe impl FrameSource for FakeFrames {
-    fn alloc_frame(&mut self) -> Option<GuestPhysAddr> {
+    fn alloc_frame(&mut self) -> Result<GuestPhysAddr, PagingError> {
         if let Some(b) = self.bogus.take() {
             self.live.insert(b);
             record(Event::Alloc(b));
-            return Some(GuestPhysAddr(b));
+            return Ok(GuestPhysAddr(b));
         }
-        let pa = self.free.pop()?;
+        let pa = self.free.pop().ok_or(PagingError::OutOfFrames)?;
         for e in self.arena.frame(GuestPhysAddr(pa)).unwrap() {
             e.store(0xdead_beef_0000_0fff, Ordering::Relaxed);
         }
         assert!(self.live.insert(pa));
         record(Event::Alloc(pa));
-        Some(GuestPhysAddr(pa))
+        Ok(GuestPhysAddr(pa))
     }
 
     fn free_frame(&mut self, frame: GuestPhysAddr) {
@@ -1332,7 +1332,7 @@ fn the_region_table_hands_out_table_frames() {
     let a = t.alloc_frame().unwrap();
     let b = t.alloc_frame().unwrap();
     assert_eq!((a, b), (GuestPhysAddr(0x1000), GuestPhysAddr(0x2000)));
-    assert_eq!(t.alloc_frame(), None);
+    assert_eq!(t.alloc_frame(), Err(PagingError::OutOfFrames));
     let r = t.region_at(Gfn(1)).unwrap();
     assert_eq!(r.kind, RegionKind::Reserved(ReservedUse::PageTables));
     assert!(r.flags.contains(RegionFlags::PINNED));

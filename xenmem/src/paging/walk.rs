@@ -259,7 +259,7 @@ impl<F: Format, M: TableMemory, T: Tlb> PageTable<F, M, T> {
         &self,
         frames: &mut impl FrameSource,
     ) -> Result<GuestPhysAddr, PagingError> {
-        let frame = frames.alloc_frame().ok_or(PagingError::OutOfFrames)?;
+        let frame = frames.alloc_frame()?;
         let Some(t) = self
             .mem
             .table(frame)

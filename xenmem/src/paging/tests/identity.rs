@@ -17,7 +17,7 @@ struct Ballooned<'a> {
 
 // SAFETY: forwards to the region table's frames (free RAM of the test).
 unsafe impl FrameSource for Ballooned<'_> {
-    fn alloc_frame(&mut self) -> Option<GuestPhysAddr> {
+    fn alloc_frame(&mut self) -> Result<GuestPhysAddr, PagingError> {
         self.frames.alloc_frame()
     }
     fn free_frame(&mut self, frame: GuestPhysAddr) {
