@@ -30,6 +30,7 @@ use alloc::vec::Vec;
 use core::fmt;
 
 use crate::addr::{DomId, Gfn, GuestPhysAddr, Mfn, Order, PageCount, PAGE_SHIFT};
+use crate::alloc_util::{try_collect, try_with_capacity, FixedVec, OutOfMemory};
 use crate::leak::{self, Leak, LeakKind, Outstanding, ReleaseError};
 use crate::paging::PagingError;
 use crate::region::{
@@ -194,6 +195,18 @@ pub enum ReservationError {
     /// [`Engine::release_frames`]: this frame is not free RAM (reserved,
     /// pinned, a hole, already ballooned): nothing was released.
     NotFree(Gfn),
+    /// The heap has no room for a batch's list of extents. Nothing was
+    /// asked of Xen for that batch; earlier batches stay done and recorded
+    /// (the table, Xen and [`Engine::expected`] agree). The table running
+    /// out of room is [`ReservationError::Table`] with
+    /// [`RegionError::OutOfMemory`], likewise before any hypercall.
+    OutOfMemory(OutOfMemory),
+}
+
+impl From<OutOfMemory> for ReservationError {
+    fn from(e: OutOfMemory) -> Self {
+        ReservationError::OutOfMemory(e)
+    }
 }
 
 impl From<RegionError> for ReservationError {
@@ -249,6 +262,7 @@ impl fmt::Display for ReservationError {
             ReservationError::NotFree(g) => {
                 write!(f, "frame {g} is not free RAM: nothing released")
             }
+            ReservationError::OutOfMemory(e) => write!(f, "{e}"),
         }
     }
 }
@@ -447,15 +461,19 @@ impl<'h, H: Hypervisor> Engine<'h, H> {
         Ok(())
     }
 
-    /// Before marking populated frames RAM: map them, and mark them. If the
+    /// Before marking populated frames RAM: map them, and mark them, in the
+    /// room set aside for the batch ([`RegionTable::set_aside`]). If the
     /// map fails they are RAM (Xen counts them) but pinned: nothing will
-    /// hand them out unmapped.
+    /// hand them out unmapped. A pinned extent amid the batch's RAM needs
+    /// room of its own; if the table has none, the extent goes back to Xen
+    /// instead (it stays ballooned: nothing to record) and the map's error
+    /// is returned. Returns the pages kept.
     fn map_and_mark(
         &mut self,
         t: &mut RegionTable,
         start: Gfn,
         count: u64,
-    ) -> Result<(), ReservationError> {
+    ) -> Result<u64, ReservationError> {
         let range = FrameRange::new(start, PageCount(count))?;
         let t0 = crate::timer::now();
         let r = self.identity.map(t, range);
@@ -464,10 +482,13 @@ impl<'h, H: Hypervisor> Engine<'h, H> {
             Ok(()) => RegionFlags::empty(),
             Err(e) => {
                 self.identity_failed(e);
+                if t.set_aside(2).is_err() && self.give_back(start, count) {
+                    return Err(ReservationError::IdentityMap(e));
+                }
                 RegionFlags::PINNED
             }
         };
-        t.modify(
+        t.modify_set_aside(
             range,
             Change {
                 kind: Some(RegionKind::Ram),
@@ -476,7 +497,26 @@ impl<'h, H: Hypervisor> Engine<'h, H> {
                 ..Change::default()
             },
         )?;
-        Ok(())
+        Ok(count)
+    }
+
+    /// Give the extent of `count` frames at `start` (just populated, still
+    /// ballooned in the table) back to Xen; whether Xen took it.
+    fn give_back(&mut self, start: Gfn, count: u64) -> bool {
+        let Some(order) = count
+            .is_power_of_two()
+            .then(|| Order::new(count.trailing_zeros() as u8))
+            .flatten()
+        else {
+            return false;
+        };
+        self.stats.hypercalls += 1;
+        if self.hv.decrease_reservation(SELF, order, &[start]) != Ok(1) {
+            return false;
+        }
+        self.expected = PageCount(self.expected.0 - count);
+        self.stats.released += count;
+        true
     }
 
     /// `r`, or the identity-map failure if `r` is fine and there was one.
@@ -524,16 +564,27 @@ impl<'h, H: Hypervisor> Engine<'h, H> {
 
     /// The orders to try, largest first: the strategy's maximum, 9 (2 MiB)
     /// if smaller, and 0.
-    fn orders(&self) -> impl Iterator<Item = Order> {
+    fn orders(&self) -> FixedVec<Order, 3> {
         let max = self.strategy.max_order;
         let mid = Order::new_const(9);
-        [
+        let mut out = FixedVec::new(Order::ZERO);
+        for o in [
             Some(max),
             (mid < max).then_some(mid),
             (max > Order::ZERO).then_some(Order::ZERO),
         ]
         .into_iter()
         .flatten()
+        {
+            // Cannot be full: three at most.
+            let _ = out.push(o);
+        }
+        out
+    }
+
+    /// Extents per hypercall.
+    fn batch(&self) -> usize {
+        self.strategy.batch.max(1)
     }
 
     /// Release `pages` pages of free RAM to Xen.
@@ -566,17 +617,40 @@ impl<'h, H: Hypervisor> Engine<'h, H> {
         {
             return Err(ReservationError::NotFree(g));
         }
-        let frames: Vec<FrameRange> = (range.start().0..range.end().0)
-            .filter_map(|g| FrameRange::new(Gfn(g), PageCount(1)).ok())
-            .collect();
-        let r = self.release(t, Order::ZERO, &frames).and_then(|done| {
-            if done == range.len().0 {
-                Ok(())
-            } else {
-                Err(ReservationError::short(range.len(), range.len().0 - done))
-            }
-        });
+        let r = self
+            .release_singles(t, range.start(), range.end())
+            .and_then(|done| {
+                if done == range.len().0 {
+                    Ok(())
+                } else {
+                    Err(ReservationError::short(range.len(), range.len().0 - done))
+                }
+            });
         self.with_identity_result(r)
+    }
+
+    /// Release the frames `[from, end)` one by one (order-0 extents,
+    /// batched); returns the pages released.
+    fn release_singles(
+        &mut self,
+        t: &mut RegionTable,
+        from: Gfn,
+        end: Gfn,
+    ) -> Result<u64, ReservationError> {
+        let per = self.batch() as u64;
+        let mut frames: Vec<FrameRange> =
+            try_with_capacity(end.0.saturating_sub(from.0).min(per) as usize, EXTENT_LIST)?;
+        let mut released = 0;
+        let mut at = from.0;
+        while at < end.0 {
+            let stop = at.saturating_add(per).min(end.0);
+            frames.clear();
+            // Within the capacity made above: no allocation.
+            frames.extend((at..stop).filter_map(|g| FrameRange::new(Gfn(g), PageCount(1)).ok()));
+            released += self.release(t, Order::ZERO, &frames)?;
+            at = stop;
+        }
+        Ok(released)
     }
 
     fn decrease_frames(
@@ -594,18 +668,20 @@ impl<'h, H: Hypervisor> Engine<'h, H> {
             return Err(ReservationError::none_of(pages));
         }
         let mut left = pages.0;
-        let orders: Vec<Order> = self.orders().collect();
-        for order in orders {
+        for &order in self.orders().iter() {
             let n = order.pages().0;
             while left >= n {
-                let want = usize::try_from(left / n).unwrap_or(usize::MAX);
                 // Highest addresses first: keep low memory for the agent.
-                let mut picks: Vec<FrameRange> = t.aligned_ram_extents(order).collect();
+                // In address order, a batch at a time: the lowest batch of
+                // the highest `left / n`.
+                let picks: Vec<FrameRange> = try_collect(
+                    t.highest_aligned_extents(RegionKind::Ram, order, left / n)
+                        .take(self.batch()),
+                    EXTENT_LIST,
+                )?;
                 if picks.is_empty() {
                     break;
                 }
-                let from = picks.len().saturating_sub(want);
-                picks.drain(..from);
                 let released = self.release(t, order, &picks)?;
                 left -= released;
                 if released == 0 {
@@ -629,37 +705,36 @@ impl<'h, H: Hypervisor> Engine<'h, H> {
     ) -> Result<u64, ReservationError> {
         let n = order.pages().0;
         let mut released = 0;
-        let queue: Vec<Gfn> = extents.iter().map(|r| r.start()).collect();
+        let mut batch: Vec<Gfn> = try_with_capacity(extents.len().min(self.batch()), EXTENT_LIST)?;
         let mut at = 0;
-        while at < queue.len() {
-            let end = (at + self.strategy.batch.max(1)).min(queue.len());
+        while at < extents.len() {
+            let end = (at + self.batch()).min(extents.len());
             // Extents that are no longer free RAM (a table frame the identity
             // map took meanwhile) are skipped: never give away what is used.
-            let batch: Vec<Gfn> = queue[at..end]
-                .iter()
-                .copied()
-                .filter(|&g| still_free(t, g, n))
-                .collect();
+            batch.clear();
+            // Within the capacity made above: no allocation.
+            batch.extend(
+                extents[at..end]
+                    .iter()
+                    .map(|r| r.start())
+                    .filter(|&g| still_free(t, g, n)),
+            );
             if batch.is_empty() {
                 at = end;
                 continue;
             }
-            let batch = &batch[..];
-            self.stats.hypercalls += 1;
-            let t0 = crate::timer::now();
-            let done = self.hv.decrease_reservation(SELF, order, batch);
-            self.stats.xen_ticks += crate::timer::now().wrapping_sub(t0);
-            let done = done.map_err(|err| ReservationError::Xen {
-                op: "decrease_reservation",
-                err,
-            })?;
-            for g in &batch[..done] {
-                mark(t, *g, n, RegionKind::Ram, RegionKind::Ballooned)?;
-            }
-            self.stats.extents[usize::from(order.get())] += done as u64;
-            self.stats.released += done as u64 * n;
-            self.expected = PageCount(self.expected.0 - done as u64 * n);
-            released += done as u64 * n;
+            // Room for the record of whatever Xen does, before asking it:
+            // the record must not fail once the frames are gone.
+            t.set_aside(record_room(&batch, n))?;
+            let (done, gone) = match self.release_batch(t, order, &batch) {
+                Ok(r) => r,
+                Err(e) => {
+                    t.clear_set_aside();
+                    return Err(e);
+                }
+            };
+            t.clear_set_aside();
+            released += done as u64 * n + gone;
             for g in &batch[..done] {
                 self.unmap(t, *g, n)?;
             }
@@ -667,24 +742,8 @@ impl<'h, H: Hypervisor> Engine<'h, H> {
                 at = end;
                 continue;
             }
-            // Short: Xen removed the first `gone` pages of extent `done`.
-            self.stats.short_counts += 1;
             let failing = batch[done];
-            let actual = self.current()?;
-            let gone = self
-                .expected
-                .0
-                .checked_sub(actual.0)
-                .filter(|&g| g < n)
-                .ok_or(ReservationError::Inconsistent {
-                    expected: self.expected,
-                    actual,
-                })?;
             if gone > 0 {
-                mark(t, failing, gone, RegionKind::Ram, RegionKind::Ballooned)?;
-                self.expected = actual;
-                self.stats.released += gone;
-                released += gone;
                 self.unmap(t, failing, gone)?;
             }
             let refused = Gfn(failing.0 + gone);
@@ -694,18 +753,68 @@ impl<'h, H: Hypervisor> Engine<'h, H> {
             } else {
                 // Retry what is left of the extent page by page; the frame
                 // Xen refused comes first, so it is pinned if refused again.
-                let rest: Vec<FrameRange> = (refused.0..failing.0 + n)
-                    .filter_map(|g| FrameRange::new(Gfn(g), PageCount(1)).ok())
-                    .collect();
-                released += self.release(t, Order::ZERO, &rest)?;
+                released += self.release_singles(t, refused, Gfn(failing.0 + n))?;
             }
-            // Go on after the failing extent (its place in the whole queue).
-            at = queue[at..end]
+            // Go on after the failing extent (its place in the whole list).
+            at = extents[at..end]
                 .iter()
-                .position(|&g| g == failing)
+                .position(|r| r.start() == failing)
                 .map_or(end, |i| at + i + 1);
         }
         Ok(released)
+    }
+
+    /// One `decrease_reservation` of `batch` (extents of `order`, all free
+    /// RAM) and its record in the table, in the room set aside: returns
+    /// the extents done and, if Xen stopped inside the next one, how many
+    /// of its pages went.
+    fn release_batch(
+        &mut self,
+        t: &mut RegionTable,
+        order: Order,
+        batch: &[Gfn],
+    ) -> Result<(usize, u64), ReservationError> {
+        let n = order.pages().0;
+        self.stats.hypercalls += 1;
+        let t0 = crate::timer::now();
+        let done = self.hv.decrease_reservation(SELF, order, batch);
+        self.stats.xen_ticks += crate::timer::now().wrapping_sub(t0);
+        let done = done.map_err(|err| ReservationError::Xen {
+            op: "decrease_reservation",
+            err,
+        })?;
+        self.stats.extents[usize::from(order.get())] += done as u64;
+        self.stats.released += done as u64 * n;
+        self.expected = PageCount(self.expected.0 - done as u64 * n);
+        // Every extent Xen released is recorded; a failure (none is
+        // expected: the room is set aside) does not stop the others.
+        let mut marked = Ok(());
+        for g in &batch[..done] {
+            marked = marked.and(mark(t, *g, n, RegionKind::Ram, RegionKind::Ballooned));
+        }
+        marked?;
+        if done == batch.len() {
+            return Ok((done, 0));
+        }
+        // Short: Xen removed the first `gone` pages of extent `done`.
+        self.stats.short_counts += 1;
+        let failing = batch[done];
+        let actual = self.current()?;
+        let gone = self
+            .expected
+            .0
+            .checked_sub(actual.0)
+            .filter(|&g| g < n)
+            .ok_or(ReservationError::Inconsistent {
+                expected: self.expected,
+                actual,
+            })?;
+        if gone > 0 {
+            self.expected = actual;
+            self.stats.released += gone;
+            mark(t, failing, gone, RegionKind::Ram, RegionKind::Ballooned)?;
+        }
+        Ok((done, gone))
     }
 
     fn stuck(&mut self, t: &mut RegionTable, g: Gfn) -> Result<(), ReservationError> {
@@ -738,15 +847,18 @@ impl<'h, H: Hypervisor> Engine<'h, H> {
         pages: PageCount,
     ) -> Result<(), ReservationError> {
         let mut left = pages.0;
-        let orders: Vec<Order> = self.orders().collect();
+        let orders = self.orders();
         for (i, &order) in orders.iter().enumerate() {
             let n = order.pages().0;
             while left >= n {
-                let want = usize::try_from(left / n).unwrap_or(usize::MAX);
-                let picks: Vec<FrameRange> = t
-                    .aligned_extents(RegionKind::Ballooned, order)
-                    .take(want)
-                    .collect();
+                // A batch at a time.
+                let want = usize::try_from(left / n)
+                    .unwrap_or(usize::MAX)
+                    .min(self.batch());
+                let picks: Vec<FrameRange> = try_collect(
+                    t.aligned_extents(RegionKind::Ballooned, order).take(want),
+                    EXTENT_LIST,
+                )?;
                 if picks.is_empty() {
                     break;
                 }
@@ -776,25 +888,43 @@ impl<'h, H: Hypervisor> Engine<'h, H> {
     ) -> Result<u64, ReservationError> {
         let n = order.pages().0;
         let mut populated = 0;
-        for chunk in extents.chunks(self.strategy.batch.max(1)) {
-            let mut gfns: Vec<Gfn> = chunk.iter().map(|r| r.start()).collect();
+        let mut gfns: Vec<Gfn> = try_with_capacity(extents.len().min(self.batch()), EXTENT_LIST)?;
+        for chunk in extents.chunks(self.batch()) {
+            gfns.clear();
+            // Within the capacity made above: no allocation.
+            gfns.extend(chunk.iter().map(|r| r.start()));
+            // Room for the record of whatever Xen does, before asking it.
+            t.set_aside(record_room(&gfns, n))?;
             self.stats.hypercalls += 1;
             let t0 = crate::timer::now();
             let done = self
                 .hv
                 .populate_physmap(SELF, order, MemFlags::NONE, &mut gfns);
             self.stats.xen_ticks += crate::timer::now().wrapping_sub(t0);
-            let done = done.map_err(|err| ReservationError::Xen {
-                op: "populate_physmap",
-                err,
-            })?;
-            for r in &chunk[..done] {
-                self.map_and_mark(t, r.start(), n)?;
-            }
+            let done = match done {
+                Ok(done) => done,
+                Err(err) => {
+                    t.clear_set_aside();
+                    return Err(ReservationError::Xen {
+                        op: "populate_physmap",
+                        err,
+                    });
+                }
+            };
             self.stats.extents[usize::from(order.get())] += done as u64;
             self.stats.populated += done as u64 * n;
             self.expected = PageCount(self.expected.0 + done as u64 * n);
-            populated += done as u64 * n;
+            // Every extent Xen populated is recorded; a failure (none is
+            // expected: the room is set aside) does not stop the others.
+            let mut marked = Ok(());
+            for r in &chunk[..done] {
+                match self.map_and_mark(t, r.start(), n) {
+                    Ok(kept) => populated += kept,
+                    Err(e) => marked = marked.and(Err(e)),
+                }
+            }
+            t.clear_set_aside();
+            marked?;
             if done < chunk.len() {
                 self.after_short_populate(order)?;
                 break;
@@ -1114,7 +1244,23 @@ fn still_free(t: &RegionTable, start: Gfn, count: u64) -> bool {
     })
 }
 
-/// Change `count` frames from `start` from kind `from` to kind `to`.
+/// Room (in regions, see [`RegionTable::set_aside`]) for the record of a
+/// batch of extents of `n` frames from `starts` (in address order): a
+/// region cut in three per run of adjacent extents, and 2 more for the
+/// extent Xen may stop inside.
+fn record_room(starts: &[Gfn], n: u64) -> usize {
+    let breaks = starts
+        .windows(2)
+        .filter(|w| w[0].0.checked_add(n) != Some(w[1].0))
+        .count();
+    2 * (breaks + 1) + 2
+}
+
+/// What lists of extents and frames are for, when the heap has no room.
+const EXTENT_LIST: &str = "reservation batch";
+
+/// Change `count` frames from `start` from kind `from` to kind `to`, after
+/// Xen did: in the room set aside for it.
 fn mark(
     t: &mut RegionTable,
     start: Gfn,
@@ -1122,7 +1268,7 @@ fn mark(
     from: RegionKind,
     to: RegionKind,
 ) -> Result<(), RegionError> {
-    t.modify(
+    t.modify_set_aside(
         FrameRange::new(start, PageCount(count))?,
         Change {
             kind: Some(to),
