@@ -180,8 +180,12 @@ impl AgentLog {
         self.reports.iter().filter(move |r| r.topic == topic)
     }
 
-    /// The verdict, if exactly one was printed (several: the last one).
+    /// The verdict: FAIL if any `verdict: FAIL` was printed (a later PASS
+    /// does not undo it), else the last one printed.
     pub fn verdict(&self) -> Option<Verdict> {
+        if self.verdicts.contains(&Verdict::Fail) {
+            return Some(Verdict::Fail);
+        }
         self.verdicts.last().copied()
     }
 
@@ -324,6 +328,9 @@ mod tests {
         // `report: broken` has a topic and no fields: that is well-formed.
         assert!(log.malformed.is_empty());
         assert_eq!(log.lines.len(), 6);
+        // A FAIL is never undone by a later PASS.
+        log.push(Level::Info, "verdict: PASS");
+        assert_eq!(log.verdict(), Some(Verdict::Fail));
     }
 
     #[test]
