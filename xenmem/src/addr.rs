@@ -311,7 +311,10 @@ mod tests {
         assert_eq!(Mfn(u64::MAX).checked_add(n(1)), None);
         assert_eq!(GuestPhysAddr(u64::MAX).checked_add(1), None);
         assert_eq!(GuestPhysAddr(0x1000).checked_sub(0x1001), None);
-        assert_eq!(GuestPhysAddr(0x1000).checked_sub(0x1000), Some(GuestPhysAddr(0)));
+        assert_eq!(
+            GuestPhysAddr(0x1000).checked_sub(0x1000),
+            Some(GuestPhysAddr(0))
+        );
         assert_eq!(VirtAddr(u64::MAX - 4095).checked_add(4096), None);
         assert_eq!(VirtAddr(0x2000).checked_sub(0x1000), Some(VirtAddr(0x1000)));
         assert_eq!(n(u64::MAX).checked_add(n(1)), None);
