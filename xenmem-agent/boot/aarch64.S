@@ -122,6 +122,30 @@ xenmem_entry:
     b       1b
 3:
 
+    // -- the device tree must not lie in .bss -----------------------------------
+    // .bss is not in the Image file (linker/aarch64.ld): Xen and libxc place
+    // the device tree above the file's end rounded up to 2 MiB (or below the
+    // image), and the linker keeps .bss within 2 MiB. Should a loader put
+    // the tree there anyway, zeroing .bss would erase it: leave with FAIL
+    // through semihosting (SYS_EXIT, ADP_Stopped_ApplicationExit, code 1),
+    // else halt, so the run fails instead of reading a wiped tree.
+    adrp    x1, __bss_start
+    add     x1, x1, :lo12:__bss_start
+    adrp    x2, __image_end
+    add     x2, x2, :lo12:__image_end
+    cmp     x19, x1
+    b.lo    3f
+    cmp     x19, x2
+    b.hs    3f
+    mov     x0, #0x18
+    adr     x1, 9f
+    hlt     #0xf000
+8:  wfi
+    b       8b
+    .balign 8
+9:  .quad   0x20026, 1
+3:
+
     // -- zero .bss (the stacks included; nothing in it is in use yet) --------
     adrp    x1, __bss_start
     add     x1, x1, :lo12:__bss_start

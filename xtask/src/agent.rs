@@ -86,7 +86,7 @@ pub fn build(arch: Arch) -> Result<Agent> {
             p
         }
         Arch::Aarch64 => {
-            let img = image::arm64_image(&elf)
+            let img = image::arm64_file_image(&elf)
                 .with_context(|| format!("making an arm64 Image of {}", elf_path.display()))?;
             let p = elf_path.with_file_name(format!("{BIN}.Image"));
             std::fs::write(&p, img).with_context(|| format!("writing {}", p.display()))?;

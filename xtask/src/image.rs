@@ -111,6 +111,26 @@ pub fn check_arm64_magic(image: &[u8]) -> Result<()> {
     }
 }
 
+/// The flat arm64 `Image` Xen loads (the agent's and the stub's): the
+/// segments' file bytes from address 0, without `.bss` (the header's
+/// `image_size` covers it; each entry checks that the device tree is not
+/// there before zeroing it).
+pub fn arm64_file_image(bytes: &[u8]) -> Result<Vec<u8>> {
+    let mut img = arm64_image(bytes)?;
+    let file = parse(bytes)?;
+    let e = file.endian();
+    let file_end = file
+        .elf_program_headers()
+        .iter()
+        .filter(|ph| ph.p_type(e) == elf::PT_LOAD)
+        .map(|ph| ph.p_vaddr(e) + ph.p_filesz(e))
+        .max()
+        .unwrap_or(0);
+    img.truncate(file_end as usize);
+    check_arm64_magic(&img)?;
+    Ok(img)
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;

@@ -88,7 +88,7 @@ pub fn build(arch: Arch) -> Result<Agent> {
             image::check_x86_64(&s).with_context(|| format!("checking {}", elf_path.display()))?;
             (s, format!("{BIN}.stripped"))
         }
-        Arch::Aarch64 => (arm64_file_image(&elf)?, format!("{BIN}.Image")),
+        Arch::Aarch64 => (image::arm64_file_image(&elf)?, format!("{BIN}.Image")),
     };
     let boot_image = elf_path.with_file_name(name);
     std::fs::write(&boot_image, bytes)
@@ -156,25 +156,6 @@ pub fn stripped_elf(bytes: &[u8]) -> Result<Vec<u8>> {
     out[0x28..0x30].fill(0);
     out[0x3c..0x40].fill(0);
     Ok(out)
-}
-
-/// The flat arm64 `Image` of the stub: the segments' file bytes from address
-/// 0, without `.bss` (the header's `image_size` covers it; the stub checks
-/// at entry that Xen's device tree is not there).
-pub fn arm64_file_image(bytes: &[u8]) -> Result<Vec<u8>> {
-    let mut img = image::arm64_image(bytes)?;
-    let file = elf64(bytes)?;
-    let e = file.endian();
-    let file_end = file
-        .elf_program_headers()
-        .iter()
-        .filter(|ph| ph.p_type(e) == elf::PT_LOAD)
-        .map(|ph| ph.p_vaddr(e) + ph.p_filesz(e))
-        .max()
-        .unwrap_or(0);
-    img.truncate(file_end as usize);
-    image::check_arm64_magic(&img)?;
-    Ok(img)
 }
 
 /// How much memory an ELF's loadable segments span: (with `.bss`, up to
@@ -734,7 +715,7 @@ mod tests {
                 (elf::PT_LOAD, 0x1000, &[7, 7], 0x8000),
             ],
         );
-        let img = arm64_file_image(&elf).unwrap();
+        let img = image::arm64_file_image(&elf).unwrap();
         assert_eq!(img.len(), 0x1002);
         assert_eq!(&img[0x1000..], &[7, 7]);
         assert_eq!(memory_span(&elf).unwrap(), (0x9000, 0x1002));
