@@ -27,10 +27,10 @@
 //! ([`ReleaseError`]) to be released again, and dropping it unreleased
 //! reports a [`Leak`](crate::leak::Leak) (see [`crate::leak`]).
 
-use alloc::vec::Vec;
 use core::fmt;
 
 use crate::addr::{DomId, Gfn, Order, PageCount, VirtAddr, PAGE_SIZE};
+use crate::alloc_util::{try_collect, OutOfMemory};
 use crate::grant::Bytes;
 use crate::leak::{self, LeakKind, Outstanding, ReleaseError};
 use crate::mapping::{back_to_hole, remove_all, MapTarget, Teardown, UnmapFailure, VaSpace};
@@ -128,6 +128,9 @@ pub enum AcquireError {
     /// tried): they may still hold the resource's frames and stay out of
     /// the table's holes; the others went back. Release the handle again.
     Unmap(UnmapFailure),
+    /// The heap could not provide the memory the mapping needed (nothing
+    /// was mapped).
+    OutOfMemory(OutOfMemory),
 }
 
 impl fmt::Display for AcquireError {
@@ -172,6 +175,7 @@ impl fmt::Display for AcquireError {
                 "could not remove {} frame(s) from the physmap; the first is entry {} (frame {}): {}",
                 u.failed, u.index, u.gfn, u.err
             ),
+            AcquireError::OutOfMemory(e) => write!(f, "acquire_resource: {e}"),
         }
     }
 }
@@ -186,6 +190,12 @@ impl defmt::Format for AcquireError {
 impl From<RegionError> for AcquireError {
     fn from(e: RegionError) -> Self {
         AcquireError::Table(e)
+    }
+}
+
+impl From<OutOfMemory> for AcquireError {
+    fn from(e: OutOfMemory) -> Self {
+        AcquireError::OutOfMemory(e)
     }
 }
 
@@ -371,7 +381,18 @@ pub fn acquire(
     let hole = table
         .find_hole(n, Order::ZERO, Gfn(1))
         .ok_or(AcquireError::NoHole(n))?;
-    let va = vas.alloc(n).ok_or(AcquireError::NoVirtualSpace(n))?;
+    let va = vas.try_alloc(n)?.ok_or(AcquireError::NoVirtualSpace(n))?;
+    // The heap memory the mapping needs, before anything changes.
+    let prepared = try_collect((hole.start().0..hole.end().0).map(Gfn), "acquired frames")
+        .map_err(AcquireError::from)
+        .and_then(|gfns| Ok((gfns, Teardown::try_new(va, hole)?)));
+    let (mut gfns, teardown) = match prepared {
+        Ok(p) => p,
+        Err(e) => {
+            vas.free(va);
+            return Err(e);
+        }
+    };
     let flags = RegionFlags::READ
         | RegionFlags::CACHEABLE
         | if writable {
@@ -393,7 +414,6 @@ pub fn acquire(
         let _ = table.modify(hole, back_to_hole());
         err
     };
-    let mut gfns: Vec<Gfn> = (hole.start().0..hole.end().0).map(Gfn).collect();
     if let Err(e) = hv.acquire_resource(dom, res.kind(), res.id(), first, &mut gfns) {
         let err = match classify(hv, dom, e) {
             AcquireError::Xen(XenError::Errno(Errno::EINVAL)) => AcquireError::OutOfRange {
@@ -414,7 +434,7 @@ pub fn acquire(
         return Err(undo(table, vas, AcquireError::Paging(e)));
     }
     Ok(ResourceMap {
-        undo: Teardown::new(va, hole),
+        undo: teardown,
         dom,
         res,
         frame: first,

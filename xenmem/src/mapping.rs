@@ -24,12 +24,12 @@
 //! is tried; a frame Xen does not let go stays recorded as foreign, out of
 //! the table's holes, and is reported by index; the others go back.
 
-use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 use core::cell::Cell;
 use core::fmt;
 
 use crate::addr::{DomId, Gfn, PageCount, VirtAddr, PAGE_SIZE};
+use crate::alloc_util::{try_collect, try_with_capacity, OutOfMemory, TryVec};
 use crate::leak::{self, Leak, LeakKind, Outstanding, ReleaseError};
 use crate::paging::{self, Attrs, FrameSource, PagingError};
 use crate::region::{
@@ -98,11 +98,12 @@ where
 }
 
 /// First-fit allocation of virtual pages in the mapping window.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VaSpace {
     window: paging::Window,
-    /// Allocations: first page index in the window -> pages.
-    used: BTreeMap<u64, u64>,
+    /// Allocations, by first page index in the window: (first page,
+    /// pages), sorted and disjoint.
+    used: Vec<(u64, u64)>,
 }
 
 impl VaSpace {
@@ -110,37 +111,54 @@ impl VaSpace {
     pub fn new(window: paging::Window) -> Self {
         VaSpace {
             window,
-            used: BTreeMap::new(),
+            used: Vec::new(),
         }
     }
 
-    /// `pages` consecutive free pages.
+    /// `pages` consecutive free pages; `None` when there is no room, or
+    /// when the heap cannot record the allocation (see
+    /// [`VaSpace::try_alloc`], which tells the two apart).
     pub fn alloc(&mut self, pages: PageCount) -> Option<VirtAddr> {
+        self.try_alloc(pages).ok().flatten()
+    }
+
+    /// `pages` consecutive free pages (`Ok(None)`: no room), or
+    /// [`OutOfMemory`] if the record of the allocation cannot grow
+    /// (nothing changed).
+    pub fn try_alloc(&mut self, pages: PageCount) -> Result<Option<VirtAddr>, OutOfMemory> {
         let total = self.window.size() / PAGE_SIZE;
         let mut at = 0u64;
-        for (&s, &n) in &self.used {
+        let mut index = self.used.len();
+        for (i, &(s, n)) in self.used.iter().enumerate() {
             if s - at >= pages.0 {
+                index = i;
                 break;
             }
             at = s + n;
         }
-        if pages.0 == 0 || at.checked_add(pages.0)? > total {
-            return None;
+        match at.checked_add(pages.0) {
+            Some(end) if pages.0 != 0 && end <= total => {}
+            _ => return Ok(None),
         }
-        self.used.insert(at, pages.0);
-        Some(VirtAddr(self.window.start().0 + at * PAGE_SIZE))
+        self.used.try_room(1, "mapping-window allocations")?;
+        // Within the room made above: no allocation.
+        self.used.insert(index, (at, pages.0));
+        Ok(Some(VirtAddr(self.window.start().0 + at * PAGE_SIZE)))
     }
 
     /// Give back an allocation made at `va`.
     pub fn free(&mut self, va: VirtAddr) {
         if let Some(off) = va.0.checked_sub(self.window.start().0) {
-            self.used.remove(&(off / PAGE_SIZE));
+            let first = off / PAGE_SIZE;
+            if let Ok(i) = self.used.binary_search_by_key(&first, |&(s, _)| s) {
+                self.used.remove(i);
+            }
         }
     }
 
     /// Pages in use.
     pub fn used(&self) -> u64 {
-        self.used.values().sum()
+        self.used.iter().map(|&(_, n)| n).sum()
     }
 }
 
@@ -177,6 +195,9 @@ pub enum MapError {
     /// they may still hold foreign entries and stay out of the table's holes,
     /// marked foreign; the others went back.
     Unmap(UnmapFailure),
+    /// The heap could not provide the memory the mapping needed (nothing
+    /// was mapped).
+    OutOfMemory(OutOfMemory),
 }
 
 /// Which frames of a mapping could not be removed from the physmap.
@@ -213,6 +234,7 @@ impl fmt::Display for MapError {
                 "could not remove {} frame(s) from the physmap; the first is entry {} (frame {}): {}",
                 u.failed, u.index, u.gfn, u.err
             ),
+            MapError::OutOfMemory(e) => write!(f, "mapping: {e}"),
         }
     }
 }
@@ -220,6 +242,12 @@ impl fmt::Display for MapError {
 impl From<RegionError> for MapError {
     fn from(e: RegionError) -> Self {
         MapError::Table(e)
+    }
+}
+
+impl From<OutOfMemory> for MapError {
+    fn from(e: OutOfMemory) -> Self {
+        MapError::OutOfMemory(e)
     }
 }
 
@@ -350,14 +378,19 @@ pub(crate) struct Teardown {
 
 impl Teardown {
     /// All of `gfns` mapped by Xen, recorded in the table and mapped at
-    /// `va`.
-    pub(crate) fn new(va: VirtAddr, gfns: FrameRange) -> Self {
-        Teardown {
+    /// `va` (made before the mapping, so that it cannot fail after), or
+    /// [`OutOfMemory`] for its list of steps.
+    pub(crate) fn try_new(va: VirtAddr, gfns: FrameRange) -> Result<Self, OutOfMemory> {
+        let n = gfns.len().0 as usize;
+        let mut steps = try_with_capacity(n, "mapping teardown steps")?;
+        // Within the room made above: no allocation.
+        steps.resize(n, Step::Mapped);
+        Ok(Teardown {
             va,
             gfns,
             window: true,
-            steps: alloc::vec![Step::Mapped; gfns.len().0 as usize],
-        }
+            steps,
+        })
     }
 
     pub(crate) fn va(&self) -> VirtAddr {
@@ -674,40 +707,21 @@ pub fn map_foreign(
     let hole = table
         .find_hole(n, crate::addr::Order::ZERO, Gfn(1))
         .ok_or(MapError::NoHole(n))?;
-    let va = vas.alloc(n).ok_or(MapError::NoVirtualSpace(n))?;
-    // Record the mapping first, one region per run of consecutive frames.
-    let flags = RegionFlags::READ
-        | RegionFlags::CACHEABLE
-        | if writable {
-            RegionFlags::WRITE
-        } else {
-            RegionFlags::empty()
-        };
-    let mut ops = Vec::new();
-    let mut i = 0;
-    while i < frames.len() {
-        let mut j = i + 1;
-        while j < frames.len() && frames[j].0 == frames[j - 1].0.wrapping_add(1) {
-            j += 1;
+    let va = vas.try_alloc(n)?.ok_or(MapError::NoVirtualSpace(n))?;
+    // What the mapping needs from the heap, before anything changes.
+    let (ops, gfns, undo) = match prepare_foreign(hole, va, dom, frames, writable) {
+        Ok(p) => p,
+        Err(e) => {
+            vas.free(va);
+            return Err(e);
         }
-        let range = FrameRange::new(Gfn(hole.start().0 + i as u64), PageCount((j - i) as u64))?;
-        ops.push(Op::Add(Region {
-            range,
-            kind: RegionKind::Foreign,
-            flags,
-            backing: Backing::Foreign {
-                dom,
-                gfn: frames[i],
-            },
-        }));
-        i = j;
-    }
+    };
+    // Record the mapping first, one region per run of consecutive frames.
     if let Err((e, _)) = table.apply(&ops) {
         vas.free(va);
         return Err(MapError::Table(e));
     }
-    // Ask Xen, batch by batch; on any refusal take back what was mapped.
-    let gfns: Vec<Gfn> = (hole.start().0..hole.end().0).map(Gfn).collect();
+    drop(ops);
     let mut mapped = 0usize;
     let mut failure = None;
     for (k, chunk) in frames.chunks(BATCH).enumerate() {
@@ -773,10 +787,58 @@ pub fn map_foreign(
         return Err(MapError::Paging(e));
     }
     Ok(ForeignMap {
-        undo: Teardown::new(va, hole),
+        undo,
         dom,
         writable,
     })
+}
+
+/// The table operations recording a foreign mapping of `frames` at `hole`
+/// (one region per run of consecutive frames), the hole's frames, and the
+/// mapping's teardown record: all the heap memory [`map_foreign`] needs.
+#[allow(clippy::type_complexity)]
+fn prepare_foreign(
+    hole: FrameRange,
+    va: VirtAddr,
+    dom: DomId,
+    frames: &[Gfn],
+    writable: bool,
+) -> Result<(Vec<Op>, Vec<Gfn>, Teardown), MapError> {
+    let flags = RegionFlags::READ
+        | RegionFlags::CACHEABLE
+        | if writable {
+            RegionFlags::WRITE
+        } else {
+            RegionFlags::empty()
+        };
+    let mut ops = Vec::new();
+    let mut i = 0;
+    while i < frames.len() {
+        let mut j = i + 1;
+        while j < frames.len() && frames[j].0 == frames[j - 1].0.wrapping_add(1) {
+            j += 1;
+        }
+        let range = FrameRange::new(Gfn(hole.start().0 + i as u64), PageCount((j - i) as u64))?;
+        ops.try_push(
+            Op::Add(Region {
+                range,
+                kind: RegionKind::Foreign,
+                flags,
+                backing: Backing::Foreign {
+                    dom,
+                    gfn: frames[i],
+                },
+            }),
+            "foreign mapping records",
+        )?;
+        i = j;
+    }
+    let gfns = try_collect(
+        (hole.start().0..hole.end().0).map(Gfn),
+        "foreign mapping frames",
+    )?;
+    let undo = Teardown::try_new(va, hole)?;
+    Ok((ops, gfns, undo))
 }
 
 #[cfg(test)]

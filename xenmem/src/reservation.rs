@@ -1068,7 +1068,9 @@ impl<'h, H: Hypervisor> Engine<'h, H> {
         order: Order,
         flags: MemFlags,
     ) -> Result<Option<ContiguousBuffer>, ReservationError> {
-        let input: Vec<Gfn> = (range.start().0..range.end().0).map(Gfn).collect();
+        // Before the hypercall: a refusal changes nothing.
+        let input: Vec<Gfn> =
+            try_collect((range.start().0..range.end().0).map(Gfn), "exchange input")?;
         let mut output = [range.start()];
         let mut req = ExchangeRequest {
             dom: SELF,
@@ -1157,7 +1159,7 @@ impl<'h, H: Hypervisor> Engine<'h, H> {
                 if other.is_ok() {
                     self.after_short_populate(order)?;
                 }
-                let back = self.populate(t, Order::ZERO, &split(range));
+                let back = self.populate_singles(t, range);
                 match (other, back) {
                     (Err(e), _) => Err(e),
                     (_, Err(e)) => Err(e),
@@ -1165,6 +1167,33 @@ impl<'h, H: Hypervisor> Engine<'h, H> {
                 }
             }
         }
+    }
+
+    /// Populate the frames of `range` one by one (order 0), [`SINGLES`] at a
+    /// time, until Xen stops short. Returns the frames populated.
+    fn populate_singles(
+        &mut self,
+        t: &mut RegionTable,
+        range: FrameRange,
+    ) -> Result<u64, ReservationError> {
+        let mut populated = 0;
+        let mut g = range.start().0;
+        while g < range.end().0 {
+            let mut singles = FixedVec::<FrameRange, SINGLES>::new(range);
+            while g < range.end().0 {
+                let one = FrameRange::new(Gfn(g), PageCount(1))?;
+                if singles.push(one).is_err() {
+                    break;
+                }
+                g += 1;
+            }
+            let done = self.populate(t, Order::ZERO, &singles)?;
+            populated += done;
+            if done < singles.len() as u64 {
+                break;
+            }
+        }
+        Ok(populated)
     }
 
     /// Record `range` (free RAM) as a contiguous buffer in the table, and
@@ -1225,12 +1254,9 @@ impl<'h, H: Hypervisor> Engine<'h, H> {
     }
 }
 
-/// Single frames of `range`.
-fn split(range: FrameRange) -> Vec<FrameRange> {
-    (range.start().0..range.end().0)
-        .filter_map(|g| FrameRange::new(Gfn(g), PageCount(1)).ok())
-        .collect()
-}
+/// Single frames given to [`Engine::populate`] at once by
+/// [`Engine::populate_singles`] (a list on the stack, not the heap).
+const SINGLES: usize = 64;
 
 /// Whether the `count` frames from `start` are all free (unpinned) RAM.
 fn still_free(t: &RegionTable, start: Gfn, count: u64) -> bool {

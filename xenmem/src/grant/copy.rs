@@ -4,6 +4,7 @@ use alloc::vec::Vec;
 
 use super::{GrantError, GrantRef, Refusal, Refusals};
 use crate::addr::{DomId, Gfn};
+use crate::alloc_util::try_collect;
 use crate::xen::abi::gnttab::{
     CopyPtr, GntCopy, GNTCOPY_DEST_GREF, GNTCOPY_SOURCE_GREF, STATUS_NOT_DONE,
 };
@@ -71,16 +72,16 @@ fn run(hv: &impl Hypervisor, segs: &[CopySeg], mut ops: Vec<GntCopy>) -> Result<
 /// for all segments. Segments Xen refuses are listed in the error (the
 /// others were copied).
 pub fn copy_to_grant(hv: &impl Hypervisor, dom: DomId, segs: &[CopySeg]) -> Result<(), GrantError> {
-    let ops = segs
-        .iter()
-        .map(|s| GntCopy {
+    let ops = try_collect(
+        segs.iter().map(|s| GntCopy {
             source: s.local_ptr(),
             dest: s.grant_ptr(dom),
             len: s.len,
             flags: GNTCOPY_DEST_GREF,
             status: STATUS_NOT_DONE,
-        })
-        .collect();
+        }),
+        "grant copy operations",
+    )?;
     run(hv, segs, ops)
 }
 
@@ -92,15 +93,15 @@ pub fn copy_from_grant(
     dom: DomId,
     segs: &[CopySeg],
 ) -> Result<(), GrantError> {
-    let ops = segs
-        .iter()
-        .map(|s| GntCopy {
+    let ops = try_collect(
+        segs.iter().map(|s| GntCopy {
             source: s.grant_ptr(dom),
             dest: s.local_ptr(),
             len: s.len,
             flags: GNTCOPY_SOURCE_GREF,
             status: STATUS_NOT_DONE,
-        })
-        .collect();
+        }),
+        "grant copy operations",
+    )?;
     run(hv, segs, ops)
 }

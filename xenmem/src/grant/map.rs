@@ -3,9 +3,11 @@
 
 use alloc::boxed::Box;
 use alloc::vec::Vec;
+use core::alloc::Layout;
 
 use super::{host_addr, GrantError, GrantRef, Refusal, Refusals, Undo, GRANT_KIND};
 use crate::addr::{DomId, Gfn, Order, PageCount, VirtAddr, PAGE_SIZE};
+use crate::alloc_util::{try_collect, try_with_capacity, OutOfMemory, TryVec};
 use crate::leak::{self, LeakKind, Outstanding, ReleaseError};
 use crate::mapping::{MapTarget, Step, Teardown, VaSpace};
 use crate::paging::Attrs;
@@ -136,19 +138,16 @@ impl GrantMap {
         vas: &mut VaSpace,
         per_call: usize,
     ) -> Result<(), ReleaseError<GrantMap, GrantError>> {
+        // The lists below before anything changes: a refusal leaves the
+        // mapping as it was.
+        let lists = self.unmap_lists();
+        let (todo, mut ops) = match lists {
+            Ok(l) => l,
+            Err(e) => return Err(ReleaseError::new(self, GrantError::OutOfMemory(e))),
+        };
         if let Err(e) = self.inner.undo.unmap_window(table, pt, vas) {
             return Err(ReleaseError::new(self, GrantError::Paging(e)));
         }
-        // The grants Xen still maps.
-        let todo: Vec<usize> = (0..self.inner.handles.len())
-            .filter(|&i| self.inner.undo.steps().get(i) == Some(&Step::Mapped))
-            .collect();
-        let mut ops: Vec<UnmapGrantRef> = todo
-            .iter()
-            .map(|&i| {
-                UnmapGrantRef::host(host_addr(self.inner.undo.frame(i)), self.inner.handles[i])
-            })
-            .collect();
         // Every hypercall is tried (a refused one leaves its entries'
         // status "not done"); the first refusal is reported.
         let mut called = Ok(());
@@ -174,6 +173,26 @@ impl GrantMap {
             (Ok(()), None, None) => return Ok(()),
         };
         Err(ReleaseError::new(self, err))
+    }
+}
+
+impl GrantMap {
+    /// The indices of the grants Xen still maps, and their unmap
+    /// operations, or [`OutOfMemory`].
+    #[allow(clippy::type_complexity)]
+    fn unmap_lists(&self) -> Result<(Vec<usize>, Vec<UnmapGrantRef>), OutOfMemory> {
+        let todo = try_collect(
+            (0..self.inner.handles.len())
+                .filter(|&i| self.inner.undo.steps().get(i) == Some(&Step::Mapped)),
+            "grant unmap list",
+        )?;
+        let ops = try_collect(
+            todo.iter().map(|&i| {
+                UnmapGrantRef::host(host_addr(self.inner.undo.frame(i)), self.inner.handles[i])
+            }),
+            "grant unmap operations",
+        )?;
+        Ok((todo, ops))
     }
 }
 
@@ -205,28 +224,74 @@ fn to_hole() -> Change {
     }
 }
 
-/// Unmap the mappings of `ops` that Xen made (status okay), in one call.
-fn unmap_done(
-    hv: &impl Hypervisor,
-    ops: &[MapGrantRef],
-    refs: &[GrantRef],
-) -> Result<(), GrantError> {
-    let mut undo: Vec<UnmapGrantRef> = Vec::new();
-    let mut which: Vec<GrantRef> = Vec::new();
-    for (o, r) in ops.iter().zip(refs) {
-        if o.status().is_ok() {
-            undo.push(UnmapGrantRef::host(o.host_addr, o.handle));
-            which.push(*r);
+/// Room to unmap up to `n` grant mappings again (set aside before the map
+/// hypercall, so that undoing it needs no memory).
+struct Unwinding {
+    undo: Vec<UnmapGrantRef>,
+    which: Vec<GrantRef>,
+}
+
+impl Unwinding {
+    fn try_new(n: usize) -> Result<Self, OutOfMemory> {
+        Ok(Unwinding {
+            undo: try_with_capacity(n, "grant unwind operations")?,
+            which: try_with_capacity(n, "grant unwind list")?,
+        })
+    }
+
+    /// Unmap the mappings of `ops` that Xen made (status okay), in one
+    /// call. `ops` has at most the `n` entries room was made for: no
+    /// allocation.
+    fn unmap_done(
+        &mut self,
+        hv: &impl Hypervisor,
+        ops: &[MapGrantRef],
+        refs: &[GrantRef],
+    ) -> Result<(), GrantError> {
+        self.undo.clear();
+        self.which.clear();
+        for (o, r) in ops.iter().zip(refs) {
+            if o.status().is_ok() {
+                // Within the room made in `try_new`: no allocation.
+                self.undo.push(UnmapGrantRef::host(o.host_addr, o.handle));
+                self.which.push(*r);
+            }
+        }
+        if self.undo.is_empty() {
+            return Ok(());
+        }
+        hv.gnttab_unmap(&mut self.undo)
+            .map_err(|e| GrantError::Unwind(Undo::Xen(e)))?;
+        match self
+            .undo
+            .iter()
+            .zip(&self.which)
+            .find(|(u, _)| !u.status().is_ok())
+        {
+            Some((u, r)) => Err(GrantError::Unwind(Undo::Status(*r, u.status()))),
+            None => Ok(()),
         }
     }
-    if undo.is_empty() {
-        return Ok(());
+}
+
+/// `value` in a box, or [`OutOfMemory`] (`Box::new` aborts on a refusal).
+fn try_box<T>(value: T, what: &'static str) -> Result<Box<T>, OutOfMemory> {
+    let layout = Layout::new::<T>();
+    if layout.size() == 0 {
+        // A zero-sized value takes no memory: nothing to refuse.
+        return Ok(Box::new(value));
     }
-    hv.gnttab_unmap(&mut undo)
-        .map_err(|e| GrantError::Unwind(Undo::Xen(e)))?;
-    match undo.iter().zip(which).find(|(u, _)| !u.status().is_ok()) {
-        Some((u, r)) => Err(GrantError::Unwind(Undo::Status(r, u.status()))),
-        None => Ok(()),
+    // SAFETY: `layout` has a non-zero size.
+    let p = unsafe { alloc::alloc::alloc(layout) }.cast::<T>();
+    if p.is_null() {
+        return Err(OutOfMemory::of::<T>(what, 1));
+    }
+    // SAFETY: `p` is a fresh allocation of the global allocator with `T`'s
+    // layout (size and alignment), so it is valid for a write of `T`, and a
+    // `Box<T>` may own it (`Box::from_raw` documents this memory layout).
+    unsafe {
+        p.write(value);
+        Ok(Box::from_raw(p))
     }
 }
 
@@ -274,50 +339,26 @@ pub fn map_grants_per_call(
     let hole = table
         .find_hole(n, Order::ZERO, Gfn(1))
         .ok_or(GrantError::NoHole(n))?;
-    let va = vas.alloc(n).ok_or(GrantError::NoVirtualSpace(n))?;
-    // Record the mapping first, one region per run of consecutive refs.
-    let flags = RegionFlags::READ
-        | RegionFlags::CACHEABLE
-        | if readonly {
-            RegionFlags::empty()
-        } else {
-            RegionFlags::WRITE
-        };
-    let mut ops = Vec::new();
-    let mut i = 0;
-    while i < refs.len() {
-        let mut j = i + 1;
-        while j < refs.len() && refs[j].0 == refs[j - 1].0.wrapping_add(1) {
-            j += 1;
+    let va = vas.try_alloc(n)?.ok_or(GrantError::NoVirtualSpace(n))?;
+    // All the heap memory the mapping needs, before anything changes.
+    let prepared = prepare_grants(hole, va, dom, refs, readonly);
+    let (ops, mut map, mut unwinding, inner) = match prepared {
+        Ok(p) => p,
+        Err(e) => {
+            vas.free(va);
+            return Err(e);
         }
-        let range = match FrameRange::new(frame(hole, i), PageCount((j - i) as u64)) {
-            Ok(r) => r,
-            Err(e) => {
-                vas.free(va);
-                return Err(e.into());
-            }
-        };
-        ops.push(Op::Add(Region {
-            range,
-            kind: GRANT_KIND,
-            flags,
-            backing: Backing::Grant { dom, gref: refs[i] },
-        }));
-        i = j;
-    }
+    };
+    // Record the mapping first, one region per run of consecutive refs.
     if let Err((e, _)) = table.apply(&ops) {
         vas.free(va);
         return Err(GrantError::Table(e));
     }
+    drop(ops);
     let undo_table = |table: &mut RegionTable| {
         // Cannot fail: the range was recorded just above.
         let _ = table.modify(hole, to_hole());
     };
-    let mut map: Vec<MapGrantRef> = refs
-        .iter()
-        .enumerate()
-        .map(|(i, r)| MapGrantRef::host(host_addr(frame(hole, i)), r.0, dom.0, readonly))
-        .collect();
     let calls = map
         .chunks_mut(per_call.max(1))
         .try_for_each(|c| hv.gnttab_map(c));
@@ -325,7 +366,7 @@ pub fn map_grants_per_call(
         vas.free(va);
         // Xen may have done some operations before failing (their status
         // says so): take those back.
-        unmap_done(hv, &map, refs)?;
+        unwinding.unmap_done(hv, &map, refs)?;
         undo_table(table);
         return Err(GrantError::Xen(e));
     }
@@ -341,7 +382,7 @@ pub fn map_grants_per_call(
     }
     if !refused.is_empty() {
         vas.free(va);
-        unmap_done(hv, &map, refs)?;
+        unwinding.unmap_done(hv, &map, refs)?;
         undo_table(table);
         return Err(GrantError::Refused(refused));
     }
@@ -352,18 +393,77 @@ pub fn map_grants_per_call(
     };
     if let Err(e) = pt.map(va, hole.start_addr(), n, attrs, table) {
         vas.free(va);
-        unmap_done(hv, &map, refs)?;
+        unwinding.unmap_done(hv, &map, refs)?;
         undo_table(table);
         return Err(GrantError::Paging(e));
     }
-    Ok(GrantMap {
-        inner: Box::new(Inner {
-            undo: Teardown::new(va, hole),
+    let mut inner = inner;
+    for o in &map {
+        // Within the room made in `prepare_grants`: no allocation.
+        inner.handles.push(o.handle);
+        inner.bus.push(o.dev_bus_addr);
+    }
+    Ok(GrantMap { inner })
+}
+
+/// What [`map_grants_per_call`] needs from the heap, made before anything
+/// changes: the table operations recording the mapping (one region per run
+/// of consecutive refs), the map operations, room to undo them, and the
+/// handle's record (its handle and bus-address lists empty, with room for
+/// all).
+#[allow(clippy::type_complexity)]
+fn prepare_grants(
+    hole: FrameRange,
+    va: VirtAddr,
+    dom: DomId,
+    refs: &[GrantRef],
+    readonly: bool,
+) -> Result<(Vec<Op>, Vec<MapGrantRef>, Unwinding, Box<Inner>), GrantError> {
+    let flags = RegionFlags::READ
+        | RegionFlags::CACHEABLE
+        | if readonly {
+            RegionFlags::empty()
+        } else {
+            RegionFlags::WRITE
+        };
+    let mut ops = Vec::new();
+    let mut i = 0;
+    while i < refs.len() {
+        let mut j = i + 1;
+        while j < refs.len() && refs[j].0 == refs[j - 1].0.wrapping_add(1) {
+            j += 1;
+        }
+        let range = FrameRange::new(frame(hole, i), PageCount((j - i) as u64))?;
+        ops.try_push(
+            Op::Add(Region {
+                range,
+                kind: GRANT_KIND,
+                flags,
+                backing: Backing::Grant { dom, gref: refs[i] },
+            }),
+            "grant mapping records",
+        )?;
+        i = j;
+    }
+    let map = try_collect(
+        refs.iter()
+            .enumerate()
+            .map(|(i, r)| MapGrantRef::host(host_addr(frame(hole, i)), r.0, dom.0, readonly)),
+        "grant map operations",
+    )?;
+    let unwinding = Unwinding::try_new(refs.len())?;
+    let mut kept = try_with_capacity(refs.len(), "grant mapping refs")?;
+    kept.extend_from_slice(refs);
+    let inner = try_box(
+        Inner {
+            undo: Teardown::try_new(va, hole)?,
             dom,
-            refs: refs.to_vec(),
-            handles: map.iter().map(|o| o.handle).collect(),
-            bus: map.iter().map(|o| o.dev_bus_addr).collect(),
+            refs: kept,
+            handles: try_with_capacity(refs.len(), "grant mapping handles")?,
+            bus: try_with_capacity(refs.len(), "grant mapping bus addresses")?,
             writable: !readonly,
-        }),
-    })
+        },
+        "grant mapping",
+    )?;
+    Ok((ops, map, unwinding, inner))
 }

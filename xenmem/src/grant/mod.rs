@@ -82,6 +82,7 @@ mod table;
 use core::fmt;
 
 use crate::addr::{DomId, Gfn, PageCount};
+use crate::alloc_util::OutOfMemory;
 use crate::paging::PagingError;
 use crate::region::{RegionError, RegionKind};
 use crate::xen::XenError;
@@ -259,6 +260,9 @@ pub enum GrantError {
         /// What the region table says it is (`None`: in no region).
         kind: Option<crate::region::RegionKind>,
     },
+    /// The heap could not provide the memory the operation needed (nothing
+    /// of it was done).
+    OutOfMemory(OutOfMemory),
 }
 
 impl fmt::Display for GrantError {
@@ -311,6 +315,7 @@ impl fmt::Display for GrantError {
                 Some(k) => write!(f, "frame {frame} is {}: not grantable", k.name()),
                 None => write!(f, "frame {frame} is in no region: not grantable"),
             },
+            GrantError::OutOfMemory(e) => write!(f, "grant operation: {e}"),
         }
     }
 }
@@ -318,6 +323,12 @@ impl fmt::Display for GrantError {
 impl From<RegionError> for GrantError {
     fn from(e: RegionError) -> Self {
         GrantError::Table(e)
+    }
+}
+
+impl From<OutOfMemory> for GrantError {
+    fn from(e: OutOfMemory) -> Self {
+        GrantError::OutOfMemory(e)
     }
 }
 

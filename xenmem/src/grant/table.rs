@@ -1,12 +1,12 @@
 //! The agent's own grant table: its frames in holes of the physmap and in the
 //! mapping window, the grants it issues and ends.
 
-use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::vec::Vec;
 use core::sync::atomic::{fence, AtomicU16, Ordering};
 
 use super::{window_ptr, GrantError, GrantRef, Undo, DOMID_FIRST_RESERVED, TABLE_FRAME_KIND};
 use crate::addr::{DomId, Gfn, Order, PageCount, VirtAddr, PAGE_SIZE};
+use crate::alloc_util::TryVec;
 use crate::leak::{self, Leak, LeakKind, Outstanding};
 use crate::mapping::{MapTarget, VaSpace};
 use crate::paging::Attrs;
@@ -75,9 +75,16 @@ pub struct GrantTable {
     /// Window address of each table frame, by frame index.
     frame_va: Vec<VirtAddr>,
     max_frames: u32,
-    free: BTreeSet<u32>,
-    active: BTreeMap<u32, Grant>,
+    /// The free references, one bit each (bit `r % 64` of word `r / 64`),
+    /// for every frame mapped in the window: sized when frames are added,
+    /// so that ending a grant needs no memory.
+    free: Vec<u64>,
+    /// The grants issued and not ended, sorted by reference.
+    active: Vec<(u32, Grant)>,
 }
+
+/// Words of the free bitmap per table frame.
+const FREE_WORDS_PER_FRAME: usize = (PER_FRAME / 64) as usize;
 
 /// The change that gives table frames back to the holes.
 fn to_hole() -> Change {
@@ -116,8 +123,8 @@ impl GrantTable {
             chunks: Vec::new(),
             frame_va: Vec::new(),
             max_frames: q.max_nr_frames,
-            free: BTreeSet::new(),
-            active: BTreeMap::new(),
+            free: Vec::new(),
+            active: Vec::new(),
         };
         t.add_frames(hv, table, pt, vas, frames)?;
         Ok(t)
@@ -161,7 +168,15 @@ impl GrantTable {
         let hole = table
             .find_hole(n, Order::ZERO, Gfn(1))
             .ok_or(GrantError::NoHole(n))?;
-        let va = vas.alloc(n).ok_or(GrantError::NoVirtualSpace(n))?;
+        // Room for the new frames' records before anything changes (they
+        // are written after the hypercalls, when a refusal would leave Xen
+        // holding frames the table does not know of).
+        let words = (more as usize).saturating_mul(FREE_WORDS_PER_FRAME);
+        self.chunks.try_room(1, "grant-table chunks")?;
+        self.frame_va
+            .try_room(more as usize, "grant-table frame addresses")?;
+        self.free.try_room(words, "grant-table free references")?;
+        let va = vas.try_alloc(n)?.ok_or(GrantError::NoVirtualSpace(n))?;
         let region = Region {
             range: hole,
             kind: TABLE_FRAME_KIND,
@@ -196,13 +211,17 @@ impl GrantTable {
             undo(table, more)?;
             return Err(GrantError::Paging(e));
         }
+        // Within the room made above: no allocation.
         self.chunks.push(Chunk {
             gfns: hole,
             va,
             window: true,
             removed: 0,
         });
+        // Within the room made above: no allocation.
+        self.free.resize(self.free.len() + words, 0);
         for i in 0..more {
+            // Within the room made above: no allocation.
             self.frame_va
                 .push(VirtAddr(va.0 + u64::from(i) * PAGE_SIZE));
             let idx = first + i;
@@ -213,11 +232,36 @@ impl GrantTable {
                     .flags(r)
                     .is_some_and(|f| f.load(Ordering::Acquire) == 0);
                 if r >= g::NR_RESERVED_ENTRIES && unused {
-                    self.free.insert(r);
+                    self.set_free(r, true);
                 }
             }
         }
         Ok(())
+    }
+
+    /// Mark reference `r` (of a mapped frame) free or taken.
+    fn set_free(&mut self, r: u32, free: bool) {
+        if let Some(w) = self.free.get_mut((r / 64) as usize) {
+            let bit = 1u64 << (r % 64);
+            if free {
+                *w |= bit;
+            } else {
+                *w &= !bit;
+            }
+        }
+    }
+
+    /// The lowest free reference.
+    fn first_free(&self) -> Option<u32> {
+        let (i, w) = self.free.iter().enumerate().find(|(_, w)| **w != 0)?;
+        u32::try_from(i * 64)
+            .ok()
+            .map(|base| base + w.trailing_zeros())
+    }
+
+    /// Where grant `r` is in `active`.
+    fn active_index(&self, r: u32) -> Result<usize, usize> {
+        self.active.binary_search_by_key(&r, |&(x, _)| x)
     }
 
     /// The window address of entry `r` (of a mapped frame).
@@ -277,8 +321,15 @@ impl GrantTable {
             return Err(GrantError::BadDomain(dom));
         }
         let f = u32::try_from(frame.0).map_err(|_| GrantError::FrameTooLarge(frame))?;
-        let r = *self.free.first().ok_or(GrantError::TableFull)?;
-        self.free.remove(&r);
+        let r = self.first_free().ok_or(GrantError::TableFull)?;
+        // Room for the record before the entry is written.
+        self.active.try_room(1, "grant-table grants")?;
+        let at = match self.active_index(r) {
+            // Cannot happen: a free reference is not active.
+            Ok(_) => return Err(GrantError::TableFull),
+            Err(at) => at,
+        };
+        self.set_free(r, false);
         let (Some(va), Some(word)) = (self.entry_va(r), self.flags(r)) else {
             // Cannot happen: free references are in mapped frames.
             return Err(GrantError::TableFull);
@@ -295,13 +346,17 @@ impl GrantTable {
         fence(Ordering::Release);
         let flags = g::GTF_PERMIT_ACCESS | if readonly { g::GTF_READONLY } else { 0 };
         word.store(flags, Ordering::Release);
+        // Within the room made above: no allocation.
         self.active.insert(
-            r,
-            Grant {
-                dom,
-                frame,
-                readonly,
-            },
+            at,
+            (
+                r,
+                Grant {
+                    dom,
+                    frame,
+                    readonly,
+                },
+            ),
         );
         Ok(GrantRef(r))
     }
@@ -312,7 +367,10 @@ impl GrantTable {
     /// compare-and-swap that fails if Xen set `GTF_reading`/`GTF_writing` in
     /// the meantime, as Linux's `gnttab_end_foreign_access_ref` does.
     pub fn end_access(&mut self, r: GrantRef) -> Result<(), GrantError> {
-        let Some(word) = self.active.get(&r.0).and(self.flags(r.0)) else {
+        let Ok(at) = self.active_index(r.0) else {
+            return Err(GrantError::NotGranted(r));
+        };
+        let Some(word) = self.flags(r.0) else {
             return Err(GrantError::NotGranted(r));
         };
         let mut cur = word.load(Ordering::Acquire);
@@ -322,8 +380,8 @@ impl GrantTable {
             }
             match word.compare_exchange(cur, 0, Ordering::AcqRel, Ordering::Acquire) {
                 Ok(_) => {
-                    self.active.remove(&r.0);
-                    self.free.insert(r.0);
+                    self.active.remove(at);
+                    self.set_free(r.0, true);
                     return Ok(());
                 }
                 Err(now) => cur = now,
@@ -334,7 +392,7 @@ impl GrantTable {
 
     /// A grant this table issued, with what its entry says now.
     pub fn state(&self, r: GrantRef) -> Option<GrantState> {
-        let grant = *self.active.get(&r.0)?;
+        let grant = self.active.get(self.active_index(r.0).ok()?)?.1;
         let f = self.flags(r.0)?.load(Ordering::Acquire);
         Some(GrantState {
             grant,
@@ -345,7 +403,7 @@ impl GrantTable {
 
     /// The grants issued and not ended, by reference.
     pub fn grants(&self) -> impl Iterator<Item = (GrantRef, Grant)> + '_ {
-        self.active.iter().map(|(&r, &gr)| (GrantRef(r), gr))
+        self.active.iter().map(|&(r, gr)| (GrantRef(r), gr))
     }
 
     /// How many grants are issued and not ended.
@@ -355,7 +413,7 @@ impl GrantTable {
 
     /// How many more grants fit without growing.
     pub fn available(&self) -> usize {
-        self.free.len()
+        self.free.iter().map(|w| w.count_ones() as usize).sum()
     }
 
     /// Frames the agent has mapped.
@@ -429,7 +487,7 @@ impl GrantTable {
                 // and they come first.
                 let keep = self.frame_va.len().saturating_sub(c.gfns.len().0 as usize);
                 self.frame_va.truncate(keep);
-                self.free.retain(|&r| ((r / PER_FRAME) as usize) < keep);
+                self.free.truncate(keep * FREE_WORDS_PER_FRAME);
             }
             while c.removed < c.gfns.len().0 {
                 let gfn = Gfn(c.gfns.start().0 + c.removed);
