@@ -1220,3 +1220,412 @@ fn xenstore_requests_fail_cleanly_and_the_client_goes_on() {
         assert!(done, "{name}");
     }
 }
+
+// ---- grants, foreign maps and acquired resources against the model ---------
+
+mod mappings {
+    use super::*;
+    use xenmem::acquire::{acquire, AcquireError, Resource};
+    use xenmem::grant::{map_grants, GrantError, GrantMap, GrantRef, GrantTable};
+    use xenmem::leak::ReleaseError;
+    use xenmem::mapping::{map_foreign, ForeignMap, MapError, MapTarget, VaSpace};
+    use xenmem::xen::abi::gnttab::{GrantEntryV1, GTF_PERMIT_ACCESS};
+    use xenmem::xen::domctl::CreateDomain;
+    use xenmem_model::window::BufTables;
+
+    const D0: DomId = DomId(0);
+    const D1: DomId = DomId(1);
+
+    /// The model's page tables, their own allocations not counted.
+    struct Tables<'m>(BufTables<'m>);
+
+    impl MapTarget for Tables<'_> {
+        fn map(
+            &mut self,
+            va: VirtAddr,
+            pa: GuestPhysAddr,
+            pages: PageCount,
+            attrs: Attrs,
+            t: &mut RegionTable,
+        ) -> Result<(), PagingError> {
+            let _u = Unbudgeted::new();
+            self.0.map(va, pa, pages, attrs, t)
+        }
+
+        fn unmap(
+            &mut self,
+            va: VirtAddr,
+            pages: PageCount,
+            t: &mut RegionTable,
+        ) -> Result<(), PagingError> {
+            let _u = Unbudgeted::new();
+            self.0.unmap(va, pages, t)
+        }
+
+        fn window(&self) -> Window {
+            MapTarget::window(&self.0)
+        }
+    }
+
+    /// Dom0's agent: its RAM, a hole above it, page tables reaching the
+    /// model's memory and a window.
+    struct Agent<'m> {
+        t: RegionTable,
+        pt: Tables<'m>,
+        vas: VaSpace,
+    }
+
+    /// A PVH dom0 (the caller) and a domU; the domU grants dom0 its frames
+    /// 0x10.. at references 8..16 (read-write).
+    fn world() -> XenModel {
+        let m = XenModel::new(1 << 16);
+        m.add_domain(DomainConfig::pvh_dom0(4096)).unwrap();
+        m.add_domain(DomainConfig::pvh_domu(D1, 1024)).unwrap();
+        for r in 8..16u32 {
+            m.gnttab_write_entry(
+                D1,
+                r,
+                GrantEntryV1 {
+                    flags: GTF_PERMIT_ACCESS,
+                    domid: 0,
+                    frame: 0x10 + r,
+                },
+            )
+            .unwrap();
+        }
+        m.set_current(D0).unwrap();
+        m
+    }
+
+    fn agent(m: &XenModel) -> Agent<'_> {
+        let mut t = RegionTable::new();
+        t.add(Region::new(
+            FrameRange::new(Gfn(0), PageCount(4096)).unwrap(),
+            RegionKind::Ram,
+            RegionFlags::READ | RegionFlags::WRITE | RegionFlags::CACHEABLE,
+        ))
+        .unwrap();
+        t.add(Region::new(
+            FrameRange::new(Gfn(0x100000), PageCount(0x1000)).unwrap(),
+            RegionKind::Hole,
+            RegionFlags::empty(),
+        ))
+        .unwrap();
+        let pt = Tables(BufTables::new(16).on_model(m, D0));
+        let vas = VaSpace::new(MapTarget::window(&pt));
+        Agent { t, pt, vas }
+    }
+
+    /// What Xen holds for dom0: grant mappings and handles, foreign and
+    /// acquired frames, its grant table's frames and entries, its p2m.
+    fn xen_state(m: &XenModel) -> Vec<(&'static str, String)> {
+        // The size first: asking makes the model's table, which it
+        // otherwise makes on the first grant-table hypercall.
+        let size = m.gnttab_size(D0);
+        let frames = format!("{size:?} {:?}", m.gnttab_frame_gfns(D0));
+        let entries = format!(
+            "{:?}",
+            (0..1024).map(|r| m.gnttab_entry(D0, r)).collect::<Vec<_>>()
+        );
+        vec![
+            ("grant-table frames", frames),
+            ("grant entries", entries),
+            ("grant mappings", format!("{:?}", m.gnttab_host_maps(D0))),
+            ("grant handles", format!("{:?}", m.gnttab_handles(D0))),
+            ("foreign frames", format!("{:?}", m.foreign(D0))),
+            ("acquired frames", format!("{:?}", m.acquired(D0))),
+            ("p2m", format!("{:?}", m.p2m(D0))),
+        ]
+    }
+
+    /// What changed in Xen's state (by name), if anything.
+    fn xen_changes(
+        now: &[(&'static str, String)],
+        before: &[(&'static str, String)],
+    ) -> Vec<&'static str> {
+        now.iter()
+            .zip(before)
+            .filter(|(a, b)| a.1 != b.1)
+            .map(|(a, _)| a.0)
+            .collect()
+    }
+
+    /// `op` on a fresh world after `prepare` (unlimited), under budgets 0,
+    /// 1, 2, ... until it succeeds. Every failure is the typed
+    /// out-of-memory error (`oom`), and the region table, the page-table
+    /// map, the window, what Xen holds and `snap` of the prepared state are
+    /// as before. Returns the budget it succeeded with.
+    fn on_model<P, R, E: Debug>(
+        name: &str,
+        prepare: impl Fn(&Model<'_>, &mut Agent<'_>) -> P,
+        snap: impl Fn(&P) -> String,
+        op: impl Fn(&Model<'_>, &mut Agent<'_>, &mut P) -> Result<R, E>,
+        oom: impl Fn(&E) -> bool,
+    ) -> u64 {
+        for k in 0..MAX_BUDGET {
+            let m = world();
+            let x = Model(&m);
+            let mut a = agent(&m);
+            let mut p = prepare(&x, &mut a);
+            let before = (
+                a.t.clone(),
+                a.pt.0.map.clone(),
+                a.vas.clone(),
+                xen_state(&m),
+                snap(&p),
+            );
+            let (r, refused) = with_budget(k, || op(&x, &mut a, &mut p));
+            match r {
+                Ok(_) => {
+                    assert!(
+                        !refused,
+                        "{name}: a refused allocation was swallowed (budget {k})"
+                    );
+                    return k;
+                }
+                Err(e) => {
+                    assert!(
+                        refused,
+                        "{name}: budget {k}: failed without running out: {e:?}"
+                    );
+                    assert!(
+                        oom(&e),
+                        "{name}: budget {k}: not the out-of-memory error: {e:?}"
+                    );
+                    table_unchanged(&a.t, &before.0);
+                    assert_eq!(
+                        a.pt.0.map, before.1,
+                        "{name}: budget {k}: the page tables changed"
+                    );
+                    assert_eq!(a.vas, before.2, "{name}: budget {k}: the window changed");
+                    let changed = xen_changes(&xen_state(&m), &before.3);
+                    assert!(
+                        changed.is_empty(),
+                        "{name}: budget {k}: Xen's {changed:?} changed"
+                    );
+                    assert_eq!(snap(&p), before.4, "{name}: budget {k}: the handle changed");
+                }
+            }
+        }
+        panic!("{name}: still failing after {MAX_BUDGET} allocations");
+    }
+
+    fn grant_oom(e: &GrantError) -> bool {
+        matches!(
+            e,
+            GrantError::OutOfMemory(_)
+                | GrantError::Table(RegionError::OutOfMemory(_))
+                | GrantError::Paging(PagingError::OutOfMemory(_))
+        )
+    }
+
+    fn map_oom(e: &MapError) -> bool {
+        matches!(
+            e,
+            MapError::OutOfMemory(_)
+                | MapError::Table(RegionError::OutOfMemory(_))
+                | MapError::Paging(PagingError::OutOfMemory(_))
+        )
+    }
+
+    fn acquire_oom(e: &AcquireError) -> bool {
+        matches!(
+            e,
+            AcquireError::OutOfMemory(_)
+                | AcquireError::Table(RegionError::OutOfMemory(_))
+                | AcquireError::Paging(PagingError::OutOfMemory(_))
+        )
+    }
+
+    /// References 8, 9, 10 and 13 (two runs: two table records).
+    fn refs() -> [GrantRef; 4] {
+        [GrantRef(8), GrantRef(9), GrantRef(10), GrantRef(13)]
+    }
+
+    fn map_some(x: &Model<'_>, a: &mut Agent<'_>) -> Result<GrantMap, GrantError> {
+        map_grants(x, &mut a.t, &mut a.pt, &mut a.vas, D1, &refs(), false)
+    }
+
+    /// Put a refused release's handle back where it was.
+    fn keep<H, E>(slot: &mut Option<H>, r: Result<(), ReleaseError<H, E>>) -> Result<(), E> {
+        r.map_err(|e| {
+            let (h, e) = e.into_parts();
+            *slot = Some(h);
+            e
+        })
+    }
+
+    #[test]
+    fn grant_maps_and_releases_fail_cleanly() {
+        let k = on_model(
+            "map_grants",
+            |_, _| (),
+            |_| String::new(),
+            |x, a, _| map_some(x, a),
+            grant_oom,
+        );
+        assert!(k > 0, "map_grants allocates nothing?");
+        on_model(
+            "GrantMap::release",
+            |x, a| Some(map_some(x, a).unwrap()),
+            |g: &Option<GrantMap>| format!("{:?}", g.as_ref().map(|g| g.outstanding())),
+            |x, a, g| {
+                let h = g.take().unwrap();
+                keep(g, h.release(x, &mut a.t, &mut a.pt, &mut a.vas))
+            },
+            grant_oom,
+        );
+    }
+
+    fn table_of(x: &Model<'_>, a: &mut Agent<'_>) -> GrantTable {
+        GrantTable::setup(x, &mut a.t, &mut a.pt, &mut a.vas, 2).unwrap()
+    }
+
+    fn grants(gt: &GrantTable) -> String {
+        format!(
+            "{:?}",
+            (gt.grants().collect::<Vec<_>>(), gt.available(), gt.frames())
+        )
+    }
+
+    #[test]
+    fn the_grant_table_fails_cleanly() {
+        let k = on_model(
+            "GrantTable::setup",
+            |_, _| (),
+            |_| String::new(),
+            |x, a, _| {
+                // A refused setup leaves nothing to release.
+                GrantTable::setup(x, &mut a.t, &mut a.pt, &mut a.vas, 2)
+                    .map(|mut gt| gt.release(x, &mut a.t, &mut a.pt, &mut a.vas).unwrap())
+            },
+            grant_oom,
+        );
+        assert!(k > 0, "setup allocates nothing?");
+        on_model(
+            "GrantTable::grow",
+            table_of,
+            grants,
+            |x, a, gt| gt.grow(x, &mut a.t, &mut a.pt, &mut a.vas, 1),
+            grant_oom,
+        );
+        let k = on_model(
+            "GrantTable::grant_access",
+            |x, a| {
+                // Four grants: the list is full (a fifth needs memory).
+                let mut gt = table_of(x, a);
+                for g in 0x20..0x24 {
+                    gt.grant_access(&a.t, D1, Gfn(g), true).unwrap();
+                }
+                gt
+            },
+            grants,
+            |_, a, gt| gt.grant_access(&a.t, D1, Gfn(0x24), false),
+            grant_oom,
+        );
+        assert!(k > 0, "grant_access allocates nothing?");
+        let k = on_model(
+            "GrantTable::end_access",
+            |x, a| {
+                let mut gt = table_of(x, a);
+                let r = gt.grant_access(&a.t, D1, Gfn(0x20), true).unwrap();
+                (gt, r)
+            },
+            |(gt, _)| grants(gt),
+            |_, _, (gt, r)| gt.end_access(*r),
+            grant_oom,
+        );
+        assert_eq!(k, 0, "ending a grant needs no memory");
+        on_model(
+            "GrantTable::release",
+            table_of,
+            grants,
+            |x, a, gt| gt.release(x, &mut a.t, &mut a.pt, &mut a.vas),
+            grant_oom,
+        );
+    }
+
+    fn foreign_some(x: &Model<'_>, a: &mut Agent<'_>) -> Result<ForeignMap, MapError> {
+        let frames = [Gfn(0x10), Gfn(0x11), Gfn(0x30), Gfn(0x12)];
+        map_foreign(x, &mut a.t, &mut a.pt, &mut a.vas, D1, &frames, true)
+    }
+
+    #[test]
+    fn foreign_maps_and_releases_fail_cleanly() {
+        let k = on_model(
+            "map_foreign",
+            |_, _| (),
+            |_| String::new(),
+            |x, a, _| foreign_some(x, a),
+            map_oom,
+        );
+        assert!(k > 0, "map_foreign allocates nothing?");
+        on_model(
+            "ForeignMap::release",
+            |x, a| Some(foreign_some(x, a).unwrap()),
+            |f: &Option<ForeignMap>| format!("{:?}", f.as_ref().map(|f| f.outstanding())),
+            |x, a, f| {
+                let h = f.take().unwrap();
+                keep(f, h.release(x, &mut a.t, &mut a.pt, &mut a.vas))
+            },
+            map_oom,
+        );
+    }
+
+    /// A helper domain dom0 made (its grant table can be acquired).
+    fn helper(x: &Model<'_>) -> DomId {
+        let _u = Unbudgeted::new();
+        let mut c = CreateDomain::x86_pvh_helper().to_abi().unwrap();
+        x.0.domctl_createdomain(D0, &mut c).unwrap()
+    }
+
+    #[test]
+    fn acquisitions_and_releases_fail_cleanly() {
+        let k = on_model(
+            "acquire",
+            |x, _| helper(x),
+            |_| String::new(),
+            |x, a, h| {
+                acquire(
+                    x,
+                    &mut a.t,
+                    &mut a.pt,
+                    &mut a.vas,
+                    *h,
+                    Resource::GrantTableShared,
+                    0,
+                    1,
+                    true,
+                )
+            },
+            acquire_oom,
+        );
+        assert!(k > 0, "acquire allocates nothing?");
+        on_model(
+            "ResourceMap::release",
+            |x, a| {
+                let h = helper(x);
+                Some(
+                    acquire(
+                        x,
+                        &mut a.t,
+                        &mut a.pt,
+                        &mut a.vas,
+                        h,
+                        Resource::GrantTableShared,
+                        0,
+                        1,
+                        true,
+                    )
+                    .unwrap(),
+                )
+            },
+            |r| format!("{:?}", r.as_ref().map(|r| r.outstanding())),
+            |x, a, r| {
+                let h = r.take().unwrap();
+                keep(r, h.release(x, &mut a.t, &mut a.pt, &mut a.vas))
+            },
+            acquire_oom,
+        );
+    }
+}
