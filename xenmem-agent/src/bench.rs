@@ -721,11 +721,6 @@ fn footprint<H: Hypervisor, C: Clock, M: Memory>(ctx: &Ctx<'_, H, C, M>, table: 
         core::mem::size_of::<Region>() as u64,
         "bytes",
     );
-    item(
-        "region-entry-size",
-        core::mem::size_of::<(Gfn, Region)>() as u64,
-        "bytes",
-    );
     item("table-regions", table.len() as u64, "count");
     item("clock-hz", ctx.clock.hz(), "hz");
     let now = ctx.clock.now();

@@ -1638,9 +1638,9 @@ fn render_footprint(
     if let Some(h) = host {
         let _ = writeln!(
             o,
-            "\nRegion table heap bytes per region (host, counting allocator; same \
-             `BTreeMap` layout as on the 64-bit targets), beside a sorted `Vec`'s {} \
-             bytes per region:\n",
+            "\nRegion table heap bytes per region (host, counting allocator; the table \
+             is a sorted vector of regions with room kept for its next changes), beside \
+             a bare sorted `Vec`'s {} bytes per region:\n",
             std::mem::size_of::<xenmem::region::Region>()
         );
         header(o, &["regions", "bytes/region", "÷ sorted Vec"], 1);
