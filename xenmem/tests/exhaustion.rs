@@ -1629,3 +1629,57 @@ mod mappings {
         );
     }
 }
+
+/// A machine-contiguous buffer (the repopulate path on a PVH domU, where
+/// Xen refuses exchange), under every budget: a refusal before Xen was
+/// asked anything leaves the table as it was; after, the table, Xen's p2m
+/// and the engine's accounting agree.
+#[test]
+fn contiguous_buffers_lose_nothing() {
+    for pages in [1u64, 16, 64] {
+        let name = format!("alloc_contiguous of {pages} pages");
+        let mut done = false;
+        for k in 0..MAX_BUDGET {
+            let (m, t) = domu(4096, 0);
+            let x = Model(&m);
+            let cur = x.current_reservation(SELF).unwrap();
+            let mut e = Engine::new(
+                &x,
+                Batching::xenmem(Order::new(9).unwrap()),
+                cur,
+                x.features().unwrap(),
+            );
+            // No room to grow: every growth asks the heap.
+            let mut t = t.clone();
+            let snapshot = t.clone();
+            let calls = || {
+                m.calls(xenmem_model::Op::DecreaseReservation)
+                    + m.calls(xenmem_model::Op::PopulatePhysmap)
+            };
+            let before = calls();
+            let (r, refused) = with_budget(k, || {
+                e.alloc_contiguous(&mut t, pages * PAGE_SIZE, pages * PAGE_SIZE, None)
+            });
+            consistent(&m, &t, e.expected());
+            match r {
+                Ok(buf) => {
+                    assert!(!refused, "{name}: a refused allocation was swallowed ({k})");
+                    e.free_contiguous(&mut t, buf).unwrap();
+                    done = true;
+                    break;
+                }
+                Err(err) => {
+                    assert!(
+                        refused,
+                        "{name}: budget {k}: failed without running out: {err:?}"
+                    );
+                    assert!(reservation_oom(&err), "{name}: budget {k}: {err:?}");
+                    if calls() == before {
+                        table_unchanged(&t, &snapshot);
+                    }
+                }
+            }
+        }
+        assert!(done, "{name}: still failing after {MAX_BUDGET} allocations");
+    }
+}
