@@ -453,6 +453,7 @@ fn prepare_grants(
     )?;
     let unwinding = Unwinding::try_new(refs.len())?;
     let mut kept = try_with_capacity(refs.len(), "grant mapping refs")?;
+    // Within the room made just above: no allocation.
     kept.extend_from_slice(refs);
     let inner = try_box(
         Inner {
