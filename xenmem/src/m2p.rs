@@ -87,7 +87,10 @@ pub fn machine_frames(
         let gfn = chunks
             .get(chunk)
             .filter(|_| chunk < n)
-            .map(|c| Gfn(c.0 + within))
+            // The chunk's frames as the physmap names them (the list's
+            // entries); checked: Xen's numbers at the top of the space.
+            .and_then(|c| c.checked_add(PageCount(within)))
+            .map(|m| Gfn(m.0))
             .ok_or(M2pError::TooLarge(PageCount(pages)))?;
         // Within the capacity made above: no allocation.
         frames.push(gfn);

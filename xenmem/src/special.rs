@@ -23,7 +23,7 @@
 use alloc::vec::Vec;
 use core::fmt;
 
-use crate::addr::{DomId, Gfn, PAGE_SIZE};
+use crate::addr::{DomId, Gfn, PageCount, PAGE_SIZE};
 use crate::alloc_util::{try_collect, try_with_capacity, FixedVec, OutOfMemory, TryVec};
 use crate::memmap::{MemKind, MemoryMap, MAX_RANGES};
 use crate::region::ReservedUse;
@@ -249,17 +249,22 @@ pub fn probe(
         hv.gnttab_copy(&mut ops).map_err(SpecialError::Xen)?;
         for op in &ops {
             let gfn = Gfn(op.source.u);
+            // The frame after it; a frame number from Xen's parameters at the
+            // very top of the space has none (RegionError::Overflow).
+            let next = gfn
+                .checked_add(PageCount(1))
+                .ok_or(SpecialError::Table(RegionError::Overflow))?;
             found.probed += 1;
             match op.status() {
                 GntStatus::Okay => match found.runs.last_mut() {
                     Some(r) if r.end() == gfn => {
-                        *r = FrameRange::from_frames(r.start(), Gfn(gfn.0 + 1))
+                        *r = FrameRange::from_frames(r.start(), next)
                             .map_err(SpecialError::Table)?;
                     }
                     _ => found
                         .runs
                         .try_push(
-                            FrameRange::from_frames(gfn, Gfn(gfn.0 + 1))
+                            FrameRange::from_frames(gfn, next)
                                 .map_err(SpecialError::Table)?,
                             "special-page runs",
                         )
