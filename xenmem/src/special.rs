@@ -264,8 +264,7 @@ pub fn probe(
                     _ => found
                         .runs
                         .try_push(
-                            FrameRange::from_frames(gfn, next)
-                                .map_err(SpecialError::Table)?,
+                            FrameRange::from_frames(gfn, next).map_err(SpecialError::Table)?,
                             "special-page runs",
                         )
                         .map_err(SpecialError::OutOfMemory)?,
