@@ -270,7 +270,10 @@ fn parse_decimal(v: &str) -> Option<u64> {
 
 fn parse_u64(v: &str) -> Option<u64> {
     match v.strip_prefix("0x") {
-        Some(hex) if !hex.is_empty() => u64::from_str_radix(hex, 16).ok(),
+        // Hex digits only: `from_str_radix` alone would take a sign (`0x+1`).
+        Some(hex) if !hex.is_empty() && hex.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            u64::from_str_radix(hex, 16).ok()
+        }
         Some(_) => None,
         None if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) => v.parse().ok(),
         None => None,
@@ -493,6 +496,8 @@ mod tests {
             "domid",
             "domid=",
             "domid=0x",
+            "domid=0x+1",
+            "domid=0x-1",
             "domid=32752",
             "domid=-1",
             "domid=99999999999999999999",
@@ -551,6 +556,8 @@ mod tests {
             "M",
             "12Q",
             "0x10M",
+            "0x+1000",
+            "+1M",
             "-1M",
             "99999999999999999999T",
             "1.5G",
