@@ -846,6 +846,11 @@ impl<'h, H: Hypervisor> Engine<'h, H> {
         t: &mut RegionTable,
         pages: PageCount,
     ) -> Result<(), ReservationError> {
+        // Refuse what cannot be done before doing any of it: only frames
+        // this table ballooned can come back.
+        if t.count(RegionKind::Ballooned) < pages {
+            return Err(ReservationError::none_of(pages));
+        }
         let mut left = pages.0;
         let orders = self.orders();
         for (i, &order) in orders.iter().enumerate() {
@@ -1895,6 +1900,30 @@ mod tests {
         assert!(t.count(RegionKind::Reserved(ReservedUse::PageTables)).0 > 0);
         consistent(&m, &t, &e);
         assert_eq!(t.check_invariants(), Ok(()));
+    }
+
+    /// More than was ballooned is refused before any hypercall, as a
+    /// decrease beyond free RAM is (issue 14's fuzzing found it populated
+    /// first and failed after).
+    #[test]
+    fn an_increase_beyond_what_was_ballooned_is_refused_first() {
+        let (m, mut t) = domu(1 << 15, 1 << 13);
+        let mut e = engine(&m, Strategy::xenmem(O9));
+        e.decrease(&mut t, PageCount(1024)).unwrap();
+        let (before, calls) = (t.clone(), e.stats.hypercalls);
+        let r = e.increase(&mut t, PageCount(1025));
+        assert_eq!(
+            r,
+            Err(ReservationError::Shortfall {
+                asked: PageCount(1025),
+                done: PageCount(0)
+            })
+        );
+        assert_eq!(e.stats.hypercalls, calls, "no hypercall");
+        assert_eq!(t, before, "the table is unchanged");
+        consistent(&m, &t, &e);
+        e.increase(&mut t, PageCount(1024)).unwrap();
+        consistent(&m, &t, &e);
     }
 
     #[derive(Clone, Debug)]
