@@ -14,7 +14,7 @@ use core::fmt;
 
 use crate::addr::{Gfn, PAGE_SHIFT, PAGE_SIZE};
 use crate::alloc_util::{try_collect, try_with_capacity, OutOfMemory, TryVec};
-use crate::memmap::{MemKind, MemoryMap};
+use crate::memmap::{MemKind, MemRange, MemoryMap};
 use crate::region::{
     Change, FrameRange, Region, RegionError, RegionFlags, RegionKind, RegionTable, ReservedUse,
     MAX_FRAME,
@@ -118,12 +118,61 @@ fn region_kind(k: MemKind) -> (RegionKind, RegionFlags) {
 const SANITISED: &str = "sanitised memory map";
 
 /// Sanitise `map` into sorted, non-overlapping, page-granular spans.
+/// Whether every byte of page `page` is RAM in the union of the map's RAM
+/// ranges (two RAM entries may meet inside a page: the page is whole RAM).
+/// Quadratic in the ranges, which are at most [`MAX_RANGES`]; allocates
+/// nothing.
+///
+/// [`MAX_RANGES`]: crate::memmap::MAX_RANGES
+fn whole_ram_page(map: &MemoryMap, page: u64) -> bool {
+    let (Some(mut at), Some(end)) = (
+        page.checked_mul(PAGE_SIZE),
+        page.checked_add(1).and_then(|p| p.checked_mul(PAGE_SIZE)),
+    ) else {
+        return false;
+    };
+    // Extend the covered prefix with any RAM range that contains its end.
+    while at < end {
+        match map
+            .ranges()
+            .iter()
+            .filter(|r| r.kind == MemKind::Ram && r.start.0 <= at && at < r.end.0)
+            .map(|r| r.end.0)
+            .max()
+        {
+            Some(e) => at = e,
+            None => return false,
+        }
+    }
+    true
+}
+
+/// The RAM range's whole pages `[first, end)`, counting a page it shares
+/// with other RAM ranges (entries meeting inside a page) when together
+/// they cover it.
+fn ram_pages(map: &MemoryMap, r: &MemRange) -> (u64, u64) {
+    let head = r.start.0 / PAGE_SIZE;
+    let first = if r.start.is_page_aligned() || whole_ram_page(map, head) {
+        head
+    } else {
+        head + 1
+    };
+    let tail = r.end.0 / PAGE_SIZE;
+    let end = if !r.end.is_page_aligned() && whole_ram_page(map, tail) {
+        tail + 1
+    } else {
+        tail
+    };
+    (first, end)
+}
+
 fn sanitise(map: &MemoryMap) -> Result<Vec<Span>, OutOfMemory> {
-    // Page-granular spans: RAM inwards, the rest outwards.
+    // Page-granular spans: RAM inwards (a page RAM entries share counts when
+    // they cover it together), the rest outwards.
     let mut spans: Vec<Span> = try_collect(
         map.ranges().iter().filter_map(|r| {
             let (s, e) = if r.kind == MemKind::Ram {
-                (r.start.0.div_ceil(PAGE_SIZE), r.end.0 / PAGE_SIZE)
+                ram_pages(map, r)
             } else {
                 (r.start.0 / PAGE_SIZE, r.end.0.div_ceil(PAGE_SIZE))
             };
@@ -201,21 +250,25 @@ pub struct Reservation {
 /// last RAM page shares a page with the ACPI tables). Xen counts such a page
 /// in the reservation; the table cannot give it out.
 pub fn partial_ram_pages(map: &MemoryMap) -> u64 {
-    map.ranges()
-        .iter()
-        .filter(|r| r.kind == MemKind::Ram && r.start < r.end)
-        .map(|r| {
-            let first = r.start.0 / PAGE_SIZE;
-            let last = (r.end.0 - 1) / PAGE_SIZE;
-            let head = !r.start.is_page_aligned();
-            let tail = !r.end.is_page_aligned();
-            if first == last {
-                u64::from(head || tail)
-            } else {
-                u64::from(head) + u64::from(tail)
-            }
-        })
-        .sum()
+    let rams = || {
+        map.ranges()
+            .iter()
+            .filter(|r| r.kind == MemKind::Ram && r.start < r.end)
+    };
+    // The pages a RAM range starts or ends inside of.
+    let edges = |r: &MemRange| {
+        let head = (!r.start.is_page_aligned()).then_some(r.start.0 / PAGE_SIZE);
+        let tail = (!r.end.is_page_aligned()).then_some((r.end.0 - 1) / PAGE_SIZE);
+        [head, tail.filter(|&t| Some(t) != head)]
+    };
+    // Each such page once (the first range that has it), and only if the
+    // RAM ranges together do not cover it.
+    rams()
+        .enumerate()
+        .flat_map(|(i, r)| edges(r).into_iter().flatten().map(move |p| (i, p)))
+        .filter(|&(i, p)| !rams().take(i).any(|q| edges(q).contains(&Some(p))))
+        .filter(|&(_, p)| !whole_ram_page(map, p))
+        .count() as u64
 }
 
 /// Build the initial table: the sanitised map, gaps as holes or MMIO up to
@@ -338,6 +391,29 @@ mod tests {
         t.iter()
             .map(|r| (r.range.start().0, r.range.end().0, r.kind.name()))
             .collect()
+    }
+
+    /// Two RAM entries meeting inside a page (issue 14's fuzzing): the page
+    /// is whole RAM, in the table once and never partial.
+    #[test]
+    fn ram_entries_meeting_inside_a_page_keep_the_page() {
+        let map = MemoryMap::from_e820(&[
+            e(0x100000, 0x100800, 1), // ends inside page 0x200
+            e(0x200800, 0xff800, 1),  // starts there: together they cover it
+            e(0x300000, 0x800, 1),    // a lone half page: partial
+        ])
+        .unwrap();
+        let t = initial_table(&map, GapPolicy::X86, Gfn(0x400), &[]).unwrap();
+        assert_eq!(t.count(RegionKind::Ram), PageCount(0x200));
+        assert_eq!(
+            kinds(&t)
+                .into_iter()
+                .filter(|k| k.2 == "ram")
+                .collect::<Vec<_>>(),
+            [(0x100, 0x300, "ram")]
+        );
+        assert_eq!(partial_ram_pages(&map), 1);
+        t.check_invariants().unwrap();
     }
 
     #[test]
