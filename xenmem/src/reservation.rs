@@ -1265,14 +1265,22 @@ const SINGLES: usize = 64;
 
 /// Whether the `count` frames from `start` are all free (unpinned) RAM.
 fn still_free(t: &RegionTable, start: Gfn, count: u64) -> bool {
-    t.region_at(start).is_some_and(|r| {
-        r.kind == RegionKind::Ram
-            && !r.flags.contains(RegionFlags::PINNED)
-            && start
-                .0
-                .checked_add(count)
-                .is_some_and(|e| e <= r.range.end().0)
-    })
+    // Free RAM all the way, across as many regions as it spans (the
+    // extents come from runs of adjacent free RAM regions, whose other
+    // flags may differ).
+    let Some(end) = start.checked_add(PageCount(count)) else {
+        return false;
+    };
+    let mut at = start;
+    while at < end {
+        match t.region_at(at) {
+            Some(r) if r.kind == RegionKind::Ram && !r.flags.contains(RegionFlags::PINNED) => {
+                at = r.range.end();
+            }
+            _ => return false,
+        }
+    }
+    true
 }
 
 /// Room (in regions, see [`RegionTable::set_aside`]) for the record of a
@@ -1550,6 +1558,38 @@ mod tests {
             e.increase(&mut t, PageCount(512)),
             Err(ReservationError::Xen { .. })
         ));
+        consistent(&m, &t, &e);
+    }
+
+    /// The highest aligned extent may span two free RAM regions whose other
+    /// flags differ (issue 14's fuzzing): it is still free RAM, and a buffer
+    /// is made there instead of a Shortfall.
+    #[test]
+    fn a_contiguous_buffer_over_two_free_ram_regions() {
+        let (m, mut t) = domu(1 << 20, 1 << 14);
+        let top = t.aligned_ram_extents(O9).next_back().unwrap();
+        let half = FrameRange::new(top.start(), PageCount(256)).unwrap();
+        t.modify(
+            half,
+            Change {
+                set: RegionFlags::BELOW_4G,
+                ..Change::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            t.region_at(top.start()).unwrap().range,
+            half,
+            "split in two"
+        );
+        let mut e = engine(&m, Strategy::xenmem(O9));
+        let buf = e.alloc_contiguous(&mut t, 2 << 20, 2 << 20, None).unwrap();
+        assert_eq!(buf.range(), top);
+        consistent(&m, &t, &e);
+        e.free_contiguous(&mut t, buf).unwrap();
+        consistent(&m, &t, &e);
+        // And a balloon of that extent goes too.
+        e.decrease(&mut t, PageCount(512)).unwrap();
         consistent(&m, &t, &e);
     }
 
