@@ -735,22 +735,28 @@ impl<'h, H: Hypervisor> Engine<'h, H> {
             };
             t.clear_set_aside();
             released += done as u64 * n + gone;
+            // The frame Xen refused (order 0) is pinned before the identity
+            // map changes below: they take new table frames from the lowest
+            // free RAM, which could be exactly that frame (issue 14's
+            // fuzzing). The pages Xen did take are already recorded as
+            // ballooned (release_batch), so no table frame lands there.
+            let failing = batch.get(done).copied();
+            if let (Some(f), true) = (failing, order == Order::ZERO) {
+                // Xen refuses this frame: keep it out of every later choice.
+                self.stuck(t, f)?;
+            }
             for g in &batch[..done] {
                 self.unmap(t, *g, n)?;
             }
-            if done == batch.len() {
+            let Some(failing) = failing else {
                 at = end;
                 continue;
-            }
-            let failing = batch[done];
+            };
             if gone > 0 {
                 self.unmap(t, failing, gone)?;
             }
             let refused = Gfn(failing.0 + gone);
-            if order == Order::ZERO {
-                // Xen refuses this frame: keep it out of every later choice.
-                self.stuck(t, refused)?;
-            } else {
+            if order != Order::ZERO {
                 // Retry what is left of the extent page by page; the frame
                 // Xen refused comes first, so it is pinned if refused again.
                 released += self.release_singles(t, refused, Gfn(failing.0 + n))?;
@@ -1559,6 +1565,62 @@ mod tests {
             Err(ReservationError::Xen { .. })
         ));
         consistent(&m, &t, &e);
+    }
+
+    /// Xen refuses a frame of an order-0 batch that is the lowest free RAM
+    /// left, and the identity map needs a new table frame to unmap the
+    /// frames before it (issue 14's fuzzing): the refused frame is pinned
+    /// first, so the table frame comes from elsewhere and nothing breaks.
+    #[test]
+    fn a_refused_frame_is_pinned_before_the_identity_map_takes_a_frame() {
+        let (m, mut t) = domu(1 << 15, 1 << 13);
+        // Free RAM: only the top 4 frames of the highest RAM region.
+        let top = t
+            .iter()
+            .filter(|r| r.kind == RegionKind::Ram)
+            .last()
+            .unwrap()
+            .range;
+        let keep = FrameRange::from_frames(Gfn(top.end().0 - 4), top.end()).unwrap();
+        let ram: Vec<FrameRange> = t
+            .iter()
+            .filter(|r| r.kind == RegionKind::Ram)
+            .map(|r| r.range)
+            .collect();
+        for r in ram {
+            let end = if r == top { keep.start() } else { r.end() };
+            if let Ok(pin) = FrameRange::from_frames(r.start(), end) {
+                t.modify(
+                    pin,
+                    Change {
+                        set: RegionFlags::PINNED,
+                        expect: Some(RegionKind::Ram),
+                        ..Change::default()
+                    },
+                )
+                .unwrap();
+            }
+        }
+        let id = RecordingIdentity {
+            split_tables: true,
+            ..RecordingIdentity::default()
+        };
+        let mut e = engine(&m, Strategy::LINUX).with_identity_map(&id);
+        // Xen takes the first frame and refuses the second, the lowest free.
+        m.inject(Fault::ShortAt {
+            op: Op::DecreaseReservation,
+            after_extents: 1,
+        });
+        let r = e.decrease(&mut t, PageCount(4));
+        assert!(
+            matches!(r, Err(ReservationError::Shortfall { .. })),
+            "a shortfall, not an engine error: {r:?}"
+        );
+        let refused = t.region_at(Gfn(keep.start().0 + 1)).unwrap();
+        assert!(refused.kind == RegionKind::Ram && refused.flags.contains(RegionFlags::PINNED));
+        assert!(t.count(RegionKind::Reserved(ReservedUse::PageTables)).0 > 0);
+        consistent(&m, &t, &e);
+        assert_eq!(t.check_invariants(), Ok(()));
     }
 
     /// The highest aligned extent may span two free RAM regions whose other
