@@ -1575,12 +1575,7 @@ mod tests {
     fn a_refused_frame_is_pinned_before_the_identity_map_takes_a_frame() {
         let (m, mut t) = domu(1 << 15, 1 << 13);
         // Free RAM: only the top 4 frames of the highest RAM region.
-        let top = t
-            .iter()
-            .filter(|r| r.kind == RegionKind::Ram)
-            .last()
-            .unwrap()
-            .range;
+        let top = t.iter().rfind(|r| r.kind == RegionKind::Ram).unwrap().range;
         let keep = FrameRange::from_frames(Gfn(top.end().0 - 4), top.end()).unwrap();
         let ram: Vec<FrameRange> = t
             .iter()
