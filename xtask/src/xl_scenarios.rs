@@ -231,6 +231,7 @@ fn domu_map(arch: Arch, mib: u64) -> Vec<Check> {
         Check::ImageReserved(D1),
         field(D1, "identity-trim", "kept_mapped", Is::Text("yes")),
         field(D1, "identity-trim", "others_unmapped", Is::Text("yes")),
+        field(D1, "paging-selftest", "frames", Is::Num(3)),
     ];
     c.push(verdict(D1, Verdict::Pass));
     c

@@ -7,7 +7,7 @@ use crate::addr::{GuestPhysAddr, Order, PageCount, VirtAddr, PAGE_SIZE};
 use crate::region::{RegionKind, RegionTable, ReservedUse};
 
 /// Frames the test maps.
-const TEST_FRAMES: u64 = 3;
+pub const TEST_FRAMES: u64 = 3;
 
 fn check(ok: bool, why: &'static str) -> Result<(), PagingError> {
     if ok {
