@@ -1163,6 +1163,7 @@ mod tests {
         "report: table-region start=0x40200000 end=0x40240000 kind=hole flags=0x0",
         "report: accounting table_ram=8192 partial=0 current=8192 unaccounted=0",
         "report: identity-trim ranges=2 frames=133947392 root_switches=1 kept_mapped=yes kept=8192 others_unmapped=yes sampled=261626",
+        "report: paging-selftest frames=3 result=pass",
     ];
 
     fn lines(src: Source, msgs: &[&'static str]) -> Vec<(Source, Level, &'static str)> {
@@ -1288,6 +1289,7 @@ mod tests {
             "report: table-region start=0x40000000 end=0x40100000 kind=reserved:image flags=0x1b",
             "report: accounting table_ram=32768 partial=0 current=32768 unaccounted=0",
             "report: identity-trim ranges=2 frames=133922816 root_switches=1 kept_mapped=yes kept=32768 others_unmapped=yes sampled=261580",
+            "report: paging-selftest frames=3 result=pass",
             "verdict: PASS",
         ];
         l.extend(lines(D1, domu));
