@@ -7,7 +7,7 @@
 
 use crate::boot::{Arch, BootResult, Exit, Mode};
 use crate::decode::Source;
-use crate::report::{parse_number, Logs, Verdict};
+use crate::report::{parse_number, AgentLog, Logs, Verdict};
 
 const D0: Source = Source::D0;
 const D1: Source = Source::D1;
@@ -855,6 +855,29 @@ fn helper_domain(src: Source, pages: u64, order: u64) -> Vec<Check> {
     ]
 }
 
+/// ERROR lines of `src` that no check of the scenario expects: any ERROR
+/// line fails a scenario unless it expects it (issue 14). Expected are the
+/// lines an `ErrorMentions` check names, the exception report (and Arm's
+/// trap frame) where an exception is expected, and `verdict: FAIL` where
+/// the scenario expects that verdict.
+pub(crate) fn unexpected_errors(checks: &[Check], src: Source, log: &AgentLog) -> Vec<String> {
+    log.errors()
+        .filter(|e| !checks.iter().any(|c| expects_error(c, src, e)))
+        .map(|e| format!("[{src}] an ERROR line no check expects: {e}"))
+        .collect()
+}
+
+fn expects_error(c: &Check, src: Source, line: &str) -> bool {
+    match *c {
+        Check::ErrorMentions(s, text) => s == src && line.contains(text),
+        Check::Exception(s) | Check::ExceptionAt { src: s, .. } => {
+            s == src && (is_exception_line(line) || line.starts_with("aarch64 trap frame:"))
+        }
+        Check::Verdict(s, Verdict::Fail) => s == src && line == "verdict: FAIL",
+        _ => false,
+    }
+}
+
 /// Whether `msg` is `exception: <name> (vector N) ... fault_addr=<addr>`.
 fn is_exception_line(msg: &str) -> bool {
     let Some(rest) = msg.strip_prefix("exception: ") else {
@@ -1100,6 +1123,7 @@ pub fn evaluate(s: &Scenario, r: &BootResult) -> Vec<String> {
         for m in &log.malformed {
             failures.push(format!("[{src}] malformed: {m}"));
         }
+        failures.extend(unexpected_errors(&s.checks, *src, log));
     }
     // A source that printed nothing fails once, not once per check.
     let mut silent = Vec::new();
@@ -1357,7 +1381,40 @@ mod tests {
             ),
             (D0, Level::Error, "verdict: FAIL"),
         ];
-        assert_eq!(evaluate(&s, &result(Exit::Fail, &l)).len(), 1);
+        // The exception check fails, and the malformed line is an ERROR
+        // line no check expects.
+        assert_eq!(evaluate(&s, &result(Exit::Fail, &l)).len(), 2);
+    }
+
+    #[test]
+    fn an_error_line_no_check_expects_fails_the_scenario() {
+        let s = scenario("x86_64-bad-option");
+        let l = [
+            (D0, Level::Error, "cmdline: unknown option `bogus`"),
+            (
+                D0,
+                Level::Error,
+                "grant: 3 grant frames dropped without release: leaked",
+            ),
+            (D0, Level::Error, "verdict: FAIL"),
+        ];
+        let f = evaluate(&s, &result(Exit::Fail, &l));
+        assert_eq!(f.len(), 1, "{f:#?}");
+        assert!(
+            f[0].contains("an ERROR line no check expects: grant: 3"),
+            "{f:#?}"
+        );
+        // A FAIL verdict where the scenario expects PASS is not excused.
+        let s = scenario("x86_64-dom0");
+        let f = evaluate(
+            &s,
+            &result(Exit::Fail, &[(D0, Level::Error, "verdict: FAIL")]),
+        );
+        assert!(
+            f.iter()
+                .any(|m| m.contains("no check expects: verdict: FAIL")),
+            "{f:#?}"
+        );
     }
 
     #[test]

@@ -13,7 +13,9 @@ use crate::boot::Arch;
 use crate::decode::Source;
 use crate::report::{parse_number, AgentLog, Logs, Verdict};
 use crate::rig::{XlJob, XlJobResult, XlResult, XlStep};
-use crate::scenarios::{check_one, count, every, field, grant_self, verdict, Check, Is};
+use crate::scenarios::{
+    check_one, count, every, field, grant_self, unexpected_errors, verdict, Check, Is,
+};
 use std::time::Duration;
 
 const D1: Source = Source::D1;
@@ -460,7 +462,10 @@ fn service_scenarios(arch: Arch) -> Vec<XlScenario> {
         steps,
         checks: with(
             service(arch, 64),
-            [count(D1, "service-target", ("malformed", "yes"), 3)],
+            [
+                count(D1, "service-target", ("malformed", "yes"), 3),
+                Check::ErrorMentions(D1, "is not a size in KiB"),
+            ],
         ),
         xl,
     });
@@ -1372,6 +1377,9 @@ pub fn evaluate(s: &XlScenario, res: &XlResult) -> Vec<String> {
         if let Some(e) = check_one(c, &logs) {
             out.push(e.replace("[d1]", &format!("[d{domid}]")));
         }
+    }
+    for e in unexpected_errors(&s.checks, D1, &log) {
+        out.push(e.replace("[d1]", &format!("[d{domid}]")));
     }
     for c in &s.xl {
         if let Some(e) = check_xl(c, job, &log, res) {
