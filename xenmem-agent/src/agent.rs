@@ -802,6 +802,12 @@ fn reservation_steps<H: Hypervisor>(
                         page.start_addr(),
                         kept
                     );
+                    // A refused exchange must leave the page as it was: a
+                    // changed page is a failed run, not a report.
+                    if kept == "no" {
+                        xm_error!("exchange: Xen refused it but the offered page changed");
+                        return Verdict::Fail;
+                    }
                 }
                 Err(err) => return fail("exchange", err),
             }
@@ -813,7 +819,12 @@ fn reservation_steps<H: Hypervisor>(
         }
         match made {
             Ok(buf) => {
-                let check = pattern_check(buf.range());
+                // What was written must read back: `bad` fails the run.
+                let pattern = match pattern_check(buf.range()) {
+                    Some((_, true)) => "ok",
+                    Some((_, false)) => "bad",
+                    None => "unchecked",
+                };
                 let mut buf = buf;
                 if buf.machine().is_none() && s.privileged {
                     // A privileged agent can read Xen's machine-to-phys table.
@@ -858,7 +869,7 @@ fn reservation_steps<H: Hypervisor>(
                         m.0 * PAGE_SIZE,
                         buf.method().name(),
                         bits.unwrap_or(0),
-                        if check.is_some_and(|c| c.1) { "ok" } else { "unchecked" }
+                        pattern
                     ),
                     None => xm_info!(
                         "report: contiguous gpa={} size={=u64:#x} order={=u8} machine=unknown method={=str} bits={=u8} pattern={=str}",
@@ -867,8 +878,12 @@ fn reservation_steps<H: Hypervisor>(
                         buf.order().get(),
                         buf.method().name(),
                         bits.unwrap_or(0),
-                        if check.is_some_and(|c| c.1) { "ok" } else { "unchecked" }
+                        pattern
                     ),
+                }
+                if pattern == "bad" {
+                    xm_error!("contiguous: the buffer does not read back what was written");
+                    return free_then_fail(e, t, buf);
                 }
                 if let Err(err) = retry_release(buf, |b| e.free_contiguous(t, b)) {
                     return fail("contiguous", err);
