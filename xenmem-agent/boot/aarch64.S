@@ -127,7 +127,7 @@ xenmem_entry:
     // the device tree above the file's end rounded up to 2 MiB (or below the
     // image), and the linker keeps .bss within 2 MiB. Should a loader put
     // the tree there anyway, zeroing .bss would erase it: leave with FAIL
-    // through semihosting (SYS_EXIT, ADP_Stopped_ApplicationExit, code 1),
+    // through semihosting (SYS_EXIT, ADP_Stopped_ApplicationExit, code 35),
     // else halt, so the run fails instead of reading a wiped tree.
     adrp    x1, __bss_start
     add     x1, x1, :lo12:__bss_start
@@ -143,7 +143,7 @@ xenmem_entry:
 8:  wfi
     b       8b
     .balign 8
-9:  .quad   0x20026, 1
+9:  .quad   0x20026, 35
 3:
 
     // -- zero .bss (the stacks included; nothing in it is in use yet) --------

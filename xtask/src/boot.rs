@@ -370,12 +370,16 @@ pub fn classify_status(arch: Arch, code: Option<i32>) -> Exit {
         // isa-debug-exit: (v << 1) | 1 with v = 0x10 / 0x11.
         (Arch::X86_64, Some(33)) => Exit::Pass,
         (Arch::X86_64, Some(35)) => Exit::Fail,
-        // Semihosting SYS_EXIT.
-        (Arch::Aarch64, Some(0)) => Exit::Pass,
-        (Arch::Aarch64, Some(1)) => Exit::Fail,
+        // Semihosting SYS_EXIT with the same numbers (0 would be Xen's
+        // power-off too).
+        (Arch::Aarch64, Some(33)) => Exit::Pass,
+        (Arch::Aarch64, Some(35)) => Exit::Fail,
         (Arch::X86_64, Some(0)) => {
             Exit::Other("status 0: the machine rebooted or powered off (not isa-debug-exit)".into())
         }
+        (Arch::Aarch64, Some(0)) => Exit::Other(
+            "status 0: Xen powered the machine off (not the agent's semihosting exit)".into(),
+        ),
         (_, Some(c)) => Exit::Other(format!("status {c}")),
         (_, None) => Exit::Other("killed by a signal".into()),
     }
@@ -894,8 +898,11 @@ mod tests {
             classify_status(Arch::X86_64, Some(1)),
             Exit::Other(_)
         ));
-        assert_eq!(classify_status(Arch::Aarch64, Some(0)), Exit::Pass);
-        assert_eq!(classify_status(Arch::Aarch64, Some(1)), Exit::Fail);
+        assert_eq!(classify_status(Arch::Aarch64, Some(33)), Exit::Pass);
+        assert_eq!(classify_status(Arch::Aarch64, Some(35)), Exit::Fail);
+        // Xen's power-off is not the agent's exit.
+        assert!(matches!(classify_status(Arch::Aarch64, Some(0)), Exit::Other(_)));
+        assert!(matches!(classify_status(Arch::Aarch64, Some(1)), Exit::Other(_)));
         assert!(matches!(
             classify_status(Arch::Aarch64, None),
             Exit::Other(_)

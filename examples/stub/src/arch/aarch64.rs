@@ -227,7 +227,7 @@ stub_early_fail:
     hlt     #0xf000
     b       stub_early_fail
     .balign 8
-28: .quad   0x20026, 1
+28: .quad   0x20026, 35
     .ltorg
 
     // Every exception: report the slot and syndrome, fail the run.

@@ -23,10 +23,13 @@ pub mod timer;
 /// The architecture's name.
 pub const NAME: &str = "aarch64";
 
-/// QEMU's exit status for [`Verdict::Pass`].
-pub const QEMU_EXIT_PASS: i32 = 0;
+/// QEMU's exit status for [`Verdict::Pass`]: the `SYS_EXIT` subcode. Not 0,
+/// which is also what QEMU returns when Xen powers the machine off, so that
+/// a runner can tell the agent's exit from Xen's; the same numbers as the
+/// x86 isa-debug-exit's.
+pub const QEMU_EXIT_PASS: i32 = 33;
 /// QEMU's exit status for [`Verdict::Fail`].
-pub const QEMU_EXIT_FAIL: i32 = 1;
+pub const QEMU_EXIT_FAIL: i32 = 35;
 
 /// How much guest-physical memory the boot identity map covers, from 0:
 /// 512 GiB (39-bit virtual addresses; see `mmu` for the attributes) until
