@@ -901,8 +901,14 @@ mod tests {
         assert_eq!(classify_status(Arch::Aarch64, Some(33)), Exit::Pass);
         assert_eq!(classify_status(Arch::Aarch64, Some(35)), Exit::Fail);
         // Xen's power-off is not the agent's exit.
-        assert!(matches!(classify_status(Arch::Aarch64, Some(0)), Exit::Other(_)));
-        assert!(matches!(classify_status(Arch::Aarch64, Some(1)), Exit::Other(_)));
+        assert!(matches!(
+            classify_status(Arch::Aarch64, Some(0)),
+            Exit::Other(_)
+        ));
+        assert!(matches!(
+            classify_status(Arch::Aarch64, Some(1)),
+            Exit::Other(_)
+        ));
         assert!(matches!(
             classify_status(Arch::Aarch64, None),
             Exit::Other(_)
