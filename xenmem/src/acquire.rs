@@ -33,7 +33,9 @@ use crate::addr::{DomId, Gfn, Order, PageCount, VirtAddr, PAGE_SIZE};
 use crate::alloc_util::{try_collect, OutOfMemory};
 use crate::grant::Bytes;
 use crate::leak::{self, LeakKind, Outstanding, ReleaseError};
-use crate::mapping::{back_to_hole, remove_all, MapTarget, Teardown, UnmapFailure, VaSpace};
+use crate::mapping::{
+    back_to_hole, remove_all, MapTarget, Stopped, Teardown, UnmapFailure, VaSpace,
+};
 use crate::paging::{Attrs, PagingError};
 use crate::region::{FrameRange, Region, RegionError, RegionFlags, RegionKind, RegionTable};
 use crate::xen::abi::gnttab::{self, GrantEntryV1};
@@ -131,6 +133,16 @@ pub enum AcquireError {
     /// The heap could not provide the memory the mapping needed (nothing
     /// was mapped).
     OutOfMemory(OutOfMemory),
+}
+
+impl From<Stopped> for AcquireError {
+    fn from(s: Stopped) -> Self {
+        match s {
+            Stopped::Window(e) => AcquireError::Paging(e),
+            Stopped::Unmap(f) => AcquireError::Unmap(f),
+            Stopped::Table(e) => AcquireError::Table(e),
+        }
+    }
 }
 
 impl fmt::Display for AcquireError {
@@ -336,15 +348,9 @@ impl ResourceMap {
         pt: &mut impl MapTarget,
         vas: &mut VaSpace,
     ) -> Result<(), ReleaseError<ResourceMap, AcquireError>> {
-        if let Err(e) = self.undo.unmap_window(table, pt, vas) {
-            return Err(ReleaseError::new(self, AcquireError::Paging(e)));
-        }
-        let failure = self.undo.remove_mapped(hv, true);
-        let table_err = self.undo.give_back(table, back_to_hole()).err();
-        match (failure, table_err) {
-            (Some(f), _) => Err(ReleaseError::new(self, AcquireError::Unmap(f))),
-            (None, Some(e)) => Err(ReleaseError::new(self, AcquireError::Table(e))),
-            (None, None) => Ok(()),
+        match self.undo.release_physmap(hv, table, pt, vas, true) {
+            Ok(()) => Ok(()),
+            Err(s) => Err(ReleaseError::new(self, s.into())),
         }
     }
 }

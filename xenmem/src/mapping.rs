@@ -325,16 +325,10 @@ impl ForeignMap {
         pt: &mut impl MapTarget,
         vas: &mut VaSpace,
     ) -> Result<(), ReleaseError<ForeignMap, MapError>> {
-        if let Err(e) = self.undo.unmap_window(table, pt, vas) {
-            return Err(ReleaseError::new(self, MapError::Paging(e)));
-        }
         // Every frame was mapped: here even ENOENT is an error.
-        let failure = self.undo.remove_mapped(hv, false);
-        let table_err = self.undo.give_back(table, back_to_hole()).err();
-        match (failure, table_err) {
-            (Some(f), _) => Err(ReleaseError::new(self, MapError::Unmap(f))),
-            (None, Some(e)) => Err(ReleaseError::new(self, MapError::Table(e))),
-            (None, None) => Ok(()),
+        match self.undo.release_physmap(hv, table, pt, vas, false) {
+            Ok(()) => Ok(()),
+            Err(s) => Err(ReleaseError::new(self, s.into())),
         }
     }
 }
@@ -360,6 +354,26 @@ pub(crate) enum Step {
     Unmapped,
     /// Back in the holes.
     Done,
+}
+
+/// Where [`Teardown::release_physmap`] stopped.
+pub(crate) enum Stopped {
+    /// The page tables refused the window's unmap (nothing changed).
+    Window(PagingError),
+    /// Xen kept some entries (the first by index).
+    Unmap(UnmapFailure),
+    /// The table refused frames back.
+    Table(RegionError),
+}
+
+impl From<Stopped> for MapError {
+    fn from(s: Stopped) -> Self {
+        match s {
+            Stopped::Window(e) => MapError::Paging(e),
+            Stopped::Unmap(f) => MapError::Unmap(f),
+            Stopped::Table(e) => MapError::Table(e),
+        }
+    }
 }
 
 /// What of a mapping in hole frames and the window is still to be undone,
@@ -444,6 +458,29 @@ impl Teardown {
             va: self.window(),
             outstanding: self.outstanding(),
             grants: 0,
+        }
+    }
+
+    /// The release of a handle whose frames are physmap entries (a foreign
+    /// or resource map): the window, the entries Xen still maps (`ENOENT`
+    /// counts as removed when `enoent_ok`), the frames back to the holes,
+    /// each step done once. Which step stopped it; Xen's refusal is told
+    /// before the table's.
+    pub(crate) fn release_physmap(
+        &mut self,
+        hv: &impl Hypervisor,
+        table: &mut RegionTable,
+        pt: &mut impl MapTarget,
+        vas: &mut VaSpace,
+        enoent_ok: bool,
+    ) -> Result<(), Stopped> {
+        self.unmap_window(table, pt, vas).map_err(Stopped::Window)?;
+        let failure = self.remove_mapped(hv, enoent_ok);
+        let table_err = self.give_back(table, back_to_hole()).err();
+        match (failure, table_err) {
+            (Some(f), _) => Err(Stopped::Unmap(f)),
+            (None, Some(e)) => Err(Stopped::Table(e)),
+            (None, None) => Ok(()),
         }
     }
 
