@@ -452,6 +452,18 @@ impl Accounting {
             - self.partial.0 as i64
             - self.leaked.0 as i64
     }
+
+    /// The pages the agent says Xen counts: the table's RAM, the partial
+    /// pages and those Xen assigned but could not map (what the runner
+    /// compares with Xen's own `nr_pages`, see [`crate::xenview`]).
+    pub fn claimed(&self) -> PageCount {
+        PageCount(
+            self.table_ram
+                .0
+                .saturating_add(self.partial.0)
+                .saturating_add(self.leaked.0),
+        )
+    }
 }
 
 /// Compare the table with Xen's reservation `current`.
@@ -661,6 +673,9 @@ fn verified<H: Hypervisor>(
                 );
                 return None;
             }
+            if !crate::xenview::pause(e.hypervisor(), what, a.claimed(), s.maximum) {
+                return None;
+            }
             Some(cur)
         }
         Err(err) => {
@@ -733,6 +748,10 @@ fn reservation_steps<H: Hypervisor>(
             Err(err) => return fail("balloon", err),
         };
         report_engine(phase, target, e, cur);
+        let a = account(t, s, cur, PageCount(e.stats.leaked_by_xen));
+        if !crate::xenview::pause(hv, phase, a.claimed(), s.maximum) {
+            return Verdict::Fail;
+        }
         if !identity_report(t, phase) {
             return Verdict::Fail;
         }
@@ -1046,6 +1065,12 @@ fn trim_run(t: &mut RegionTable) -> Verdict {
             "report: paging-selftest frames={=u64} result=pass",
             xenmem::paging::selftest::TEST_FRAMES
         );
+        // The trim took the device space away: a domU's UART (its serial
+        // input for xen-view pauses) moves to the window's last page.
+        if let Err(err) = crate::xenview::map_uart(&mut *pt, t) {
+            xm_error!("xen-view: mapping the UART: {}", defmt_display(&err));
+            return Verdict::Fail;
+        }
         Verdict::Pass
     }
     #[cfg(not(target_os = "none"))]
@@ -1166,7 +1191,7 @@ fn lookup_machine<H: Hypervisor>(
     {
         let mut pt = crate::arch::imp::paging::page_tables()
             .map_err(|e| M2pError::Map(xenmem::mapping::MapError::Paging(e)))?;
-        let mut vas = xenmem::mapping::VaSpace::new(xenmem::mapping::MapTarget::window(&*pt));
+        let mut vas = xenmem::mapping::VaSpace::new(crate::xenview::window(&*pt));
         m2p::machine_frames(hv, t, &mut *pt, &mut vas, range)
     }
     #[cfg(not(target_os = "none"))]
@@ -1316,11 +1341,11 @@ fn page_mismatches(p: *const u64, seed: u64, from: usize) -> usize {
 fn grant_run<H: Hypervisor>(hv: &H, t: &mut RegionTable, s: &Survey, opts: &Options) -> Verdict {
     #[cfg(target_os = "none")]
     {
-        use xenmem::mapping::{MapTarget, VaSpace};
+        use xenmem::mapping::VaSpace;
         let Some(mut pt) = page_tables_for("grant") else {
             return Verdict::Fail;
         };
-        let mut vas = VaSpace::new(MapTarget::window(&*pt));
+        let mut vas = VaSpace::new(crate::xenview::window(&*pt));
         let me = s.domid.map(|(d, _)| d);
         if opts.grant_self == Some(true)
             && grant_self(hv, t, &mut *pt, &mut vas, me) == Verdict::Fail
@@ -1812,7 +1837,7 @@ fn dom0_peer_run<H: Hypervisor>(
     what: cmdline::Dom0Peer,
 ) -> Verdict {
     use xenmem::grant::GrantTable;
-    use xenmem::mapping::{MapTarget, VaSpace};
+    use xenmem::mapping::VaSpace;
     let mut ctl = match control_for(hv, t) {
         Ok(c) => c,
         Err(e) => {
@@ -1849,7 +1874,7 @@ fn dom0_peer_run<H: Hypervisor>(
     let Some(mut pt) = page_tables_for("dom0-peer") else {
         return Verdict::Fail;
     };
-    let mut vas = VaSpace::new(MapTarget::window(&*pt));
+    let mut vas = VaSpace::new(crate::xenview::window(&*pt));
     if what != cmdline::Dom0Peer::Grant {
         let v = if what == cmdline::Dom0Peer::Gntalloc {
             dom0_peer_gntalloc(hv, xs, t, &mut *pt, &mut vas)
@@ -2886,7 +2911,7 @@ fn helper_run<H: Hypervisor>(hv: &H, t: &mut RegionTable, mode: cmdline::HelperM
         let Some(mut pt) = page_tables_for("helper") else {
             return Verdict::Fail;
         };
-        let mut vas = xenmem::mapping::VaSpace::new(xenmem::mapping::MapTarget::window(&*pt));
+        let mut vas = xenmem::mapping::VaSpace::new(crate::xenview::window(&*pt));
         let cfg = match mode {
             cmdline::HelperMode::Small => FlowConfig::default(),
             cmdline::HelperMode::Superpage => FlowConfig {
@@ -2968,7 +2993,7 @@ fn probe_run<H: Hypervisor>(
         let Some(mut pt) = page_tables_for("probe") else {
             return Verdict::Fail;
         };
-        let mut vas = xenmem::mapping::VaSpace::new(xenmem::mapping::MapTarget::window(&*pt));
+        let mut vas = xenmem::mapping::VaSpace::new(crate::xenview::window(&*pt));
         let p = xenmem::domctl::unprivileged_probe(hv, t, &mut *pt, &mut vas, target, Gfn(0x100));
         if p.refused_cleanly() {
             Verdict::Pass
@@ -3018,6 +3043,9 @@ pub fn run(hv: &impl Hypervisor, boot: &BootInfo<'_>, heap: Option<PhysSpan>) ->
             }
         };
         report(&s);
+        if let Some(secs) = opts.xen_view {
+            crate::xenview::enable(secs, crate::xenview::input_for(s.privileged, boot));
+        }
         let table = match build_table(&s, boot, heap) {
             Ok(t) => t,
             Err(e) => {
@@ -3034,6 +3062,9 @@ pub fn run(hv: &impl Hypervisor, boot: &BootInfo<'_>, heap: Option<PhysSpan>) ->
         }
         let acc = account(&table, &s, s.current, PageCount(0));
         report_table(&table, &acc);
+        if !crate::xenview::pause(hv, "start", acc.claimed(), s.maximum) {
+            return Verdict::Fail;
+        }
         let pod = match pod_surplus(&acc, &s) {
             Ok(p) => p,
             Err(()) => return Verdict::Fail,
@@ -3098,6 +3129,10 @@ pub fn run(hv: &impl Hypervisor, boot: &BootInfo<'_>, heap: Option<PhysSpan>) ->
                 }
                 crate::service::Ended::Failed => Verdict::Fail,
             };
+        }
+        let end = account(&table, &s, s.current, PageCount(0));
+        if !crate::xenview::pause(hv, "end", end.claimed(), s.maximum) {
+            return Verdict::Fail;
         }
         match peer.take() {
             Some(p) => wait_for_peer(hv, p, PEER_POLLS),

@@ -152,6 +152,10 @@ pub struct Options {
     /// `dom0-peer=grant`: exchange pages with a program in dom0 (see
     /// [`Dom0Peer`]).
     pub dom0_peer: Option<Dom0Peer>,
+    /// `xen-view=SECS`: at each point where the agent's table and Xen's count
+    /// must agree, print `report: xen-view` and wait up to SECS seconds for
+    /// the runner to answer (after it has asked Xen itself, debug key `q`).
+    pub xen_view: Option<u32>,
 }
 
 /// What was wrong with the command line.
@@ -373,6 +377,14 @@ impl Options {
                 },
                 "`grant`, `gntalloc`, `foreign`, `peer-dies` or `ended-mid-use`"
             ),
+            "xen-view" => set!(
+                xen_view,
+                "xen-view",
+                parse_decimal(value)
+                    .and_then(|v| u32::try_from(v).ok())
+                    .filter(|&v| v > 0),
+                "a number of seconds such as 60"
+            ),
             "probe" => set!(
                 probe,
                 "probe",
@@ -470,6 +482,11 @@ mod tests {
             Some(Dom0Peer::Gntalloc)
         );
         assert!(parse("dom0-peer=x").is_err());
+        assert_eq!(parse("xen-view=60").unwrap().xen_view, Some(60));
+        assert!(parse("xen-view=0").is_err());
+        assert!(parse("xen-view=").is_err());
+        assert!(parse("xen-view=0x+1").is_err());
+        assert!(parse("xen-view=99999999999").is_err());
         assert_eq!(parse("mode=survey").unwrap().mode, Some(RunMode::Survey));
         assert!(matches!(
             parse("mode=daemon"),

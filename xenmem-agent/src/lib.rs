@@ -20,6 +20,7 @@ pub mod arch;
 pub mod bench;
 pub mod cmdline;
 pub mod service;
+pub mod xenview;
 
 #[cfg(all(feature = "rt", target_os = "none"))]
 pub mod rt;

@@ -430,6 +430,11 @@ impl<'h, H: Hypervisor> Engine<'h, H> {
         Engine { identity, ..self }
     }
 
+    /// The hypervisor this engine calls.
+    pub fn hypervisor(&self) -> &'h H {
+        self.hv
+    }
+
     /// The first identity-map failure since the last call (also counted in
     /// [`Stats::identity_errors`]); [`decrease`](Self::decrease) and
     /// [`increase`](Self::increase) return it as their error.

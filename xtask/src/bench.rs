@@ -1739,6 +1739,8 @@ mod tests {
             qemu_stderr: vec![],
             log_path: PathBuf::from("x.log"),
             elapsed: Duration::from_secs(3),
+            xen_views: vec![],
+            xen_view_asked: false,
         };
         let files = Files {
             elf: 2 << 20,

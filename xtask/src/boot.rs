@@ -396,6 +396,20 @@ fn fatal_xen_line(line: &str) -> Option<&'static str> {
     }
 }
 
+/// Bytes typed on the console, readable: control characters as `^A`.
+fn typed(bytes: &[u8]) -> String {
+    bytes
+        .iter()
+        .map(|&b| {
+            if b < 0x20 {
+                format!("^{}", char::from(b + 0x40))
+            } else {
+                char::from(b).to_string()
+            }
+        })
+        .collect()
+}
+
 /// A console line without terminal escape sequences and control characters.
 pub fn printable(line: &str) -> String {
     let mut out = String::with_capacity(line.len());
@@ -435,6 +449,11 @@ pub struct BootResult {
     pub log_path: PathBuf,
     /// How long it took.
     pub elapsed: Duration,
+    /// Xen's own view at every `xen-view` pause of the agents.
+    pub xen_views: Vec<crate::xenview::XenView>,
+    /// Whether the agents were asked to pause (`xen-view=` among the
+    /// options).
+    pub xen_view_asked: bool,
 }
 
 impl BootResult {
@@ -579,9 +598,18 @@ pub fn boot_on(
         spec.mode,
         describe(&cmd)
     ))?;
-    let run = run_qemu(&mut cmd, &mut sink, spec.timeout, table, &mut |_, _| {
-        Control::Continue
+    // Answer the agents' `xen-view` pauses with Xen's own view.
+    let mut viewer = crate::xenview::Viewer::default();
+    let run = run_qemu(&mut cmd, &mut sink, spec.timeout, table, &mut |l, ev| {
+        let typed = viewer.line(l, ev);
+        if typed.is_empty() {
+            Control::Continue
+        } else {
+            Control::Type(typed)
+        }
     })?;
+    let xen_views = viewer.finish_all();
+    let xen_view_asked = spec.agent_opts.iter().any(|o| o.starts_with("xen-view="));
     let exit = match run.ended {
         Ended::Exited(code) => classify_status(spec.arch, code),
         Ended::Hung => Exit::Other("QEMU closed its output but did not exit".into()),
@@ -596,6 +624,8 @@ pub fn boot_on(
         qemu_stderr: run.qemu_stderr,
         log_path: spec.log_path.clone(),
         elapsed: run.elapsed,
+        xen_views,
+        xen_view_asked,
     };
     sink.log_only(&format!("end: {}", r.summary(spec.mode)))?;
     sink.flush()?;
@@ -603,10 +633,12 @@ pub fn boot_on(
 }
 
 /// What a line watcher wants after a line.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Control {
     /// Keep going.
     Continue,
+    /// Type these bytes on the console (QEMU's serial input), keep going.
+    Type(Vec<u8>),
     /// Kill QEMU now: the run is over.
     Stop,
 }
@@ -650,7 +682,7 @@ pub(crate) fn run_qemu(
     table: &Table,
     watch: &mut dyn FnMut(&str, &[Event]) -> Control,
 ) -> Result<QemuRun> {
-    cmd.stdin(Stdio::null())
+    cmd.stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let start = Instant::now();
@@ -690,6 +722,8 @@ fn watch_console(
     watch: &mut dyn FnMut(&str, &[Event]) -> Control,
 ) -> Result<QemuRun> {
     let (tx, rx) = mpsc::channel();
+    // QEMU's serial input (`-serial stdio`), for Control::Type.
+    let mut stdin = child.stdin.take();
     let out = child.stdout.take().context("QEMU's stdout")?;
     let err = child.stderr.take().context("QEMU's stderr")?;
     reader(out, tx.clone(), false);
@@ -760,8 +794,17 @@ fn watch_console(
                     }
                     sink.event(e)?;
                 }
-                if watch(&line, &events) == Control::Stop {
-                    stopped = true;
+                match watch(&line, &events) {
+                    Control::Continue => {}
+                    Control::Stop => stopped = true,
+                    Control::Type(bytes) => {
+                        sink.log_only(&format!("typed on the console: {}", typed(&bytes)))?;
+                        if let Some(input) = stdin.as_mut() {
+                            if let Err(e) = input.write_all(&bytes).and_then(|()| input.flush()) {
+                                sink.note(&format!("typing on QEMU's console failed: {e}"))?;
+                            }
+                        }
+                    }
                 }
             }
         }

@@ -114,6 +114,10 @@ pub fn chosen_overlay(c: &Chosen) -> Result<String> {
         )?;
         writeln!(s, "\t\t\tcpus = <{:#x}>;", d.cpus)?;
         writeln!(s, "\t\t\txen,enhanced = \"no-xenstore\";")?;
+        // A virtual PL011 with its back end in Xen: the domU's serial input
+        // (CTRL-a rotates Xen's input to it), which the agent's xen-view
+        // pauses read.
+        writeln!(s, "\t\t\tvpl011;")?;
         module_node(&mut s, "\t\t\t", &d.kernel)?;
         writeln!(s, "\t\t}};")?;
     }
@@ -213,6 +217,7 @@ mod tests {
             "memory = <0x0 0x20000>;",
             "cpus = <0x1>;",
             "xen,enhanced = \"no-xenstore\";",
+            "vpl011;",
             "module@4a000000 {",
             "reg = <0x0 0x4a000000 0x0 0x2000>;",
             "bootargs = \"domid=1 exit=shutdown\";",

@@ -29,6 +29,7 @@ mod scenarios;
 mod setup;
 mod stub;
 mod util;
+mod xenview;
 mod xl_scenarios;
 
 use std::collections::HashMap;
@@ -102,6 +103,9 @@ environment: XENMEM_QEMU_X86_64, XENMEM_QEMU_AARCH64, XENMEM_DTC (tool paths),
   console forwarder with a fake guest log)";
 
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long an agent waits at each `xen-view` pause for the runner's answer
+/// (a few seconds are enough under TCG; the bound only ends a broken run).
+const XEN_VIEW_WAIT_SECS: u32 = 30;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -661,7 +665,13 @@ fn test(args: &[String]) -> Result<ExitCode> {
         let spec = BootSpec {
             arch: s.arch,
             mode: s.mode,
-            agent_opts: s.agent_opts.iter().map(|o| o.to_string()).collect(),
+            // Every scenario pauses the agents for Xen's own view.
+            agent_opts: s
+                .agent_opts
+                .iter()
+                .map(|o| o.to_string())
+                .chain([format!("xen-view={XEN_VIEW_WAIT_SECS}")])
+                .collect(),
             timeout: t.timeout,
             log_path: logs_dir().join(format!("test-{}.log", s.name)),
             work_dir: work_dir(&format!("test-{}", s.name)),

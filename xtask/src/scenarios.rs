@@ -1125,6 +1125,12 @@ pub fn evaluate(s: &Scenario, r: &BootResult) -> Vec<String> {
         }
         failures.extend(unexpected_errors(&s.checks, *src, log));
     }
+    // Xen's own view at the agents' pauses: its counts are the table's.
+    failures.extend(crate::xenview::problems(
+        &r.xen_views,
+        &r.logs,
+        r.xen_view_asked,
+    ));
     // A source that printed nothing fails once, not once per check.
     let mut silent = Vec::new();
     for c in &s.checks {
@@ -1164,6 +1170,8 @@ mod tests {
             qemu_stderr: vec![],
             log_path: "x.log".into(),
             elapsed: Duration::ZERO,
+            xen_views: vec![],
+            xen_view_asked: false,
         }
     }
 

@@ -282,6 +282,8 @@ const _: () = {
 
 /// `CONSOLEIO_write` (`public/xen.h`).
 pub const CONSOLEIO_WRITE: usize = 0;
+/// `CONSOLEIO_read` (`public/xen.h`): the hardware domain's serial input.
+pub const CONSOLEIO_READ: usize = 1;
 /// `SCHEDOP_yield` (`public/sched.h`).
 pub const SCHEDOP_YIELD: usize = 0;
 /// `SCHEDOP_shutdown` (`public/sched.h`).

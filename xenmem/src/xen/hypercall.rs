@@ -63,6 +63,24 @@ pub fn console_write(mut bytes: &[u8]) -> Result<(), XenError> {
     Ok(())
 }
 
+/// Read what has arrived on Xen's serial input for this domain
+/// (`CONSOLEIO_read`) into `buf`; returns how many bytes were read, 0 if none.
+///
+/// Only the hardware domain may read (others get `EPERM`); Xen gives it the
+/// characters typed while serial input is switched to it (`CTRL-a` three
+/// times rotates input among Xen, dom0 and the boot-time domUs).
+pub fn console_read(buf: &mut [u8]) -> Result<usize, XenError> {
+    let len = buf.len().min(i32::MAX as usize);
+    // SAFETY: Xen writes at most `len` bytes into a live buffer of that size.
+    let n = unsafe {
+        call(
+            op::CONSOLE_IO,
+            [abi::CONSOLEIO_READ, len, buf.as_mut_ptr() as usize, 0, 0],
+        )
+    }?;
+    Ok(usize::try_from(n).unwrap_or(0).min(len))
+}
+
 /// `HVMOP_get_param` of `index` for this domain. A free function (as
 /// [`console_write`]) so that the logger can find its console ring without a
 /// [`RealXen`].

@@ -20,7 +20,7 @@ use core::fmt;
 use crate::addr::{DomId, Gfn, Mfn, Order, PageCount};
 pub use errno::Errno;
 
-pub use hypercall::{console_write, evtchn_send, hvm_get_param, RealXen};
+pub use hypercall::{console_read, console_write, evtchn_send, hvm_get_param, RealXen};
 
 /// A failed hypercall.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
