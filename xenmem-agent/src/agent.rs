@@ -176,7 +176,11 @@ fn report(s: &Survey) {
     match s.domid {
         Some((d, src)) => xm_info!(
             "report: domain domid={} source={=str} privileged={=str} features={=u32:#x}",
-            d,
+            if crate::mutant::is("wrong-domid") {
+                DomId(d.0.wrapping_add(1))
+            } else {
+                d
+            },
             src.name(),
             privileged,
             s.features.bits()
@@ -461,7 +465,8 @@ impl Accounting {
             self.table_ram
                 .0
                 .saturating_add(self.partial.0)
-                .saturating_add(self.leaked.0),
+                .saturating_add(self.leaked.0)
+                .saturating_add(u64::from(crate::mutant::is("claim-off-by-one"))),
         )
     }
 }
@@ -485,7 +490,14 @@ fn report_table(t: &RegionTable, a: &Accounting) {
         t.count(RegionKind::Hole),
         t.count(RegionKind::Mmio)
     );
-    for r in t.iter() {
+    // The mutant leaves its first RAM region out of the report.
+    let dropped = crate::mutant::is("table-entry-dropped")
+        .then(|| t.iter().position(|r| r.kind == RegionKind::Ram))
+        .flatten();
+    for (i, r) in t.iter().enumerate() {
+        if Some(i) == dropped {
+            continue;
+        }
         xm_info!(
             "report: table-region start={} end={} kind={=str} flags={=u16:#x}",
             r.range.start_addr(),
@@ -740,14 +752,18 @@ fn reservation_steps<H: Hypervisor>(
             .filter(|r| r.kind == RegionKind::Ballooned)
             .map(|r| r.range)
             .collect();
-        if let Err(err) = e.balloon_to(t, target) {
-            return fail("balloon", err);
+        // The mutant skips the repopulate and says it reached the target.
+        let skipped = phase == "then" && crate::mutant::is("skip-repopulate");
+        if !skipped {
+            if let Err(err) = e.balloon_to(t, target) {
+                return fail("balloon", err);
+            }
         }
         let cur = match e.verify() {
             Ok(c) => c,
             Err(err) => return fail("balloon", err),
         };
-        report_engine(phase, target, e, cur);
+        report_engine(phase, target, e, if skipped { target } else { cur });
         let a = account(t, s, cur, PageCount(e.stats.leaked_by_xen));
         if !crate::xenview::pause(hv, phase, a.claimed(), s.maximum) {
             return Verdict::Fail;
@@ -885,7 +901,12 @@ fn reservation_steps<H: Hypervisor>(
                         buf.range().start_addr(),
                         buf.range().len().0 * PAGE_SIZE,
                         buf.order().get(),
-                        m.0 * PAGE_SIZE,
+                        m.0 * PAGE_SIZE
+                            + if crate::mutant::is("wrong-bus-address") {
+                                2 << 20
+                            } else {
+                                0
+                            },
                         buf.method().name(),
                         bits.unwrap_or(0),
                         pattern
@@ -1616,7 +1637,10 @@ fn grant_offer<H: Hypervisor>(
         xm_error!("grant: page not identity-mapped");
         return Verdict::Fail;
     };
-    fill_page(p, GRANT_OFFER_SEED);
+    // The mutant grants the page without writing what dom0 will check.
+    if !crate::mutant::is("pattern-not-written") {
+        fill_page(p, GRANT_OFFER_SEED);
+    }
     let r = match gt.grant_access(t, DomId(0), page.start(), false) {
         Ok(r) => r,
         Err(e) => return grant_fail("grant_access", e),
@@ -3148,6 +3172,12 @@ pub fn run(hv: &impl Hypervisor, boot: &BootInfo<'_>, heap: Option<PhysSpan>) ->
             leaks
         );
         Verdict::Fail
+    };
+    // The mutant says it passed whatever happened.
+    let verdict = if crate::mutant::is("verdict-forged") {
+        Verdict::Pass
+    } else {
+        verdict
     };
     match verdict {
         Verdict::Pass => xm_info!("verdict: PASS"),

@@ -19,6 +19,7 @@ pub mod agent;
 pub mod arch;
 pub mod bench;
 pub mod cmdline;
+pub mod mutant;
 pub mod service;
 pub mod xenview;
 

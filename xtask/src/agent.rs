@@ -55,8 +55,29 @@ pub fn cargo() -> Command {
 /// Build the agent for `arch` (release, feature `rt`) and prepare its boot
 /// image.
 pub fn build(arch: Arch) -> Result<Agent> {
-    eprintln!("xtask: building {BIN} for {}", arch.triple());
+    build_variant(arch, None)
+}
+
+/// [`build`], or with `mutant` the deliberately broken agent of that name
+/// (`XENMEM_MUTANT`, see the agent's `mutant` module), built in its own
+/// target directory (`target/mutants`) so that the real agent's build stays
+/// as it is.
+pub fn build_variant(arch: Arch, mutant: Option<&str>) -> Result<Agent> {
+    eprintln!(
+        "xtask: building {BIN} for {}{}",
+        arch.triple(),
+        mutant.map_or(String::new(), |m| format!(" (mutant {m})"))
+    );
     let mut cmd = cargo();
+    match mutant {
+        Some(m) => {
+            cmd.env("XENMEM_MUTANT", m)
+                .env("CARGO_TARGET_DIR", target_dir().join("mutants"));
+        }
+        None => {
+            cmd.env_remove("XENMEM_MUTANT");
+        }
+    }
     cmd.args(["build", "--release", "--target", arch.triple()])
         .args(["-p", "xenmem-agent", "--features", "rt", "--bin", BIN])
         .arg("--message-format=json-render-diagnostics")

@@ -22,6 +22,7 @@ mod cpio;
 mod decode;
 mod dtb;
 mod image;
+mod mutants;
 mod peer;
 mod report;
 mod rig;
@@ -174,6 +175,25 @@ fn parse_timeout(v: &str) -> Result<Duration> {
         bail!("--timeout must be at least 1 second");
     }
     Ok(Duration::from_secs(secs))
+}
+
+/// How `cargo xtask test` boots scenario `s` (log and work directory named
+/// `name`): its options, and every agent paused for Xen's own view.
+fn scenario_spec(s: &scenarios::Scenario, t: &TestArgs, name: &str) -> BootSpec {
+    BootSpec {
+        arch: s.arch,
+        mode: s.mode,
+        agent_opts: s
+            .agent_opts
+            .iter()
+            .map(|o| o.to_string())
+            .chain([format!("xen-view={XEN_VIEW_WAIT_SECS}")])
+            .collect(),
+        timeout: t.timeout,
+        log_path: logs_dir().join(format!("test-{name}.log")),
+        work_dir: work_dir(&format!("test-{name}")),
+        show: if t.verbose { Show::All } else { Show::Nothing },
+    }
 }
 
 fn logs_dir() -> PathBuf {
@@ -611,7 +631,11 @@ fn test(args: &[String]) -> Result<ExitCode> {
         .into_iter()
         .filter(|s| wanted(s.name))
         .collect();
-    if scenarios.is_empty() && xl.is_empty() && stubs.is_empty() {
+    let mutants: Vec<_> = mutants::all()
+        .into_iter()
+        .filter(|m| wanted(&format!("mutant-{}", m.name)))
+        .collect();
+    if scenarios.is_empty() && xl.is_empty() && stubs.is_empty() && mutants.is_empty() {
         bail!("no scenario matches {:?}", t.only);
     }
     let mut tally = Tally::default();
@@ -662,21 +686,7 @@ fn test(args: &[String]) -> Result<ExitCode> {
                 continue;
             }
         };
-        let spec = BootSpec {
-            arch: s.arch,
-            mode: s.mode,
-            // Every scenario pauses the agents for Xen's own view.
-            agent_opts: s
-                .agent_opts
-                .iter()
-                .map(|o| o.to_string())
-                .chain([format!("xen-view={XEN_VIEW_WAIT_SECS}")])
-                .collect(),
-            timeout: t.timeout,
-            log_path: logs_dir().join(format!("test-{}.log", s.name)),
-            work_dir: work_dir(&format!("test-{}", s.name)),
-            show: if t.verbose { Show::All } else { Show::Nothing },
-        };
+        let spec = scenario_spec(s, &t, s.name);
         if t.verbose {
             println!("xtask: scenario {}", s.name);
         }
@@ -701,6 +711,49 @@ fn test(args: &[String]) -> Result<ExitCode> {
                 }
             }
             Err(e) => tally.fail(s.name, &[format!("{e:#}")], Some(&spec.log_path)),
+        }
+    }
+
+    // The mutation tests: each broken agent must fail its scenario, through
+    // the check meant to catch it.
+    for m in &mutants {
+        let name = format!("mutant-{}", m.name);
+        let Some(env) = &env else {
+            tally.fail(&name, &["set-up failed (see above)".into()], None);
+            continue;
+        };
+        let Some(s) = scenarios::all().into_iter().find(|s| s.name == m.scenario) else {
+            tally.fail(&name, &[format!("no scenario {}", m.scenario)], None);
+            continue;
+        };
+        let built = agent::build_variant(m.arch, Some(m.name))
+            .and_then(|a| decode::load_table(&a.elf).map(|t| (a, t)));
+        let (agent, table) = match built {
+            Ok(at) => at,
+            Err(e) => {
+                tally.fail(&name, &[format!("mutant build failed: {e:#}")], None);
+                continue;
+            }
+        };
+        let spec = scenario_spec(&s, &t, &name);
+        match boot::boot(env, &spec, &agent, &table) {
+            Ok(res) => {
+                let failures = scenarios::evaluate(&s, &res);
+                if failures.iter().any(|f| f.contains(m.caught_by)) {
+                    tally.pass(
+                        &name,
+                        &format!(" (caught by {}: {} failure(s))", s.name, failures.len()),
+                    );
+                } else {
+                    let mut why = vec![format!(
+                        "survived: {} ({}) was not caught by {} (wanted a failure with `{}`)",
+                        m.name, m.what, s.name, m.caught_by
+                    )];
+                    why.extend(failures.into_iter().map(|f| format!("it failed only: {f}")));
+                    tally.fail(&name, &why, Some(&res.log_path));
+                }
+            }
+            Err(e) => tally.fail(&name, &[format!("{e:#}")], Some(&spec.log_path)),
         }
     }
 
@@ -754,7 +807,7 @@ fn test(args: &[String]) -> Result<ExitCode> {
 
     println!(
         "xtask: counted {} scenario(s){}{}",
-        scenarios.len() + xl.len() + stubs.len(),
+        scenarios.len() + xl.len() + stubs.len() + mutants.len(),
         if t.host_tests {
             " + the host test run"
         } else {

@@ -56,13 +56,27 @@ impl Is {
 pub enum Check {
     /// The source printed this verdict (its last one).
     Verdict(Source, Verdict),
-    /// The first `topic` report of the source that has `key` has a value that
-    /// is `is`.
+    /// Every `topic` report of the source that has `key` has a value that
+    /// is `is`, and there is one.
     Field {
         /// Source.
         src: Source,
         /// Report topic.
         topic: &'static str,
+        /// Field name.
+        key: &'static str,
+        /// Expected value.
+        is: Is,
+    },
+    /// Every `topic` report of the source whose field `when.0` is `when.1`
+    /// and that has `key` has a value that is `is`, and there is one.
+    FieldWhere {
+        /// Source.
+        src: Source,
+        /// Report topic.
+        topic: &'static str,
+        /// Which reports: this field has this value.
+        when: (&'static str, &'static str),
         /// Field name.
         key: &'static str,
         /// Expected value.
@@ -131,6 +145,21 @@ pub enum Check {
     },
     /// No error-level message mentions `text`.
     NoErrorMentions(Source, &'static str),
+    /// The `report: table-region` lines tile the address space: the first
+    /// starts at 0, each starts where the last ended, and there are as many
+    /// as `report: table regions=` says.
+    TableTiles(Source),
+    /// At the agent's `xen-view` pause `point`, Xen's own `nr_pages` for
+    /// the domain (debug key `q`) is `pages`: a number from the machine's
+    /// configuration or the scenario's options, not from the agent.
+    XenPagesAt {
+        /// Source.
+        src: Source,
+        /// The pause's `point=`.
+        point: &'static str,
+        /// The pages Xen must count.
+        pages: u64,
+    },
     /// The source's `report: mapping ... state=made|released` lines balance:
     /// every mapping made (kind, dom, gfn, va) is released after it, nothing
     /// is released that was not made, and each of `kinds` was made at least
@@ -149,12 +178,15 @@ impl Check {
         match *self {
             Check::Verdict(src, _)
             | Check::Field { src, .. }
+            | Check::FieldWhere { src, .. }
             | Check::Count { src, .. }
             | Check::ErrorMentions(src, _)
             | Check::Exception(src)
             | Check::ExceptionAt { src, .. }
             | Check::ImageReserved(src)
             | Check::NoErrorMentions(src, _)
+            | Check::TableTiles(src)
+            | Check::XenPagesAt { src, .. }
             | Check::MappingsBalanced { src, .. }
             | Check::Every { src, .. }
             | Check::Equal { src, .. } => src,
@@ -171,6 +203,22 @@ pub(crate) fn field(src: Source, topic: &'static str, key: &'static str, is: Is)
     Check::Field {
         src,
         topic,
+        key,
+        is,
+    }
+}
+
+pub(crate) fn field_where(
+    src: Source,
+    topic: &'static str,
+    when: (&'static str, &'static str),
+    key: &'static str,
+    is: Is,
+) -> Check {
+    Check::FieldWhere {
+        src,
+        topic,
+        when,
         key,
         is,
     }
@@ -230,6 +278,10 @@ pub struct Scenario {
 fn common(src: Source) -> Vec<Check> {
     vec![
         field(src, "xen", "version", Is::Version("4.17")),
+        // The domain id the agent states is the one Xen labels its console
+        // lines with (`(d1)`; dom0's unlabelled), not only what the runner
+        // put on its command line.
+        field(src, "domain", "domid", Is::Num(u64::from(src.0))),
         field(src, "image", "start", Is::Present),
         field(src, "image", "end", Is::Present),
         count(src, "region", ("kind", "ram"), 1),
@@ -237,6 +289,7 @@ fn common(src: Source) -> Vec<Check> {
         // image is reserved there, and there is a hole for mappings.
         every(src, "accounting", "unaccounted", Is::Num(0)),
         count(src, "table-region", ("kind", "hole"), 1),
+        Check::TableTiles(src),
         Check::ImageReserved(src),
     ]
 }
@@ -360,7 +413,7 @@ pub(crate) fn grant_self(src: Source, x86: bool) -> Vec<Check> {
 
 /// The first `report: balloon` line (phase=first) has `key` = `is`.
 fn first_balloon(src: Source, key: &'static str, is: Is) -> Check {
-    field(src, "balloon", key, is)
+    field_where(src, "balloon", ("phase", "first"), key, is)
 }
 
 /// Balloon down to `low` pages and back to `high`: Xen's count and the
@@ -390,6 +443,29 @@ fn balloon_round_trip(src: Source, low: u64, high: u64) -> Vec<Check> {
         field(src, "contiguous", "order", Is::Num(9)),
         field(src, "contiguous", "pattern", Is::Text("ok")),
         field(src, "reservation-after", "current", Is::Num(high)),
+        // Xen's own count, from the machine's configuration and the
+        // scenario's targets: down at the first step, back at the second,
+        // all there at the end.
+        Check::XenPagesAt {
+            src,
+            point: "start",
+            pages: high,
+        },
+        Check::XenPagesAt {
+            src,
+            point: "first",
+            pages: low,
+        },
+        Check::XenPagesAt {
+            src,
+            point: "then",
+            pages: high,
+        },
+        Check::XenPagesAt {
+            src,
+            point: "end",
+            pages: high,
+        },
     ]
 }
 
@@ -399,10 +475,22 @@ fn balloon_round_trip(src: Source, low: u64, high: u64) -> Vec<Check> {
 /// is mapped at its own address again.
 fn identity_round_trip(src: Source, pages: u64, switches: u64) -> Vec<Check> {
     vec![
-        field(src, "identity-map", "phase", Is::Text("first")),
-        field(src, "identity-map", "ballooned_unmapped", Is::Text("yes")),
-        field(src, "identity-map", "checked", Is::Num(pages)),
-        field(src, "identity-map", "root_switches", Is::Num(switches)),
+        count(src, "identity-map", ("phase", "first"), 1),
+        every(src, "identity-map", "ballooned_unmapped", Is::Text("yes")),
+        field_where(
+            src,
+            "identity-map",
+            ("phase", "first"),
+            "checked",
+            Is::Num(pages),
+        ),
+        field_where(
+            src,
+            "identity-map",
+            ("phase", "first"),
+            "root_switches",
+            Is::Num(switches),
+        ),
         field(
             src,
             "identity-map-back",
@@ -912,14 +1000,20 @@ pub(crate) fn check_one(c: &Check, logs: &Logs) -> Option<String> {
             is,
         } => {
             let l = log(src);
-            let found = l.topic(topic).find_map(|r| r.get(key));
-            match found {
-                Some(v) if is.matches(v) => None,
-                Some(v) => Some(format!("[{src}] report {topic} {key}={v}, expected {is:?}")),
-                None if l.topic(topic).next().is_none() => {
+            // Every report of the topic that has the field, not only the
+            // first: a later report that contradicts fails too.
+            let mut found = l.topic(topic).filter_map(|r| r.get(key));
+            let first = found.next();
+            let wrong = first.into_iter().chain(found).find(|v| !is.matches(v));
+            match (first, wrong) {
+                (Some(_), None) => None,
+                (Some(_), Some(v)) => {
+                    Some(format!("[{src}] report {topic} {key}={v}, expected {is:?}"))
+                }
+                (None, _) if l.topic(topic).next().is_none() => {
                     Some(format!("[{src}] no `report: {topic}` line (wanted {key})"))
                 }
-                None => Some(format!("[{src}] `report: {topic}` has no {key}=")),
+                (None, _) => Some(format!("[{src}] `report: {topic}` has no {key}=")),
             }
         }
         Check::Count {
@@ -944,6 +1038,34 @@ pub(crate) fn check_one(c: &Check, logs: &Logs) -> Option<String> {
             (!l.errors().any(|m| m.contains(text)))
                 .then(|| format!("[{src}] no error-level message mentions `{text}`"))
         }
+        Check::FieldWhere {
+            src,
+            topic,
+            when,
+            key,
+            is,
+        } => {
+            let l = log(src);
+            let values: Vec<&str> = l
+                .topic(topic)
+                .filter(|r| r.get(when.0) == Some(when.1))
+                .filter_map(|r| r.get(key))
+                .collect();
+            match values.iter().find(|v| !is.matches(v)) {
+                _ if values.is_empty() => Some(format!(
+                    "[{src}] no `report: {topic}` line with {}={} and {key}=",
+                    when.0, when.1
+                )),
+                Some(v) => Some(format!(
+                    "[{src}] report {topic} {}={} {key}={v}, expected {is:?}",
+                    when.0, when.1
+                )),
+                None => None,
+            }
+        }
+        Check::TableTiles(src) => table_tiles(log(src)).err().map(|e| format!("[{src}] {e}")),
+        // Needs Xen's view: see `xen_pages_at`, called by `evaluate`.
+        Check::XenPagesAt { .. } => None,
         Check::ImageReserved(src) => image_reserved(log(src))
             .err()
             .map(|e| format!("[{src}] {e}")),
@@ -1109,6 +1231,67 @@ fn image_reserved(l: &crate::report::AgentLog) -> Result<(), String> {
     Ok(())
 }
 
+/// [`Check::TableTiles`]: the table's regions as reported cover
+/// `[0, end)` without gap or overlap, and are as many as it says.
+fn table_tiles(log: &AgentLog) -> Result<(), String> {
+    let mut at = 0u64;
+    let mut n = 0usize;
+    for r in log.topic("table-region") {
+        let start = r.get("start").and_then(parse_number);
+        let end = r.get("end").and_then(parse_number);
+        let (Some(start), Some(end)) = (start, end) else {
+            return Err(format!("a table-region without start/end: {r}"));
+        };
+        if start != at || end <= start {
+            return Err(format!(
+                "the table's regions do not tile memory: {start:#x}..{end:#x} follows {at:#x}"
+            ));
+        }
+        at = end;
+        n += 1;
+    }
+    let said = log
+        .topic("table")
+        .next()
+        .and_then(|r| r.get("regions"))
+        .and_then(parse_number);
+    match said {
+        Some(k) if k == n as u64 && n > 0 => Ok(()),
+        Some(k) => Err(format!(
+            "`report: table regions={k}` but {n} table-region lines"
+        )),
+        None => Err("no `report: table regions=` line".into()),
+    }
+}
+
+/// [`Check::XenPagesAt`] against the runner's record of Xen's view.
+fn xen_pages_at(
+    views: &[crate::xenview::XenView],
+    src: Source,
+    point: &str,
+    pages: u64,
+) -> Vec<String> {
+    let at: Vec<_> = views
+        .iter()
+        .filter(|v| v.src == src && v.point == point)
+        .collect();
+    if at.is_empty() {
+        return vec![format!("[{src}] no xen-view pause at point {point}")];
+    }
+    at.iter()
+        .filter_map(|v| {
+            let n = v
+                .xen
+                .as_ref()
+                .and_then(|x| x.fields.get("nr_pages"))
+                .and_then(|n| parse_number(n));
+            (n != Some(pages)).then(|| {
+                format!("[{src}] Xen's nr_pages at point {point} is {n:?}, expected {pages}")
+            })
+        })
+        .collect()
+}
+
 /// Everything wrong with a boot, measured against its scenario (empty: pass).
 pub fn evaluate(s: &Scenario, r: &BootResult) -> Vec<String> {
     let mut failures = Vec::new();
@@ -1142,6 +1325,8 @@ pub fn evaluate(s: &Scenario, r: &BootResult) -> Vec<String> {
             }
         } else if let Some(f) = check_one(c, &r.logs) {
             failures.push(f);
+        } else if let Check::XenPagesAt { src, point, pages } = *c {
+            failures.extend(xen_pages_at(&r.xen_views, src, point, pages));
         }
     }
     failures
@@ -1188,6 +1373,7 @@ mod tests {
         "report: reservation current=8192 max=8192 maximum_gpfn=0x7ffff",
         "report: memmap ram_pages=8192",
         "report: image start=0x40000000 end=0x40100000",
+        "report: table regions=5 ram=1 reserved=2 hole=1 mmio=1",
         "report: table-region start=0x0 end=0x40000000 kind=mmio flags=0x0",
         "report: table-region start=0x40000000 end=0x40080000 kind=reserved:image flags=0x1b",
         "report: table-region start=0x40080000 end=0x40100000 kind=reserved:heap flags=0x1b",
@@ -1287,6 +1473,37 @@ mod tests {
             "{f:#?}"
         );
 
+        // A table region left out of the report: a gap, and one line fewer
+        // than the table says.
+        let mut l: Vec<_> = lines(D0, ARM_DOM0)
+            .into_iter()
+            .filter(|(_, _, m)| !m.contains("kind=reserved:heap"))
+            .collect();
+        l.push((D0, Level::Info, "verdict: PASS"));
+        let f = evaluate(&s, &result(Exit::Pass, &l));
+        assert!(f.iter().any(|m| m.contains("do not tile memory")), "{f:#?}");
+
+        // Xen's own count at a pause, against the configuration's.
+        let view = |point: &str, n: &str| crate::xenview::XenView {
+            src: D0,
+            point: point.into(),
+            pages: None,
+            max: None,
+            xen: Some(crate::rig::XenDomainDump {
+                domid: 0,
+                fields: [("nr_pages".to_string(), n.to_string())].into(),
+            }),
+            problem: None,
+        };
+        assert!(xen_pages_at(&[view("end", "8192")], D0, "end", 8192).is_empty());
+        let f = xen_pages_at(&[view("end", "8191")], D0, "end", 8192);
+        assert!(
+            f[0].contains("nr_pages at point end is Some(8191)"),
+            "{f:?}"
+        );
+        let f = xen_pages_at(&[view("start", "8192")], D0, "end", 8192);
+        assert!(f[0].contains("no xen-view pause at point end"), "{f:?}");
+
         // Nothing at all.
         let f = evaluate(&s, &result(Exit::Pass, &[]));
         assert_eq!(f, ["[d0] the agent printed nothing"]);
@@ -1317,7 +1534,10 @@ mod tests {
             "report: reservation current=32768 max=32768",
             "report: memmap ram_pages=32768",
             "report: image start=0x40000000 end=0x40100000",
+            "report: table regions=4 ram=0 reserved=1 hole=2 mmio=1",
+            "report: table-region start=0x0 end=0x38000000 kind=mmio flags=0x0",
             "report: table-region start=0x38000000 end=0x39000000 kind=hole flags=0x0",
+            "report: table-region start=0x39000000 end=0x40000000 kind=hole flags=0x0",
             "report: table-region start=0x40000000 end=0x40100000 kind=reserved:image flags=0x1b",
             "report: accounting table_ram=32768 partial=0 current=32768 unaccounted=0",
             "report: identity-trim ranges=2 frames=133922816 root_switches=1 kept_mapped=yes kept=32768 others_unmapped=yes sampled=261580",

@@ -1,0 +1,122 @@
+//! Mutation tests of the scenario checks (issue 14, item 2): deliberately
+//! broken agents, each of which must make its scenario fail.
+//!
+//! Every entry names a fault the agent's `mutant` module plants when built
+//! with `XENMEM_MUTANT=NAME`, the boot scenario that must catch it, and a
+//! piece of the failure that shows the *intended* check fired (not merely
+//! some other one). `cargo xtask test` builds each mutant, boots its
+//! scenario and counts `mutant-NAME` as passed only if the scenario fails
+//! that way; a mutant that survives is a check that cannot fail.
+
+use crate::boot::Arch;
+
+/// One broken agent and the scenario that must catch it.
+#[derive(Clone, Copy, Debug)]
+pub struct Mutant {
+    /// `XENMEM_MUTANT` (the test's name is `mutant-NAME`).
+    pub name: &'static str,
+    /// The architecture it is built for.
+    pub arch: Arch,
+    /// The scenario that must fail.
+    pub scenario: &'static str,
+    /// Text one of the scenario's failures must contain.
+    pub caught_by: &'static str,
+    /// What is broken.
+    pub what: &'static str,
+}
+
+/// The list.
+pub fn all() -> Vec<Mutant> {
+    use Arch::{Aarch64, X86_64};
+    vec![
+        Mutant {
+            name: "claim-off-by-one",
+            arch: X86_64,
+            scenario: "x86_64-balloon",
+            caught_by: "Xen's nr_pages is",
+            what: "the agent says its table accounts for one page more than it does",
+        },
+        Mutant {
+            name: "skip-repopulate",
+            arch: X86_64,
+            scenario: "x86_64-balloon",
+            caught_by: "Xen's nr_pages at point then",
+            what: "the second balloon step is skipped and reported as reaching its target",
+        },
+        Mutant {
+            name: "wrong-domid",
+            arch: X86_64,
+            scenario: "x86_64-dom0",
+            caught_by: "report domain domid=1",
+            what: "the agent reports domain id 1 for dom0",
+        },
+        Mutant {
+            name: "table-entry-dropped",
+            arch: X86_64,
+            scenario: "x86_64-dom0",
+            caught_by: "do not tile memory",
+            what: "the table report leaves out the first RAM region",
+        },
+        Mutant {
+            name: "verdict-forged",
+            arch: X86_64,
+            scenario: "x86_64-balloon-beyond-max",
+            caught_by: "verdict PASS, expected FAIL",
+            what: "the agent prints verdict PASS and exits as passed whatever happened",
+        },
+        Mutant {
+            name: "no-pause",
+            arch: X86_64,
+            scenario: "x86_64-dom0",
+            caught_by: "without pausing once",
+            what: "the agent never pauses for Xen's own view",
+        },
+        Mutant {
+            name: "pattern-not-written",
+            arch: Aarch64,
+            scenario: "aarch64-grant-exchange",
+            caught_by: "peer",
+            what: "the domU grants dom0 a page without writing the pattern dom0 checks",
+        },
+        Mutant {
+            name: "wrong-bus-address",
+            arch: Aarch64,
+            scenario: "aarch64-dom0-contig",
+            caught_by: "contiguous",
+            what: "the contiguous buffer's bus address is reported 2 MiB off",
+        },
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_mutant_names_a_scenario_of_its_arch_and_is_planted() {
+        let scenarios = crate::scenarios::all();
+        let agent_src: String = ["agent.rs", "xenview.rs"]
+            .iter()
+            .map(|f| {
+                std::fs::read_to_string(
+                    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                        .join("../xenmem-agent/src")
+                        .join(f),
+                )
+                .unwrap()
+            })
+            .collect();
+        let mut names = Vec::new();
+        for m in all() {
+            let s = scenarios.iter().find(|s| s.name == m.scenario);
+            assert!(s.is_some_and(|s| s.arch == m.arch), "{m:?}");
+            assert!(
+                agent_src.contains(&format!("mutant::is(\"{}\")", m.name)),
+                "mutant {} is planted nowhere in the agent",
+                m.name
+            );
+            assert!(!names.contains(&m.name));
+            names.push(m.name);
+        }
+    }
+}
