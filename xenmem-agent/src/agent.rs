@@ -1213,13 +1213,105 @@ fn lookup_machine<H: Hypervisor>(
         let mut pt = crate::arch::imp::paging::page_tables()
             .map_err(|e| M2pError::Map(xenmem::mapping::MapError::Paging(e)))?;
         let mut vas = xenmem::mapping::VaSpace::new(crate::xenview::window(&*pt));
-        m2p::machine_frames(hv, t, &mut *pt, &mut vas, range)
+        let l = m2p::lookup(hv, t, &mut *pt, &mut vas, range)?;
+        report_m2p_layout(&l.layout, l.highest_valid);
+        Ok(l.mfns)
     }
     #[cfg(not(target_os = "none"))]
     {
         let _ = (hv, t, range);
         Err(M2pError::Unsupported)
     }
+}
+
+/// The M2P table as Xen gave it, and how far the scan saw valid entries
+/// (the runner compares it with Xen's e820).
+#[cfg(target_os = "none")]
+fn report_m2p_layout(l: &m2p::Layout, highest_valid: Option<xenmem::addr::Mfn>) {
+    xm_info!(
+        "report: m2p-table max_page={=u64:#x} chunks={=usize} unfilled={=usize} pages={=u64} highest_valid={=u64:#x}",
+        l.end().0,
+        l.chunks(),
+        l.unfilled(),
+        l.pages().0,
+        highest_valid.map_or(0, |m| m.0)
+    );
+}
+
+/// The M2P with the helper domain's frames in it: the entries at the
+/// machine frames Xen gave as the grant mappings' bus addresses must be the
+/// helper's GFNs, and dom0's own frames at those GFNs are claimed twice
+/// (the lookup says so instead of picking one). False on a mismatch.
+#[cfg(target_os = "none")]
+fn helper_m2p<H: Hypervisor>(
+    hv: &H,
+    t: &mut RegionTable,
+    pt: &mut impl xenmem::mapping::MapTarget,
+    vas: &mut xenmem::mapping::VaSpace,
+    seeded: &[xenmem::domctl::SeededGrant],
+    bus: &[u64],
+) -> bool {
+    let mfns: Vec<xenmem::addr::Mfn> = bus
+        .iter()
+        .map(|b| xenmem::addr::Mfn(b / PAGE_SIZE))
+        .collect();
+    let entries = match m2p::entries_at(hv, t, pt, vas, &mfns) {
+        Ok(e) => e,
+        Err(e) => {
+            xm_error!("helper: M2P entries: {}", defmt_display(&e));
+            return false;
+        }
+    };
+    let matched = seeded
+        .iter()
+        .zip(&entries)
+        .filter(|(s, e)| **e == Some(s.gfn))
+        .count();
+    let ok = matched == seeded.len() && entries.len() == seeded.len();
+    xm_info!(
+        "report: m2p-helper frames={=usize} entries={=str} first_bus={=u64:#x}",
+        seeded.len(),
+        if ok { "ok" } else { "bad" },
+        bus.first().copied().unwrap_or(0)
+    );
+    if !ok {
+        xm_error!("helper: the M2P does not have the helper's GFNs at the frames Xen mapped");
+        return false;
+    }
+    // Dom0's own frames at the helper's GFNs (where dom0 has RAM there).
+    if let Some(first) = seeded.first() {
+        let n = seeded.len() as u64;
+        // Only where dom0's table has the whole range as its memory.
+        let own = FrameRange::new(first.gfn, PageCount(n)).ok().filter(|r| {
+            let mut covered = 0;
+            let all = t.overlapping_regions(*r).all(|g| {
+                covered += g.range.len().0;
+                matches!(g.kind, RegionKind::Ram | RegionKind::Reserved(_))
+            });
+            all && covered >= n
+        });
+        if let Some(r) = own {
+            let answer = match m2p::lookup(hv, t, pt, vas, r) {
+                Ok(l) => {
+                    report_m2p_layout(&l.layout, l.highest_valid);
+                    "unique"
+                }
+                Err(M2pError::Ambiguous { .. }) => "ambiguous",
+                Err(M2pError::NotFound(_)) => "not-found",
+                Err(e) => {
+                    xm_error!("helper: M2P lookup: {}", defmt_display(&e));
+                    return false;
+                }
+            };
+            xm_info!(
+                "report: m2p-own-at-helper-gfns gfn={} frames={=u64} answer={=str}",
+                r.start(),
+                n,
+                answer
+            );
+        }
+    }
+    true
 }
 
 /// Read `len` (at most 8) bytes at `gpa` as a little-endian number through
@@ -2970,6 +3062,7 @@ fn helper_run<H: Hypervisor>(hv: &H, t: &mut RegionTable, mode: cmdline::HelperM
                     xenmem::xen::abi::gnttab::GTF_READING | xenmem::xen::abi::gnttab::GTF_WRITING;
                 in_use &= f & mask == mask;
             }
+            let m2p_ok = helper_m2p(hv, t, pt, vas, cd.seeded(), gm.bus_addrs());
             xm_info!(
                 "report: helper-grants domid={} mapped={=usize} pattern={=str} writeback={=str} in_use={=str}",
                 cd.domid(),
@@ -2982,7 +3075,7 @@ fn helper_run<H: Hypervisor>(hv: &H, t: &mut RegionTable, mode: cmdline::HelperM
                 xm_error!("helper: grant release: {}", defmt_display(&e));
                 return false;
             }
-            ok && wb && in_use
+            ok && wb && in_use && m2p_ok
         });
         match r {
             Ok(_) => Verdict::Pass,

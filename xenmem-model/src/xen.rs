@@ -773,6 +773,9 @@ impl Domain {
     }
 }
 
+/// Machine frames one 2 MiB chunk of the M2P covers (8 bytes an entry).
+const M2P_CHUNK_FRAMES: u64 = (2 << 20) / 8;
+
 struct State {
     machine: Machine,
     domains: BTreeMap<u16, Domain>,
@@ -788,6 +791,10 @@ struct State {
     rover: u16,
     /// Event channels and shared_info pages (see [`evt`]).
     evt: evt::EvtModel,
+    /// The machine-to-phys table, once [`XenModel::enable_m2p`] made it:
+    /// per 2 MiB chunk, its first frame, or `None` where no RAM lies in the
+    /// machine frames the chunk covers (Xen never fills those).
+    m2p: Option<Vec<Option<u64>>>,
 }
 
 fn err(e: Errno) -> XenError {
@@ -805,6 +812,30 @@ fn bits_to_zone(b: u32) -> u32 {
 }
 
 impl State {
+    /// The 512 entries of the M2P page in machine frame `frame`, if it is
+    /// one: per machine frame, the GFN its owner has it at, or
+    /// `INVALID_M2P_ENTRY` (all-ones: free, Xen's, not RAM, no GFN).
+    fn m2p_page(&self, frame: u64) -> Option<Vec<u64>> {
+        let chunks = self.m2p.as_ref()?;
+        let (c, base) = chunks.iter().enumerate().find_map(|(c, b)| {
+            b.filter(|b| (*b..*b + 512).contains(&frame))
+                .map(|b| (c, b))
+        })?;
+        let first = c as u64 * M2P_CHUNK_FRAMES + (frame - base) * 512;
+        Some(
+            (first..first + 512)
+                .map(|m| match self.machine.owner(m) {
+                    Some(Owner::Dom(d)) => self
+                        .domains
+                        .get(&d)
+                        .and_then(|dom| dom.frames.get(&Mfn(m)).copied().flatten())
+                        .map_or(u64::MAX, |g| g.0),
+                    _ => u64::MAX,
+                })
+                .collect(),
+        )
+    }
+
     fn enter(&mut self, op: Op) -> Option<Fault> {
         self.calls[op.index()] += 1;
         let i = self.faults.iter().position(|f| f.op() == Some(op))?;
@@ -1334,6 +1365,7 @@ impl XenModel {
                 calls: [0; OP_COUNT],
                 rover: 0,
                 evt: evt::EvtModel::default(),
+                m2p: None,
             }),
             gnt: RefCell::new(gnt::GntModel::default()),
             poll_hook: RefCell::new(None),
@@ -1519,6 +1551,54 @@ impl XenModel {
             }
         }
         pinned
+    }
+
+    /// Make the machine-to-phys table as Xen's `paging_init` does: the
+    /// frames of `holes` (first frame, count) are no RAM (taken out of the
+    /// heap for good); each 2 MiB chunk of the table (2^18 machine frames)
+    /// that covers some RAM gets 512 frames of its own (order 9, Xen's),
+    /// the others none, and `XENMEM_machphys_mfn_list` repeats the frame
+    /// before them there. Call it before adding domains. Refused if a hole
+    /// frame is not free or the first chunk (which Xen asserts) has no RAM.
+    pub fn enable_m2p(&self, holes: &[(Mfn, u64)]) -> Result<(), ModelError> {
+        let mut s = self.state.borrow_mut();
+        let total = s.machine.total;
+        for &(first, n) in holes {
+            let end = first.0.checked_add(n).filter(|e| *e <= total);
+            let end = end.ok_or(ModelError::BadConfig("hole beyond the machine"))?;
+            if !(first.0..end).all(|m| s.machine.is_free(m) || m == 0) {
+                return Err(ModelError::BadConfig("hole frames are not free"));
+            }
+            for m in first.0..end {
+                s.machine.take(m, Owner::Xen);
+            }
+        }
+        let in_hole = |m: u64| holes.iter().any(|&(f, n)| (f.0..f.0 + n).contains(&m));
+        let mut chunks = Vec::new();
+        for c in 0..total.div_ceil(M2P_CHUNK_FRAMES) {
+            let lo = c * M2P_CHUNK_FRAMES;
+            let hi = (lo + M2P_CHUNK_FRAMES).min(total);
+            let ram = (lo..hi).any(|m| m != 0 && !in_hole(m));
+            if !ram && c == 0 {
+                return Err(ModelError::BadConfig("no RAM in the first M2P chunk"));
+            }
+            if !ram {
+                chunks.push(None);
+                continue;
+            }
+            // From the bottom, so that domains' frames reach the table's
+            // last entries.
+            let b = (1..total / 512)
+                .map(|k| k * 512)
+                .find(|b| (*b..b + 512).all(|m| s.machine.is_free(m)))
+                .ok_or(ModelError::OutOfMemory)?;
+            for m in b..b + 512 {
+                s.machine.take(m, Owner::Xen);
+            }
+            chunks.push(Some(b));
+        }
+        s.m2p = Some(chunks);
+        Ok(())
     }
 
     /// Pin the free frames among `first..first+count`; returns how many.
@@ -2011,13 +2091,27 @@ impl Hypervisor for XenModel {
         self.state.borrow_mut().exchange(req)
     }
 
+    /// `XENMEM_maximum_ram_page` answers Xen's `max_page`: one past the
+    /// highest machine frame (`common/memory.c`), here the machine's size.
     fn maximum_ram_page(&self) -> Result<Mfn, XenError> {
-        Ok(Mfn(self.total_frames().saturating_sub(1)))
+        Ok(Mfn(self.total_frames()))
     }
 
-    // The machine-to-phys table is not modelled.
-    fn machphys_mfn_list(&self, _: &mut [Mfn]) -> Result<usize, XenError> {
-        Err(XenError::Errno(Errno::ENOSYS))
+    /// `XENMEM_machphys_mfn_list` (`arch/x86/x86_64/mm.c`): one frame per
+    /// 2 MiB chunk of the table up to `max_page`; a chunk Xen never filled
+    /// repeats the frame listed before it. ENOSYS until
+    /// [`XenModel::enable_m2p`] made the table.
+    fn machphys_mfn_list(&self, out: &mut [Mfn]) -> Result<usize, XenError> {
+        let s = self.state.borrow();
+        let chunks = s.m2p.as_ref().ok_or(err(Errno::ENOSYS))?;
+        let mut last = 0;
+        let mut n = 0;
+        for (slot, c) in out.iter_mut().zip(chunks) {
+            last = c.unwrap_or(last);
+            *slot = Mfn(last);
+            n += 1;
+        }
+        Ok(n)
     }
 
     /// `xenmem_add_to_physmap_batch` with `XENMAPSPACE_gmfn_foreign`
@@ -2061,8 +2155,18 @@ impl Hypervisor for XenModel {
                 if foreign.0 == caller || !privileged {
                     return Err(Errno::EPERM);
                 }
-                let fd = s.domains.get(&foreign.0).ok_or(Errno::ESRCH)?;
-                let m = *fd.p2m.get(&frames[i]).ok_or(Errno::EINVAL)?;
+                let m = if foreign == DomId::XEN {
+                    // p2m_add_foreign for DOMID_XEN: the frame is an MFN
+                    // of a page Xen shares (here: the M2P's only), mapped
+                    // with the table's entries as they are now.
+                    let m = Mfn(frames[i].0);
+                    let words = s.m2p_page(m.0).ok_or(Errno::EINVAL)?;
+                    self.gnt.borrow_mut().fill(m, &words);
+                    m
+                } else {
+                    let fd = s.domains.get(&foreign.0).ok_or(Errno::ESRCH)?;
+                    *fd.p2m.get(&frames[i]).ok_or(Errno::EINVAL)?
+                };
                 let g = gfns[i];
                 let c = s.domains.get(&caller).ok_or(Errno::ESRCH)?;
                 // Real Xen 4.17 (x86 and Arm): a GFN beyond the p2m gives
@@ -2582,6 +2686,16 @@ pub mod gnt {
 
         fn mem(&mut self, mfn: Mfn) -> &PageMem {
             self.mem.entry(mfn.0).or_insert_with(PageMem::zeroed)
+        }
+
+        /// Set the words of frame `mfn`'s page (the M2P's, when mapped).
+        pub(super) fn fill(&mut self, mfn: Mfn, words: &[u64]) {
+            let p = self.mem(mfn);
+            for (i, w) in words.iter().enumerate() {
+                if let Some(x) = p.word(i) {
+                    x.store(*w, Ordering::Relaxed);
+                }
+            }
         }
 
         fn at(&self, s: &State, d: u16, gfn: Gfn) -> At {

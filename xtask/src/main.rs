@@ -21,6 +21,7 @@ mod boot;
 mod cpio;
 mod decode;
 mod dtb;
+mod highmem;
 mod image;
 mod mutants;
 mod peer;
@@ -621,6 +622,7 @@ fn test(args: &[String]) -> Result<ExitCode> {
     let wanted = |name: &str| t.only.is_empty() || t.only.iter().any(|o| name.contains(o.as_str()));
     let scenarios: Vec<_> = scenarios::all()
         .into_iter()
+        .chain(highmem::scenarios())
         .filter(|s| wanted(s.name))
         .collect();
     let xl: Vec<_> = xl_scenarios::all()
@@ -690,9 +692,12 @@ fn test(args: &[String]) -> Result<ExitCode> {
         if t.verbose {
             println!("xtask: scenario {}", s.name);
         }
-        match boot::boot(env, &spec, agent, table) {
+        let machine = highmem::machine(s.name).unwrap_or_default();
+        match boot::boot_on(env, &spec, agent, table, &machine) {
             Ok(res) => {
                 let mut failures = scenarios::evaluate(s, &res);
+                let log = std::fs::read_to_string(&res.log_path).unwrap_or_default();
+                failures.extend(highmem::evaluate(s.name, &res, &log));
                 if !failures.is_empty() {
                     if !res.qemu_stderr.is_empty() {
                         failures.push(format!("QEMU said: {}", res.qemu_stderr.join("\n")));

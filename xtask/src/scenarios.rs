@@ -295,7 +295,7 @@ fn common(src: Source) -> Vec<Check> {
 }
 
 /// An x86_64 PVH dom0 with `dom0_mem=256M,max:256M`.
-fn x86_dom0(src: Source) -> Vec<Check> {
+pub(crate) fn x86_dom0(src: Source) -> Vec<Check> {
     let mut c = common(src);
     c.extend([
         field(src, "domain", "domid", Is::Num(0)),
@@ -507,7 +507,7 @@ fn leak_str(n: u64) -> &'static str {
     Box::leak(n.to_string().into_boxed_str())
 }
 
-fn with(mut a: Vec<Check>, b: impl IntoIterator<Item = Check>) -> Vec<Check> {
+pub(crate) fn with(mut a: Vec<Check>, b: impl IntoIterator<Item = Check>) -> Vec<Check> {
     a.extend(b);
     a
 }
@@ -915,7 +915,7 @@ pub fn all() -> Vec<Scenario> {
 /// pattern read back, its grant table acquired and grants seeded, mapped
 /// through the grant path and compared, then everything unmapped and the
 /// helper destroyed and gone.
-fn helper_domain(src: Source, pages: u64, order: u64) -> Vec<Check> {
+pub(crate) fn helper_domain(src: Source, pages: u64, order: u64) -> Vec<Check> {
     vec![
         field(src, "helper-domain", "domid", Is::Num(1)),
         field(src, "helper-domain", "created", Is::Text("yes")),

@@ -109,7 +109,8 @@ pub const XENMEM_EXCHANGE: usize = 11;
 
 /// Physmap operations for mappings (`public/memory.h`).
 pub mod physmap {
-    /// `XENMEM_maximum_ram_page`: the highest MFN of RAM (no argument).
+    /// `XENMEM_maximum_ram_page`: `max_page`, one past the highest MFN (no
+    /// argument).
     pub const MAXIMUM_RAM_PAGE: usize = 2;
     /// `XENMEM_machphys_mfn_list`: the MFNs of the machine-to-phys table.
     pub const MACHPHYS_MFN_LIST: usize = 5;

@@ -562,7 +562,8 @@ pub trait Hypervisor {
     /// `XENMEM_exchange`.
     fn exchange(&self, req: &mut ExchangeRequest<'_>) -> ExchangeOutcome;
 
-    /// `XENMEM_maximum_ram_page`: the highest machine frame of RAM.
+    /// `XENMEM_maximum_ram_page`: Xen's `max_page`, one past the highest
+    /// machine frame (the number of M2P entries), not a frame itself.
     fn maximum_ram_page(&self) -> Result<Mfn, XenError>;
 
     /// `XENMEM_machphys_mfn_list`: the machine frames of the M2P table (one
