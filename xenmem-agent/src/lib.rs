@@ -19,6 +19,7 @@ pub mod agent;
 pub mod arch;
 pub mod bench;
 pub mod cmdline;
+pub mod negative;
 pub mod service;
 
 #[cfg(all(feature = "rt", target_os = "none"))]

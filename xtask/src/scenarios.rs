@@ -819,7 +819,148 @@ pub fn all() -> Vec<Scenario> {
             exit: ExpectExit::Fail,
             checks: vec![Check::Exception(D0), verdict(D0, Verdict::Fail)],
         },
+        Scenario {
+            name: "x86_64-negative",
+            arch: Arch::X86_64,
+            mode: Mode::Dom0,
+            // negative-gnttab= is X86_NEG_GNTTAB (a test checks).
+            agent_opts: &["negative=all", "negative-gnttab=40"],
+            exit: ExpectExit::Pass,
+            checks: with(
+                with(x86_dom0(D0), negative_reservation(D0, true, X86_DOM0_PAGES)),
+                // A helper created as domain 1 with X86_NEG_GNTTAB frames.
+                negative_acquire(D0, 1, true, X86_NEG_GNTTAB),
+            ),
+        },
+        Scenario {
+            name: "aarch64-negative",
+            arch: Arch::Aarch64,
+            mode: Mode::Both,
+            agent_opts: &["negative=all"],
+            exit: ExpectExit::Pass,
+            checks: with(
+                with(
+                    with(arm_dom0(D0), arm_domu(D1)),
+                    negative_reservation(D1, false, ARM_DOMU_PAGES),
+                ),
+                with(
+                    // Dom0 (direct-mapped: no ballooning) acquires the
+                    // domU's table, Xen's default size; the domU's size
+                    // query of dom0 is refused (XSM: EPERM).
+                    with(
+                        negative_after(D0, ARM_DOM0_PAGES),
+                        negative_acquire(D0, 1, false, XEN_DEFAULT_MAX_GRANT_FRAMES),
+                    ),
+                    [
+                        field(D0, "neg-frame", "skipped", Is::Text("direct-mapped")),
+                        field(D1, "neg-acquire", "target", Is::Num(0)),
+                        field(D1, "neg-acquire", "size", Is::Text("none")),
+                        field(D1, "neg-acquire", "refused", Is::Text("not-permitted")),
+                        field(D0, "peer", "shutdown", Is::Text("poweroff")),
+                    ],
+                ),
+            ),
+        },
     ]
+}
+
+/// `max_grant_frames` the x86_64 negative scenario asks of its helper
+/// domain (`negative-gnttab=`): not Xen's default, so that the size query
+/// cannot match by accident.
+const X86_NEG_GNTTAB: u64 = 40;
+/// Xen's `gnttab_max_frames` default: the grant-table size of a dom0less
+/// domU, whose `max_grant_frames` is -1 (the runner sets no
+/// `gnttab_max_frames` on Xen's command line).
+const XEN_DEFAULT_MAX_GRANT_FRAMES: u64 = 64;
+/// XTF's XSA-472-3 `MAX_ITER`.
+const XSA472_ITERATIONS: u64 = 100;
+
+/// Populate calls of the XSA-231 node sweep whose answer Xen 4.17 knows to
+/// be 0 for this caller on a one-node machine (`propagate_node`,
+/// `get_free_buddy`), node 255 aside (it spills into the PoD bit): a
+/// privileged x86 dom0 (`MAX_NUMNODES` 64) every exact node but 0 (254)
+/// and every plain node from 64 (191); an unprivileged domU every exact
+/// node (255).
+const fn xsa231_calls(privileged: bool) -> u64 {
+    if privileged {
+        254 + (255 - 64)
+    } else {
+        255
+    }
+}
+
+/// `negative=` (issue 14, item 4): Xen's answers to XTF's XSA-277,
+/// XSA-472-3 and XSA-231 sequences, as those tests expect them, the
+/// library's typed answer to the refused ones, and Xen's count (`pages`)
+/// and the region table unchanged afterwards.
+fn negative_reservation(src: Source, privileged: bool, pages: u64) -> Vec<Check> {
+    let calls = xsa231_calls(privileged);
+    vec![
+        field(src, "neg-frame", "warmup", Is::Text("yes")),
+        // XSA-277: the same frame three times: 1, 0, 0. The engine itself
+        // refuses a fourth before asking Xen.
+        field(src, "neg-xsa277", "results", Is::Text("1,0,0")),
+        field(src, "neg-xsa277", "library", Is::Text("not-free")),
+        field(src, "neg-xsa277", "library_hypercalls", Is::Num(0)),
+        // XSA-472-3: decrease then populate, 1, 1, every time.
+        field(src, "neg-xsa472", "iterations", Is::Num(XSA472_ITERATIONS)),
+        field(src, "neg-xsa472", "results", Is::Text("1,1")),
+        field(src, "neg-xsa472", "ok", Is::Num(XSA472_ITERATIONS)),
+        // XSA-231: every node Xen must refuse is refused (0 extents, a
+        // typed shortfall each), nothing populated; without flags the
+        // frame comes back.
+        field(src, "neg-xsa231", "calls", Is::Num(calls)),
+        field(src, "neg-xsa231", "zero", Is::Num(calls)),
+        field(src, "neg-xsa231", "populated", Is::Num(0)),
+        field(src, "neg-xsa231", "library", Is::Text("shortfall")),
+        field(src, "neg-xsa231", "same", Is::Text("yes")),
+        field(src, "neg-xsa231", "control", Is::Num(1)),
+    ]
+    .into_iter()
+    .chain(negative_after(src, pages))
+    .collect()
+}
+
+/// After the negative checks: Xen's count is `pages`, as before, and the
+/// table is the same and accounts for it; nothing leaked.
+fn negative_after(src: Source, pages: u64) -> Vec<Check> {
+    vec![
+        field(src, "neg-before", "current", Is::Num(pages)),
+        field(src, "neg-after", "current", Is::Num(pages)),
+        field(src, "neg-after", "current_before", Is::Num(pages)),
+        field(src, "neg-after", "table", Is::Text("same")),
+        Check::Same {
+            a: (src, "neg-before", "table_digest"),
+            b: (src, "neg-after", "table_digest"),
+        },
+        field(src, "neg-after", "unaccounted", Is::Num(0)),
+        Check::NoErrorMentions(src, "leaked"),
+        verdict(src, Verdict::Pass),
+    ]
+}
+
+/// Xen's tools/tests/resource: the size query of `target`'s grant table is
+/// its configured `max_grant_frames` (`frames`), all of them map in one
+/// call (more than 32), one past the end is refused, nothing is left.
+fn negative_acquire(src: Source, target: u64, helper: bool, frames: u64) -> Vec<Check> {
+    let mut c = vec![
+        field(src, "neg-acquire", "target", Is::Num(target)),
+        field(
+            src,
+            "neg-acquire",
+            "helper",
+            Is::Text(if helper { "yes" } else { "no" }),
+        ),
+        field(src, "neg-acquire", "size", Is::Num(frames)),
+        field(src, "neg-acquire", "mapped", Is::Num(frames)),
+        field(src, "neg-acquire", "readable", Is::Text("yes")),
+        field(src, "neg-acquire", "past", Is::Text("out-of-range")),
+        field(src, "neg-acquire-after", "window_pages", Is::Num(0)),
+    ];
+    if helper {
+        c.push(field(src, "neg-helper", "gone", Is::Text("yes")));
+    }
+    c
 }
 
 /// The cross-domain flow (`helper=`): a helper domain created as domain 1,
@@ -1220,7 +1361,9 @@ mod tests {
                 "x86_64-exception",
                 "x86_64-unpopulated-fault",
                 "aarch64-unpopulated-fault",
-                "aarch64-exception"
+                "aarch64-exception",
+                "x86_64-negative",
+                "aarch64-negative"
             ]
         );
         for s in all() {
