@@ -304,9 +304,13 @@ fn xsa472<H: Hypervisor>(
             out.results = (d.extents, p.extents);
         }
         if let Err(err) = d.result.and(p.result) {
-            xm_error!("neg-xsa472: {}", disp(&err));
+            xm_error!(
+                "neg-xsa472: iteration {=u32}: {}",
+                out.iterations,
+                disp(&err)
+            );
             restore(e, t, g);
-            break;
+            return None;
         }
     }
     xm_info!(
@@ -694,4 +698,226 @@ fn disp<T: core::fmt::Display>(v: &T) -> defmt::Display2Format<'_, T> {
 #[cfg(not(feature = "defmt"))]
 fn disp<T: core::fmt::Display>(v: &T) -> &T {
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::{build_table, run as agent_run, survey};
+    use xenmem::addr::{Gfn, GuestPhysAddr};
+    use xenmem::boot::{BootInfo, Firmware, PhysSpan};
+    use xenmem::xen::abi::HvmStartInfo;
+    use xenmem_model::window::BufTables;
+    use xenmem_model::{DomainConfig, Fault, Op, XenModel};
+
+    const START_INFO: HvmStartInfo = HvmStartInfo {
+        magic: 0,
+        version: 0,
+        flags: 0,
+        nr_modules: 0,
+        modlist_paddr: 0,
+        cmdline_paddr: 0,
+        rsdp_paddr: 0,
+        memmap_paddr: 0,
+        memmap_entries: 0,
+        reserved: 0,
+    };
+
+    fn boot(cmdline: &[u8]) -> BootInfo<'_> {
+        BootInfo {
+            cmdline,
+            firmware: Firmware::Pvh {
+                start_info: &START_INFO,
+                memmap: &[],
+            },
+            image: PhysSpan {
+                start: GuestPhysAddr(0x100000),
+                end: GuestPhysAddr(0x200000),
+            },
+        }
+    }
+
+    fn model(cfg: DomainConfig) -> XenModel {
+        let m = XenModel::new(1 << 16);
+        let id = cfg.domid;
+        m.add_domain(cfg).unwrap();
+        m.set_current(id).unwrap();
+        m
+    }
+
+    /// The model's answers to the three sequences, as the agent reads them,
+    /// and the table and Xen's count as they were.
+    fn sequences(m: &XenModel, privileged: bool) -> (Xsa277, Xsa472, Xsa231) {
+        let b = boot(b"");
+        let s = survey(m, &b, &Options::default()).unwrap();
+        let mut t = build_table(&s, &b, None).unwrap();
+        let mut e = Engine::new(
+            m,
+            Strategy::xenmem(Order::new_const(9)),
+            s.current,
+            s.features,
+        );
+        let g = warm_up(&mut e, &mut t).unwrap();
+        let before = t.clone();
+        let (a, b, c) =
+            reservation_checks(m, &mut e, &mut t, g, NegativeSet::all(), privileged).unwrap();
+        assert_eq!(t, before);
+        assert_eq!(e.verify(), Ok(s.current));
+        assert_eq!(account(&t, &s, s.current, PageCount(0)).unaccounted(), 0);
+        m.check_conservation().unwrap();
+        (a.unwrap(), b.unwrap(), c.unwrap())
+    }
+
+    #[test]
+    fn the_sequences_give_xtfs_answers_typed() {
+        let refused = Err(ReservationError::Shortfall {
+            asked: PageCount(1),
+            done: PageCount(0),
+        });
+        for (cfg, privileged, calls) in [
+            (DomainConfig::pvh_dom0(4096), true, 254 + 191),
+            (DomainConfig::pvh_domu(DomId(3), 4096), false, 255),
+        ] {
+            let m = model(cfg);
+            let (a, b, c) = sequences(&m, privileged);
+            assert_eq!(
+                a.results,
+                [Answer::Extents(1), Answer::Extents(0), Answer::Extents(0)]
+            );
+            assert_eq!(a.library.hypercalls, 0);
+            assert!(matches!(
+                a.library.result,
+                Err(ReservationError::NotFree(_))
+            ));
+            assert_eq!(
+                b,
+                Xsa472 {
+                    iterations: XSA472_ITERATIONS,
+                    results: (1, 1),
+                    ok: XSA472_ITERATIONS
+                }
+            );
+            assert_eq!(
+                c,
+                Xsa231 {
+                    calls,
+                    zero: calls,
+                    populated: 0,
+                    library: refused,
+                    same: true,
+                    control: 1
+                }
+            );
+        }
+        assert_eq!(node_sweep(true).count(), 445);
+        assert_eq!(node_sweep(false).count(), 255);
+        assert!(node_sweep(true).all(|f| f.raw() & MemFlags::POPULATE_ON_DEMAND == 0));
+    }
+
+    #[test]
+    fn the_whole_run_passes_and_leaves_everything_as_it_was() {
+        let m = model(DomainConfig::pvh_dom0(4096));
+        let o = agent_run(&m, &boot(b"negative=all"), None);
+        assert_eq!(o.verdict, Verdict::Pass);
+        assert_eq!(m.current_reservation(DomId::SELF), Ok(PageCount(4096)));
+        assert!(m.leaked(DomId(0)).is_empty());
+        m.check_conservation().unwrap();
+    }
+
+    #[test]
+    fn a_frame_xen_does_not_give_back_fails_the_run() {
+        // Xen refuses the warm-up's populate: the frame stays out.
+        let m = model(DomainConfig::pvh_dom0(4096));
+        m.inject(Fault::ShortAt {
+            op: Op::PopulatePhysmap,
+            after_extents: 0,
+        });
+        assert_eq!(
+            agent_run(&m, &boot(b"negative=xsa277"), None).verdict,
+            Verdict::Fail
+        );
+        // An error inside the XSA-472-3 loop (the frame is brought back):
+        // a library error the run did not ask for fails it.
+        let m = model(DomainConfig::pvh_dom0(4096));
+        m.inject(Fault::ErrnoOnCall {
+            op: Op::PopulatePhysmap,
+            nth: 4,
+            errno: xenmem::xen::Errno::ENOMEM,
+        });
+        assert_eq!(
+            agent_run(&m, &boot(b"negative=xsa472"), None).verdict,
+            Verdict::Fail
+        );
+        assert_eq!(m.current_reservation(DomId::SELF), Ok(PageCount(4096)));
+        // A populate that maps nothing but keeps the page (Xen's leak)
+        // (the first populate, the warm-up's): Xen's count moves, the run fails.
+        let m = model(DomainConfig::pvh_dom0(4096));
+        m.inject(Fault::MapFailAt { after_extents: 0 });
+        let o = agent_run(&m, &boot(b"negative=xsa231"), None);
+        assert_eq!(o.verdict, Verdict::Fail);
+    }
+
+    #[test]
+    fn the_grant_table_is_sized_mapped_whole_and_released() {
+        let m = XenModel::new(1 << 16);
+        m.add_domain(DomainConfig::pvh_dom0(4096)).unwrap();
+        m.set_current(DomId(0)).unwrap();
+        let mut t = RegionTable::new();
+        t.add(xenmem::region::Region::new(
+            FrameRange::new(Gfn(0x100000), PageCount(0x1000)).unwrap(),
+            RegionKind::Hole,
+            xenmem::region::RegionFlags::empty(),
+        ))
+        .unwrap();
+        let mut pt = BufTables::new(64).on_model(&m, DomId(0));
+        let mut vas = VaSpace::new(pt.window());
+        let before = t.clone();
+        assert_eq!(
+            acquire_run(&m, &mut t, &mut pt, &mut vas, true, None, Some(40)),
+            Verdict::Pass
+        );
+        assert_eq!(t, before);
+        assert_eq!(vas.used(), 0);
+        assert!(pt.map.is_empty());
+        // The helper is gone.
+        assert!(m.domain_info(DomId(1)).is_err());
+        // The checks themselves, against a helper that stays.
+        let cfg = CreateDomain {
+            max_grant_frames: Some(40),
+            ..CreateDomain::x86_pvh_helper()
+        };
+        let h = m
+            .domctl_createdomain(DomId(0), &mut cfg.to_abi().unwrap())
+            .unwrap();
+        let a = acquire_checks(&m, &mut t, &mut pt, &mut vas, h).unwrap();
+        assert_eq!(
+            a,
+            Acquired {
+                target: h,
+                size: 40,
+                mapped: 40,
+                readable: true,
+                past: Some(AcquireError::OutOfRange {
+                    frame: 40,
+                    count: 1,
+                    size: None
+                })
+            }
+        );
+        assert_eq!(t, before);
+        // An unprivileged caller's query is refused, and that passes.
+        let m = XenModel::new(1 << 16);
+        m.add_domain(DomainConfig::pvh_dom0(1024)).unwrap();
+        m.add_domain(DomainConfig::arm_domu(DomId(1), 1024))
+            .unwrap();
+        m.set_current(DomId(1)).unwrap();
+        assert_eq!(
+            acquire::grant_table_size(&m, DomId(0)),
+            Err(AcquireError::NotPermitted(DomId(0)))
+        );
+        assert_eq!(
+            acquire_run(&m, &mut t, &mut pt, &mut vas, false, None, None),
+            Verdict::Pass
+        );
+    }
 }

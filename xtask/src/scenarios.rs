@@ -852,10 +852,10 @@ pub fn all() -> Vec<Scenario> {
                         negative_acquire(D0, 1, false, XEN_DEFAULT_MAX_GRANT_FRAMES),
                     ),
                     [
-                        field(D0, "neg-frame", "skipped", Is::Text("direct-mapped")),
-                        field(D1, "neg-acquire", "target", Is::Num(0)),
-                        field(D1, "neg-acquire", "size", Is::Text("none")),
-                        field(D1, "neg-acquire", "refused", Is::Text("not-permitted")),
+                        every(D0, "neg-frame", "skipped", Is::Text("direct-mapped")),
+                        every(D1, "neg-acquire", "target", Is::Num(0)),
+                        every(D1, "neg-acquire", "size", Is::Text("none")),
+                        every(D1, "neg-acquire", "refused", Is::Text("not-permitted")),
                         field(D0, "peer", "shutdown", Is::Text("poweroff")),
                     ],
                 ),
@@ -896,25 +896,25 @@ const fn xsa231_calls(privileged: bool) -> u64 {
 fn negative_reservation(src: Source, privileged: bool, pages: u64) -> Vec<Check> {
     let calls = xsa231_calls(privileged);
     vec![
-        field(src, "neg-frame", "warmup", Is::Text("yes")),
+        every(src, "neg-frame", "warmup", Is::Text("yes")),
         // XSA-277: the same frame three times: 1, 0, 0. The engine itself
         // refuses a fourth before asking Xen.
-        field(src, "neg-xsa277", "results", Is::Text("1,0,0")),
-        field(src, "neg-xsa277", "library", Is::Text("not-free")),
-        field(src, "neg-xsa277", "library_hypercalls", Is::Num(0)),
+        every(src, "neg-xsa277", "results", Is::Text("1,0,0")),
+        every(src, "neg-xsa277", "library", Is::Text("not-free")),
+        every(src, "neg-xsa277", "library_hypercalls", Is::Num(0)),
         // XSA-472-3: decrease then populate, 1, 1, every time.
-        field(src, "neg-xsa472", "iterations", Is::Num(XSA472_ITERATIONS)),
-        field(src, "neg-xsa472", "results", Is::Text("1,1")),
-        field(src, "neg-xsa472", "ok", Is::Num(XSA472_ITERATIONS)),
+        every(src, "neg-xsa472", "iterations", Is::Num(XSA472_ITERATIONS)),
+        every(src, "neg-xsa472", "results", Is::Text("1,1")),
+        every(src, "neg-xsa472", "ok", Is::Num(XSA472_ITERATIONS)),
         // XSA-231: every node Xen must refuse is refused (0 extents, a
         // typed shortfall each), nothing populated; without flags the
         // frame comes back.
-        field(src, "neg-xsa231", "calls", Is::Num(calls)),
-        field(src, "neg-xsa231", "zero", Is::Num(calls)),
-        field(src, "neg-xsa231", "populated", Is::Num(0)),
-        field(src, "neg-xsa231", "library", Is::Text("shortfall")),
-        field(src, "neg-xsa231", "same", Is::Text("yes")),
-        field(src, "neg-xsa231", "control", Is::Num(1)),
+        every(src, "neg-xsa231", "calls", Is::Num(calls)),
+        every(src, "neg-xsa231", "zero", Is::Num(calls)),
+        every(src, "neg-xsa231", "populated", Is::Num(0)),
+        every(src, "neg-xsa231", "library", Is::Text("shortfall")),
+        every(src, "neg-xsa231", "same", Is::Text("yes")),
+        every(src, "neg-xsa231", "control", Is::Num(1)),
     ]
     .into_iter()
     .chain(negative_after(src, pages))
@@ -925,15 +925,15 @@ fn negative_reservation(src: Source, privileged: bool, pages: u64) -> Vec<Check>
 /// table is the same and accounts for it; nothing leaked.
 fn negative_after(src: Source, pages: u64) -> Vec<Check> {
     vec![
-        field(src, "neg-before", "current", Is::Num(pages)),
-        field(src, "neg-after", "current", Is::Num(pages)),
-        field(src, "neg-after", "current_before", Is::Num(pages)),
-        field(src, "neg-after", "table", Is::Text("same")),
+        every(src, "neg-before", "current", Is::Num(pages)),
+        every(src, "neg-after", "current", Is::Num(pages)),
+        every(src, "neg-after", "current_before", Is::Num(pages)),
+        every(src, "neg-after", "table", Is::Text("same")),
         Check::Same {
             a: (src, "neg-before", "table_digest"),
             b: (src, "neg-after", "table_digest"),
         },
-        field(src, "neg-after", "unaccounted", Is::Num(0)),
+        every(src, "neg-after", "unaccounted", Is::Num(0)),
         Check::NoErrorMentions(src, "leaked"),
         verdict(src, Verdict::Pass),
     ]
@@ -944,21 +944,21 @@ fn negative_after(src: Source, pages: u64) -> Vec<Check> {
 /// call (more than 32), one past the end is refused, nothing is left.
 fn negative_acquire(src: Source, target: u64, helper: bool, frames: u64) -> Vec<Check> {
     let mut c = vec![
-        field(src, "neg-acquire", "target", Is::Num(target)),
-        field(
+        every(src, "neg-acquire", "target", Is::Num(target)),
+        every(
             src,
             "neg-acquire",
             "helper",
             Is::Text(if helper { "yes" } else { "no" }),
         ),
-        field(src, "neg-acquire", "size", Is::Num(frames)),
-        field(src, "neg-acquire", "mapped", Is::Num(frames)),
-        field(src, "neg-acquire", "readable", Is::Text("yes")),
-        field(src, "neg-acquire", "past", Is::Text("out-of-range")),
-        field(src, "neg-acquire-after", "window_pages", Is::Num(0)),
+        every(src, "neg-acquire", "size", Is::Num(frames)),
+        every(src, "neg-acquire", "mapped", Is::Num(frames)),
+        every(src, "neg-acquire", "readable", Is::Text("yes")),
+        every(src, "neg-acquire", "past", Is::Text("out-of-range")),
+        every(src, "neg-acquire-after", "window_pages", Is::Num(0)),
     ];
     if helper {
-        c.push(field(src, "neg-helper", "gone", Is::Text("yes")));
+        c.push(every(src, "neg-helper", "gone", Is::Text("yes")));
     }
     c
 }
@@ -1627,6 +1627,85 @@ mod tests {
         let leak = Check::NoErrorMentions(src, "leaked");
         assert_eq!(eval(leak.clone(), &[(i, "x leaked")]), None);
         assert!(eval(leak, &[(Level::Error, "mapping: 1 frames dropped: leaked")]).is_some());
+    }
+
+    /// The negative scenario's own checks on x86_64's real reports (pass),
+    /// then on those of deliberately broken agents: each fails.
+    #[test]
+    fn negative_checks_fail_against_broken_agents() {
+        const GOOD: &[&str] = &[
+            "report: neg-frame gfn=0x1005f warmup=yes table_changed=no",
+            "report: neg-before current=65536 table_digest=0x3d821ed6dad13adb",
+            "report: neg-xsa277 gfn=0x1005f results=1,0,0 library=not-free library_hypercalls=0",
+            "report: neg-xsa472 gfn=0x1005f iterations=100 results=1,1 ok=100",
+            "report: neg-xsa231 gfn=0x1005f calls=445 zero=445 populated=0 library=shortfall same=yes control=1",
+            "report: neg-acquire target=1 helper=yes size=40 mapped=40 readable=yes past=out-of-range",
+            "report: neg-helper domid=1 destroyed=yes gone=yes",
+            "report: neg-acquire-after window_pages=0",
+            "report: neg-after current=65536 current_before=65536 table=same table_digest=0x3d821ed6dad13adb unaccounted=0",
+            "verdict: PASS",
+        ];
+        let checks = with(
+            negative_reservation(D0, true, X86_DOM0_PAGES),
+            negative_acquire(D0, 1, true, X86_NEG_GNTTAB),
+        );
+        // The scenario asks the helper for the frames it checks.
+        let s = scenario("x86_64-negative");
+        assert!(s
+            .agent_opts
+            .contains(&&*format!("negative-gnttab={X86_NEG_GNTTAB}")));
+        assert!(checks.iter().all(|c| s
+            .checks
+            .iter()
+            .any(|d| format!("{c:?}") == format!("{d:?}"))));
+        let failures = |msgs: &[&'static str]| -> Vec<String> {
+            let l = lines(D0, msgs);
+            let r = result(Exit::Pass, &l);
+            checks
+                .iter()
+                .filter_map(|c| check_one(c, &r.logs))
+                .collect()
+        };
+        assert_eq!(failures(GOOD), Vec::<String>::new());
+        // (what the broken agent does, the line it prints instead, or
+        // nothing, and what the failure must name)
+        let broken: &[(&str, &str, Option<&'static str>, &str)] = &[
+            ("reports 1,1,0", "neg-xsa277", Some("report: neg-xsa277 gfn=0x1005f results=1,1,0 library=not-free library_hypercalls=0"), "results=1,1,0"),
+            ("skips the third decrease", "neg-xsa277", Some("report: neg-xsa277 gfn=0x1005f results=1,0 library=not-free library_hypercalls=0"), "results=1,0"),
+            ("asks Xen a fourth time", "neg-xsa277", Some("report: neg-xsa277 gfn=0x1005f results=1,0,0 library=not-free library_hypercalls=1"), "library_hypercalls=1"),
+            ("skips XSA-277", "neg-xsa277", None, "neg-xsa277"),
+            ("stops the loop early", "neg-xsa472", Some("report: neg-xsa472 gfn=0x1005f iterations=99 results=1,1 ok=99"), "iterations=99"),
+            ("reports a refused populate", "neg-xsa472", Some("report: neg-xsa472 gfn=0x1005f iterations=100 results=1,0 ok=99"), "results=1,0"),
+            ("skips a node", "neg-xsa231", Some("report: neg-xsa231 gfn=0x1005f calls=444 zero=444 populated=0 library=shortfall same=yes control=1"), "calls=444"),
+            ("populates a node", "neg-xsa231", Some("report: neg-xsa231 gfn=0x1005f calls=445 zero=444 populated=1 library=shortfall same=yes control=1"), "populated=1"),
+            ("takes Xen's 0 for success", "neg-xsa231", Some("report: neg-xsa231 gfn=0x1005f calls=445 zero=445 populated=0 library=ok same=yes control=1"), "library=ok"),
+            ("leaves the frame ballooned", "neg-after", Some("report: neg-after current=65535 current_before=65536 table=changed table_digest=0x1 unaccounted=0"), "current=65535"),
+            ("leaves a table change", "neg-after", Some("report: neg-after current=65536 current_before=65536 table=same table_digest=0x2 unaccounted=0"), "table_digest"),
+            ("reports its own configuration, not Xen's size", "neg-acquire", Some("report: neg-acquire target=1 helper=yes size=64 mapped=40 readable=yes past=out-of-range"), "size=64"),
+            ("maps one batch of 32", "neg-acquire", Some("report: neg-acquire target=1 helper=yes size=40 mapped=32 readable=yes past=out-of-range"), "mapped=32"),
+            ("maps past the end", "neg-acquire", Some("report: neg-acquire target=1 helper=yes size=40 mapped=40 readable=yes past=mapped"), "past=mapped"),
+            ("leaves a window page", "neg-acquire-after", Some("report: neg-acquire-after window_pages=1"), "window_pages=1"),
+            ("leaves the helper", "neg-helper", Some("report: neg-helper domid=1 destroyed=no gone=no"), "gone=no"),
+        ];
+        for (what, topic, instead, named) in broken {
+            let mut l: Vec<&'static str> = GOOD
+                .iter()
+                .copied()
+                .filter(|m| !m.starts_with(&format!("report: {topic} ")))
+                .collect();
+            l.extend(instead.iter().copied());
+            let f = failures(&l);
+            assert!(
+                f.iter().any(|m| m.contains(named)),
+                "an agent that {what}: {f:#?}"
+            );
+        }
+        // A second, bad report after a good one is caught too.
+        let mut l = GOOD.to_vec();
+        l.push(
+            "report: neg-xsa277 gfn=0x1005f results=1,1,1 library=not-free library_hypercalls=0",
+        );
+        assert!(!failures(&l).is_empty());
     }
 
     #[test]
