@@ -2,6 +2,10 @@
 //! through the library, with the library's typed answer to each refusal and
 //! the region table and Xen's count checked unchanged afterwards.
 //!
+//! Every check uses one frame, the highest free RAM frame, released and
+//! populated once first ([`warm_up`]) so that the identity map's page
+//! table for it is made before the table's snapshot is taken.
+//!
 //! - **XSA-277** (XTF `tests/xsa-277`): `decrease_reservation` of the same
 //!   frame three times. The first goes through the reservation engine
 //!   ([`Engine::release_frames`]); the two repeats go straight to
@@ -11,8 +15,8 @@
 //!   `report: neg-xsa277 results=A,B,C library=NAME library_hypercalls=N`.
 //! - **XSA-472-3**: release then populate the same frame
 //!   ([`Engine::populate_frames`]), [`XSA472_ITERATIONS`] times, as XTF's
-//!   loop does. Reported: the first pair that is not what the first pair
-//!   was, and how many pairs were `1,1`.
+//!   loop does. Reported: the first pair that is not `1,1` (or `1,1`), and
+//!   how many pairs were `1,1`.
 //! - **XSA-231**: the frame ballooned, `populate_frames` of it with NUMA node
 //!   bits in `mem_flags` that Xen must refuse (see [`node_sweep`]); each
 //!   refusal is Xen's 0 and the engine's
