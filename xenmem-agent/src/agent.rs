@@ -3222,6 +3222,11 @@ pub fn run(hv: &impl Hypervisor, boot: &BootInfo<'_>, heap: Option<PhysSpan>) ->
             #[cfg(not(target_os = "none"))]
             let _ = p;
         }
+        if opts.negative.is_some()
+            && crate::negative::run(hv, &mut table, &s, &opts) == Verdict::Fail
+        {
+            return Verdict::Fail;
+        }
         if let Some(target) = opts.probe {
             if probe_run(hv, &mut table, target, s.privileged) == Verdict::Fail {
                 return Verdict::Fail;

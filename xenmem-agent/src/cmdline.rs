@@ -54,6 +54,44 @@ fn parse_bench(v: &str) -> Option<BenchSet> {
     Some(set)
 }
 
+bitflags::bitflags! {
+    /// Which hypercalls with known answers `negative=` makes (names joined
+    /// with `+`, as `bench=`; see [`crate::negative`]).
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct NegativeSet: u8 {
+        /// XTF's XSA-277: decrease the same frame three times (1, 0, 0).
+        const XSA277 = 1 << 0;
+        /// XTF's XSA-472-3: decrease then populate the same frame, in a
+        /// loop (1, 1 each time).
+        const XSA472 = 1 << 1;
+        /// XTF's XSA-231: NUMA node bits through `mem_flags` (refused: 0
+        /// extents, nothing populated).
+        const XSA231 = 1 << 2;
+        /// Xen's tools/tests/resource: the grant-table size query and a
+        /// map of the whole table.
+        const ACQUIRE = 1 << 3;
+    }
+}
+
+fn parse_negative(v: &str) -> Option<NegativeSet> {
+    let mut set = NegativeSet::empty();
+    for name in v.split('+') {
+        set |= match name {
+            "xsa277" => NegativeSet::XSA277,
+            "xsa472" => NegativeSet::XSA472,
+            "xsa231" => NegativeSet::XSA231,
+            "acquire" => NegativeSet::ACQUIRE,
+            "all" => NegativeSet::all(),
+            _ => return None,
+        };
+    }
+    Some(set)
+}
+
+/// The most grant-table frames `negative-gnttab=` may give the helper (the
+/// library's limit on one acquisition, [`xenmem::acquire::MAX_FRAMES`]).
+pub const MAX_NEGATIVE_GNTTAB: u32 = xenmem::acquire::MAX_FRAMES;
+
 /// How big the `helper=` domain's memory is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HelperMode {
@@ -156,6 +194,12 @@ pub struct Options {
     /// must agree, print `report: xen-view` and wait up to SECS seconds for
     /// the runner to answer (after it has asked Xen itself, debug key `q`).
     pub xen_view: Option<u32>,
+    /// `negative=NAME+NAME...`: hypercalls with known answers (xsa277,
+    /// xsa472, xsa231, acquire, all; see [`crate::negative`]).
+    pub negative: Option<NegativeSet>,
+    /// `negative-gnttab=N`: the `max_grant_frames` of the helper domain the
+    /// negative run creates to acquire from (default: Xen's, 64).
+    pub negative_gnttab: Option<u32>,
 }
 
 /// What was wrong with the command line.
@@ -384,6 +428,20 @@ impl Options {
                     .and_then(|v| u32::try_from(v).ok())
                     .filter(|&v| v > 0),
                 "a number of seconds such as 60"
+            ),
+            "negative" => set!(
+                negative,
+                "negative",
+                parse_negative(value),
+                "checks joined with `+`: xsa277, xsa472, xsa231, acquire, all"
+            ),
+            "negative-gnttab" => set!(
+                negative_gnttab,
+                "negative-gnttab",
+                parse_decimal(value)
+                    .and_then(|n| u32::try_from(n).ok())
+                    .filter(|n| (1..=MAX_NEGATIVE_GNTTAB).contains(n)),
+                "a number of grant-table frames from 1 to 1024"
             ),
             "probe" => set!(
                 probe,
@@ -618,6 +676,56 @@ mod tests {
             parse("bench=balloon+"),
             Err(CmdlineError::Malformed { name: "bench", .. })
         ));
+    }
+
+    #[test]
+    fn negative_sets() {
+        let o = parse("negative=xsa277+acquire negative-gnttab=40").unwrap();
+        assert_eq!(o.negative, Some(NegativeSet::XSA277 | NegativeSet::ACQUIRE));
+        assert_eq!(o.negative_gnttab, Some(40));
+        assert_eq!(
+            parse("negative=all").unwrap().negative,
+            Some(NegativeSet::all())
+        );
+        for bad in ["negative=", "negative=xsa999", "negative=all+", "negative"] {
+            assert!(
+                matches!(
+                    parse(bad),
+                    Err(CmdlineError::Malformed {
+                        name: "negative",
+                        ..
+                    })
+                ),
+                "{bad}"
+            );
+        }
+        for bad in [
+            "negative-gnttab=0",
+            "negative-gnttab=1025",
+            "negative-gnttab=0x20",
+            "negative-gnttab=+4",
+            "negative-gnttab=",
+            "negative-gnttab=99999999999",
+        ] {
+            assert!(
+                matches!(
+                    parse(bad),
+                    Err(CmdlineError::Malformed {
+                        name: "negative-gnttab",
+                        ..
+                    })
+                ),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            parse("negative-gnttab=1024").unwrap().negative_gnttab,
+            Some(1024)
+        );
+        assert_eq!(
+            parse("negative=xsa231 negative=xsa231"),
+            Err(CmdlineError::Duplicate { name: "negative" })
+        );
     }
 
     #[test]

@@ -20,6 +20,7 @@ pub mod arch;
 pub mod bench;
 pub mod cmdline;
 pub mod mutant;
+pub mod negative;
 pub mod service;
 pub mod xenview;
 

@@ -34,7 +34,13 @@
 //!   an unknown domain, an `address_bits` of 12 or less (when it is below the
 //!   machine's width), an XSM refusal (an unprivileged caller naming another
 //!   domain), and an extent order above `max_order(current->domain)` — the
-//!   *caller's* limit, not the target's.
+//!   *caller's* limit, not the target's. NUMA node bits in `mem_flags`
+//!   (`propagate_node`, XSA-231) on a machine with one node, node 0: the
+//!   hardware/control domain's node at or above `MAX_NUMNODES` (64 on x86,
+//!   1 on Arm) returns 0, its exact request for another node than 0 finds
+//!   no memory (0 extents); any other caller's exact request returns 0 and
+//!   its plain node is ignored. `XENMEMF_vnode` (no domain has vNUMA) makes
+//!   Xen ignore the node; the populate-on-demand bit is not modelled.
 //! * **`increase_reservation`**: per extent `alloc_domheap_pages` (a
 //!   naturally aligned, machine-contiguous chunk under the `address_bits`
 //!   limit, refused when `tot_pages + 2^order > max_pages`); the MFN is written
@@ -896,6 +902,11 @@ impl State {
             }
             _ => u64::MAX,
         };
+        let limit = if self.node_has_memory(flags)? {
+            limit
+        } else {
+            0
+        };
         if !self.xsm_target(d) {
             return None;
         }
@@ -903,6 +914,35 @@ impl State {
             return None;
         }
         Some((d, limit))
+    }
+
+    /// `propagate_node` (with `construct_memop_from_reservation`'s
+    /// `XENMEMF_vnode` branch, for domains without vNUMA: the node bits are
+    /// then ignored), against a machine with one NUMA node, node 0:
+    /// `None` when Xen refuses the flags (the call returns 0: a node at or
+    /// above `MAX_NUMNODES` from the hardware/control domain, an exact
+    /// request from any other caller, which otherwise has its node
+    /// ignored); `Some(false)` when allocations must come from a node
+    /// without memory (an exact request for a node other than 0: they
+    /// fail, as `get_free_buddy` gives up on an exact node).
+    /// `MAX_NUMNODES` is 64 on x86 and 1 on Arm (Xen 4.17 has no Arm NUMA).
+    fn node_has_memory(&self, flags: MemFlags) -> Option<bool> {
+        const XENMEMF_VNODE: u32 = 1 << 18;
+        let Some(node) = flags.get_node() else {
+            return Some(true);
+        };
+        if flags.raw() & XENMEMF_VNODE != 0 {
+            return Some(true);
+        }
+        let caller = self.caller()?;
+        if !caller.cfg.privileged {
+            return (!flags.is_exact_node()).then_some(true);
+        }
+        let max_numnodes = if caller.is_arm() { 1 } else { 64 };
+        if node >= max_numnodes {
+            return None;
+        }
+        Some(!flags.is_exact_node() || node == 0)
     }
 
     /// `alloc_domheap_pages(d, order, MEMF_bits)`: a machine-contiguous,
@@ -5680,6 +5720,102 @@ mod tests {
         assert!((10..14).all(|i| x.p2m(D1).contains_key(&Gfn(i))));
         assert_eq!(x.current_reservation(D1), Ok(PageCount(1024)));
         ok(&x);
+    }
+
+    /// XTF's XSA-277 and XSA-472-3 sequences give real Xen's answers:
+    /// decrease of the same GFN 1, 0, 0; decrease then populate 1, 1.
+    #[test]
+    fn repeated_decrease_and_cycles_give_xtfs_answers() {
+        for x in [pvh(4096, 1024), {
+            let x = XenModel::new(1 << 18);
+            x.add_domain(DomainConfig::arm_domu(D1, 1024)).unwrap();
+            x
+        }] {
+            let g = x.p2m(D1).keys().next_back().copied().unwrap();
+            let before = x.tot_pages(D1);
+            let r: Vec<_> = (0..3)
+                .map(|_| x.decrease_reservation(SELF, o(0), &[g]))
+                .collect();
+            assert_eq!(r, [Ok(1), Ok(0), Ok(0)]);
+            for _ in 0..100 {
+                let mut l = [g];
+                assert_eq!(
+                    x.populate_physmap(SELF, o(0), MemFlags::NONE, &mut l),
+                    Ok(1)
+                );
+                assert_eq!(x.decrease_reservation(SELF, o(0), &[g]), Ok(1));
+            }
+            let mut l = [g];
+            assert_eq!(
+                x.populate_physmap(SELF, o(0), MemFlags::NONE, &mut l),
+                Ok(1)
+            );
+            assert_eq!(x.tot_pages(D1), before);
+            assert!(x.leaked(D1).is_empty());
+            ok(&x);
+        }
+    }
+
+    /// XSA-231: node bits in `mem_flags` (`propagate_node`) on a one-node
+    /// machine.
+    #[test]
+    fn node_bits_are_refused_as_xen_refuses_them() {
+        let node = |n| MemFlags::node(n).unwrap();
+        let exact = |n| MemFlags::exact_node(n).unwrap();
+        // (caller, flags, extents populated)
+        let x86 = XenModel::new(1 << 16);
+        x86.add_domain(DomainConfig::pvh_dom0(1024)).unwrap();
+        x86.add_domain(DomainConfig::pvh_domu(D1, 1024)).unwrap();
+        let arm = XenModel::new(1 << 18);
+        arm.add_domain(DomainConfig::arm_domu(D1, 1024)).unwrap();
+        arm.add_domain(DomainConfig::arm_dom0(Mfn(0x10000), 1024))
+            .unwrap();
+        let try_at = |x: &XenModel, dom: DomId, g: Gfn, f: MemFlags| {
+            x.set_current(dom).unwrap();
+            let before = x.tot_pages(dom);
+            let mut l = [g];
+            let r = x.populate_physmap(SELF, o(0), f, &mut l).unwrap();
+            if r == 1 {
+                assert_eq!(x.decrease_reservation(SELF, o(0), &[g]), Ok(1));
+            }
+            assert_eq!(x.tot_pages(dom), before);
+            ok(x);
+            r
+        };
+        // x86 dom0: MAX_NUMNODES 64; only node 0 has memory.
+        let hole = Gfn(0x80000);
+        assert_eq!(try_at(&x86, D0, hole, node(0)), 1);
+        assert_eq!(try_at(&x86, D0, hole, node(63)), 1, "falls back to node 0");
+        assert_eq!(try_at(&x86, D0, hole, exact(0)), 1);
+        for n in 1..255 {
+            assert_eq!(try_at(&x86, D0, hole, exact(n)), 0, "exact {n}");
+        }
+        for n in 64..255 {
+            assert_eq!(try_at(&x86, D0, hole, node(n)), 0, "node {n}");
+        }
+        // A domU: a plain node is ignored, an exact one refused.
+        let g = x86.p2m(D1).keys().next_back().copied().unwrap();
+        x86.set_current(D1).unwrap();
+        assert_eq!(x86.decrease_reservation(SELF, o(0), &[g]), Ok(1));
+        for n in 0..255 {
+            assert_eq!(try_at(&x86, D1, g, exact(n)), 0, "domU exact {n}");
+            assert_eq!(try_at(&x86, D1, g, node(n)), 1, "domU node {n}");
+        }
+        // Arm: MAX_NUMNODES 1; the dom0less domU as the x86 domU.
+        let g = arm.p2m(D1).keys().next_back().copied().unwrap();
+        arm.set_current(D1).unwrap();
+        assert_eq!(arm.decrease_reservation(SELF, o(0), &[g]), Ok(1));
+        for n in 0..255 {
+            assert_eq!(try_at(&arm, D1, g, exact(n)), 0, "arm domU exact {n}");
+        }
+        assert_eq!(try_at(&arm, D1, g, MemFlags::NONE), 1);
+        arm.set_current(D0).unwrap();
+        let g0 = Gfn(0x10000 + 1023);
+        assert_eq!(arm.decrease_reservation(SELF, o(0), &[g0]), Ok(1));
+        for n in 1..255 {
+            assert_eq!(try_at(&arm, D0, g0, node(n)), 0, "arm dom0 node {n}");
+            assert_eq!(try_at(&arm, D0, g0, exact(n)), 0, "arm dom0 exact {n}");
+        }
     }
 
     /// A PVH dom0 (current) that has foreign-mapped `n` frames of a domU at

@@ -666,6 +666,66 @@ mod tests {
         m.check_conservation().unwrap();
     }
 
+    /// Xen's tools/tests/resource: the size query is the target's
+    /// configured `max_grant_frames` (not its current size, one frame), and
+    /// the whole table maps in one call, past Xen's batches of 32.
+    #[test]
+    fn a_configured_table_is_queried_and_mapped_whole() {
+        let m = XenModel::new(1 << 16);
+        m.add_domain(DomainConfig::pvh_dom0(4096)).unwrap();
+        let cfg = CreateDomain {
+            max_grant_frames: Some(40),
+            ..CreateDomain::x86_pvh_helper()
+        };
+        let h = m
+            .domctl_createdomain(DomId(0), &mut cfg.to_abi().unwrap())
+            .unwrap();
+        let mut pt = BufTables::new(64).on_model(&m, D0);
+        let mut vas = VaSpace::new(pt.window());
+        let mut t = table_with_hole(0x100000, 0x1000);
+        let before = t.clone();
+        assert_eq!(grant_table_size(&m, h), Ok(40));
+        let (size, gm) = acquire_grant_table(&m, &mut t, &mut pt, &mut vas, h, 0, 40).unwrap();
+        assert_eq!((size, gm.frames()), (40, PageCount(40)));
+        assert_eq!(m.gnttab_size(h), Some((40, 40)), "the table grew");
+        assert_eq!(m.acquired(D0)[&Gfn(0x100000 + 39)], (h, 39));
+        // Frames past the first batch are the table's too.
+        let e = GrantEntryV1 {
+            flags: 1,
+            domid: 0,
+            frame: 0x33,
+        };
+        m.gnttab_write_entry(h, 39 * gnttab::ENTRIES_PER_FRAME_V1, e)
+            .unwrap();
+        assert_eq!(
+            gm.grant_entry_v1(39 * gnttab::ENTRIES_PER_FRAME_V1),
+            Some(e)
+        );
+        gm.release(&m, &mut t, &mut pt, &mut vas).unwrap();
+        nothing_left(&m, &t, &before, &pt, &vas);
+        // One frame past the end: refused by Xen, typed, nothing left.
+        let past = acquire(
+            &m,
+            &mut t,
+            &mut pt,
+            &mut vas,
+            h,
+            Resource::GrantTableShared,
+            40,
+            1,
+            false,
+        );
+        assert_eq!(
+            past.map(|_| ()).unwrap_err(),
+            AcquireError::OutOfRange {
+                frame: 40,
+                count: 1,
+                size: None
+            }
+        );
+        nothing_left(&m, &t, &before, &pt, &vas);
+    }
+
     #[test]
     fn refusals_are_typed_and_leave_nothing() {
         let (m, h) = model();

@@ -195,6 +195,9 @@ pub enum ReservationError {
     /// [`Engine::release_frames`]: this frame is not free RAM (reserved,
     /// pinned, a hole, already ballooned): nothing was released.
     NotFree(Gfn),
+    /// [`Engine::populate_frames`]: this frame is not ballooned (populated
+    /// RAM, reserved, a hole): nothing was populated.
+    NotBallooned(Gfn),
     /// The heap has no room for a batch's list of extents. Nothing was
     /// asked of Xen for that batch; earlier batches stay done and recorded
     /// (the table, Xen and [`Engine::expected`] agree). The table running
@@ -261,6 +264,9 @@ impl fmt::Display for ReservationError {
             ),
             ReservationError::NotFree(g) => {
                 write!(f, "frame {g} is not free RAM: nothing released")
+            }
+            ReservationError::NotBallooned(g) => {
+                write!(f, "frame {g} is not ballooned: nothing populated")
             }
             ReservationError::OutOfMemory(e) => write!(f, "{e}"),
         }
@@ -634,6 +640,37 @@ impl<'h, H: Hypervisor> Engine<'h, H> {
         self.with_identity_result(r)
     }
 
+    /// Populate exactly the frames of `range` again (one order-0 extent
+    /// each, [`SINGLES`] per hypercall) with `flags` (an address limit, a
+    /// NUMA node): the counterpart of [`release_frames`](Self::release_frames).
+    /// Every frame must be ballooned in the table: otherwise
+    /// [`ReservationError::NotBallooned`] names the first that is not,
+    /// before any hypercall. Xen's short count (0 for flags it refuses:
+    /// `do_memory_op` answers bad flags with 0 extents, never an error)
+    /// ends the call in [`ReservationError::Shortfall`], with the frames Xen
+    /// did populate recorded and the others still ballooned.
+    pub fn populate_frames(
+        &mut self,
+        t: &mut RegionTable,
+        range: FrameRange,
+        flags: MemFlags,
+    ) -> Result<(), ReservationError> {
+        if let Some(g) = (range.start().0..range.end().0)
+            .map(Gfn)
+            .find(|&g| t.region_at(g).map(|r| r.kind) != Some(RegionKind::Ballooned))
+        {
+            return Err(ReservationError::NotBallooned(g));
+        }
+        let r = self.populate_singles(t, range, flags).and_then(|done| {
+            if done == range.len().0 {
+                Ok(())
+            } else {
+                Err(ReservationError::short(range.len(), range.len().0 - done))
+            }
+        });
+        self.with_identity_result(r)
+    }
+
     /// Release the frames `[from, end)` one by one (order-0 extents,
     /// batched); returns the pages released.
     fn release_singles(
@@ -794,9 +831,19 @@ impl<'h, H: Hypervisor> Engine<'h, H> {
             op: "decrease_reservation",
             err,
         })?;
+        // More released than the engine counted: the count it started from
+        // was wrong (or something else changed it). Xen's answer is named,
+        // not subtracted past zero.
+        let Some(left) = self.expected.0.checked_sub(done as u64 * n) else {
+            let actual = self.current()?;
+            return Err(ReservationError::Inconsistent {
+                expected: self.expected,
+                actual,
+            });
+        };
         self.stats.extents[usize::from(order.get())] += done as u64;
         self.stats.released += done as u64 * n;
-        self.expected = PageCount(self.expected.0 - done as u64 * n);
+        self.expected = PageCount(left);
         // Every extent Xen released is recorded; a failure (none is
         // expected: the room is set aside) does not stop the others.
         let mut marked = Ok(());
@@ -878,7 +925,7 @@ impl<'h, H: Hypervisor> Engine<'h, H> {
                 if picks.is_empty() {
                     break;
                 }
-                let done = self.populate(t, order, &picks)?;
+                let done = self.populate(t, order, &picks, MemFlags::NONE)?;
                 left -= done;
                 if done < picks.len() as u64 * n {
                     // Xen could not find memory of this order: smaller ones.
@@ -901,6 +948,7 @@ impl<'h, H: Hypervisor> Engine<'h, H> {
         t: &mut RegionTable,
         order: Order,
         extents: &[FrameRange],
+        flags: MemFlags,
     ) -> Result<u64, ReservationError> {
         let n = order.pages().0;
         let mut populated = 0;
@@ -913,9 +961,7 @@ impl<'h, H: Hypervisor> Engine<'h, H> {
             t.set_aside(record_room(&gfns, n))?;
             self.stats.hypercalls += 1;
             let t0 = crate::timer::now();
-            let done = self
-                .hv
-                .populate_physmap(SELF, order, MemFlags::NONE, &mut gfns);
+            let done = self.hv.populate_physmap(SELF, order, flags, &mut gfns);
             self.stats.xen_ticks += crate::timer::now().wrapping_sub(t0);
             let done = match done {
                 Ok(done) => done,
@@ -1175,7 +1221,7 @@ impl<'h, H: Hypervisor> Engine<'h, H> {
                 if other.is_ok() {
                     self.after_short_populate(order)?;
                 }
-                let back = self.populate_singles(t, range);
+                let back = self.populate_singles(t, range, MemFlags::NONE);
                 match (other, back) {
                     (Err(e), _) => Err(e),
                     (_, Err(e)) => Err(e),
@@ -1191,6 +1237,7 @@ impl<'h, H: Hypervisor> Engine<'h, H> {
         &mut self,
         t: &mut RegionTable,
         range: FrameRange,
+        flags: MemFlags,
     ) -> Result<u64, ReservationError> {
         let mut populated = 0;
         let mut g = range.start().0;
@@ -1203,7 +1250,7 @@ impl<'h, H: Hypervisor> Engine<'h, H> {
                 }
                 g += 1;
             }
-            let done = self.populate(t, Order::ZERO, &singles)?;
+            let done = self.populate(t, Order::ZERO, &singles, flags)?;
             populated += done;
             if done < singles.len() as u64 {
                 break;
@@ -1448,6 +1495,105 @@ mod tests {
         assert_eq!(
             e.release_frames(&mut t, shared),
             Err(ReservationError::NotFree(shared.start()))
+        );
+    }
+
+    /// XTF's XSA-277 and XSA-472-3 sequences through the engine: each answer
+    /// typed, the table and Xen's count back where they were.
+    #[test]
+    fn repeated_release_and_cycles_of_one_frame() {
+        let (m, mut t) = domu(1 << 16, 1024);
+        let mut e = engine(&m, Strategy::xenmem(O9));
+        let g = t
+            .highest_aligned_extents(RegionKind::Ram, Order::ZERO, 1)
+            .next()
+            .unwrap();
+        let before = t.clone();
+        e.release_frames(&mut t, g).unwrap();
+        assert_eq!((e.stats.extents[0], e.stats.hypercalls), (1, 1));
+        // Xen answers the same frame again with 0 (raw), and the engine
+        // refuses before asking it.
+        assert_eq!(
+            m.decrease_reservation(SELF, Order::ZERO, &[g.start()]),
+            Ok(0)
+        );
+        assert_eq!(
+            e.release_frames(&mut t, g),
+            Err(ReservationError::NotFree(g.start()))
+        );
+        assert_eq!(e.stats.hypercalls, 1);
+        for _ in 0..100 {
+            e.populate_frames(&mut t, g, MemFlags::NONE).unwrap();
+            e.release_frames(&mut t, g).unwrap();
+        }
+        assert_eq!(e.stats.extents[0], 201);
+        // Populated: refused by populate_frames, before any hypercall.
+        e.populate_frames(&mut t, g, MemFlags::NONE).unwrap();
+        let calls = e.stats.hypercalls;
+        assert_eq!(
+            e.populate_frames(&mut t, g, MemFlags::NONE),
+            Err(ReservationError::NotBallooned(g.start()))
+        );
+        assert_eq!(e.stats.hypercalls, calls);
+        assert_eq!(t, before);
+        assert_eq!(e.verify(), Ok(PageCount(1024)));
+        consistent(&m, &t, &e);
+    }
+
+    /// XSA-231 through the engine: every exact node request of a domU is
+    /// refused (0 extents from Xen: a typed shortfall), nothing populated,
+    /// the frame still ballooned.
+    #[test]
+    fn refused_node_flags_are_a_shortfall_and_change_nothing() {
+        let (m, mut t) = domu(1 << 16, 1024);
+        let mut e = engine(&m, Strategy::xenmem(O9));
+        let g = t
+            .highest_aligned_extents(RegionKind::Ram, Order::ZERO, 1)
+            .next()
+            .unwrap();
+        e.release_frames(&mut t, g).unwrap();
+        let out = t.clone();
+        for n in 0..255 {
+            let f = MemFlags::exact_node(n).unwrap();
+            assert_eq!(
+                e.populate_frames(&mut t, g, f),
+                Err(ReservationError::Shortfall {
+                    asked: PageCount(1),
+                    done: PageCount(0)
+                }),
+                "node {n}"
+            );
+            assert_eq!(t, out, "node {n}");
+        }
+        assert_eq!(e.stats.populated, 0);
+        assert_eq!(e.verify(), Ok(PageCount(1023)));
+        consistent(&m, &t, &e);
+        e.populate_frames(&mut t, g, MemFlags::NONE).unwrap();
+        assert_eq!(e.verify(), Ok(PageCount(1024)));
+        consistent(&m, &t, &e);
+    }
+
+    /// Xen releasing more than the engine counts (it was started from a
+    /// wrong count) is an inconsistency, not an arithmetic overflow.
+    #[test]
+    fn a_release_past_the_engines_count_is_inconsistent() {
+        let (m, mut t) = domu(1 << 16, 1024);
+        let mut e = Engine::new(
+            &m,
+            Strategy::xenmem(O9),
+            PageCount(0),
+            m.features().unwrap(),
+        );
+        let g = t
+            .highest_aligned_extents(RegionKind::Ram, Order::ZERO, 1)
+            .next()
+            .unwrap();
+        assert_eq!(
+            e.release_frames(&mut t, g),
+            Err(ReservationError::Inconsistent {
+                expected: PageCount(0),
+                actual: PageCount(1023)
+            })
         );
     }
 

@@ -907,7 +907,148 @@ pub fn all() -> Vec<Scenario> {
             exit: ExpectExit::Fail,
             checks: vec![Check::Exception(D0), verdict(D0, Verdict::Fail)],
         },
+        Scenario {
+            name: "x86_64-negative",
+            arch: Arch::X86_64,
+            mode: Mode::Dom0,
+            // negative-gnttab= is X86_NEG_GNTTAB (a test checks).
+            agent_opts: &["negative=all", "negative-gnttab=40"],
+            exit: ExpectExit::Pass,
+            checks: with(
+                with(x86_dom0(D0), negative_reservation(D0, true, X86_DOM0_PAGES)),
+                // A helper created as domain 1 with X86_NEG_GNTTAB frames.
+                negative_acquire(D0, 1, true, X86_NEG_GNTTAB),
+            ),
+        },
+        Scenario {
+            name: "aarch64-negative",
+            arch: Arch::Aarch64,
+            mode: Mode::Both,
+            agent_opts: &["negative=all"],
+            exit: ExpectExit::Pass,
+            checks: with(
+                with(
+                    with(arm_dom0(D0), arm_domu(D1)),
+                    negative_reservation(D1, false, ARM_DOMU_PAGES),
+                ),
+                with(
+                    // Dom0 (direct-mapped: no ballooning) acquires the
+                    // domU's table, Xen's default size; the domU's size
+                    // query of dom0 is refused (XSM: EPERM).
+                    with(
+                        negative_after(D0, ARM_DOM0_PAGES),
+                        negative_acquire(D0, 1, false, XEN_DEFAULT_MAX_GRANT_FRAMES),
+                    ),
+                    [
+                        every(D0, "neg-frame", "skipped", Is::Text("direct-mapped")),
+                        every(D1, "neg-acquire", "target", Is::Num(0)),
+                        every(D1, "neg-acquire", "size", Is::Text("none")),
+                        every(D1, "neg-acquire", "refused", Is::Text("not-permitted")),
+                        field(D0, "peer", "shutdown", Is::Text("poweroff")),
+                    ],
+                ),
+            ),
+        },
     ]
+}
+
+/// `max_grant_frames` the x86_64 negative scenario asks of its helper
+/// domain (`negative-gnttab=`): not Xen's default, so that the size query
+/// cannot match by accident.
+const X86_NEG_GNTTAB: u64 = 40;
+/// Xen's `gnttab_max_frames` default: the grant-table size of a dom0less
+/// domU, whose `max_grant_frames` is -1 (the runner sets no
+/// `gnttab_max_frames` on Xen's command line).
+const XEN_DEFAULT_MAX_GRANT_FRAMES: u64 = 64;
+/// XTF's XSA-472-3 `MAX_ITER`.
+const XSA472_ITERATIONS: u64 = 100;
+
+/// Populate calls of the XSA-231 node sweep whose answer Xen 4.17 knows to
+/// be 0 for this caller on a one-node machine (`propagate_node`,
+/// `get_free_buddy`), node 255 aside (it spills into the PoD bit): a
+/// privileged x86 dom0 (`MAX_NUMNODES` 64) every exact node but 0 (254)
+/// and every plain node from 64 (191); an unprivileged domU every exact
+/// node (255).
+const fn xsa231_calls(privileged: bool) -> u64 {
+    if privileged {
+        254 + (255 - 64)
+    } else {
+        255
+    }
+}
+
+/// `negative=` (issue 14, item 4): Xen's answers to XTF's XSA-277,
+/// XSA-472-3 and XSA-231 sequences, as those tests expect them, the
+/// library's typed answer to the refused ones, and Xen's count (`pages`)
+/// and the region table unchanged afterwards.
+fn negative_reservation(src: Source, privileged: bool, pages: u64) -> Vec<Check> {
+    let calls = xsa231_calls(privileged);
+    vec![
+        every(src, "neg-frame", "warmup", Is::Text("yes")),
+        // XSA-277: the same frame three times: 1, 0, 0. The engine itself
+        // refuses a fourth before asking Xen.
+        every(src, "neg-xsa277", "results", Is::Text("1,0,0")),
+        every(src, "neg-xsa277", "library", Is::Text("not-free")),
+        every(src, "neg-xsa277", "library_hypercalls", Is::Num(0)),
+        // XSA-472-3: decrease then populate, 1, 1, every time.
+        every(src, "neg-xsa472", "iterations", Is::Num(XSA472_ITERATIONS)),
+        every(src, "neg-xsa472", "results", Is::Text("1,1")),
+        every(src, "neg-xsa472", "ok", Is::Num(XSA472_ITERATIONS)),
+        // XSA-231: every node Xen must refuse is refused (0 extents, a
+        // typed shortfall each), nothing populated; without flags the
+        // frame comes back.
+        every(src, "neg-xsa231", "calls", Is::Num(calls)),
+        every(src, "neg-xsa231", "zero", Is::Num(calls)),
+        every(src, "neg-xsa231", "populated", Is::Num(0)),
+        every(src, "neg-xsa231", "library", Is::Text("shortfall")),
+        every(src, "neg-xsa231", "same", Is::Text("yes")),
+        every(src, "neg-xsa231", "control", Is::Num(1)),
+    ]
+    .into_iter()
+    .chain(negative_after(src, pages))
+    .collect()
+}
+
+/// After the negative checks: Xen's count is `pages`, as before, and the
+/// table is the same and accounts for it; nothing leaked.
+fn negative_after(src: Source, pages: u64) -> Vec<Check> {
+    vec![
+        every(src, "neg-before", "current", Is::Num(pages)),
+        every(src, "neg-after", "current", Is::Num(pages)),
+        every(src, "neg-after", "current_before", Is::Num(pages)),
+        every(src, "neg-after", "table", Is::Text("same")),
+        Check::Same {
+            a: (src, "neg-before", "table_digest"),
+            b: (src, "neg-after", "table_digest"),
+        },
+        every(src, "neg-after", "unaccounted", Is::Num(0)),
+        Check::NoErrorMentions(src, "leaked"),
+        verdict(src, Verdict::Pass),
+    ]
+}
+
+/// Xen's tools/tests/resource: the size query of `target`'s grant table is
+/// its configured `max_grant_frames` (`frames`), all of them map in one
+/// call (more than 32), one past the end is refused, nothing is left.
+fn negative_acquire(src: Source, target: u64, helper: bool, frames: u64) -> Vec<Check> {
+    let mut c = vec![
+        every(src, "neg-acquire", "target", Is::Num(target)),
+        every(
+            src,
+            "neg-acquire",
+            "helper",
+            Is::Text(if helper { "yes" } else { "no" }),
+        ),
+        every(src, "neg-acquire", "size", Is::Num(frames)),
+        every(src, "neg-acquire", "mapped", Is::Num(frames)),
+        every(src, "neg-acquire", "readable", Is::Text("yes")),
+        every(src, "neg-acquire", "past", Is::Text("out-of-range")),
+        every(src, "neg-acquire-after", "window_pages", Is::Num(0)),
+    ];
+    if helper {
+        c.push(every(src, "neg-helper", "gone", Is::Text("yes")));
+    }
+    c
 }
 
 /// The cross-domain flow (`helper=`): a helper domain created as domain 1,
@@ -1414,7 +1555,9 @@ mod tests {
                 "x86_64-exception",
                 "x86_64-unpopulated-fault",
                 "aarch64-unpopulated-fault",
-                "aarch64-exception"
+                "aarch64-exception",
+                "x86_64-negative",
+                "aarch64-negative"
             ]
         );
         for s in all() {
@@ -1712,6 +1855,85 @@ mod tests {
         let leak = Check::NoErrorMentions(src, "leaked");
         assert_eq!(eval(leak.clone(), &[(i, "x leaked")]), None);
         assert!(eval(leak, &[(Level::Error, "mapping: 1 frames dropped: leaked")]).is_some());
+    }
+
+    /// The negative scenario's own checks on x86_64's real reports (pass),
+    /// then on those of deliberately broken agents: each fails.
+    #[test]
+    fn negative_checks_fail_against_broken_agents() {
+        const GOOD: &[&str] = &[
+            "report: neg-frame gfn=0x1005f warmup=yes table_changed=no",
+            "report: neg-before current=65536 table_digest=0x3d821ed6dad13adb",
+            "report: neg-xsa277 gfn=0x1005f results=1,0,0 library=not-free library_hypercalls=0",
+            "report: neg-xsa472 gfn=0x1005f iterations=100 results=1,1 ok=100",
+            "report: neg-xsa231 gfn=0x1005f calls=445 zero=445 populated=0 library=shortfall same=yes control=1",
+            "report: neg-acquire target=1 helper=yes size=40 mapped=40 readable=yes past=out-of-range",
+            "report: neg-helper domid=1 destroyed=yes gone=yes",
+            "report: neg-acquire-after window_pages=0",
+            "report: neg-after current=65536 current_before=65536 table=same table_digest=0x3d821ed6dad13adb unaccounted=0",
+            "verdict: PASS",
+        ];
+        let checks = with(
+            negative_reservation(D0, true, X86_DOM0_PAGES),
+            negative_acquire(D0, 1, true, X86_NEG_GNTTAB),
+        );
+        // The scenario asks the helper for the frames it checks.
+        let s = scenario("x86_64-negative");
+        assert!(s
+            .agent_opts
+            .contains(&&*format!("negative-gnttab={X86_NEG_GNTTAB}")));
+        assert!(checks.iter().all(|c| s
+            .checks
+            .iter()
+            .any(|d| format!("{c:?}") == format!("{d:?}"))));
+        let failures = |msgs: &[&'static str]| -> Vec<String> {
+            let l = lines(D0, msgs);
+            let r = result(Exit::Pass, &l);
+            checks
+                .iter()
+                .filter_map(|c| check_one(c, &r.logs))
+                .collect()
+        };
+        assert_eq!(failures(GOOD), Vec::<String>::new());
+        // (what the broken agent does, the line it prints instead, or
+        // nothing, and what the failure must name)
+        let broken: &[(&str, &str, Option<&'static str>, &str)] = &[
+            ("reports 1,1,0", "neg-xsa277", Some("report: neg-xsa277 gfn=0x1005f results=1,1,0 library=not-free library_hypercalls=0"), "results=1,1,0"),
+            ("skips the third decrease", "neg-xsa277", Some("report: neg-xsa277 gfn=0x1005f results=1,0 library=not-free library_hypercalls=0"), "results=1,0"),
+            ("asks Xen a fourth time", "neg-xsa277", Some("report: neg-xsa277 gfn=0x1005f results=1,0,0 library=not-free library_hypercalls=1"), "library_hypercalls=1"),
+            ("skips XSA-277", "neg-xsa277", None, "neg-xsa277"),
+            ("stops the loop early", "neg-xsa472", Some("report: neg-xsa472 gfn=0x1005f iterations=99 results=1,1 ok=99"), "iterations=99"),
+            ("reports a refused populate", "neg-xsa472", Some("report: neg-xsa472 gfn=0x1005f iterations=100 results=1,0 ok=99"), "results=1,0"),
+            ("skips a node", "neg-xsa231", Some("report: neg-xsa231 gfn=0x1005f calls=444 zero=444 populated=0 library=shortfall same=yes control=1"), "calls=444"),
+            ("populates a node", "neg-xsa231", Some("report: neg-xsa231 gfn=0x1005f calls=445 zero=444 populated=1 library=shortfall same=yes control=1"), "populated=1"),
+            ("takes Xen's 0 for success", "neg-xsa231", Some("report: neg-xsa231 gfn=0x1005f calls=445 zero=445 populated=0 library=ok same=yes control=1"), "library=ok"),
+            ("leaves the frame ballooned", "neg-after", Some("report: neg-after current=65535 current_before=65536 table=changed table_digest=0x1 unaccounted=0"), "current=65535"),
+            ("leaves a table change", "neg-after", Some("report: neg-after current=65536 current_before=65536 table=same table_digest=0x2 unaccounted=0"), "table_digest"),
+            ("reports its own configuration, not Xen's size", "neg-acquire", Some("report: neg-acquire target=1 helper=yes size=64 mapped=40 readable=yes past=out-of-range"), "size=64"),
+            ("maps one batch of 32", "neg-acquire", Some("report: neg-acquire target=1 helper=yes size=40 mapped=32 readable=yes past=out-of-range"), "mapped=32"),
+            ("maps past the end", "neg-acquire", Some("report: neg-acquire target=1 helper=yes size=40 mapped=40 readable=yes past=mapped"), "past=mapped"),
+            ("leaves a window page", "neg-acquire-after", Some("report: neg-acquire-after window_pages=1"), "window_pages=1"),
+            ("leaves the helper", "neg-helper", Some("report: neg-helper domid=1 destroyed=no gone=no"), "gone=no"),
+        ];
+        for (what, topic, instead, named) in broken {
+            let mut l: Vec<&'static str> = GOOD
+                .iter()
+                .copied()
+                .filter(|m| !m.starts_with(&format!("report: {topic} ")))
+                .collect();
+            l.extend(instead.iter().copied());
+            let f = failures(&l);
+            assert!(
+                f.iter().any(|m| m.contains(named)),
+                "an agent that {what}: {f:#?}"
+            );
+        }
+        // A second, bad report after a good one is caught too.
+        let mut l = GOOD.to_vec();
+        l.push(
+            "report: neg-xsa277 gfn=0x1005f results=1,1,1 library=not-free library_hypercalls=0",
+        );
+        assert!(!failures(&l).is_empty());
     }
 
     #[test]

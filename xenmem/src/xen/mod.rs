@@ -207,6 +207,51 @@ impl MemFlags {
     pub const fn raw(self) -> u32 {
         self.0
     }
+
+    /// `XENMEMF_exact_node_request`: allocate on the node asked for or fail.
+    pub const EXACT_NODE_REQUEST: u32 = 1 << 17;
+
+    /// `XENMEMF_populate_on_demand`: where `XENMEMF_node(255)` spills to.
+    pub const POPULATE_ON_DEMAND: u32 = 1 << 16;
+
+    /// Prefer NUMA node `node` (`XENMEMF_node(node)`, `(node + 1) << 8`).
+    /// `None` for 255: its field would spill into the populate-on-demand
+    /// bit (and 254 is the highest node the byte can name).
+    pub const fn node(node: u8) -> Option<MemFlags> {
+        if node == u8::MAX {
+            None
+        } else {
+            Some(MemFlags((node as u32 + 1) << 8))
+        }
+    }
+
+    /// Node `node` and nothing else (`XENMEMF_exact_node(node)`): Xen
+    /// refuses an unprivileged caller's request outright, and a privileged
+    /// one's for a node it does not have. `None` as for [`MemFlags::node`].
+    pub const fn exact_node(node: u8) -> Option<MemFlags> {
+        match Self::node(node) {
+            Some(f) => Some(MemFlags(f.0 | Self::EXACT_NODE_REQUEST)),
+            None => None,
+        }
+    }
+
+    /// These flags and those of `other` (an address limit with a node).
+    pub const fn with(self, other: MemFlags) -> MemFlags {
+        MemFlags(self.0 | other.0)
+    }
+
+    /// The node asked for (`XENMEMF_get_node`), if any.
+    pub const fn get_node(self) -> Option<u8> {
+        match (self.0 >> 8) & 0xff {
+            0 => None,
+            n => Some((n - 1) as u8),
+        }
+    }
+
+    /// Whether the request is for that node only.
+    pub const fn is_exact_node(self) -> bool {
+        self.0 & Self::EXACT_NODE_REQUEST != 0
+    }
 }
 
 /// A `XENMEM_exchange` request: give up `input` extents of `in_order`, get
@@ -777,6 +822,34 @@ mod tests {
             multicall_results(&calls, Ok(1), &mut r).result,
             Err(XenError::Contract(_))
         ));
+    }
+
+    #[test]
+    fn node_flags_are_xens_encoding() {
+        // XENMEMF_node(n) = (n + 1) << 8; exact adds bit 17.
+        assert_eq!(MemFlags::node(0).unwrap().raw(), 0x100);
+        assert_eq!(MemFlags::node(63).unwrap().raw(), 0x4000);
+        assert_eq!(MemFlags::node(254).unwrap().raw(), 0xff00);
+        assert_eq!(MemFlags::node(255), None);
+        assert_eq!(MemFlags::exact_node(255), None);
+        let f = MemFlags::exact_node(1).unwrap();
+        assert_eq!(f.raw(), 0x200 | (1 << 17));
+        assert_eq!((f.get_node(), f.is_exact_node()), (Some(1), true));
+        assert_eq!(MemFlags::NONE.get_node(), None);
+        assert!(!MemFlags::node(7).unwrap().is_exact_node());
+        // No node value reaches the populate-on-demand bit.
+        for n in 0..255 {
+            let f = MemFlags::exact_node(n).unwrap();
+            assert_eq!(f.raw() & MemFlags::POPULATE_ON_DEMAND, 0, "{n}");
+            assert_eq!(f.get_node(), Some(n));
+        }
+        let both = MemFlags::address_bits(32)
+            .unwrap()
+            .with(MemFlags::node(2).unwrap());
+        assert_eq!(
+            (both.get_address_bits(), both.get_node()),
+            (Some(32), Some(2))
+        );
     }
 
     #[test]
