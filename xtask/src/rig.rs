@@ -1614,6 +1614,9 @@ pub struct XlJobResult {
     pub xl_list_created: Option<Record>,
     /// See [`XlJobResult::xl_list_created`].
     pub xl_list_shutdown: Option<Record>,
+    /// `xl-list-long when=created`: `xl list -l`'s `max_memkb` and
+    /// `target_memkb` for the domain, the toolstack's own settings.
+    pub xl_list_long: Option<Record>,
     /// `xen-pages` (without `step=`): Xen's own count (debug key q) at the
     /// end, before destroy.
     pub xen_pages: Option<Record>,
@@ -1861,6 +1864,7 @@ impl Watcher {
                 self.jobs[i].create_failed = Some(r.clone());
                 self.running = None;
             }
+            ("xl-list-long", Some(i)) => self.jobs[i].xl_list_long = Some(r.clone()),
             ("xl-list", Some(i)) => match r.get("when") {
                 Some("created") => self.jobs[i].xl_list_created = Some(r.clone()),
                 Some("shutdown") => self.jobs[i].xl_list_shutdown = Some(r.clone()),

@@ -57,6 +57,15 @@ xl_list() {
     [ -n "$5" ] && echo "name=$1 domid=$2 mem_mib=$3 vcpus=$4 state=$5 time_s=$6"
 }
 
+# xl list -l NAME -> the toolstack's own memory settings for the domain
+# (b_info's max_memkb and target_memkb), key=value words
+xl_list_long() {
+    $XB/xl list -l "$1" 2>/dev/null | awk -F: '
+        /"max_memkb"/ { v = $2; gsub(/[^0-9]/, "", v); if (m == "") m = v }
+        /"target_memkb"/ { v = $2; gsub(/[^0-9]/, "", v); if (t == "") t = v }
+        END { if (m != "" && t != "") print "max_memkb=" m " target_memkb=" t }'
+}
+
 # Forward a console log ($2) as "(d$1) LINE" lines until the file $3 exists,
 # then drain what is left and stop. Lines are written whole (awk, flushed
 # per line); a line still open at a poll is joined with its rest.
@@ -410,6 +419,7 @@ run_job() {
     fwd=$!
     say created name=$name domid=$id uptime=$(up)
     say xl-list when=created $(xl_list $name)
+    say xl-list-long when=created $(xl_list_long $name)
     steps=/tmp/steps.$name
     [ -f $steps ] || steps=
     unpaused=

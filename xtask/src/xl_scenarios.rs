@@ -991,7 +991,7 @@ fn for_arch(arch: Arch) -> Vec<XlScenario> {
                     domu_map(arch, 128),
                     [
                         // Before: the map's 128 MiB against Xen's 64 + 17.
-                        field(D1, "accounting", "unaccounted", Is::Text("-16384")),
+                        count(D1, "accounting", ("unaccounted", "-16384"), 1),
                         count(D1, "accounting", ("unaccounted", "0"), 1),
                         field(D1, "pod", "surplus", Is::Num(pages(64))),
                         field(D1, "pod", "target", Is::Num(pages(64) + sp)),
@@ -1386,12 +1386,72 @@ pub fn evaluate(s: &XlScenario, res: &XlResult) -> Vec<String> {
             out.push(e);
         }
     }
+    out.extend(max_from_toolstack(job, &log));
     out
+}
+
+/// libxl's `LIBXL_MAXMEM_CONSTANT` (KiB): what it adds to a domain's
+/// target when it sets Xen's maximum (`libxl__arch_extra_memory`; the same
+/// on Arm without ACPI, measured).
+const LIBXL_MAXMEM_CONSTANT_KIB: u64 = 1024;
+
+/// The maximum reservation the agent read at start (`report: reservation
+/// max=`) is the one the toolstack set: `xl list -l`'s `target_memkb` plus
+/// libxl's constant (libxl_dom.c: `xc_domain_setmaxmem(target_memkb +
+/// extra)`), in pages. Every created job must have the `xl list -l` record.
+fn max_from_toolstack(job: &XlJobResult, log: &AgentLog) -> Option<String> {
+    let Some(l) = &job.xl_list_long else {
+        return Some("no `xl list -l` record for the domain".into());
+    };
+    let target = l.num("target_memkb");
+    let agent = log
+        .topic("reservation")
+        .next()
+        .and_then(|r| r.get("max"))
+        .and_then(parse_number)?;
+    let want = target.map(|t| (t + LIBXL_MAXMEM_CONSTANT_KIB) / 4);
+    (want != Some(agent)).then(|| {
+        format!(
+            "xl list -l says target_memkb={target:?}, so Xen's maximum is {want:?} pages; the agent read max={agent}"
+        )
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_maximum_the_toolstack_set() {
+        let rec = |l: &str| {
+            crate::rig::parse_record(l, Duration::ZERO)
+                .unwrap()
+                .unwrap()
+        };
+        let mut job = XlJobResult::default();
+        let mut log = AgentLog::default();
+        log.push(
+            crate::decode::Level::Info,
+            "report: reservation current=16388 max=16640 maximum_gpfn=0x43fff",
+        );
+        assert!(max_from_toolstack(&job, &log)
+            .unwrap()
+            .contains("no `xl list -l`"));
+        job.xl_list_long = Some(rec(
+            "xmrig: xl-list-long when=created max_memkb=65536 target_memkb=65536",
+        ));
+        assert_eq!(max_from_toolstack(&job, &log), None);
+        let mut wrong = AgentLog::default();
+        wrong.push(
+            crate::decode::Level::Info,
+            "report: reservation current=16388 max=16639",
+        );
+        assert!(max_from_toolstack(&job, &wrong)
+            .unwrap()
+            .contains("Xen's maximum is Some(16640) pages; the agent read max=16639"));
+        // An agent that failed before its survey has nothing to compare.
+        assert_eq!(max_from_toolstack(&job, &AgentLog::default()), None);
+    }
 
     #[test]
     fn names_are_unique_and_name_their_architecture() {
