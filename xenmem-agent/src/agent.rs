@@ -848,7 +848,13 @@ fn reservation_steps<H: Hypervisor>(
             }
         }
         let bits = opts.contig_bits;
-        let made = e.alloc_contiguous(t, size, PAGE_SIZE, bits);
+        // The mutant populates without the address limit it reports.
+        let asked = if crate::mutant::is("contig-bits-dropped") {
+            None
+        } else {
+            bits
+        };
+        let made = e.alloc_contiguous(t, size, PAGE_SIZE, asked);
         if let Some(err) = e.take_identity_error() {
             return fail("contiguous", ReservationError::IdentityMap(err));
         }
@@ -895,6 +901,18 @@ fn reservation_steps<H: Hypervisor>(
                         }
                     }
                 }
+                if buf.machine().is_none() && opts.contig_bus == Some(cmdline::ContigBus::Grant) {
+                    let me = s.domid.map(|(d, _)| d);
+                    match contig_bus_by_grant(hv, t, &buf, me) {
+                        Some(m) => {
+                            if let Err(err) = buf.set_machine(t, m) {
+                                xm_error!("contiguous: {}", defmt_display(&err));
+                                return free_then_fail(e, t, buf);
+                            }
+                        }
+                        None => return free_then_fail(e, t, buf),
+                    }
+                }
                 match buf.machine() {
                     Some(m) => xm_info!(
                         "report: contiguous gpa={} size={=u64:#x} order={=u8} machine={=u64:#x} method={=str} bits={=u8} pattern={=str}",
@@ -933,6 +951,142 @@ fn reservation_steps<H: Hypervisor>(
         }
     }
     Verdict::Pass
+}
+
+/// `contig-bus=grant`: where the buffer lies in machine memory, learnt as an
+/// unprivileged, non-direct-mapped guest can: grant the buffer's first and
+/// last pages to itself, map both grants, and take the bus addresses Xen
+/// returns (`dev_bus_addr`: `map_grant_ref` sets it to the granted frame's
+/// machine address for every map). Reports `contiguous-grant`; the buffer's
+/// first machine frame, or `None` with the reason logged.
+///
+/// Sound where:
+/// - the buffer is one populated extent (its length is `2^order`): Xen's
+///   `populate_physmap` backs an extent with one buddy allocation, so the
+///   frames are machine-contiguous and two ends tell the whole; the last
+///   page's address must be the first's plus the buffer's size less a page,
+///   or the answer is refused;
+/// - mapping one's own grant leaves the page at its GFN (Arm; on x86 it
+///   takes the page away, so the agent refuses there);
+/// - the mapped pages read what the buffer holds (checked: the pattern
+///   `pattern_check` wrote, word by word), so the addresses are of the
+///   buffer's frames and not of some other page.
+fn contig_bus_by_grant<H: Hypervisor>(
+    hv: &H,
+    t: &mut RegionTable,
+    buf: &reservation::ContiguousBuffer,
+    me: Option<DomId>,
+) -> Option<xenmem::addr::Mfn> {
+    let range = buf.range();
+    if !cfg!(target_arch = "aarch64") {
+        xm_error!("contig-bus=grant: only on Arm (on x86 mapping one's own grant takes the page from its GFN)");
+        return None;
+    }
+    if range.len().0 != 1u64 << buf.order().get() {
+        xm_error!("contig-bus=grant: the buffer is not one populated extent");
+        return None;
+    }
+    let Some(me) = me else {
+        xm_error!("contig-bus=grant: needs the domain's id (domid=)");
+        return None;
+    };
+    #[cfg(target_os = "none")]
+    {
+        use xenmem::grant::{self, Bytes, GrantTable};
+        use xenmem::mapping::VaSpace;
+        let mut pt = page_tables_for("contig-bus")?;
+        let mut vas = VaSpace::new(crate::xenview::window(&*pt));
+        let mut gt = match GrantTable::setup(hv, t, &mut *pt, &mut vas, 1) {
+            Ok(g) => g,
+            Err(err) => {
+                grant_fail("contig-bus: table set-up", err);
+                return None;
+            }
+        };
+        let ends = [range.start(), Gfn(range.end().0 - 1)];
+        let mut refs = Vec::new();
+        let mut answer = None;
+        for g in ends {
+            match gt.grant_access(t, me, g, true) {
+                Ok(r) => refs.push(r),
+                Err(err) => {
+                    grant_fail("contig-bus: grant_access", err);
+                    break;
+                }
+            }
+        }
+        if refs.len() == ends.len() {
+            match grant::map_grants(hv, t, &mut *pt, &mut vas, me, &refs, true) {
+                Err(err) => {
+                    grant_fail("contig-bus: map own grants", err);
+                }
+                Ok(gm) => {
+                    // Each mapped page must read what the buffer's frame
+                    // holds: the pattern of its GFN.
+                    let same = ends.iter().enumerate().all(|(k, g)| {
+                        (0..(PAGE_SIZE / 8) as usize).all(|i| {
+                            gm.read_obj::<u64>(k as u64 * PAGE_SIZE + i as u64 * 8)
+                                .is_ok_and(|w| w == pattern_word(g.0, i))
+                        })
+                    });
+                    let bus = gm.bus_addrs();
+                    let size = range.len().0 * PAGE_SIZE;
+                    // The mutant ignores Xen's answer and takes the buffer's
+                    // guest-physical addresses for machine ones.
+                    let (first, last) = if crate::mutant::is("contig-bus-gpa") {
+                        let gpa = range.start_addr().0;
+                        (gpa, gpa + size - PAGE_SIZE)
+                    } else {
+                        (
+                            bus.first().copied().unwrap_or(0),
+                            bus.get(1).copied().unwrap_or(0),
+                        )
+                    };
+                    let contiguous = first.checked_add(size - PAGE_SIZE) == Some(last);
+                    let end = first.saturating_add(size);
+                    xm_info!(
+                        "report: contiguous-grant pages={=usize} first={=u64:#x} last={=u64:#x} same={=str} contiguous={=str} below_4g={=str}",
+                        bus.len(),
+                        first,
+                        last,
+                        yes(same),
+                        yes(contiguous),
+                        yes(end <= 1 << 32)
+                    );
+                    let wrong = if !same {
+                        Some("a page mapped through its grant does not read what the buffer holds")
+                    } else if !contiguous || first % PAGE_SIZE != 0 {
+                        Some("the bus addresses of the buffer's ends are not one contiguous run")
+                    } else {
+                        None
+                    };
+                    if let Err(err) = retry_release(gm, |m| m.release(hv, t, &mut *pt, &mut vas)) {
+                        grant_fail("contig-bus: release", err);
+                    } else if let Some(why) = wrong {
+                        xm_error!("contig-bus: {=str}", why);
+                    } else {
+                        answer = Some(xenmem::addr::Mfn(first / PAGE_SIZE));
+                    }
+                }
+            }
+        }
+        for r in refs {
+            if let Err(err) = gt.end_access(r) {
+                grant_fail("contig-bus: end_access", err);
+                answer = None;
+            }
+        }
+        if let Err(err) = table_released(&mut gt, hv, t, &mut *pt, &mut vas) {
+            grant_fail("contig-bus: table release", err);
+            answer = None;
+        }
+        answer
+    }
+    #[cfg(not(target_os = "none"))]
+    {
+        let _ = (hv, t, me);
+        None
+    }
 }
 
 /// Give `buf` back (trying twice) and fail: the

@@ -101,6 +101,16 @@ pub enum HelperMode {
     Superpage,
 }
 
+/// How an agent that cannot read Xen's M2P learns where its contiguous
+/// buffer lies in machine memory (`contig-bus=`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ContigBus {
+    /// Grant the buffer's first and last pages to itself, map both grants
+    /// and take the bus addresses Xen returns (Arm only: on x86, mapping
+    /// one's own grant takes the page away from its GFN).
+    Grant,
+}
+
 /// What the agent does once it has surveyed its domain (`mode=`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RunMode {
@@ -164,6 +174,9 @@ pub struct Options {
     pub contig: Option<u64>,
     /// `contig-bits=N`: the buffer's machine frames must lie below 2^N.
     pub contig_bits: Option<u8>,
+    /// `contig-bus=grant`: learn the buffer's machine address through a
+    /// grant to itself (see [`ContigBus`]).
+    pub contig_bus: Option<ContigBus>,
     /// `bench=NAME+NAME...`: run benchmarks (balloon, floor, grant, foreign,
     /// footprint, all) and print their tables.
     pub bench: Option<BenchSet>,
@@ -381,6 +394,15 @@ impl Options {
                 "contig-bits",
                 parse_decimal(value).and_then(|b| u8::try_from(b).ok()),
                 "a number of address bits such as 32"
+            ),
+            "contig-bus" => set!(
+                contig_bus,
+                "contig-bus",
+                match value {
+                    "grant" => Some(ContigBus::Grant),
+                    _ => None,
+                },
+                "`grant`"
             ),
             "bench" => set!(
                 bench,
@@ -652,6 +674,22 @@ mod tests {
                 ..
             })
         ));
+        assert_eq!(
+            parse("contig=2M contig-bus=grant").unwrap().contig_bus,
+            Some(ContigBus::Grant)
+        );
+        for bad in ["contig-bus=m2p", "contig-bus=", "contig-bus"] {
+            assert!(
+                matches!(
+                    parse(bad),
+                    Err(CmdlineError::Malformed {
+                        name: "contig-bus",
+                        ..
+                    })
+                ),
+                "{bad}"
+            );
+        }
         assert!(matches!(
             parse("contig-bits=300"),
             Err(CmdlineError::Malformed {
