@@ -49,6 +49,7 @@ pub fn boots() -> Vec<BenchBoot> {
         x86_ram_mib: 2048,
         x86_dom0_mib: 1280,
         domu_kib: 768 * 1024,
+        aarch64_ram_mib: crate::boot::AARCH64_RAM_MIB,
     };
     vec![
         BenchBoot {

@@ -146,10 +146,16 @@ pub struct Machine {
     pub x86_ram_mib: u64,
     /// x86_64: dom0's memory (`dom0_mem=NM,max:NM`), MiB.
     pub x86_dom0_mib: u64,
-    /// aarch64: each dom0less domU's memory, KiB (QEMU has 1 GiB; see
-    /// [`crate::dtb::MACHINE_ARGS`]).
+    /// aarch64: each dom0less domU's memory, KiB (at most QEMU's RAM less
+    /// 256 MiB for Xen and the boot modules).
     pub domu_kib: u64,
+    /// aarch64: QEMU's RAM (`-m`), MiB; the `virt` machine puts it at
+    /// 1 GiB, so RAM ends at `1 GiB + this`.
+    pub aarch64_ram_mib: u64,
 }
+
+/// QEMU's aarch64 RAM, MiB, unless a boot asks for more.
+pub const AARCH64_RAM_MIB: u64 = 1024;
 
 impl Default for Machine {
     fn default() -> Self {
@@ -157,6 +163,7 @@ impl Default for Machine {
             x86_ram_mib: 512,
             x86_dom0_mib: 256,
             domu_kib: DOMU_MEMORY_KIB,
+            aarch64_ram_mib: AARCH64_RAM_MIB,
         }
     }
 }
@@ -176,11 +183,20 @@ impl Machine {
                 self.x86_ram_mib
             );
         }
-        if self.domu_kib == 0 || self.domu_kib & 3 != 0 || self.domu_kib > 768 * 1024 {
+        if self.aarch64_ram_mib < 512 || !self.aarch64_ram_mib.is_multiple_of(2) {
             bail!(
-                "a domU's memory ({} KiB) must be a non-zero multiple of 4 KiB, at most 768 MiB \
-                 (QEMU's aarch64 machine has 1 GiB)",
-                self.domu_kib
+                "QEMU's aarch64 RAM ({} MiB) must be a multiple of 2 MiB and at least 512 MiB",
+                self.aarch64_ram_mib
+            );
+        }
+        let domu_max_kib = (self.aarch64_ram_mib - 256) * 1024;
+        if self.domu_kib == 0 || self.domu_kib & 3 != 0 || self.domu_kib > domu_max_kib {
+            bail!(
+                "a domU's memory ({} KiB) must be a non-zero multiple of 4 KiB, at most {} MiB \
+                 (QEMU's aarch64 machine has {} MiB)",
+                self.domu_kib,
+                domu_max_kib / 1024,
+                self.aarch64_ram_mib
             );
         }
         Ok(())
@@ -317,11 +333,12 @@ pub fn qemu_command_on(
                 }
                 loads.push(format!("loader,file={image},addr={addr:#x},force-raw=on"));
             }
-            let dtb = dtb::make_dtb(&env.qemu_aarch64, &env.dtc, &spec.work_dir, &chosen)?;
+            let ram = machine.aarch64_ram_mib;
+            let dtb = dtb::make_dtb(&env.qemu_aarch64, &env.dtc, &spec.work_dir, ram, &chosen)?;
             let mut c = Command::new(&env.qemu_aarch64);
             c.arg("-machine")
                 .arg(dtb::MACHINE)
-                .args(dtb::MACHINE_ARGS)
+                .args(dtb::machine_args(ram))
                 .args(["-nographic", "-no-reboot", "-monitor", "none"])
                 .args(["-serial", "stdio"])
                 .args(["-semihosting-config", "enable=on,target=native"])
@@ -895,7 +912,16 @@ mod tests {
             x86_ram_mib: 1024,
             x86_dom0_mib: 512,
             domu_kib: 512 * 1024,
+            aarch64_ram_mib: AARCH64_RAM_MIB,
         };
+        big.check().unwrap();
+        Machine {
+            aarch64_ram_mib: 6144,
+            domu_kib: 5 << 20,
+            ..d
+        }
+        .check()
+        .unwrap();
         big.check().unwrap();
         assert!(big
             .xen_x86_64_cmdline()
@@ -909,6 +935,14 @@ mod tests {
             Machine { domu_kib: 6, ..d },
             Machine {
                 domu_kib: 1 << 20,
+                ..d
+            },
+            Machine {
+                aarch64_ram_mib: 256,
+                ..d
+            },
+            Machine {
+                aarch64_ram_mib: 1025,
                 ..d
             },
         ] {

@@ -13,8 +13,15 @@ use crate::util::run_checked;
 /// QEMU's machine, CPU and memory for every aarch64 boot (the dumped tree
 /// must describe exactly the machine that then boots).
 pub const MACHINE: &str = "virt,virtualization=on,gic-version=3";
-/// The other machine-shaping arguments.
-pub const MACHINE_ARGS: &[&str] = &["-cpu", "cortex-a57", "-smp", "1", "-m", "1024"];
+/// The other machine-shaping arguments, for a machine with `ram_mib` MiB of
+/// RAM (at 1 GiB, QEMU's `virt` layout).
+pub fn machine_args(ram_mib: u64) -> Vec<String> {
+    ["-cpu", "cortex-a57", "-smp", "1", "-m"]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([ram_mib.to_string()])
+        .collect()
+}
 
 /// Where dom0's kernel is loaded.
 pub const DOM0_ADDR: u64 = 0x4900_0000;
@@ -134,15 +141,16 @@ pub fn edit_dts(base: &str, c: &Chosen) -> Result<String> {
     Ok(format!("{base}\n{}", chosen_overlay(c)?))
 }
 
-/// Dump QEMU's `virt` tree, add `c` to it, compile it: returns the DTB
-/// path (in `work`).
-pub fn make_dtb(qemu: &Path, dtc: &Path, work: &Path, c: &Chosen) -> Result<PathBuf> {
+/// Dump QEMU's `virt` tree (for a machine with `ram_mib` MiB), add `c` to
+/// it, compile it: returns the DTB path (in `work`; QEMU's own tree stays
+/// there as `virt.dts`).
+pub fn make_dtb(qemu: &Path, dtc: &Path, work: &Path, ram_mib: u64, c: &Chosen) -> Result<PathBuf> {
     std::fs::create_dir_all(work).with_context(|| format!("creating {}", work.display()))?;
     let virt = work.join("virt.dtb");
     let mut dump = Command::new(qemu);
     dump.arg("-machine")
         .arg(format!("{MACHINE},dumpdtb={}", virt.display()))
-        .args(MACHINE_ARGS)
+        .args(machine_args(ram_mib))
         .args(["-nographic", "-display", "none"])
         .stdin(Stdio::null());
     if virt.to_string_lossy().contains(',') {

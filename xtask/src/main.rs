@@ -697,7 +697,7 @@ fn test(args: &[String]) -> Result<ExitCode> {
             Ok(res) => {
                 let mut failures = scenarios::evaluate(s, &res);
                 let log = std::fs::read_to_string(&res.log_path).unwrap_or_default();
-                failures.extend(highmem::evaluate(s.name, &res, &log));
+                failures.extend(highmem::evaluate(s.name, &res, &log, &spec.work_dir));
                 if !failures.is_empty() {
                     if !res.qemu_stderr.is_empty() {
                         failures.push(format!("QEMU said: {}", res.qemu_stderr.join("\n")));
@@ -727,7 +727,11 @@ fn test(args: &[String]) -> Result<ExitCode> {
             tally.fail(&name, &["set-up failed (see above)".into()], None);
             continue;
         };
-        let Some(s) = scenarios::all().into_iter().find(|s| s.name == m.scenario) else {
+        let Some(s) = scenarios::all()
+            .into_iter()
+            .chain(highmem::scenarios())
+            .find(|s| s.name == m.scenario)
+        else {
             tally.fail(&name, &[format!("no scenario {}", m.scenario)], None);
             continue;
         };
@@ -741,9 +745,12 @@ fn test(args: &[String]) -> Result<ExitCode> {
             }
         };
         let spec = scenario_spec(&s, &t, &name);
-        match boot::boot(env, &spec, &agent, &table) {
+        let machine = highmem::machine(s.name).unwrap_or_default();
+        match boot::boot_on(env, &spec, &agent, &table, &machine) {
             Ok(res) => {
-                let failures = scenarios::evaluate(&s, &res);
+                let mut failures = scenarios::evaluate(&s, &res);
+                let log = std::fs::read_to_string(&res.log_path).unwrap_or_default();
+                failures.extend(highmem::evaluate(s.name, &res, &log, &spec.work_dir));
                 if failures.iter().any(|f| f.contains(m.caught_by)) {
                     tally.pass(
                         &name,

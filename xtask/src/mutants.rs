@@ -79,6 +79,21 @@ pub fn all() -> Vec<Mutant> {
             what: "the domU grants dom0 a page without writing the pattern dom0 checks",
         },
         Mutant {
+            name: "contig-bits-dropped",
+            arch: Aarch64,
+            scenario: "aarch64-highmem-contig32",
+            caught_by: "contig-bits=32 but the buffer is at",
+            what: "the domU populates its contiguous buffer without the 32-bit limit it reports",
+        },
+        Mutant {
+            name: "contig-bus-gpa",
+            arch: Aarch64,
+            scenario: "aarch64-highmem-contig",
+            caught_by: "the populate without bits came from",
+            what: "the domU reports its buffer's guest-physical address as the machine address \
+                   instead of the bus address Xen's grant map returned",
+        },
+        Mutant {
             name: "wrong-bus-address",
             arch: Aarch64,
             scenario: "aarch64-dom0-contig",
@@ -94,7 +109,10 @@ mod tests {
 
     #[test]
     fn every_mutant_names_a_scenario_of_its_arch_and_is_planted() {
-        let scenarios = crate::scenarios::all();
+        let scenarios: Vec<_> = crate::scenarios::all()
+            .into_iter()
+            .chain(crate::highmem::scenarios())
+            .collect();
         let agent_src: String = ["agent.rs", "xenview.rs"]
             .iter()
             .map(|f| {

@@ -350,7 +350,7 @@ fn arm_dom0(src: Source) -> Vec<Check> {
 }
 
 /// An aarch64 dom0less domU (domain 1) with 128 MiB.
-fn arm_domu(src: Source) -> Vec<Check> {
+pub(crate) fn arm_domu(src: Source) -> Vec<Check> {
     let mut c = common(src);
     c.extend([
         field(src, "domain", "domid", Is::Num(1)),
