@@ -419,7 +419,7 @@ run_job() {
     fwd=$!
     say created name=$name domid=$id uptime=$(up)
     say xl-list when=created $(xl_list $name)
-    say xl-list-long when=created $(xl_list_long $name)
+    say xl-list-long when=created name=$name domid=$id $(xl_list_long $name)
     steps=/tmp/steps.$name
     [ -f $steps ] || steps=
     unpaused=

@@ -14,7 +14,7 @@ use crate::decode::Source;
 use crate::report::{parse_number, AgentLog, Logs, Verdict};
 use crate::rig::{XlJob, XlJobResult, XlResult, XlStep};
 use crate::scenarios::{
-    check_one, count, every, field, grant_self, unexpected_errors, verdict, Check, Is,
+    check_one, count, every, field, field_where, grant_self, unexpected_errors, verdict, Check, Is,
 };
 use std::time::Duration;
 
@@ -508,7 +508,8 @@ fn service_scenarios(arch: Arch) -> Vec<XlScenario> {
         checks: with(
             service(arch, 64),
             [
-                field(D1, "service-shutdown", "request", Is::Text("refused")),
+                // The suspend request refused first, then the poweroff.
+                count(D1, "service-shutdown", ("request", "refused"), 1),
                 count(D1, "service-shutdown", ("request", "poweroff"), 1),
             ],
         ),
@@ -638,8 +639,20 @@ fn for_arch(arch: Arch) -> Vec<XlScenario> {
             checks: with(
                 domu(arch, 64),
                 [
-                    field(D1, "balloon", "current", Is::Num(pages(32))),
-                    count(D1, "balloon", ("phase", "then"), 1),
+                    field_where(
+                        D1,
+                        "balloon",
+                        ("phase", "first"),
+                        "current",
+                        Is::Num(pages(32)),
+                    ),
+                    field_where(
+                        D1,
+                        "balloon",
+                        ("phase", "then"),
+                        "current",
+                        Is::Num(pages(48)),
+                    ),
                     every(D1, "balloon", "short", Is::Num(0)),
                     field(D1, "balloon-check", "pages", Is::Num(pages(16))),
                     field(D1, "balloon-check", "pattern", Is::Text("ok")),
