@@ -658,7 +658,20 @@ fn pod_run<H: Hypervisor>(hv: &H, t: &mut RegionTable, s: &Survey, surplus: Page
 /// ballooned frames leave the boot identity map, and come back.
 fn engine_for<'h, H: Hypervisor>(hv: &'h H, s: &Survey, start: PageCount) -> Engine<'h, H> {
     let max_order = reservation::xen_max_order(s.privileged);
-    let e = Engine::new(hv, Strategy::xenmem(max_order), start, s.features);
+    engine_with(hv, s, Strategy::xenmem(max_order), start)
+}
+
+/// The reservation engine as the agent builds it, with `strategy`: on the
+/// bare-metal targets ballooned frames leave the boot identity map
+/// ([`xenmem::paging::BootIdentityMap`]) and come back. The benchmarks use
+/// it too, so that what they measure includes the identity-map work.
+pub(crate) fn engine_with<'h, H: Hypervisor>(
+    hv: &'h H,
+    s: &Survey,
+    strategy: Strategy,
+    start: PageCount,
+) -> Engine<'h, H> {
+    let e = Engine::new(hv, strategy, start, s.features);
     #[cfg(target_os = "none")]
     let e = e.with_identity_map(&xenmem::paging::BootIdentityMap);
     e
