@@ -15,7 +15,7 @@ use std::sync::OnceLock;
 
 use defmt_decoder::Table;
 use libfuzzer_sys::fuzz_target;
-use xenmem::logframe::{decode_line, LineEncoder, MARKER, MAX_LINE};
+use xenmem::logframe::{decode_line, LineEncoder, CHUNK, MARKER, MAX_LINE};
 
 #[allow(dead_code)]
 #[path = "../../xtask/src/decode.rs"]
@@ -47,6 +47,36 @@ fn table() -> &'static Table {
         let elf = defmt_frames::defmt_elf(ENTRIES);
         decode::load_table(&elf).expect("the fuzz table")
     })
+}
+
+/// Base64 as RFC 4648 has it (padding only at the very end), of at most
+/// [`CHUNK`] bytes: what a framed line's payload must be.
+fn reference_payload(p: &str) -> Option<Vec<u8>> {
+    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let b = p.as_bytes();
+    if !b.len().is_multiple_of(4) || b.len() / 4 * 3 > CHUNK {
+        return None;
+    }
+    let pad = b.iter().rev().take_while(|&&c| c == b'=').count();
+    if pad > 2 || (pad > 0 && b.len() < 4) {
+        return None;
+    }
+    let mut bits = Vec::new();
+    for &c in &b[..b.len() - pad] {
+        bits.push(A.iter().position(|&x| x == c)? as u32);
+    }
+    let mut out = Vec::new();
+    for q in bits.chunks(4) {
+        let v = q
+            .iter()
+            .chain(std::iter::repeat(&0))
+            .take(4)
+            .fold(0u32, |v, &d| (v << 6) | d);
+        // 4 sextets are 3 bytes, 3 are 2, 2 are 1.
+        let n = q.len() - 1;
+        out.extend_from_slice(&v.to_be_bytes()[1..1 + n]);
+    }
+    Some(out)
 }
 
 fn prefix(s: Source) -> String {
@@ -85,6 +115,14 @@ fuzz_target!(|data: &[u8]| {
         }
         if let Some(at) = l.find("@xm:") {
             sources.insert(Source::from_prefix(&l[..at]));
+            // The library's framing against plain base64.
+            let payload = l[at + 4..].trim_end_matches(['\r', '\n', ' ']);
+            let got = decode_line(l).expect("a framed line");
+            assert_eq!(
+                got.ok().map(|f| (f.prefix.len(), f.payload().to_vec())),
+                reference_payload(payload).map(|b| (at, b)),
+                "decode_line({l:?})"
+            );
         }
     }
     // Every source still decodes a good frame.
