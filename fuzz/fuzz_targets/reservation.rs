@@ -151,6 +151,33 @@ fn consistent(
     assert_eq!(t.check_invariants(), Ok(()), "{what}");
 }
 
+/// Free RAM (not pinned) in the table, merged into runs `[start, end)`,
+/// read region by region.
+fn free_runs(t: &RegionTable) -> Vec<(u64, u64)> {
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    for r in t.iter() {
+        if r.kind != RegionKind::Ram || r.flags.contains(RegionFlags::PINNED) {
+            continue;
+        }
+        let (s, e) = (r.range.start().0, r.range.end().0);
+        match runs.last_mut() {
+            Some(l) if l.1 == s => l.1 = e,
+            _ => runs.push((s, e)),
+        }
+    }
+    runs
+}
+
+/// Whether free RAM holds a naturally aligned extent of `order` ending at
+/// or below frame `limit`.
+fn has_free_extent(t: &RegionTable, order: u32, limit: u64) -> bool {
+    let n = 1u64 << order;
+    free_runs(t).iter().any(|&(s, e)| {
+        let first = s.div_ceil(n) * n;
+        first + n <= e.min(limit)
+    })
+}
+
 fn moving_calls(m: &XenModel) -> u64 {
     [
         Op::DecreaseReservation,
@@ -326,11 +353,13 @@ fn run(u: &mut Unstructured<'_>) -> AResult<()> {
         );
     }
     let mut e = Engine::new(&m, strategy, cur, features);
-    if u.arbitrary()? {
+    let identity = u.arbitrary()?;
+    if identity {
         e = e.with_identity_map(&id);
     }
     let pages = cur.0;
     let mut bufs: Vec<ContiguousBuffer> = Vec::new();
+    let direct = features.contains(xenmem::xen::Features::DIRECT_MAPPED);
     let gfn_base = t.iter().next().map_or(0, |r| r.range.start().0);
     let gfn_end = t.iter().next_back().map_or(0, |r| r.range.end().0);
 
@@ -349,7 +378,28 @@ fn run(u: &mut Unstructured<'_>) -> AResult<()> {
         }
         let what = format!("step {step} op {op}");
         let result: Result<(), ReservationError> = match op {
-            0 | 1 => e.decrease(&mut t, PageCount(u.int_in_range(0..=pages + 8)?)),
+            0 | 1 => {
+                let n = u.int_in_range(0..=pages + 8)?;
+                let free: u64 = free_runs(&t).iter().map(|(s, e)| e - s).sum();
+                // Xen takes every page offered when nothing is injected (and
+                // no identity map takes table frames from the free RAM).
+                let quiet = m.pending_faults().is_empty() && !identity && !was_unsettled;
+                let r = e.decrease(&mut t, PageCount(n));
+                match &r {
+                    Err(ReservationError::Shortfall {
+                        done: PageCount(0), ..
+                    }) if moving_calls(&m) == calls => {
+                        assert!(free < n, "decrease({n}) refused with {free} pages free");
+                    }
+                    Err(ReservationError::IdentityMap(_)) | Err(ReservationError::DirectMapped) => {
+                    }
+                    Err(err) if quiet && free >= n => {
+                        panic!("decrease({n}) with {free} free: {err:?}")
+                    }
+                    _ => {}
+                }
+                r
+            }
             2 | 3 => {
                 let n = u.int_in_range(0..=pages + 8)?;
                 let r = e.increase(&mut t, PageCount(n));
@@ -390,8 +440,28 @@ fn run(u: &mut Unstructured<'_>) -> AResult<()> {
                 } else {
                     None
                 };
-                e.alloc_contiguous(&mut t, size, align, bits)
-                    .map(|b| bufs.push(b))
+                let pages = size.div_ceil(4096).max(1);
+                let order = pages.next_power_of_two().trailing_zeros();
+                let limit = match bits {
+                    Some(b) if direct && b < 64 => (1u64 << b) >> 12,
+                    _ => u64::MAX,
+                };
+                let had = has_free_extent(&t, order, limit);
+                let r = e
+                    .alloc_contiguous(&mut t, size, align, bits)
+                    .map(|b| bufs.push(b));
+                if let Err(ReservationError::Shortfall {
+                    done: PageCount(0), ..
+                }) = r
+                {
+                    if moving_calls(&m) == calls && !was_unsettled {
+                        assert!(
+                            !had,
+                            "alloc_contiguous of order {order}: Shortfall with a free extent"
+                        );
+                    }
+                }
+                r
             }
             7 => {
                 if bufs.is_empty() {
