@@ -73,15 +73,20 @@ pub struct FuzzArgs {
     pub secs: u64,
     /// The targets to run.
     pub targets: Vec<&'static str>,
+    /// `--smoke`: the smoke run of `cargo xtask test` instead.
+    pub smoke: bool,
 }
 
-/// Parse `[--time SECS] [TARGET]...`.
+/// Parse `[--time SECS] [TARGET]...` or `--smoke`.
 pub fn parse_args(args: &[String]) -> Result<FuzzArgs> {
     let mut secs = DEFAULT_SECS;
     let mut targets = Vec::new();
+    let mut smoke = false;
     let mut it = args.iter();
     while let Some(a) = it.next() {
-        if let Some(v) = crate::value("--time", a, &mut it)? {
+        if a == "--smoke" {
+            smoke = true;
+        } else if let Some(v) = crate::value("--time", a, &mut it)? {
             secs = v
                 .parse()
                 .ok()
@@ -101,10 +106,17 @@ pub fn parse_args(args: &[String]) -> Result<FuzzArgs> {
             }
         }
     }
+    if smoke && args.len() > 1 {
+        bail!("fuzz: --smoke takes no other option");
+    }
     if targets.is_empty() {
         targets = TARGETS.to_vec();
     }
-    Ok(FuzzArgs { secs, targets })
+    Ok(FuzzArgs {
+        secs,
+        targets,
+        smoke,
+    })
 }
 
 /// The host's target triple, from `rustc -vV`.
@@ -280,9 +292,30 @@ pub fn run(bin: &Path, target: &'static str, secs: u64, corpus: &Path) -> Result
     })
 }
 
-/// `cargo xtask fuzz [--time SECS] [TARGET]...`.
+/// `cargo xtask fuzz [--time SECS] [TARGET]...` or `--smoke`.
 pub fn fuzz(args: &[String]) -> Result<ExitCode> {
     let a = parse_args(args)?;
+    if a.smoke {
+        let results = smoke();
+        let failed = results.iter().filter(|(_, r)| r.is_err()).count();
+        for (name, r) in &results {
+            match r {
+                Ok(detail) => println!("PASS {name}{detail}"),
+                Err(why) => {
+                    println!("FAIL {name}");
+                    for l in why {
+                        println!("  - {l}");
+                    }
+                }
+            }
+        }
+        println!("{} passed, {failed} failed", results.len() - failed);
+        return Ok(if failed == 0 {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        });
+    }
     let bin = build()?;
     let mut failed = 0;
     for &t in &a.targets {
@@ -354,23 +387,27 @@ mod tests {
             parse_args(&[]).unwrap(),
             FuzzArgs {
                 secs: DEFAULT_SECS,
-                targets: TARGETS.to_vec()
+                targets: TARGETS.to_vec(),
+                smoke: false
             }
         );
         assert_eq!(
             parse_args(&args(&["--time", "5", "region", "fdt", "region"])).unwrap(),
             FuzzArgs {
                 secs: 5,
-                targets: vec!["region", "fdt"]
+                targets: vec!["region", "fdt"],
+                smoke: false
             }
         );
         assert_eq!(parse_args(&args(&["--time=7"])).unwrap().secs, 7);
+        assert!(parse_args(&args(&["--smoke"])).unwrap().smoke);
         for bad in [
             &["--time", "0"][..],
             &["--time", "x"],
             &["--time"],
             &["nosuch"],
             &["--jobs", "2"],
+            &["--smoke", "fdt"],
         ] {
             assert!(parse_args(&args(bad)).is_err(), "{bad:?}");
         }

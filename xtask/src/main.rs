@@ -13,8 +13,9 @@
 //! - `cargo xtask bench [--only NAME]... [--out FILE] [--verbose]
 //!   [--timeout SECS]`: benchmark boots on both architectures and the host
 //!   region-table benchmark, printed as markdown tables.
-//! - `cargo xtask fuzz [--time SECS] [TARGET]...`: build the libFuzzer
-//!   targets of `fuzz/` on stable and run each for SECS seconds (`fuzz.rs`).
+//! - `cargo xtask fuzz [--time SECS] [TARGET]...` / `--smoke`: build the
+//!   libFuzzer targets of `fuzz/` on stable and run each for SECS seconds,
+//!   or the smoke run `test` makes (`fuzz.rs`).
 
 mod agent;
 mod bench;
@@ -105,6 +106,7 @@ commands:
                             decode) for SECS seconds (default 60); corpus target/fuzz-corpus/,
                             failing inputs target/fuzz-artifacts/, output target/fuzz-logs/;
                             exit non-zero on any crash, hang or OOM, naming the reproducer
+  fuzz --smoke              only the smoke run that `test` makes (every target, 10 s)
 
 environment: XENMEM_QEMU_X86_64, XENMEM_QEMU_AARCH64, XENMEM_DTC (tool paths),
   XENMEM_XEN_X86_64, XENMEM_XEN_AARCH64 (Xen images), XENMEM_CACHE (download cache,
