@@ -178,6 +178,19 @@ fn has_free_extent(t: &RegionTable, order: u32, limit: u64) -> bool {
     })
 }
 
+/// Calls that move memory other than exchange (which the domains here, all
+/// translated, are refused at the first page).
+fn balloon_calls(m: &XenModel) -> u64 {
+    [
+        Op::DecreaseReservation,
+        Op::PopulatePhysmap,
+        Op::IncreaseReservation,
+    ]
+    .iter()
+    .map(|&o| m.calls(o))
+    .sum()
+}
+
 fn moving_calls(m: &XenModel) -> u64 {
     [
         Op::DecreaseReservation,
@@ -360,8 +373,24 @@ fn run(u: &mut Unstructured<'_>) -> AResult<()> {
     let pages = cur.0;
     let mut bufs: Vec<ContiguousBuffer> = Vec::new();
     let direct = features.contains(xenmem::xen::Features::DIRECT_MAPPED);
-    let gfn_base = t.iter().next().map_or(0, |r| r.range.start().0);
-    let gfn_end = t.iter().next_back().map_or(0, |r| r.range.end().0);
+    // Frames to aim at: the domain's RAM, and now and then anywhere in the
+    // table (holes, MMIO, beyond).
+    let ram_lo = t
+        .iter()
+        .find(|r| r.kind == RegionKind::Ram)
+        .map_or(0, |r| r.range.start().0);
+    let ram_hi = t
+        .iter()
+        .rfind(|r| r.kind == RegionKind::Ram)
+        .map_or(0, |r| r.range.end().0);
+    let table_end = t.iter().next_back().map_or(0, |r| r.range.end().0);
+    let frame = |u: &mut Unstructured<'_>| -> AResult<u64> {
+        if u.ratio(1, 8)? {
+            u.int_in_range(0..=table_end)
+        } else {
+            u.int_in_range(ram_lo..=ram_hi)
+        }
+    };
 
     for step in 0..24 {
         if u.is_empty() {
@@ -369,6 +398,7 @@ fn run(u: &mut Unstructured<'_>) -> AResult<()> {
         }
         let snapshot = t.clone();
         let calls = moving_calls(&m);
+        let balloons = balloon_calls(&m);
         let ballooned = t.count(RegionKind::Ballooned).0;
         // A short count left unsettled by the last call is settled first.
         let was_unsettled = e.unsettled();
@@ -425,7 +455,7 @@ fn run(u: &mut Unstructured<'_>) -> AResult<()> {
             }
             4 => e.balloon_to(&mut t, PageCount(u.int_in_range(0..=pages + 8)?)),
             5 => {
-                let s = u.int_in_range(gfn_base..=gfn_end)?;
+                let s = frame(u)?;
                 let n = u.int_in_range(1..=64)?;
                 match FrameRange::new(Gfn(s), PageCount(n)) {
                     Ok(r) => e.release_frames(&mut t, r),
@@ -454,7 +484,7 @@ fn run(u: &mut Unstructured<'_>) -> AResult<()> {
                     done: PageCount(0), ..
                 }) = r
                 {
-                    if moving_calls(&m) == calls && !was_unsettled {
+                    if balloon_calls(&m) == balloons && !was_unsettled {
                         assert!(
                             !had,
                             "alloc_contiguous of order {order}: Shortfall with a free extent"
@@ -486,7 +516,7 @@ fn run(u: &mut Unstructured<'_>) -> AResult<()> {
             }
             8 => e.verify().map(|_| ()),
             9 => {
-                let g = Gfn(u.int_in_range(gfn_base..=gfn_end)?);
+                let g = Gfn(frame(u)?);
                 if t.region_at(g).is_some_and(|r| {
                     r.kind == RegionKind::Ram && !r.flags.contains(RegionFlags::PINNED)
                 }) {
@@ -510,7 +540,7 @@ fn run(u: &mut Unstructured<'_>) -> AResult<()> {
             _ => {
                 // Split free RAM by flags: pinned (the agent keeps it) or
                 // marked below 4 GiB.
-                let s = u.int_in_range(gfn_base..=gfn_end)?;
+                let s = frame(u)?;
                 let n = u.int_in_range(1..=600)?;
                 let set = if u.arbitrary()? {
                     RegionFlags::PINNED
