@@ -463,8 +463,19 @@ fn run(u: &mut Unstructured<'_>) -> AResult<()> {
                 }
             }
             6 => {
-                let size = u.int_in_range(0..=(2u64 << 20) + 1)?;
-                let align = 1u64 << u.int_in_range(0..=22)?;
+                // Mostly a size that needs an order the strategy allows.
+                let size = if u.ratio(1, 4)? {
+                    u.int_in_range(0..=(2u64 << 20) + 1)?
+                } else {
+                    let o = u.int_in_range(0..=strategy.max_order.get().min(9))?;
+                    let top = 4096u64 << o;
+                    u.int_in_range(top / 2 + 1..=top)?
+                };
+                let align = if u.ratio(1, 4)? {
+                    1u64 << u.int_in_range(0..=22)?
+                } else {
+                    4096
+                };
                 let bits = if u.arbitrary()? {
                     Some(u.int_in_range(0..=70)?)
                 } else {
@@ -540,8 +551,16 @@ fn run(u: &mut Unstructured<'_>) -> AResult<()> {
             _ => {
                 // Split free RAM by flags: pinned (the agent keeps it) or
                 // marked below 4 GiB.
-                let s = frame(u)?;
-                let n = u.int_in_range(1..=600)?;
+                // Half the time across the middle of one of the highest
+                // aligned extents of some order, where buffers are taken.
+                let (s, n) = if u.arbitrary()? {
+                    let o = u.int_in_range(1..=9u32)?;
+                    let k = u.int_in_range(1..=4u64)?;
+                    let top = (ram_hi >> o << o).saturating_sub(k << o);
+                    (top + (1 << (o - 1)), u.int_in_range(1..=1u64 << o)?)
+                } else {
+                    (frame(u)?, u.int_in_range(1..=600)?)
+                };
                 let set = if u.arbitrary()? {
                     RegionFlags::PINNED
                 } else {
