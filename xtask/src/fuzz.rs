@@ -192,7 +192,8 @@ pub struct Stats {
 pub fn parse_output(text: &str) -> Stats {
     let mut s = Stats::default();
     let num = |v: &str| v.trim().parse::<u64>().unwrap_or(0);
-    for line in text.lines() {
+    let mut lines = text.lines().peekable();
+    while let Some(line) = lines.next() {
         if let Some(v) = line.strip_prefix("stat::number_of_executed_units:") {
             s.execs = num(v);
         } else if let Some(v) = line.strip_prefix("stat::average_exec_per_sec:") {
@@ -202,7 +203,9 @@ pub fn parse_output(text: &str) -> Stats {
         } else if let Some(v) = line.strip_prefix("SUMMARY: libFuzzer: ") {
             s.failure.get_or_insert_with(|| v.trim().to_string());
         } else if line.contains("panicked at") {
-            s.failure = Some(line.trim().to_string());
+            // The location, and the message on the next line.
+            let message = lines.peek().map_or("", |m| m.trim());
+            s.failure = Some(format!("{} {message}", line.trim()).trim().to_string());
         }
         let field = |name: &str| {
             line.split_whitespace()
@@ -476,7 +479,10 @@ stat::number_of_executed_units: 196
         );
         assert_eq!(
             s.failure.as_deref(),
-            Some("thread '<unnamed>' (10451) panicked at fuzz_targets/reservation.rs:113:17:")
+            Some(
+                "thread '<unnamed>' (10451) panicked at fuzz_targets/reservation.rs:113:17: \
+                 step 18 op 9: 0x49c (ram) is not populated"
+            )
         );
         assert_eq!((s.execs, s.cov, s.corpus), (196, 885, 3));
         let o = Outcome {
