@@ -88,13 +88,21 @@ fn prefix(s: Source) -> String {
 }
 
 fuzz_target!(|data: &[u8]| {
-    // The splitter: the lines are the input cut at `\n`, `\r` dropped.
     let mut split = LineSplitter::default();
     let mut lines = split.push(data);
     lines.extend(split.finish());
-    let whole = String::from_utf8_lossy(data).replace('\r', "");
-    let whole = whole.strip_suffix('\n').unwrap_or(&whole);
-    assert_eq!(lines.join("\n"), whole);
+    // The reference: the byte segments between newlines (the last one
+    // only if the input does not end there), each as lossy UTF-8 without
+    // `\r`.
+    let mut segments: Vec<&[u8]> = data.split(|&b| b == b'\n').collect();
+    if segments.last().is_some_and(|l| l.is_empty()) {
+        segments.pop();
+    }
+    let want: Vec<String> = segments
+        .iter()
+        .map(|l| String::from_utf8_lossy(l).replace('\r', ""))
+        .collect();
+    assert_eq!(lines, want, "the splitter's lines");
 
     let mut d = Decoder::new(table());
     let mut sources = BTreeSet::from([Source::D0]);
