@@ -406,8 +406,26 @@ pub struct Engine<'h, H: Hypervisor> {
     identity: &'h dyn IdentityMap,
     /// The first identity-map failure not yet reported.
     identity_error: Option<PagingError>,
+    /// A short count whose extent is not settled yet (see [`Unsettled`]).
+    unsettled: Option<Unsettled>,
     /// What it did.
     pub stats: Stats,
+}
+
+/// A short count the engine could not settle because asking Xen for the
+/// reservation failed (issue 14's fuzzing: the error was returned with the
+/// accounting behind Xen, and after a short decrease the frames Xen had
+/// taken were left in the identity map). It is settled — Xen asked again,
+/// the table and accounting brought up to date — at the start of the next
+/// call, which fails with the query's error if Xen fails it again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Unsettled {
+    /// `decrease_reservation` stopped at the extent of `pages` pages at
+    /// `failing`, having removed an unknown number of its first pages.
+    Decrease { failing: Gfn, pages: u64 },
+    /// `populate_physmap` stopped at an extent of `order` that Xen may
+    /// have assigned without mapping it.
+    Populate { order: Order },
 }
 
 const SELF: DomId = DomId::SELF;
@@ -426,6 +444,7 @@ impl<'h, H: Hypervisor> Engine<'h, H> {
             exchange_works: None,
             identity: &NoIdentityMap,
             identity_error: None,
+            unsettled: None,
             stats: Stats::default(),
         }
     }
@@ -551,8 +570,34 @@ impl<'h, H: Hypervisor> Engine<'h, H> {
         self.exchange_works
     }
 
+    /// Whether a short count waits to be settled: an earlier call failed
+    /// asking Xen for the reservation after Xen stopped part way, so the
+    /// table and [`expected`](Self::expected) may be behind Xen until the
+    /// next call (any of the engine's calls settles it first).
+    pub fn unsettled(&self) -> bool {
+        self.unsettled.is_some()
+    }
+
+    /// Settle a short count left by an earlier call (see [`Unsettled`]).
+    fn settle(&mut self, t: &mut RegionTable) -> Result<(), ReservationError> {
+        match self.unsettled {
+            None => Ok(()),
+            Some(Unsettled::Populate { order }) => self.settle_populate(order),
+            Some(Unsettled::Decrease { failing, pages }) => {
+                let gone = self.settle_decrease(t, failing, pages)?;
+                if gone > 0 {
+                    self.unmap(t, failing, gone)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
     /// Ask Xen for the reservation and compare it with the accounting.
     pub fn verify(&mut self) -> Result<PageCount, ReservationError> {
+        if let Some(Unsettled::Populate { order }) = self.unsettled {
+            self.settle_populate(order)?;
+        }
         let actual = self.current()?;
         if actual != self.expected {
             return Err(ReservationError::Inconsistent {
@@ -622,6 +667,7 @@ impl<'h, H: Hypervisor> Engine<'h, H> {
         if self.direct_mapped {
             return Err(ReservationError::DirectMapped);
         }
+        self.settle(t)?;
         if let Some(g) = (range.start().0..range.end().0)
             .map(Gfn)
             .find(|&g| !still_free(t, g, 1))
@@ -703,6 +749,7 @@ impl<'h, H: Hypervisor> Engine<'h, H> {
         if self.direct_mapped {
             return Err(ReservationError::DirectMapped);
         }
+        self.settle(t)?;
         // Refuse what cannot be done before doing any of it.
         let free =
             t.count_where(|r| r.kind == RegionKind::Ram && !r.flags.contains(RegionFlags::PINNED));
@@ -772,6 +819,14 @@ impl<'h, H: Hypervisor> Engine<'h, H> {
                 Ok(r) => r,
                 Err(e) => {
                     t.clear_set_aside();
+                    if let Some(Unsettled::Decrease { failing, .. }) = self.unsettled {
+                        // The extents before the unsettled one are Xen's
+                        // and recorded: out of the identity map with them.
+                        let done = batch.iter().position(|&g| g == failing).unwrap_or(0);
+                        for g in &batch[..done] {
+                            self.unmap(t, *g, n)?;
+                        }
+                    }
                     return Err(e);
                 }
             };
@@ -857,7 +912,23 @@ impl<'h, H: Hypervisor> Engine<'h, H> {
         // Short: Xen removed the first `gone` pages of extent `done`.
         self.stats.short_counts += 1;
         let failing = batch[done];
+        let gone = self.settle_decrease(t, failing, n)?;
+        Ok((done, gone))
+    }
+
+    /// After a short decrease stopped at the extent of `n` pages at
+    /// `failing`: ask Xen how many of its first pages went and record them
+    /// as ballooned. If asking fails, the extent stays unsettled (and the
+    /// error is returned) until the next call.
+    fn settle_decrease(
+        &mut self,
+        t: &mut RegionTable,
+        failing: Gfn,
+        n: u64,
+    ) -> Result<u64, ReservationError> {
+        self.unsettled = Some(Unsettled::Decrease { failing, pages: n });
         let actual = self.current()?;
+        self.unsettled = None;
         let gone = self
             .expected
             .0
@@ -872,7 +943,7 @@ impl<'h, H: Hypervisor> Engine<'h, H> {
             self.stats.released += gone;
             mark(t, failing, gone, RegionKind::Ram, RegionKind::Ballooned)?;
         }
-        Ok((done, gone))
+        Ok(gone)
     }
 
     fn stuck(&mut self, t: &mut RegionTable, g: Gfn) -> Result<(), ReservationError> {
@@ -904,6 +975,7 @@ impl<'h, H: Hypervisor> Engine<'h, H> {
         t: &mut RegionTable,
         pages: PageCount,
     ) -> Result<(), ReservationError> {
+        self.settle(t)?;
         // Refuse what cannot be done before doing any of it: only frames
         // this table ballooned can come back.
         if t.count(RegionKind::Ballooned) < pages {
@@ -1001,7 +1073,16 @@ impl<'h, H: Hypervisor> Engine<'h, H> {
     /// reservation and no GFN reaches them. Ask Xen and account for them.
     fn after_short_populate(&mut self, order: Order) -> Result<(), ReservationError> {
         self.stats.short_counts += 1;
+        self.settle_populate(order)
+    }
+
+    /// Account for an extent of `order` Xen may have assigned unmapped. If
+    /// asking fails, it stays unsettled (and the error is returned) until
+    /// the next call.
+    fn settle_populate(&mut self, order: Order) -> Result<(), ReservationError> {
+        self.unsettled = Some(Unsettled::Populate { order });
         let actual = self.current()?;
+        self.unsettled = None;
         match actual.0.checked_sub(self.expected.0) {
             Some(0) => Ok(()),
             Some(leak) if leak == order.pages().0 => {
@@ -1068,6 +1149,7 @@ impl<'h, H: Hypervisor> Engine<'h, H> {
             Some(bits) => MemFlags::address_bits(bits)
                 .ok_or(ReservationError::AddressBitsTooSmall { bits, needed })?,
         };
+        self.settle(t)?;
         if self.direct_mapped {
             // GPA == MA: any free, naturally aligned run of RAM is already
             // machine-contiguous, and its bus address is known. Take the
@@ -1108,6 +1190,7 @@ impl<'h, H: Hypervisor> Engine<'h, H> {
         page: Gfn,
     ) -> Result<bool, ReservationError> {
         let range = FrameRange::new(page, PageCount(1))?;
+        self.settle(t)?;
         match self.try_exchange(t, range, Order::ZERO, MemFlags::NONE)? {
             Some(buf) => {
                 // A refusal drops the buffer given back: reported as a
@@ -1767,6 +1850,79 @@ mod tests {
         assert!(t.count(RegionKind::Reserved(ReservedUse::PageTables)).0 > 0);
         consistent(&m, &t, &e);
         assert_eq!(t.check_invariants(), Ok(()));
+    }
+
+    /// Xen stops a populate at an extent it assigned without mapping, and
+    /// then the engine's question about the reservation fails (issue 14's
+    /// fuzzing): the call fails with that error and the leak waits,
+    /// unsettled; the next call asks again and accounts for it.
+    #[test]
+    fn a_short_populate_whose_question_fails_is_settled_by_the_next_call() {
+        let (m, mut t) = domu(1 << 16, 1 << 12);
+        let mut e = engine(&m, Strategy::xenmem(Order::new_const(2)));
+        e.decrease(&mut t, PageCount(64)).unwrap();
+        m.inject(Fault::MapFailAt { after_extents: 1 });
+        m.inject(Fault::Errno {
+            op: Op::CurrentReservation,
+            errno: Errno::ENOMEM,
+        });
+        assert_eq!(
+            e.increase(&mut t, PageCount(16)),
+            Err(ReservationError::Xen {
+                op: "current_reservation",
+                err: XenError::Errno(Errno::ENOMEM)
+            })
+        );
+        assert!(e.unsettled());
+        // The next call settles first.
+        e.increase(&mut t, PageCount(4)).unwrap();
+        assert!(!e.unsettled());
+        assert_eq!(e.stats.leaked_by_xen, 4);
+        consistent(&m, &t, &e);
+        assert_eq!(e.verify(), Ok(PageCount(m.tot_pages(DOM).unwrap())));
+    }
+
+    /// Xen stops a decrease inside an extent, and then the engine's
+    /// question about how much of it went fails (issue 14's fuzzing): the
+    /// extents Xen took are recorded and out of the identity map, the
+    /// partly removed one waits, unsettled; the next call asks again,
+    /// records its removed pages and unmaps them.
+    #[test]
+    fn a_short_decrease_whose_question_fails_is_settled_by_the_next_call() {
+        let (m, mut t) = domu(1 << 16, 1 << 12);
+        let id = RecordingIdentity::default();
+        let mut e = engine(&m, Strategy::xenmem(Order::new_const(3))).with_identity_map(&id);
+        m.inject(Fault::PartialExtent {
+            after_extents: 1,
+            pages: 3,
+        });
+        m.inject(Fault::Errno {
+            op: Op::CurrentReservation,
+            errno: Errno::ENOMEM,
+        });
+        assert_eq!(
+            e.decrease(&mut t, PageCount(16)),
+            Err(ReservationError::Xen {
+                op: "current_reservation",
+                err: XenError::Errno(Errno::ENOMEM)
+            })
+        );
+        assert!(e.unsettled());
+        let ballooned: Vec<u64> = t
+            .iter()
+            .filter(|r| r.kind == RegionKind::Ballooned)
+            .flat_map(|r| r.range.start().0..r.range.end().0)
+            .collect();
+        assert_eq!(ballooned.len(), 8, "the extent Xen took");
+        for g in &ballooned {
+            assert!(id.unmapped.borrow().contains(g), "{g:#x} still mapped");
+        }
+        // The next call settles first: 3 more pages are Xen's.
+        e.decrease(&mut t, PageCount(5)).unwrap();
+        assert!(!e.unsettled());
+        assert_eq!(t.count(RegionKind::Ballooned), PageCount(16));
+        assert_eq!(id.unmapped.borrow().len(), 16);
+        consistent(&m, &t, &e);
     }
 
     /// The highest aligned extent may span two free RAM regions whose other

@@ -13,6 +13,9 @@
 //! - `cargo xtask bench [--only NAME]... [--out FILE] [--verbose]
 //!   [--timeout SECS]`: benchmark boots on both architectures and the host
 //!   region-table benchmark, printed as markdown tables.
+//! - `cargo xtask fuzz [--time SECS] [TARGET]...` / `--smoke`: build the
+//!   libFuzzer targets of `fuzz/` on stable and run each for SECS seconds,
+//!   or the smoke run `test` makes (`fuzz.rs`).
 
 mod agent;
 mod bench;
@@ -21,6 +24,7 @@ mod boot;
 mod cpio;
 mod decode;
 mod dtb;
+mod fuzz;
 mod highmem;
 mod image;
 mod mutants;
@@ -83,10 +87,11 @@ commands:
                                                    the domain still paused (without it
                                                    the domain is unpaused first)
                             the domain's bound (60 s) grows by the steps' waits and sleeps
-  test [options]            cargo test --workspace, then every boot scenario (the agent's,
-                            the xl rig's, and x86_64-stub / aarch64-stub: examples/stub)
+  test [options]            cargo test --workspace and a smoke run of every fuzz target
+                            (10 s each), then every boot scenario (the agent's, the xl
+                            rig's, and x86_64-stub / aarch64-stub: examples/stub)
       --only NAME           run only scenarios whose name contains NAME (repeatable)
-      --no-host-tests       skip cargo test --workspace
+      --no-host-tests       skip cargo test --workspace and the fuzz smoke run
       --verbose             stream every boot's console
       --timeout SECS        per boot (default 120)
   bench [options]           boot the agent in benchmark mode (x86_64 dom0, aarch64 domU,
@@ -98,6 +103,13 @@ commands:
       --out FILE            also write the markdown to FILE
       --verbose             stream every boot's console
       --timeout SECS        per boot (default 900)
+  fuzz [--time SECS] [TARGET]...
+                            build the libFuzzer targets of fuzz/ with stable cargo and run
+                            each (default: all of fdt, memmap, cmdline, region, reservation,
+                            decode) for SECS seconds (default 60); corpus target/fuzz-corpus/,
+                            failing inputs target/fuzz-artifacts/, output target/fuzz-logs/;
+                            exit non-zero on any crash, hang or OOM, naming the reproducer
+  fuzz --smoke              only the smoke run that `test` makes (every target, 10 s)
 
 environment: XENMEM_QEMU_X86_64, XENMEM_QEMU_AARCH64, XENMEM_DTC (tool paths),
   XENMEM_XEN_X86_64, XENMEM_XEN_AARCH64 (Xen images), XENMEM_CACHE (download cache,
@@ -137,6 +149,7 @@ fn dispatch(args: &[String]) -> Result<ExitCode> {
         "run" => run(rest),
         "test" => test(rest),
         "bench" => bench::run(rest),
+        "fuzz" => fuzz::fuzz(rest),
         "help" | "-h" | "--help" => {
             println!("{USAGE}");
             Ok(ExitCode::SUCCESS)
@@ -668,6 +681,12 @@ fn test(args: &[String]) -> Result<ExitCode> {
                 None,
             );
         }
+        for (name, r) in fuzz::smoke() {
+            match r {
+                Ok(detail) => tally.pass(&name, &detail),
+                Err(why) => tally.fail(&name, &why, None),
+            }
+        }
     }
 
     let mut agents: HashMap<&'static str, Result<(Agent, Table), String>> = HashMap::new();
@@ -821,7 +840,7 @@ fn test(args: &[String]) -> Result<ExitCode> {
         "xtask: counted {} scenario(s){}{}",
         scenarios.len() + xl.len() + stubs.len() + mutants.len(),
         if t.host_tests {
-            " + the host test run"
+            " + the host test run and fuzz smoke runs"
         } else {
             ""
         },
