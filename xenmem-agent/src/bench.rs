@@ -657,7 +657,7 @@ impl LendMaps<crate::arch::imp::paging::AgentPageTable> for BootMaps {
         }
         match crate::arch::imp::paging::page_tables() {
             Ok(mut g) => {
-                let mut vas = VaSpace::new(MapTarget::window(&*g));
+                let mut vas = VaSpace::new(crate::xenview::window(&*g));
                 f(Some(Maps {
                     pt: &mut *g,
                     vas: &mut vas,

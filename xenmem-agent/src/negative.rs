@@ -673,7 +673,7 @@ fn acquire_hook<H: Hypervisor>(hv: &H, t: &mut RegionTable, s: &Survey, opts: &O
             return Verdict::Fail;
         }
     };
-    let mut vas = VaSpace::new(MapTarget::window(&*pt));
+    let mut vas = VaSpace::new(crate::xenview::window(&*pt));
     let v = acquire_run(
         hv,
         t,
