@@ -34,7 +34,7 @@
 //! the table ends as it started (but for those page tables on the target),
 //! and Xen's reservation too (checked after every repetition).
 //!
-//! The engine is the agent's own ([`crate::agent::engine_with`]): on the
+//! The engine is the agent's own (`agent::engine_with`): on the
 //! bare-metal targets it takes ballooned frames out of the boot identity map
 //! and puts them back, and that work is part of every round trip measured.
 //! The page tables are lent to tables 3 and 4 only afterwards

@@ -52,7 +52,7 @@ impl Input {
 
 /// Where the agent reads the PL011's registers: its guest-physical address
 /// while the boot map covers device space, then the window page
-/// [`map_uart`] maps it at (0: no UART).
+/// `map_uart` maps it at (0: no UART).
 static UART_VA: AtomicU64 = AtomicU64::new(0);
 
 /// Seconds to wait at each pause; 0: no pauses.
@@ -81,7 +81,7 @@ pub fn enable(secs: u32, input: Input) {
 }
 
 /// The mapping window the agent's [`VaSpace`](xenmem::mapping::VaSpace)s
-/// hand out: `pt`'s, less its last page while [`map_uart`] keeps the UART
+/// hand out: `pt`'s, less its last page while `map_uart` keeps the UART
 /// there.
 pub fn window(pt: &impl xenmem::mapping::MapTarget) -> xenmem::paging::Window {
     let w = pt.window();
@@ -224,7 +224,7 @@ fn drain(input: Input) -> bool {
 
 /// One character from the PL011 whose registers the agent reaches at
 /// `base` (identity-mapped device space, or the window page of
-/// [`map_uart`]), if its receive FIFO holds one.
+/// `map_uart`), if its receive FIFO holds one.
 #[cfg(all(target_os = "none", target_arch = "aarch64"))]
 fn pl011_read(base: u64) -> bool {
     const UARTDR: u64 = 0x00;

@@ -687,7 +687,7 @@ impl<'h, H: Hypervisor> Engine<'h, H> {
     }
 
     /// Populate exactly the frames of `range` again (one order-0 extent
-    /// each, [`SINGLES`] per hypercall) with `flags` (an address limit, a
+    /// each, up to `SINGLES` per hypercall) with `flags` (an address limit, a
     /// NUMA node): the counterpart of [`release_frames`](Self::release_frames).
     /// Every frame must be ballooned in the table: otherwise
     /// [`ReservationError::NotBallooned`] names the first that is not,
