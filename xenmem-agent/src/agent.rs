@@ -3648,13 +3648,50 @@ fn log_survey_error(e: &SurveyError) {
     }
 }
 
+/// A PVH boot for host tests: Xen's start info without a memory map
+/// (the survey asks `XENMEM_memory_map`), the image at 1-2 MiB.
+#[cfg(test)]
+pub(crate) mod test_boot {
+    use xenmem::addr::GuestPhysAddr;
+    use xenmem::boot::{BootInfo, Firmware, PhysSpan};
+    use xenmem::xen::abi::{HvmStartInfo, HVM_START_MAGIC};
+
+    /// The start info, with no memory map.
+    pub(crate) const START_INFO: HvmStartInfo = HvmStartInfo {
+        magic: HVM_START_MAGIC,
+        version: 0,
+        flags: 0,
+        nr_modules: 0,
+        modlist_paddr: 0,
+        cmdline_paddr: 0,
+        rsdp_paddr: 0,
+        memmap_paddr: 0,
+        memmap_entries: 0,
+        reserved: 0,
+    };
+
+    /// A boot with `cmdline`.
+    pub(crate) fn pvh(cmdline: &[u8]) -> BootInfo<'_> {
+        BootInfo {
+            cmdline,
+            firmware: Firmware::Pvh {
+                start_info: &START_INFO,
+                memmap: &[],
+            },
+            image: PhysSpan {
+                start: GuestPhysAddr(0x100000),
+                end: GuestPhysAddr(0x200000),
+            },
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::cell::{Cell, RefCell};
     use xenmem::addr::GuestPhysAddr;
     use xenmem::addr::{Mfn, Order};
-    use xenmem::xen::abi::{HvmStartInfo, HVM_START_MAGIC};
     use xenmem::xen::{
         DomainInfo, Errno, ExchangeOutcome, ExchangeRequest, MemFlags, ShutdownReason,
     };
@@ -3871,32 +3908,7 @@ mod tests {
         }
     }
 
-    const START_INFO: HvmStartInfo = HvmStartInfo {
-        magic: HVM_START_MAGIC,
-        version: 0,
-        flags: 0,
-        nr_modules: 0,
-        modlist_paddr: 0,
-        cmdline_paddr: 0,
-        rsdp_paddr: 0,
-        memmap_paddr: 0,
-        memmap_entries: 0,
-        reserved: 0,
-    };
-
-    fn boot(cmdline: &[u8]) -> BootInfo<'_> {
-        BootInfo {
-            cmdline,
-            firmware: Firmware::Pvh {
-                start_info: &START_INFO,
-                memmap: &[],
-            },
-            image: PhysSpan {
-                start: GuestPhysAddr(0x100000),
-                end: GuestPhysAddr(0x200000),
-            },
-        }
-    }
+    use super::test_boot::{pvh as boot, START_INFO};
 
     #[test]
     fn survey_reports_what_xen_says() {

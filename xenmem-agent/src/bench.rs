@@ -2836,9 +2836,7 @@ mod tests {
     use crate::agent::{build_table, survey, DomidSource};
     use crate::cmdline::Options;
     use std::cell::Cell;
-    use xenmem::boot::{BootInfo, Firmware, PhysSpan};
     use xenmem::xen::abi::gnttab::{GrantEntryV1, GTF_PERMIT_ACCESS};
-    use xenmem::xen::abi::{HvmStartInfo, HVM_START_MAGIC};
     use xenmem::xen::ShutdownReason;
     use xenmem_model::window::{clean, BufTables};
     use xenmem_model::{DomainConfig, Op, XenModel};
@@ -3044,33 +3042,10 @@ mod tests {
         assert!(by("populate-vs-floor").measured.is_none());
     }
 
-    const START_INFO: HvmStartInfo = HvmStartInfo {
-        magic: HVM_START_MAGIC,
-        version: 0,
-        flags: 0,
-        nr_modules: 0,
-        modlist_paddr: 0,
-        cmdline_paddr: 0,
-        rsdp_paddr: 0,
-        memmap_paddr: 0,
-        memmap_entries: 0,
-        reserved: 0,
-    };
-
     fn x86_dom0(m: &XenModel, pages: u64) -> (Survey, RegionTable) {
         m.add_domain(DomainConfig::pvh_dom0(pages)).unwrap();
         m.set_current(DomId(0)).unwrap();
-        let boot = BootInfo {
-            cmdline: b"",
-            firmware: Firmware::Pvh {
-                start_info: &START_INFO,
-                memmap: &[],
-            },
-            image: PhysSpan {
-                start: xenmem::addr::GuestPhysAddr(0x100000),
-                end: xenmem::addr::GuestPhysAddr(0x200000),
-            },
-        };
+        let boot = crate::agent::test_boot::pvh(b"");
         let s = survey(m, &boot, &Options::default()).unwrap();
         let t = build_table(&s, &boot, None).unwrap();
         (s, t)

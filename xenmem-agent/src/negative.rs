@@ -708,38 +708,11 @@ fn disp<T: core::fmt::Display>(v: &T) -> &T {
 mod tests {
     use super::*;
     use crate::agent::{build_table, run as agent_run, survey};
-    use xenmem::addr::{Gfn, GuestPhysAddr};
-    use xenmem::boot::{BootInfo, Firmware, PhysSpan};
-    use xenmem::xen::abi::HvmStartInfo;
+    use xenmem::addr::Gfn;
     use xenmem_model::window::BufTables;
     use xenmem_model::{DomainConfig, Fault, Op, XenModel};
 
-    const START_INFO: HvmStartInfo = HvmStartInfo {
-        magic: 0,
-        version: 0,
-        flags: 0,
-        nr_modules: 0,
-        modlist_paddr: 0,
-        cmdline_paddr: 0,
-        rsdp_paddr: 0,
-        memmap_paddr: 0,
-        memmap_entries: 0,
-        reserved: 0,
-    };
-
-    fn boot(cmdline: &[u8]) -> BootInfo<'_> {
-        BootInfo {
-            cmdline,
-            firmware: Firmware::Pvh {
-                start_info: &START_INFO,
-                memmap: &[],
-            },
-            image: PhysSpan {
-                start: GuestPhysAddr(0x100000),
-                end: GuestPhysAddr(0x200000),
-            },
-        }
-    }
+    use crate::agent::test_boot::pvh as boot;
 
     fn model(cfg: DomainConfig) -> XenModel {
         let m = XenModel::new(1 << 16);
