@@ -21,7 +21,7 @@ use xenmem::logframe::{decode_line, LineEncoder, CHUNK, MARKER, MAX_LINE};
 #[path = "../../xtask/src/decode.rs"]
 mod decode;
 
-#[path = "../common/defmt.rs"]
+#[path = "../../xtask/src/defmt_frames.rs"]
 mod defmt_frames;
 
 use decode::{Decoder, Event, LineSplitter, Source};

@@ -23,6 +23,8 @@ mod bench_grants;
 mod boot;
 mod cpio;
 mod decode;
+#[cfg(test)]
+mod defmt_frames;
 mod dtb;
 mod fuzz;
 mod highmem;

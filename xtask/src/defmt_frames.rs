@@ -1,6 +1,6 @@
-//! Building defmt frames and tables for the decoder target, as the agent's
-//! logger would emit them. (The same helpers as the test module of
-//! `xtask/src/decode.rs`, which `cfg(test)` keeps out of the fuzz build.)
+//! Building defmt frames and tables as the agent's logger would emit them,
+//! for the decoder's tests (`decode::tests`, `boot`'s tests) and the decode
+//! fuzz target, which includes this file by path.
 
 use object::write::{Object, StandardSection, Symbol, SymbolSection};
 use object::{Architecture, BinaryFormat, Endianness, SymbolFlags, SymbolKind, SymbolScope};
