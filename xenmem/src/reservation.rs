@@ -472,6 +472,19 @@ impl<'h, H: Hypervisor> Engine<'h, H> {
         self.identity_error.get_or_insert(e);
     }
 
+    /// Run identity-map work (`unmap`, `map_and_mark`) and add its time to
+    /// [`Stats::identity_ticks`]. Callers time a whole batch at once, not
+    /// each extent: under Xen's TSC emulation (an x86 PVH guest under TCG)
+    /// one clock read traps into Xen and costs more than a small map
+    /// change, so per-extent timing was most of the engine's own share
+    /// (issue 14).
+    fn identity_timed<R>(&mut self, f: impl FnOnce(&mut Self) -> R) -> R {
+        let t0 = crate::timer::now();
+        let r = f(self);
+        self.stats.identity_ticks += crate::timer::now().wrapping_sub(t0);
+        r
+    }
+
     /// After marking frames ballooned: unmap them. A failure leaves them
     /// mapped (as before this existed), is recorded, and the work goes on:
     /// the table and Xen's count are right either way.
@@ -482,10 +495,7 @@ impl<'h, H: Hypervisor> Engine<'h, H> {
         count: u64,
     ) -> Result<(), ReservationError> {
         let range = FrameRange::new(start, PageCount(count))?;
-        let t0 = crate::timer::now();
-        let r = self.identity.unmap(t, range);
-        self.stats.identity_ticks += crate::timer::now().wrapping_sub(t0);
-        if let Err(e) = r {
+        if let Err(e) = self.identity.unmap(t, range) {
             self.identity_failed(e);
         }
         Ok(())
@@ -505,10 +515,7 @@ impl<'h, H: Hypervisor> Engine<'h, H> {
         count: u64,
     ) -> Result<u64, ReservationError> {
         let range = FrameRange::new(start, PageCount(count))?;
-        let t0 = crate::timer::now();
-        let r = self.identity.map(t, range);
-        self.stats.identity_ticks += crate::timer::now().wrapping_sub(t0);
-        let pin = match r {
+        let pin = match self.identity.map(t, range) {
             Ok(()) => RegionFlags::empty(),
             Err(e) => {
                 self.identity_failed(e);
@@ -586,7 +593,7 @@ impl<'h, H: Hypervisor> Engine<'h, H> {
             Some(Unsettled::Decrease { failing, pages }) => {
                 let gone = self.settle_decrease(t, failing, pages)?;
                 if gone > 0 {
-                    self.unmap(t, failing, gone)?;
+                    self.identity_timed(|e| e.unmap(t, failing, gone))?;
                 }
                 Ok(())
             }
@@ -823,9 +830,9 @@ impl<'h, H: Hypervisor> Engine<'h, H> {
                         // The extents before the unsettled one are Xen's
                         // and recorded: out of the identity map with them.
                         let done = batch.iter().position(|&g| g == failing).unwrap_or(0);
-                        for g in &batch[..done] {
-                            self.unmap(t, *g, n)?;
-                        }
+                        self.identity_timed(|e| {
+                            batch[..done].iter().try_for_each(|g| e.unmap(t, *g, n))
+                        })?;
                     }
                     return Err(e);
                 }
@@ -842,15 +849,13 @@ impl<'h, H: Hypervisor> Engine<'h, H> {
                 // Xen refuses this frame: keep it out of every later choice.
                 self.stuck(t, f)?;
             }
-            for g in &batch[..done] {
-                self.unmap(t, *g, n)?;
-            }
+            self.identity_timed(|e| batch[..done].iter().try_for_each(|g| e.unmap(t, *g, n)))?;
             let Some(failing) = failing else {
                 at = end;
                 continue;
             };
             if gone > 0 {
-                self.unmap(t, failing, gone)?;
+                self.identity_timed(|e| e.unmap(t, failing, gone))?;
             }
             let refused = Gfn(failing.0 + gone);
             if order != Order::ZERO {
@@ -1051,12 +1056,14 @@ impl<'h, H: Hypervisor> Engine<'h, H> {
             // Every extent Xen populated is recorded; a failure (none is
             // expected: the room is set aside) does not stop the others.
             let mut marked = Ok(());
-            for r in &chunk[..done] {
-                match self.map_and_mark(t, r.start(), n) {
-                    Ok(kept) => populated += kept,
-                    Err(e) => marked = marked.and(Err(e)),
+            self.identity_timed(|e| {
+                for r in &chunk[..done] {
+                    match e.map_and_mark(t, r.start(), n) {
+                        Ok(kept) => populated += kept,
+                        Err(err) => marked = marked.and(Err(err)),
+                    }
                 }
-            }
+            });
             t.clear_set_aside();
             marked?;
             if done < chunk.len() {
@@ -1296,7 +1303,7 @@ impl<'h, H: Hypervisor> Engine<'h, H> {
                 } else {
                     None
                 };
-                self.map_and_mark(t, range.start(), order.pages().0)?;
+                self.identity_timed(|e| e.map_and_mark(t, range.start(), order.pages().0))?;
                 self.record_contiguous(t, range, order, machine, ContiguousMethod::Repopulate)
             }
             other => {
