@@ -1406,7 +1406,7 @@ fn table_tiles(log: &AgentLog) -> Result<(), String> {
 }
 
 /// [`Check::XenPagesAt`] against the runner's record of Xen's view.
-fn xen_pages_at(
+pub(crate) fn xen_pages_at(
     views: &[crate::xenview::XenView],
     src: Source,
     point: &str,

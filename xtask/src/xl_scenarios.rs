@@ -1078,7 +1078,7 @@ fn list_mib(r: &Option<crate::rig::Record>, want: u64, when: &str) -> Option<Str
     (got != Some(want)).then(|| format!("xl list says {got:?} MiB {when}, expected {want}"))
 }
 
-fn check_xl(c: &XlCheck, job: &XlJobResult, log: &AgentLog, res: &XlResult) -> Option<String> {
+pub(crate) fn check_xl(c: &XlCheck, job: &XlJobResult, log: &AgentLog, res: &XlResult) -> Option<String> {
     let xen_num = |k: &str| {
         job.xen_pages
             .as_ref()
@@ -1412,7 +1412,7 @@ const LIBXL_MAXMEM_CONSTANT_KIB: u64 = 1024;
 /// max=`) is the one the toolstack set: `xl list -l`'s `target_memkb` plus
 /// libxl's constant (libxl_dom.c: `xc_domain_setmaxmem(target_memkb +
 /// extra)`), in pages. Every created job must have the `xl list -l` record.
-fn max_from_toolstack(job: &XlJobResult, log: &AgentLog) -> Option<String> {
+pub(crate) fn max_from_toolstack(job: &XlJobResult, log: &AgentLog) -> Option<String> {
     let Some(l) = &job.xl_list_long else {
         return Some("no `xl list -l` record for the domain".into());
     };
