@@ -72,7 +72,7 @@ fn off_by_one(v: &str) -> String {
 fn wrong(is: Is, v: &str) -> Option<String> {
     Some(match is {
         Is::Num(_) => off_by_one(v),
-        Is::Text(t) if t == "tampered" => "untampered".into(),
+        Is::Text("tampered") => "untampered".into(),
         Is::Text(_) | Is::AnyNum => "tampered".into(),
         Is::Version(_) => "0.0".into(),
         Is::Present => return None,
@@ -111,7 +111,10 @@ fn tamper_field(
     let r = &mut l.reports[last];
     let desc = match r.get(key).and_then(|v| wrong(is, v)) {
         Some(w) => {
-            let d = format!("{what}: the last one's {key}={} made {key}={w}", r.get(key).unwrap_or(""));
+            let d = format!(
+                "{what}: the last one's {key}={} made {key}={w}",
+                r.get(key).unwrap_or("")
+            );
             set(r, key, w);
             d
         }
@@ -180,7 +183,11 @@ fn boot_copies(c: &Check, e: &Evidence) -> Vec<Tampered<Evidence>> {
             &format!("`report: {topic} {}={}`", when.0, when.1),
         ),
         Check::Count {
-            src, topic, key, value, ..
+            src,
+            topic,
+            key,
+            value,
+            ..
         } => {
             let mut copy = e.clone();
             let l = log_mut(&mut copy.logs, src);
@@ -566,7 +573,11 @@ fn xl_copies(c: &XlCheck, e: &XlEvidence) -> Vec<Tampered<XlEvidence>> {
         XlCheck::PeerGrant(_) => {
             let last_round = |what: &str, key: &'static str, v: &'static str| {
                 let mut copy = e.clone();
-                let r = copy.job.steps.iter_mut().rfind(|r| r.topic == "peer-grant")?;
+                let r = copy
+                    .job
+                    .steps
+                    .iter_mut()
+                    .rfind(|r| r.topic == "peer-grant")?;
                 rec_set(r, key, v).then_some(Tampered {
                     what: format!("the peer's last round {what}"),
                     copy,
@@ -671,15 +682,17 @@ fn xl_copies(c: &XlCheck, e: &XlEvidence) -> Vec<Tampered<XlEvidence>> {
             j.steps.retain(|r| r.topic != "destroyed-early");
             j.steps.len() < n
         })],
-        XlCheck::NothingLost => vec![job_copy(e, "xl info's free memory after destroy one MiB less", |j| {
-            match j.free_after_mib.as_mut() {
+        XlCheck::NothingLost => vec![job_copy(
+            e,
+            "xl info's free memory after destroy one MiB less",
+            |j| match j.free_after_mib.as_mut() {
                 Some(m) => {
                     *m = m.wrapping_sub(1);
                     true
                 }
                 None => false,
-            }
-        })],
+            },
+        )],
     };
     v.into_iter().flatten().collect()
 }
@@ -736,12 +749,215 @@ pub fn xl(s: &XlScenario, res: &XlResult) -> Outcome {
         })
     }) {
         Some(t) if crate::xl_scenarios::max_from_toolstack(&t.copy.job, &t.copy.log).is_some() => {}
-        Some(t) => out
-            .unfailing
-            .push(format!("the toolstack-maximum check still passes when {}", t.what)),
+        Some(t) => out.unfailing.push(format!(
+            "the toolstack-maximum check still passes when {}",
+            t.what
+        )),
         None => out
             .unfailing
             .push("the toolstack-maximum check cannot fail: no `xl list -l` record".into()),
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rig::XenDomainDump;
+    use crate::scenarios::{count, every, field, field_where, verdict};
+
+    const D0: Source = Source::D0;
+
+    fn log(lines: &[&str]) -> Logs {
+        let mut l = AgentLog::default();
+        for m in lines {
+            let level = if m.starts_with("ERROR ") {
+                Level::Error
+            } else {
+                Level::Info
+            };
+            l.push(level, m.trim_start_matches("ERROR "));
+        }
+        let mut logs = Logs::default();
+        logs.by_source.insert(D0, l);
+        logs
+    }
+
+    const RUN: &[&str] = &[
+        "report: reservation current=8192 max=8192",
+        "report: balloon phase=first current=4096",
+        "report: balloon phase=then current=8192",
+        "report: image start=0x40000000 end=0x40100000",
+        "report: table regions=3",
+        "report: table-region start=0x0 end=0x40000000 kind=mmio",
+        "report: table-region start=0x40000000 end=0x40100000 kind=reserved:image",
+        "report: table-region start=0x40100000 end=0x42000000 kind=ram",
+        "report: accounting table_ram=8192 current=8192 unaccounted=0",
+        "report: mapping kind=grant dom=1 gfn=0x1 va=0x2 state=made",
+        "report: mapping kind=grant dom=1 gfn=0x1 va=0x2 state=released",
+        "report: xen-view point=end pages=8192",
+        "ERROR negative: refused as it should",
+        "verdict: PASS",
+    ];
+
+    fn views() -> Vec<XenView> {
+        vec![XenView {
+            src: D0,
+            point: "end".into(),
+            pages: Some(8192),
+            max: Some(8192),
+            xen: Some(XenDomainDump {
+                domid: 0,
+                fields: [("nr_pages".to_string(), "8192".to_string())].into(),
+            }),
+            problem: None,
+        }]
+    }
+
+    #[test]
+    fn every_kind_of_check_fails_on_its_tampered_copy() {
+        let checks = vec![
+            verdict(D0, Verdict::Pass),
+            field(D0, "reservation", "current", Is::Num(8192)),
+            field(D0, "reservation", "max", Is::Present),
+            field_where(D0, "balloon", ("phase", "first"), "current", Is::Num(4096)),
+            every(D0, "accounting", "unaccounted", Is::Num(0)),
+            count(D0, "table-region", ("kind", "ram"), 1),
+            Check::ErrorMentions(D0, "refused"),
+            Check::NoErrorMentions(D0, "leak"),
+            Check::Equal {
+                src: D0,
+                topic: "accounting",
+                a: "table_ram",
+                b: "current",
+            },
+            Check::Same {
+                a: (D0, "reservation", "current"),
+                b: (D0, "accounting", "current"),
+            },
+            Check::TableTiles(D0),
+            Check::ImageReserved(D0),
+            Check::XenPagesAt {
+                src: D0,
+                point: "end",
+                pages: 8192,
+            },
+            Check::MappingsBalanced {
+                src: D0,
+                kinds: &["grant"],
+            },
+        ];
+        let logs = log(RUN);
+        for c in &checks {
+            assert!(
+                !boot_fails(
+                    c,
+                    &Evidence {
+                        logs: logs.clone(),
+                        views: views()
+                    }
+                ),
+                "{c:?}"
+            );
+        }
+        let out = boot(&checks, &logs, &views());
+        assert_eq!(out.unfailing, Vec::<String>::new());
+        assert_eq!(out.checks, checks.len());
+        assert!(out.copies > checks.len(), "{out:?}");
+    }
+
+    #[test]
+    fn a_check_that_accepts_anything_or_reads_nothing_is_named() {
+        let logs = log(RUN);
+        // At least zero: no tampering can make it fail.
+        let out = boot(&[count(D0, "table-region", ("kind", "ram"), 0)], &logs, &[]);
+        assert_eq!(out.unfailing.len(), 1, "{out:?}");
+        assert!(out.unfailing[0].contains("still passes"), "{out:?}");
+        // A field no report has: nothing to change (it would fail the run
+        // itself; here it shows the tampering does not invent evidence).
+        let out = boot(&[count(D0, "nothing", ("k", "v"), 0)], &logs, &[]);
+        assert!(out.unfailing[0].contains("cannot fail"), "{out:?}");
+        // Field where `when` selects no report.
+        let c = field_where(D0, "balloon", ("phase", "never"), "current", Is::AnyNum);
+        assert!(boot(&[c], &logs, &[]).unfailing[0].contains("cannot fail"));
+    }
+
+    fn rec(line: &str) -> Record {
+        crate::rig::parse_record(line, std::time::Duration::ZERO)
+            .unwrap()
+            .unwrap()
+    }
+
+    #[test]
+    fn xl_checks_fail_on_their_tampered_copies() {
+        let job = XlJobResult {
+            name: "j".into(),
+            domid: Some(3),
+            xl_list_shutdown: Some(rec("xmrig: xl-list when=shutdown name=j mem_mib=64")),
+            xl_list_long: Some(rec(
+                "xmrig: xl-list-long when=created name=j max_memkb=65536 target_memkb=65536",
+            )),
+            xen_pages: Some(rec("xmrig: xen-pages name=j nr_pages=16400 pod_entries=0 pod_cachesize=0")),
+            steps: vec![
+                rec("xmrig: xen-pages step=0 name=j nr_pages=8192"),
+                rec("xmrig: peer-foreign step=1 name=j pages=4 bad_words=0 agent_released=yes frames_refused=4 remap=refused first_gfn=0x100"),
+                rec("xmrig: peer-exit step=1 name=j status=0"),
+            ],
+            ..Default::default()
+        };
+        let mut l = AgentLog::default();
+        for m in [
+            "report: reservation current=16400 max=16640",
+            "report: dom0-peer-foreign first_gfn=0x100 pages=4",
+            "report: service-reached current=16400",
+        ] {
+            l.push(Level::Info, m);
+        }
+        let e = XlEvidence { job, log: l };
+        let res = XlResult {
+            end: crate::rig::XlEnd::Done,
+            records: vec![],
+            bad_records: vec![],
+            jobs: vec![],
+            logs: Logs::default(),
+            warnings: vec![],
+            qemu_stderr: vec![],
+            xen_q: vec![],
+            console: Default::default(),
+            dom0_ready: None,
+            problems: vec![],
+            log_path: Default::default(),
+            elapsed: Default::default(),
+        };
+        let checks = [
+            XlCheck::ListMib(64),
+            XlCheck::XenPagesIsLast {
+                topic: "service-reached",
+                key: "current",
+            },
+            XlCheck::XenPages(16400),
+            XlCheck::PodBacked,
+            XlCheck::StepPages {
+                step: 0,
+                pages: 8192,
+            },
+            XlCheck::PeerForeign(4),
+        ];
+        for c in &checks {
+            assert_eq!(
+                crate::xl_scenarios::check_xl(c, &e.job, &e.log, &res),
+                None,
+                "{c:?}"
+            );
+            let copies = xl_copies(c, &e);
+            assert!(!copies.is_empty(), "{c:?}");
+            for t in copies {
+                assert!(
+                    crate::xl_scenarios::check_xl(c, &t.copy.job, &t.copy.log, &res).is_some(),
+                    "{c:?} passes when {}",
+                    t.what
+                );
+            }
+        }
+    }
 }
