@@ -739,7 +739,10 @@ pub fn xl(s: &XlScenario, res: &XlResult) -> Outcome {
             }
         }
     }
-    // The toolstack's maximum, checked for every job.
+    // The toolstack's maximum, checked for every job whose agent read one.
+    if !crate::xl_scenarios::max_applies(s, &e.log) {
+        return out;
+    }
     out.checks += 1;
     out.copies += 1;
     match job_copy(&e, "xl list -l's target_memkb one page more", |j| {

@@ -1404,8 +1404,22 @@ pub fn evaluate(s: &XlScenario, res: &XlResult) -> Vec<String> {
             out.push(e);
         }
     }
-    out.extend(max_from_toolstack(job, &log));
+    if max_applies(s, &log) {
+        out.extend(max_from_toolstack(job, &log));
+    }
     out
+}
+
+/// Whether [`max_from_toolstack`] applies: always, except to an agent that
+/// is meant to fail and stopped before it read its maximum (a bad command
+/// line). A passing agent that reports no maximum fails it.
+pub(crate) fn max_applies(s: &XlScenario, log: &AgentLog) -> bool {
+    let meant_to_fail = s
+        .checks
+        .iter()
+        .any(|c| matches!(c, Check::Verdict(_, Verdict::Fail)));
+    let reported = log.topic("reservation").any(|r| r.get("max").is_some());
+    reported || !meant_to_fail
 }
 
 /// libxl's `LIBXL_MAXMEM_CONSTANT` (KiB): what it adds to a domain's
@@ -1422,11 +1436,14 @@ pub(crate) fn max_from_toolstack(job: &XlJobResult, log: &AgentLog) -> Option<St
         return Some("no `xl list -l` record for the domain".into());
     };
     let target = l.num("target_memkb");
-    let agent = log
+    let Some(agent) = log
         .topic("reservation")
         .next()
         .and_then(|r| r.get("max"))
-        .and_then(parse_number)?;
+        .and_then(parse_number)
+    else {
+        return Some("the agent reported no maximum (`report: reservation max=`)".into());
+    };
     let want = target.map(|t| (t + LIBXL_MAXMEM_CONSTANT_KIB) / 4);
     (want != Some(agent)).then(|| {
         format!(
@@ -1467,8 +1484,23 @@ mod tests {
         assert!(max_from_toolstack(&job, &wrong)
             .unwrap()
             .contains("Xen's maximum is Some(16640) pages; the agent read max=16639"));
-        // An agent that failed before its survey has nothing to compare.
-        assert_eq!(max_from_toolstack(&job, &AgentLog::default()), None);
+        // An agent that reports no maximum fails it, unless it is meant to
+        // fail and stopped before its survey (found by `tamper`: the check
+        // passed on x86_64-xl-bad-option whatever `xl list -l` said).
+        assert!(max_from_toolstack(&job, &AgentLog::default())
+            .unwrap()
+            .contains("no maximum"));
+        let bad = all()
+            .into_iter()
+            .find(|s| s.name == "x86_64-xl-bad-option")
+            .unwrap();
+        assert!(!max_applies(&bad, &AgentLog::default()));
+        assert!(max_applies(&bad, &log));
+        let survey = all()
+            .into_iter()
+            .find(|s| s.name == "x86_64-xl-survey")
+            .unwrap();
+        assert!(max_applies(&survey, &AgentLog::default()));
     }
 
     #[test]
