@@ -17,6 +17,16 @@
 //! end pages to itself (`contig-bus=grant`: Xen's `dev_bus_addr`). The
 //! runner checks those addresses against QEMU's own device tree (its
 //! memory node) and 4 GiB.
+//!
+//! A domU whose own RAM is above 4 GiB: with more than 3 GiB Xen gives a
+//! dom0less domU a second bank at GUEST_RAM1 (8 GiB), and the agent's
+//! ballooned extents and contiguous buffer (taken from the top of its RAM)
+//! have GFNs there. `aarch64-highmem-domu-ram1-*` boot a domU of 3 GiB +
+//! 128 MiB on the same 6 GiB machine: the runner checks the agent's memory banks
+//! against Xen's fixed layout (`xen/include/public/arch-arm.h`) and the
+//! configured memory, the buffer's GFN in RAM1 while its machine address
+//! lies below 4 GiB with `contig-bits=32` (above without), and the
+//! ballooned extents in RAM1.
 
 use std::path::Path;
 
@@ -25,12 +35,18 @@ use crate::decode::Source;
 use crate::report::{parse_number, Verdict};
 use crate::scenarios::Scenario;
 use crate::scenarios::{
-    arm_domu, field, helper_domain, verdict, with, x86_dom0, Check, ExpectExit, Is,
+    arm_domu, arm_domu_of, balloon_round_trip, field, first_balloon, helper_domain,
+    identity_round_trip, verdict, with, x86_dom0, Check, ExpectExit, Is,
 };
 
 const D0: Source = Source::D0;
 const D1: Source = Source::D1;
 const GIB: u64 = 1 << 30;
+
+/// Pages of 4 KiB in `mib` MiB.
+const fn pages_of_mib(mib: u64) -> u64 {
+    mib * 256
+}
 /// Machine memory one 2 MiB chunk of the M2P covers (2^18 frames).
 const CHUNK_BYTES: u64 = GIB;
 
@@ -62,19 +78,69 @@ const ARM_RAM_BASE: u64 = GIB;
 /// `contig-bits=32`, and without.
 const ARM_NAMES: [&str; 2] = ["aarch64-highmem-contig32", "aarch64-highmem-contig"];
 
+/// Xen's fixed guest memory layout on Arm (`xen/include/public/arch-arm.h`,
+/// 4.17): 3 GiB of low RAM at 1 GiB, then 1016 GiB at 8 GiB.
+const GUEST_RAM0_BASE: u64 = 0x4000_0000;
+/// See [`GUEST_RAM0_BASE`].
+const GUEST_RAM0_SIZE: u64 = 0xc000_0000;
+/// See [`GUEST_RAM0_BASE`].
+const GUEST_RAM1_BASE: u64 = 0x02_0000_0000;
+/// See [`GUEST_RAM0_BASE`].
+const GUEST_RAM1_SIZE: u64 = 0xfe_0000_0000;
+
+/// The domU's RAM in its second bank (GUEST_RAM1), MiB: enough for the
+/// balloon's 63 MiB and the 2 MiB buffer, both taken from the top.
+const RAM1_MIB: u64 = 128;
+
+/// The machine for a domU with RAM above 4 GiB: a domU of 3 GiB + 128 MiB
+/// (its first bank full, 128 MiB in the second) on QEMU's `virt` with
+/// 6 GiB, as [`ARM_MACHINE`] (RAM `[1 GiB, 7 GiB)`). After the domU's
+/// 3.1 GiB Xen still has free frames above 4 GiB (for the populate without
+/// bits) and in `[2 GiB, 4 GiB)` (for bits 32); on a 4 GiB machine it has
+/// none in `[2 GiB, 4 GiB)` (measured: bits 32 gave `0x40000000`).
+pub const ARM_RAM1_MACHINE: Machine = Machine {
+    x86_ram_mib: 512,
+    x86_dom0_mib: 256,
+    domu_kib: ((GUEST_RAM0_SIZE >> 20) + RAM1_MIB) << 10,
+    aarch64_ram_mib: 6144,
+};
+
+/// Names of the scenarios booted on [`ARM_RAM1_MACHINE`]: the buffer with
+/// `contig-bits=32` (and a balloon round trip), and without.
+const ARM_RAM1_NAMES: [&str; 2] = [
+    "aarch64-highmem-domu-ram1-contig32",
+    "aarch64-highmem-domu-ram1-contig",
+];
+
+/// The banks `[start, end)` Xen 4.17 gives a dom0less domU of `bytes`
+/// (`allocate_memory` in `arch/arm/domain_build.c`): GUEST_RAM0 first, up
+/// to its size, the rest from the start of GUEST_RAM1.
+pub fn guest_banks(bytes: u64) -> Vec<(u64, u64)> {
+    let b0 = bytes.min(GUEST_RAM0_SIZE);
+    let b1 = (bytes - b0).min(GUEST_RAM1_SIZE);
+    [(GUEST_RAM0_BASE, b0), (GUEST_RAM1_BASE, b1)]
+        .into_iter()
+        .filter(|&(_, size)| size > 0)
+        .map(|(base, size)| (base, base + size))
+        .collect()
+}
+
 /// The machine scenario `name` boots on, if not the default.
 pub fn machine(name: &str) -> Option<Machine> {
     if NAMES.contains(&name) {
         Some(MACHINE)
     } else if ARM_NAMES.contains(&name) {
         Some(ARM_MACHINE)
+    } else if ARM_RAM1_NAMES.contains(&name) {
+        Some(ARM_RAM1_MACHINE)
     } else {
         None
     }
 }
 
-/// What both Arm scenarios report of the buffer and its grants.
-fn arm_contig(bits: u64, below: &'static str) -> Vec<Check> {
+/// What both Arm scenarios report of the buffer and its grants (the domU
+/// has `pages` pages).
+fn arm_contig(bits: u64, below: &'static str, pages: u64) -> Vec<Check> {
     vec![
         field(D1, "domain", "privileged", Is::Text("no")),
         field(D1, "engine", "direct_mapped", Is::Text("no")),
@@ -87,7 +153,7 @@ fn arm_contig(bits: u64, below: &'static str) -> Vec<Check> {
         field(D1, "contiguous-grant", "same", Is::Text("yes")),
         field(D1, "contiguous-grant", "contiguous", Is::Text("yes")),
         field(D1, "contiguous-grant", "below_4g", Is::Text(below)),
-        field(D1, "reservation-after", "current", Is::Num(ARM_DOMU_PAGES)),
+        field(D1, "reservation-after", "current", Is::Num(pages)),
         verdict(D1, Verdict::Pass),
     ]
 }
@@ -111,16 +177,76 @@ fn contig(bits: u64, below: &'static str) -> Vec<Check> {
     ]
 }
 
-/// The scenarios on [`MACHINE`] and [`ARM_MACHINE`].
+/// The pages of the domU on [`ARM_RAM1_MACHINE`].
+const ARM_RAM1_PAGES: u64 = ARM_RAM1_MACHINE.domu_kib / 4;
+
+/// The end of the Arm agent's boot identity map (`[0, 511 GiB)`, all of
+/// it but the guest's RAM unmapped by the start-up trim).
+const ARM_IDENTITY_END: u64 = 511 * GIB;
+
+/// What both RAM1 scenarios report: a domU of [`ARM_RAM1_PAGES`], every
+/// page of it (both banks) identity-mapped after the trim and everything
+/// else below the map's end unmapped, in three runs (below RAM0, between
+/// the banks, above RAM1).
+fn arm_ram1_domu() -> Vec<Check> {
+    with(
+        arm_domu_of(D1, ARM_RAM1_PAGES, 3),
+        [
+            field(D1, "identity-trim", "kept", Is::Num(ARM_RAM1_PAGES)),
+            field(
+                D1,
+                "identity-trim",
+                "frames",
+                Is::Num(ARM_IDENTITY_END / 4096 - ARM_RAM1_PAGES),
+            ),
+        ],
+    )
+}
+
+/// The scenarios on [`MACHINE`], [`ARM_MACHINE`] and [`ARM_RAM1_MACHINE`].
 pub fn scenarios() -> Vec<Scenario> {
+    let ballooned = pages_of_mib(63);
     vec![
+        Scenario {
+            name: ARM_RAM1_NAMES[0],
+            arch: Arch::Aarch64,
+            mode: Mode::DomU,
+            // 63 MiB go from the top of the 128 MiB in RAM1 and come back;
+            // then the buffer, with the 32-bit limit.
+            agent_opts: &[
+                "balloon=3137M",
+                "balloon-then=3200M",
+                "contig=2M",
+                "contig-bits=32",
+                "contig-bus=grant",
+            ],
+            exit: ExpectExit::Pass,
+            checks: with(
+                with(arm_ram1_domu(), arm_contig(32, "yes", ARM_RAM1_PAGES)),
+                balloon_round_trip(D1, ARM_RAM1_PAGES - ballooned, ARM_RAM1_PAGES)
+                    .into_iter()
+                    .chain([
+                        first_balloon(D1, "order9", Is::Num(31)),
+                        first_balloon(D1, "order0", Is::Num(256)),
+                    ])
+                    .chain(identity_round_trip(D1, ballooned, 2)),
+            ),
+        },
+        Scenario {
+            name: ARM_RAM1_NAMES[1],
+            arch: Arch::Aarch64,
+            mode: Mode::DomU,
+            agent_opts: &["contig=2M", "contig-bus=grant"],
+            exit: ExpectExit::Pass,
+            checks: with(arm_ram1_domu(), arm_contig(0, "no", ARM_RAM1_PAGES)),
+        },
         Scenario {
             name: ARM_NAMES[0],
             arch: Arch::Aarch64,
             mode: Mode::DomU,
             agent_opts: &["contig=2M", "contig-bits=32", "contig-bus=grant"],
             exit: ExpectExit::Pass,
-            checks: with(arm_domu(D1), arm_contig(32, "yes")),
+            checks: with(arm_domu(D1), arm_contig(32, "yes", ARM_DOMU_PAGES)),
         },
         Scenario {
             name: ARM_NAMES[1],
@@ -128,7 +254,7 @@ pub fn scenarios() -> Vec<Scenario> {
             mode: Mode::DomU,
             agent_opts: &["contig=2M", "contig-bus=grant"],
             exit: ExpectExit::Pass,
-            checks: with(arm_domu(D1), arm_contig(0, "no")),
+            checks: with(arm_domu(D1), arm_contig(0, "no", ARM_DOMU_PAGES)),
         },
         Scenario {
             name: NAMES[0],
@@ -231,7 +357,14 @@ pub fn dts_memory(dts: &str) -> Vec<(u64, u64)> {
 pub fn evaluate(name: &str, r: &BootResult, log: &str, work_dir: &Path) -> Vec<String> {
     if ARM_NAMES.contains(&name) {
         let dts = std::fs::read_to_string(work_dir.join("virt.dts")).unwrap_or_default();
-        return evaluate_arm(name == ARM_NAMES[0], r, &dts_memory(&dts));
+        return evaluate_arm(name == ARM_NAMES[0], r, &dts_memory(&dts), &ARM_MACHINE);
+    }
+    if ARM_RAM1_NAMES.contains(&name) {
+        let dts = std::fs::read_to_string(work_dir.join("virt.dts")).unwrap_or_default();
+        let bits32 = name == ARM_RAM1_NAMES[0];
+        let mut f = evaluate_arm(bits32, r, &dts_memory(&dts), &ARM_RAM1_MACHINE);
+        f.extend(evaluate_ram1(bits32, r, ARM_RAM1_MACHINE.domu_kib << 10));
+        return f;
     }
     if !NAMES.contains(&name) {
         return Vec::new();
@@ -321,13 +454,16 @@ pub fn evaluate(name: &str, r: &BootResult, log: &str, work_dir: &Path) -> Vec<S
 }
 
 /// The Arm scenarios' buffer against the machine's RAM `ram` (QEMU's
-/// device tree) and 4 GiB; `bits32`: populated with `contig-bits=32`.
-fn evaluate_arm(bits32: bool, r: &BootResult, ram: &[(u64, u64)]) -> Vec<String> {
+/// device tree, which must be what `machine` configured) and 4 GiB;
+/// `bits32`: populated with `contig-bits=32`.
+fn evaluate_arm(
+    bits32: bool,
+    r: &BootResult,
+    ram: &[(u64, u64)],
+    machine: &Machine,
+) -> Vec<String> {
     let mut f = Vec::new();
-    let want = (
-        ARM_RAM_BASE,
-        ARM_RAM_BASE + (ARM_MACHINE.aarch64_ram_mib << 20),
-    );
+    let want = (ARM_RAM_BASE, ARM_RAM_BASE + (machine.aarch64_ram_mib << 20));
     if ram != [want] {
         f.push(format!(
             "QEMU's device tree has RAM {ram:x?}, the runner configured {want:x?}"
@@ -371,6 +507,74 @@ fn evaluate_arm(bits32: bool, r: &BootResult, ram: &[(u64, u64)]) -> Vec<String>
             "the populate without bits came from {m:#x}, below 4 GiB, with RAM up to {:#x}",
             ram.iter().map(|r| r.1).max().unwrap_or(0)
         ));
+    }
+    f
+}
+
+/// A domU of `bytes` whose RAM reaches GUEST_RAM1: the agent's RAM banks
+/// (`report: region kind=ram`) are Xen's fixed layout for that size
+/// ([`guest_banks`]), the contiguous buffer's GFN lies in the second bank
+/// (above 4 GiB) while its machine address (checked by [`evaluate_arm`])
+/// lies on the side of 4 GiB the limit asks for, and the ballooned extents
+/// (`report: identity-map phase=first low= high=`, when the scenario
+/// balloons) lie in the second bank too.
+fn evaluate_ram1(bits32: bool, r: &BootResult, bytes: u64) -> Vec<String> {
+    let mut f = Vec::new();
+    let banks = guest_banks(bytes);
+    let log1 = r.logs.get(D1);
+    let mut ram: Vec<(u64, u64)> = log1
+        .topic("region")
+        .filter(|rep| rep.get("kind") == Some("ram"))
+        .filter_map(|rep| {
+            Some((
+                rep.get("start").and_then(parse_number)?,
+                rep.get("end").and_then(parse_number)?,
+            ))
+        })
+        .collect();
+    ram.sort_unstable();
+    if ram != banks {
+        f.push(format!(
+            "the domU's RAM banks are {ram:x?}, Xen's layout for {bytes:#x} bytes is {banks:x?}"
+        ));
+    }
+    let Some(&(b1_start, b1_end)) = banks.get(1) else {
+        f.push(format!(
+            "a domU of {bytes:#x} bytes has no RAM in GUEST_RAM1"
+        ));
+        return f;
+    };
+    let in_ram1 = |s: u64, e: u64| b1_start <= s && s < e && e <= b1_end && s >= 4 * GIB;
+    let size: u64 = 2 << 20;
+    match log1
+        .topic("contiguous")
+        .find_map(|rep| rep.get("gpa").and_then(parse_number))
+    {
+        None => f.push("no contiguous gpa".into()),
+        Some(g) if !in_ram1(g, g + size) => f.push(format!(
+            "the buffer's GFNs start at {g:#x}, not in GUEST_RAM1 {:x?} above 4 GiB",
+            (b1_start, b1_end)
+        )),
+        Some(_) => {}
+    }
+    if bits32 {
+        let first = log1
+            .topic("identity-map")
+            .find(|rep| rep.get("phase") == Some("first"));
+        let lh = first.and_then(|rep| {
+            Some((
+                rep.get("low").and_then(parse_number)?,
+                rep.get("high").and_then(parse_number)?,
+            ))
+        });
+        match lh {
+            None => f.push("no ballooned range (identity-map phase=first low= high=)".into()),
+            Some((lo, hi)) if !in_ram1(lo, hi) => f.push(format!(
+                "the ballooned extents lie in [{lo:#x}, {hi:#x}), not in GUEST_RAM1 {:x?}",
+                (b1_start, b1_end)
+            )),
+            Some(_) => {}
+        }
     }
     f
 }
@@ -419,11 +623,17 @@ mod tests {
     fn arm_buffer_checks() {
         // Measured: bits 32 at 0xbfe00000, without at 0x1b7c00000.
         let ok32 = domu(&arm_reports(0xbfe0_0000, 0xbfff_f000, 0xbfe0_0000));
-        assert_eq!(evaluate_arm(true, &ok32, &RAM), Vec::<String>::new());
+        assert_eq!(
+            evaluate_arm(true, &ok32, &RAM, &ARM_MACHINE),
+            Vec::<String>::new()
+        );
         let ok = domu(&arm_reports(0x1_b7c0_0000, 0x1_b7df_f000, 0x1_b7c0_0000));
-        assert_eq!(evaluate_arm(false, &ok, &RAM), Vec::<String>::new());
+        assert_eq!(
+            evaluate_arm(false, &ok, &RAM, &ARM_MACHINE),
+            Vec::<String>::new()
+        );
         let fails = |bits32: bool, r: &BootResult, ram: &[(u64, u64)], what: &str| {
-            let f = evaluate_arm(bits32, r, ram);
+            let f = evaluate_arm(bits32, r, ram, &ARM_MACHINE);
             assert!(f.iter().any(|x| x.contains(what)), "{what}: {f:?}");
         };
         // The limit ignored; the other way round.
@@ -448,6 +658,120 @@ mod tests {
         );
         // Nothing reported.
         fails(false, &domu(&[]), &RAM, "no contiguous machine address");
+    }
+
+    #[test]
+    fn guest_banks_follow_xens_fixed_layout() {
+        assert_eq!(guest_banks(128 << 20), [(0x4000_0000, 0x4800_0000)]);
+        assert_eq!(guest_banks(3 * GIB), [(0x4000_0000, 0x1_0000_0000)]);
+        assert_eq!(
+            guest_banks(ARM_RAM1_MACHINE.domu_kib << 10),
+            [(0x4000_0000, 0x1_0000_0000), (0x2_0000_0000, 0x2_0800_0000)]
+        );
+        assert!(guest_banks(0).is_empty());
+    }
+
+    /// The RAM1 domU's reports as measured (bits 32 and a balloon round
+    /// trip), with `edit` applied to each line.
+    fn ram1_reports(edit: impl Fn(String) -> String) -> BootResult {
+        let lines = [
+            "report: region start=0x40000000 end=0x100000000 kind=ram",
+            "report: region start=0x200000000 end=0x208000000 kind=ram",
+            "report: region start=0x38000000 end=0x39000000 kind=hypervisor",
+            "report: region start=0x208000000 end=0x10000000000 kind=hypervisor",
+            "report: identity-map phase=first ballooned_unmapped=yes checked=16128 mapped=0 root_switches=2 low=0x204100000 high=0x208000000",
+            "report: identity-map phase=then ballooned_unmapped=yes checked=0 mapped=0 root_switches=2 low=0x0 high=0x0",
+            "report: contiguous-grant pages=2 first=0xbfe00000 last=0xbffff000 same=yes contiguous=yes below_4g=yes",
+            "report: contiguous gpa=0x207e00000 size=0x200000 order=9 machine=0xbfe00000 method=repopulate bits=32 pattern=ok",
+        ];
+        domu(&lines.map(|l| edit(l.to_string())))
+    }
+
+    /// The RAM1 checks pass on the measured answers and fail on each way of
+    /// being wrong (the bus address check of [`evaluate_arm`] included).
+    #[test]
+    fn ram1_checks() {
+        let bytes = ARM_RAM1_MACHINE.domu_kib << 10;
+        let ram = [(0x4000_0000, 0x1_c000_0000)];
+        let all = |bits32: bool, r: &BootResult| {
+            let mut f = evaluate_arm(bits32, r, &ram, &ARM_RAM1_MACHINE);
+            f.extend(evaluate_ram1(bits32, r, bytes));
+            f
+        };
+        let ok = ram1_reports(|l| l);
+        assert_eq!(all(true, &ok), Vec::<String>::new());
+        let fails = |bits32: bool, r: &BootResult, what: &str| {
+            let f = all(bits32, r);
+            assert!(f.iter().any(|x| x.contains(what)), "{what}: {f:?}");
+        };
+        // The second bank left out, or of another size.
+        let one_bank = ram1_reports(|l| {
+            if l.contains("start=0x200000000") {
+                l.replace("kind=ram", "kind=hypervisor")
+            } else {
+                l
+            }
+        });
+        fails(true, &one_bank, "the domU's RAM banks are");
+        let short =
+            ram1_reports(|l| l.replace("end=0x208000000 kind=ram", "end=0x204000000 kind=ram"));
+        fails(true, &short, "the domU's RAM banks are");
+        // The buffer's GFNs below 4 GiB (in RAM0).
+        let low_gfn = ram1_reports(|l| l.replace("gpa=0x207e00000", "gpa=0xffc00000"));
+        fails(true, &low_gfn, "the buffer's GFNs start at");
+        // The ballooned extents in RAM0, or not reported.
+        let low_balloon = ram1_reports(|l| l.replace("low=0x204100000", "low=0xfc100000"));
+        fails(true, &low_balloon, "the ballooned extents lie in");
+        let none = ram1_reports(|l| l.replace("phase=first", "phase=other"));
+        fails(true, &none, "no ballooned range");
+        // The GFN taken for the machine address: above 4 GiB with bits 32.
+        let gfn_bus = ram1_reports(|l| {
+            l.replace(
+                "first=0xbfe00000 last=0xbffff000",
+                "first=0x207e00000 last=0x207fff000",
+            )
+            .replace("machine=0xbfe00000", "machine=0x207e00000")
+        });
+        fails(true, &gfn_bus, "contig-bits=32 but the buffer is at");
+        // Without bits the machine address must be above 4 GiB (measured
+        // 0x1b7e00000); the balloon is not asked for.
+        let nobits = ram1_reports(|l| {
+            l.replace(
+                "first=0xbfe00000 last=0xbffff000",
+                "first=0x1b7e00000 last=0x1b7fff000",
+            )
+            .replace("machine=0xbfe00000", "machine=0x1b7e00000")
+        });
+        assert_eq!(all(false, &nobits), Vec::<String>::new());
+        fails(false, &ok, "the populate without bits came from");
+    }
+
+    /// The RAM1 scenarios' identity-map checks (every page of both banks
+    /// kept, everything else up to 511 GiB unmapped in three runs) pass on
+    /// the measured report and fail on one that left RAM1 out.
+    #[test]
+    fn ram1_identity_checks() {
+        let s = scenarios()
+            .into_iter()
+            .find(|s| s.name == ARM_RAM1_NAMES[1])
+            .unwrap();
+        let trim = |l: &str| {
+            let f = crate::scenarios::evaluate(&s, &domu(&[l.to_string()]));
+            f.into_iter()
+                .filter(|x| x.contains("identity-trim"))
+                .collect::<Vec<_>>()
+        };
+        // Measured.
+        assert_eq!(
+            trim("report: identity-trim ranges=3 frames=133136384 root_switches=1 kept_mapped=yes kept=819200 unmapped_at_boot=0 others_unmapped=yes sampled=260042"),
+            Vec::<String>::new()
+        );
+        // RAM1's 128 MiB unmapped with the rest above RAM0 (the 128 MiB
+        // domU's shape scaled to RAM0).
+        let f = trim("report: identity-trim ranges=2 frames=133169152 root_switches=1 kept_mapped=yes kept=786432 unmapped_at_boot=0 others_unmapped=yes sampled=260042");
+        for key in ["ranges=2", "frames=133169152", "kept=786432"] {
+            assert!(f.iter().any(|x| x.contains(key)), "{key}: {f:?}");
+        }
     }
 
     #[test]

@@ -100,6 +100,23 @@ pub fn all() -> Vec<Mutant> {
             caught_by: "contiguous",
             what: "the contiguous buffer's bus address is reported 2 MiB off",
         },
+        // A domU whose own RAM reaches above 4 GiB (Arm's GUEST_RAM1).
+        Mutant {
+            name: "ram1-bank-unreported",
+            arch: Aarch64,
+            scenario: "aarch64-highmem-domu-ram1-contig",
+            caught_by: "the domU's RAM banks are",
+            what: "the domU leaves its RAM above 4 GiB (the second bank) out of its memory map \
+                   report",
+        },
+        Mutant {
+            name: "ram1-bus-gfn",
+            arch: Aarch64,
+            scenario: "aarch64-highmem-domu-ram1-contig32",
+            caught_by: "contig-bits=32 but the buffer is at",
+            what: "the domU with RAM above 4 GiB reports its buffer's GFN (in RAM1) as the \
+                   machine address instead of the bus address Xen's grant map returned",
+        },
     ]
 }
 

@@ -351,17 +351,23 @@ fn arm_dom0(src: Source) -> Vec<Check> {
 
 /// An aarch64 dom0less domU (domain 1) with 128 MiB.
 pub(crate) fn arm_domu(src: Source) -> Vec<Check> {
+    arm_domu_of(src, ARM_DOMU_PAGES, 2)
+}
+
+/// An aarch64 dom0less domU (domain 1) with `pages` pages, whose identity
+/// map keeps `trim_ranges` runs after the start-up trim.
+pub(crate) fn arm_domu_of(src: Source, pages: u64, trim_ranges: u64) -> Vec<Check> {
     let mut c = common(src);
     c.extend([
         field(src, "domain", "domid", Is::Num(1)),
         field(src, "domain", "source", Is::Text("cmdline")),
         field(src, "domain", "privileged", Is::Text("no")),
         field(src, "memmap", "source", Is::Text("fdt")),
-        field(src, "memmap", "ram_pages", Is::Num(ARM_DOMU_PAGES)),
-        field(src, "reservation", "current", Is::Num(ARM_DOMU_PAGES)),
+        field(src, "memmap", "ram_pages", Is::Num(pages)),
+        field(src, "reservation", "current", Is::Num(pages)),
         count(src, "region", ("kind", "hypervisor"), 1),
     ]);
-    c.extend(identity_trim(src, 2, 1));
+    c.extend(identity_trim(src, trim_ranges, 1));
     c
 }
 
@@ -412,14 +418,14 @@ pub(crate) fn grant_self(src: Source, x86: bool) -> Vec<Check> {
 }
 
 /// The first `report: balloon` line (phase=first) has `key` = `is`.
-fn first_balloon(src: Source, key: &'static str, is: Is) -> Check {
+pub(crate) fn first_balloon(src: Source, key: &'static str, is: Is) -> Check {
     field_where(src, "balloon", ("phase", "first"), key, is)
 }
 
 /// Balloon down to `low` pages and back to `high`: Xen's count and the
 /// engine's agree at both steps, the memory that came back is usable, exchange is refused with the offered page kept, a contiguous
 /// buffer is made and checked, and Xen's count is back where it started.
-fn balloon_round_trip(src: Source, low: u64, high: u64) -> Vec<Check> {
+pub(crate) fn balloon_round_trip(src: Source, low: u64, high: u64) -> Vec<Check> {
     vec![
         count(src, "balloon", ("phase", "first"), 1),
         count(src, "balloon", ("phase", "then"), 1),
@@ -473,7 +479,7 @@ fn balloon_round_trip(src: Source, low: u64, high: u64) -> Vec<Check> {
 /// identity map (checked frame by frame with the walker's translate, after
 /// `switches` root switches), and after the second every repopulated frame
 /// is mapped at its own address again.
-fn identity_round_trip(src: Source, pages: u64, switches: u64) -> Vec<Check> {
+pub(crate) fn identity_round_trip(src: Source, pages: u64, switches: u64) -> Vec<Check> {
     vec![
         count(src, "identity-map", ("phase", "first"), 1),
         every(src, "identity-map", "ballooned_unmapped", Is::Text("yes")),
