@@ -91,7 +91,9 @@ commands:
                             the domain's bound (60 s) grows by the steps' waits and sleeps
   test [options]            cargo test --workspace and a smoke run of every fuzz target
                             (10 s each), then every boot scenario (the agent's, the xl
-                            rig's, and x86_64-stub / aarch64-stub: examples/stub)
+                            rig's, and x86_64-stub / aarch64-stub: examples/stub) and
+                            every mutant (mutant-NAME: a broken agent its scenario,
+                            bare or xl, must fail)
       --only NAME           run only scenarios whose name contains NAME (repeatable)
       --no-host-tests       skip cargo test --workspace and the fuzz smoke run
       --verbose             stream every boot's console

@@ -112,7 +112,7 @@ pub fn all() -> Vec<Mutant> {
 
 /// The broken agents the xl rig must catch.
 pub fn xl() -> Vec<Mutant> {
-    use Arch::X86_64;
+    use Arch::{Aarch64, X86_64};
     vec![
         Mutant {
             name: "max-misread",
@@ -141,8 +141,8 @@ pub fn xl() -> Vec<Mutant> {
         },
         Mutant {
             name: "peer-gfn-off-by-one",
-            arch: X86_64,
-            scenario: "x86_64-xl-peer-foreign",
+            arch: Aarch64,
+            scenario: "aarch64-xl-peer-foreign",
             caught_by: "the peer's bad_words= is",
             what: "the agent tells dom0 (and reports) a first GFN one page past its pattern",
         },
