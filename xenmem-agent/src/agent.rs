@@ -216,7 +216,8 @@ fn report(s: &Survey) {
     xm_info!(
         "report: reservation current={} max={} maximum_gpfn={}",
         s.current,
-        s.maximum,
+        // Mutant: a maximum one page off what Xen said.
+        PageCount(s.maximum.0 + u64::from(crate::mutant::is("max-misread"))),
         s.maximum_gpfn
     );
     xm_info!("report: image start={} end={}", s.image.start, s.image.end);
@@ -2429,11 +2430,14 @@ where
     let Some((held, pages, _)) = pattern_pages(t, n, FOREIGN_SEED) else {
         return Verdict::Fail;
     };
+    // Mutant: dom0 is told (and the report says) the frames start one
+    // past the pattern's first.
+    let told = Gfn(pages.start().0 + u64::from(crate::mutant::is("peer-gfn-off-by-one")));
     xm_info!("report: dom0-peer-ready dir={=str}", DOM0_PEER_DIR);
     let read = xs
         .write(
             &key("foreign"),
-            alloc::format!("1 {n} {}", pages.start().0).as_bytes(),
+            alloc::format!("1 {n} {}", told.0).as_bytes(),
         )
         .and_then(|()| dom0_peer_wait(xs, "peer", "1 read"));
     let read = match read {
@@ -2478,7 +2482,7 @@ where
     xm_info!(
         "report: dom0-peer-foreign pages={=u64} first_gfn={} peer_bad_words={=str} released={=str} current_before={} current_after={} remap={=str}",
         n,
-        pages.start(),
+        told,
         or_unknown(peer_bad).as_str(),
         if released.is_ok() { "ok" } else { "failed" },
         cur,
@@ -2834,7 +2838,8 @@ where
             "report: dom0-peer-grant round={=u64} pages={=u64} first_ref={=u32} gfn={} peer_bad_words={=str} agent_bad_words={=usize} end_while_mapped={=str} ends_failed_after_unmap={=usize} remap={=str}",
             round,
             n,
-            first.0,
+            // Mutant: a reference other than the one dom0 was given.
+            first.0 + u32::from(crate::mutant::is("peer-ref-misreported")),
             pages.start(),
             or_unknown(peer_bad).as_str(),
             bad,

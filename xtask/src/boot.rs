@@ -1,6 +1,7 @@
 //! Booting agents under QEMU + Xen: the command lines, the live console
 //! (decoded as it arrives), the timeout, the log file and the outcome.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::fs::File;
 use std::io::{BufWriter, Read, Write};
@@ -617,14 +618,22 @@ pub fn boot_on(
     ))?;
     // Answer the agents' `xen-view` pauses with Xen's own view.
     let mut viewer = crate::xenview::Viewer::default();
-    let run = run_qemu(&mut cmd, &mut sink, spec.timeout, table, &mut |l, ev| {
-        let typed = viewer.line(l, ev);
-        if typed.is_empty() {
-            Control::Continue
-        } else {
-            Control::Type(typed)
-        }
-    })?;
+    let others = BTreeMap::new();
+    let run = run_qemu(
+        &mut cmd,
+        &mut sink,
+        spec.timeout,
+        table,
+        &others,
+        &mut |l, ev| {
+            let typed = viewer.line(l, ev);
+            if typed.is_empty() {
+                Control::Continue
+            } else {
+                Control::Type(typed)
+            }
+        },
+    )?;
     let xen_views = viewer.finish_all();
     let xen_view_asked = spec.agent_opts.iter().any(|o| o.starts_with("xen-view="));
     let exit = match run.ended {
@@ -691,12 +700,14 @@ pub(crate) struct QemuRun {
 /// Start `cmd` (QEMU), decode its console live into `sink`, and stop it at
 /// the timeout, after Xen gives up, or when `watch` says so. `watch` sees
 /// every console line (with the agent events it completed) as it arrives.
-/// QEMU is never left running.
+/// QEMU is never left running. Agent lines decode with `table`, those of
+/// the sources in `others` with theirs (see [`Decoder::use_table`]).
 pub(crate) fn run_qemu(
     cmd: &mut Command,
     sink: &mut Sink,
     timeout: Duration,
     table: &Table,
+    others: &BTreeMap<Source, &Table>,
     watch: &mut dyn FnMut(&str, &[Event]) -> Control,
 ) -> Result<QemuRun> {
     cmd.stdin(Stdio::piped())
@@ -704,7 +715,11 @@ pub(crate) fn run_qemu(
         .stderr(Stdio::piped());
     let start = Instant::now();
     let mut child = spawn_retrying(cmd).with_context(|| format!("starting {}", describe(cmd)))?;
-    let result = watch_console(&mut child, timeout, table, sink, start, watch);
+    let mut decoder = Decoder::new(table);
+    for (&s, t) in others {
+        decoder.use_table(s, t);
+    }
+    let result = watch_console(&mut child, timeout, decoder, sink, start, watch);
     // Never leave QEMU behind, whatever happened.
     let _ = child.kill();
     let _ = child.wait();
@@ -733,7 +748,7 @@ fn spawn_retrying(cmd: &mut Command) -> std::io::Result<std::process::Child> {
 fn watch_console(
     child: &mut Child,
     timeout: Duration,
-    table: &Table,
+    mut decoder: Decoder<'_>,
     sink: &mut Sink,
     start: Instant,
     watch: &mut dyn FnMut(&str, &[Event]) -> Control,
@@ -746,7 +761,6 @@ fn watch_console(
     reader(out, tx.clone(), false);
     reader(err, tx, true);
 
-    let mut decoder = Decoder::new(table);
     let mut logs = Logs::default();
     let mut warnings = Vec::new();
     let mut qemu_stderr = Vec::new();

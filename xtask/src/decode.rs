@@ -146,6 +146,8 @@ pub fn load_table(elf: &[u8]) -> Result<Table> {
 /// The live decoder: one defmt stream per source.
 pub struct Decoder<'t> {
     table: &'t Table,
+    /// The sources that run another build of the agent, with its table.
+    others: BTreeMap<Source, &'t Table>,
     streams: BTreeMap<Source, Box<dyn StreamDecoder + Send + Sync + 't>>,
 }
 
@@ -154,8 +156,16 @@ impl<'t> Decoder<'t> {
     pub fn new(table: &'t Table) -> Self {
         Self {
             table,
+            others: BTreeMap::new(),
             streams: BTreeMap::new(),
         }
+    }
+
+    /// Decode `source`'s lines with `table` instead (a rig boot whose
+    /// domUs run different builds of the agent, e.g. mutants: a build's
+    /// defmt indices are its own). Before its first line.
+    pub fn use_table(&mut self, source: Source, table: &'t Table) {
+        self.others.insert(source, table);
     }
 
     /// Take one console line (without its line ending) and return what it
@@ -171,7 +181,7 @@ impl<'t> Decoder<'t> {
             Some(Ok(f)) => f,
         };
         let source = Source::from_prefix(f.prefix);
-        let table = self.table;
+        let table = self.others.get(&source).copied().unwrap_or(self.table);
         let stream = self
             .streams
             .entry(source)
@@ -304,6 +314,24 @@ pub(crate) mod tests {
                 ),
                 "[d0] INFO  count=65536".to_string(),
             ]
+        );
+    }
+
+    #[test]
+    fn other_builds_decode_with_their_own_table() {
+        let real = load_table(&defmt_elf(&[("defmt_info", "real")])).unwrap();
+        let mutant = load_table(&defmt_elf(&[("defmt_info", "mutant")])).unwrap();
+        let mut d = Decoder::new(&real);
+        d.use_table(Source(2), &mutant);
+        let f = &frame_lines(1, &[])[0];
+        let got: Vec<String> = ["(XEN) (d1) ", "(XEN) (d2) ", ""]
+            .iter()
+            .flat_map(|p| d.line(&format!("{p}{f}")))
+            .map(|e| e.to_string())
+            .collect();
+        assert_eq!(
+            got,
+            ["[d1] INFO  real", "[d2] INFO  mutant", "[d0] INFO  real"]
         );
     }
 

@@ -92,7 +92,9 @@ commands:
                             the domain's bound (60 s) grows by the steps' waits and sleeps
   test [options]            cargo test --workspace and a smoke run of every fuzz target
                             (10 s each), then every boot scenario (the agent's, the xl
-                            rig's, and x86_64-stub / aarch64-stub: examples/stub)
+                            rig's, and x86_64-stub / aarch64-stub: examples/stub) and
+                            every mutant (mutant-NAME: a broken agent its scenario,
+                            bare or xl, must fail)
       --only NAME           run only scenarios whose name contains NAME (repeatable)
       --no-host-tests       skip cargo test --workspace and the fuzz smoke run
       --verbose             stream every boot's console
@@ -583,6 +585,140 @@ fn xl_boot(
     }
 }
 
+/// The xl mutants of one architecture ([`mutants::xl`]): one more rig boot
+/// in which each is a domU of its own, booted from its own build and named
+/// `mutant-NAME`, checked as its scenario is; `mutant-NAME` passes only if
+/// one of the failures has the mutant's `caught_by`.
+fn xl_mutant_boot(
+    env: &Env,
+    arch: Arch,
+    these: &[&mutants::Mutant],
+    agent: &Agent,
+    table: &Table,
+    t: &TestArgs,
+    tally: &mut Tally,
+) {
+    let scenarios = xl_scenarios::all();
+    let name = format!("test-{arch}-xl-mutants");
+    let work = work_dir(&name);
+    // Each mutant's build and its scenario, renamed after it. Every mutant
+    // build writes the same files (`target/mutants`): its boot image is
+    // copied away before the next.
+    let mut ready = Vec::new();
+    for m in these {
+        let name = format!("mutant-{}", m.name);
+        let Some(s) = scenarios.iter().find(|s| s.name == m.scenario) else {
+            tally.fail(&name, &[format!("no xl scenario {}", m.scenario)], None);
+            continue;
+        };
+        let built = agent::build_variant(m.arch, Some(m.name))
+            .and_then(|mut a| {
+                let img = work.join(format!("{name}.img"));
+                std::fs::create_dir_all(&work)
+                    .and_then(|()| std::fs::copy(&a.boot_image, &img))
+                    .with_context(|| format!("copying the image to {}", img.display()))?;
+                a.boot_image = img;
+                Ok(a)
+            })
+            .and_then(|a| decode::load_table(&a.elf).map(|t| (a, t)));
+        match built {
+            Ok((a, tb)) => {
+                let mut s = s.clone();
+                s.name = Box::leak(name.into_boxed_str());
+                ready.push((*m, s, a, tb));
+            }
+            Err(e) => tally.fail(&name, &[format!("mutant build failed: {e:#}")], None),
+        }
+    }
+    if ready.is_empty() {
+        return;
+    }
+    let timeout = t.timeout.max(rig::DEFAULT_TIMEOUT)
+        + ready
+            .iter()
+            .map(|(_, s, _, _)| s.steps_time())
+            .sum::<Duration>();
+    let jobs = ready
+        .iter()
+        .map(|(m, s, _, _)| {
+            let mut j = s.job();
+            j.extra_cfg.push(rig::variant_cfg(arch, m.name));
+            j
+        })
+        .collect();
+    let spec = rig::XlSpec {
+        arch,
+        jobs,
+        job_timeout: rig::DEFAULT_JOB_TIMEOUT,
+        timeout,
+        show: if t.verbose { Show::All } else { Show::Nothing },
+        log_path: logs_dir().join(format!("{name}.log")),
+        work_dir: work,
+        forwarder_selftest: false,
+        cpus: 1,
+    };
+    let variants: Vec<rig::AgentVariant<'_>> = ready
+        .iter()
+        .map(|(m, _, a, tb)| rig::AgentVariant {
+            name: m.name,
+            agent: a,
+            table: tb,
+        })
+        .collect();
+    let res = match rig::boot_xl_with(env, &spec, agent, table, &variants) {
+        Ok(r) => r,
+        Err(e) => {
+            for (_, s, _, _) in &ready {
+                tally.fail(
+                    s.name,
+                    &[format!("the xl rig: {e:#}")],
+                    Some(&spec.log_path),
+                );
+            }
+            return;
+        }
+    };
+    println!(
+        "xtask: xl rig {arch} (mutants): {} after {:.1} s (dom0 ready {})",
+        res.end,
+        res.elapsed.as_secs_f64(),
+        res.dom0_ready
+            .map_or("never".to_string(), |d| format!("{:.1} s", d.as_secs_f64()))
+    );
+    for (m, s, _, _) in &ready {
+        let mut failures = xl_scenarios::evaluate(s, &res);
+        failures.extend(res.problems.iter().map(|p| format!("rig: {p}")));
+        // From `creating` to the last record that names the job.
+        let at: Vec<Duration> = res
+            .records
+            .iter()
+            .filter(|r| r.get("name") == Some(s.name))
+            .map(|r| r.at)
+            .collect();
+        let secs = match (at.first(), at.last()) {
+            (Some(a), Some(b)) => format!(", {:.1} s", (*b - *a).as_secs_f64()),
+            _ => String::new(),
+        };
+        if let Some(f) = failures.iter().find(|f| f.contains(m.caught_by)) {
+            tally.pass(
+                s.name,
+                &format!(
+                    " (caught by {}: {} failure(s){secs})\n  - {f}",
+                    m.scenario,
+                    failures.len()
+                ),
+            );
+        } else {
+            let mut why = vec![format!(
+                "survived: {} ({}) was not caught by {} (wanted a failure with `{}`)",
+                m.name, m.what, m.scenario, m.caught_by
+            )];
+            why.extend(failures.into_iter().map(|f| format!("it failed only: {f}")));
+            tally.fail(s.name, &why, Some(&res.log_path));
+        }
+    }
+}
+
 struct TestArgs {
     only: Vec<String>,
     host_tests: bool,
@@ -661,7 +797,16 @@ fn test(args: &[String]) -> Result<ExitCode> {
         .into_iter()
         .filter(|m| wanted(&format!("mutant-{}", m.name)))
         .collect();
-    if scenarios.is_empty() && xl.is_empty() && stubs.is_empty() && mutants.is_empty() {
+    let xl_mutants: Vec<_> = mutants::xl()
+        .into_iter()
+        .filter(|m| wanted(&format!("mutant-{}", m.name)))
+        .collect();
+    if scenarios.is_empty()
+        && xl.is_empty()
+        && stubs.is_empty()
+        && mutants.is_empty()
+        && xl_mutants.is_empty()
+    {
         bail!("no scenario matches {:?}", t.only);
     }
     let mut tally = Tally::default();
@@ -856,9 +1001,40 @@ fn test(args: &[String]) -> Result<ExitCode> {
         xl_boot(env, arch, &these, agent, table, &t, &mut tally);
     }
 
+    // The xl rig's mutation tests: one more rig boot per architecture.
+    for arch in [Arch::X86_64, Arch::Aarch64] {
+        let these: Vec<&mutants::Mutant> = xl_mutants.iter().filter(|m| m.arch == arch).collect();
+        if these.is_empty() {
+            continue;
+        }
+        let fail_all = |tally: &mut Tally, why: String| {
+            for m in &these {
+                tally.fail(
+                    &format!("mutant-{}", m.name),
+                    std::slice::from_ref(&why),
+                    None,
+                );
+            }
+        };
+        let Some(env) = &env else {
+            fail_all(&mut tally, "set-up failed (see above)".into());
+            continue;
+        };
+        // The real agent is in every rig boot (`agent.elf`), if unused.
+        let built = agents.entry(arch.triple()).or_insert_with(|| {
+            agent::build(arch)
+                .and_then(|a| decode::load_table(&a.elf).map(|t| (a, t)))
+                .map_err(|e| format!("{e:#}"))
+        });
+        match built {
+            Ok((agent, table)) => xl_mutant_boot(env, arch, &these, agent, table, &t, &mut tally),
+            Err(e) => fail_all(&mut tally, format!("agent build failed: {e}")),
+        }
+    }
+
     println!(
         "xtask: counted {} scenario(s){}{}",
-        scenarios.len() + xl.len() + stubs.len() + mutants.len(),
+        scenarios.len() + xl.len() + stubs.len() + mutants.len() + xl_mutants.len(),
         if t.host_tests {
             " + the host test run and fuzz smoke runs"
         } else {

@@ -120,9 +120,89 @@ pub fn all() -> Vec<Mutant> {
     ]
 }
 
+// ---------------------------------------------------------------------------
+// Mutants the xl rig's checks must catch (`xl_scenarios.rs`): `scenario`
+// names an xl scenario. `cargo xtask test` makes one more rig boot per
+// architecture for them, each mutant a domU of its own booted from its own
+// image (`rig::AgentVariant`), named `mutant-NAME`, and checked as that
+// scenario is.
+
+/// The broken agents the xl rig must catch.
+pub fn xl() -> Vec<Mutant> {
+    use Arch::{Aarch64, X86_64};
+    vec![
+        Mutant {
+            name: "max-misread",
+            arch: X86_64,
+            scenario: "x86_64-xl-survey",
+            caught_by: "so Xen's maximum is",
+            what: "the agent reports a maximum reservation one page above the one Xen gave it",
+        },
+        Mutant {
+            name: "service-stops-short",
+            arch: X86_64,
+            scenario: "x86_64-xl-mem-set",
+            // The first `xl mem-set` (64 MiB): Xen's count after `xl list`
+            // showed it (`xl list` rounds 16 pages above down to the MiB).
+            caught_by: "step 6: Xen's nr_pages is",
+            what: "the balloon service stops 16 pages above a lower target and reports it \
+                   reached, holding the target",
+        },
+        Mutant {
+            name: "peer-ref-misreported",
+            arch: X86_64,
+            scenario: "x86_64-xl-peer-grant",
+            caught_by: "round 1: the peer mapped ref",
+            what: "the agent reports a grant reference one above the one dom0 was given and \
+                   mapped",
+        },
+        Mutant {
+            name: "peer-gfn-off-by-one",
+            arch: Aarch64,
+            scenario: "aarch64-xl-peer-foreign",
+            caught_by: "the peer's bad_words= is",
+            what: "the agent tells dom0 (and reports) a first GFN one page past its pattern",
+        },
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_xl_mutant_names_an_xl_scenario_of_its_arch_and_is_planted() {
+        let scenarios = crate::xl_scenarios::all();
+        let agent_src: String = ["agent.rs", "service.rs"]
+            .iter()
+            .map(|f| {
+                std::fs::read_to_string(
+                    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                        .join("../xenmem-agent/src")
+                        .join(f),
+                )
+                .unwrap()
+            })
+            .collect();
+        let bare: Vec<&str> = all().iter().map(|m| m.name).collect();
+        let mut names = Vec::new();
+        for m in xl() {
+            let s = scenarios.iter().find(|s| s.name == m.scenario);
+            assert!(s.is_some_and(|s| s.arch == m.arch), "{m:?}");
+            assert!(
+                agent_src.contains(&format!("mutant::is(\"{}\")", m.name)),
+                "mutant {} is planted nowhere in the agent",
+                m.name
+            );
+            assert!(!names.contains(&m.name) && !bare.contains(&m.name), "{m:?}");
+            names.push(m.name);
+            // Its job, renamed, still passes the rig's checks of a job.
+            let mut j = s.unwrap().job();
+            j.name = format!("mutant-{}", m.name);
+            j.extra_cfg.push(crate::rig::variant_cfg(m.arch, m.name));
+            crate::rig::check_job(&j).unwrap();
+        }
+    }
 
     #[test]
     fn every_mutant_names_a_scenario_of_its_arch_and_is_planted() {

@@ -1363,6 +1363,83 @@ fn run_archive(
     Ok(w.finish())
 }
 
+/// Another build of the agent in a rig boot (a mutant, `mutants.rs`): its
+/// boot image goes into dom0's root as [`variant_image`], the jobs whose
+/// [`XlJob::extra_cfg`] holds [`variant_cfg`] boot it instead of the
+/// agent, and their domains' logs decode with its defmt table.
+pub struct AgentVariant<'a> {
+    /// Its name (letters, digits, `-`): the image is `agent-NAME.elf`
+    /// (`.Image` on aarch64).
+    pub name: &'a str,
+    /// The build.
+    pub agent: &'a Agent,
+    /// Its defmt table.
+    pub table: &'a Table,
+}
+
+/// Where variant `name`'s image is in dom0 (no leading `/`).
+pub fn variant_image(arch: Arch, name: &str) -> String {
+    arch_info(arch)
+        .agent_path
+        .replacen("agent.", &format!("agent-{name}."), 1)
+}
+
+/// The config line that makes a job boot variant `name`: a second
+/// `kernel=` after the agent's (libxlu keeps every setting and looks a
+/// name up newest first, so the last one wins: Xen 4.17's
+/// `tools/libs/util/libxlu_cfg.c`, `find` and `xlu__cfg_set_store`).
+pub fn variant_cfg(arch: Arch, name: &str) -> String {
+    format!("kernel=\"/{}\"", variant_image(arch, name))
+}
+
+/// The variants' images, a cpio archive to append to the run's.
+fn variants_archive(arch: Arch, variants: &[AgentVariant<'_>]) -> Result<Vec<u8>> {
+    let mut w = cpio::Writer::new();
+    for v in variants {
+        if v.agent.arch != arch {
+            bail!(
+                "internal error: {} variant {} for an {arch} rig",
+                v.agent.arch,
+                v.name
+            );
+        }
+        if v.name.is_empty()
+            || !v
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-')
+        {
+            bail!("agent variant name `{}`: letters, digits or `-`", v.name);
+        }
+        let img = &v.agent.boot_image;
+        let data = std::fs::read(img).with_context(|| format!("reading {}", img.display()))?;
+        w.file(&variant_image(arch, v.name), 0o644, &data)?;
+    }
+    Ok(w.finish())
+}
+
+/// Which domains run which variant: the domids dom0 predicts (job `k`,
+/// from 0, is domain `k + 1` when every create before it made one domain;
+/// a domid other than predicted is a problem the rig reports). Fails if a
+/// job's config names a variant image that is not given.
+fn variant_sources<'a>(
+    arch: Arch,
+    jobs: &[XlJob],
+    variants: &[AgentVariant<'a>],
+) -> Result<BTreeMap<Source, &'a Table>> {
+    let mut out = BTreeMap::new();
+    for (k, j) in jobs.iter().enumerate() {
+        let domid = u16::try_from(k + 1).context("too many jobs")?;
+        for e in j.extra_cfg.iter().filter(|e| e.starts_with("kernel=")) {
+            let Some(v) = variants.iter().find(|v| *e == variant_cfg(arch, v.name)) else {
+                bail!("job {}: `{e}` names no agent variant of this boot", j.name);
+            };
+            out.insert(Source(domid), v.table);
+        }
+    }
+    Ok(out)
+}
+
 // ---------------------------------------------------------------------------
 // QEMU.
 
@@ -1946,6 +2023,18 @@ impl Watcher {
 /// Boot the rig, create `spec.jobs` one after the other with `agent`, and
 /// collect everything. Prepares (or reuses) the cached parts first.
 pub fn boot_xl(env: &Env, spec: &XlSpec, agent: &Agent, table: &Table) -> Result<XlResult> {
+    boot_xl_with(env, spec, agent, table, &[])
+}
+
+/// [`boot_xl`] with other builds of the agent beside it, for the jobs that
+/// name them ([`AgentVariant`]).
+pub fn boot_xl_with(
+    env: &Env,
+    spec: &XlSpec,
+    agent: &Agent,
+    table: &Table,
+    variants: &[AgentVariant<'_>],
+) -> Result<XlResult> {
     if agent.arch != spec.arch {
         bail!(
             "internal error: {} agent for an {} rig",
@@ -1963,6 +2052,10 @@ pub fn boot_xl(env: &Env, spec: &XlSpec, agent: &Agent, table: &Table) -> Result
         std::fs::read(&parts.base).with_context(|| format!("reading {}", parts.base.display()))?;
     let linux = spec.jobs.iter().any(XlJob::is_linux);
     data.extend(run_archive(spec.arch, agent, &peer, &jobs, &parts, linux)?);
+    let others = variant_sources(spec.arch, &spec.jobs, variants)?;
+    if !variants.is_empty() {
+        data.extend(variants_archive(spec.arch, variants)?);
+    }
     std::fs::write(&initramfs, &data)
         .with_context(|| format!("writing {}", initramfs.display()))?;
 
@@ -1981,6 +2074,7 @@ pub fn boot_xl(env: &Env, spec: &XlSpec, agent: &Agent, table: &Table) -> Result
         &mut sink,
         spec.timeout,
         table,
+        &others,
         &mut |line, _: &[Event]| w.line(line),
     )?;
     let end = match run.ended {
@@ -2549,6 +2643,57 @@ mod tests {
         assert!(plain.steps.is_empty());
         assert_eq!(plain.reason(), Some("poweroff"));
         assert_eq!(plain.free_after_mib, res.free_at_start_mib(), "{log}");
+    }
+
+    #[test]
+    fn agent_variants() {
+        assert_eq!(variant_image(Arch::X86_64, "m-1"), "agent-m-1.elf");
+        assert_eq!(variant_image(Arch::Aarch64, "m-1"), "agent-m-1.Image");
+        assert_eq!(variant_cfg(Arch::X86_64, "m"), r#"kernel="/agent-m.elf""#);
+        let dir = std::env::temp_dir().join(format!("xtask-variants-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let img = dir.join("m.stripped");
+        std::fs::write(&img, b"MUTANT").unwrap();
+        let agent = Agent {
+            arch: Arch::X86_64,
+            elf_path: img.clone(),
+            elf: vec![],
+            boot_image: img,
+        };
+        let table =
+            crate::decode::load_table(&crate::defmt_frames::defmt_elf(&[("defmt_info", "x")]))
+                .unwrap();
+        let v = [AgentVariant {
+            name: "m",
+            agent: &agent,
+            table: &table,
+        }];
+        let e = crate::cpio::tests::parse(&variants_archive(Arch::X86_64, &v).unwrap());
+        assert_eq!(
+            (e[0].name.as_str(), e[0].data.as_slice()),
+            ("agent-m.elf", &b"MUTANT"[..])
+        );
+        assert!(variants_archive(Arch::Aarch64, &v).is_err());
+        let bad = [AgentVariant {
+            name: "a b",
+            ..v[0]
+        }];
+        assert!(variants_archive(Arch::X86_64, &bad).is_err());
+        // The second job boots the variant: domain 2 decodes with its table.
+        let mut jobs = vec![XlJob::new("a", 64, vec![]), XlJob::new("b", 64, vec![])];
+        jobs[1].extra_cfg.push(variant_cfg(Arch::X86_64, "m"));
+        let s = variant_sources(Arch::X86_64, &jobs, &v).unwrap();
+        assert_eq!(s.keys().copied().collect::<Vec<_>>(), [Source(2)]);
+        // The line lands after the agent's `kernel=` (the last one wins).
+        let cfgs = render_jobs(&jobs, DEFAULT_JOB_TIMEOUT, false).unwrap();
+        assert!(
+            cfgs.contains(r#"b 64 - 60 kernel="/agent-m.elf" | "#),
+            "{cfgs}"
+        );
+        // A job naming an image the boot does not carry.
+        jobs[0].extra_cfg.push(variant_cfg(Arch::X86_64, "n"));
+        assert!(variant_sources(Arch::X86_64, &jobs, &v).is_err());
+        std::fs::remove_dir_all(&dir).ok();
     }
 
     #[test]
