@@ -1185,7 +1185,15 @@ fn trim_run(t: &mut RegionTable) -> Verdict {
         let unmapped_at_boot: Vec<u64> = kept_pages(t, end)
             .filter(|&pa| pt.translate(VirtAddr(pa)).is_none())
             .collect();
-        let done = match xenmem::paging::trim_identity(&mut pt, IDENTITY, t) {
+        // The mutant leaves the boot map as it is (and, below, ignores its
+        // own walker's check of that).
+        let skip = crate::mutant::is("trim-skipped");
+        let trimmed = if skip {
+            Ok(xenmem::paging::Trimmed::default())
+        } else {
+            xenmem::paging::trim_identity(&mut pt, IDENTITY, t)
+        };
+        let done = match trimmed {
             Ok(d) => d,
             Err(err) => {
                 xm_error!("identity-trim: {}", defmt_display(&err));
@@ -1233,7 +1241,7 @@ fn trim_run(t: &mut RegionTable) -> Verdict {
             yes(still_mapped == 0),
             sampled
         );
-        if kept_wrong != 0 || still_mapped != 0 {
+        if (kept_wrong != 0 || still_mapped != 0) && !skip {
             xm_error!(
                 "identity-trim: {=u64} kept frames not mapped, {=u64} sampled others still mapped",
                 kept_wrong,
@@ -1769,7 +1777,13 @@ fn grant_self<H: Hypervisor>(
         local_offset: 0,
         len: PAGE_SIZE as u16,
     };
-    let copy_before = grant::copy_from_grant(hv, me, &[seg]);
+    // The mutant copies from the reference after its grant (never issued).
+    let copy_before = if crate::mutant::is("grant-copy-wrong-ref") {
+        let next = grant::GrantRef(r.0 + 1);
+        grant::copy_from_grant(hv, me, &[CopySeg { gref: next, ..seg }])
+    } else {
+        grant::copy_from_grant(hv, me, &[seg])
+    };
     let copied = page_mismatches(q, GRANT_OFFER_SEED, 0) == 0;
     let self_status = match grant::map_grants(hv, t, pt, vas, DomId::SELF, &[r], true) {
         Err(GrantError::Refused(f)) => f.first().map_or("?", |x| x.status.name()),
@@ -2915,7 +2929,9 @@ fn grant_map_peer<H: Hypervisor>(
     // through the grant.
     let entry = peer_gnttab_entry(hv, t, pt, vas, peer, r);
     let fm = entry.and_then(|e| {
-        let frame = Gfn(u64::from(e.frame));
+        // The mutant maps the peer's frame after the one the entry names.
+        let off = u64::from(crate::mutant::is("foreign-wrong-frame"));
+        let frame = Gfn(u64::from(e.frame) + off);
         match xenmem::mapping::map_foreign(hv, t, pt, vas, peer, &[frame], false) {
             Ok(m) => {
                 report_mapping("foreign", peer, m.gfns(), m.va(), frame.0, "made");
@@ -2938,8 +2954,11 @@ fn grant_map_peer<H: Hypervisor>(
             .count()
     });
     let mut wrote = true;
-    for i in 1..words {
-        wrote &= gm.write_obj::<u64>(i * 8, GRANT_ANSWER_SEED ^ i).is_ok();
+    // The mutant signals its answer (word 0, below) without writing it.
+    if !crate::mutant::is("answer-not-written") {
+        for i in 1..words {
+            wrote &= gm.write_obj::<u64>(i * 8, GRANT_ANSWER_SEED ^ i).is_ok();
+        }
     }
     let foreign_sees = fm
         .as_ref()
@@ -3117,7 +3136,8 @@ fn peer_gnttab_entry<H: Hypervisor>(
     };
     let (gfns, va) = (m.gfns(), m.va());
     report_mapping("gnttab", peer, gfns, va, u64::from(index), "made");
-    let entry = m.grant_entry_v1(r.0);
+    // The mutant reads the entry after REF's (one the peer never issued).
+    let entry = m.grant_entry_v1(r.0 + u32::from(crate::mutant::is("peer-gnttab-wrong-entry")));
     if let Err(e) = retry_release(m, |m| m.release(hv, t, pt, vas)) {
         xm_error!("peer-gnttab: release: {}", e);
         return None;
@@ -3204,7 +3224,11 @@ fn helper_run<H: Hypervisor>(hv: &H, t: &mut RegionTable, mode: cmdline::HelperM
             },
         };
         let r = cross_domain_flow(hv, t, &mut *pt, &mut vas, cfg, |cd, t, pt, vas| {
-            let refs: Vec<_> = cd.seeded().iter().map(|s| s.gref).collect();
+            let mut refs: Vec<_> = cd.seeded().iter().map(|s| s.gref).collect();
+            // The mutant maps the seeded grants in the wrong order.
+            if crate::mutant::is("helper-grants-reversed") {
+                refs.reverse();
+            }
             let gm = match xenmem::grant::map_grants(hv, t, pt, vas, cd.domid(), &refs, false) {
                 Ok(m) => m,
                 Err(e) => {

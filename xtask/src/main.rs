@@ -772,10 +772,16 @@ fn test(args: &[String]) -> Result<ExitCode> {
                 let mut failures = scenarios::evaluate(&s, &res);
                 let log = std::fs::read_to_string(&res.log_path).unwrap_or_default();
                 failures.extend(highmem::evaluate(s.name, &res, &log, &spec.work_dir));
-                if failures.iter().any(|f| f.contains(m.caught_by)) {
+                if let Some(f) = failures.iter().find(|f| f.contains(m.caught_by)) {
                     tally.pass(
                         &name,
-                        &format!(" (caught by {}: {} failure(s))", s.name, failures.len()),
+                        &format!(
+                            " (caught by {} in {:.1} s: {} failure(s), the intended: {})",
+                            s.name,
+                            res.elapsed.as_secs_f64(),
+                            failures.len(),
+                            f.lines().next().unwrap_or_default()
+                        ),
                     );
                 } else {
                     let mut why = vec![format!(

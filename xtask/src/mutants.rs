@@ -28,7 +28,7 @@ pub struct Mutant {
 /// The list.
 pub fn all() -> Vec<Mutant> {
     use Arch::{Aarch64, X86_64};
-    vec![
+    let mut v = vec![
         Mutant {
             name: "claim-off-by-one",
             arch: X86_64,
@@ -100,6 +100,81 @@ pub fn all() -> Vec<Mutant> {
             caught_by: "contiguous",
             what: "the contiguous buffer's bus address is reported 2 MiB off",
         },
+    ];
+    v.extend(boot_oracles());
+    v
+}
+
+/// Mutants of the boot scenarios' checks whose oracle is not the agent's
+/// own word: the peer domain's reading, Xen's answers and grant-table
+/// entries, the helper's memory, the CPU's fault.
+fn boot_oracles() -> Vec<Mutant> {
+    use Arch::{Aarch64, X86_64};
+    vec![
+        Mutant {
+            name: "answer-not-written",
+            arch: Aarch64,
+            scenario: "aarch64-grant-exchange",
+            caught_by: "[d1] report grant-offer-done peer_wrote=bad",
+            what: "dom0 signals its answer in the domU's granted page without writing it",
+        },
+        Mutant {
+            name: "peer-gnttab-wrong-entry",
+            arch: Aarch64,
+            scenario: "aarch64-grant-exchange",
+            caught_by: "[d0] `report: peer-gnttab` frame=0x0 and [d1] `report: grant-offer` gfn=",
+            what: "dom0 reads the entry after the granted one in the domU's acquired grant table",
+        },
+        Mutant {
+            name: "foreign-wrong-frame",
+            arch: Aarch64,
+            scenario: "aarch64-grant-exchange",
+            caught_by: "[d0] report peer-foreign pattern=bad",
+            what: "dom0 foreign-maps the domU frame after the one the grant entry names",
+        },
+        Mutant {
+            name: "grant-copy-wrong-ref",
+            arch: X86_64,
+            scenario: "x86_64-grant-self",
+            caught_by: "[d0] report grant-self copy_before=",
+            what: "the copy through the agent's own grant names the next, never issued, reference",
+        },
+        Mutant {
+            name: "helper-grants-reversed",
+            arch: X86_64,
+            scenario: "x86_64-helper-domain",
+            caught_by: "[d0] report helper-grants pattern=bad",
+            what: "the helper's seeded grants are mapped in reverse order",
+        },
+        Mutant {
+            name: "neg-gnttab-default",
+            arch: X86_64,
+            scenario: "x86_64-negative",
+            caught_by: "[d0] a `report: neg-acquire` has size=64,",
+            what: "the negative run's helper is created with Xen's default grant-table size, \
+                   not negative-gnttab=40",
+        },
+        Mutant {
+            name: "xsa277-repopulated",
+            arch: X86_64,
+            scenario: "x86_64-negative",
+            caught_by: "[d0] a `report: neg-xsa277` has results=1,1,1,",
+            what: "the frame is populated again before each repeated decrease",
+        },
+        Mutant {
+            name: "xsa231-no-node",
+            arch: X86_64,
+            scenario: "x86_64-negative",
+            caught_by: "[d0] a `report: neg-xsa231` has zero=0,",
+            what: "the XSA-231 sweep populates without the node bits it sweeps",
+        },
+        Mutant {
+            name: "trim-skipped",
+            arch: X86_64,
+            scenario: "x86_64-unpopulated-fault",
+            caught_by: "[d0] exception at fault_addr=?,",
+            what: "the start-up trim of the identity map is skipped (and its walker check ignored)",
+        },
     ]
 }
 
@@ -113,7 +188,7 @@ mod tests {
             .into_iter()
             .chain(crate::highmem::scenarios())
             .collect();
-        let agent_src: String = ["agent.rs", "xenview.rs"]
+        let agent_src: String = ["agent.rs", "xenview.rs", "negative.rs"]
             .iter()
             .map(|f| {
                 std::fs::read_to_string(
