@@ -742,6 +742,7 @@ fn test(args: &[String]) -> Result<ExitCode> {
 
     // The mutation tests: each broken agent must fail its scenario, through
     // the check meant to catch it.
+    let mut mutant_agents: HashMap<&'static str, Result<(Agent, Table), String>> = HashMap::new();
     for m in &mutants {
         let name = format!("mutant-{}", m.name);
         let Some(env) = &env else {
@@ -756,18 +757,23 @@ fn test(args: &[String]) -> Result<ExitCode> {
             tally.fail(&name, &[format!("no scenario {}", m.scenario)], None);
             continue;
         };
-        let built = agent::build_variant(m.arch, Some(m.name))
-            .and_then(|a| decode::load_table(&a.elf).map(|t| (a, t)));
+        // One build per architecture, each mutant chosen on its command line.
+        let built = mutant_agents.entry(m.arch.triple()).or_insert_with(|| {
+            agent::build_variant(m.arch, Some(agent::RUNTIME_MUTANT))
+                .and_then(|a| decode::load_table(&a.elf).map(|t| (a, t)))
+                .map_err(|e| format!("{e:#}"))
+        });
         let (agent, table) = match built {
-            Ok(at) => at,
+            Ok(at) => (&at.0, &at.1),
             Err(e) => {
-                tally.fail(&name, &[format!("mutant build failed: {e:#}")], None);
+                tally.fail(&name, &[format!("mutant build failed: {e}")], None);
                 continue;
             }
         };
-        let spec = scenario_spec(&s, &t, &name);
+        let mut spec = scenario_spec(&s, &t, &name);
+        spec.agent_opts.push(format!("mutant={}", m.name));
         let machine = highmem::machine(s.name).unwrap_or_default();
-        match boot::boot_on(env, &spec, &agent, &table, &machine) {
+        match boot::boot_on(env, &spec, agent, table, &machine) {
             Ok(res) => {
                 let mut failures = scenarios::evaluate(&s, &res);
                 let log = std::fs::read_to_string(&res.log_path).unwrap_or_default();

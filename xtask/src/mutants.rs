@@ -1,19 +1,21 @@
 //! Mutation tests of the scenario checks (issue 14, item 2): deliberately
 //! broken agents, each of which must make its scenario fail.
 //!
-//! Every entry names a fault the agent's `mutant` module plants when built
-//! with `XENMEM_MUTANT=NAME`, the boot scenario that must catch it, and a
+//! Every entry names a fault the agent's `mutant` module plants (an agent
+//! built with `XENMEM_MUTANT=NAME`, or one built with `XENMEM_MUTANT=runtime`
+//! and given `mutant=NAME`), the boot scenario that must catch it, and a
 //! piece of the failure that shows the *intended* check fired (not merely
-//! some other one). `cargo xtask test` builds each mutant, boots its
-//! scenario and counts `mutant-NAME` as passed only if the scenario fails
-//! that way; a mutant that survives is a check that cannot fail.
+//! some other one). `cargo xtask test` builds the runtime mutant once per
+//! architecture, boots each entry's scenario with `mutant=NAME` and counts
+//! `mutant-NAME` as passed only if the scenario fails that way; a mutant
+//! that survives is a check that cannot fail.
 
 use crate::boot::Arch;
 
 /// One broken agent and the scenario that must catch it.
 #[derive(Clone, Copy, Debug)]
 pub struct Mutant {
-    /// `XENMEM_MUTANT` (the test's name is `mutant-NAME`).
+    /// `XENMEM_MUTANT` or `mutant=` (the test's name is `mutant-NAME`).
     pub name: &'static str,
     /// The architecture it is built for.
     pub arch: Arch,
