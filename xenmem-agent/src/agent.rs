@@ -3138,11 +3138,16 @@ fn peer_gnttab_entry<H: Hypervisor>(
     report_mapping("gnttab", peer, gfns, va, u64::from(index), "made");
     // The mutant reads the entry after REF's (one the peer never issued).
     let entry = m.grant_entry_v1(r.0 + u32::from(crate::mutant::is("peer-gnttab-wrong-entry")));
-    if let Err(e) = retry_release(m, |m| m.release(hv, t, pt, vas)) {
-        xm_error!("peer-gnttab: release: {}", e);
-        return None;
+    // The mutant keeps the peer's table frame mapped (and says nothing).
+    if crate::mutant::is("gnttab-kept") {
+        core::mem::forget(m);
+    } else {
+        if let Err(e) = retry_release(m, |m| m.release(hv, t, pt, vas)) {
+            xm_error!("peer-gnttab: release: {}", e);
+            return None;
+        }
+        report_mapping("gnttab", peer, gfns, va, u64::from(index), "released");
     }
-    report_mapping("gnttab", peer, gfns, va, u64::from(index), "released");
     let Some(e) = entry else {
         xm_error!("peer-gnttab: entry {=u32} not in the frame mapped", r.0);
         return None;
@@ -3343,6 +3348,8 @@ pub fn run(hv: &impl Hypervisor, boot: &BootInfo<'_>, heap: Option<PhysSpan>) ->
             Err(_) => return Verdict::Fail,
         };
         peer = opts.peer;
+        // The mutant domU (the agent without a peer) leaves saying reboot.
+        reboot |= opts.peer.is_none() && crate::mutant::is("domu-says-reboot");
         let s = match survey(hv, boot, &opts) {
             Ok(s) => s,
             Err(e) => {

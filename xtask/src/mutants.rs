@@ -77,7 +77,7 @@ pub fn all() -> Vec<Mutant> {
             name: "pattern-not-written",
             arch: Aarch64,
             scenario: "aarch64-grant-exchange",
-            caught_by: "peer",
+            caught_by: "[d0] report grant-map pattern=bad",
             what: "the domU grants dom0 a page without writing the pattern dom0 checks",
         },
         Mutant {
@@ -176,6 +176,21 @@ fn boot_oracles() -> Vec<Mutant> {
             scenario: "x86_64-unpopulated-fault",
             caught_by: "[d0] exception at fault_addr=?,",
             what: "the start-up trim of the identity map is skipped (and its walker check ignored)",
+        },
+        Mutant {
+            name: "domu-says-reboot",
+            arch: Aarch64,
+            scenario: "aarch64-both",
+            caught_by: "[d0] report peer shutdown=reboot,",
+            what: "the domU leaves through Xen saying reboot instead of poweroff",
+        },
+        Mutant {
+            name: "gnttab-kept",
+            arch: Aarch64,
+            scenario: "aarch64-grant-exchange",
+            caught_by: "[d0] 1 mapping(s) never released, first [\"gnttab\"",
+            what: "dom0 keeps the domU's acquired grant-table frame mapped and does not list it \
+                   released (a check of the agent's own mapping lines)",
         },
     ]
 }
