@@ -150,7 +150,7 @@ pub fn survey(
         current: xen("current_reservation", hv.current_reservation(DomId::SELF))?,
         maximum: xen("maximum_reservation", hv.maximum_reservation(DomId::SELF))?,
         maximum_gpfn: xen("maximum_gpfn", hv.maximum_gpfn(DomId::SELF))?,
-        image: boot.image,
+        image: image_of(boot),
         phys_addr_bits: phys_addr_bits(),
     })
 }
@@ -220,6 +220,17 @@ fn span_frames(start: u64, len: u64) -> Option<FrameRange> {
     FrameRange::from_frames(Gfn(start / PAGE_SIZE), Gfn(end.div_ceil(PAGE_SIZE))).ok()
 }
 
+/// The agent's image as the boot code found it (its linker symbols).
+fn image_of(boot: &BootInfo<'_>) -> PhysSpan {
+    let mut img = boot.image;
+    // The mutant's image ends a page early (as if the linker script's end
+    // symbol came before the last page of .bss): reported so and reserved so.
+    if crate::mutant::is("image-end-early") {
+        img.end = xenmem::addr::GuestPhysAddr(img.end.0.saturating_sub(PAGE_SIZE));
+    }
+    img
+}
+
 /// What the agent must keep out of the allocator: its image, its heap (inside
 /// the image), and the boot data Xen left in memory. The agent runs
 /// identity-mapped, so a pointer's value is its guest-physical address.
@@ -230,7 +241,7 @@ fn reservations(boot: &BootInfo<'_>, heap: Option<PhysSpan>) -> Vec<Reservation>
             out.push(Reservation { range, what, rule });
         }
     };
-    let img = boot.image;
+    let img = image_of(boot);
     keep(
         img.start.0,
         img.end.0.saturating_sub(img.start.0),

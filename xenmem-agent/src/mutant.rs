@@ -6,7 +6,9 @@
 //! `mutant=NAME` added to the agent's command line; it fails unless that
 //! scenario fails. Each [`is`] site breaks one thing the scenario checks. A
 //! build with `XENMEM_MUTANT=NAME` is that one mutant whatever its command
-//! line says. In a normal build (no `XENMEM_MUTANT`) every site is `false`
+//! line says. (A runtime build knows its mutant only once the command line
+//! is parsed, at the start of `agent::run`: a site the boot code runs
+//! earlier would never fire there.) In a normal build (no `XENMEM_MUTANT`) every site is `false`
 //! at compile time and vanishes, and `mutant=` is an unknown option.
 //! (rustc records the variable in the build's dependency information, so
 //! cargo rebuilds the agent when it changes.)

@@ -212,6 +212,18 @@ fn scenario_spec(s: &scenarios::Scenario, t: &TestArgs, name: &str) -> BootSpec 
     }
 }
 
+/// [`scenarios::image_against_elf`] with the booted agent's ELF.
+fn image_against_elf(
+    s: &scenarios::Scenario,
+    res: &boot::BootResult,
+    agent: &Agent,
+) -> Vec<String> {
+    match image::load_span(&agent.elf) {
+        Ok(span) => scenarios::image_against_elf(&s.checks, &res.logs, s.arch, span),
+        Err(e) => vec![format!("the agent ELF's loaded span: {e:#}")],
+    }
+}
+
 fn logs_dir() -> PathBuf {
     agent::target_dir().join("xenmem-logs")
 }
@@ -719,6 +731,7 @@ fn test(args: &[String]) -> Result<ExitCode> {
                 let mut failures = scenarios::evaluate(s, &res);
                 let log = std::fs::read_to_string(&res.log_path).unwrap_or_default();
                 failures.extend(highmem::evaluate(s.name, &res, &log, &spec.work_dir));
+                failures.extend(image_against_elf(s, &res, agent));
                 if !failures.is_empty() {
                     if !res.qemu_stderr.is_empty() {
                         failures.push(format!("QEMU said: {}", res.qemu_stderr.join("\n")));
@@ -778,6 +791,7 @@ fn test(args: &[String]) -> Result<ExitCode> {
                 let mut failures = scenarios::evaluate(&s, &res);
                 let log = std::fs::read_to_string(&res.log_path).unwrap_or_default();
                 failures.extend(highmem::evaluate(s.name, &res, &log, &spec.work_dir));
+                failures.extend(image_against_elf(&s, &res, agent));
                 if let Some(f) = failures.iter().find(|f| f.contains(m.caught_by)) {
                     tally.pass(
                         &name,

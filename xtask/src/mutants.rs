@@ -178,6 +178,13 @@ fn boot_oracles() -> Vec<Mutant> {
             what: "the start-up trim of the identity map is skipped (and its walker check ignored)",
         },
         Mutant {
+            name: "image-end-early",
+            arch: X86_64,
+            scenario: "x86_64-dom0",
+            caught_by: "[d0] `report: image` start=0x100000 end=",
+            what: "the image's span (reported, and reserved in the table) ends a page early",
+        },
+        Mutant {
             name: "domu-says-reboot",
             arch: Aarch64,
             scenario: "aarch64-both",
