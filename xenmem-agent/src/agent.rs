@@ -2903,9 +2903,15 @@ fn grant_map_peer<H: Hypervisor>(
     // A batch with bad references: the good one is undone, the bad ones
     // are named with their statuses; nothing is left behind.
     let holes = t.count(xenmem::region::RegionKind::Hole);
+    // The mutant's "past the table" reference is inside it.
+    let past = if crate::mutant::is("bad-batch-in-table") {
+        r.0 + 2
+    } else {
+        600
+    };
     let bad_refs = [
         r,
-        xenmem::grant::GrantRef(600),
+        xenmem::grant::GrantRef(past),
         xenmem::grant::GrantRef(r.0 + 1),
     ];
     match grant::map_grants(hv, t, pt, vas, peer, &bad_refs, true) {
@@ -3024,10 +3030,16 @@ fn grant_map_peer<H: Hypervisor>(
                 len: PAGE_SIZE as u16,
             };
             // Refused segments first: past the page, a hole as local frame.
+            // (The mutant's first one ends inside the page.)
+            let len = if crate::mutant::is("bad-copy-in-page") {
+                96
+            } else {
+                200
+            };
             let bad = [
                 CopySeg {
                     grant_offset: 4000,
-                    len: 200,
+                    len,
                     ..seg
                 },
                 CopySeg {

@@ -135,6 +135,21 @@ fn boot_oracles() -> Vec<Mutant> {
             what: "dom0 foreign-maps the domU frame after the one the grant entry names",
         },
         Mutant {
+            name: "bad-batch-in-table",
+            arch: Aarch64,
+            scenario: "aarch64-grant-exchange",
+            caught_by: "[d0] report grant-bad-batch first=GNTST_general_error,",
+            what: "dom0's batch asks for a reference inside the domU's table where one past it \
+                   was meant",
+        },
+        Mutant {
+            name: "bad-copy-in-page",
+            arch: Aarch64,
+            scenario: "aarch64-grant-exchange",
+            caught_by: "[d0] report grant-bad-copy first=GNTST_bad_page,",
+            what: "dom0's copy segment meant to run past the granted page ends inside it",
+        },
+        Mutant {
             name: "grant-copy-wrong-ref",
             arch: X86_64,
             scenario: "x86_64-grant-self",
