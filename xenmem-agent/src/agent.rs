@@ -150,7 +150,7 @@ pub fn survey(
         current: xen("current_reservation", hv.current_reservation(DomId::SELF))?,
         maximum: xen("maximum_reservation", hv.maximum_reservation(DomId::SELF))?,
         maximum_gpfn: xen("maximum_gpfn", hv.maximum_gpfn(DomId::SELF))?,
-        image: boot.image,
+        image: image_of(boot),
         phys_addr_bits: phys_addr_bits(),
     })
 }
@@ -229,6 +229,17 @@ fn span_frames(start: u64, len: u64) -> Option<FrameRange> {
     FrameRange::from_frames(Gfn(start / PAGE_SIZE), Gfn(end.div_ceil(PAGE_SIZE))).ok()
 }
 
+/// The agent's image as the boot code found it (its linker symbols).
+fn image_of(boot: &BootInfo<'_>) -> PhysSpan {
+    let mut img = boot.image;
+    // The mutant's image ends a page early (as if the linker script's end
+    // symbol came before the last page of .bss): reported so and reserved so.
+    if crate::mutant::is("image-end-early") {
+        img.end = xenmem::addr::GuestPhysAddr(img.end.0.saturating_sub(PAGE_SIZE));
+    }
+    img
+}
+
 /// What the agent must keep out of the allocator: its image, its heap (inside
 /// the image), and the boot data Xen left in memory. The agent runs
 /// identity-mapped, so a pointer's value is its guest-physical address.
@@ -239,7 +250,7 @@ fn reservations(boot: &BootInfo<'_>, heap: Option<PhysSpan>) -> Vec<Reservation>
             out.push(Reservation { range, what, rule });
         }
     };
-    let img = boot.image;
+    let img = image_of(boot);
     keep(
         img.start.0,
         img.end.0.saturating_sub(img.start.0),
@@ -1197,7 +1208,15 @@ fn trim_run(t: &mut RegionTable) -> Verdict {
         let unmapped_at_boot: Vec<u64> = kept_pages(t, end)
             .filter(|&pa| pt.translate(VirtAddr(pa)).is_none())
             .collect();
-        let done = match xenmem::paging::trim_identity(&mut pt, IDENTITY, t) {
+        // The mutant leaves the boot map as it is (and, below, ignores its
+        // own walker's check of that).
+        let skip = crate::mutant::is("trim-skipped");
+        let trimmed = if skip {
+            Ok(xenmem::paging::Trimmed::default())
+        } else {
+            xenmem::paging::trim_identity(&mut pt, IDENTITY, t)
+        };
+        let done = match trimmed {
             Ok(d) => d,
             Err(err) => {
                 xm_error!("identity-trim: {}", defmt_display(&err));
@@ -1245,7 +1264,7 @@ fn trim_run(t: &mut RegionTable) -> Verdict {
             yes(still_mapped == 0),
             sampled
         );
-        if kept_wrong != 0 || still_mapped != 0 {
+        if (kept_wrong != 0 || still_mapped != 0) && !skip {
             xm_error!(
                 "identity-trim: {=u64} kept frames not mapped, {=u64} sampled others still mapped",
                 kept_wrong,
@@ -1789,7 +1808,13 @@ fn grant_self<H: Hypervisor>(
         local_offset: 0,
         len: PAGE_SIZE as u16,
     };
-    let copy_before = grant::copy_from_grant(hv, me, &[seg]);
+    // The mutant copies from the reference after its grant (never issued).
+    let copy_before = if crate::mutant::is("grant-copy-wrong-ref") {
+        let next = grant::GrantRef(r.0 + 1);
+        grant::copy_from_grant(hv, me, &[CopySeg { gref: next, ..seg }])
+    } else {
+        grant::copy_from_grant(hv, me, &[seg])
+    };
     let copied = page_mismatches(q, GRANT_OFFER_SEED, 0) == 0;
     let self_status = match grant::map_grants(hv, t, pt, vas, DomId::SELF, &[r], true) {
         Err(GrantError::Refused(f)) => f.first().map_or("?", |x| x.status.name()),
@@ -2902,9 +2927,15 @@ fn grant_map_peer<H: Hypervisor>(
     // A batch with bad references: the good one is undone, the bad ones
     // are named with their statuses; nothing is left behind.
     let holes = t.count(xenmem::region::RegionKind::Hole);
+    // The mutant's "past the table" reference is inside it.
+    let past = if crate::mutant::is("bad-batch-in-table") {
+        r.0 + 2
+    } else {
+        600
+    };
     let bad_refs = [
         r,
-        xenmem::grant::GrantRef(600),
+        xenmem::grant::GrantRef(past),
         xenmem::grant::GrantRef(r.0 + 1),
     ];
     match grant::map_grants(hv, t, pt, vas, peer, &bad_refs, true) {
@@ -2939,7 +2970,9 @@ fn grant_map_peer<H: Hypervisor>(
     // through the grant.
     let entry = peer_gnttab_entry(hv, t, pt, vas, peer, r);
     let fm = entry.and_then(|e| {
-        let frame = Gfn(u64::from(e.frame));
+        // The mutant maps the peer's frame after the one the entry names.
+        let off = u64::from(crate::mutant::is("foreign-wrong-frame"));
+        let frame = Gfn(u64::from(e.frame) + off);
         match xenmem::mapping::map_foreign(hv, t, pt, vas, peer, &[frame], false) {
             Ok(m) => {
                 report_mapping("foreign", peer, m.gfns(), m.va(), frame.0, "made");
@@ -2962,8 +2995,11 @@ fn grant_map_peer<H: Hypervisor>(
             .count()
     });
     let mut wrote = true;
-    for i in 1..words {
-        wrote &= gm.write_obj::<u64>(i * 8, GRANT_ANSWER_SEED ^ i).is_ok();
+    // The mutant signals its answer (word 0, below) without writing it.
+    if !crate::mutant::is("answer-not-written") {
+        for i in 1..words {
+            wrote &= gm.write_obj::<u64>(i * 8, GRANT_ANSWER_SEED ^ i).is_ok();
+        }
     }
     let foreign_sees = fm
         .as_ref()
@@ -3018,10 +3054,16 @@ fn grant_map_peer<H: Hypervisor>(
                 len: PAGE_SIZE as u16,
             };
             // Refused segments first: past the page, a hole as local frame.
+            // (The mutant's first one ends inside the page.)
+            let len = if crate::mutant::is("bad-copy-in-page") {
+                96
+            } else {
+                200
+            };
             let bad = [
                 CopySeg {
                     grant_offset: 4000,
-                    len: 200,
+                    len,
                     ..seg
                 },
                 CopySeg {
@@ -3141,12 +3183,18 @@ fn peer_gnttab_entry<H: Hypervisor>(
     };
     let (gfns, va) = (m.gfns(), m.va());
     report_mapping("gnttab", peer, gfns, va, u64::from(index), "made");
-    let entry = m.grant_entry_v1(r.0);
-    if let Err(e) = retry_release(m, |m| m.release(hv, t, pt, vas)) {
-        xm_error!("peer-gnttab: release: {}", e);
-        return None;
+    // The mutant reads the entry after REF's (one the peer never issued).
+    let entry = m.grant_entry_v1(r.0 + u32::from(crate::mutant::is("peer-gnttab-wrong-entry")));
+    // The mutant keeps the peer's table frame mapped (and says nothing).
+    if crate::mutant::is("gnttab-kept") {
+        core::mem::forget(m);
+    } else {
+        if let Err(e) = retry_release(m, |m| m.release(hv, t, pt, vas)) {
+            xm_error!("peer-gnttab: release: {}", e);
+            return None;
+        }
+        report_mapping("gnttab", peer, gfns, va, u64::from(index), "released");
     }
-    report_mapping("gnttab", peer, gfns, va, u64::from(index), "released");
     let Some(e) = entry else {
         xm_error!("peer-gnttab: entry {=u32} not in the frame mapped", r.0);
         return None;
@@ -3228,7 +3276,11 @@ fn helper_run<H: Hypervisor>(hv: &H, t: &mut RegionTable, mode: cmdline::HelperM
             },
         };
         let r = cross_domain_flow(hv, t, &mut *pt, &mut vas, cfg, |cd, t, pt, vas| {
-            let refs: Vec<_> = cd.seeded().iter().map(|s| s.gref).collect();
+            let mut refs: Vec<_> = cd.seeded().iter().map(|s| s.gref).collect();
+            // The mutant maps the seeded grants in the wrong order.
+            if crate::mutant::is("helper-grants-reversed") {
+                refs.reverse();
+            }
             let gm = match xenmem::grant::map_grants(hv, t, pt, vas, cd.domid(), &refs, false) {
                 Ok(m) => m,
                 Err(e) => {
@@ -3343,6 +3395,8 @@ pub fn run(hv: &impl Hypervisor, boot: &BootInfo<'_>, heap: Option<PhysSpan>) ->
             Err(_) => return Verdict::Fail,
         };
         peer = opts.peer;
+        // The mutant domU (the agent without a peer) leaves saying reboot.
+        reboot |= opts.peer.is_none() && crate::mutant::is("domu-says-reboot");
         let s = match survey(hv, boot, &opts) {
             Ok(s) => s,
             Err(e) => {

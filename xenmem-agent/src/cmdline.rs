@@ -493,6 +493,16 @@ impl Options {
                 parse_u64(value).and_then(|v| u32::try_from(v).ok()),
                 "a grant reference such as 8"
             ),
+            // Only in a mutant build that reads its mutant from here (see
+            // `crate::mutant`); elsewhere an unknown option.
+            "mutant" if crate::mutant::RUNTIME => match crate::mutant::choose(value) {
+                true => Ok(()),
+                false => Err(CmdlineError::Malformed {
+                    name: "mutant",
+                    value,
+                    expected: "one mutant's name",
+                }),
+            },
             _ => Err(CmdlineError::Unknown { name }),
         }
     }
@@ -581,6 +591,13 @@ mod tests {
             Err(CmdlineError::Unknown { name: "bogus" })
         );
         assert_eq!(parse("quiet"), Err(CmdlineError::Unknown { name: "quiet" }));
+        // Only a runtime mutant build knows `mutant=` (see `crate::mutant`).
+        if !crate::mutant::RUNTIME {
+            assert_eq!(
+                parse("mutant=no-pause"),
+                Err(CmdlineError::Unknown { name: "mutant" })
+            );
+        }
         assert_eq!(
             parse("domid=x"),
             Err(CmdlineError::Malformed {

@@ -272,7 +272,14 @@ fn xsa277<H: Hypervisor>(
         restore(e, t, g);
         return None;
     }
-    let again = || Answer::from(hv.decrease_reservation(DomId::SELF, Order::ZERO, &[g.start()]));
+    let again = || {
+        // The mutant populates the frame again before each repeat.
+        if crate::mutant::is("xsa277-repopulated") {
+            let mut back = [g.start()];
+            let _ = hv.populate_physmap(DomId::SELF, Order::ZERO, MemFlags::NONE, &mut back);
+        }
+        Answer::from(hv.decrease_reservation(DomId::SELF, Order::ZERO, &[g.start()]))
+    };
     let results = [Answer::Extents(first.extents), again(), again()];
     let library = step(e, |e| e.release_frames(t, g));
     restore(e, t, g);
@@ -349,6 +356,12 @@ fn xsa231<H: Hypervisor>(
     };
     let mut first_refusal = None;
     for f in node_sweep(privileged) {
+        // The mutant's sweep never passes its node bits to Xen.
+        let f = if crate::mutant::is("xsa231-no-node") {
+            MemFlags::NONE
+        } else {
+            f
+        };
         let s = step(e, |e| e.populate_frames(t, g, f));
         out.calls += 1;
         if s.extents == 0 {
@@ -528,7 +541,13 @@ pub fn acquire_run<H: Hypervisor>(
         None => None,
         Some(c) => {
             let cfg = CreateDomain {
-                max_grant_frames: Some(gnttab.unwrap_or(DEFAULT_MAX_GRANT_FRAMES)),
+                // The mutant creates the helper with Xen's default table
+                // size instead of the one asked for.
+                max_grant_frames: Some(if crate::mutant::is("neg-gnttab-default") {
+                    DEFAULT_MAX_GRANT_FRAMES
+                } else {
+                    gnttab.unwrap_or(DEFAULT_MAX_GRANT_FRAMES)
+                }),
                 ..CreateDomain::native_helper()
             };
             match c.create(&cfg, None) {

@@ -58,10 +58,14 @@ pub fn build(arch: Arch) -> Result<Agent> {
     build_variant(arch, None)
 }
 
+/// `XENMEM_MUTANT` of the agent that is every mutant, each chosen by
+/// `mutant=NAME` on its command line (see the agent's `mutant` module).
+pub const RUNTIME_MUTANT: &str = "runtime";
+
 /// [`build`], or with `mutant` the deliberately broken agent of that name
-/// (`XENMEM_MUTANT`, see the agent's `mutant` module), built in its own
-/// target directory (`target/mutants`) so that the real agent's build stays
-/// as it is.
+/// (`XENMEM_MUTANT`, see the agent's `mutant` module; [`RUNTIME_MUTANT`]:
+/// the one `mutant=` names), built in its own target directory
+/// (`target/mutants`) so that the real agent's build stays as it is.
 pub fn build_variant(arch: Arch, mutant: Option<&str>) -> Result<Agent> {
     eprintln!(
         "xtask: building {BIN} for {}{}",

@@ -99,6 +99,25 @@ pub fn arm64_image(elf_bytes: &[u8]) -> Result<Vec<u8>> {
     Ok(image)
 }
 
+/// The span `[lowest p_vaddr, highest p_vaddr + p_memsz)` of the ELF's
+/// PT_LOAD segments (`.bss` included): the memory the loaded image takes.
+pub fn load_span(elf_bytes: &[u8]) -> Result<(u64, u64)> {
+    let file = parse(elf_bytes)?;
+    let e = file.endian();
+    let mut span: Option<(u64, u64)> = None;
+    for ph in file.elf_program_headers() {
+        if ph.p_type(e) != elf::PT_LOAD || ph.p_memsz(e) == 0 {
+            continue;
+        }
+        let va = ph.p_vaddr(e);
+        let end = va
+            .checked_add(ph.p_memsz(e))
+            .context("a PT_LOAD segment wraps around")?;
+        span = Some(span.map_or((va, end), |(lo, hi)| (lo.min(va), hi.max(end))));
+    }
+    span.context("the agent ELF has no PT_LOAD segment")
+}
+
 /// Check the arm64 Image header's magic.
 pub fn check_arm64_magic(image: &[u8]) -> Result<()> {
     match image.get(ARM64_MAGIC_OFFSET..ARM64_MAGIC_OFFSET + 4) {
@@ -175,6 +194,23 @@ pub(crate) mod tests {
             out.extend_from_slice(bytes);
         }
         out
+    }
+
+    #[test]
+    fn load_span_takes_every_loaded_segment_with_its_bss() {
+        let elf = elf64(
+            elf::EM_X86_64,
+            &[
+                (elf::PT_LOAD, 0x100000, &[0x90; 16], 16),
+                (elf::PT_NOTE, 0x900000, &[0; 4], 4),
+                (elf::PT_LOAD, 0x102000, &[1; 8], 0x3000),
+                (elf::PT_LOAD, 0x50000, &[], 0),
+            ],
+        );
+        assert_eq!(load_span(&elf).unwrap(), (0x100000, 0x105000));
+        let none = elf64(elf::EM_X86_64, &[(elf::PT_NOTE, 0, &[0; 4], 4)]);
+        assert!(load_span(&none).is_err());
+        assert!(load_span(b"not an elf").is_err());
     }
 
     fn header() -> Vec<u8> {

@@ -215,6 +215,18 @@ fn scenario_spec(s: &scenarios::Scenario, t: &TestArgs, name: &str) -> BootSpec 
     }
 }
 
+/// [`scenarios::image_against_elf`] with the booted agent's ELF.
+fn image_against_elf(
+    s: &scenarios::Scenario,
+    res: &boot::BootResult,
+    agent: &Agent,
+) -> Vec<String> {
+    match image::load_span(&agent.elf) {
+        Ok(span) => scenarios::image_against_elf(&s.checks, &res.logs, s.arch, span),
+        Err(e) => vec![format!("the agent ELF's loaded span: {e:#}")],
+    }
+}
+
 fn logs_dir() -> PathBuf {
     agent::target_dir().join("xenmem-logs")
 }
@@ -589,21 +601,23 @@ fn xl_boot(
 /// in which each is a domU of its own, booted from its own build and named
 /// `mutant-NAME`, checked as its scenario is; `mutant-NAME` passes only if
 /// one of the failures has the mutant's `caught_by`.
+#[allow(clippy::too_many_arguments)]
 fn xl_mutant_boot(
     env: &Env,
     arch: Arch,
     these: &[&mutants::Mutant],
     agent: &Agent,
     table: &Table,
+    runtime: (&Agent, &Table),
     t: &TestArgs,
     tally: &mut Tally,
 ) {
     let scenarios = xl_scenarios::all();
     let name = format!("test-{arch}-xl-mutants");
     let work = work_dir(&name);
-    // Each mutant's build and its scenario, renamed after it. Every mutant
-    // build writes the same files (`target/mutants`): its boot image is
-    // copied away before the next.
+    // Each mutant's scenario, renamed after it; all run the one mutant
+    // build of the architecture (`agent::RUNTIME_MUTANT`, the rig's variant
+    // image), each told which mutant it is by `mutant=NAME`.
     let mut ready = Vec::new();
     for m in these {
         let name = format!("mutant-{}", m.name);
@@ -611,38 +625,22 @@ fn xl_mutant_boot(
             tally.fail(&name, &[format!("no xl scenario {}", m.scenario)], None);
             continue;
         };
-        let built = agent::build_variant(m.arch, Some(m.name))
-            .and_then(|mut a| {
-                let img = work.join(format!("{name}.img"));
-                std::fs::create_dir_all(&work)
-                    .and_then(|()| std::fs::copy(&a.boot_image, &img))
-                    .with_context(|| format!("copying the image to {}", img.display()))?;
-                a.boot_image = img;
-                Ok(a)
-            })
-            .and_then(|a| decode::load_table(&a.elf).map(|t| (a, t)));
-        match built {
-            Ok((a, tb)) => {
-                let mut s = s.clone();
-                s.name = Box::leak(name.into_boxed_str());
-                ready.push((*m, s, a, tb));
-            }
-            Err(e) => tally.fail(&name, &[format!("mutant build failed: {e:#}")], None),
-        }
+        let mut s = s.clone();
+        s.name = Box::leak(name.into_boxed_str());
+        ready.push((*m, s));
     }
     if ready.is_empty() {
         return;
     }
     let timeout = t.timeout.max(rig::DEFAULT_TIMEOUT)
-        + ready
-            .iter()
-            .map(|(_, s, _, _)| s.steps_time())
-            .sum::<Duration>();
+        + ready.iter().map(|(_, s)| s.steps_time()).sum::<Duration>();
     let jobs = ready
         .iter()
-        .map(|(m, s, _, _)| {
+        .map(|(m, s)| {
             let mut j = s.job();
-            j.extra_cfg.push(rig::variant_cfg(arch, m.name));
+            j.extra_cfg
+                .push(rig::variant_cfg(arch, agent::RUNTIME_MUTANT));
+            j.agent_opts.push(format!("mutant={}", m.name));
             j
         })
         .collect();
@@ -657,18 +655,15 @@ fn xl_mutant_boot(
         forwarder_selftest: false,
         cpus: 1,
     };
-    let variants: Vec<rig::AgentVariant<'_>> = ready
-        .iter()
-        .map(|(m, _, a, tb)| rig::AgentVariant {
-            name: m.name,
-            agent: a,
-            table: tb,
-        })
-        .collect();
+    let variants = [rig::AgentVariant {
+        name: agent::RUNTIME_MUTANT,
+        agent: runtime.0,
+        table: runtime.1,
+    }];
     let res = match rig::boot_xl_with(env, &spec, agent, table, &variants) {
         Ok(r) => r,
         Err(e) => {
-            for (_, s, _, _) in &ready {
+            for (_, s) in &ready {
                 tally.fail(
                     s.name,
                     &[format!("the xl rig: {e:#}")],
@@ -685,7 +680,7 @@ fn xl_mutant_boot(
         res.dom0_ready
             .map_or("never".to_string(), |d| format!("{:.1} s", d.as_secs_f64()))
     );
-    for (m, s, _, _) in &ready {
+    for (m, s) in &ready {
         let mut failures = xl_scenarios::evaluate(s, &res);
         failures.extend(res.problems.iter().map(|p| format!("rig: {p}")));
         // From `creating` to the last record that names the job.
@@ -873,6 +868,7 @@ fn test(args: &[String]) -> Result<ExitCode> {
                 let mut failures = scenarios::evaluate(s, &res);
                 let log = std::fs::read_to_string(&res.log_path).unwrap_or_default();
                 failures.extend(highmem::evaluate(s.name, &res, &log, &spec.work_dir));
+                failures.extend(image_against_elf(s, &res, agent));
                 if !failures.is_empty() {
                     if !res.qemu_stderr.is_empty() {
                         failures.push(format!("QEMU said: {}", res.qemu_stderr.join("\n")));
@@ -905,6 +901,7 @@ fn test(args: &[String]) -> Result<ExitCode> {
 
     // The mutation tests: each broken agent must fail its scenario, through
     // the check meant to catch it.
+    let mut mutant_agents: HashMap<&'static str, Result<(Agent, Table), String>> = HashMap::new();
     for m in &mutants {
         let name = format!("mutant-{}", m.name);
         let Some(env) = &env else {
@@ -919,26 +916,38 @@ fn test(args: &[String]) -> Result<ExitCode> {
             tally.fail(&name, &[format!("no scenario {}", m.scenario)], None);
             continue;
         };
-        let built = agent::build_variant(m.arch, Some(m.name))
-            .and_then(|a| decode::load_table(&a.elf).map(|t| (a, t)));
+        // One build per architecture, each mutant chosen on its command line.
+        let built = mutant_agents.entry(m.arch.triple()).or_insert_with(|| {
+            agent::build_variant(m.arch, Some(agent::RUNTIME_MUTANT))
+                .and_then(|a| decode::load_table(&a.elf).map(|t| (a, t)))
+                .map_err(|e| format!("{e:#}"))
+        });
         let (agent, table) = match built {
-            Ok(at) => at,
+            Ok(at) => (&at.0, &at.1),
             Err(e) => {
-                tally.fail(&name, &[format!("mutant build failed: {e:#}")], None);
+                tally.fail(&name, &[format!("mutant build failed: {e}")], None);
                 continue;
             }
         };
-        let spec = scenario_spec(&s, &t, &name);
+        let mut spec = scenario_spec(&s, &t, &name);
+        spec.agent_opts.push(format!("mutant={}", m.name));
         let machine = highmem::machine(s.name).unwrap_or_default();
-        match boot::boot_on(env, &spec, &agent, &table, &machine) {
+        match boot::boot_on(env, &spec, agent, table, &machine) {
             Ok(res) => {
                 let mut failures = scenarios::evaluate(&s, &res);
                 let log = std::fs::read_to_string(&res.log_path).unwrap_or_default();
                 failures.extend(highmem::evaluate(s.name, &res, &log, &spec.work_dir));
-                if failures.iter().any(|f| f.contains(m.caught_by)) {
+                failures.extend(image_against_elf(&s, &res, agent));
+                if let Some(f) = failures.iter().find(|f| f.contains(m.caught_by)) {
                     tally.pass(
                         &name,
-                        &format!(" (caught by {}: {} failure(s))", s.name, failures.len()),
+                        &format!(
+                            " (caught by {} in {:.1} s: {} failure(s), the intended: {})",
+                            s.name,
+                            res.elapsed.as_secs_f64(),
+                            failures.len(),
+                            f.lines().next().unwrap_or_default()
+                        ),
                     );
                 } else {
                     let mut why = vec![format!(
@@ -1026,9 +1035,17 @@ fn test(args: &[String]) -> Result<ExitCode> {
                 .and_then(|a| decode::load_table(&a.elf).map(|t| (a, t)))
                 .map_err(|e| format!("{e:#}"))
         });
-        match built {
-            Ok((agent, table)) => xl_mutant_boot(env, arch, &these, agent, table, &t, &mut tally),
-            Err(e) => fail_all(&mut tally, format!("agent build failed: {e}")),
+        let runtime = mutant_agents.entry(arch.triple()).or_insert_with(|| {
+            agent::build_variant(arch, Some(agent::RUNTIME_MUTANT))
+                .and_then(|a| decode::load_table(&a.elf).map(|t| (a, t)))
+                .map_err(|e| format!("{e:#}"))
+        });
+        match (built, runtime) {
+            (Ok((agent, table)), Ok((ra, rt))) => {
+                xl_mutant_boot(env, arch, &these, agent, table, (ra, rt), &t, &mut tally)
+            }
+            (Err(e), _) => fail_all(&mut tally, format!("agent build failed: {e}")),
+            (_, Err(e)) => fail_all(&mut tally, format!("mutant build failed: {e}")),
         }
     }
 

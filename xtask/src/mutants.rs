@@ -1,19 +1,21 @@
 //! Mutation tests of the scenario checks (issue 14, item 2): deliberately
 //! broken agents, each of which must make its scenario fail.
 //!
-//! Every entry names a fault the agent's `mutant` module plants when built
-//! with `XENMEM_MUTANT=NAME`, the boot scenario that must catch it, and a
+//! Every entry names a fault the agent's `mutant` module plants (an agent
+//! built with `XENMEM_MUTANT=NAME`, or one built with `XENMEM_MUTANT=runtime`
+//! and given `mutant=NAME`), the boot scenario that must catch it, and a
 //! piece of the failure that shows the *intended* check fired (not merely
-//! some other one). `cargo xtask test` builds each mutant, boots its
-//! scenario and counts `mutant-NAME` as passed only if the scenario fails
-//! that way; a mutant that survives is a check that cannot fail.
+//! some other one). `cargo xtask test` builds the runtime mutant once per
+//! architecture, boots each entry's scenario with `mutant=NAME` and counts
+//! `mutant-NAME` as passed only if the scenario fails that way; a mutant
+//! that survives is a check that cannot fail.
 
 use crate::boot::Arch;
 
 /// One broken agent and the scenario that must catch it.
 #[derive(Clone, Copy, Debug)]
 pub struct Mutant {
-    /// `XENMEM_MUTANT` (the test's name is `mutant-NAME`).
+    /// `XENMEM_MUTANT` or `mutant=` (the test's name is `mutant-NAME`).
     pub name: &'static str,
     /// The architecture it is built for.
     pub arch: Arch,
@@ -28,7 +30,7 @@ pub struct Mutant {
 /// The list.
 pub fn all() -> Vec<Mutant> {
     use Arch::{Aarch64, X86_64};
-    vec![
+    let mut v = vec![
         Mutant {
             name: "claim-off-by-one",
             arch: X86_64,
@@ -75,7 +77,7 @@ pub fn all() -> Vec<Mutant> {
             name: "pattern-not-written",
             arch: Aarch64,
             scenario: "aarch64-grant-exchange",
-            caught_by: "peer",
+            caught_by: "[d0] report grant-map pattern=bad",
             what: "the domU grants dom0 a page without writing the pattern dom0 checks",
         },
         Mutant {
@@ -116,6 +118,118 @@ pub fn all() -> Vec<Mutant> {
             caught_by: "contig-bits=32 but the buffer is at",
             what: "the domU with RAM above 4 GiB reports its buffer's GFN (in RAM1) as the \
                    machine address instead of the bus address Xen's grant map returned",
+        },
+    ];
+    v.extend(boot_oracles());
+    v
+}
+
+/// Mutants of the boot scenarios' checks whose oracle is not the agent's
+/// own word: the peer domain's reading, Xen's answers and grant-table
+/// entries, the helper's memory, the CPU's fault.
+fn boot_oracles() -> Vec<Mutant> {
+    use Arch::{Aarch64, X86_64};
+    vec![
+        Mutant {
+            name: "answer-not-written",
+            arch: Aarch64,
+            scenario: "aarch64-grant-exchange",
+            caught_by: "[d1] report grant-offer-done peer_wrote=bad",
+            what: "dom0 signals its answer in the domU's granted page without writing it",
+        },
+        Mutant {
+            name: "peer-gnttab-wrong-entry",
+            arch: Aarch64,
+            scenario: "aarch64-grant-exchange",
+            caught_by: "[d0] `report: peer-gnttab` frame=0x0 and [d1] `report: grant-offer` gfn=",
+            what: "dom0 reads the entry after the granted one in the domU's acquired grant table",
+        },
+        Mutant {
+            name: "foreign-wrong-frame",
+            arch: Aarch64,
+            scenario: "aarch64-grant-exchange",
+            caught_by: "[d0] report peer-foreign pattern=bad",
+            what: "dom0 foreign-maps the domU frame after the one the grant entry names",
+        },
+        Mutant {
+            name: "bad-batch-in-table",
+            arch: Aarch64,
+            scenario: "aarch64-grant-exchange",
+            caught_by: "[d0] report grant-bad-batch first=GNTST_general_error,",
+            what: "dom0's batch asks for a reference inside the domU's table where one past it \
+                   was meant",
+        },
+        Mutant {
+            name: "bad-copy-in-page",
+            arch: Aarch64,
+            scenario: "aarch64-grant-exchange",
+            caught_by: "[d0] report grant-bad-copy first=GNTST_bad_page,",
+            what: "dom0's copy segment meant to run past the granted page ends inside it",
+        },
+        Mutant {
+            name: "grant-copy-wrong-ref",
+            arch: X86_64,
+            scenario: "x86_64-grant-self",
+            caught_by: "[d0] report grant-self copy_before=",
+            what: "the copy through the agent's own grant names the next, never issued, reference",
+        },
+        Mutant {
+            name: "helper-grants-reversed",
+            arch: X86_64,
+            scenario: "x86_64-helper-domain",
+            caught_by: "[d0] report helper-grants pattern=bad",
+            what: "the helper's seeded grants are mapped in reverse order",
+        },
+        Mutant {
+            name: "neg-gnttab-default",
+            arch: X86_64,
+            scenario: "x86_64-negative",
+            caught_by: "[d0] a `report: neg-acquire` has size=64,",
+            what: "the negative run's helper is created with Xen's default grant-table size, \
+                   not negative-gnttab=40",
+        },
+        Mutant {
+            name: "xsa277-repopulated",
+            arch: X86_64,
+            scenario: "x86_64-negative",
+            caught_by: "[d0] a `report: neg-xsa277` has results=1,1,1,",
+            what: "the frame is populated again before each repeated decrease",
+        },
+        Mutant {
+            name: "xsa231-no-node",
+            arch: X86_64,
+            scenario: "x86_64-negative",
+            caught_by: "[d0] a `report: neg-xsa231` has zero=0,",
+            what: "the XSA-231 sweep populates without the node bits it sweeps",
+        },
+        Mutant {
+            name: "trim-skipped",
+            arch: X86_64,
+            scenario: "x86_64-unpopulated-fault",
+            caught_by: "[d0] exception at fault_addr=?,",
+            what: "the start-up trim of the identity map is skipped (and its walker check ignored)",
+        },
+        Mutant {
+            name: "image-end-early",
+            arch: X86_64,
+            scenario: "x86_64-dom0",
+            caught_by: "[d0] `report: image` start=0x100000 end=",
+            what: "the image's span (reported, and reserved in the table) ends a page early",
+        },
+        Mutant {
+            name: "domu-says-reboot",
+            arch: Aarch64,
+            scenario: "aarch64-both",
+            caught_by: "[d0] report peer shutdown=reboot,",
+            what: "the domU leaves through Xen saying reboot instead of poweroff",
+        },
+        Mutant {
+            name: "gnttab-kept",
+            arch: Aarch64,
+            scenario: "aarch64-grant-exchange",
+            caught_by: "[d0] 1 mapping(s) never released, first [\"gnttab\"",
+            what: "dom0 keeps the domU's acquired grant-table frame mapped and does not list it \
+                   released (a check of the agent's own mapping lines)",
         },
     ]
 }
@@ -210,7 +324,7 @@ mod tests {
             .into_iter()
             .chain(crate::highmem::scenarios())
             .collect();
-        let agent_src: String = ["agent.rs", "xenview.rs"]
+        let agent_src: String = ["agent.rs", "xenview.rs", "negative.rs"]
             .iter()
             .map(|f| {
                 std::fs::read_to_string(

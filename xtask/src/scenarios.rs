@@ -1340,6 +1340,49 @@ fn mappings_balanced(l: &crate::report::AgentLog, kinds: &[&str]) -> Result<(), 
     }
 }
 
+/// The agent's own `report: image` span against what the agent did not
+/// write, its ELF's PT_LOAD segments (`span`, see
+/// [`crate::image::load_span`]), for every source an
+/// [`Check::ImageReserved`] is about: on x86_64 (loaded at its link
+/// addresses) the report must cover the segments, on aarch64 (loaded where
+/// Xen puts the Image) be at least as long. A span that ends early leaves
+/// part of the image (`.bss`, the boot stack, page tables) to the allocator
+/// although its table reserves what it reports.
+pub fn image_against_elf(
+    checks: &[Check],
+    logs: &Logs,
+    arch: Arch,
+    span: (u64, u64),
+) -> Vec<String> {
+    let (lo, hi) = span;
+    let mut out = Vec::new();
+    for c in checks {
+        let Check::ImageReserved(src) = *c else {
+            continue;
+        };
+        let l = logs.get(src);
+        let Some(img) = l.topic("image").next() else {
+            continue; // `ImageReserved` itself fails.
+        };
+        let num = |k: &str| img.get(k).and_then(parse_number);
+        let (Some(start), Some(end)) = (num("start"), num("end")) else {
+            continue;
+        };
+        let covers = match arch {
+            Arch::X86_64 => start <= lo && end >= hi,
+            Arch::Aarch64 => end.checked_sub(start).is_some_and(|n| n >= hi - lo),
+        };
+        if !covers {
+            out.push(format!(
+                "[{src}] `report: image` start={start:#x} end={end:#x} does not cover the ELF's \
+                 loaded segments [{lo:#x}, {hi:#x}) ({:#x} bytes)",
+                hi - lo
+            ));
+        }
+    }
+    out
+}
+
 /// Whether the image span is covered by reserved image/heap table regions.
 fn image_reserved(l: &crate::report::AgentLog) -> Result<(), String> {
     let img = l.topic("image").next().ok_or("no `report: image` line")?;
@@ -1940,6 +1983,34 @@ mod tests {
             "report: neg-xsa277 gfn=0x1005f results=1,1,1 library=not-free library_hypercalls=0",
         );
         assert!(!failures(&l).is_empty());
+    }
+
+    #[test]
+    fn the_image_report_must_cover_the_elf() {
+        let checks = [Check::ImageReserved(D0)];
+        let r = |line| result(Exit::Pass, &[(D0, Level::Info, line)]).logs;
+        let span = (0x100000, 0x322350);
+        let whole = r("report: image start=0x100000 end=0x323000");
+        assert!(image_against_elf(&checks, &whole, Arch::X86_64, span).is_empty());
+        // A page short of .bss's end; or moved (x86_64 is loaded where linked).
+        for bad in [
+            "report: image start=0x100000 end=0x322000",
+            "report: image start=0x101000 end=0x324000",
+        ] {
+            let f = image_against_elf(&checks, &r(bad), Arch::X86_64, span);
+            assert!(f[0].contains("does not cover the ELF's"), "{f:?}");
+        }
+        // aarch64: anywhere, as long as it is as long.
+        let arm = (0, 0x209000);
+        let moved = r("report: image start=0x42000000 end=0x42209000");
+        assert!(image_against_elf(&checks, &moved, Arch::Aarch64, arm).is_empty());
+        let short = r("report: image start=0x42000000 end=0x42208000");
+        assert_eq!(
+            image_against_elf(&checks, &short, Arch::Aarch64, arm).len(),
+            1
+        );
+        // Only where the scenario checks the image.
+        assert!(image_against_elf(&[], &short, Arch::Aarch64, arm).is_empty());
     }
 
     #[test]
