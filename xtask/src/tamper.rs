@@ -72,7 +72,7 @@ fn off_by_one(v: &str) -> String {
 fn wrong(is: Is, v: &str) -> Option<String> {
     Some(match is {
         Is::Num(_) => off_by_one(v),
-        Is::Text(t) if t == "tampered" => "untampered".into(),
+        Is::Text("tampered") => "untampered".into(),
         Is::Text(_) | Is::AnyNum => "tampered".into(),
         Is::Version(_) => "0.0".into(),
         Is::Present => return None,
@@ -111,7 +111,10 @@ fn tamper_field(
     let r = &mut l.reports[last];
     let desc = match r.get(key).and_then(|v| wrong(is, v)) {
         Some(w) => {
-            let d = format!("{what}: the last one's {key}={} made {key}={w}", r.get(key).unwrap_or(""));
+            let d = format!(
+                "{what}: the last one's {key}={} made {key}={w}",
+                r.get(key).unwrap_or("")
+            );
             set(r, key, w);
             d
         }
@@ -180,7 +183,11 @@ fn boot_copies(c: &Check, e: &Evidence) -> Vec<Tampered<Evidence>> {
             &format!("`report: {topic} {}={}`", when.0, when.1),
         ),
         Check::Count {
-            src, topic, key, value, ..
+            src,
+            topic,
+            key,
+            value,
+            ..
         } => {
             let mut copy = e.clone();
             let l = log_mut(&mut copy.logs, src);
@@ -566,7 +573,11 @@ fn xl_copies(c: &XlCheck, e: &XlEvidence) -> Vec<Tampered<XlEvidence>> {
         XlCheck::PeerGrant(_) => {
             let last_round = |what: &str, key: &'static str, v: &'static str| {
                 let mut copy = e.clone();
-                let r = copy.job.steps.iter_mut().rfind(|r| r.topic == "peer-grant")?;
+                let r = copy
+                    .job
+                    .steps
+                    .iter_mut()
+                    .rfind(|r| r.topic == "peer-grant")?;
                 rec_set(r, key, v).then_some(Tampered {
                     what: format!("the peer's last round {what}"),
                     copy,
@@ -671,15 +682,17 @@ fn xl_copies(c: &XlCheck, e: &XlEvidence) -> Vec<Tampered<XlEvidence>> {
             j.steps.retain(|r| r.topic != "destroyed-early");
             j.steps.len() < n
         })],
-        XlCheck::NothingLost => vec![job_copy(e, "xl info's free memory after destroy one MiB less", |j| {
-            match j.free_after_mib.as_mut() {
+        XlCheck::NothingLost => vec![job_copy(
+            e,
+            "xl info's free memory after destroy one MiB less",
+            |j| match j.free_after_mib.as_mut() {
                 Some(m) => {
                     *m = m.wrapping_sub(1);
                     true
                 }
                 None => false,
-            }
-        })],
+            },
+        )],
     };
     v.into_iter().flatten().collect()
 }
@@ -736,9 +749,10 @@ pub fn xl(s: &XlScenario, res: &XlResult) -> Outcome {
         })
     }) {
         Some(t) if crate::xl_scenarios::max_from_toolstack(&t.copy.job, &t.copy.log).is_some() => {}
-        Some(t) => out
-            .unfailing
-            .push(format!("the toolstack-maximum check still passes when {}", t.what)),
+        Some(t) => out.unfailing.push(format!(
+            "the toolstack-maximum check still passes when {}",
+            t.what
+        )),
         None => out
             .unfailing
             .push("the toolstack-maximum check cannot fail: no `xl list -l` record".into()),
