@@ -749,10 +749,7 @@ fn test(args: &[String]) -> Result<ExitCode> {
                 }
                 if failures.is_empty() {
                     let t = tampered.map_or(String::new(), |t| format!("; {}", t.summary()));
-                    tally.pass(
-                        s.name,
-                        &format!(" ({:.1} s{t})", res.elapsed.as_secs_f64()),
-                    );
+                    tally.pass(s.name, &format!(" ({:.1} s{t})", res.elapsed.as_secs_f64()));
                 } else {
                     tally.fail(s.name, &failures, Some(&res.log_path));
                 }

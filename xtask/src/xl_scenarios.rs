@@ -1078,7 +1078,12 @@ fn list_mib(r: &Option<crate::rig::Record>, want: u64, when: &str) -> Option<Str
     (got != Some(want)).then(|| format!("xl list says {got:?} MiB {when}, expected {want}"))
 }
 
-pub(crate) fn check_xl(c: &XlCheck, job: &XlJobResult, log: &AgentLog, res: &XlResult) -> Option<String> {
+pub(crate) fn check_xl(
+    c: &XlCheck,
+    job: &XlJobResult,
+    log: &AgentLog,
+    res: &XlResult,
+) -> Option<String> {
     let xen_num = |k: &str| {
         job.xen_pages
             .as_ref()
