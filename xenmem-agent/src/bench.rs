@@ -61,6 +61,7 @@ use xenmem::domctl::{
 };
 use xenmem::grant::{self, Bytes, GrantError, GrantMap, GrantRef};
 use xenmem::mapping::{MapTarget, VaSpace};
+use xenmem::paging::Attrs;
 use xenmem::region::{
     Backing, Change, FrameRange, Region, RegionError, RegionFlags, RegionKind, RegionTable,
 };
@@ -72,11 +73,19 @@ use xenmem::xen::{Features, Hypervisor, MemFlags, XenError, XenStatus, MULTICALL
 /// The most repetitions a row can hold.
 pub const MAX_REPS: usize = 9;
 
+/// The most repetitions of table 3 (grant mapping, [`Params::grant_reps`]).
+pub const GRANT_MAX_REPS: usize = 21;
+
 /// What the benchmarks measure, and how often.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Params {
     /// Repetitions per row (1 to [`MAX_REPS`]).
     pub reps: usize,
+    /// Repetitions of table 3 (1 to [`GRANT_MAX_REPS`]): its goals take
+    /// the minimum over them (a map of 1024 grants takes a few ms to
+    /// ~25 ms, so one host preemption moves a sample by tens of percent;
+    /// more repetitions cost little).
+    pub grant_reps: usize,
     /// How much to balloon out and back in (a multiple of 2 MiB).
     pub balloon_pages: PageCount,
     /// The most to balloon in the xenmem-only scale row (hypercalls per GiB
@@ -118,10 +127,11 @@ pub struct ForeignPeer {
 const ARM_GUEST_RAM0_GFN: u64 = 0x40000;
 
 impl Params {
-    /// The benchmarks as `cargo xtask bench` runs them: 5 repetitions,
-    /// 256 MiB, 1024 grants, 4096 foreign frames, a helper domain.
+    /// The benchmarks as `cargo xtask bench` runs them: 5 repetitions
+    /// (15 of table 3), 256 MiB, 1024 grants, 4096 foreign frames, a helper domain.
     pub const DEFAULT: Params = Params {
         reps: 5,
+        grant_reps: 15,
         balloon_pages: PageCount(256 << 8),
         scale_max_pages: PageCount(1024 << 8),
         grants: 1024,
@@ -397,17 +407,23 @@ impl defmt::Format for MaybeSigned {
     }
 }
 
-/// The repetitions of a signed measurement (shares).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct SignedSamples {
-    v: [i64; MAX_REPS],
+/// The repetitions of a signed measurement (shares), up to `N`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SignedSamples<const N: usize = MAX_REPS> {
+    v: [i64; N],
     n: usize,
 }
 
-impl SignedSamples {
-    /// Add one (beyond [`MAX_REPS`] it is dropped).
+impl<const N: usize> Default for SignedSamples<N> {
+    fn default() -> Self {
+        SignedSamples { v: [0; N], n: 0 }
+    }
+}
+
+impl<const N: usize> SignedSamples<N> {
+    /// Add one (beyond `N` it is dropped).
     pub fn push(&mut self, x: Signed2) {
-        if self.n < MAX_REPS {
+        if self.n < N {
             self.v[self.n] = x.0;
             self.n += 1;
         }
@@ -441,17 +457,23 @@ impl SignedSamples {
     }
 }
 
-/// The repetitions of one measurement.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Samples {
-    v: [u64; MAX_REPS],
+/// The repetitions of one measurement, up to `N`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Samples<const N: usize = MAX_REPS> {
+    v: [u64; N],
     n: usize,
 }
 
-impl Samples {
-    /// Add one (beyond [`MAX_REPS`] it is dropped).
+impl<const N: usize> Default for Samples<N> {
+    fn default() -> Self {
+        Samples { v: [0; N], n: 0 }
+    }
+}
+
+impl<const N: usize> Samples<N> {
+    /// Add one (beyond `N` it is dropped).
     pub fn push(&mut self, x: u64) {
-        if self.n < MAX_REPS {
+        if self.n < N {
             self.v[self.n] = x;
             self.n += 1;
         }
@@ -467,7 +489,7 @@ impl Samples {
         self.n == 0
     }
 
-    fn sorted(&self) -> [u64; MAX_REPS] {
+    fn sorted(&self) -> [u64; N] {
         let mut s = self.v;
         s[..self.n].sort_unstable();
         s
@@ -706,6 +728,7 @@ pub fn run_with<H: Hypervisor, C: Clock, M: Memory, P: MapTarget>(
     let began = clock.now();
     let mut p = *params;
     p.reps = p.reps.clamp(1, MAX_REPS);
+    p.grant_reps = p.grant_reps.clamp(1, GRANT_MAX_REPS);
     let ctx = Ctx {
         hv,
         clock,
@@ -1474,7 +1497,7 @@ fn measure<H: Hypervisor, C: Clock, M: Memory>(
     let pages = PageCount(arena.pages());
     let strats = strategies(ctx.survey.privileged);
     let mut rows = [Row::default(); 3];
-    let mut fill = Samples::default();
+    let mut fill = <Samples>::default();
     let mut filled_ok = true;
     let mut floor_reached = true;
     for rep in 0..ctx.p.reps {
@@ -1677,6 +1700,23 @@ pub trait GrantMapper {
     fn check(&self) -> bool {
         true
     }
+    /// The frames the last [`GrantMapper::map`] put grants in, while they
+    /// are mapped (`None` when the mapper cannot tell).
+    fn mapped_frames(&self) -> Option<FrameRange> {
+        None
+    }
+    /// Map `frames` (frames that hold something, e.g. another mapper's
+    /// grants) into the window with the page tables alone and unmap them
+    /// again, timing both on `clock`: (map, unmap) ticks, or `None` when
+    /// the mapper has no page tables. What the library's path spends in
+    /// its page tables.
+    fn page_tables<C: Clock>(
+        &mut self,
+        _frames: FrameRange,
+        _clock: &C,
+    ) -> Result<Option<(u64, u64)>, BenchError> {
+        Ok(None)
+    }
 }
 
 /// The ops-per-hypercall sizes of table 3: one op per hypercall (the
@@ -1754,6 +1794,37 @@ impl<H: Hypervisor, P: MapTarget> GrantMapper for LibGrants<'_, H, P> {
             return Err(BenchError::Grant(e));
         }
         Ok(n.div_ceil(per_call.max(1)) as u64)
+    }
+
+    fn page_tables<C: Clock>(
+        &mut self,
+        frames: FrameRange,
+        clock: &C,
+    ) -> Result<Option<(u64, u64)>, BenchError> {
+        let n = frames.len();
+        let va = self
+            .vas
+            .try_alloc(n)
+            .map_err(|e| BenchError::Grant(GrantError::OutOfMemory(e)))?
+            .ok_or(BenchError::Grant(GrantError::NoVirtualSpace(n)))?;
+        let t0 = clock.now();
+        let mapped = self
+            .pt
+            .map(va, frames.start_addr(), n, Attrs::READ_WRITE, self.t);
+        let t1 = clock.now();
+        if let Err(e) = mapped {
+            self.vas.free(va);
+            return Err(BenchError::Grant(GrantError::Paging(e)));
+        }
+        let t2 = clock.now();
+        // On an error the pages stay mapped and the window allocation
+        // with them (the run fails).
+        self.pt
+            .unmap(va, n, self.t)
+            .map_err(|e| BenchError::Grant(GrantError::Paging(e)))?;
+        let t3 = clock.now();
+        self.vas.free(va);
+        Ok(Some((t1.wrapping_sub(t0), t3.wrapping_sub(t2))))
     }
 
     fn check(&self) -> bool {
@@ -1884,40 +1955,93 @@ impl<H: Hypervisor> GrantMapper for RawGrants<'_, H> {
     fn unmap(&mut self, per_call: usize) -> Result<u64, BenchError> {
         self.unmap_done(per_call)
     }
+
+    fn mapped_frames(&self) -> Option<FrameRange> {
+        if self.stuck || self.ops.is_empty() {
+            return None;
+        }
+        FrameRange::new(self.hole.start(), PageCount(self.ops.len() as u64)).ok()
+    }
 }
+
+/// Samples of table 3 ([`Params::grant_reps`] of them).
+type GrantSamples = Samples<GRANT_MAX_REPS>;
 
 /// One per-call size's measurements.
 #[derive(Clone, Copy, Debug, Default)]
 struct GrantRow {
-    map: Samples,
-    unmap: Samples,
+    map: GrantSamples,
+    unmap: GrantSamples,
     calls: u64,
     unmap_calls: u64,
     /// (one-per-call time / this one's), paired per repetition, hundredths.
-    vs: Samples,
+    vs: GrantSamples,
     /// The raw hypercalls alone.
-    raw_map: Samples,
-    raw_unmap: Samples,
-    raw_vs: Samples,
+    raw_map: GrantSamples,
+    raw_unmap: GrantSamples,
+    raw_vs: GrantSamples,
     /// The library's own share of the map time, percent of the raw map's
     /// in the same repetition ([`share_of_xen`]).
-    share: SignedSamples,
+    share: SignedSamples<GRANT_MAX_REPS>,
 }
 
-/// Per repetition, against Xen's batching ceiling (the largest batch):
-/// the ceiling (h + p) / p fitted through the raw rows, the library's
-/// speed-up, and that speed-up as a percentage of the ceiling.
+impl GrantRow {
+    /// The library's share from the minima of both sides:
+    /// [`share_of_xen`] of the fastest library map and the fastest
+    /// Xen-only map (`None` without the profile).
+    fn share_of_minima(&self) -> Option<Signed2> {
+        if self.raw_map.is_empty() {
+            return None;
+        }
+        share_of_xen(self.map.min(), self.raw_map.min())
+    }
+}
+
+/// Against Xen's batching ceiling (the largest batch): per repetition, the
+/// ceiling (h + p) / p fitted through the raw rows, the library's
+/// speed-up, and that speed-up as a percentage of the ceiling (the paired
+/// medians, for information); and the page tables alone.
 #[derive(Clone, Copy, Debug, Default)]
 struct CeilingRow {
-    ceiling: Samples,
-    speedup: Samples,
-    of_ceiling: SignedSamples,
+    ceiling: GrantSamples,
+    speedup: GrantSamples,
+    of_ceiling: SignedSamples<GRANT_MAX_REPS>,
+    /// The library's page tables alone, mapping and unmapping the grants
+    /// the raw hypercalls just mapped, µs.
+    tables_map: GrantSamples,
+    tables_unmap: GrantSamples,
+}
+
+/// The goals of table 3 from the minima over the repetitions: for fixed
+/// work under additive, never negative noise (host preemption, Xen's own
+/// interrupts) the fastest repetition is the best estimate of the work,
+/// and each side of each ratio gets the same estimator. `first` is the
+/// one-per-call row, `last` the largest batch, `n` the grants. Returns
+/// (the ceiling (h + p) / p, the library's speed-up, % of the ceiling).
+fn ceiling_of_minima(
+    first: &GrantRow,
+    last: &GrantRow,
+    n: usize,
+) -> Option<((i128, i128), Fixed2, Signed2)> {
+    if first.raw_map.is_empty() || last.raw_map.is_empty() {
+        return None;
+    }
+    let c = batching_ceiling(
+        (first.calls, first.raw_map.min()),
+        (last.calls, last.raw_map.min()),
+        n as u64,
+    )?;
+    let speedup = Fixed2::ratio(first.map.min(), last.map.min())?;
+    let of = of_ceiling(first.map.min(), last.map.min(), c)?;
+    Some((c, speedup, of))
 }
 
 /// Table 3 with a working [`GrantMapper`]: map [`Params::grants`] grants at
 /// every size of [`GRANT_BATCHES`] (larger ones are clamped to the grant
-/// count), [`Params::reps`] times each, interleaved; with `raw`, the same
-/// with the hypercalls alone after each (the profile rows).
+/// count), [`Params::grant_reps`] times each, interleaved; with `raw`, the
+/// same with the hypercalls alone after each (the profile rows), and at the
+/// largest batch, while the raw hypercalls' grants are mapped, the
+/// library's page tables alone ([`GrantMapper::page_tables`]).
 fn grant_table<H, C, M, G, R>(
     ctx: &Ctx<'_, H, C, M>,
     m: &mut G,
@@ -1940,8 +2064,9 @@ where
     let mut rows = [GrantRow::default(); GRANT_BATCHES.len()];
     let mut top = CeilingRow::default();
     let c = ctx.clock;
-    for rep in 0..ctx.p.reps {
-        for (row, &per) in rows.iter_mut().zip(&sizes) {
+    let reps = ctx.p.grant_reps.clamp(1, GRANT_MAX_REPS);
+    for rep in 0..reps {
+        for (i, (row, &per)) in rows.iter_mut().zip(&sizes).enumerate() {
             let t0 = c.now();
             row.calls = m.map(n, per)?;
             let t1 = c.now();
@@ -1960,12 +2085,23 @@ where
                 let t0 = c.now();
                 r.map(n, per)?;
                 let t1 = c.now();
-                r.unmap(per)?;
+                let tables = match r.mapped_frames() {
+                    Some(f) if i == sizes.len() - 1 => m.page_tables(f, c),
+                    _ => Ok(None),
+                };
                 let t2 = c.now();
+                // The raw grants go whatever the page tables did.
+                let unmapped = r.unmap(per);
+                let t3 = c.now();
+                if let Some((tm, tu)) = tables? {
+                    top.tables_map.push(ctx.us(tm));
+                    top.tables_unmap.push(ctx.us(tu));
+                }
+                unmapped?;
                 row.raw_map.push(ctx.us(t1.wrapping_sub(t0)));
-                row.raw_unmap.push(ctx.us(t2.wrapping_sub(t1)));
+                row.raw_unmap.push(ctx.us(t3.wrapping_sub(t2)));
             }
-            let last = |s: &Samples| s.v[..s.n].last().copied().unwrap_or(0);
+            let last = |s: &GrantSamples| s.v[..s.n].last().copied().unwrap_or(0);
             xm_info!(
                 "report: bench-grant-rep rep={=usize} per_call={=usize} map_us={=u64} unmap_us={=u64} raw_map_us={=u64} raw_unmap_us={=u64}",
                 rep,
@@ -2010,7 +2146,7 @@ where
     for (i, (row, per)) in rows.iter().zip(sizes).enumerate() {
         let us = row.map.median();
         xm_info!(
-            "report: bench-grant mode={=str} per_call={=usize} grants={=usize} dom={} hypercalls={=u64} map_us={=u64} spread={} maps_s={=u64} ns_per_grant={=u64} unmap_us={=u64} unmap_hypercalls={=u64} speedup={} speedup_spread={}",
+            "report: bench-grant mode={=str} per_call={=usize} grants={=usize} dom={} hypercalls={=u64} map_us={=u64} spread={} maps_s={=u64} ns_per_grant={=u64} unmap_us={=u64} unmap_hypercalls={=u64} speedup={} speedup_spread={} reps={=usize}",
             if i == 0 { "one-per-call" } else { "batched" },
             per,
             n,
@@ -2023,7 +2159,8 @@ where
             row.unmap.median(),
             row.unmap_calls,
             Fixed2(row.vs.median()),
-            Maybe(row.vs.spread())
+            Maybe(row.vs.spread()),
+            row.map.len()
         );
     }
     for (row, per) in rows.iter().zip(sizes) {
@@ -2031,7 +2168,7 @@ where
             continue;
         }
         xm_info!(
-            "report: bench-grant-profile per_call={=usize} hypercalls={=u64} xen_map_us={=u64} xen_unmap_us={=u64} lib_map_us={=u64} lib_unmap_us={=u64} share_pct={} xen_speedup={}",
+            "report: bench-grant-profile per_call={=usize} hypercalls={=u64} xen_map_us={=u64} xen_unmap_us={=u64} lib_map_us={=u64} lib_unmap_us={=u64} share_pct={} xen_speedup={} xen_map_min_us={=u64} lib_map_min_us={=u64} share_min_pct={}",
             per,
             row.calls,
             row.raw_map.median(),
@@ -2039,22 +2176,50 @@ where
             row.map.median(),
             row.unmap.median(),
             MaybeSigned(row.share.median()),
-            Fixed2(row.raw_vs.median())
+            Fixed2(row.raw_vs.median()),
+            row.raw_map.min(),
+            row.map.min(),
+            MaybeSigned(row.share_of_minima())
         );
     }
     if raw.is_some() {
         let per = sizes[sizes.len() - 1];
-        let of = top.of_ceiling.median();
+        let (first, last) = (&rows[0], &rows[rows.len() - 1]);
+        let minima = ceiling_of_minima(first, last, n);
+        let of = minima.map(|(_, _, of)| of);
         xm_info!(
-            "report: bench-grant-ceiling per_call={=usize} reps={=usize} ceiling={} speedup={} of_ceiling_pct={}",
+            "report: bench-grant-ceiling per_call={=usize} reps={=usize} ceiling={} speedup={} of_ceiling_pct={} lib_single_us={=u64} lib_batched_us={=u64} xen_single_us={=u64} xen_batched_us={=u64} paired_ceiling={} paired_speedup={} paired_of_ceiling_pct={}",
             per,
-            top.of_ceiling.len(),
+            last.map.len(),
+            Maybe(minima.and_then(|((num, den), _, _)| signed_ratio(num, den).map(|v| Fixed2(v.0.max(0) as u64)))),
+            Maybe(minima.map(|(_, s, _)| s)),
+            MaybeSigned(of),
+            first.map.min(),
+            last.map.min(),
+            first.raw_map.min(),
+            last.raw_map.min(),
             Maybe((!top.ceiling.is_empty()).then(|| Fixed2(top.ceiling.median()))),
             Maybe((!top.speedup.is_empty()).then(|| Fixed2(top.speedup.median()))),
-            MaybeSigned(of)
+            MaybeSigned(top.of_ceiling.median())
         );
+        if !top.tables_map.is_empty() {
+            let (lib, xen) = (last.map.min(), last.raw_map.min());
+            xm_info!(
+                "report: bench-grant-tables per_call={=usize} grants={=usize} reps={=usize} lib_map_us={=u64} xen_map_us={=u64} own_us={=i64} tables_map_us={=u64} tables_unmap_us={=u64} lib_unmap_us={=u64} xen_unmap_us={=u64}",
+                per,
+                n,
+                top.tables_map.len(),
+                lib,
+                xen,
+                i64::try_from(lib).unwrap_or(i64::MAX) - i64::try_from(xen).unwrap_or(i64::MAX),
+                top.tables_map.min(),
+                top.tables_unmap.min(),
+                last.unmap.min(),
+                last.raw_unmap.min()
+            );
+        }
         goals.grant_of_ceiling = of;
-        goals.grant_share = rows[rows.len() - 1].share.median();
+        goals.grant_share = last.share_of_minima();
     }
     Ok(())
 }
@@ -2724,14 +2889,14 @@ fn foreign_rows<H: Hypervisor, C: Clock, M: Memory>(
     let mut results: Vec<Result<(), XenError>> = alloc::vec![Ok(()); n];
     let batches = ctx.p.foreign_batches.map(|b| b.clamp(1, u16::MAX as usize));
     let largest = batches.iter().copied().max().unwrap_or(1);
-    let mut map = [Samples::default(); 4];
-    let mut unmap = [Samples::default(); 4];
-    let mut batched = [Samples::default(); 4];
-    let mut ratio = [Samples::default(); 4];
+    let mut map = [<Samples>::default(); 4];
+    let mut unmap = [<Samples>::default(); 4];
+    let mut batched = [<Samples>::default(); 4];
+    let mut ratio = [<Samples>::default(); 4];
     let mut unmap_calls = [0usize; 4];
-    let mut vs = [Samples::default(); 4];
-    let mut profile = [Samples::default(); UNMAP_PROFILE.len()];
-    let mut nothing = Samples::default();
+    let mut vs = [<Samples>::default(); 4];
+    let mut profile = [<Samples>::default(); UNMAP_PROFILE.len()];
+    let mut nothing = <Samples>::default();
     // Map everything, `b` per call, or fail with nothing left mapped.
     let map_all = |errs: &mut [XenStatus], b: usize| -> Result<u64, BenchError> {
         let (ticks, mapped, r) = foreign_map_all(ctx, peer.dom, &frames, &gfns, errs, b);
@@ -2886,7 +3051,7 @@ mod tests {
 
     #[test]
     fn samples_and_fixed_point() {
-        let mut s = Samples::default();
+        let mut s = <Samples>::default();
         assert_eq!((s.median(), s.spread()), (0, None));
         for x in [5, 1, 3] {
             s.push(x);
@@ -2943,7 +3108,7 @@ mod tests {
         assert_eq!(batching_ceiling((1024, 1000), (1, 2000), 1024), None);
         assert_eq!(batching_ceiling((1024, 1000), (1, 0), 1024), None);
         // Medians of signed samples.
-        let mut m = SignedSamples::default();
+        let mut m = <SignedSamples>::default();
         assert_eq!(m.median(), None);
         for v in [300, -100, 50] {
             m.push(Signed2(v));
@@ -2967,7 +3132,7 @@ mod tests {
         report_balloon(&strats, &rows, 256, &mut g);
         assert_eq!(g.engine_share, Some(Signed2(2000)), "xenmem's, not Linux's");
         // No replay came back whole: no measurement, not a pass.
-        rows[0].own = SignedSamples::default();
+        rows[0].own = <SignedSamples>::default();
         report_balloon(&strats, &rows, 256, &mut g);
         assert_eq!(g.engine_share, None);
     }
@@ -3054,6 +3219,7 @@ mod tests {
     fn small() -> Params {
         Params {
             reps: 3,
+            grant_reps: 5,
             balloon_pages: PageCount(8 << 8),
             scale_max_pages: PageCount(32 << 8),
             grants: 16,
@@ -3324,15 +3490,26 @@ mod tests {
         call_us: u64,
         op_us: u64,
         mapped: usize,
+        /// The maps (counted from 1) that take `spike_us` more (a host
+        /// preemption).
+        spikes: &'a [u64],
+        spike_us: u64,
+        maps: u64,
     }
 
     impl GrantMapper for FakeGrants<'_> {
         fn map(&mut self, count: usize, per_call: usize) -> Result<u64, BenchError> {
             let calls = count.div_ceil(per_call) as u64;
             let c = self.clock.0.get();
+            self.maps += 1;
+            let spike = if self.spikes.contains(&self.maps) {
+                self.spike_us
+            } else {
+                0
+            };
             self.clock
                 .0
-                .set(c + (calls * self.call_us + count as u64 * self.op_us) * 1000);
+                .set(c + (calls * self.call_us + count as u64 * self.op_us + spike) * 1000);
             self.mapped = count;
             Ok(calls)
         }
@@ -3365,6 +3542,9 @@ mod tests {
             call_us,
             op_us,
             mapped: 0,
+            spikes: &[],
+            spike_us: 0,
+            maps: 0,
         };
         let (mut lib, mut raw) = (fake(10, 1), fake(5, 1));
         grant_table(&ctx, &mut lib, Some(&mut raw), DomId(1), &mut g).unwrap();
@@ -3377,6 +3557,23 @@ mod tests {
         assert_eq!(g.grant_of_ceiling, Some(Signed2(18155)));
         assert_eq!(g.grant_share, Some(Signed2(49)));
         assert_eq!((lib.mapped, raw.mapped), (0, 0));
+        // Host preemptions of 3 ms. Maps go one-per-call, 64, 1024 in each
+        // repetition: the library's one-per-call map is slowed in
+        // repetitions 1 to 3 (maps 4, 7, 10), its one-call map in 0 to 2
+        // (3, 6, 9), the raw one-call map in 4 (15). Every row keeps a
+        // quiet repetition, so the minima (both sides of each ratio) give
+        // the same goals as above; the medians of the paired
+        // per-repetition ratios do not (3 of 5 are off the same way).
+        let spiky = |call_us, op_us, spikes| FakeGrants {
+            spikes,
+            spike_us: 3000,
+            ..fake(call_us, op_us)
+        };
+        let (mut lib, mut raw) = (spiky(10, 1, &[3, 4, 6, 7, 9, 10]), spiky(5, 1, &[15]));
+        let mut g = Goals::default();
+        grant_table(&ctx, &mut lib, Some(&mut raw), DomId(1), &mut g).unwrap();
+        assert_eq!(g.grant_of_ceiling, Some(Signed2(18155)));
+        assert_eq!(g.grant_share, Some(Signed2(49)));
         // Without the profile there is no ceiling and no share: no goal.
         let mut g = Goals::default();
         let none: Option<&mut FakeGrants<'_>> = None;

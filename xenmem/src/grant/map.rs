@@ -398,11 +398,10 @@ pub fn map_grants_per_call(
         return Err(GrantError::Paging(e));
     }
     let mut inner = inner;
-    for o in &map {
-        // Within the room made in `prepare_grants`: no allocation.
-        inner.handles.push(o.handle);
-        inner.bus.push(o.dev_bus_addr);
-    }
+    // Within the room made in `prepare_grants` (one entry per operation):
+    // no allocation, and one capacity check per list, not per grant.
+    inner.handles.extend(map.iter().map(|o| o.handle));
+    inner.bus.extend(map.iter().map(|o| o.dev_bus_addr));
     Ok(GrantMap { inner })
 }
 
@@ -445,12 +444,14 @@ fn prepare_grants(
         )?;
         i = j;
     }
-    let map = try_collect(
+    let mut map = try_with_capacity(refs.len(), "grant map operations")?;
+    // Within the room made just above (one per reference): no allocation,
+    // one capacity check for the batch.
+    map.extend(
         refs.iter()
             .enumerate()
             .map(|(i, r)| MapGrantRef::host(host_addr(frame(hole, i)), r.0, dom.0, readonly)),
-        "grant map operations",
-    )?;
+    );
     let unwinding = Unwinding::try_new(refs.len())?;
     let mut kept = try_with_capacity(refs.len(), "grant mapping refs")?;
     // Within the room made just above: no allocation.

@@ -948,6 +948,204 @@ fn check_model<F: Format>(window: Window, ops: &[Op]) -> Result<(), TestCaseErro
     Ok(())
 }
 
+// ---- ranges against page by page --------------------------------------------
+
+/// [`PageTable::map_range`] as it was before it wrote a level-0 table's
+/// entries in one go: `map_4k` page by page, undone by `unmap_4k`.
+fn map_range_per_page<F: Format>(
+    pt: &mut Pt<F>,
+    va: VirtAddr,
+    pa: GuestPhysAddr,
+    pages: u64,
+    frames: &mut FakeFrames,
+) -> Result<u64, PagingError> {
+    // The whole-range checks as `map_range` makes them (the operations
+    // below stay in bounds but for the window's end).
+    if pages == 0 {
+        return pt
+            .map_range(va, pa, PageCount(0), Attrs::READ_WRITE, frames)
+            .map(|f| f.pages());
+    }
+    let last = VirtAddr(va.0 + (pages - 1) * PAGE_SIZE);
+    if !pt.window().contains(last) {
+        return Err(PagingError::OutsideWindow(pt.window().end()));
+    }
+    for i in 0..pages {
+        let off = i * PAGE_SIZE;
+        match pt.map_4k(
+            VirtAddr(va.0 + off),
+            GuestPhysAddr(pa.0 + off),
+            Attrs::READ_WRITE,
+            frames,
+        ) {
+            Ok(f) => f.ignore(),
+            Err(e) => {
+                for j in 0..i {
+                    pt.unmap_4k(VirtAddr(va.0 + j * PAGE_SIZE), frames)
+                        .unwrap()
+                        .1
+                        .ignore();
+                }
+                return Err(e);
+            }
+        }
+    }
+    Ok(pages)
+}
+
+/// [`PageTable::unmap_range`] as it was: every page checked, then
+/// `unmap_4k` page by page.
+fn unmap_range_per_page<F: Format>(
+    pt: &mut Pt<F>,
+    va: VirtAddr,
+    pages: u64,
+    frames: &mut FakeFrames,
+) -> Result<u64, PagingError> {
+    if pages == 0 {
+        return Ok(0);
+    }
+    let last = VirtAddr(va.0 + (pages - 1) * PAGE_SIZE);
+    if !pt.window().contains(last) {
+        return Err(PagingError::OutsideWindow(pt.window().end()));
+    }
+    for i in 0..pages {
+        let page = VirtAddr(va.0 + i * PAGE_SIZE);
+        if pt.translate(page).is_none() {
+            return Err(PagingError::NotMapped(page));
+        }
+    }
+    for i in 0..pages {
+        pt.unmap_4k(VirtAddr(va.0 + i * PAGE_SIZE), frames)
+            .unwrap()
+            .1
+            .ignore();
+    }
+    Ok(pages)
+}
+
+#[derive(Clone, Debug)]
+enum RangeOp {
+    Page {
+        at: usize,
+        delta: i64,
+    },
+    Map {
+        at: usize,
+        delta: i64,
+        pages: u64,
+        frame: u64,
+    },
+    Unmap {
+        at: usize,
+        delta: i64,
+        pages: u64,
+    },
+}
+
+fn range_ops() -> impl Strategy<Value = Vec<RangeOp>> {
+    let delta = -600i64..600;
+    let op = prop_oneof![
+        (0..4usize, delta.clone()).prop_map(|(at, delta)| RangeOp::Page { at, delta }),
+        (0..4usize, delta.clone(), 0..1200u64, 0..4096u64).prop_map(|(at, delta, pages, frame)| {
+            RangeOp::Map {
+                at,
+                delta,
+                pages,
+                frame,
+            }
+        }),
+        (0..4usize, delta, 0..1200u64).prop_map(|(at, delta, pages)| RangeOp::Unmap {
+            at,
+            delta,
+            pages
+        }),
+    ];
+    prop::collection::vec(op, 1..24)
+}
+
+/// The same operations on two trees, ranges through `map_range` /
+/// `unmap_range` on one and page by page on the other: the same results,
+/// and afterwards the same entries in every table frame and the same
+/// frames in use (tables made and freed alike, in the same order).
+fn ranges_match_page_by_page<F: Format>(
+    window: Window,
+    pool: usize,
+    ops: &[RangeOp],
+) -> Result<(), TestCaseError> {
+    let (mut a, mut fa) = setup::<F>(window, pool);
+    let (mut b, mut fb) = setup::<F>(window, pool);
+    let anchors = [0, level_size(1), 2 * level_size(1), level_size(2)];
+    let va_of = |at: usize, delta: i64| {
+        let off = anchors[at] as i64 + delta * PAGE_SIZE as i64;
+        VirtAddr(
+            window.start().0
+                + off.clamp(0, window.size() as i64 - 1) as u64 / PAGE_SIZE * PAGE_SIZE,
+        )
+    };
+    for op in ops {
+        match *op {
+            RangeOp::Page { at, delta } => {
+                let va = va_of(at, delta);
+                let pa = GuestPhysAddr(0x7000_0000);
+                let ra = a
+                    .map_4k(va, pa, Attrs::READ_ONLY, &mut fa)
+                    .map(Flush::ignore);
+                let rb = b
+                    .map_4k(va, pa, Attrs::READ_ONLY, &mut fb)
+                    .map(Flush::ignore);
+                prop_assert_eq!(ra, rb);
+            }
+            RangeOp::Map {
+                at,
+                delta,
+                pages,
+                frame,
+            } => {
+                let va = va_of(at, delta);
+                let pa = GuestPhysAddr(frame * PAGE_SIZE);
+                let ra = a
+                    .map_range(va, pa, PageCount(pages), Attrs::READ_WRITE, &mut fa)
+                    .map(|f| {
+                        let n = f.pages();
+                        f.ignore();
+                        n
+                    });
+                let rb = map_range_per_page(&mut b, va, pa, pages, &mut fb);
+                prop_assert_eq!(ra, rb, "map {:#x} + {}", va.0, pages);
+            }
+            RangeOp::Unmap { at, delta, pages } => {
+                let va = va_of(at, delta);
+                let ra = a.unmap_range(va, PageCount(pages), &mut fa).map(|f| {
+                    let n = f.pages();
+                    f.ignore();
+                    n
+                });
+                let rb = unmap_range_per_page(&mut b, va, pages, &mut fb);
+                prop_assert_eq!(ra, rb, "unmap {:#x} + {}", va.0, pages);
+            }
+        }
+        prop_assert_eq!(&fa.live, &fb.live);
+        prop_assert_eq!(&fa.free, &fb.free);
+        for f in std::iter::once(ARENA_BASE).chain(fa.live.iter().copied()) {
+            let (ta, tb) = (
+                a.memory().table(GuestPhysAddr(f)).unwrap(),
+                b.memory().table(GuestPhysAddr(f)).unwrap(),
+            );
+            for (i, (x, y)) in ta.iter().zip(tb.iter()).enumerate() {
+                prop_assert_eq!(
+                    x.load(Ordering::Relaxed),
+                    y.load(Ordering::Relaxed),
+                    "frame {:#x} entry {}",
+                    f,
+                    i
+                );
+            }
+        }
+    }
+    take_events();
+    Ok(())
+}
+
 // ---- per format -----------------------------------------------------------------
 
 /// The agent's x86_64 window: PML4 slot 4 (2 TiB, 512 GiB).
@@ -1026,6 +1224,11 @@ macro_rules! walker_tests {
                 #[test]
                 fn agrees_with_a_model(ops in ops()) {
                     check_model::<$format>($window, &ops)?;
+                }
+
+                #[test]
+                fn ranges_match_page_by_page(ops in range_ops(), pool in 2..12usize) {
+                    super::ranges_match_page_by_page::<$format>($window, pool, &ops)?;
                 }
 
                 #[test]

@@ -462,28 +462,81 @@ impl<F: Format, M: TableMemory, T: Tlb> PageTable<F, M, T> {
         self.check_last(last_va)?;
         let last_pa = Self::last_page(pa.0, pages)?.unwrap_or(pa.0);
         self.check_pa(GuestPhysAddr(last_pa))?;
-        for i in 0..pages.0 {
-            let off = i * PAGE_SIZE;
-            match self.map_4k(
-                VirtAddr(va.0 + off),
-                GuestPhysAddr(pa.0 + off),
-                attrs,
-                frames,
-            ) {
-                Ok(f) => f.ignore(),
-                Err(e) => {
-                    for j in 0..i {
-                        // Cannot fail: this call just mapped the page.
-                        if let Ok((_, f)) = self.unmap_4k(VirtAddr(va.0 + j * PAGE_SIZE), frames) {
-                            f.ignore();
-                        }
+        // One walk per level-0 table (512 pages), not per page: the first
+        // page of each run goes through `map_4k` (which makes the missing
+        // tables), the rest of the run is written straight into its
+        // level-0 table. The errors are those of `map_4k` page by page.
+        let mut i = 0;
+        while i < pages.0 {
+            let run = Self::run_len(va.0 + i * PAGE_SIZE, pages.0 - i);
+            if let Err(e) = self.map_run(va, pa, i, run, attrs, frames) {
+                let (done, e) = e;
+                for j in 0..done {
+                    // Cannot fail: this call just mapped the page.
+                    if let Ok((_, f)) = self.unmap_4k(VirtAddr(va.0 + j * PAGE_SIZE), frames) {
+                        f.ignore();
                     }
-                    Flush::<T>::new(va, i).flush();
-                    return Err(e);
                 }
+                Flush::<T>::new(va, done).flush();
+                return Err(e);
             }
+            i += run;
         }
         Ok(Flush::new(va, pages.0))
+    }
+
+    /// How many of `left` pages from `va` share its level-0 table.
+    fn run_len(va: u64, left: u64) -> u64 {
+        let in_table = (ENTRIES - index(va, 0)) as u64;
+        in_table.min(left)
+    }
+
+    /// Map pages `first..first + run` of a [`map_range`](Self::map_range)
+    /// (all in one level-0 table). On error, how many pages of the range
+    /// are mapped (all before the failing one) and the error.
+    fn map_run(
+        &self,
+        va: VirtAddr,
+        pa: GuestPhysAddr,
+        first: u64,
+        run: u64,
+        attrs: Attrs,
+        frames: &mut impl FrameSource,
+    ) -> Result<(), (u64, PagingError)> {
+        let at = |i: u64| {
+            (
+                VirtAddr(va.0 + i * PAGE_SIZE),
+                GuestPhysAddr(pa.0 + i * PAGE_SIZE),
+            )
+        };
+        // The first page as `map_4k` maps it (the range was checked
+        // whole: in the window, canonical, below the physical limit).
+        let (v, p) = at(first);
+        let mut path = self.new_path();
+        let mut created = 0u32;
+        if let Err(e) = self.map_walk(v, F::page(p, attrs), frames, &mut path, &mut created) {
+            self.prune(v, &path, created, frames);
+            return Err((first, e));
+        }
+        // The level-0 table the walk ended in (`map_walk` succeeds only
+        // there).
+        let leaf = path.tables[0];
+        let t = self
+            .mem
+            .table(leaf)
+            .ok_or((first + 1, PagingError::Unreachable(leaf)))?;
+        for i in first + 1..first + run {
+            let (v, p) = at(i);
+            let slot = &t[index(v.0, 0)];
+            match F::decode(load(slot), 0) {
+                Entry::Invalid => store(slot, F::page(p, attrs)),
+                Entry::Leaf { pa, .. } => {
+                    return Err((i, PagingError::AlreadyMapped { va: v, pa }))
+                }
+                _ => return Err((i, PagingError::BadEntry { va: v, level: 0 })),
+            }
+        }
+        Ok(())
     }
 
     /// Unmap `pages` pages from `va`, all or nothing: every page must be
@@ -499,38 +552,82 @@ impl<F: Format, M: TableMemory, T: Tlb> PageTable<F, M, T> {
             return Ok(Flush::new(va, 0));
         };
         self.check_last(last_va)?;
-        for i in 0..pages.0 {
-            let page = VirtAddr(va.0 + i * PAGE_SIZE);
-            match self.walk(page, &mut self.new_path()) {
-                Found::Leaf { level: 0, .. } => {}
-                Found::Leaf { level, .. } => {
-                    return Err(PagingError::HugePage {
-                        va: page,
-                        level: level as u8,
-                    })
-                }
-                Found::Invalid => return Err(PagingError::NotMapped(page)),
-                Found::Unsupported { level } => {
-                    return Err(PagingError::BadEntry {
-                        va: page,
-                        level: level as u8,
-                    })
-                }
-                Found::Unreachable(t) => return Err(PagingError::Unreachable(t)),
-            }
+        // Checked whole first, one walk per level-0 table; then each
+        // table's entries cleared in one go and the table freed (if it
+        // emptied) once, not scanned after every page.
+        let mut i = 0;
+        while i < pages.0 {
+            let run = Self::run_len(va.0 + i * PAGE_SIZE, pages.0 - i);
+            self.leaf_table_of_run(VirtAddr(va.0 + i * PAGE_SIZE), run)?;
+            i += run;
         }
-        for i in 0..pages.0 {
-            match self.unmap_4k(VirtAddr(va.0 + i * PAGE_SIZE), frames) {
-                Ok((_, f)) => f.ignore(),
+        let mut i = 0;
+        while i < pages.0 {
+            let start = VirtAddr(va.0 + i * PAGE_SIZE);
+            let run = Self::run_len(start.0, pages.0 - i);
+            let mut path = self.new_path();
+            let t = match self.leaf_table_of_run_on(start, run, &mut path) {
+                Ok(t) => t,
                 Err(e) => {
                     // Not expected after the check above; leave nothing
                     // stale behind.
                     Flush::<T>::new(va, i).flush();
                     return Err(e);
                 }
+            };
+            for k in 0..run {
+                store(&t[index(start.0 + k * PAGE_SIZE, 0)], 0);
             }
+            self.prune(start, &path, 0, frames);
+            i += run;
         }
         Ok(Flush::new(va, pages.0))
+    }
+
+    /// Check that the `run` pages from `va` (all in one level-0 table) are
+    /// each mapped by a 4 KiB entry; the errors are those of
+    /// [`unmap_4k`](Self::unmap_4k) for the first page that is not.
+    fn leaf_table_of_run(&self, va: VirtAddr, run: u64) -> Result<(), PagingError> {
+        self.leaf_table_of_run_on(va, run, &mut self.new_path())
+            .map(|_| ())
+    }
+
+    /// [`leaf_table_of_run`](Self::leaf_table_of_run), giving the level-0
+    /// table, with the tables above it in `path`.
+    fn leaf_table_of_run_on(
+        &self,
+        va: VirtAddr,
+        run: u64,
+        path: &mut Path,
+    ) -> Result<&super::Table, PagingError> {
+        match self.walk(va, path) {
+            Found::Leaf { level: 0, .. } => {}
+            Found::Leaf { level, .. } => {
+                return Err(PagingError::HugePage {
+                    va,
+                    level: level as u8,
+                })
+            }
+            Found::Invalid => return Err(PagingError::NotMapped(va)),
+            Found::Unsupported { level } => {
+                return Err(PagingError::BadEntry {
+                    va,
+                    level: level as u8,
+                })
+            }
+            Found::Unreachable(t) => return Err(PagingError::Unreachable(t)),
+        }
+        let leaf = path.tables[0];
+        let t = self.mem.table(leaf).ok_or(PagingError::Unreachable(leaf))?;
+        for k in 1..run {
+            let page = VirtAddr(va.0 + k * PAGE_SIZE);
+            match F::decode(load(&t[index(page.0, 0)]), 0) {
+                Entry::Leaf { .. } => {}
+                Entry::Invalid => return Err(PagingError::NotMapped(page)),
+                _ => return Err(PagingError::BadEntry { va: page, level: 0 }),
+            }
+        }
+        Ok(t)
     }
 }
 
