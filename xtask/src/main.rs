@@ -541,26 +541,10 @@ fn xl_boot(
     if t.verbose {
         println!("xtask: xl rig for {arch}: {} domU(s)", these.len());
     }
-    let res = match rig::boot_xl(env, &spec, agent, table) {
-        Ok(r) => r,
-        Err(e) => {
-            for s in these {
-                tally.fail(
-                    s.name,
-                    &[format!("the xl rig: {e:#}")],
-                    Some(&spec.log_path),
-                );
-            }
-            return;
-        }
+    let names: Vec<&str> = these.iter().map(|s| s.name).collect();
+    let Some(res) = xl_rig(env, &spec, (agent, table), &[], &names, "", tally) else {
+        return;
     };
-    println!(
-        "xtask: xl rig {arch}: {} after {:.1} s (dom0 ready {})",
-        res.end,
-        res.elapsed.as_secs_f64(),
-        res.dom0_ready
-            .map_or("never".to_string(), |d| format!("{:.1} s", d.as_secs_f64()))
-    );
     for s in these {
         let mut failures = xl_scenarios::evaluate(s, &res);
         // What the runner found wrong with the boot as a whole (a domid other
@@ -595,6 +579,37 @@ fn xl_boot(
             tally.fail(s.name, &failures, Some(&res.log_path));
         }
     }
+}
+
+/// Boot the xl rig for `spec` and say how it went; if it could not boot,
+/// fail every test of `names` and return `None`.
+fn xl_rig(
+    env: &Env,
+    spec: &rig::XlSpec,
+    (agent, table): (&Agent, &Table),
+    variants: &[rig::AgentVariant<'_>],
+    names: &[&str],
+    what: &str,
+    tally: &mut Tally,
+) -> Option<rig::XlResult> {
+    let res = match rig::boot_xl_with(env, spec, agent, table, variants) {
+        Ok(r) => r,
+        Err(e) => {
+            for n in names {
+                tally.fail(n, &[format!("the xl rig: {e:#}")], Some(&spec.log_path));
+            }
+            return None;
+        }
+    };
+    println!(
+        "xtask: xl rig {}{what}: {} after {:.1} s (dom0 ready {})",
+        spec.arch,
+        res.end,
+        res.elapsed.as_secs_f64(),
+        res.dom0_ready
+            .map_or("never".to_string(), |d| format!("{:.1} s", d.as_secs_f64()))
+    );
+    Some(res)
 }
 
 /// The xl mutants of one architecture ([`mutants::xl`]): one more rig boot
@@ -660,26 +675,18 @@ fn xl_mutant_boot(
         agent: runtime.0,
         table: runtime.1,
     }];
-    let res = match rig::boot_xl_with(env, &spec, agent, table, &variants) {
-        Ok(r) => r,
-        Err(e) => {
-            for (_, s) in &ready {
-                tally.fail(
-                    s.name,
-                    &[format!("the xl rig: {e:#}")],
-                    Some(&spec.log_path),
-                );
-            }
-            return;
-        }
+    let names: Vec<&str> = ready.iter().map(|(_, s)| s.name).collect();
+    let Some(res) = xl_rig(
+        env,
+        &spec,
+        (agent, table),
+        &variants,
+        &names,
+        " (mutants)",
+        tally,
+    ) else {
+        return;
     };
-    println!(
-        "xtask: xl rig {arch} (mutants): {} after {:.1} s (dom0 ready {})",
-        res.end,
-        res.elapsed.as_secs_f64(),
-        res.dom0_ready
-            .map_or("never".to_string(), |d| format!("{:.1} s", d.as_secs_f64()))
-    );
     for (m, s) in &ready {
         let mut failures = xl_scenarios::evaluate(s, &res);
         failures.extend(res.problems.iter().map(|p| format!("rig: {p}")));

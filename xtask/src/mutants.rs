@@ -284,20 +284,19 @@ pub fn xl() -> Vec<Mutant> {
 mod tests {
     use super::*;
 
+    /// The agent's source files `files`, one after the other.
+    fn agent_sources(files: &[&str]) -> String {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../xenmem-agent/src");
+        files
+            .iter()
+            .map(|f| std::fs::read_to_string(dir.join(f)).unwrap())
+            .collect()
+    }
+
     #[test]
     fn every_xl_mutant_names_an_xl_scenario_of_its_arch_and_is_planted() {
         let scenarios = crate::xl_scenarios::all();
-        let agent_src: String = ["agent.rs", "service.rs"]
-            .iter()
-            .map(|f| {
-                std::fs::read_to_string(
-                    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                        .join("../xenmem-agent/src")
-                        .join(f),
-                )
-                .unwrap()
-            })
-            .collect();
+        let agent_src = agent_sources(&["agent.rs", "service.rs"]);
         let bare: Vec<&str> = all().iter().map(|m| m.name).collect();
         let mut names = Vec::new();
         for m in xl() {
@@ -313,7 +312,11 @@ mod tests {
             // Its job, renamed, still passes the rig's checks of a job.
             let mut j = s.unwrap().job();
             j.name = format!("mutant-{}", m.name);
-            j.extra_cfg.push(crate::rig::variant_cfg(m.arch, m.name));
+            j.extra_cfg.push(crate::rig::variant_cfg(
+                m.arch,
+                crate::agent::RUNTIME_MUTANT,
+            ));
+            j.agent_opts.push(format!("mutant={}", m.name));
             crate::rig::check_job(&j).unwrap();
         }
     }
@@ -324,17 +327,7 @@ mod tests {
             .into_iter()
             .chain(crate::highmem::scenarios())
             .collect();
-        let agent_src: String = ["agent.rs", "xenview.rs", "negative.rs"]
-            .iter()
-            .map(|f| {
-                std::fs::read_to_string(
-                    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                        .join("../xenmem-agent/src")
-                        .join(f),
-                )
-                .unwrap()
-            })
-            .collect();
+        let agent_src = agent_sources(&["agent.rs", "xenview.rs", "negative.rs"]);
         let mut names = Vec::new();
         for m in all() {
             let s = scenarios.iter().find(|s| s.name == m.scenario);
