@@ -37,7 +37,9 @@
 //! # TLB maintenance
 //!
 //! Every map and unmap returns a [`Flush`] that must be used: `.flush()`
-//! invalidates the TLB for the pages (through [`Tlb`]), `.ignore()` says in
+//! invalidates the TLB for the pages of an unmap (through [`Tlb`]) and
+//! publishes the new entries of a map ([`Tlb::publish_mapping`]: a map only
+//! ever fills invalid entries, which no TLB caches), `.ignore()` says in
 //! so many words that the caller will do it otherwise (e.g. one
 //! [`Tlb::invalidate_all`] after a batch). An unmapped page may still be
 //! reachable through the TLB until its flush: do not reuse or give away the
@@ -338,6 +340,20 @@ pub unsafe trait Tlb {
     /// Make the writes that filled a new table visible to the table walker
     /// before an entry that points at it is written.
     fn publish_table();
+
+    /// Make `pages` pages from `start`, just mapped where every entry
+    /// written was invalid (new leaves, and new tables linked into invalid
+    /// slots), usable by the instructions after this returns. A TLB never
+    /// caches an invalid entry (Arm ARM, TLB maintenance requirements: an
+    /// entry that generates a Translation fault is never held in a TLB;
+    /// Intel SDM 4.10.2.3: no translation is cached unless the present flag
+    /// is 1 in each entry of the walk), so nothing stale can stand in the way and no
+    /// invalidation is needed, only the barriers that make the stores
+    /// visible to the walker. The default invalidates as after a change
+    /// (always correct, slower); Arm overrides it with `dsb ishst; isb`.
+    fn publish_mapping(start: VirtAddr, pages: u64) {
+        flush::invalidate::<Self>(start, pages);
+    }
 
     /// Whether a valid block entry may be replaced, in place, by a table
     /// entry whose table maps the same addresses with the same attributes.

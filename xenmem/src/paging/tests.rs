@@ -22,6 +22,8 @@ enum Event {
     Invalidate(u64),
     InvalidateAll,
     Publish,
+    /// [`Tlb::publish_mapping`] of (start, pages), where overridden.
+    PublishMapping(u64, u64),
     Alloc(u64),
     Free(u64),
     SwitchRoot(u64),
@@ -108,6 +110,32 @@ unsafe impl Tlb for BbmTlb {
     }
     fn publish_table() {
         RecordingTlb::publish_table();
+    }
+    const SPLIT_IN_PLACE: bool = false;
+    unsafe fn switch_root(root: GuestPhysAddr) {
+        // SAFETY: forwarded.
+        unsafe { RecordingTlb::switch_root(root) };
+    }
+}
+
+/// An architecture whose fresh mappings need publishing only (Arm's
+/// [`Tlb::publish_mapping`]: invalid entries are never cached).
+#[derive(Debug)]
+struct FreshTlb;
+
+// SAFETY: a test double: no real translation is cached.
+unsafe impl Tlb for FreshTlb {
+    fn invalidate_page(va: VirtAddr) {
+        RecordingTlb::invalidate_page(va);
+    }
+    fn invalidate_all() {
+        RecordingTlb::invalidate_all();
+    }
+    fn publish_table() {
+        RecordingTlb::publish_table();
+    }
+    fn publish_mapping(start: VirtAddr, pages: u64) {
+        record(Event::PublishMapping(start.0, pages));
     }
     const SPLIT_IN_PLACE: bool = false;
     unsafe fn switch_root(root: GuestPhysAddr) {
@@ -339,6 +367,56 @@ fn pinned<F: Format>(window: Window) {
         .map_pinned(GuestPhysAddr(0x39000), Attrs::READ_WRITE, &mut frames)
         .is_err());
     assert_eq!(pt.window(), window);
+}
+
+/// A map's flush publishes what it wrote into invalid entries and
+/// invalidates nothing; an unmap's flush, and a failed map's roll-back,
+/// still invalidate.
+fn fresh_flushes<F: Format>(window: Window) {
+    let (mut pt, mut frames) = setup_with::<F, FreshTlb>(window, 16);
+    let va = VirtAddr(window.start().0 + 3 * PAGE_SIZE);
+    let n = FLUSH_ALL_THRESHOLD + 1;
+    let f = pt
+        .map_range(
+            va,
+            GuestPhysAddr(0),
+            PageCount(n),
+            Attrs::READ_WRITE,
+            &mut frames,
+        )
+        .unwrap();
+    take_events();
+    f.flush();
+    assert_eq!(take_events(), [Event::PublishMapping(va.0, n)]);
+    let one = VirtAddr(va.0 + n * PAGE_SIZE);
+    pt.map_4k(one, GuestPhysAddr(0x8000), Attrs::READ_ONLY, &mut frames)
+        .unwrap()
+        .flush();
+    assert_eq!(take_events(), [Event::PublishMapping(one.0, 1)]);
+    pt.unmap_4k(one, &mut frames).unwrap().1.flush();
+    assert_eq!(take_events(), [Event::Invalidate(one.0)]);
+    // A map that runs into a mapped page rolls back: the pages it had
+    // mapped are unmapped and invalidated, not published.
+    let before = VirtAddr(va.0 - 2 * PAGE_SIZE);
+    let e = pt.map_range(
+        before,
+        GuestPhysAddr(0x10_0000),
+        PageCount(3),
+        Attrs::READ_WRITE,
+        &mut frames,
+    );
+    assert!(matches!(e, Err(PagingError::AlreadyMapped { .. })), "{e:?}");
+    let ev = take_events();
+    assert!(ev.contains(&Event::Invalidate(before.0)), "{ev:?}");
+    assert!(
+        !ev.iter().any(|e| matches!(e, Event::PublishMapping(..))),
+        "{ev:?}"
+    );
+    pt.unmap_range(va, PageCount(n), &mut frames)
+        .unwrap()
+        .flush();
+    let ev = take_events();
+    assert_eq!(ev.last(), Some(&Event::InvalidateAll), "{ev:?}");
 }
 
 fn flushes<F: Format>(window: Window) {
@@ -1176,6 +1254,11 @@ macro_rules! walker_tests {
             #[test]
             fn flushes_are_owed_and_tables_invalidated_before_freeing() {
                 flushes::<$format>($window);
+            }
+
+            #[test]
+            fn fresh_mappings_are_published_not_invalidated() {
+                fresh_flushes::<$format>($window);
             }
 
             #[test]

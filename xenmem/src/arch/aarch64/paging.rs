@@ -108,6 +108,17 @@ unsafe impl Tlb for Aarch64Tlb {
         unsafe { asm!("dsb ishst", options(nostack, preserves_flags)) };
     }
 
+    fn publish_mapping(_start: VirtAddr, _pages: u64) {
+        // Invalid entries are never held in a TLB (Arm ARM, TLB maintenance
+        // requirements: an entry that generates a Translation fault is not
+        // cached), so entries that were invalid need no TLBI: the
+        // stores complete for the walker (dsb ishst, as Linux's
+        // `set_pte` of a valid kernel entry) and later instructions see
+        // them (isb).
+        // SAFETY: barriers only. Not `nomem`: the entry stores stay before.
+        unsafe { asm!("dsb ishst", "isb", options(nostack, preserves_flags)) };
+    }
+
     // A block may become a table only with break-before-make (Arm ARM
     // D8.16.1) unless FEAT_BBM level 2; the Cortex-A57 has no FEAT_BBM.
     const SPLIT_IN_PLACE: bool = false;
