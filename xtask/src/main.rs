@@ -616,6 +616,24 @@ fn xl_rig(
 /// in which each is a domU of its own, booted from its own build and named
 /// `mutant-NAME`, checked as its scenario is; `mutant-NAME` passes only if
 /// one of the failures has the mutant's `caught_by`.
+/// Agents built in this run, one per architecture, or why not.
+type BuiltAgents = HashMap<&'static str, Result<(Agent, Table), String>>;
+
+/// The agent for `arch` (`mutant`: that variant, see
+/// [`agent::build_variant`]) with its defmt table, built once per run and
+/// kept in `cache`.
+fn built_agent<'a>(
+    cache: &'a mut BuiltAgents,
+    arch: Arch,
+    mutant: Option<&str>,
+) -> &'a Result<(Agent, Table), String> {
+    cache.entry(arch.triple()).or_insert_with(|| {
+        agent::build_variant(arch, mutant)
+            .and_then(|a| decode::load_table(&a.elf).map(|t| (a, t)))
+            .map_err(|e| format!("{e:#}"))
+    })
+}
+
 #[allow(clippy::too_many_arguments)]
 fn xl_mutant_boot(
     env: &Env,
@@ -847,17 +865,13 @@ fn test(args: &[String]) -> Result<ExitCode> {
         }
     }
 
-    let mut agents: HashMap<&'static str, Result<(Agent, Table), String>> = HashMap::new();
+    let mut agents = BuiltAgents::new();
     for s in &scenarios {
         let Some(env) = &env else {
             tally.fail(s.name, &["set-up failed (see above)".into()], None);
             continue;
         };
-        let built = agents.entry(s.arch.triple()).or_insert_with(|| {
-            agent::build(s.arch)
-                .and_then(|a| decode::load_table(&a.elf).map(|t| (a, t)))
-                .map_err(|e| format!("{e:#}"))
-        });
+        let built = built_agent(&mut agents, s.arch, None);
         let (agent, table) = match built {
             Ok(at) => (&at.0, &at.1),
             Err(e) => {
@@ -908,7 +922,7 @@ fn test(args: &[String]) -> Result<ExitCode> {
 
     // The mutation tests: each broken agent must fail its scenario, through
     // the check meant to catch it.
-    let mut mutant_agents: HashMap<&'static str, Result<(Agent, Table), String>> = HashMap::new();
+    let mut mutant_agents = BuiltAgents::new();
     for m in &mutants {
         let name = format!("mutant-{}", m.name);
         let Some(env) = &env else {
@@ -924,11 +938,7 @@ fn test(args: &[String]) -> Result<ExitCode> {
             continue;
         };
         // One build per architecture, each mutant chosen on its command line.
-        let built = mutant_agents.entry(m.arch.triple()).or_insert_with(|| {
-            agent::build_variant(m.arch, Some(agent::RUNTIME_MUTANT))
-                .and_then(|a| decode::load_table(&a.elf).map(|t| (a, t)))
-                .map_err(|e| format!("{e:#}"))
-        });
+        let built = built_agent(&mut mutant_agents, m.arch, Some(agent::RUNTIME_MUTANT));
         let (agent, table) = match built {
             Ok(at) => (&at.0, &at.1),
             Err(e) => {
@@ -1000,11 +1010,7 @@ fn test(args: &[String]) -> Result<ExitCode> {
             }
             continue;
         };
-        let built = agents.entry(arch.triple()).or_insert_with(|| {
-            agent::build(arch)
-                .and_then(|a| decode::load_table(&a.elf).map(|t| (a, t)))
-                .map_err(|e| format!("{e:#}"))
-        });
+        let built = built_agent(&mut agents, arch, None);
         let (agent, table) = match built {
             Ok(at) => (&at.0, &at.1),
             Err(e) => {
@@ -1037,16 +1043,8 @@ fn test(args: &[String]) -> Result<ExitCode> {
             continue;
         };
         // The real agent is in every rig boot (`agent.elf`), if unused.
-        let built = agents.entry(arch.triple()).or_insert_with(|| {
-            agent::build(arch)
-                .and_then(|a| decode::load_table(&a.elf).map(|t| (a, t)))
-                .map_err(|e| format!("{e:#}"))
-        });
-        let runtime = mutant_agents.entry(arch.triple()).or_insert_with(|| {
-            agent::build_variant(arch, Some(agent::RUNTIME_MUTANT))
-                .and_then(|a| decode::load_table(&a.elf).map(|t| (a, t)))
-                .map_err(|e| format!("{e:#}"))
-        });
+        let built = built_agent(&mut agents, arch, None);
+        let runtime = built_agent(&mut mutant_agents, arch, Some(agent::RUNTIME_MUTANT));
         match (built, runtime) {
             (Ok((agent, table)), Ok((ra, rt))) => {
                 xl_mutant_boot(env, arch, &these, agent, table, (ra, rt), &t, &mut tally)
