@@ -83,12 +83,23 @@ impl Evtchn {
     /// the port is unmasked again for the next one.
     pub fn wait(&mut self, deadline: Instant) -> io::Result<bool> {
         let left = deadline.saturating_duration_since(Instant::now());
+        let ms = i32::try_from(left.as_millis()).unwrap_or(i32::MAX);
+        self.take(ms)
+    }
+
+    /// Take an event already delivered, without blocking (true if there
+    /// was one).
+    pub fn take_pending(&mut self) -> io::Result<bool> {
+        self.take(0)
+    }
+
+    /// Poll for up to `ms` milliseconds; read and unmask one event.
+    fn take(&mut self, ms: i32) -> io::Result<bool> {
         let mut p = libc::pollfd {
             fd: self.file.as_raw_fd(),
             events: libc::POLLIN,
             revents: 0,
         };
-        let ms = i32::try_from(left.as_millis()).unwrap_or(i32::MAX);
         // SAFETY: one live pollfd.
         let r = unsafe { libc::poll(&mut p, 1, ms) };
         if r < 0 {
@@ -168,7 +179,11 @@ impl Handover {
     }
 
     /// Block on the channel until `path` holds a value starting with
-    /// `prefix` or one of `ends`; `None` at the deadline.
+    /// `prefix` or one of `ends`; `None` at the deadline. A value already
+    /// there when looked at needs no wait, but its event (or an earlier
+    /// one, as a pending event coalesces later ones) may have come
+    /// meanwhile: it is taken and counted, so the count says what the
+    /// channel delivered, not how often the peer was slower than the agent.
     pub fn wait_for(
         &mut self,
         path: &str,
@@ -179,6 +194,9 @@ impl Handover {
         loop {
             if let Some(v) = self.read(path)? {
                 if v.starts_with(prefix) || ends.contains(&v.as_str()) {
+                    if self.ev.take_pending()? {
+                        self.received += 1;
+                    }
                     return Ok(Some(v));
                 }
             }

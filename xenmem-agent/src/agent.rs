@@ -2118,7 +2118,19 @@ where
         let path = alloc::format!("{DOM0_PEER_DIR}/{key}");
         loop {
             match self.xs.read_string(&path) {
-                Ok(v) if v.starts_with(prefix) => return Ok(v),
+                Ok(v) if v.starts_with(prefix) => {
+                    // Found without waiting: an event that came meanwhile
+                    // is taken and counted (what the channel delivered,
+                    // not how often the agent was the slower side).
+                    if self
+                        .ev
+                        .take_pending(&[self.port])
+                        .is_ok_and(|f| !f.is_empty())
+                    {
+                        self.received += 1;
+                    }
+                    return Ok(v);
+                }
                 Ok(_) | Err(XsError::Server(XsErrno::ENOENT)) => {}
                 Err(e) => return Err(e),
             }
