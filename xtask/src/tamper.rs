@@ -630,6 +630,18 @@ fn xl_copies(c: &XlCheck, e: &XlEvidence) -> Vec<Tampered<XlEvidence>> {
                 topic_is("peer-channel"),
                 |r| rec_bump(r, "remote_port"),
             ),
+            step_copy(
+                e,
+                "the peer received no event".into(),
+                topic_is("peer-channel"),
+                |r| rec_set(r, "events_received", "0"),
+            ),
+            step_copy(
+                e,
+                "Xen's event at bind was not taken apart".into(),
+                topic_is("peer-channel"),
+                |r| rec_set(r, "bind_event", "no"),
+            ),
             {
                 let mut copy = e.clone();
                 let hit = copy
