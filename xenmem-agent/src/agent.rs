@@ -2099,9 +2099,11 @@ where
     /// Write `value` at `path` and notify the peer.
     fn write(&mut self, path: &str, value: &[u8]) -> Result<(), xenmem::xenstore::XsError> {
         self.xs.write(path, value)?;
-        self.hv
-            .evtchn_send(self.port)
-            .map_err(xenmem::xenstore::XsError::Xen)?;
+        if !crate::mutant::is("peer-events-unsent") {
+            self.hv
+                .evtchn_send(self.port)
+                .map_err(xenmem::xenstore::XsError::Xen)?;
+        }
         self.sent += 1;
         Ok(())
     }

@@ -277,6 +277,16 @@ pub fn xl() -> Vec<Mutant> {
             caught_by: "the peer's bad_words= is",
             what: "the agent tells dom0 (and reports) a first GFN one page past its pattern",
         },
+        Mutant {
+            name: "peer-events-unsent",
+            arch: Aarch64,
+            scenario: "aarch64-xl-peer-ended-mid-use",
+            // dom0's count, Xen's event at bind left out; the peer waits
+            // for the agent's last event until its deadline (60 s).
+            caught_by: "events not both ways",
+            what: "the agent writes its hand-overs to xenstore without the event that should \
+                   follow each, and still counts them sent",
+        },
     ]
 }
 

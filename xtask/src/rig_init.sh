@@ -280,7 +280,10 @@ step() {
             [ $end -gt $dl ] && end=$dl
             b=$(((end - t + 99) / 100))
             [ $b -lt 1 ] && b=1
-            timeout $b xenmem-peer $1 $id $b > /tmp/peer.out 2> /tmp/err
+            # `timeout` is the backstop for a peer stuck in a system call;
+            # 2 s past its own deadline, so that a peer that gave up still
+            # prints its records.
+            timeout $((b + 2)) xenmem-peer $1 $id $b > /tmp/peer.out 2> /tmp/err
             st=$?
             while read -r kind rest; do
                 say $kind $w $rest
