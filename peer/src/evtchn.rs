@@ -33,6 +33,13 @@ const BIND_EVENT_WAIT_MS: i32 = 1000;
 /// none has been counted, milliseconds.
 const LATE_EVENT_WAIT_MS: i32 = 2000;
 
+/// Milliseconds left until `deadline` (0 once it passed), as `poll` takes
+/// them.
+fn ms_until(deadline: Instant) -> i32 {
+    let left = deadline.saturating_duration_since(Instant::now());
+    i32::try_from(left.as_millis()).unwrap_or(i32::MAX)
+}
+
 /// One bound interdomain channel (closing the file unbinds it).
 pub struct Evtchn {
     file: File,
@@ -89,9 +96,7 @@ impl Evtchn {
     /// Block until an event comes (true) or `deadline` passes (false);
     /// the port is unmasked again for the next one.
     pub fn wait(&mut self, deadline: Instant) -> io::Result<bool> {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let ms = i32::try_from(left.as_millis()).unwrap_or(i32::MAX);
-        self.take(ms)
+        self.take(ms_until(deadline))
     }
 
     /// Take an event already delivered, without blocking (true if there
@@ -230,10 +235,7 @@ impl Handover {
     /// the agent writes is followed by its event, and the peer may have read
     /// the last value before it came.
     pub fn record(&mut self) -> String {
-        let left = self.deadline.saturating_duration_since(Instant::now());
-        let ms = i32::try_from(left.as_millis())
-            .unwrap_or(i32::MAX)
-            .min(LATE_EVENT_WAIT_MS);
+        let ms = ms_until(self.deadline).min(LATE_EVENT_WAIT_MS);
         if self.received == 0 && self.ev.take(ms).unwrap_or(false) {
             self.received += 1;
         }
